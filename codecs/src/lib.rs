@@ -1,0 +1,83 @@
+//! Causeway's codec crate: the `Encoder`/`Decoder` traits every audio and video
+//! codec implements, and the registry that picks one by SDP encoding name,
+//! clock rate and format parameters.
+//!
+//! This crate is the only place in the workspace allowed to hold FFI (libopus,
+//! FFmpeg); every `unsafe` block here must carry a `// SAFETY:` comment. It must
+//! not know about RTP, SDP negotiation or sockets: it turns samples or frames
+//! into payloads and back, nothing more.
+//!
+//! The implementations arrive with the media-engine issue; for now the crate
+//! holds the shape the gateway codes against.
+
+use std::fmt;
+
+/// What an SDP `a=rtpmap` line plus its `a=fmtp` names: enough to pick a codec.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CodecKey {
+    /// Encoding name as in SDP, compared case-insensitively (`PCMU`, `opus`).
+    pub name: String,
+    /// RTP clock rate in Hz (8000 for G.722 despite its 16 kHz audio).
+    pub clock_rate: u32,
+    /// Channels (1 unless SDP says otherwise; Opus is always 2 in SDP).
+    pub channels: u8,
+}
+
+/// A block of interleaved 16-bit PCM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pcm {
+    /// Audio sample rate in Hz (not necessarily the RTP clock rate).
+    pub sample_rate: u32,
+    /// Interleaved channel count.
+    pub channels: u8,
+    /// Interleaved samples.
+    pub samples: Vec<i16>,
+}
+
+/// Why a codec call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    /// The payload could not be decoded (corrupt or truncated).
+    InvalidPayload,
+    /// The input PCM or frame did not have the shape the codec was opened with.
+    InvalidInput,
+    /// No implementation is registered for this codec.
+    Unsupported(String),
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidPayload => f.write_str("invalid payload"),
+            Self::InvalidInput => f.write_str("input does not match the codec's configuration"),
+            Self::Unsupported(name) => write!(f, "codec {name} is not supported"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Turns PCM into one RTP payload's worth of encoded audio.
+pub trait AudioEncoder: Send {
+    /// Encodes one frame; `out` is cleared and filled with the payload.
+    fn encode(&mut self, pcm: &Pcm, out: &mut Vec<u8>) -> Result<(), CodecError>;
+}
+
+/// Turns one RTP payload back into PCM.
+pub trait AudioDecoder: Send {
+    /// Decodes one payload into `out` (cleared first).
+    fn decode(&mut self, payload: &[u8], out: &mut Pcm) -> Result<(), CodecError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_sentences() {
+        assert_eq!(
+            CodecError::Unsupported("AMR".into()).to_string(),
+            "codec AMR is not supported"
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! Configuration: `causeway.toml` (or the embedded defaults) into a validated
+//! [`Config`].
+//!
+//! Owns the file format, its defaults and every check on it. Unknown keys and
+//! bad values are errors that carry file, line, column and a one-line reason,
+//! so an operator can fix the file without reading code. It must not open
+//! sockets or files other than the one it is asked to read.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The whole gateway configuration, every field defaulted.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SIP listeners, domain and identity.
+    pub sip: SipConfig,
+    /// Registrar limits and keepalives.
+    pub registrar: RegistrarConfig,
+    /// RTP port range.
+    pub media: MediaConfig,
+    /// Where state lives on disk.
+    pub storage: StorageConfig,
+    /// The HTTP server (admin API now; client API and web client later).
+    pub http: HttpConfig,
+    /// Admin API access.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Local SIP users allowed to register.
+    pub users: Vec<Spanned<UserConfig>>,
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Home domain, also the digest realm.
+    pub domain: String,
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses (need `tls_cert` and `tls_key`).
+    pub tls: Vec<SocketAddr>,
+    /// WebSocket (RFC 7118) listen addresses.
+    pub ws: Vec<SocketAddr>,
+    /// Secure WebSocket listen addresses (need `tls_cert` and `tls_key`).
+    pub wss: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS and WSS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS and WSS.
+    pub tls_key: Option<PathBuf>,
+    /// Address to advertise in Via, Contact and SDP instead of the bound one.
+    pub public_address: Option<IpAddr>,
+    /// Server and User-Agent header value.
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Self {
+            domain: "causeway.local".into(),
+            udp: vec![any(5060)],
+            tcp: vec![any(5060)],
+            tls: vec![],
+            ws: vec![],
+            wss: vec![],
+            tls_cert: None,
+            tls_key: None,
+            public_address: None,
+            user_agent: concat!("Causeway/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// `[registrar]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    /// Shortest registration accepted, seconds (shorter gets 423).
+    pub min_expires: u32,
+    /// Longest registration granted, seconds (longer is shortened).
+    pub max_expires: u32,
+    /// Granted when the REGISTER names none.
+    pub default_expires: u32,
+    /// Contacts kept per address of record; the oldest go first.
+    pub max_contacts: usize,
+    /// How long a nonce is accepted, seconds; after that the challenge says stale=true.
+    pub nonce_lifetime: u32,
+    /// Failed authentications tolerated per source address or user within
+    /// `failure_window` before requests are refused with 403.
+    pub max_failures: u32,
+    /// Window for counting failures, seconds.
+    pub failure_window: u32,
+    /// How long a source or user stays blocked once over the limit, seconds.
+    pub block_duration: u32,
+    /// Send OPTIONS to each registered contact this often, seconds (0: never).
+    pub keepalive_interval: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_contacts: 10,
+            nonce_lifetime: 300,
+            max_failures: 5,
+            failure_window: 60,
+            block_duration: 300,
+            keepalive_interval: 0,
+        }
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// First RTP port (even).
+    pub port_min: Spanned<u16>,
+    /// Last RTP port.
+    pub port_max: Spanned<u16>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            port_min: Spanned::new(0..0, 20000),
+            port_max: Spanned::new(0..0, 30000),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for the embedded database and the generated admin token.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP server.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/api/admin`; generated and stored on first start if unset.
+    pub token: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter: `info`, `debug`, `causeway::sip=trace,info`, ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[[users]]`: a SIP account. Exactly one of `password`, `ha1` or `ha1_sha256`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User part of the address of record and digest username.
+    pub name: String,
+    /// Clear-text password.
+    pub password: Option<String>,
+    /// MD5(name:realm:password) in hex, for MD5 digest only.
+    pub ha1: Option<String>,
+    /// SHA-256(name:realm:password) in hex, for SHA-256 digest only.
+    pub ha1_sha256: Option<String>,
+}
+
+/// A configuration error, located in the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded defaults>`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: usize,
+    /// 1-based column, when known.
+    pub column: usize,
+    /// One-line reason.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&src, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(src: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |offset: usize, message: String| {
+            let (line, column) = line_col(src, offset);
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            at(e.span().map_or(0, |s| s.start), message)
+        })?;
+        cfg.validate().map_err(|(offset, msg)| at(offset, msg))?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, pairs, duplicates.
+    fn validate(&self) -> Result<(), (usize, String)> {
+        let (min, max) = (&self.media.port_min, &self.media.port_max);
+        if min.get_ref() >= max.get_ref() {
+            return Err((
+                max.span().start,
+                format!(
+                    "media.port_max ({}) must be above port_min ({})",
+                    max.get_ref(),
+                    min.get_ref()
+                ),
+            ));
+        }
+        if self.sip.domain.trim().is_empty() {
+            return Err((0, "sip.domain must not be empty".into()));
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.max_expires {
+            return Err((
+                0,
+                "registrar.min_expires must not exceed max_expires".into(),
+            ));
+        }
+        let needs_tls = !self.sip.tls.is_empty() || !self.sip.wss.is_empty();
+        if needs_tls && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none()) {
+            return Err((
+                0,
+                "sip.tls and sip.wss listeners need sip.tls_cert and sip.tls_key".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &self.users {
+            let span = u.span().start;
+            let user = u.get_ref();
+            if user.name.is_empty()
+                || user
+                    .name
+                    .contains(|c: char| c.is_whitespace() || c == '@' || c == ':')
+            {
+                return Err((
+                    span,
+                    format!("user name {:?} is not a valid SIP user part", user.name),
+                ));
+            }
+            let secrets = [&user.password, &user.ha1, &user.ha1_sha256]
+                .iter()
+                .filter(|s| s.is_some())
+                .count();
+            if secrets == 0 {
+                return Err((
+                    span,
+                    format!("user {:?} needs password, ha1 or ha1_sha256", user.name),
+                ));
+            }
+            if user.password.is_some() && secrets > 1 {
+                return Err((
+                    span,
+                    format!("user {:?}: give password or hashes, not both", user.name),
+                ));
+            }
+            for (key, hash, len) in [("ha1", &user.ha1, 32), ("ha1_sha256", &user.ha1_sha256, 64)] {
+                if let Some(h) = hash {
+                    if h.len() != len || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err((
+                            span,
+                            format!("user {:?}: {key} must be {len} hex digits", user.name),
+                        ));
+                    }
+                }
+            }
+            if !seen.insert(user.name.clone()) {
+                return Err((span, format!("user {:?} is defined twice", user.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_with_no_file() {
+        let c = Config::parse("", "<empty>").unwrap();
+        assert_eq!(c.sip.udp[0].port(), 5060);
+        assert_eq!(c.http.bind.to_string(), "127.0.0.1:8080");
+        assert!(c.users.is_empty());
+    }
+
+    #[test]
+    fn the_documented_shape_is_accepted() {
+        let src = r#"
+[sip]
+domain = "example.com"        # realm and home domain
+[storage]
+data_dir = "/var/lib/causeway"
+[admin]
+token = "abc"
+[[users]]
+name = "alice"
+password = "secret"
+"#;
+        let c = Config::parse(src, "x.toml").unwrap();
+        assert_eq!(c.sip.domain, "example.com");
+        assert_eq!(c.users[0].get_ref().name, "alice");
+        assert_eq!(c.admin.token.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = Config::parse("[sip]\ndomain = \"a\"\nfoo = 1\n", "c.toml").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("unknown field `foo`"), "{e}");
+        assert!(e.to_string().starts_with("c.toml:3:1: "), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_located() {
+        let e = Config::parse("[http]\nbind = \"nowhere\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let e =
+            Config::parse("[media]\nport_min = 30000\nport_max = 20000\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        let e = Config::parse("\n[[users]]\nname = \"bob\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("needs password"), "{e}");
+        let e = Config::parse(
+            "[[users]]\nname='a'\npassword='x'\n[[users]]\nname='a'\npassword='y'\n",
+            "c",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("causeway.example.toml");
+        Config::load(&path).unwrap();
+    }
+}

@@ -1,0 +1,394 @@
+//! The signalling core, sans-IO: bytes from any SIP transport in, bytes and
+//! store changes out.
+//!
+//! Owns the transaction layer and the registrar and decides what every request
+//! gets: REGISTER goes to the registrar, OPTIONS is answered 200 (room systems
+//! use it as a keepalive), INVITE gets 480 until the call layer exists, other
+//! methods get 405 with Allow, and malformed messages get 400 (or 416/505/513)
+//! when a response can be formed at all, else they are dropped. It also sends
+//! OPTIONS keepalives to registered contacts over the flow they registered on.
+//! Time comes in as parameters; it must not touch sockets, clocks or disk.
+
+use crate::config::Config;
+use crate::registrar::store::StoreOp;
+use crate::registrar::{Binding, Registrar};
+use crate::sip::msg::{Message, Method, StartLine, random_token, response_to};
+use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
+use crate::sip::{ConnId, Flow};
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Methods the gateway handles, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+
+/// Signalling counters, readable from any thread.
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    /// SIP messages received.
+    pub messages_in: AtomicU64,
+    /// SIP messages sent (including retransmissions).
+    pub messages_out: AtomicU64,
+    /// Messages refused as malformed.
+    pub malformed: AtomicU64,
+    /// REGISTERs answered 200.
+    pub registrations: AtomicU64,
+    /// REGISTERs answered 401 (challenges).
+    pub challenges: AtomicU64,
+    /// REGISTERs answered 403.
+    pub auth_failures: AtomicU64,
+    /// Keepalive OPTIONS that got no answer.
+    pub keepalive_timeouts: AtomicU64,
+}
+
+/// What the core wants done.
+#[derive(Debug)]
+pub enum GwOutput {
+    /// Send bytes along a flow.
+    Transmit {
+        /// Where to.
+        flow: Flow,
+        /// What.
+        data: Bytes,
+    },
+    /// Persist registrar changes.
+    Store(Vec<StoreOp>),
+}
+
+/// The signalling core.
+#[derive(Debug)]
+pub struct Gateway {
+    tx: TransactionLayer,
+    registrar: Registrar,
+    user_agent: String,
+    domain: String,
+    public_ip: Option<IpAddr>,
+    tag: String,
+    out: VecDeque<GwOutput>,
+    counters: Arc<Counters>,
+}
+
+impl Gateway {
+    /// A core with an empty registrar.
+    pub fn new(cfg: &Config, counters: Arc<Counters>) -> Self {
+        Self {
+            tx: TransactionLayer::new(),
+            registrar: Registrar::new(cfg),
+            user_agent: cfg.sip.user_agent.clone(),
+            domain: cfg.sip.domain.clone(),
+            public_ip: cfg.sip.public_address,
+            tag: random_token(10),
+            out: VecDeque::new(),
+            counters,
+        }
+    }
+
+    /// The registrar (to restore bindings or read them).
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Mutable registrar access (restore at start, tests).
+    pub fn registrar_mut(&mut self) -> &mut Registrar {
+        &mut self.registrar
+    }
+
+    /// Whether requests still wait for a final response.
+    pub fn busy(&self) -> bool {
+        self.tx.has_pending_server()
+    }
+
+    /// Handles one message from the wire.
+    pub fn handle_datagram(&mut self, now: Instant, wall: u64, flow: Flow, data: &[u8]) {
+        self.counters.messages_in.fetch_add(1, Relaxed);
+        match Message::parse_checked(data) {
+            Ok(msg) => {
+                self.tx.handle_message(now, msg, flow);
+                self.pump(now, wall);
+            }
+            Err(e) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                tracing::debug!(remote = %flow.remote, error = %e, "malformed SIP message");
+                self.reject_malformed(data, flow, e);
+            }
+        }
+    }
+
+    /// Answers a malformed request when it carries enough to route a response.
+    fn reject_malformed(&mut self, data: &[u8], flow: Flow, e: crate::sip::msg::ParseError) {
+        let Ok(msg) = Message::parse(data) else {
+            return;
+        };
+        let StartLine::Request { method, .. } = &msg.start else {
+            return;
+        };
+        let routable = msg.top_via().is_some()
+            && ["From", "To", "Call-ID", "CSeq"]
+                .iter()
+                .all(|h| msg.header(h).is_some());
+        if *method == Method::Ack || !routable {
+            return;
+        }
+        let (code, reason) = e.status();
+        let mut resp = response_to(&msg, code, reason, Some(&self.tag), Some(flow.remote));
+        resp.push_header("Server", self.user_agent.clone());
+        self.emit(flow, resp.to_bytes());
+    }
+
+    /// Fires due timers and registrar expiry.
+    pub fn handle_timeout(&mut self, now: Instant, wall: u64) {
+        self.tx.handle_timeout(now);
+        self.pump(now, wall);
+    }
+
+    /// Once a second or so: drop expired bindings and stale auth state.
+    pub fn tick(&mut self, wall: u64) {
+        self.registrar.expire(wall);
+    }
+
+    /// When [`Gateway::handle_timeout`] next needs calling.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+
+    /// A stream connection closed.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.registrar.connection_closed(conn);
+    }
+
+    /// Sends OPTIONS to every registered contact along its registration flow.
+    pub fn send_keepalives(&mut self, now: Instant, wall: u64) {
+        let targets: Vec<Binding> = self.registrar.all(wall).cloned().collect();
+        for b in targets {
+            let flow = b.flow();
+            let req = self.options_request(&b.contact, &flow);
+            self.tx.send_request(now, &req, flow);
+        }
+        self.pump(now, wall);
+    }
+
+    fn options_request(&self, contact: &str, flow: &Flow) -> Message {
+        let host = self.advertised(flow);
+        let text = format!(
+            "OPTIONS {contact} SIP/2.0\r\n\
+             Via: SIP/2.0/{} {host};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:causeway@{}>;tag={}\r\n\
+             To: <{contact}>\r\n\
+             Call-ID: {}@{}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             User-Agent: {}\r\n\
+             Content-Length: 0\r\n\r\n",
+            flow.transport.via_name(),
+            random_token(16),
+            self.domain,
+            random_token(8),
+            random_token(16),
+            self.domain,
+            self.user_agent,
+        );
+        // Built from our own parts, so it parses; a contact that breaks it is skipped upstream.
+        Message::parse(text.as_bytes()).unwrap_or_else(|_| Message {
+            start: StartLine::Request {
+                method: Method::Options,
+                uri: "sip:invalid".into(),
+            },
+            headers: vec![],
+            body: Bytes::new(),
+        })
+    }
+
+    /// The host:port to put in our Via for a flow.
+    fn advertised(&self, flow: &Flow) -> String {
+        let ip = match (self.public_ip, flow.local.ip()) {
+            (Some(ip), _) => ip,
+            (None, ip) if !ip.is_unspecified() => ip,
+            // Bound to the wildcard: the peer reached us at the address it sent from, if local.
+            (None, _) if flow.remote.ip().is_loopback() => flow.remote.ip(),
+            (None, ip) => ip,
+        };
+        match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{}", flow.local.port()),
+            IpAddr::V4(v4) => format!("{v4}:{}", flow.local.port()),
+        }
+    }
+
+    fn emit(&mut self, flow: Flow, data: Bytes) {
+        self.counters.messages_out.fetch_add(1, Relaxed);
+        self.out.push_back(GwOutput::Transmit { flow, data });
+    }
+
+    /// Drains the transaction layer, deciding each new request.
+    fn pump(&mut self, now: Instant, wall: u64) {
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                Output::Transmit { flow, data } => self.emit(flow, data),
+                Output::Event(TxEvent::Request {
+                    key: Some(key),
+                    msg,
+                    flow,
+                }) => {
+                    self.on_request(now, wall, key, msg, flow);
+                }
+                Output::Event(TxEvent::Request { key: None, .. }) => {} // ACK to a 2xx: no calls yet
+                Output::Event(TxEvent::Response { msg, .. }) => {
+                    tracing::trace!(status = ?msg.status(), "keepalive answered");
+                }
+                Output::Event(TxEvent::Timeout { key }) => {
+                    self.counters.keepalive_timeouts.fetch_add(1, Relaxed);
+                    tracing::debug!(branch = key.branch(), "keepalive OPTIONS timed out");
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, wall: u64, key: TxKey, msg: Message, flow: Flow) {
+        let method = msg.method().unwrap_or(Method::Other(String::new()));
+        let mut resp = match method {
+            Method::Register => {
+                let outcome = self.registrar.handle(wall, &msg, &flow);
+                match outcome.response.status() {
+                    Some(200) => self.counters.registrations.fetch_add(1, Relaxed),
+                    Some(401) => self.counters.challenges.fetch_add(1, Relaxed),
+                    Some(403) => self.counters.auth_failures.fetch_add(1, Relaxed),
+                    _ => 0,
+                };
+                if !outcome.ops.is_empty() {
+                    self.out.push_back(GwOutput::Store(outcome.ops));
+                }
+                outcome.response
+            }
+            Method::Options => {
+                let mut r = response_to(&msg, 200, "OK", Some(&self.tag), Some(flow.remote));
+                r.push_header("Allow", ALLOW);
+                r.push_header("Accept", "application/sdp");
+                r
+            }
+            Method::Invite => response_to(
+                &msg,
+                480,
+                "Temporarily Unavailable",
+                Some(&self.tag),
+                Some(flow.remote),
+            ),
+            Method::Bye | Method::Cancel => response_to(
+                &msg,
+                481,
+                "Call/Transaction Does Not Exist",
+                Some(&self.tag),
+                Some(flow.remote),
+            ),
+            _ => {
+                let mut r = response_to(
+                    &msg,
+                    405,
+                    "Method Not Allowed",
+                    Some(&self.tag),
+                    Some(flow.remote),
+                );
+                r.push_header("Allow", ALLOW);
+                r
+            }
+        };
+        resp.push_header("Server", self.user_agent.clone());
+        self.tx.respond(now, &key, &resp);
+    }
+
+    /// Next output.
+    pub fn poll_output(&mut self) -> Option<GwOutput> {
+        if self.out.is_empty() {
+            while let Some(o) = self.tx.poll_output() {
+                if let Output::Transmit { flow, data } = o {
+                    self.emit(flow, data);
+                }
+            }
+        }
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Transport;
+
+    fn gw() -> Gateway {
+        Gateway::new(&Config::parse("", "t").unwrap(), Arc::default())
+    }
+
+    fn flow() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            remote: "127.0.0.1:5099".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn answers(g: &mut Gateway, text: &str) -> Vec<Message> {
+        g.handle_datagram(Instant::now(), 0, flow(), text.as_bytes());
+        let mut v = vec![];
+        while let Some(o) = g.poll_output() {
+            if let GwOutput::Transmit { data, .. } = o {
+                v.push(Message::parse(&data).unwrap());
+            }
+        }
+        v
+    }
+
+    fn request(method: &str, cseq_method: &str) -> String {
+        format!(
+            "{method} sip:causeway.local SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{method}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@b>;tag=x\r\nTo: <sip:c@d>\r\nCall-ID: k\r\nCSeq: 7 {cseq_method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn options_gets_200_with_allow() {
+        let r = answers(&mut gw(), &request("OPTIONS", "OPTIONS"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status(), Some(200));
+        assert_eq!(r[0].header("Allow"), Some(ALLOW));
+        assert!(r[0].header("To").unwrap().contains(";tag="));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_methods_get_405() {
+        for m in ["SUBSCRIBE", "FROBNICATE"] {
+            let r = answers(&mut gw(), &request(m, m));
+            assert_eq!(r[0].status(), Some(405), "{m}");
+            assert_eq!(r[0].header("Allow"), Some(ALLOW));
+        }
+    }
+
+    #[test]
+    fn invite_gets_480_for_now() {
+        let r = answers(&mut gw(), &request("INVITE", "INVITE"));
+        assert_eq!(r[0].status(), Some(480));
+    }
+
+    #[test]
+    fn malformed_gets_400_when_answerable_and_is_counted() {
+        let mut g = gw();
+        let r = answers(&mut g, &request("OPTIONS", "INVITE"));
+        assert_eq!(r[0].status(), Some(400));
+        assert_eq!(
+            r[0].start,
+            StartLine::Response {
+                code: 400,
+                reason: "CSeq Method Does Not Match".into()
+            }
+        );
+        assert!(answers(&mut g, "\u{1}\u{2}garbage\r\n\r\n").is_empty());
+        assert!(
+            answers(&mut g, &request("ACK", "INVITE")).is_empty(),
+            "never answer an ACK"
+        );
+        assert_eq!(g.counters.malformed.load(Relaxed), 3);
+    }
+}

@@ -1,0 +1,28 @@
+//! # Causeway
+//!
+//! A SIP/H.323-to-WebRTC interop gateway. Room systems and phones register
+//! over SIP; browsers call their aliases over WebRTC; a back-to-back user
+//! agent bridges each call, relaying media where both sides share a codec and
+//! transcoding where they do not.
+//!
+//! ```text
+//!  room system --SIP (UDP/TCP/TLS/WS)--> sip::transport --> gateway (sans-IO)
+//!                                                            |-- sip::transaction
+//!                                                            |-- registrar --> store (SQLite)
+//!                                                            `-- (calls: b2bua, later)
+//!  operator --HTTP--> api (axum) --query--> gateway
+//! ```
+//!
+//! Protocol cores ([`sip::msg`], [`sip::transaction`], [`registrar`],
+//! [`gateway`]) are sans-IO: time is a parameter, bytes come out of
+//! `poll_output`. [`runtime`] is the one thin tokio shell that drives them.
+//! `../shared/DESIGN.md` (in the workplace) or `docs/` hold the wider map.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod gateway;
+pub mod registrar;
+pub mod runtime;
+pub mod sip;

@@ -1,0 +1,290 @@
+//! The tokio shell: binds sockets, owns the one task that drives the sans-IO
+//! [`Gateway`], the store writer thread and the HTTP server, and handles
+//! shutdown.
+//!
+//! This is the only place (with `sip::transport`) that reads clocks, spawns
+//! tasks or touches the disk for state. It must not make protocol decisions:
+//! everything it does is move bytes, time and queries between the pieces.
+
+use crate::api::{self, ApiState, Query};
+use crate::config::Config;
+use crate::gateway::{Counters, Gateway, GwOutput};
+use crate::registrar::store::{LocationStore, SqliteStore, StoreOp};
+use crate::sip::Transport;
+use crate::sip::transport::{TransportEvent, Transports};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Current unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the gateway ended up listening on.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// SIP listeners.
+    pub sip: Vec<(Transport, SocketAddr)>,
+    /// HTTP server.
+    pub http: SocketAddr,
+    /// RTP port range.
+    pub media: (u16, u16),
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// Whether the token was generated on this start.
+    pub token_generated: bool,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A SIP listener failed.
+    #[error(transparent)]
+    Transport(#[from] crate::sip::transport::TransportError),
+    /// The HTTP listener failed.
+    #[error("cannot listen on HTTP {0}: {1}")]
+    Http(SocketAddr, std::io::Error),
+    /// The data directory or database failed.
+    #[error("storage in {0}: {1}")]
+    Storage(String, String),
+}
+
+/// The admin token from config, or the one stored in the data dir, or a new one.
+fn admin_token(cfg: &Config) -> Result<(String, bool), StartError> {
+    if let Some(t) = &cfg.admin.token {
+        return Ok((t.clone(), false));
+    }
+    let dir = &cfg.storage.data_dir;
+    let path = dir.join("admin_token");
+    let err = |e: std::io::Error| StartError::Storage(dir.display().to_string(), e.to_string());
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok((t.trim().to_string(), false));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    std::fs::write(&path, format!("{token}\n")).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok((token, true))
+}
+
+enum WriterMsg {
+    Ops(Vec<StoreOp>),
+    Purge(u64),
+}
+
+/// Applies store changes off the async runtime, batching what queues up.
+fn spawn_store_writer(
+    mut store: Box<dyn LocationStore>,
+) -> (
+    std::sync::mpsc::Sender<WriterMsg>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<WriterMsg>();
+    let handle = std::thread::spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = Vec::new();
+            let mut purge = None;
+            let mut take = |m: WriterMsg| match m {
+                WriterMsg::Ops(ops) => batch.extend(ops),
+                WriterMsg::Purge(now) => purge = Some(now),
+            };
+            take(first);
+            while let Ok(m) = rx.try_recv() {
+                take(m);
+            }
+            if !batch.is_empty() {
+                if let Err(e) = store.apply(&batch) {
+                    tracing::error!(error = %e, "could not persist registrations");
+                }
+            }
+            if let Some(now) = purge {
+                match store.purge_expired(now) {
+                    Ok(n) if n > 0 => tracing::debug!(purged = n, "expired bindings purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "could not purge bindings"),
+                }
+            }
+        }
+        tracing::debug!("location store closed");
+    });
+    (tx, handle)
+}
+
+/// Starts everything, calls `ready` once listening, and runs until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    ready: impl FnOnce(&Listening),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let counters = Arc::new(Counters::default());
+    let mut gw = Gateway::new(&cfg, counters.clone());
+
+    let db = cfg.storage.data_dir.join("causeway.db");
+    let storage_err = |e: crate::registrar::store::StoreError| {
+        StartError::Storage(cfg.storage.data_dir.display().to_string(), e.to_string())
+    };
+    let mut store = SqliteStore::open(&db).map_err(storage_err)?;
+    let restored = store.load(unix_now()).map_err(storage_err)?;
+    tracing::info!(bindings = restored.len(), db = %db.display(), "location store opened");
+    gw.registrar_mut().restore(restored);
+    let (writer, writer_thread) = spawn_store_writer(Box::new(store));
+
+    let (token, token_generated) = admin_token(&cfg)?;
+    let (events_tx, mut events) = mpsc::channel::<TransportEvent>(4096);
+    let mut transports = Transports::start(&cfg.sip, events_tx).await?;
+
+    let (query_tx, mut queries) = mpsc::channel::<Query>(64);
+    let http = tokio::net::TcpListener::bind(cfg.http.bind)
+        .await
+        .map_err(|e| StartError::Http(cfg.http.bind, e))?;
+    let http_addr = http.local_addr().unwrap_or(cfg.http.bind);
+    let state = ApiState {
+        admin_token: token.clone().into(),
+        queries: query_tx,
+        counters: counters.clone(),
+        started: Instant::now(),
+    };
+    let (http_stop_tx, http_stop) = oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(http, api::router(state))
+            .with_graceful_shutdown(async { http_stop.await.unwrap_or(()) });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    ready(&Listening {
+        sip: transports.bound.clone(),
+        http: http_addr,
+        media: (*cfg.media.port_min.get_ref(), *cfg.media.port_max.get_ref()),
+        admin_token: token,
+        token_generated,
+    });
+
+    let flush = |gw: &mut Gateway, transports: &Transports| {
+        while let Some(o) = gw.poll_output() {
+            match o {
+                GwOutput::Transmit { flow, data } => transports.send(&flow, data),
+                GwOutput::Store(ops) => {
+                    let _ = writer.send(WriterMsg::Ops(ops));
+                }
+            }
+        }
+    };
+
+    let keepalive = u64::from(cfg.registrar.keepalive_interval);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = gw
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                handle_event(&mut gw, ev);
+                // Take whatever else is queued before flushing: fewer wakeups under load.
+                for _ in 0..64 {
+                    match events.try_recv() {
+                        Ok(ev) => handle_event(&mut gw, ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                gw.handle_timeout(Instant::now(), unix_now());
+            }
+            q = queries.recv() => {
+                if let Some(Query::Registrations(reply)) = q {
+                    let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
+                }
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                let wall = unix_now();
+                gw.tick(wall);
+                if ticks % 60 == 0 {
+                    let _ = writer.send(WriterMsg::Purge(wall));
+                }
+                if keepalive > 0 && ticks % keepalive == 0 {
+                    gw.send_keepalives(Instant::now(), wall);
+                }
+            }
+            () = &mut shutdown => break,
+        }
+        flush(&mut gw, &transports);
+    }
+
+    tracing::info!("shutting down: no new requests");
+    transports.stop_listening();
+    let _ = http_stop_tx.send(());
+    // Finish what already arrived, briefly.
+    let grace = Instant::now() + Duration::from_millis(500);
+    while let Ok(ev) = events.try_recv() {
+        handle_event(&mut gw, ev);
+        flush(&mut gw, &transports);
+        if Instant::now() > grace {
+            break;
+        }
+    }
+    flush(&mut gw, &transports);
+    // Let connection writers drain.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn handle_event(gw: &mut Gateway, ev: TransportEvent) {
+    match ev {
+        TransportEvent::Message { flow, data } => {
+            gw.handle_datagram(Instant::now(), unix_now(), flow, &data);
+        }
+        TransportEvent::Closed(conn) => gw.connection_closed(conn),
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Whether a path looks like a config file the user meant (for messages).
+pub fn describe(path: Option<&Path>) -> String {
+    path.map_or_else(
+        || "embedded defaults".to_string(),
+        |p| p.display().to_string(),
+    )
+}

@@ -1,0 +1,96 @@
+//! SIP signalling: messages, digest auth, transactions, transports.
+//!
+//! Dependencies point down: [`msg`] <- [`transport`] and [`transaction`] <- the
+//! gateway core. Everything here except [`transport`] is sans-IO: time comes in
+//! as a parameter and bytes go out through `poll_output`. The transport module
+//! is the only place that owns sockets. This module must not know about
+//! registrations, routing or calls.
+
+pub mod digest;
+pub mod framing;
+pub mod msg;
+pub mod transaction;
+pub mod transport;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP
+    Udp,
+    /// TCP
+    Tcp,
+    /// TLS over TCP
+    Tls,
+    /// WebSocket (RFC 7118)
+    Ws,
+    /// Secure WebSocket
+    Wss,
+}
+
+impl Transport {
+    /// Name as in a Via header (`UDP`, `TCP`, `TLS`, `WS`, `WSS`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::Ws => "WS",
+            Self::Wss => "WSS",
+        }
+    }
+
+    /// Lowercase name for `transport=` URI parameters and storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    /// Parses [`Transport::as_str`] or [`Transport::via_name`] (any case).
+    pub fn parse(s: &str) -> Option<Transport> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "udp" => Self::Udp,
+            "tcp" => Self::Tcp,
+            "tls" => Self::Tls,
+            "ws" => Self::Ws,
+            "wss" => Self::Wss,
+            _ => return None,
+        })
+    }
+
+    /// Stream transports keep a connection; UDP does not.
+    pub fn is_reliable(self) -> bool {
+        self != Self::Udp
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one accepted or opened stream connection for its lifetime.
+pub type ConnId = u64;
+
+/// Where a message came from or goes to: the transport, both addresses and,
+/// for stream transports, the connection that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// Transport protocol.
+    pub transport: Transport,
+    /// Our address (the listener or socket).
+    pub local: SocketAddr,
+    /// The peer's address as seen on the wire.
+    pub remote: SocketAddr,
+    /// The connection, for stream transports.
+    pub conn: Option<ConnId>,
+}
