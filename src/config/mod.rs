@@ -101,6 +101,11 @@ pub struct RegistrarConfig {
     pub block_duration: u32,
     /// Send OPTIONS to each registered contact this often, seconds (0: never).
     pub keepalive_interval: u32,
+    /// Digest algorithms offered, one challenge each, in this order: `MD5`,
+    /// `SHA-256`. MD5 alone by default: some deployed stacks (baresip 1.0's
+    /// libre among them) fail the whole exchange when any challenge names an
+    /// algorithm they lack.
+    pub digest_algorithms: Spanned<Vec<String>>,
 }
 
 impl Default for RegistrarConfig {
@@ -115,6 +120,7 @@ impl Default for RegistrarConfig {
             failure_window: 60,
             block_duration: 300,
             keepalive_interval: 0,
+            digest_algorithms: Spanned::new(0..0, vec!["MD5".into()]),
         }
     }
 }
@@ -295,6 +301,21 @@ impl Config {
                 0,
                 "registrar.min_expires must not exceed max_expires".into(),
             ));
+        }
+        let algs = &r.digest_algorithms;
+        if algs.get_ref().is_empty() {
+            return Err((
+                algs.span().start,
+                "registrar.digest_algorithms must not be empty".into(),
+            ));
+        }
+        for a in algs.get_ref() {
+            if crate::sip::digest::Algorithm::parse(a).is_none() {
+                return Err((
+                    algs.span().start,
+                    format!("unknown digest algorithm {a:?} (MD5 or SHA-256)"),
+                ));
+            }
         }
         let needs_tls = !self.sip.tls.is_empty() || !self.sip.wss.is_empty();
         if needs_tls && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none()) {

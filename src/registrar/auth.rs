@@ -72,8 +72,12 @@ impl Authenticator {
         let r = &cfg.registrar;
         Self {
             realm,
-            // MD5 first: most deployed phones read only the first challenge.
-            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            algorithms: r
+                .digest_algorithms
+                .get_ref()
+                .iter()
+                .filter_map(|a| Algorithm::parse(a))
+                .collect(),
             users,
             nonces: NonceFactory::new(),
             nonce_lifetime: u64::from(r.nonce_lifetime),

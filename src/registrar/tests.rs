@@ -14,6 +14,7 @@ nonce_lifetime = 300
 max_failures = 3
 failure_window = 60
 block_duration = 600
+digest_algorithms = ["MD5", "SHA-256"]
 [[users]]
 name = "alice"
 password = "secret"

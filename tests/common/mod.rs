@@ -1,0 +1,325 @@
+//! Harness for interop tests: starts the real `causeway` binary on free
+//! loopback ports with a temporary data directory, talks to its admin API
+//! over plain HTTP/1.1, and runs third-party peers (SIPp, baresip) with
+//! bounded time. Everything stays on 127.0.0.1; every process is killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails with a clear message when a peer binary is missing.
+pub fn require(bin: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`{bin}` is not installed: run `cargo xtask test`, which installs the test peers"
+    );
+}
+
+/// A running gateway.
+pub struct Gw {
+    child: Option<Child>,
+    pub sip_port: u16,
+    pub http_port: u16,
+    pub data: tempfile::TempDir,
+    pub config: PathBuf,
+    pub token: String,
+    log: PathBuf,
+}
+
+pub const DOMAIN: &str = "test.local";
+
+impl Gw {
+    /// Starts a gateway with users alice/secret and bob/hunter2 plus `extra` TOML.
+    pub fn start(extra: &str) -> Gw {
+        let data = tempfile::tempdir().unwrap();
+        let sip_port = free_port();
+        let http_port = free_port();
+        let config = data.path().join("causeway.toml");
+        let token = "interop-token".to_string();
+        let text = format!(
+            r#"
+[sip]
+domain = "{DOMAIN}"
+udp = ["127.0.0.1:{sip_port}"]
+tcp = ["127.0.0.1:{sip_port}"]
+[storage]
+data_dir = "{data}"
+[http]
+bind = "127.0.0.1:{http_port}"
+[admin]
+token = "{token}"
+[log]
+level = "debug"
+{extra}
+[[users]]
+name = "alice"
+password = "secret"
+[[users]]
+name = "bob"
+password = "hunter2"
+"#,
+            data = data.path().join("state").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = data.path().join("gateway.log");
+        let mut gw = Gw {
+            child: None,
+            sip_port,
+            http_port,
+            data,
+            config,
+            token,
+            log,
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_causeway"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start:\n{}",
+                self.log_text()
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited with {status}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit (asserted).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    assert!(
+                        st.success(),
+                        "gateway exit status {st}:\n{}",
+                        self.log_text()
+                    );
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("gateway did not stop on SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Stops and starts again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET with the admin token; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        http_get(self.http_port, path, Some(&self.token))
+    }
+
+    /// The admin API's registration list.
+    pub fn registrations(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.admin_get("/api/admin/v1/registrations");
+        assert_eq!(status, 200, "{body}");
+        body["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn sip_target(&self) -> String {
+        format!("127.0.0.1:{}", self.sip_port)
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET on loopback; returns the status and the JSON body.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status: u16 = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Chunked bodies: take the JSON between the first '{' or '[' and the last '}' or ']'.
+    let start = body.find(['{', '[']).unwrap_or(0);
+    let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
+    let json =
+        serde_json::from_str(&body[start..end.max(start)]).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Runs a command with a time limit; kills it when over.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} ran past {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One SIPp run: a scenario from `tests/sipp/`, credentials, extra args.
+pub struct Sipp {
+    pub status: i32,
+    pub messages: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn sipp(gw: &Gw, scenario: &str, user: &str, password: &str, extra: &[&str]) -> Sipp {
+    require("sipp");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "SEQUENTIAL\n{user};{DOMAIN};[authentication username={user} password={password}]\n"
+        ),
+    )
+    .unwrap();
+    let scenario_path = root().join("tests/sipp").join(scenario);
+    let port = free_port().to_string();
+    let mut cmd = Command::new("sipp");
+    cmd.current_dir(dir.path())
+        .arg("-sf")
+        .arg(&scenario_path)
+        .arg("-inf")
+        .arg(&csv)
+        .args([
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-timeout",
+            "15",
+            "-timeout_error",
+        ])
+        .args(["-trace_msg", "-message_file", "messages.log", "-nostdin"])
+        .args(extra)
+        .arg(gw.sip_target());
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    let messages = std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default();
+    Sipp {
+        status: out.status.code().unwrap_or(-1),
+        messages,
+        dir,
+    }
+}
+
+/// Status lines and header names of every response SIPp received, in order
+/// (values differ by nonce and tag; the shape must not differ by user).
+pub fn received_shapes(messages: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for block in messages.split("message received") {
+        let Some(start) = block.find("SIP/2.0 ") else {
+            continue;
+        };
+        let msg = &block[start..];
+        let mut lines = msg.lines();
+        let status = lines.next().unwrap_or_default().to_string();
+        let names = lines
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.trim().to_string())
+            .collect();
+        out.push((status, names));
+    }
+    out
+}
+
+/// Writes a file and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
