@@ -1,5 +1,7 @@
 //! Interop: real SIPp and baresip against the real gateway binary on loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
