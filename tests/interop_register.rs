@@ -236,3 +236,56 @@ fn baresip_registers_refreshes_and_unregisters() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn websocket_client_registers_over_sip_subprotocol() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_port = free_port();
+    let gw = Gw::start_with_sip(&format!("ws = [\"127.0.0.1:{ws_port}\"]\n"), "");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = format!("ws://127.0.0.1:{ws_port}/").into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "sip");
+        let register = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKws{cseq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=ws1\r\nTo: <sip:alice@{DOMAIN}>\r\n\
+                 Call-ID: ws-reg-1\r\nCSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:alice@df7jal23ls0d.invalid;transport=ws>;expires=600\r\n{auth}\
+                 User-Agent: ws-test\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        ws.send(Ws::text(register(1, ""))).await.unwrap();
+        let challenge = ws.next().await.unwrap().unwrap().into_text().unwrap().to_string();
+        assert!(challenge.starts_with("SIP/2.0 401 "), "{challenge}");
+        let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
+        let mut c = causeway::sip::digest::Credentials {
+            username: "alice".into(),
+            realm: DOMAIN.into(),
+            nonce: nonce.into(),
+            uri: format!("sip:{DOMAIN}"),
+            qop: Some("auth".into()),
+            nc: Some("00000001".into()),
+            cnonce: Some("abc".into()),
+            ..Default::default()
+        };
+        let alg = causeway::sip::digest::Algorithm::Md5;
+        c.response = c.expected_response(alg, &alg.ha1("alice", DOMAIN, "secret"), "REGISTER");
+        let auth = format!(
+            "Authorization: Digest username=\"alice\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", \
+             uri=\"sip:{DOMAIN}\", response=\"{}\", qop=auth, nc=00000001, cnonce=\"abc\"\r\n",
+            c.response
+        );
+        ws.send(Ws::text(register(2, &auth))).await.unwrap();
+        let ok = ws.next().await.unwrap().unwrap().into_text().unwrap().to_string();
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        let regs = gw.registrations();
+        assert_eq!(regs.len(), 1);
+        assert_eq!(regs[0]["transport"], "ws");
+        assert_eq!(regs[0]["connected"], true);
+    });
+}

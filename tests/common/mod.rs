@@ -57,6 +57,11 @@ pub const DOMAIN: &str = "test.local";
 impl Gw {
     /// Starts a gateway with users alice/secret and bob/hunter2 plus `extra` TOML.
     pub fn start(extra: &str) -> Gw {
+        Self::start_with_sip("", extra)
+    }
+
+    /// Like [`Gw::start`], with `sip_extra` lines added to the `[sip]` table.
+    pub fn start_with_sip(sip_extra: &str, extra: &str) -> Gw {
         let data = tempfile::tempdir().unwrap();
         let sip_port = free_port();
         let http_port = free_port();
@@ -68,6 +73,7 @@ impl Gw {
 domain = "{DOMAIN}"
 udp = ["127.0.0.1:{sip_port}"]
 tcp = ["127.0.0.1:{sip_port}"]
+{sip_extra}
 [storage]
 data_dir = "{data}"
 [http]

@@ -222,6 +222,7 @@ fn fuzz(args: &[String]) -> Result {
     };
     let targets = fuzz_targets()?;
     for t in targets {
+        seed_corpus(&t)?;
         let mut c = cargo();
         if let Some(tc) = toolchain {
             c.arg(tc);
@@ -236,6 +237,25 @@ fn fuzz(args: &[String]) -> Result {
             &format!("-max_total_time={secs}"),
         ]);
         status(c, &format!("fuzz {t} for {secs}s"))?;
+    }
+    Ok(())
+}
+
+/// Seeds `fuzz/corpus/<target>` with the SIP fixtures (real messages make
+/// the fuzzer reach deep states quickly).
+fn seed_corpus(target: &str) -> Result {
+    let dest = root().join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    for sub in ["vendors", "rfc4475"] {
+        let dir = root().join("fixtures/sip").join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "sip") {
+                let name = format!("{sub}-{}", e.file_name().to_string_lossy());
+                std::fs::copy(&p, dest.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
     }
     Ok(())
 }

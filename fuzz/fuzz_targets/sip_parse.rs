@@ -1,0 +1,28 @@
+//! SIP parsing: any bytes either parse or give an error; what parses prints
+//! and re-parses to the same message; typed header views never panic.
+#![no_main]
+
+use causeway::sip::digest::Credentials;
+use causeway::sip::framing::Framer;
+use causeway::sip::msg::{Message, NameAddr, Uri, Via};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = Message::parse(data) {
+        let _ = msg.check();
+        let again = Message::parse(&msg.to_bytes()).expect("printed message must parse");
+        assert_eq!(again.start, msg.start);
+        assert_eq!(again.headers.len(), msg.headers.len());
+        for h in &msg.headers {
+            let _ = NameAddr::parse(&h.value);
+            let _ = Via::parse(&h.value);
+            let _ = Uri::parse(&h.value);
+            let _ = Credentials::parse(&h.value);
+        }
+        let _ = msg.cseq();
+        let _ = msg.header_list("Contact").count();
+    }
+    let mut f = Framer::default();
+    f.push(data);
+    while let Ok(Some(_)) = f.next_frame() {}
+});
