@@ -23,6 +23,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+/// An INVITE body we can read: none, SDP, or multipart holding SDP.
+fn acceptable_body(msg: &Message) -> bool {
+    if msg.body.is_empty() {
+        return true;
+    }
+    let ct = msg.header("Content-Type").unwrap_or("application/sdp");
+    let mime = ct.split(';').next().unwrap_or_default().trim();
+    mime.eq_ignore_ascii_case("application/sdp") || mime.eq_ignore_ascii_case("multipart/mixed")
+}
+
+/// Whether the sender accepts an SDP answer (no Accept header means yes).
+fn accepts_sdp(msg: &Message) -> bool {
+    let mut accept = msg.header_list("Accept").peekable();
+    if accept.peek().is_none() {
+        return true;
+    }
+    accept.any(|a| {
+        let mime = a.split(';').next().unwrap_or_default().trim();
+        ["application/sdp", "application/*", "*/*"]
+            .iter()
+            .any(|m| mime.eq_ignore_ascii_case(m))
+    })
+}
+
 /// Methods the gateway handles, for Allow headers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
 
@@ -120,13 +144,15 @@ impl Gateway {
 
     /// Answers a malformed request when it carries enough to route a response.
     fn reject_malformed(&mut self, data: &[u8], flow: Flow, e: crate::sip::msg::ParseError) {
-        let Ok(msg) = Message::parse(data) else {
+        let Some(msg) = Message::parse_lenient(data) else {
             return;
         };
         let StartLine::Request { method, .. } = &msg.start else {
             return;
         };
-        let routable = msg.top_via().is_some()
+        // The response goes back to the source address, so a Via that does
+        // not parse can still be echoed; without these headers it cannot.
+        let routable = msg.header("Via").is_some()
             && ["From", "To", "Call-ID", "CSeq"]
                 .iter()
                 .all(|h| msg.header(h).is_some());
@@ -248,6 +274,13 @@ impl Gateway {
 
     fn on_request(&mut self, now: Instant, wall: u64, key: TxKey, msg: Message, flow: Flow) {
         let method = msg.method().unwrap_or(Method::Other(String::new()));
+        let tag = self.tag.clone();
+        let reply =
+            |code, reason: &str| response_to(&msg, code, reason, Some(&tag), Some(flow.remote));
+        let with = |mut r: Message, name: &str, value: &str| {
+            r.push_header(name, value);
+            r
+        };
         let mut resp = match method {
             Method::Register => {
                 let outcome = self.registrar.handle(wall, &msg, &flow);
@@ -262,37 +295,32 @@ impl Gateway {
                 }
                 outcome.response
             }
-            Method::Options => {
-                let mut r = response_to(&msg, 200, "OK", Some(&self.tag), Some(flow.remote));
-                r.push_header("Allow", ALLOW);
-                r.push_header("Accept", "application/sdp");
-                r
-            }
-            Method::Invite => response_to(
-                &msg,
-                480,
-                "Temporarily Unavailable",
-                Some(&self.tag),
-                Some(flow.remote),
+            // We support no extension a request could require (RFC 3261 8.2.2.3).
+            Method::Options | Method::Invite if msg.header("Require").is_some() => with(
+                reply(420, "Bad Extension"),
+                "Unsupported",
+                msg.header("Require").unwrap_or_default(),
             ),
-            Method::Bye | Method::Cancel => response_to(
-                &msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                Some(&self.tag),
-                Some(flow.remote),
+            Method::Options => with(
+                with(reply(200, "OK"), "Allow", ALLOW),
+                "Accept",
+                "application/sdp",
             ),
-            _ => {
-                let mut r = response_to(
-                    &msg,
-                    405,
-                    "Method Not Allowed",
-                    Some(&self.tag),
-                    Some(flow.remote),
-                );
-                r.push_header("Allow", ALLOW);
-                r
-            }
+            Method::Invite if !acceptable_body(&msg) => with(
+                reply(415, "Unsupported Media Type"),
+                "Accept",
+                "application/sdp",
+            ),
+            Method::Invite if !accepts_sdp(&msg) => with(
+                reply(406, "Not Acceptable"),
+                "Warning",
+                "399 causeway \"only application/sdp answers\"",
+            ),
+            Method::Invite => reply(480, "Temporarily Unavailable"),
+            Method::Bye | Method::Cancel => reply(481, "Call/Transaction Does Not Exist"),
+            // A method we have never heard of (RFC 3261 21.5.2).
+            Method::Other(_) => with(reply(501, "Not Implemented"), "Allow", ALLOW),
+            _ => with(reply(405, "Method Not Allowed"), "Allow", ALLOW),
         };
         resp.push_header("Server", self.user_agent.clone());
         self.tx.respond(now, &key, &resp);
@@ -359,9 +387,9 @@ mod tests {
 
     #[test]
     fn unknown_and_unsupported_methods_get_405() {
-        for m in ["SUBSCRIBE", "FROBNICATE"] {
+        for (m, code) in [("SUBSCRIBE", 405), ("FROBNICATE", 501)] {
             let r = answers(&mut gw(), &request(m, m));
-            assert_eq!(r[0].status(), Some(405), "{m}");
+            assert_eq!(r[0].status(), Some(code), "{m}");
             assert_eq!(r[0].header("Allow"), Some(ALLOW));
         }
     }

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sip").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sip")
+        .join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -34,13 +36,21 @@ fn vendor_messages_round_trip_to_golden_output() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for path in files {
         let raw = std::fs::read(&path).unwrap();
-        let msg = Message::parse_checked(&raw)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let msg =
+            Message::parse_checked(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let out = msg.to_bytes();
         // Re-parsing what we print gives the same message.
-        assert_eq!(Message::parse_checked(&out).unwrap(), msg, "{}", path.display());
+        assert_eq!(
+            Message::parse_checked(&out).unwrap(),
+            msg,
+            "{}",
+            path.display()
+        );
         // Every header survives in order, with its name as written.
-        assert_eq!(msg.headers.len(), Message::parse(&out).unwrap().headers.len());
+        assert_eq!(
+            msg.headers.len(),
+            Message::parse(&out).unwrap().headers.len()
+        );
         let expected = path.with_extension("expected");
         if update {
             std::fs::write(&expected, &out).unwrap();
@@ -57,7 +67,9 @@ fn vendor_messages_round_trip_to_golden_output() {
 }
 
 fn load(name: &str) -> Message {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sip/vendors").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sip/vendors")
+        .join(name);
     Message::parse_checked(&std::fs::read(p).unwrap()).unwrap()
 }
 
@@ -66,7 +78,10 @@ fn vendor_quirks_are_understood() {
     // Yealink: compact headers and a folded Authorization.
     let y = load("yealink_register_compact.sip");
     let c = Credentials::parse(y.header("Authorization").unwrap()).unwrap();
-    assert_eq!((c.username.as_str(), c.nc.as_deref()), ("2001", Some("00000001")));
+    assert_eq!(
+        (c.username.as_str(), c.nc.as_deref()),
+        ("2001", Some("00000001"))
+    );
     assert_eq!(y.call_id(), "0_2738019934@10.0.0.77");
     assert_eq!(y.header("Supported"), Some("path,gruu"));
     // Polycom: contact parameters with quoted commas, instance id.
@@ -81,7 +96,10 @@ fn vendor_quirks_are_understood() {
     // Cisco: TLS Via, body exactly Content-Length.
     let c = load("cisco_ce_invite.sip");
     assert_eq!(c.top_via().unwrap().transport, "TLS");
-    assert_eq!(c.body.len().to_string(), c.header("Content-Length").unwrap());
+    assert_eq!(
+        c.body.len().to_string(),
+        c.header("Content-Length").unwrap()
+    );
     assert!(c.body.starts_with(b"v=0\r\n"));
     // IPv6 everywhere.
     let v6 = load("ipv6_register.sip");
@@ -94,65 +112,93 @@ fn vendor_quirks_are_understood() {
     let from = NameAddr::parse(o.header("From").unwrap()).unwrap();
     assert_eq!(from.display.as_deref(), Some("Odd \"Quoted\" Name"));
     assert_eq!(from.tag(), Some("odd1"));
-    assert_eq!(o.header("Subject"), Some("a subject folded with a tab and three spaces"));
+    assert_eq!(
+        o.header("Subject"),
+        Some("a subject folded with a tab and three spaces")
+    );
     assert_eq!(o.cseq().unwrap().seq, 1);
 }
 
-/// RFC 4475 section 3: every message parses or is refused with a status;
-/// the signalling core never panics on any of them, whatever it answers.
+/// RFC 4475: every message parses or is refused with a status, the core
+/// answers each as `EXPECTED.txt` (the RFC's own verdicts) says wherever the
+/// gateway plays the role the RFC describes, and nothing panics.
 #[test]
 fn rfc4475_torture_messages() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sip/rfc4475");
     let files = fixtures("rfc4475");
-    assert!(files.len() >= 40, "RFC 4475 fixtures missing ({} found)", files.len());
-    let expected = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sip/rfc4475/EXPECTED.txt"),
-    )
-    .unwrap();
-    let cfg = Config::parse("", "t").unwrap();
-    let mut gw = Gateway::new(&cfg, Default::default());
+    assert!(
+        files.len() >= 49,
+        "RFC 4475 fixtures missing ({} found)",
+        files.len()
+    );
+    let expected = std::fs::read_to_string(dir.join("EXPECTED.txt")).unwrap();
+    // The torture messages address example.com: serve it, so REGISTERs are ours.
+    let cfg = Config::parse("[sip]\ndomain = \"example.com\"\n", "t").unwrap();
     let flow = Flow {
         transport: Transport::Udp,
         local: "127.0.0.1:5060".parse().unwrap(),
         remote: "127.0.0.1:5062".parse().unwrap(),
         conn: None,
     };
-    let mut checked = 0;
+    let mut report = Vec::new();
+    let mut mismatches = Vec::new();
     for path in files {
         let tag = path.file_stem().unwrap().to_string_lossy().into_owned();
         let raw = std::fs::read(&path).unwrap();
-        let verdict = Message::parse_checked(&raw);
-        if let Err(e) = &verdict {
-            let code = e.status().0;
-            assert!(matches!(code, 400 | 416 | 505 | 513), "{tag}: {e}");
-        }
         let line = expected
             .lines()
             .find(|l| l.split_whitespace().next() == Some(tag.as_str()))
             .unwrap_or_else(|| panic!("{tag} not in EXPECTED.txt"));
         let mut words = line.split_whitespace();
-        let (_, validity) = (words.next(), words.next().unwrap_or(""));
-        // Messages the RFC calls invalid must not slip through as well-formed,
-        // where the defect is one the parser is responsible for.
-        if validity == "invalid" && PARSER_REJECTS.contains(&tag.as_str()) {
-            assert!(verdict.is_err(), "{tag} should be refused");
+        let (validity, want) = (words.nth(1).unwrap_or(""), words.next().unwrap_or(""));
+
+        let verdict = Message::parse_checked(&raw);
+        if let Err(e) = &verdict {
+            assert!(matches!(e.status().0, 400 | 416 | 505 | 513), "{tag}: {e}");
         }
-        if validity == "valid" {
-            assert!(verdict.is_ok(), "{tag} is valid per RFC 4475 but refused: {:?}", verdict.err());
-        }
+        // A fresh core per message: no state carried between torture cases.
+        let mut gw = Gateway::new(&cfg, Default::default());
         gw.handle_datagram(Instant::now(), 0, flow, &raw);
+        let mut got = None;
         while let Some(o) = gw.poll_output() {
             if let GwOutput::Transmit { data, .. } = o {
-                // Whatever we send back is itself a well-formed response.
-                Message::parse(&data).unwrap_or_else(|e| panic!("{tag}: we sent garbage: {e}"));
+                let m =
+                    Message::parse(&data).unwrap_or_else(|e| panic!("{tag}: we sent garbage: {e}"));
+                got = got.or(m.status());
             }
         }
-        checked += 1;
+        let got_text = got.map_or("drop".to_string(), |c| c.to_string());
+        report.push(format!(
+            "{tag:<10} {validity:<7} want {want:<18} got {got_text}"
+        ));
+        let acceptable: Vec<&str> = want.split("-or-").collect();
+        // "process" means a well-formed request the gateway handles in its own
+        // way (a REGISTER challenge, INVITE 480 before calls exist...).
+        let is_response = raw.starts_with(b"SIP/");
+        let processed = verdict.is_ok() && (is_response || got.is_some_and(|c| c != 400));
+        let ok = acceptable.contains(&got_text.as_str())
+            || (acceptable.iter().any(|a| *a == "process" || *a == "200") && processed)
+            || ALLOWED_DEVIATIONS
+                .iter()
+                .any(|(t, g, _)| *t == tag && *g == got_text);
+        if !ok {
+            mismatches.push(format!("{tag}: want {want}, got {got_text}"));
+        }
     }
-    assert!(checked >= 40);
+    println!("{}", report.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "answers differ from RFC 4475:\n{}",
+        mismatches.join("\n")
+    );
 }
 
-/// Invalid messages whose defect is syntactic (the parser's job to catch).
-const PARSER_REJECTS: &[&str] = &[
-    "badinv01", "clerr", "scalar02", "scalarlg", "quotbal", "ltgtruri", "lwsruri", "lwsstart",
-    "trws", "badaspec", "badvers", "mismatch01", "bigcode", "insuf", "unkscm",
+/// Where the gateway answers differently from the RFC's verdict, and why.
+const ALLOWED_DEVIATIONS: &[(&str, &str, &str)] = &[
+    // No From, To or Call-ID: a response could not be matched by the sender,
+    // so the message is counted and dropped.
+    ("insuf", "drop", "unanswerable"),
+    // RFC 4475 3.1.2.11 allows the liberal reading: Request-URI headers are
+    // ignored and the INVITE processed (480 until calls exist).
+    ("escruri", "480", "liberal R-URI"),
 ];

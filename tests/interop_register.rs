@@ -244,11 +244,15 @@ fn websocket_client_registers_over_sip_subprotocol() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws_port = free_port();
     let gw = Gw::start_with_sip(&format!("ws = [\"127.0.0.1:{ws_port}\"]\n"), "");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut req = format!("ws://127.0.0.1:{ws_port}/").into_client_request().unwrap();
         req.headers_mut().insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
-        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ws_port)).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
         assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "sip");
         let register = |cseq: u32, auth: &str| {
             format!(

@@ -9,7 +9,7 @@
 use super::limiter::Limiter;
 use crate::config::{Config, UserConfig};
 use crate::sip::digest::{
-    Algorithm, Credentials, NonceFactory, NonceState, challenge, constant_time_eq,
+    Algorithm, Credentials, CredentialsError, NonceFactory, NonceState, challenge, constant_time_eq,
 };
 use crate::sip::msg::Message;
 use std::collections::HashMap;
@@ -129,6 +129,7 @@ impl Authenticator {
         };
         let creds = match Credentials::parse(header) {
             Ok(c) => c,
+            Err(CredentialsError::OtherScheme) => return self.challenge(now, false),
             Err(_) => return AuthResult::Malformed,
         };
         let user_key = format!("user:{}", creds.username);

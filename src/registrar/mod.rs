@@ -188,6 +188,13 @@ impl Registrar {
                 ops: vec![],
             };
         }
+        // Syntax before authentication: a malformed REGISTER gets 400, not a challenge.
+        if req
+            .header_list("Contact")
+            .any(|c| c != "*" && NameAddr::parse(c).is_err())
+        {
+            return fail(400, "Bad Contact");
+        }
         // Steps 3-4: who is asking, and for which AOR.
         let Some(to) = req.header("To").and_then(|v| NameAddr::parse(v).ok()) else {
             return fail(400, "Bad To");

@@ -93,7 +93,9 @@ pub struct Credentials {
 /// Why credentials could not be used at all (as opposed to being wrong).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialsError {
-    /// Not a Digest header, or malformed.
+    /// A scheme other than Digest (answered with a challenge, RFC 4475 3.3.7).
+    OtherScheme,
+    /// Malformed.
     Malformed,
     /// A required parameter is missing.
     Missing(&'static str),
@@ -107,7 +109,7 @@ impl Credentials {
             .split_once(char::is_whitespace)
             .ok_or(CredentialsError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("Digest") {
-            return Err(CredentialsError::Malformed);
+            return Err(CredentialsError::OtherScheme);
         }
         let mut c = Credentials {
             algorithm: "MD5".into(),
@@ -400,7 +402,7 @@ mod tests {
         assert_eq!(Algorithm::parse(&c.algorithm), Some(Algorithm::Sha256));
         assert_eq!(
             Credentials::parse("Basic YWxhZGRpbjpvcGVuc2VzYW1l"),
-            Err(CredentialsError::Malformed)
+            Err(CredentialsError::OtherScheme)
         );
         assert_eq!(
             Credentials::parse("Digest username=\"a\""),

@@ -318,6 +318,48 @@ impl Message {
         Ok(msg)
     }
 
+    /// Parses as much as an error response needs, from a message that
+    /// [`Message::parse`] refused: any SIP version, no blank line needed, the
+    /// body and Content-Length ignored, and a broken request line replaced by
+    /// the method from CSeq. `None` when not even that is there.
+    pub fn parse_lenient(data: &[u8]) -> Option<Message> {
+        let data = &data[..data.len().min(MAX_MESSAGE)];
+        let end = header_end(data).unwrap_or(data.len());
+        let head = String::from_utf8_lossy(&data[..end]);
+        let lines = logical_lines(head.trim_matches(['\r', '\n']));
+        let (first, rest) = lines.split_first()?;
+        let headers: Vec<Header> = rest
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| Header {
+                name: n.trim().to_string(),
+                value: v.trim().to_string(),
+            })
+            .collect();
+        let mut msg = Message {
+            start: StartLine::Request {
+                method: Method::Other(String::new()),
+                uri: String::new(),
+            },
+            headers,
+            body: Bytes::new(),
+        };
+        if first.starts_with("SIP/") {
+            return None; // never answer a response
+        }
+        // The request line's method when it has one (an ACK stays an ACK), else CSeq's.
+        let method = first
+            .split(' ')
+            .next()
+            .and_then(Method::parse)
+            .or_else(|| msg.cseq().map(|c| c.method))?;
+        msg.start = StartLine::Request {
+            method,
+            uri: String::new(),
+        };
+        Some(msg)
+    }
+
     /// Parses and checks what every request and response must carry
     /// (RFC 3261 section 8.1.1): Via, From, To, Call-ID and a CSeq matching the method.
     pub fn parse_checked(data: &[u8]) -> Result<Message, ParseError> {
@@ -540,6 +582,11 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().filter(|p| !p.is_empty())
 }
 
+/// Whether a `;`-separated parameter list has an empty entry (`;;`, a trailing `;`).
+fn has_empty_param(s: &str) -> bool {
+    s.split(';').any(|p| p.trim().is_empty())
+}
+
 /// Splits `;name=value` parameters (values may be quoted) into pairs.
 pub fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
@@ -651,14 +698,15 @@ impl Uri {
                 ..Uri::default()
             });
         }
-        let (rest, headers) = match rest.split_once('?') {
-            Some((r, h)) => (r, Some(h.to_string())),
-            None => (rest, None),
-        };
-        // The user part may contain ';' and '?' escaped, but '@' ends it.
-        let (user, hostport_params) = match rest.rfind('@') {
+        // The user part may hold ';', '?' and more (RFC 4475 3.1.1.2), but no
+        // unescaped '@', which cannot appear after it either: split there first.
+        let (user, after_user) = match rest.find('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
+        };
+        let (hostport_params, headers) = match after_user.split_once('?') {
+            Some((r, h)) => (r, Some(h.to_string())),
+            None => (after_user, None),
         };
         let (hostport, params) = match hostport_params.split_once(';') {
             Some((h, p)) => (h, parse_params(p)),
@@ -812,18 +860,28 @@ impl NameAddr {
             } else {
                 Some(d.to_string())
             };
-            (display, &s[lt + 1..gt], &s[gt + 1..])
+            let inner = &s[lt + 1..gt];
+            if inner.trim() != inner {
+                return Err(Malformed); // no LWS inside <> (RFC 4475 3.1.2.14)
+            }
+            (display, inner, &s[gt + 1..])
         } else {
             // addr-spec: URI parameters and header parameters are ambiguous;
-            // RFC 3261 20.10 says they are header parameters.
-            match s.find(';') {
-                Some(i) => (None, &s[..i], &s[i..]),
-                None => (None, s, ""),
+            // RFC 3261 20.10 says they are header parameters, and a URI with
+            // '?' or ',' must be in <> (RFC 4475 3.1.2.13).
+            let (uri, rest) = match s.find(';') {
+                Some(i) => (&s[..i], &s[i..]),
+                None => (s, ""),
+            };
+            if uri.contains(['?', ',']) {
+                return Err(Malformed);
             }
+            (None, uri, rest)
         };
         let uri = Uri::parse(uri_text)?;
         let rest = rest.trim();
         let params = match rest.strip_prefix(';') {
+            Some(p) if has_empty_param(p) => return Err(Malformed),
             Some(p) => parse_params(p),
             None if rest.is_empty() => Vec::new(),
             None => return Err(Malformed),
@@ -891,6 +949,7 @@ impl Via {
         let transport = rest[..split].to_ascii_uppercase();
         let rest = rest[split..].trim_start();
         let (sent_by, params) = match rest.split_once(';') {
+            Some((_, p)) if has_empty_param(p) => return Err(Malformed),
             Some((h, p)) => (h, parse_params(p)),
             None => (rest, Vec::new()),
         };

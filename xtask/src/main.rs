@@ -248,7 +248,9 @@ fn seed_corpus(target: &str) -> Result {
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     for sub in ["vendors", "rfc4475"] {
         let dir = root().join("fixtures/sip").join(sub);
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "sip") {
