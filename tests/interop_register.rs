@@ -293,3 +293,65 @@ fn websocket_client_registers_over_sip_subprotocol() {
         assert_eq!(regs[0]["connected"], true);
     });
 }
+
+#[test]
+fn tls_listener_answers_openssl_s_client() {
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let keygen = run_bounded(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=test.local", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(20),
+    );
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let tls_port = free_port();
+    let gw = Gw::start_with_sip(
+        &format!(
+            "tls = [\"127.0.0.1:{tls_port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    );
+    let options = format!(
+        "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\n\
+         Call-ID: tls-probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let input = write(dir.path(), "options.txt", &options);
+    // s_client sends the file, then keeps the connection open briefly for the answer.
+    let out = run_bounded(
+        Command::new("sh").arg("-c").arg(format!(
+            "(cat {}; sleep 2) | timeout 15 openssl s_client -connect 127.0.0.1:{tls_port} -quiet -no_ign_eof -verify_quiet",
+            input.display()
+        )),
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("SIP/2.0 200 OK\r\n"),
+        "stdout: {stdout}\nstderr: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log_text()
+    );
+    assert!(
+        stdout.contains("Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1"),
+        "{stdout}"
+    );
+}

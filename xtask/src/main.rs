@@ -17,7 +17,7 @@ use std::process::{Command, ExitCode};
 /// Debian packages the gateway needs to build and run.
 const RUN_PACKAGES: &[&str] = &["pkg-config", "gcc", "ca-certificates"];
 /// Debian packages the test suite needs on top: the real peers we test against.
-const TEST_PACKAGES: &[&str] = &["sip-tester", "baresip", "tshark", "procps"];
+const TEST_PACKAGES: &[&str] = &["sip-tester", "baresip", "tshark", "procps", "openssl"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
