@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = msg.check();
         let again = Message::parse(&msg.to_bytes()).expect("printed message must parse");
         assert_eq!(again.start, msg.start);
-        assert_eq!(again.headers.len(), msg.headers.len());
+        // Every header survives, except that Content-Length is written once,
+        // from the body (a message with conflicting ones never passes check()).
+        let not_length = |m: &Message| m.headers.iter().filter(|h| !h.is("Content-Length")).count();
+        assert_eq!(not_length(&again), not_length(&msg));
+        assert_eq!(again.body, msg.body);
         for h in &msg.headers {
             let _ = NameAddr::parse(&h.value);
             let _ = Via::parse(&h.value);
