@@ -281,7 +281,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Whether a path looks like a config file the user meant (for messages).
+/// How a configuration source is named in messages: the path, or the embedded defaults.
 pub fn describe(path: Option<&Path>) -> String {
     path.map_or_else(
         || "embedded defaults".to_string(),
