@@ -121,11 +121,6 @@ impl Gateway {
         &mut self.registrar
     }
 
-    /// Whether requests still wait for a final response.
-    pub fn busy(&self) -> bool {
-        self.tx.has_pending_server()
-    }
-
     /// Handles one message from the wire.
     pub fn handle_datagram(&mut self, now: Instant, wall: u64, flow: Flow, data: &[u8]) {
         self.counters.messages_in.fetch_add(1, Relaxed);
@@ -326,15 +321,9 @@ impl Gateway {
         self.tx.respond(now, &key, &resp);
     }
 
-    /// Next output.
+    /// Next output. Everything the transaction layer queued has already been
+    /// moved here by [`Gateway::pump`], events included.
     pub fn poll_output(&mut self) -> Option<GwOutput> {
-        if self.out.is_empty() {
-            while let Some(o) = self.tx.poll_output() {
-                if let Output::Transmit { flow, data } = o {
-                    self.emit(flow, data);
-                }
-            }
-        }
         self.out.pop_front()
     }
 }

@@ -90,17 +90,6 @@ impl Authenticator {
         }
     }
 
-    /// Replaces the nonce key (tests use a fixed one).
-    pub fn with_nonce_factory(mut self, f: NonceFactory) -> Self {
-        self.nonces = f;
-        self
-    }
-
-    /// Whether any user is configured.
-    pub fn has_users(&self) -> bool {
-        !self.users.is_empty()
-    }
-
     fn challenge(&self, now: u64, stale: bool) -> AuthResult {
         let nonce = self.nonces.mint(now);
         AuthResult::Challenge(

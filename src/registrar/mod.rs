@@ -108,11 +108,6 @@ impl Registrar {
         }
     }
 
-    /// Access to the authenticator (tests pin its nonce key).
-    pub fn auth_mut(&mut self) -> &mut Authenticator {
-        &mut self.auth
-    }
-
     /// Loads persisted bindings (at start).
     pub fn restore(&mut self, bindings: Vec<Binding>) {
         for b in bindings {

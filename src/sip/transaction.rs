@@ -8,8 +8,8 @@
 //! bytes and events come out of [`TransactionLayer::poll_output`]. It must not
 //! decide what to answer: that is the caller's job.
 
+use super::Flow;
 use super::msg::{Message, Method, StartLine};
-use super::{Flow, Transport};
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -498,23 +498,12 @@ impl TransactionLayer {
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
-
-    /// Whether any server transaction still waits for its final response.
-    pub fn has_pending_server(&self) -> bool {
-        self.server
-            .values()
-            .any(|t| matches!(t.state, State::Trying | State::Proceeding))
-    }
-}
-
-/// The transport a Via header names.
-pub fn via_transport(msg: &Message) -> Option<Transport> {
-    Transport::parse(&msg.top_via()?.transport)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::Transport;
     use crate::sip::msg::response_to;
 
     fn flow(t: Transport) -> Flow {

@@ -229,11 +229,6 @@ impl Transports {
             }
         });
     }
-
-    /// Live stream connections (for metrics and the admin API).
-    pub fn connection_count(&self) -> usize {
-        lock(&self.conns).by_id.len()
-    }
 }
 
 #[derive(Clone)]
