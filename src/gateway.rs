@@ -322,7 +322,7 @@ impl Gateway {
     }
 
     /// Next output. Everything the transaction layer queued has already been
-    /// moved here by [`Gateway::pump`], events included.
+    /// moved here by the private `pump`, events included.
     pub fn poll_output(&mut self) -> Option<GwOutput> {
         self.out.pop_front()
     }
