@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dialplan;
 pub mod gateway;
 pub mod registrar;
 pub mod runtime;

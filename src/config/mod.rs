@@ -32,6 +32,68 @@ pub struct Config {
     pub log: LogConfig,
     /// Local SIP users allowed to register.
     pub users: Vec<Spanned<UserConfig>>,
+    /// Where the dialplan lives and whether it is watched.
+    pub dialplan: DialplanConfig,
+    /// The external policy server.
+    pub policy: PolicyConfig,
+    /// SIP trunks dialplan rules can send calls to.
+    pub trunks: Vec<Spanned<TrunkConfig>>,
+}
+
+/// `[dialplan]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialplanConfig {
+    /// A dialplan file, or a directory whose `*.toml` files (except
+    /// `*.cases.toml`) together form the plan. None: the embedded default plan.
+    pub path: Option<PathBuf>,
+    /// Reload the plan when its files change.
+    pub watch: bool,
+}
+
+impl Default for DialplanConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            watch: true,
+        }
+    }
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Base URL; rules with target `policy` ask `{url}/policy/v1/service/configuration`.
+    pub url: Option<Spanned<String>>,
+    /// How long to wait for an answer, milliseconds.
+    pub timeout_ms: u64,
+    /// How long an answer may be reused for the same call parameters, seconds (0: never).
+    pub cache_ttl: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 2000,
+            cache_ttl: 0,
+        }
+    }
+}
+
+/// `[[trunks]]`: a SIP peer (carrier, PBX) calls can be sent to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Name used by dialplan targets.
+    pub name: String,
+    /// Where to send calls: `sip:host[:port][;transport=tcp]`.
+    pub uri: String,
+    /// Digest username, when the trunk challenges.
+    pub username: Option<String>,
+    /// Digest password.
+    pub password: Option<String>,
 }
 
 /// `[sip]`
@@ -239,7 +301,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
@@ -366,6 +429,47 @@ impl Config {
             }
             if !seen.insert(user.name.clone()) {
                 return Err((span, format!("user {:?} is defined twice", user.name)));
+            }
+        }
+        if let Some(url) = &self.policy.url {
+            let u = url.get_ref();
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err((
+                    url.span().start,
+                    format!("policy.url {u:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.policy.timeout_ms == 0 {
+            return Err((0, "policy.timeout_ms must be above 0".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.trunks {
+            let span = t.span().start;
+            let trunk = t.get_ref();
+            if trunk.name.trim().is_empty() || !names.insert(trunk.name.clone()) {
+                return Err((
+                    span,
+                    format!("trunk name {:?} is empty or defined twice", trunk.name),
+                ));
+            }
+            if !crate::sip::msg::Uri::parse(&trunk.uri).is_ok_and(|u| u.is_sip()) {
+                return Err((
+                    span,
+                    format!(
+                        "trunk {:?}: uri {:?} is not a SIP URI",
+                        trunk.name, trunk.uri
+                    ),
+                ));
+            }
+            if trunk.username.is_some() != trunk.password.is_some() {
+                return Err((
+                    span,
+                    format!(
+                        "trunk {:?}: give both username and password, or neither",
+                        trunk.name
+                    ),
+                ));
             }
         }
         Ok(())

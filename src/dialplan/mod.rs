@@ -1,0 +1,688 @@
+//! The dialplan: where every call goes, as typed, pure logic.
+//!
+//! Owns the TOML model of `dialplans/*.toml` (loading and validation live in
+//! [`load`]), the compiled [`Dialplan`] and its [`Dialplan::route`] function,
+//! ephemeral aliases ([`aliases`]) and the table-driven test cases admins keep
+//! beside their plans ([`cases`]). Routing is pure: a [`CallInfo`] in, a
+//! [`Verdict`] out, no clock, no I/O, regexes compiled once at load. Asking a
+//! policy server and finding registered contacts happen later, in `policy` and
+//! the call layer. It must not touch sockets; only [`load`] reads files, and
+//! only when asked to.
+//!
+//! Rules are tried in ascending `priority`; the first whose every condition
+//! holds wins. Called-alias patterns of all rules are compiled into one
+//! [`regex::RegexSet`], so a 1,000-rule plan costs one automaton pass per call
+//! rather than 1,000 regex runs.
+
+pub mod aliases;
+pub mod cases;
+pub mod load;
+
+use crate::sip::Transport;
+use ipnet::IpNet;
+use regex::{Regex, RegexSet};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+pub use aliases::{AliasTable, EphemeralAlias};
+pub use load::{DialplanError, LoadContext};
+
+/// The plan used when no `dialplan.path` is configured.
+pub const DEFAULT_PLAN: &str = include_str!("../../dialplans/default.toml");
+
+/// The signalling protocol a call arrives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// SIP (any transport).
+    Sip,
+    /// H.323.
+    H323,
+    /// A browser or WHIP client.
+    Webrtc,
+}
+
+impl Protocol {
+    /// The lowercase name used in TOML, JSON and the policy query.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Sip => "sip",
+            Protocol::H323 => "h323",
+            Protocol::Webrtc => "webrtc",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Protocol::Sip => 1,
+            Protocol::H323 => 2,
+            Protocol::Webrtc => 4,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sip" => Ok(Protocol::Sip),
+            "h323" => Ok(Protocol::H323),
+            "webrtc" => Ok(Protocol::Webrtc),
+            _ => Err(format!("unknown protocol {s:?} (sip, h323 or webrtc)")),
+        }
+    }
+}
+
+/// Everything routing may look at, gathered by the leg that received the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// The called alias: a SIP user part when the host is ours, else
+    /// `user@host`; the alias a browser dialled.
+    pub to: String,
+    /// The calling alias, same shape.
+    pub from: String,
+    /// Protocol the call arrived on.
+    pub protocol: Protocol,
+    /// Where the signalling came from.
+    pub source_ip: Option<IpAddr>,
+    /// SIP transport, when SIP.
+    pub transport: Option<Transport>,
+    /// Whether the caller is a registered or authenticated local user.
+    pub registered: bool,
+    /// When the call arrived, unix seconds (for time windows and alias validity).
+    pub at: i64,
+}
+
+/// What to do when the policy server cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPolicyFailure {
+    /// Reject the call with 503.
+    #[default]
+    Reject,
+    /// Carry on with the next rule.
+    Continue,
+}
+
+/// Where a call goes. The same shape in TOML, in JSON (ephemeral aliases,
+/// policy answers) and in API output: a table with a `type` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// Every contact registered locally for the alias (SIP, H.323 or browser),
+    /// rung in parallel; the first answer wins.
+    Registered,
+    /// A SIP destination: `uri` (its user part defaults to the alias) or a
+    /// trunk from the gateway config. Exactly one of the two.
+    Sip {
+        /// `sip:host[:port][;transport=...]` or a full `sip:user@host` URI.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uri: Option<String>,
+        /// The name of a `[[trunks]]` entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trunk: Option<String>,
+    },
+    /// Browsers registered through the client API under the alias.
+    Webrtc,
+    /// H.323 endpoints (reserved for the H.323 work).
+    H323,
+    /// The built-in echo service.
+    Echo,
+    /// Refuse the call.
+    Reject {
+        /// SIP status, 400-699 (default 403).
+        #[serde(default = "default_reject_status")]
+        status: u16,
+        /// Reason phrase (default: the standard one for the status).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Ask the external policy server.
+    Policy {
+        /// Overrides `[policy] url` for this rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// Reject (503) or carry on with the next rule when the server fails.
+        #[serde(default)]
+        on_failure: OnPolicyFailure,
+    },
+    /// Try each in order until one succeeds (e.g. registered, then a trunk).
+    Fallback {
+        /// The targets, none of them `policy` or `fallback`.
+        targets: Vec<Target>,
+    },
+}
+
+fn default_reject_status() -> u16 {
+    403
+}
+
+impl Target {
+    /// The `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Registered => "registered",
+            Target::Sip { .. } => "sip",
+            Target::Webrtc => "webrtc",
+            Target::H323 => "h323",
+            Target::Echo => "echo",
+            Target::Reject { .. } => "reject",
+            Target::Policy { .. } => "policy",
+            Target::Fallback { .. } => "fallback",
+        }
+    }
+
+    /// Status and reason phrase for a `reject` target.
+    pub fn rejection(&self) -> Option<(u16, String)> {
+        match self {
+            Target::Reject { status, reason } => Some((
+                *status,
+                reason
+                    .clone()
+                    .unwrap_or_else(|| reason_phrase(*status).to_string()),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Sip {
+                uri: Some(u),
+                trunk: _,
+            } => write!(f, "sip {u}"),
+            Target::Sip { trunk: Some(t), .. } => write!(f, "sip trunk {t}"),
+            Target::Reject { .. } => {
+                let (s, r) = self.rejection().unwrap_or_default();
+                write!(f, "reject {s} {r}")
+            }
+            Target::Policy { url, on_failure } => {
+                write!(f, "policy")?;
+                if let Some(u) = url {
+                    write!(f, " {u}")?;
+                }
+                write!(f, " (on failure: {on_failure:?})")
+            }
+            Target::Fallback { targets } => {
+                write!(f, "fallback [")?;
+                for (i, t) in targets.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{t}")?;
+                }
+                write!(f, "]")
+            }
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+/// The standard reason phrase for a SIP status code.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        410 => "Gone",
+        480 => "Temporarily Unavailable",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        400..=499 => "Client Error",
+        500..=599 => "Server Error",
+        _ => "Global Failure",
+    }
+}
+
+/// SRTP requirement for the SIP leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Srtp {
+    /// Offer SDES-SRTP, accept plain RTP.
+    #[default]
+    Optional,
+    /// Refuse the call without SRTP.
+    Required,
+    /// Plain RTP only.
+    Off,
+}
+
+/// Per-rule media options, handed to the call layer with the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaOptions {
+    /// Codec preference, first preferred (empty: the gateway's default order).
+    pub codecs: Vec<String>,
+    /// Whether video is offered and accepted.
+    pub video: bool,
+    /// Whether transcoding is allowed (false: passthrough only).
+    pub transcode: bool,
+    /// Cap on the media bitrate, kbit/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bitrate_kbps: Option<u32>,
+    /// SRTP on the SIP leg.
+    pub srtp: Srtp,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        Self {
+            codecs: vec![],
+            video: true,
+            transcode: true,
+            max_bitrate_kbps: None,
+            srtp: Srtp::Optional,
+        }
+    }
+}
+
+/// Codec names a rule may list.
+pub const KNOWN_CODECS: &[&str] = &["opus", "g722", "pcmu", "pcma", "h264", "vp8"];
+
+/// A matched route: the rule, the rewritten aliases and the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// Rule name (or the ephemeral alias).
+    pub rule: String,
+    /// `file:line` of the rule, or `ephemeral alias`.
+    pub origin: String,
+    /// The rule's priority (none for ephemeral aliases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// Called alias after transforms.
+    pub to: String,
+    /// Calling alias after transforms.
+    pub from: String,
+    /// Where the call goes.
+    pub target: Target,
+    /// Media options of the rule.
+    pub media: MediaOptions,
+    /// PIN the caller must present (ephemeral aliases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// Index of the rule after this one, where a `policy` rule that fails
+    /// with `on_failure = "continue"` resumes.
+    #[serde(skip)]
+    pub next_rule: Option<usize>,
+}
+
+/// The outcome of routing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// A rule (or an ephemeral alias) matched.
+    Route(Route),
+    /// Nothing matched: the call gets 404.
+    NoMatch,
+}
+
+/// A time-of-day window in some time zone.
+#[derive(Debug, Clone)]
+struct Window {
+    zone: usize,
+    /// Bit n set: weekday n (Monday = 0) matches.
+    days: u8,
+    /// Minutes after midnight, start inclusive, end exclusive; start > end wraps.
+    minutes: Option<(u16, u16)>,
+}
+
+/// A compiled alias rewrite.
+#[derive(Debug, Clone, Default)]
+struct Rewrite {
+    /// Own pattern, replaced everywhere; `None` with `with` set rewrites the
+    /// whole alias from the match pattern's captures.
+    replace: Option<Regex>,
+    with: Option<String>,
+    strip_prefix: Option<String>,
+    add_prefix: Option<String>,
+    domain: Option<String>,
+    strip_domain: bool,
+}
+
+impl Rewrite {
+    fn apply(&self, alias: &str, matcher: Option<&Regex>) -> String {
+        let mut s = match (&self.replace, &self.with, matcher) {
+            (Some(re), Some(with), _) => re.replace_all(alias, with.as_str()).into_owned(),
+            (None, Some(with), Some(m)) => match m.captures(alias) {
+                Some(caps) => {
+                    let mut out = String::new();
+                    caps.expand(with, &mut out);
+                    out
+                }
+                None => alias.to_string(),
+            },
+            _ => alias.to_string(),
+        };
+        if let Some(p) = &self.strip_prefix {
+            if let Some(rest) = s.strip_prefix(p.as_str()) {
+                s = rest.to_string();
+            }
+        }
+        if let Some(p) = &self.add_prefix {
+            s.insert_str(0, p);
+        }
+        if self.strip_domain || self.domain.is_some() {
+            if let Some(at) = s.rfind('@') {
+                s.truncate(at);
+            }
+        }
+        if let Some(d) = &self.domain {
+            s.push('@');
+            s.push_str(d);
+        }
+        s
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    origin: String,
+    priority: i64,
+    /// Index in the plan's regex set, and the same pattern for captures.
+    to: Option<(usize, Regex)>,
+    from: Option<Regex>,
+    /// Bit mask of [`Protocol::bit`]; 0 means any.
+    protocols: u8,
+    nets: Vec<IpNet>,
+    transports: Vec<Transport>,
+    registered: Option<bool>,
+    window: Option<Window>,
+    to_rewrite: Option<Rewrite>,
+    from_rewrite: Option<Rewrite>,
+    target: Target,
+    media: MediaOptions,
+}
+
+impl Rule {
+    /// Every condition except the called alias, which the regex set checks.
+    fn conditions_hold(&self, call: &CallInfo, local: &mut LocalTimes<'_>) -> bool {
+        if self.protocols != 0 && self.protocols & call.protocol.bit() == 0 {
+            return false;
+        }
+        if let Some(want) = self.registered {
+            if want != call.registered {
+                return false;
+            }
+        }
+        if !self.transports.is_empty()
+            && !call.transport.is_some_and(|t| self.transports.contains(&t))
+        {
+            return false;
+        }
+        if !self.nets.is_empty()
+            && !call
+                .source_ip
+                .is_some_and(|ip| self.nets.iter().any(|n| n.contains(&ip)))
+        {
+            return false;
+        }
+        if let Some(re) = &self.from {
+            if !re.is_match(&call.from) {
+                return false;
+            }
+        }
+        if let Some(w) = &self.window {
+            let (weekday, minute) = local.get(w.zone, call.at);
+            if w.days & (1 << weekday) == 0 {
+                return false;
+            }
+            if let Some((start, end)) = w.minutes {
+                let inside = if start <= end {
+                    (start..end).contains(&minute)
+                } else {
+                    minute >= start || minute < end
+                };
+                if !inside {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn route(&self, call: &CallInfo, index: usize) -> Route {
+        let to_re = self.to.as_ref().map(|(_, re)| re);
+        let to = self
+            .to_rewrite
+            .as_ref()
+            .map_or_else(|| call.to.clone(), |r| r.apply(&call.to, to_re));
+        let from = self.from_rewrite.as_ref().map_or_else(
+            || call.from.clone(),
+            |r| r.apply(&call.from, self.from.as_ref()),
+        );
+        Route {
+            rule: self.name.clone(),
+            origin: self.origin.clone(),
+            priority: Some(self.priority),
+            to,
+            from,
+            target: self.target.clone(),
+            media: self.media.clone(),
+            pin: None,
+            next_rule: Some(index + 1),
+        }
+    }
+}
+
+/// Local weekday and minute per time zone, computed at most once per route.
+struct LocalTimes<'a> {
+    zones: &'a [jiff::tz::TimeZone],
+    cache: Vec<Option<(u8, u16)>>,
+}
+
+impl LocalTimes<'_> {
+    fn get(&mut self, zone: usize, at: i64) -> (u8, u16) {
+        if let Some(Some(v)) = self.cache.get(zone) {
+            return *v;
+        }
+        let v = match (
+            jiff::Timestamp::from_second(at),
+            self.zones.get(zone).cloned(),
+        ) {
+            (Ok(ts), Some(tz)) => {
+                let z = ts.to_zoned(tz);
+                let weekday = u8::try_from(z.weekday().to_monday_zero_offset()).unwrap_or(0);
+                let minute =
+                    u16::try_from(i32::from(z.hour()) * 60 + i32::from(z.minute())).unwrap_or(0);
+                (weekday, minute)
+            }
+            // Out of jiff's range (year beyond 9999): treat as Monday midnight.
+            _ => (0, 0),
+        };
+        if self.cache.len() <= zone {
+            self.cache.resize(zone + 1, None);
+        }
+        self.cache[zone] = Some(v);
+        v
+    }
+}
+
+/// A loaded, validated dialplan.
+#[derive(Debug, Clone)]
+pub struct Dialplan {
+    rules: Vec<Rule>,
+    set: RegexSet,
+    zones: Vec<jiff::tz::TimeZone>,
+    sources: Vec<String>,
+}
+
+/// A rule as the admin API and the CLI list it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleSummary {
+    /// Name.
+    pub name: String,
+    /// Priority.
+    pub priority: i64,
+    /// `file:line`.
+    pub origin: String,
+    /// Target.
+    pub target: Target,
+}
+
+impl Dialplan {
+    /// The embedded default plan.
+    pub fn embedded_default() -> Result<Dialplan, Vec<DialplanError>> {
+        load::from_sources(
+            &[("<embedded dialplan>".to_string(), DEFAULT_PLAN.to_string())],
+            &LoadContext::default(),
+        )
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the plan has no rules (every call gets 404).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The files the plan came from.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The rules in the order they are tried.
+    pub fn summary(&self) -> Vec<RuleSummary> {
+        self.rules
+            .iter()
+            .map(|r| RuleSummary {
+                name: r.name.clone(),
+                priority: r.priority,
+                origin: r.origin.clone(),
+                target: r.target.clone(),
+            })
+            .collect()
+    }
+
+    /// Routes a call: the first rule whose conditions all hold.
+    pub fn route(&self, call: &CallInfo) -> Verdict {
+        self.route_from(call, 0)
+    }
+
+    /// Routes a call trying only rules from index `start` on (where a failed
+    /// `policy` rule with `on_failure = "continue"` resumes).
+    pub fn route_from(&self, call: &CallInfo, start: usize) -> Verdict {
+        let matched = self.set.matches(&call.to);
+        let mut local = LocalTimes {
+            zones: &self.zones,
+            cache: Vec::new(),
+        };
+        for (i, rule) in self.rules.iter().enumerate().skip(start) {
+            if let Some((set_index, _)) = &rule.to {
+                if !matched.matched(*set_index) {
+                    continue;
+                }
+            }
+            if rule.conditions_hold(call, &mut local) {
+                return Verdict::Route(rule.route(call, i));
+            }
+        }
+        Verdict::NoMatch
+    }
+}
+
+/// Ephemeral aliases first (an exact, valid alias wins), then the plan.
+pub fn route(plan: &Dialplan, aliases: &AliasTable, call: &CallInfo) -> Verdict {
+    if let Some(a) = aliases.lookup(&call.to, call.at) {
+        return Verdict::Route(Route {
+            rule: a.alias.clone(),
+            origin: "ephemeral alias".into(),
+            priority: None,
+            to: call.to.clone(),
+            from: call.from.clone(),
+            target: a.target.clone(),
+            media: MediaOptions::default(),
+            pin: a.pin.clone(),
+            next_rule: None,
+        });
+    }
+    plan.route(call)
+}
+
+/// The live routing state shared by the signalling core, the admin API and
+/// the reload watcher: the current plan (swapped whole on reload) and the
+/// ephemeral aliases.
+#[derive(Debug)]
+pub struct Routing {
+    plan: RwLock<Arc<Dialplan>>,
+    aliases: RwLock<AliasTable>,
+}
+
+impl Routing {
+    /// Starts with a plan and no aliases.
+    pub fn new(plan: Dialplan) -> Self {
+        Self {
+            plan: RwLock::new(Arc::new(plan)),
+            aliases: RwLock::new(AliasTable::default()),
+        }
+    }
+
+    /// The current plan; calls routed with it keep it even if a reload swaps it.
+    pub fn plan(&self) -> Arc<Dialplan> {
+        // A poisoned lock still holds a whole plan: swaps are single assignments.
+        self.plan
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps in a new plan for calls that arrive from now on.
+    pub fn swap(&self, plan: Dialplan) {
+        *self
+            .plan
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(plan);
+    }
+
+    /// Reads the alias table.
+    pub fn aliases(&self) -> std::sync::RwLockReadGuard<'_, AliasTable> {
+        self.aliases
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the alias table.
+    pub fn aliases_mut(&self) -> std::sync::RwLockWriteGuard<'_, AliasTable> {
+        self.aliases
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Routes with ephemeral aliases first, then the current plan.
+    pub fn route(&self, call: &CallInfo) -> Verdict {
+        let plan = self.plan();
+        route(&plan, &self.aliases(), call)
+    }
+}
+
+#[cfg(test)]
+mod tests;
