@@ -1,10 +1,14 @@
-//! The `causeway` command: run the gateway, or check a config file.
+//! The `causeway` command: run the gateway, check a config file, and check,
+//! query and test dialplans.
 
 #![forbid(unsafe_code)]
 
 use causeway::config::Config;
+use causeway::dialplan::{self, CallInfo, Dialplan, LoadContext, Protocol, Verdict};
 use causeway::runtime;
+use causeway::sip::Transport;
 use clap::{Parser, Subcommand};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,6 +36,69 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Dialplan commands: validate, ask where a call goes, run test tables.
+    ///
+    /// Exit codes: 0 success, 1 no match or a failed case, 2 invalid files.
+    Dialplan {
+        #[command(subcommand)]
+        cmd: DialplanCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DialplanCmd {
+    /// Validate dialplan files (or directories of them); each is checked on its own.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Gateway config naming the trunks and policy server rules may use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show which rule a call would match, the rewritten aliases and the target.
+    Route {
+        /// Dialplan file or directory.
+        path: PathBuf,
+        /// Called alias.
+        #[arg(long)]
+        to: String,
+        /// Calling alias.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// sip, h323 or webrtc.
+        #[arg(long, default_value = "sip")]
+        protocol: Protocol,
+        /// Source address of the call.
+        #[arg(long)]
+        source_ip: Option<IpAddr>,
+        /// SIP transport: udp, tcp, tls, ws, wss.
+        #[arg(long, value_parser = parse_transport)]
+        transport: Option<Transport>,
+        /// The caller is a registered or authenticated user.
+        #[arg(long)]
+        registered: bool,
+        /// When the call happens (RFC 3339); now by default.
+        #[arg(long)]
+        at: Option<String>,
+        /// Gateway config naming the trunks and policy server rules may use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a table of expected routes (`[[case]]` entries) against a dialplan.
+    Test {
+        /// Dialplan file or directory.
+        path: PathBuf,
+        /// The cases file.
+        cases: PathBuf,
+        /// Gateway config naming the trunks and policy server rules may use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    Transport::parse(s).ok_or_else(|| format!("unknown transport {s:?}"))
 }
 
 #[derive(Subcommand)]
@@ -65,6 +132,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Dialplan { cmd } => dialplan_cmd(cmd),
         Cmd::Run { config } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -74,6 +142,148 @@ fn main() -> ExitCode {
                 }
             };
             run(cfg, config)
+        }
+    }
+}
+
+/// The dialplan context a gateway config gives, or the exit code after
+/// printing why the config is unusable.
+fn context(config: Option<&PathBuf>) -> Result<LoadContext, ExitCode> {
+    load(config)
+        .map(|c| LoadContext::from_config(&c))
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })
+}
+
+fn load_plan(path: &std::path::Path, ctx: &LoadContext) -> Result<Dialplan, ExitCode> {
+    dialplan::load::load_path(path, ctx).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        eprintln!("{}: {} error(s)", path.display(), errors.len());
+        ExitCode::from(2)
+    })
+}
+
+fn dialplan_cmd(cmd: DialplanCmd) -> ExitCode {
+    let outcome = match cmd {
+        DialplanCmd::Check { paths, config } => context(config.as_ref()).map(|ctx| {
+            let mut ok = true;
+            for p in &paths {
+                match load_plan(p, &ctx) {
+                    Ok(plan) => println!("{}: ok, {} rule(s)", p.display(), plan.len()),
+                    Err(_) => ok = false,
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }),
+        DialplanCmd::Route {
+            path,
+            to,
+            from,
+            protocol,
+            source_ip,
+            transport,
+            registered,
+            at,
+            config,
+        } => context(config.as_ref()).and_then(|ctx| {
+            let plan = load_plan(&path, &ctx)?;
+            let at = match at {
+                Some(t) => dialplan::cases::TimeArg::Text(t).unix().map_err(|e| {
+                    eprintln!("--at: {e}");
+                    ExitCode::from(2)
+                })?,
+                None => i64::try_from(runtime::unix_now()).unwrap_or(i64::MAX),
+            };
+            let call = CallInfo {
+                to,
+                from,
+                protocol,
+                source_ip,
+                transport,
+                registered,
+                at,
+            };
+            Ok(print_route(&plan, &call))
+        }),
+        DialplanCmd::Test {
+            path,
+            cases,
+            config,
+        } => context(config.as_ref()).and_then(|ctx| {
+            let plan = load_plan(&path, &ctx)?;
+            let file = cases.display().to_string();
+            let src = std::fs::read_to_string(&cases).map_err(|e| {
+                eprintln!("{file}: cannot read: {e}");
+                ExitCode::from(2)
+            })?;
+            let results = dialplan::cases::run(&plan, &src, &file).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            })?;
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            for r in &results {
+                if r.passed() {
+                    println!("ok    {}", r.name);
+                } else {
+                    println!("FAIL  {} ({file}:{})", r.name, r.line);
+                    for f in &r.failures {
+                        println!("        {f}");
+                    }
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
+    };
+    outcome.unwrap_or_else(|code| code)
+}
+
+fn print_route(plan: &Dialplan, call: &CallInfo) -> ExitCode {
+    match plan.route(call) {
+        Verdict::Route(r) => {
+            println!(
+                "rule     {} (priority {}, {})",
+                r.rule,
+                r.priority.unwrap_or_default(),
+                r.origin
+            );
+            if r.to != call.to {
+                println!("to       {} -> {}", call.to, r.to);
+            } else {
+                println!("to       {}", r.to);
+            }
+            if r.from != call.from {
+                println!("from     {} -> {}", call.from, r.from);
+            }
+            println!("target   {}", r.target);
+            if r.media != dialplan::MediaOptions::default() {
+                println!(
+                    "media    {}",
+                    serde_json::to_string(&r.media).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Verdict::NoMatch => {
+            println!("no rule matched: the call gets 404 Not Found");
+            for (rule, miss) in plan.explain(call) {
+                if let Some(m) = miss {
+                    println!("  {} ({}): {m}", rule.name, rule.origin);
+                }
+            }
+            ExitCode::from(1)
         }
     }
 }

@@ -421,37 +421,38 @@ struct Rule {
 }
 
 impl Rule {
-    /// Every condition except the called alias, which the regex set checks.
-    fn conditions_hold(&self, call: &CallInfo, local: &mut LocalTimes<'_>) -> bool {
+    /// Every condition except the called alias, which the regex set checks:
+    /// the first that fails.
+    fn check(&self, call: &CallInfo, local: &mut LocalTimes<'_>) -> Result<(), Miss> {
         if self.protocols != 0 && self.protocols & call.protocol.bit() == 0 {
-            return false;
+            return Err(Miss::Protocol);
         }
-        if let Some(want) = self.registered {
-            if want != call.registered {
-                return false;
-            }
+        if self.registered.is_some_and(|want| want != call.registered) {
+            return Err(Miss::Registered);
         }
         if !self.transports.is_empty()
             && !call.transport.is_some_and(|t| self.transports.contains(&t))
         {
-            return false;
+            return Err(Miss::Transport);
         }
         if !self.nets.is_empty()
             && !call
                 .source_ip
                 .is_some_and(|ip| self.nets.iter().any(|n| n.contains(&ip)))
         {
-            return false;
+            return Err(Miss::SourceNet);
         }
-        if let Some(re) = &self.from {
-            if !re.is_match(&call.from) {
-                return false;
-            }
+        if self
+            .from
+            .as_ref()
+            .is_some_and(|re| !re.is_match(&call.from))
+        {
+            return Err(Miss::From);
         }
         if let Some(w) = &self.window {
             let (weekday, minute) = local.get(w.zone, call.at);
             if w.days & (1 << weekday) == 0 {
-                return false;
+                return Err(Miss::Day);
             }
             if let Some((start, end)) = w.minutes {
                 let inside = if start <= end {
@@ -460,11 +461,11 @@ impl Rule {
                     minute >= start || minute < end
                 };
                 if !inside {
-                    return false;
+                    return Err(Miss::Time);
                 }
             }
         }
-        true
+        Ok(())
     }
 
     fn route(&self, call: &CallInfo, index: usize) -> Route {
@@ -488,6 +489,42 @@ impl Rule {
             pin: None,
             next_rule: Some(index + 1),
         }
+    }
+}
+
+/// The condition of a rule that a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// `match.to`
+    To,
+    /// `match.from`
+    From,
+    /// `match.protocol`
+    Protocol,
+    /// `match.registered`
+    Registered,
+    /// `match.transport`
+    Transport,
+    /// `match.source_net`
+    SourceNet,
+    /// `match.days`
+    Day,
+    /// `match.time`
+    Time,
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Miss::To => "the called alias does not match match.to",
+            Miss::From => "the calling alias does not match match.from",
+            Miss::Protocol => "the protocol is not in match.protocol",
+            Miss::Registered => "match.registered differs",
+            Miss::Transport => "the transport is not in match.transport",
+            Miss::SourceNet => "the source address is not in match.source_net",
+            Miss::Day => "the day is not in match.days",
+            Miss::Time => "the time is outside match.time",
+        })
     }
 }
 
@@ -602,11 +639,31 @@ impl Dialplan {
                     continue;
                 }
             }
-            if rule.conditions_hold(call, &mut local) {
+            if rule.check(call, &mut local).is_ok() {
                 return Verdict::Route(rule.route(call, i));
             }
         }
         Verdict::NoMatch
+    }
+
+    /// For each rule in order, why it does not match the call (None: it
+    /// matches). For people asking why a call went where it went.
+    pub fn explain(&self, call: &CallInfo) -> Vec<(RuleSummary, Option<Miss>)> {
+        let mut local = LocalTimes {
+            zones: &self.zones,
+            cache: Vec::new(),
+        };
+        self.rules
+            .iter()
+            .zip(self.summary())
+            .map(|(rule, summary)| {
+                let miss = match &rule.to {
+                    Some((_, re)) if !re.is_match(&call.to) => Some(Miss::To),
+                    _ => rule.check(call, &mut local).err(),
+                };
+                (summary, miss)
+            })
+            .collect()
     }
 }
 
