@@ -619,7 +619,8 @@ fn compile_rule(
             Some(z) => zone_index(zones, z.get_ref())
                 .map_err(|e| errs.push((z.span().start, e)))
                 .ok(),
-            None => Some(file_zone.map_or_else(|| zone_index(zones, "UTC").unwrap_or(0), |z| z)),
+            // "UTC" is always in the bundled database.
+            None => Some(file_zone.unwrap_or_else(|| zone_index(zones, "UTC").unwrap_or(0))),
         };
         let days = match &m.days {
             Some(d) => parse_days(d.get_ref())

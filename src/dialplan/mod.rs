@@ -253,9 +253,11 @@ pub fn reason_phrase(status: u16) -> &'static str {
         603 => "Decline",
         604 => "Does Not Exist Anywhere",
         606 => "Not Acceptable",
-        400..=499 => "Client Error",
-        500..=599 => "Server Error",
-        _ => "Global Failure",
+        _ => match status / 100 {
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Global Failure",
+        },
     }
 }
 
@@ -336,7 +338,7 @@ pub struct Route {
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// A rule (or an ephemeral alias) matched.
-    Route(Route),
+    Route(Box<Route>),
     /// Nothing matched: the call gets 404.
     NoMatch,
 }
@@ -640,7 +642,7 @@ impl Dialplan {
                 }
             }
             if rule.check(call, &mut local).is_ok() {
-                return Verdict::Route(rule.route(call, i));
+                return Verdict::Route(Box::new(rule.route(call, i)));
             }
         }
         Verdict::NoMatch
@@ -670,7 +672,7 @@ impl Dialplan {
 /// Ephemeral aliases first (an exact, valid alias wins), then the plan.
 pub fn route(plan: &Dialplan, aliases: &AliasTable, call: &CallInfo) -> Verdict {
     if let Some(a) = aliases.lookup(&call.to, call.at) {
-        return Verdict::Route(Route {
+        return Verdict::Route(Box::new(Route {
             rule: a.alias.clone(),
             origin: "ephemeral alias".into(),
             priority: None,
@@ -680,7 +682,7 @@ pub fn route(plan: &Dialplan, aliases: &AliasTable, call: &CallInfo) -> Verdict 
             media: MediaOptions::default(),
             pin: a.pin.clone(),
             next_rule: None,
-        });
+        }));
     }
     plan.route(call)
 }

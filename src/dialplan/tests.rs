@@ -27,7 +27,7 @@ fn call(to: &str) -> CallInfo {
 
 fn routed(p: &Dialplan, c: &CallInfo) -> Route {
     match p.route(c) {
-        Verdict::Route(r) => r,
+        Verdict::Route(r) => *r,
         Verdict::NoMatch => panic!("no match for {c:?}"),
     }
 }
