@@ -3,21 +3,31 @@
 //!
 //! Owns the transaction layer and the registrar and decides what every request
 //! gets: REGISTER goes to the registrar, OPTIONS is answered 200 (room systems
-//! use it as a keepalive), INVITE gets 480 until the call layer exists, other
-//! methods get 405 with Allow, and malformed messages get 400 (or 416/505/513)
-//! when a response can be formed at all, else they are dropped. It also sends
-//! OPTIONS keepalives to registered contacts over the flow they registered on.
-//! Time comes in as parameters; it must not touch sockets, clocks or disk.
+//! use it as a keepalive), other methods get 405 with Allow, and malformed
+//! messages get 400 (or 416/505/513) when a response can be formed at all,
+//! else they are dropped. It also sends OPTIONS keepalives to registered
+//! contacts over the flow they registered on.
+//!
+//! An INVITE gets 100 Trying and a [`GwOutput::Route`] asking the shell to
+//! run the dialplan (and any policy query); the [`Decision`] comes back
+//! through [`Gateway::routed`]. Rejections go out with the dialplan's status;
+//! a target with no registrations falls through its fallback list; a target
+//! that would need the call layer gets 480 with a Warning naming the rule
+//! until that layer exists. CANCEL of a call still being routed gets 200 and
+//! the INVITE 487. Time comes in as parameters; it must not touch sockets,
+//! clocks or disk.
 
 use crate::config::Config;
+use crate::dialplan::{CallInfo, Protocol, Target};
+use crate::policy::Decision;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
-use crate::sip::msg::{Message, Method, StartLine, random_token, response_to};
+use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
 use crate::sip::{ConnId, Flow};
 use bytes::Bytes;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -67,6 +77,10 @@ pub struct Counters {
     pub auth_failures: AtomicU64,
     /// Keepalive OPTIONS that got no answer.
     pub keepalive_timeouts: AtomicU64,
+    /// INVITEs handed to the dialplan.
+    pub calls_routed: AtomicU64,
+    /// INVITEs refused by the dialplan or the policy server (4xx-6xx).
+    pub calls_rejected: AtomicU64,
 }
 
 /// What the core wants done.
@@ -81,6 +95,13 @@ pub enum GwOutput {
     },
     /// Persist registrar changes.
     Store(Vec<StoreOp>),
+    /// Route a new call; answer with [`Gateway::routed`] and the same key.
+    Route {
+        /// The INVITE's server transaction.
+        key: TxKey,
+        /// What the dialplan may look at.
+        call: CallInfo,
+    },
 }
 
 /// The signalling core.
@@ -94,6 +115,8 @@ pub struct Gateway {
     tag: String,
     out: VecDeque<GwOutput>,
     counters: Arc<Counters>,
+    /// INVITEs waiting for a routing decision.
+    routing: HashMap<TxKey, (Message, Flow)>,
 }
 
 impl Gateway {
@@ -108,6 +131,7 @@ impl Gateway {
             tag: random_token(10),
             out: VecDeque::new(),
             counters,
+            routing: HashMap::new(),
         }
     }
 
@@ -311,14 +335,177 @@ impl Gateway {
                 "Warning",
                 "399 causeway \"only application/sdp answers\"",
             ),
-            Method::Invite => reply(480, "Temporarily Unavailable"),
-            Method::Bye | Method::Cancel => reply(481, "Call/Transaction Does Not Exist"),
+            Method::Invite => {
+                let mut trying = reply(100, "Trying");
+                trying.push_header("Server", self.user_agent.clone());
+                self.tx.respond(now, &key, &trying);
+                let call = self.call_info(&msg, &flow, wall);
+                self.counters.calls_routed.fetch_add(1, Relaxed);
+                self.routing.insert(key.clone(), (msg, flow));
+                self.out.push_back(GwOutput::Route { key, call });
+                return;
+            }
+            Method::Cancel => {
+                let invite = key.for_method(Method::Invite);
+                if let Some((inv, inv_flow)) = self.routing.remove(&invite) {
+                    let mut terminated = response_to(
+                        &inv,
+                        487,
+                        "Request Terminated",
+                        Some(&tag),
+                        Some(inv_flow.remote),
+                    );
+                    terminated.push_header("Server", self.user_agent.clone());
+                    self.tx.respond(now, &invite, &terminated);
+                    reply(200, "OK")
+                } else {
+                    reply(481, "Call/Transaction Does Not Exist")
+                }
+            }
+            Method::Bye => reply(481, "Call/Transaction Does Not Exist"),
             // A method we have never heard of (RFC 3261 21.5.2).
             Method::Other(_) => with(reply(501, "Not Implemented"), "Allow", ALLOW),
             _ => with(reply(405, "Method Not Allowed"), "Allow", ALLOW),
         };
         resp.push_header("Server", self.user_agent.clone());
         self.tx.respond(now, &key, &resp);
+    }
+
+    /// What the dialplan may know about an INVITE.
+    fn call_info(&self, msg: &Message, flow: &Flow, wall: u64) -> CallInfo {
+        let to = match &msg.start {
+            StartLine::Request { uri, .. } => self.alias_of(uri),
+            StartLine::Response { .. } => String::new(),
+        };
+        let from_uri = msg
+            .header("From")
+            .and_then(|f| NameAddr::parse(f).ok())
+            .map(|n| n.uri_text);
+        let from = from_uri
+            .as_deref()
+            .map(|u| self.alias_of(u))
+            .unwrap_or_default();
+        // Registered: the caller's address of record has a binding from this source.
+        let registered = from_uri.and_then(|u| Uri::parse(&u).ok()).is_some_and(|u| {
+            self.registrar
+                .lookup(&u.aor(), wall)
+                .iter()
+                .any(|b| b.source.ip() == flow.remote.ip())
+        });
+        CallInfo {
+            to,
+            from,
+            protocol: Protocol::Sip,
+            source_ip: Some(flow.remote.ip()),
+            transport: Some(flow.transport),
+            registered,
+            at: i64::try_from(wall).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The alias a SIP URI stands for: the user part when the host is this
+    /// gateway (its domain, `localhost` or any IP literal: devices dial
+    /// `sip:1234@<gateway IP>`), else `user@host`; the host alone without a user.
+    fn alias_of(&self, uri: &str) -> String {
+        let Ok(u) = Uri::parse(uri) else {
+            return uri.to_string();
+        };
+        let host = u.host.to_ascii_lowercase();
+        let ours = host == self.domain.to_ascii_lowercase()
+            || host == "localhost"
+            || host.parse::<IpAddr>().is_ok();
+        match u.user {
+            Some(user) if ours => crate::sip::msg::unescape(&user),
+            Some(user) => format!("{}@{host}", crate::sip::msg::unescape(&user)),
+            None => host,
+        }
+    }
+
+    /// The routing decision for an INVITE announced by [`GwOutput::Route`].
+    /// A decision for a call cancelled meanwhile is dropped.
+    pub fn routed(&mut self, now: Instant, wall: u64, key: &TxKey, decision: Decision) {
+        let Some((msg, flow)) = self.routing.remove(key) else {
+            return;
+        };
+        let (code, reason, warning) = match decision {
+            Decision::Reject {
+                status,
+                reason,
+                rule,
+            } => {
+                tracing::info!(
+                    rule = rule.as_deref().unwrap_or("-"),
+                    status,
+                    "call rejected by the dialplan"
+                );
+                (status, reason, None)
+            }
+            Decision::Route(route) => {
+                let targets = match &route.target {
+                    Target::Fallback { targets } => targets.clone(),
+                    t => vec![t.clone()],
+                };
+                self.first_reachable(&route.rule, &route.to, &targets, wall)
+            }
+        };
+        if code >= 400 {
+            self.counters.calls_rejected.fetch_add(1, Relaxed);
+        }
+        let mut resp = response_to(&msg, code, &reason, Some(&self.tag), Some(flow.remote));
+        if let Some(w) = warning {
+            resp.push_header("Warning", w);
+        }
+        resp.push_header("Server", self.user_agent.clone());
+        self.tx.respond(now, key, &resp);
+        self.pump(now, wall);
+    }
+
+    /// Walks a target list: targets with nobody registered are skipped, a
+    /// reject answers, and the first target that would need the call layer
+    /// gets 480 (calls are not bridged yet). Returns status, reason, Warning.
+    fn first_reachable(
+        &self,
+        rule: &str,
+        alias: &str,
+        targets: &[Target],
+        wall: u64,
+    ) -> (u16, String, Option<String>) {
+        for t in targets {
+            let pending = match t {
+                Target::Reject { .. } => {
+                    let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
+                    return (status, reason, None);
+                }
+                Target::Registered => {
+                    let aor = if alias.contains('@') {
+                        format!("sip:{alias}")
+                    } else {
+                        self.registrar.aor_of(alias)
+                    };
+                    !self.registrar.lookup(&aor, wall).is_empty()
+                }
+                // Nothing registers over H.323 or the client API yet.
+                Target::Webrtc | Target::H323 => false,
+                Target::Echo
+                | Target::Sip { .. }
+                | Target::Policy { .. }
+                | Target::Fallback { .. } => true,
+            };
+            if pending {
+                tracing::info!(
+                    rule,
+                    target = t.kind(),
+                    "call routed; bridging is not available yet"
+                );
+                let warning = format!(
+                    "399 causeway \"rule {rule} routes to {}; calls are not bridged yet\"",
+                    t.kind()
+                );
+                return (480, "Temporarily Unavailable".into(), Some(warning));
+            }
+        }
+        tracing::info!(rule, "no target of the route is reachable");
+        (480, "Temporarily Unavailable".into(), None)
     }
 
     /// Next output. Everything the transaction layer queued has already been
@@ -383,10 +570,127 @@ mod tests {
         }
     }
 
+    /// Sends an INVITE; returns the responses so far and the route request.
+    fn invite(g: &mut Gateway, branch: &str, uri: &str) -> (Vec<Message>, TxKey, CallInfo) {
+        let text = request("INVITE", "INVITE")
+            .replacen("sip:causeway.local", uri, 1)
+            .replace("z9hG4bKINVITE", branch);
+        g.handle_datagram(Instant::now(), 1000, flow(), text.as_bytes());
+        let (mut sent, mut route) = (vec![], None);
+        while let Some(o) = g.poll_output() {
+            match o {
+                GwOutput::Transmit { data, .. } => sent.push(Message::parse(&data).unwrap()),
+                GwOutput::Route { key, call } => route = Some((key, call)),
+                GwOutput::Store(_) => {}
+            }
+        }
+        let (key, call) = route.expect("a route request");
+        (sent, key, call)
+    }
+
+    fn sent(g: &mut Gateway) -> Vec<Message> {
+        let mut v = vec![];
+        while let Some(o) = g.poll_output() {
+            if let GwOutput::Transmit { data, .. } = o {
+                v.push(Message::parse(&data).unwrap());
+            }
+        }
+        v
+    }
+
     #[test]
-    fn invite_gets_480_for_now() {
-        let r = answers(&mut gw(), &request("INVITE", "INVITE"));
+    fn invite_is_routed_and_answered_with_the_decision() {
+        let mut g = gw();
+        let (first, key, call) = invite(&mut g, "z9hG4bKa", "sip:echo@127.0.0.1:5060");
+        assert_eq!(first[0].status(), Some(100));
+        assert_eq!(call.to, "echo");
+        assert_eq!(call.from, "a@b", "a foreign domain stays in the alias");
+        assert_eq!(call.protocol, Protocol::Sip);
+        assert!(!call.registered);
+        g.routed(
+            Instant::now(),
+            1000,
+            &key,
+            Decision::Reject {
+                status: 486,
+                reason: "Busy Here".into(),
+                rule: Some("busy".into()),
+            },
+        );
+        let r = sent(&mut g);
+        assert_eq!(r[0].status(), Some(486));
+        assert!(r[0].header("To").unwrap().contains(";tag="));
+        assert_eq!(g.counters.calls_rejected.load(Relaxed), 1);
+        // A second decision for the same call is ignored.
+        g.routed(
+            Instant::now(),
+            1000,
+            &key,
+            Decision::Reject {
+                status: 404,
+                reason: "x".into(),
+                rule: None,
+            },
+        );
+        assert!(sent(&mut g).is_empty());
+    }
+
+    #[test]
+    fn fallback_skips_targets_nobody_registered_for() {
+        let plan = crate::dialplan::Dialplan::embedded_default().unwrap();
+        let mut g = gw();
+        let (_, key, call) = invite(&mut g, "z9hG4bKb", "sip:bob@causeway.local");
+        let crate::dialplan::Verdict::Route(route) = plan.route(&call) else {
+            panic!()
+        };
+        g.routed(Instant::now(), 1000, &key, Decision::Route(route));
+        let r = sent(&mut g);
+        assert_eq!(
+            r[0].status(),
+            Some(404),
+            "nobody registered: the plan's 404"
+        );
+
+        let (_, key, call) = invite(&mut g, "z9hG4bKc", "sip:echo@causeway.local");
+        let crate::dialplan::Verdict::Route(route) = plan.route(&call) else {
+            panic!()
+        };
+        g.routed(Instant::now(), 1000, &key, Decision::Route(route));
+        let r = sent(&mut g);
         assert_eq!(r[0].status(), Some(480));
+        assert!(
+            r[0].header("Warning")
+                .unwrap()
+                .contains("rule echo routes to echo")
+        );
+    }
+
+    #[test]
+    fn cancel_while_routing_gets_200_and_the_invite_487() {
+        let mut g = gw();
+        let (_, key, _) = invite(&mut g, "z9hG4bKd", "sip:x@causeway.local");
+        let cancel = request("CANCEL", "CANCEL").replace("z9hG4bKCANCEL", "z9hG4bKd");
+        let r = answers(&mut g, &cancel);
+        let codes: Vec<_> = r.iter().map(|m| m.status().unwrap()).collect();
+        assert!(codes.contains(&200) && codes.contains(&487), "{codes:?}");
+        g.routed(
+            Instant::now(),
+            1000,
+            &key,
+            Decision::Reject {
+                status: 404,
+                reason: "x".into(),
+                rule: None,
+            },
+        );
+        assert!(
+            sent(&mut g).is_empty(),
+            "the cancelled call is not answered again"
+        );
+        assert_eq!(
+            answers(&mut g, &request("CANCEL", "CANCEL"))[0].status(),
+            Some(481)
+        );
     }
 
     #[test]

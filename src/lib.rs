@@ -24,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod dialplan;
 pub mod gateway;
+pub mod policy;
 pub mod registrar;
 pub mod runtime;
 pub mod sip;

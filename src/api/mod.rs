@@ -1,19 +1,26 @@
-//! The HTTP side: the admin API (read side for now) on axum.
+//! The HTTP side: the admin API on axum.
 //!
-//! Owns routing, bearer-token checks and JSON shapes. It reads gateway state
+//! Owns routing, bearer-token checks and JSON shapes. It reads registrations
 //! only by asking the signalling core over a channel ([`Query`]), so it never
-//! holds a lock the SIP path needs. It must not decide anything about calls or
-//! registrations.
+//! holds a lock the SIP path needs; dialplan reloads and alias writes go
+//! through the runtime's [`PlanSource`] and [`AliasService`] on blocking
+//! threads. It must not decide anything about calls or registrations.
 
+use crate::dialplan::cases::TimeArg;
+use crate::dialplan::{CallInfo, EphemeralAlias, Protocol, Routing, Target};
 use crate::gateway::Counters;
 use crate::registrar::Binding;
-use axum::extract::{Request, State};
+use crate::runtime::routing::{AliasError, AliasService, PlanSource};
+use crate::runtime::{unix_now, wall_i64};
+use crate::sip::Transport;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,16 +44,66 @@ pub struct ApiState {
     pub counters: Arc<Counters>,
     /// When the gateway started.
     pub started: Instant,
+    /// The dialplan files and their reload state.
+    pub plan: Arc<PlanSource>,
+    /// The live plan and aliases.
+    pub routing: Arc<Routing>,
+    /// Ephemeral alias writes.
+    pub aliases: Arc<AliasService>,
 }
 
-/// An API error as JSON: `{"status": "failed", "reason": ...}`.
+/// An API error as JSON: `{"status": "failed", "reason": ...}`, plus
+/// `errors` when there is a list to give (dialplan reload).
 #[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str);
+pub struct ApiError {
+    status: StatusCode,
+    reason: String,
+    errors: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            errors: None,
+        }
+    }
+
+    fn unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down")
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"status": "failed", "reason": self.1}))).into_response()
+        let mut body = json!({"status": "failed", "reason": self.reason});
+        if let Some(e) = self.errors {
+            body["errors"] = e;
+        }
+        (self.status, Json(body)).into_response()
     }
+}
+
+type ApiResult = Result<(StatusCode, Json<serde_json::Value>), ApiError>;
+
+fn success(status: StatusCode, result: impl Serialize) -> ApiResult {
+    Ok((status, Json(json!({"status": "success", "result": result}))))
+}
+
+/// Runs blocking work (disk) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "worker failed"))
 }
 
 /// The router for all HTTP endpoints.
@@ -54,12 +111,23 @@ pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/api/admin/v1/health", get(health))
         .route("/api/admin/v1/registrations", get(registrations))
+        .route("/api/admin/v1/dialplan", get(dialplan_status))
+        .route("/api/admin/v1/dialplan/reload", post(dialplan_reload))
+        .route("/api/admin/v1/dialplan/route", post(dialplan_route))
+        .route(
+            "/api/admin/v1/aliases",
+            get(list_aliases).post(create_alias),
+        )
+        .route(
+            "/api/admin/v1/aliases/{alias}",
+            axum::routing::delete(delete_alias),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     admin.fallback(not_found).with_state(state)
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "no such endpoint")
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
 async fn require_admin(State(s): State<ApiState>, req: Request, next: Next) -> Response {
@@ -72,8 +140,8 @@ async fn require_admin(State(s): State<ApiState>, req: Request, next: Next) -> R
     match presented {
         Some(t) if crate::sip::digest::constant_time_eq(t, &s.admin_token) => next.run(req).await,
         _ => {
-            let mut r =
-                ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
@@ -113,12 +181,11 @@ struct RegistrationView {
 
 async fn registrations(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     let (tx, rx) = oneshot::channel();
-    let unavailable = ApiError(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
     s.queries
         .send(Query::Registrations(tx))
         .await
-        .map_err(|_| ApiError(unavailable.0, unavailable.1))?;
-    let mut bindings = rx.await.map_err(|_| unavailable)?;
+        .map_err(|_| ApiError::unavailable())?;
+    let mut bindings = rx.await.map_err(|_| ApiError::unavailable())?;
     bindings.sort_by(|a, b| (&a.aor, &a.contact).cmp(&(&b.aor, &b.contact)));
     let now = crate::runtime::unix_now();
     let list: Vec<RegistrationView> = bindings
@@ -138,4 +205,166 @@ async fn registrations(State(s): State<ApiState>) -> Result<Json<serde_json::Val
         })
         .collect();
     Ok(Json(json!({"status": "success", "result": list})))
+}
+
+async fn dialplan_status(State(s): State<ApiState>) -> ApiResult {
+    let status = s.plan.status();
+    let rules = s.routing.plan().summary();
+    success(StatusCode::OK, json!({"plan": status, "rules": rules}))
+}
+
+async fn dialplan_reload(State(s): State<ApiState>) -> ApiResult {
+    let plan = s.plan.clone();
+    match blocking(move || plan.reload(unix_now())).await? {
+        Ok(status) => success(StatusCode::OK, status),
+        Err(errors) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: format!(
+                "the dialplan has {} error(s); the previous plan stays",
+                errors.len()
+            ),
+            errors: serde_json::to_value(&errors).ok(),
+        }),
+    }
+}
+
+/// A call to try against the live plan (`POST /api/admin/v1/dialplan/route`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteQuery {
+    to: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default = "sip")]
+    protocol: Protocol,
+    source_ip: Option<std::net::IpAddr>,
+    transport: Option<Transport>,
+    #[serde(default)]
+    registered: bool,
+    at: Option<TimeArg>,
+}
+
+fn sip() -> Protocol {
+    Protocol::Sip
+}
+
+async fn dialplan_route(
+    State(s): State<ApiState>,
+    body: Result<Json<RouteQuery>, JsonRejection>,
+) -> ApiResult {
+    let Json(q) = body?;
+    let at = match &q.at {
+        Some(t) => t
+            .unix()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?,
+        None => wall_i64(),
+    };
+    let call = CallInfo {
+        to: q.to,
+        from: q.from,
+        protocol: q.protocol,
+        source_ip: q.source_ip,
+        transport: q.transport,
+        registered: q.registered,
+        at,
+    };
+    success(StatusCode::OK, s.routing.route(&call))
+}
+
+/// `POST /api/admin/v1/aliases`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAlias {
+    alias: String,
+    target: Target,
+    valid_from: Option<TimeArg>,
+    valid_until: TimeArg,
+    pin: Option<String>,
+}
+
+/// An alias as the API shows it: times in RFC 3339, the PIN never echoed.
+fn alias_view(a: &EphemeralAlias, now: i64) -> serde_json::Value {
+    let rfc3339 = |t: i64| {
+        jiff::Timestamp::from_second(t)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "alias": a.alias,
+        "target": a.target,
+        "valid_from": a.valid_from.map(rfc3339),
+        "valid_until": rfc3339(a.valid_until),
+        "expires_in": (a.valid_until - now).max(0),
+        "active": a.valid_at(now),
+        "pin_protected": a.pin.is_some(),
+        "created_at": rfc3339(a.created_at),
+    })
+}
+
+async fn create_alias(
+    State(s): State<ApiState>,
+    body: Result<Json<NewAlias>, JsonRejection>,
+) -> ApiResult {
+    let Json(n) = body?;
+    let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, e);
+    let now = wall_i64();
+    let alias = EphemeralAlias {
+        alias: n.alias,
+        target: n.target,
+        valid_from: n
+            .valid_from
+            .as_ref()
+            .map(TimeArg::unix)
+            .transpose()
+            .map_err(bad)?,
+        valid_until: n.valid_until.unix().map_err(bad)?,
+        pin: n.pin,
+        created_at: now,
+    };
+    let service = s.aliases.clone();
+    match blocking(move || service.create(alias, now)).await? {
+        Ok(a) => {
+            tracing::info!(
+                target = a.target.kind(),
+                valid_until = a.valid_until,
+                "ephemeral alias created"
+            );
+            success(StatusCode::CREATED, alias_view(&a, now))
+        }
+        Err(AliasError::Invalid(e)) => Err(bad(e)),
+        Err(e @ AliasError::Exists(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ AliasError::Storage(_)) => {
+            tracing::error!(error = %e, "alias not stored");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "alias could not be stored",
+            ))
+        }
+    }
+}
+
+async fn list_aliases(State(s): State<ApiState>) -> ApiResult {
+    let now = wall_i64();
+    let list: Vec<_> = s
+        .aliases
+        .list(now)
+        .iter()
+        .map(|a| alias_view(a, now))
+        .collect();
+    success(StatusCode::OK, list)
+}
+
+async fn delete_alias(State(s): State<ApiState>, Path(alias): Path<String>) -> ApiResult {
+    let service = s.aliases.clone();
+    match blocking(move || service.delete(&alias, wall_i64())).await? {
+        Ok(true) => success(StatusCode::OK, json!({})),
+        Ok(false) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such alias")),
+        Err(e) => {
+            tracing::error!(error = %e, "alias not deleted");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "alias could not be deleted",
+            ))
+        }
+    }
 }

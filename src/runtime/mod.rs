@@ -6,12 +6,18 @@
 //! tasks or touches the disk for state. It must not make protocol decisions:
 //! everything it does is move bytes, time and queries between the pieces.
 
+pub mod routing;
+
 use crate::api::{self, ApiState, Query};
 use crate::config::Config;
+use crate::dialplan::LoadContext;
 use crate::gateway::{Counters, Gateway, GwOutput};
+use crate::policy::{Decision, PolicyClient};
 use crate::registrar::store::{LocationStore, SqliteStore, StoreOp};
 use crate::sip::Transport;
+use crate::sip::transaction::TxKey;
 use crate::sip::transport::{TransportEvent, Transports};
+use routing::{AliasService, PlanSource};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +29,11 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Current unix time in seconds, signed (routing and alias times).
+pub fn wall_i64() -> i64 {
+    i64::try_from(unix_now()).unwrap_or(i64::MAX)
 }
 
 /// What the gateway ended up listening on.
@@ -52,6 +63,9 @@ pub enum StartError {
     /// The data directory or database failed.
     #[error("storage in {0}: {1}")]
     Storage(String, String),
+    /// The configured dialplan does not load.
+    #[error("the dialplan has errors:\n{0}")]
+    Dialplan(String),
 }
 
 /// The admin token from config, or the one stored in the data dir, or a new one.
@@ -140,6 +154,44 @@ pub async fn run(
     gw.registrar_mut().restore(restored);
     let (writer, writer_thread) = spawn_store_writer(Box::new(store));
 
+    let ctx = LoadContext::from_config(&cfg);
+    let (plan_source, routing) =
+        PlanSource::open(cfg.dialplan.path.clone(), ctx.clone(), unix_now()).map_err(|errors| {
+            StartError::Dialplan(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+    let status = plan_source.status();
+    tracing::info!(
+        path = status.path.as_deref().unwrap_or("<embedded default>"),
+        rules = status.rules,
+        "dialplan loaded"
+    );
+    let aliases = Arc::new(
+        AliasService::open(&db, routing.clone(), ctx.clone(), wall_i64()).map_err(|e| {
+            StartError::Storage(cfg.storage.data_dir.display().to_string(), e.to_string())
+        })?,
+    );
+    let policy = Arc::new(PolicyClient::new(&cfg.policy, ctx));
+    let (decided_tx, mut decided) = mpsc::channel::<(TxKey, Decision)>(1024);
+    let watcher = (cfg.dialplan.watch && plan_source.watchable()).then(|| {
+        let source = plan_source.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let source = source.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || source.reload_if_changed(unix_now())).await;
+            }
+        })
+    });
+
     let (token, token_generated) = admin_token(&cfg)?;
     let (events_tx, mut events) = mpsc::channel::<TransportEvent>(4096);
     let mut transports = Transports::start(&cfg.sip, events_tx).await?;
@@ -154,6 +206,9 @@ pub async fn run(
         queries: query_tx,
         counters: counters.clone(),
         started: Instant::now(),
+        plan: plan_source.clone(),
+        routing: routing.clone(),
+        aliases: aliases.clone(),
     };
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -178,6 +233,14 @@ pub async fn run(
                 GwOutput::Transmit { flow, data } => transports.send(&flow, data),
                 GwOutput::Store(ops) => {
                     let _ = writer.send(WriterMsg::Ops(ops));
+                }
+                GwOutput::Route { key, call } => {
+                    let (routing, policy, done) =
+                        (routing.clone(), policy.clone(), decided_tx.clone());
+                    tokio::spawn(async move {
+                        let decision = crate::policy::decide(&routing, &policy, &call).await;
+                        let _ = done.send((key, decision)).await;
+                    });
                 }
             }
         }
@@ -207,6 +270,9 @@ pub async fn run(
             () = tokio::time::sleep_until(deadline.into()) => {
                 gw.handle_timeout(Instant::now(), unix_now());
             }
+            Some((key, decision)) = decided.recv() => {
+                gw.routed(Instant::now(), unix_now(), &key, decision);
+            }
             q = queries.recv() => {
                 if let Some(Query::Registrations(reply)) = q {
                     let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
@@ -218,6 +284,8 @@ pub async fn run(
                 gw.tick(wall);
                 if ticks % 60 == 0 {
                     let _ = writer.send(WriterMsg::Purge(wall));
+                    let aliases = aliases.clone();
+                    tokio::task::spawn_blocking(move || aliases.purge(wall_i64()));
                 }
                 if keepalive > 0 && ticks % keepalive == 0 {
                     gw.send_keepalives(Instant::now(), wall);
@@ -229,6 +297,9 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: no new requests");
+    if let Some(w) = watcher {
+        w.abort();
+    }
     transports.stop_listening();
     let _ = http_stop_tx.send(());
     // Finish what already arrived, briefly.

@@ -32,6 +32,14 @@ pub struct TxKey {
 }
 
 impl TxKey {
+    /// The same branch and sent-by for another method: the INVITE a CANCEL concerns.
+    pub fn for_method(&self, method: Method) -> TxKey {
+        TxKey {
+            method,
+            ..self.clone()
+        }
+    }
+
     /// The server-side key of a request (RFC 3261 17.2.3); ACK maps to its INVITE.
     pub fn server(req: &Message) -> Option<TxKey> {
         let via = req.top_via()?;
