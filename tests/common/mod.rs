@@ -179,6 +179,11 @@ password = "hunter2"
         http_get(self.http_port, path, Some(&self.token))
     }
 
+    /// Any admin API request with the token; returns (status, body).
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        http_request(self.http_port, method, path, Some(&self.token), body)
+    }
+
     /// The admin API's registration list.
     pub fn registrations(&self) -> Vec<serde_json::Value> {
         let (status, body) = self.admin_get("/api/admin/v1/registrations");
@@ -202,14 +207,34 @@ impl Drop for Gw {
 
 /// Minimal HTTP/1.1 GET on loopback; returns the status and the JSON body.
 pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    http_request(port, "GET", path, token, None)
+}
+
+/// Minimal HTTP/1.1 request with an optional JSON body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let content = body
+        .map(|b| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+        })
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{content}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
     )
     .unwrap();
     let mut resp = String::new();
@@ -328,4 +353,85 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// The final answer to an INVITE.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub reason: String,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends an INVITE for `sip:{user}@{DOMAIN}` over UDP, waits (up to
+/// `limit`) for the final response, ACKs it and returns it.
+pub fn sip_invite(gw: &Gw, user: &str, limit: Duration) -> Answer {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let branch = format!("z9hG4bK{}", rand_token());
+    let call_id = rand_token();
+    let head = |method: &str, to_tag: &str| {
+        format!(
+            "{method} sip:{user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch={branch}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:tester@{DOMAIN}>;tag=t1\r\nTo: <sip:{user}@{DOMAIN}>{to_tag}\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    sock.send_to(head("INVITE", "").as_bytes(), gw.sip_target())
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no final answer to INVITE {user} within {limit:?}"
+        );
+        sock.set_read_timeout(Some(left)).unwrap();
+        let n = sock.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut words = text.split(' ');
+        let status: u16 = words.nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if status >= 200 {
+            let reason = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .splitn(3, ' ')
+                .nth(2)
+                .unwrap_or("")
+                .to_string();
+            let to_tag = text
+                .lines()
+                .find(|l| l.starts_with("To:"))
+                .and_then(|l| l.find(";tag=").map(|i| l[i..].to_string()))
+                .unwrap_or_default();
+            sock.send_to(head("ACK", &to_tag).as_bytes(), gw.sip_target())
+                .unwrap();
+            return Answer {
+                status,
+                reason,
+                text,
+            };
+        }
+    }
+}
+
+fn rand_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{t:x}{}", N.fetch_add(1, Ordering::Relaxed))
 }
