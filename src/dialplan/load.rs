@@ -11,7 +11,7 @@ use super::{
     Dialplan, KNOWN_CODECS, MediaOptions, OnPolicyFailure, Protocol, Rewrite, Rule, Target, Window,
 };
 use crate::sip::Transport;
-use regex::{Regex, RegexSet};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -299,7 +299,10 @@ pub fn from_sources(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let set = RegexSet::new(&patterns).map_err(|e| {
+    let set = regex::RegexSetBuilder::new(&patterns)
+        .dfa_size_limit(16 << 20)
+        .build()
+        .map_err(|e| {
         vec![DialplanError {
             file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
             line: 0,

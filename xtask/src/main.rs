@@ -4,7 +4,7 @@
 //!   gateway in release, start it (ARGS go to `causeway run`).
 //! - `cargo xtask test`: install system and test packages, then fmt, clippy,
 //!   docs, and every unit, integration and interop test.
-//! - `cargo xtask fuzz [SECONDS]`: run each fuzz target for a bounded time.
+//! - `cargo xtask fuzz [SECONDS] [TARGET...]`: run each (or the named) fuzz target for a bounded time.
 //! - `cargo xtask bench-register`: the REGISTER benchmark (`bench/register.sh`).
 //!
 //! Only std: this must build in seconds on a fresh machine. It must not hold
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         "deps" => ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [ARGS...] | test | fuzz [SECONDS] | bench-register | deps>"
+                "usage: cargo xtask <run [ARGS...] | test | fuzz [SECONDS] [TARGET...] | bench-register | deps>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS
@@ -220,7 +220,11 @@ fn fuzz(args: &[String]) -> Result {
     } else {
         (None, "none")
     };
-    let targets = fuzz_targets()?;
+    // `cargo xtask fuzz SECS [TARGET...]`: all targets unless some are named.
+    let named = args.get(1..).unwrap_or_default();
+    let targets = fuzz_targets()?
+        .into_iter()
+        .filter(|t| named.is_empty() || named.contains(t));
     for t in targets {
         seed_corpus(&t)?;
         let mut c = cargo();
@@ -241,20 +245,30 @@ fn fuzz(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Seeds `fuzz/corpus/<target>` with the SIP fixtures (real messages make
-/// the fuzzer reach deep states quickly).
+/// Seeds `fuzz/corpus/<target>` with real inputs (SIP fixtures, or the
+/// shipped dialplans for `dialplan_*`): they make the fuzzer reach deep
+/// states quickly.
 fn seed_corpus(target: &str) -> Result {
     let dest = root().join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    for sub in ["vendors", "rfc4475"] {
-        let dir = root().join("fixtures/sip").join(sub);
+    let (dirs, ext): (&[&str], &str) = if target.starts_with("dialplan") {
+        (&["dialplans", "dialplans/examples"], "toml")
+    } else {
+        (&["fixtures/sip/vendors", "fixtures/sip/rfc4475"], "sip")
+    };
+    for sub in dirs {
+        let dir = root().join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "sip") {
-                let name = format!("{sub}-{}", e.file_name().to_string_lossy());
+            if p.extension().is_some_and(|x| x == ext) {
+                let name = format!(
+                    "{}-{}",
+                    sub.replace('/', "-"),
+                    e.file_name().to_string_lossy()
+                );
                 std::fs::copy(&p, dest.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
             }
         }
