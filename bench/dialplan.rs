@@ -24,11 +24,18 @@ fn plan(rules: usize) -> Dialplan {
                 let _ = writeln!(src, "match.to = '9{i:04}(\\d{{6}})'");
                 let _ = writeln!(src, "transform.to = {{ with = '+44{i}${{1}}' }}");
                 let _ = writeln!(src, "match.registered = true");
-                let _ = writeln!(src, "target = {{ type = \"sip\", uri = \"sip:gw.example.com\" }}");
+                let _ = writeln!(
+                    src,
+                    "target = {{ type = \"sip\", uri = \"sip:gw.example.com\" }}"
+                );
             }
             2 => {
                 let _ = writeln!(src, "match.to = 'ext{i}'");
-                let _ = writeln!(src, "match.source_net = [\"10.{}.0.0/16\", \"192.168.0.0/24\"]", i % 256);
+                let _ = writeln!(
+                    src,
+                    "match.source_net = [\"10.{}.0.0/16\", \"192.168.0.0/24\"]",
+                    i % 256
+                );
                 let _ = writeln!(src, "match.protocol = [\"sip\", \"webrtc\"]");
                 let _ = writeln!(src, "target = {{ type = \"echo\" }}");
             }
@@ -49,7 +56,11 @@ fn call(to: &str) -> CallInfo {
         to: to.into(),
         from: "alice".into(),
         protocol: Protocol::Sip,
-        source_ip: Some("10.2.3.4".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())),
+        source_ip: Some(
+            "10.2.3.4"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        ),
         transport: None,
         registered: true,
         at: 1_767_614_400, // Monday 12:00 UTC

@@ -9,13 +9,19 @@
 //!  room system --SIP (UDP/TCP/TLS/WS)--> sip::transport --> gateway (sans-IO)
 //!                                                            |-- sip::transaction
 //!                                                            |-- registrar --> store (SQLite)
+//!                                                            |-- INVITE --> GwOutput::Route
 //!                                                            `-- (calls: b2bua, later)
+//!  GwOutput::Route --runtime task--> policy::decide --> dialplan::route (pure)
+//!                                         `-- policy server (HTTP), when a rule says so
+//!  decision --> Gateway::routed --> SIP answer (bridging: b2bua, later)
+//!  dialplans/*.toml --runtime::routing (watch, reload)--> dialplan::Routing <-- api (aliases)
 //!  operator --HTTP--> api (axum) --query--> gateway
 //! ```
 //!
 //! Protocol cores ([`sip::msg`], [`sip::transaction`], [`registrar`],
-//! [`gateway`]) are sans-IO: time is a parameter, bytes come out of
-//! `poll_output`. [`runtime`] is the one thin tokio shell that drives them.
+//! [`gateway`], [`dialplan`]) are sans-IO: time is a parameter, bytes come
+//! out of `poll_output`. [`runtime`] is the one thin tokio shell that drives
+//! them.
 //! `../shared/DESIGN.md` (in the workplace) or `docs/` hold the wider map.
 
 #![forbid(unsafe_code)]

@@ -303,17 +303,17 @@ pub fn from_sources(
         .dfa_size_limit(16 << 20)
         .build()
         .map_err(|e| {
-        vec![DialplanError {
-            file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
-            line: 0,
-            column: 0,
-            rule: None,
-            message: format!(
-                "the called-alias patterns together are too large: {}",
-                regex_message(&e)
-            ),
-        }]
-    })?;
+            vec![DialplanError {
+                file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
+                line: 0,
+                column: 0,
+                rule: None,
+                message: format!(
+                    "the called-alias patterns together are too large: {}",
+                    regex_message(&e)
+                ),
+            }]
+        })?;
     Ok(Dialplan {
         rules: pending.into_iter().filter_map(|p| p.rule).collect(),
         set,
