@@ -8,6 +8,10 @@
 //! else they are dropped. It also sends OPTIONS keepalives to registered
 //! contacts over the flow they registered on.
 //!
+//! Trunks with `register = true` are registered to (the client state
+//! machine is [`crate::trunks`]); their REGISTERs go through the same
+//! transaction layer.
+//!
 //! An INVITE gets 100 Trying and a [`GwOutput::Route`] asking the shell to
 //! run the dialplan (and any policy query); the [`Decision`] comes back
 //! through [`Gateway::routed`]. Rejections go out with the dialplan's status;
@@ -25,6 +29,7 @@ use crate::registrar::{Binding, Registrar};
 use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
 use crate::sip::{ConnId, Flow};
+use crate::trunks::{OutboundRegistration, TrunkStatus, TrunkTarget};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -117,6 +122,8 @@ pub struct Gateway {
     counters: Arc<Counters>,
     /// INVITEs waiting for a routing decision.
     routing: HashMap<TxKey, (Message, Flow)>,
+    /// Registrations to trunks.
+    trunks: Vec<OutboundRegistration>,
 }
 
 impl Gateway {
@@ -132,6 +139,29 @@ impl Gateway {
             out: VecDeque::new(),
             counters,
             routing: HashMap::new(),
+            trunks: Vec::new(),
+        }
+    }
+
+    /// Starts registering to a trunk (the runtime resolved its address).
+    pub fn add_trunk(&mut self, now: Instant, wall: u64, target: TrunkTarget) {
+        self.trunks.push(OutboundRegistration::new(target, now));
+        self.send_due_registers(now);
+        self.pump(now, wall);
+    }
+
+    /// Trunk registration states.
+    pub fn trunk_status(&self) -> Vec<TrunkStatus> {
+        self.trunks.iter().map(|t| t.status().clone()).collect()
+    }
+
+    fn send_due_registers(&mut self, now: Instant) {
+        for i in 0..self.trunks.len() {
+            let flow = self.trunks[i].flow();
+            let via_host = self.advertised(&flow);
+            if let Some(req) = self.trunks[i].poll_register(now, &via_host, &self.user_agent) {
+                self.tx.send_request(now, &req, flow);
+            }
         }
     }
 
@@ -184,9 +214,10 @@ impl Gateway {
         self.emit(flow, resp.to_bytes());
     }
 
-    /// Fires due timers and registrar expiry.
+    /// Fires due timers and trunk registrations.
     pub fn handle_timeout(&mut self, now: Instant, wall: u64) {
         self.tx.handle_timeout(now);
+        self.send_due_registers(now);
         self.pump(now, wall);
     }
 
@@ -197,7 +228,11 @@ impl Gateway {
 
     /// When [`Gateway::handle_timeout`] next needs calling.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tx.poll_timeout()
+        self.trunks
+            .iter()
+            .filter_map(OutboundRegistration::next_send)
+            .chain(self.tx.poll_timeout())
+            .min()
     }
 
     /// A stream connection closed.
@@ -281,11 +316,26 @@ impl Gateway {
                 }
                 Output::Event(TxEvent::Request { key: None, .. }) => {} // ACK to a 2xx: no calls yet
                 Output::Event(TxEvent::Response { msg, .. }) => {
-                    tracing::trace!(status = ?msg.status(), "keepalive answered");
+                    match self
+                        .trunks
+                        .iter_mut()
+                        .find(|t| t.call_id() == msg.call_id())
+                    {
+                        Some(t) => {
+                            t.on_response(now, wall, &msg);
+                            self.send_due_registers(now);
+                        }
+                        None => tracing::trace!(status = ?msg.status(), "keepalive answered"),
+                    }
                 }
                 Output::Event(TxEvent::Timeout { key }) => {
-                    self.counters.keepalive_timeouts.fetch_add(1, Relaxed);
-                    tracing::debug!(branch = key.branch(), "keepalive OPTIONS timed out");
+                    match self.trunks.iter_mut().find(|t| t.owns_branch(key.branch())) {
+                        Some(t) => t.on_timeout(now),
+                        None => {
+                            self.counters.keepalive_timeouts.fetch_add(1, Relaxed);
+                            tracing::debug!(branch = key.branch(), "keepalive OPTIONS timed out");
+                        }
+                    }
                 }
             }
         }

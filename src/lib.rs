@@ -34,3 +34,4 @@ pub mod policy;
 pub mod registrar;
 pub mod runtime;
 pub mod sip;
+pub mod trunks;

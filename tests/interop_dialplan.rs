@@ -414,3 +414,81 @@ fn ephemeral_aliases_route_expire_and_survive_restart() {
     let (_, list) = gw.admin_get("/api/admin/v1/aliases");
     assert!(list["result"].as_array().unwrap().is_empty(), "{list}");
 }
+
+/// A trunk with `register = true` registers to a SIPp registrar that
+/// challenges, checks the digest and grants 2 s; the gateway refreshes in time.
+#[test]
+fn trunk_registration_answers_the_challenge_and_refreshes() {
+    common::require("sipp");
+    let registrar_port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("sipp");
+    cmd.current_dir(dir.path())
+        .arg("-sf")
+        .arg(common::root().join("tests/sipp/trunk_registrar.xml"))
+        .args([
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &registrar_port.to_string(),
+        ])
+        .args([
+            "-timeout",
+            "20",
+            "-timeout_error",
+            "-trace_msg",
+            "-message_file",
+            "messages.log",
+            "-nostdin",
+        ]);
+    let mut sipp = Guard(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let gw = Gw::start(&format!(
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{registrar_port}\"\nusername = \"acct\"\npassword = \"s3cret\"\nregister = true\n"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = sipp.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIPp registrar did not finish:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let messages = std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "SIPp registrar failed ({status}):\n{messages}"
+    );
+    let registers = messages.matches("REGISTER sip:127.0.0.1:").count();
+    assert!(registers >= 3, "challenge, answer, refresh:\n{messages}");
+    let (code, body) = gw.admin_get("/api/admin/v1/trunks");
+    assert_eq!(code, 200, "{body}");
+    let t = &body["result"][0];
+    assert_eq!(
+        (t["name"].as_str(), t["state"].as_str()),
+        (Some("carrier"), Some("registered")),
+        "{body}"
+    );
+    assert_eq!(t["last_status"], 200);
+}
+
+/// Kills a child process when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

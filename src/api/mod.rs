@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Query {
     /// Every live registration binding.
     Registrations(oneshot::Sender<Vec<Binding>>),
+    /// Outbound trunk registrations.
+    Trunks(oneshot::Sender<Vec<crate::trunks::TrunkStatus>>),
 }
 
 /// Shared state of the HTTP handlers.
@@ -111,6 +113,7 @@ pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/api/admin/v1/health", get(health))
         .route("/api/admin/v1/registrations", get(registrations))
+        .route("/api/admin/v1/trunks", get(trunks))
         .route("/api/admin/v1/dialplan", get(dialplan_status))
         .route("/api/admin/v1/dialplan/reload", post(dialplan_reload))
         .route("/api/admin/v1/dialplan/route", post(dialplan_route))
@@ -205,6 +208,18 @@ async fn registrations(State(s): State<ApiState>) -> Result<Json<serde_json::Val
         })
         .collect();
     Ok(Json(json!({"status": "success", "result": list})))
+}
+
+async fn trunks(State(s): State<ApiState>) -> ApiResult {
+    let (tx, rx) = oneshot::channel();
+    s.queries
+        .send(Query::Trunks(tx))
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    success(
+        StatusCode::OK,
+        rx.await.map_err(|_| ApiError::unavailable())?,
+    )
 }
 
 async fn dialplan_status(State(s): State<ApiState>) -> ApiResult {

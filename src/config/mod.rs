@@ -94,6 +94,16 @@ pub struct TrunkConfig {
     pub username: Option<String>,
     /// Digest password.
     pub password: Option<String>,
+    /// Register to the trunk's host as `username` (needs the credentials).
+    #[serde(default)]
+    pub register: bool,
+    /// Expiry to ask for when registering, seconds.
+    #[serde(default = "default_trunk_expires")]
+    pub expires: u32,
+}
+
+fn default_trunk_expires() -> u32 {
+    3600
 }
 
 /// `[sip]`
@@ -460,6 +470,21 @@ impl Config {
                         "trunk {:?}: uri {:?} is not a SIP URI",
                         trunk.name, trunk.uri
                     ),
+                ));
+            }
+            if trunk.register && trunk.username.is_none() {
+                return Err((
+                    span,
+                    format!(
+                        "trunk {:?}: register needs username and password",
+                        trunk.name
+                    ),
+                ));
+            }
+            if trunk.expires == 0 {
+                return Err((
+                    span,
+                    format!("trunk {:?}: expires must be above 0", trunk.name),
                 ));
             }
             if trunk.username.is_some() != trunk.password.is_some() {

@@ -17,6 +17,7 @@ use crate::registrar::store::{LocationStore, SqliteStore, StoreOp};
 use crate::sip::Transport;
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::{TransportEvent, Transports};
+use crate::trunks::TrunkTarget;
 use routing::{AliasService, PlanSource};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -246,6 +247,19 @@ pub async fn run(
         }
     };
 
+    for t in cfg
+        .trunks
+        .iter()
+        .map(toml::Spanned::get_ref)
+        .filter(|t| t.register)
+    {
+        match resolve_trunk(t, &transports.bound).await {
+            Ok(target) => gw.add_trunk(Instant::now(), unix_now(), target),
+            Err(e) => tracing::error!(trunk = %t.name, error = %e, "not registering to trunk"),
+        }
+    }
+    flush(&mut gw, &transports);
+
     let keepalive = u64::from(cfg.registrar.keepalive_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -274,8 +288,14 @@ pub async fn run(
                 gw.routed(Instant::now(), unix_now(), &key, decision);
             }
             q = queries.recv() => {
-                if let Some(Query::Registrations(reply)) = q {
-                    let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
+                match q {
+                    Some(Query::Registrations(reply)) => {
+                        let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
+                    }
+                    Some(Query::Trunks(reply)) => {
+                        let _ = reply.send(gw.trunk_status());
+                    }
+                    None => {}
                 }
             }
             _ = tick.tick() => {
@@ -319,6 +339,61 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves a trunk's registrar and picks our listener toward it.
+async fn resolve_trunk(
+    t: &crate::config::TrunkConfig,
+    bound: &[(Transport, SocketAddr)],
+) -> Result<TrunkTarget, String> {
+    let uri = crate::sip::msg::Uri::parse(&t.uri).map_err(|_| format!("bad URI {:?}", t.uri))?;
+    let transport = match uri.param("transport").flatten() {
+        None => Transport::Udp,
+        Some(name) => {
+            Transport::parse(name).ok_or_else(|| format!("unknown transport {name:?}"))?
+        }
+    };
+    if !matches!(transport, Transport::Udp | Transport::Tcp) {
+        return Err(format!(
+            "registering over {transport} is not supported (the gateway opens only UDP and TCP toward peers)"
+        ));
+    }
+    let port = uri.port.unwrap_or(5060);
+    let remote = tokio::net::lookup_host((uri.host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", uri.host))?
+        .find(|a| {
+            bound
+                .iter()
+                .any(|(tr, l)| *tr == transport && l.is_ipv4() == a.is_ipv4())
+        })
+        .ok_or_else(|| {
+            format!(
+                "no {transport} listener of the same address family as {}",
+                uri.host
+            )
+        })?;
+    let local = bound
+        .iter()
+        .find(|(tr, l)| *tr == transport && l.is_ipv4() == remote.is_ipv4())
+        .map(|(_, l)| *l)
+        .ok_or_else(|| format!("no {transport} listener"))?;
+    let host = match (uri.host.contains(':'), uri.port) {
+        (true, Some(p)) => format!("[{}]:{p}", uri.host),
+        (true, None) => format!("[{}]", uri.host),
+        (false, Some(p)) => format!("{}:{p}", uri.host),
+        (false, None) => uri.host.clone(),
+    };
+    Ok(TrunkTarget {
+        name: t.name.clone(),
+        host,
+        remote,
+        transport,
+        local,
+        username: t.username.clone().unwrap_or_default(),
+        password: t.password.clone().unwrap_or_default(),
+        expires: t.expires,
+    })
 }
 
 fn handle_event(gw: &mut Gateway, ev: TransportEvent) {
