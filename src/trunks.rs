@@ -350,8 +350,8 @@ mod tests {
 
     #[test]
     fn challenge_then_register_then_refresh_with_the_same_nonce() {
-        let t0 = Instant::now();
         let mut r = reg();
+        let t0 = Instant::now();
         let first = r.poll_register(t0, "192.0.2.9:5060", "ua").unwrap();
         assert!(first.header("Authorization").is_none());
         assert_eq!(first.header("CSeq"), Some("1 REGISTER"));
@@ -400,8 +400,8 @@ mod tests {
 
     #[test]
     fn wrong_credentials_stop_after_one_retry_and_try_again_later() {
-        let t0 = Instant::now();
         let mut r = reg();
+        let t0 = Instant::now();
         let ch = "WWW-Authenticate: Digest realm=\"c\", nonce=\"n1\"\r\n";
         let m = r.poll_register(t0, "h", "ua").unwrap();
         r.on_response(t0, 0, &answer(&m, 401, ch));
@@ -424,8 +424,8 @@ mod tests {
 
     #[test]
     fn min_expires_and_retry_after_are_obeyed() {
-        let t0 = Instant::now();
         let mut r = reg();
+        let t0 = Instant::now();
         let m = r.poll_register(t0, "h", "ua").unwrap();
         r.on_response(t0, 0, &answer(&m, 423, "Min-Expires: 7200\r\n"));
         let m = r.poll_register(t0, "h", "ua").unwrap();
