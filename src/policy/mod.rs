@@ -277,8 +277,9 @@ fn finish(route: Route) -> Decision {
 /// `policy` rules ask the server and apply `on_failure` when it fails;
 /// nothing matching is 404.
 pub async fn decide(routing: &Routing, policy: &PolicyClient, call: &CallInfo) -> Decision {
+    // One plan for the whole decision, even if a reload swaps it meanwhile.
     let plan = routing.plan();
-    let mut verdict = routing.route(call);
+    let mut verdict = crate::dialplan::route(&plan, &routing.aliases(), call);
     loop {
         let route = match verdict {
             Verdict::NoMatch => {
