@@ -7,8 +7,10 @@
 //! not know about RTP, SDP negotiation or sockets: it turns samples or frames
 //! into payloads and back, nothing more.
 //!
-//! The implementations arrive with the media-engine issue; for now the crate
-//! holds the shape the gateway codes against.
+//! Implemented so far: G.711 ([`g711`]). Opus, G.722, H.264 and VP8 arrive
+//! with the rest of the media engine.
+
+pub mod g711;
 
 use std::fmt;
 
