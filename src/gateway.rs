@@ -424,19 +424,21 @@ impl Gateway {
     /// What the dialplan may know about an INVITE.
     fn call_info(&self, msg: &Message, flow: &Flow, wall: u64) -> CallInfo {
         let to = match &msg.start {
-            StartLine::Request { uri, .. } => self.alias_of(uri),
+            StartLine::Request { uri, .. } => {
+                Uri::parse(uri).map_or_else(|_| uri.clone(), |u| self.alias_of(&u))
+            }
             StartLine::Response { .. } => String::new(),
         };
         let from_uri = msg
             .header("From")
             .and_then(|f| NameAddr::parse(f).ok())
-            .map(|n| n.uri_text);
+            .map(|n| n.uri);
         let from = from_uri
-            .as_deref()
+            .as_ref()
             .map(|u| self.alias_of(u))
             .unwrap_or_default();
         // Registered: the caller's address of record has a binding from this source.
-        let registered = from_uri.and_then(|u| Uri::parse(&u).ok()).is_some_and(|u| {
+        let registered = from_uri.is_some_and(|u| {
             self.registrar
                 .lookup(&u.aor(), wall)
                 .iter()
@@ -456,17 +458,14 @@ impl Gateway {
     /// The alias a SIP URI stands for: the user part when the host is this
     /// gateway (its domain, `localhost` or any IP literal: devices dial
     /// `sip:1234@<gateway IP>`), else `user@host`; the host alone without a user.
-    fn alias_of(&self, uri: &str) -> String {
-        let Ok(u) = Uri::parse(uri) else {
-            return uri.to_string();
-        };
+    fn alias_of(&self, u: &Uri) -> String {
         let host = u.host.to_ascii_lowercase();
         let ours = host == self.domain.to_ascii_lowercase()
             || host == "localhost"
             || host.parse::<IpAddr>().is_ok();
-        match u.user {
-            Some(user) if ours => crate::sip::msg::unescape(&user),
-            Some(user) => format!("{}@{host}", crate::sip::msg::unescape(&user)),
+        match &u.user {
+            Some(user) if ours => crate::sip::msg::unescape(user),
+            Some(user) => format!("{}@{host}", crate::sip::msg::unescape(user)),
             None => host,
         }
     }
@@ -585,13 +584,7 @@ mod tests {
 
     fn answers(g: &mut Gateway, text: &str) -> Vec<Message> {
         g.handle_datagram(Instant::now(), 0, flow(), text.as_bytes());
-        let mut v = vec![];
-        while let Some(o) = g.poll_output() {
-            if let GwOutput::Transmit { data, .. } = o {
-                v.push(Message::parse(&data).unwrap());
-            }
-        }
-        v
+        sent(g)
     }
 
     fn request(method: &str, cseq_method: &str) -> String {
@@ -648,6 +641,16 @@ mod tests {
         v
     }
 
+    /// A 404 decision arriving for a call already answered or cancelled.
+    fn late_404(g: &mut Gateway, key: &TxKey) {
+        let reject = Decision::Reject {
+            status: 404,
+            reason: "x".into(),
+            rule: None,
+        };
+        g.routed(Instant::now(), 1000, key, reject);
+    }
+
     #[test]
     fn invite_is_routed_and_answered_with_the_decision() {
         let mut g = gw();
@@ -672,16 +675,7 @@ mod tests {
         assert!(r[0].header("To").unwrap().contains(";tag="));
         assert_eq!(g.counters.calls_rejected.load(Relaxed), 1);
         // A second decision for the same call is ignored.
-        g.routed(
-            Instant::now(),
-            1000,
-            &key,
-            Decision::Reject {
-                status: 404,
-                reason: "x".into(),
-                rule: None,
-            },
-        );
+        late_404(&mut g, &key);
         assert!(sent(&mut g).is_empty());
     }
 
@@ -723,16 +717,7 @@ mod tests {
         let r = answers(&mut g, &cancel);
         let codes: Vec<_> = r.iter().map(|m| m.status().unwrap()).collect();
         assert!(codes.contains(&200) && codes.contains(&487), "{codes:?}");
-        g.routed(
-            Instant::now(),
-            1000,
-            &key,
-            Decision::Reject {
-                status: 404,
-                reason: "x".into(),
-                rule: None,
-            },
-        );
+        late_404(&mut g, &key);
         assert!(
             sent(&mut g).is_empty(),
             "the cancelled call is not answered again"

@@ -196,11 +196,11 @@ fn dialplan_cmd(cmd: DialplanCmd) -> ExitCode {
         } => context(config.as_ref()).and_then(|ctx| {
             let plan = load_plan(&path, &ctx)?;
             let at = match at {
-                Some(t) => dialplan::cases::TimeArg::Text(t).unix().map_err(|e| {
+                Some(t) => dialplan::TimeArg::Text(t).unix().map_err(|e| {
                     eprintln!("--at: {e}");
                     ExitCode::from(2)
                 })?,
-                None => i64::try_from(runtime::unix_now()).unwrap_or(i64::MAX),
+                None => runtime::wall_i64(),
             };
             let call = CallInfo {
                 to,

@@ -422,28 +422,8 @@ fn trunk_registration_answers_the_challenge_and_refreshes() {
     common::require("sipp");
     let registrar_port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new("sipp");
-    cmd.current_dir(dir.path())
-        .arg("-sf")
-        .arg(common::root().join("tests/sipp/trunk_registrar.xml"))
-        .args([
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &registrar_port.to_string(),
-        ])
-        .args([
-            "-timeout",
-            "20",
-            "-timeout_error",
-            "-trace_msg",
-            "-message_file",
-            "messages.log",
-            "-nostdin",
-        ]);
-    let mut sipp = Guard(
+    let mut cmd = common::sipp_command(dir.path(), "trunk_registrar.xml", registrar_port);
+    let mut sipp = common::Guard(
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -481,14 +461,4 @@ fn trunk_registration_answers_the_challenge_and_refreshes() {
         "{body}"
     );
     assert_eq!(t["last_status"], 200);
-}
-
-/// Kills a child process when dropped.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                         to: to.into(),
                         from: "x".into(),
                         protocol,
-                        source_ip: Some("10.1.2.3".parse().unwrap()),
+                        source_ip: Some(std::net::Ipv4Addr::new(10, 1, 2, 3).into()),
                         transport: None,
                         registered: true,
                         at: i64::from(data.len() as u32) * 7919,

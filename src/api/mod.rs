@@ -6,8 +6,7 @@
 //! through the runtime's [`PlanSource`] and [`AliasService`] on blocking
 //! threads. It must not decide anything about calls or registrations.
 
-use crate::dialplan::cases::TimeArg;
-use crate::dialplan::{CallInfo, EphemeralAlias, Protocol, Routing, Target};
+use crate::dialplan::{CallInfo, EphemeralAlias, Protocol, Routing, Target, TimeArg};
 use crate::gateway::Counters;
 use crate::registrar::Binding;
 use crate::runtime::routing::{AliasError, AliasService, PlanSource};

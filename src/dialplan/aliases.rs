@@ -9,12 +9,11 @@
 
 use super::{LoadContext, Target};
 use rusqlite::{Connection, params};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// One ephemeral alias.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One ephemeral alias (the admin API shows it without the PIN).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EphemeralAlias {
     /// The alias callers dial, matched exactly.
     pub alias: String,
@@ -25,7 +24,6 @@ pub struct EphemeralAlias {
     /// Unix seconds from which it no longer matches.
     pub valid_until: i64,
     /// PIN callers must present (browsers via the client API).
-    #[serde(skip_serializing)]
     pub pin: Option<String>,
     /// Unix seconds of creation.
     pub created_at: i64,
@@ -91,9 +89,9 @@ impl AliasTable {
         self.map.insert(a.alias.clone(), a);
     }
 
-    /// Removes; whether it was there.
-    pub fn remove(&mut self, alias: &str) -> bool {
-        self.map.remove(alias).is_some()
+    /// Removes and returns it.
+    pub fn remove(&mut self, alias: &str) -> Option<EphemeralAlias> {
+        self.map.remove(alias)
     }
 
     /// Drops every alias expired at `now`.

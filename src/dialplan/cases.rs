@@ -8,7 +8,7 @@
 //! given in `expect` are compared. Cases without `at` route at Monday
 //! 2026-01-05 12:00 UTC, so a table never depends on the day it runs.
 
-use super::{CallInfo, Dialplan, Protocol, Target, Verdict};
+use super::{CallInfo, Dialplan, Protocol, Target, TimeArg, Verdict};
 use crate::sip::Transport;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -16,35 +16,6 @@ use toml::Spanned;
 
 /// Where cases without `at` are routed: Monday 2026-01-05 12:00:00 UTC.
 pub const DEFAULT_AT: i64 = 1_767_614_400;
-
-/// A point in time as people write it: unix seconds, an RFC 3339 string, or
-/// a TOML offset date-time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum TimeArg {
-    /// Unix seconds.
-    Unix(i64),
-    /// RFC 3339 text.
-    Text(String),
-    /// A TOML date-time literal.
-    Toml(toml::value::Datetime),
-}
-
-impl TimeArg {
-    /// Unix seconds, or why the text is not a time.
-    pub fn unix(&self) -> Result<i64, String> {
-        let text = match self {
-            TimeArg::Unix(s) => return Ok(*s),
-            TimeArg::Text(t) => t.clone(),
-            TimeArg::Toml(d) => d.to_string(),
-        };
-        text.parse::<jiff::Timestamp>()
-            .map(|t| t.as_second())
-            .map_err(|_| {
-                format!("bad time {text:?}: expected RFC 3339 with an offset, e.g. 2026-11-23T09:00:00Z, or unix seconds")
-            })
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

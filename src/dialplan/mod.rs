@@ -32,6 +32,35 @@ pub use load::{DialplanError, LoadContext};
 /// The plan used when no `dialplan.path` is configured.
 pub const DEFAULT_PLAN: &str = include_str!("../../dialplans/default.toml");
 
+/// A point in time as people write it: unix seconds, an RFC 3339 string, or
+/// a TOML offset date-time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TimeArg {
+    /// Unix seconds.
+    Unix(i64),
+    /// RFC 3339 text.
+    Text(String),
+    /// A TOML date-time literal.
+    Toml(toml::value::Datetime),
+}
+
+impl TimeArg {
+    /// Unix seconds, or why the text is not a time.
+    pub fn unix(&self) -> Result<i64, String> {
+        let text = match self {
+            TimeArg::Unix(s) => return Ok(*s),
+            TimeArg::Text(t) => t.clone(),
+            TimeArg::Toml(d) => d.to_string(),
+        };
+        text.parse::<jiff::Timestamp>()
+            .map(|t| t.as_second())
+            .map_err(|_| {
+                format!("bad time {text:?}: expected RFC 3339 with an offset, e.g. 2026-11-23T09:00:00Z, or unix seconds")
+            })
+    }
+}
+
 /// The signalling protocol a call arrives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -217,17 +217,15 @@ impl AliasService {
         Ok(a)
     }
 
-    /// Removes an alias; whether it existed (expired ones count as gone).
+    /// Removes an alias; whether a live one existed (expired ones count as gone).
     pub fn delete(&self, alias: &str, now: i64) -> Result<bool, AliasError> {
-        let mut store = self.store();
-        let existed = store.delete(alias)?;
+        let stored = self.store().delete(alias)?;
         let live = self
             .routing
-            .aliases()
-            .get(alias)
+            .aliases_mut()
+            .remove(alias)
             .is_some_and(|a| a.valid_until > now);
-        self.routing.aliases_mut().remove(alias);
-        Ok(existed && live)
+        Ok(stored && live)
     }
 
     /// Live aliases.

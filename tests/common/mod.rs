@@ -285,6 +285,29 @@ pub struct Sipp {
     pub dir: tempfile::TempDir,
 }
 
+/// SIPp running one call of `tests/sipp/<scenario>` on 127.0.0.1:`port`,
+/// in `dir`, tracing messages to `dir/messages.log`, giving up after 15 s.
+pub fn sipp_command(dir: &Path, scenario: &str, port: u16) -> Command {
+    let mut cmd = Command::new("sipp");
+    cmd.current_dir(dir)
+        .arg("-sf")
+        .arg(root().join("tests/sipp").join(scenario))
+        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-timeout", "15", "-timeout_error"])
+        .args(["-trace_msg", "-message_file", "messages.log", "-nostdin"]);
+    cmd
+}
+
+/// Kills a child process when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn sipp(gw: &Gw, scenario: &str, user: &str, password: &str, extra: &[&str]) -> Sipp {
     require("sipp");
     let dir = tempfile::tempdir().unwrap();
@@ -296,28 +319,8 @@ pub fn sipp(gw: &Gw, scenario: &str, user: &str, password: &str, extra: &[&str])
         ),
     )
     .unwrap();
-    let scenario_path = root().join("tests/sipp").join(scenario);
-    let port = free_port().to_string();
-    let mut cmd = Command::new("sipp");
-    cmd.current_dir(dir.path())
-        .arg("-sf")
-        .arg(&scenario_path)
-        .arg("-inf")
-        .arg(&csv)
-        .args([
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-timeout",
-            "15",
-            "-timeout_error",
-        ])
-        .args(["-trace_msg", "-message_file", "messages.log", "-nostdin"])
-        .args(extra)
-        .arg(gw.sip_target());
+    let mut cmd = sipp_command(dir.path(), scenario, free_port());
+    cmd.arg("-inf").arg(&csv).args(extra).arg(gw.sip_target());
     let out = run_bounded(&mut cmd, Duration::from_secs(30));
     let messages = std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default();
     Sipp {
