@@ -30,6 +30,7 @@ pub mod api;
 pub mod config;
 pub mod dialplan;
 pub mod gateway;
+pub mod media;
 pub mod policy;
 pub mod registrar;
 pub mod runtime;

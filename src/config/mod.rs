@@ -428,13 +428,13 @@ impl Config {
                 ));
             }
             for (key, hash, len) in [("ha1", &user.ha1, 32), ("ha1_sha256", &user.ha1_sha256, 64)] {
-                if let Some(h) = hash {
-                    if h.len() != len || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err((
-                            span,
-                            format!("user {:?}: {key} must be {len} hex digits", user.name),
-                        ));
-                    }
+                if let Some(h) = hash
+                    && (h.len() != len || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err((
+                        span,
+                        format!("user {:?}: {key} must be {len} hex digits", user.name),
+                    ));
                 }
             }
             if !seen.insert(user.name.clone()) {

@@ -133,10 +133,10 @@ fn compare(e: &Expect, got: &Verdict) -> Vec<String> {
         Verdict::Route(r) => r,
     };
     let mut check = |what: &str, want: &Option<String>, have: &str| {
-        if let Some(w) = want {
-            if w != have {
-                f.push(format!("{what}: expected {w:?}, got {have:?}"));
-            }
+        if let Some(w) = want
+            && w != have
+        {
+            f.push(format!("{what}: expected {w:?}, got {have:?}"));
         }
     };
     check("rule", &e.rule, &route.rule);

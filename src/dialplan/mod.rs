@@ -409,18 +409,18 @@ impl Rewrite {
             },
             _ => alias.to_string(),
         };
-        if let Some(p) = &self.strip_prefix {
-            if let Some(rest) = s.strip_prefix(p.as_str()) {
-                s = rest.to_string();
-            }
+        if let Some(p) = &self.strip_prefix
+            && let Some(rest) = s.strip_prefix(p.as_str())
+        {
+            s = rest.to_string();
         }
         if let Some(p) = &self.add_prefix {
             s.insert_str(0, p);
         }
-        if self.strip_domain || self.domain.is_some() {
-            if let Some(at) = s.rfind('@') {
-                s.truncate(at);
-            }
+        if (self.strip_domain || self.domain.is_some())
+            && let Some(at) = s.rfind('@')
+        {
+            s.truncate(at);
         }
         if let Some(d) = &self.domain {
             s.push('@');
@@ -665,10 +665,10 @@ impl Dialplan {
             cache: Vec::new(),
         };
         for (i, rule) in self.rules.iter().enumerate().skip(start) {
-            if let Some((set_index, _)) = &rule.to {
-                if !matched.matched(*set_index) {
-                    continue;
-                }
+            if let Some((set_index, _)) = &rule.to
+                && !matched.matched(*set_index)
+            {
+                continue;
             }
             if rule.check(call, &mut local).is_ok() {
                 return Verdict::Route(Box::new(rule.route(call, i)));

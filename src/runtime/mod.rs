@@ -77,10 +77,10 @@ fn admin_token(cfg: &Config) -> Result<(String, bool), StartError> {
     let dir = &cfg.storage.data_dir;
     let path = dir.join("admin_token");
     let err = |e: std::io::Error| StartError::Storage(dir.display().to_string(), e.to_string());
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok((t.trim().to_string(), false));
-        }
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok((t.trim().to_string(), false));
     }
     std::fs::create_dir_all(dir).map_err(err)?;
     let token = hex::encode(rand::random::<[u8; 24]>());
@@ -118,10 +118,10 @@ fn spawn_store_writer(
             while let Ok(m) = rx.try_recv() {
                 take(m);
             }
-            if !batch.is_empty() {
-                if let Err(e) = store.apply(&batch) {
-                    tracing::error!(error = %e, "could not persist registrations");
-                }
+            if !batch.is_empty()
+                && let Err(e) = store.apply(&batch)
+            {
+                tracing::error!(error = %e, "could not persist registrations");
             }
             if let Some(now) = purge {
                 match store.purge_expired(now) {
@@ -302,12 +302,12 @@ pub async fn run(
                 ticks += 1;
                 let wall = unix_now();
                 gw.tick(wall);
-                if ticks % 60 == 0 {
+                if ticks.is_multiple_of(60) {
                     let _ = writer.send(WriterMsg::Purge(wall));
                     let aliases = aliases.clone();
                     tokio::task::spawn_blocking(move || aliases.purge(wall_i64()));
                 }
-                if keepalive > 0 && ticks % keepalive == 0 {
+                if keepalive > 0 && ticks.is_multiple_of(keepalive) {
                     gw.send_keepalives(Instant::now(), wall);
                 }
             }

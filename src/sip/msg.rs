@@ -243,17 +243,17 @@ fn logical_lines(head: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                let cont = line.trim();
-                if !cont.is_empty() {
-                    let trimmed_len = last.trim_end().len();
-                    last.truncate(trimmed_len);
-                    last.push(' ');
-                    last.push_str(cont);
-                }
-                continue;
+        if line.starts_with([' ', '\t'])
+            && let Some(last) = out.last_mut()
+        {
+            let cont = line.trim();
+            if !cont.is_empty() {
+                let trimmed_len = last.trim_end().len();
+                last.truncate(trimmed_len);
+                last.push(' ');
+                last.push_str(cont);
             }
+            continue;
         }
         out.push(line.to_string());
     }
@@ -713,10 +713,10 @@ impl Uri {
             None => (hostport_params, Vec::new()),
         };
         let (host, port) = split_host_port(hostport)?;
-        if let Some(u) = user {
-            if u.is_empty() || u.contains(char::is_whitespace) {
-                return Err(Malformed);
-            }
+        if let Some(u) = user
+            && (u.is_empty() || u.contains(char::is_whitespace))
+        {
+            return Err(Malformed);
         }
         Ok(Uri {
             scheme,
@@ -1004,13 +1004,13 @@ pub fn response_to(
     for name in ["From", "To", "Call-ID", "CSeq"] {
         if let Some(v) = req.header(name) {
             let mut value = v.to_string();
-            if name == "To" && code > 100 {
-                if let (Some(tag), Ok(na)) = (to_tag, NameAddr::parse(v)) {
-                    if na.tag().is_none() {
-                        value.push_str(";tag=");
-                        value.push_str(tag);
-                    }
-                }
+            if name == "To"
+                && code > 100
+                && let (Some(tag), Ok(na)) = (to_tag, NameAddr::parse(v))
+                && na.tag().is_none()
+            {
+                value.push_str(";tag=");
+                value.push_str(tag);
             }
             headers.push(Header {
                 name: name.into(),

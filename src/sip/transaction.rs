@@ -242,13 +242,13 @@ impl TransactionLayer {
                 return;
             }
             // A retransmission: repeat the last response, if any.
-            if let Some(data) = tx.last_response.clone() {
-                if matches!(tx.state, State::Proceeding | State::Completed) {
-                    self.out.push_back(Output::Transmit {
-                        flow: tx.flow,
-                        data,
-                    });
-                }
+            if let Some(data) = tx.last_response.clone()
+                && matches!(tx.state, State::Proceeding | State::Completed)
+            {
+                self.out.push_back(Output::Transmit {
+                    flow: tx.flow,
+                    data,
+                });
             }
             return;
         }

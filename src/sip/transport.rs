@@ -266,10 +266,10 @@ impl ConnCtx {
     async fn unregister(&self, id: ConnId) {
         {
             let mut t = lock(&self.conns);
-            if let Some((flow, _)) = t.by_id.remove(&id) {
-                if t.by_remote.get(&(flow.transport, flow.remote)) == Some(&id) {
-                    t.by_remote.remove(&(flow.transport, flow.remote));
-                }
+            if let Some((flow, _)) = t.by_id.remove(&id)
+                && t.by_remote.get(&(flow.transport, flow.remote)) == Some(&id)
+            {
+                t.by_remote.remove(&(flow.transport, flow.remote));
             }
         }
         let _ = self.events.send(TransportEvent::Closed(id)).await;

@@ -1,0 +1,54 @@
+//! Media for SIP legs: RTP and RTCP, SRTP, RTP payload formats, DTMF, and
+//! (as the media engine grows) the jitter buffer and the bridge that relays
+//! or transcodes between two legs.
+//!
+//! ```text
+//! socket bytes -> srtp::Context::unprotect_* -> rtp::RtpHeader / rtcp::packets
+//!   relay:     rtp::rewrite (SSRC, seq, ts, PT) -> srtp protect -> other leg
+//!   transcode: h264/vp8 Depacketizer -> codecs decode/encode -> Packetizer
+//!   events:    dtmf (RFC 4733 remap, SIP INFO bodies), rtcp PLI/FIR
+//! ```
+//!
+//! Everything here is sans-IO and pure: buffers in, buffers out, time as a
+//! parameter. Sockets belong to the runtime; codecs to `causeway-codecs`;
+//! SDP negotiation to the call layer.
+
+pub mod dtmf;
+pub mod h264;
+pub mod rtcp;
+pub mod rtp;
+pub mod srtp;
+pub mod vp8;
+
+use std::fmt;
+
+/// A reassembled video frame (an Annex B access unit for H.264).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Encoded bytes.
+    pub data: Vec<u8>,
+    /// RTP timestamp shared by the frame's packets.
+    pub timestamp: u32,
+    /// Decodable on its own (IDR/SPS for H.264, key frame for VP8).
+    pub keyframe: bool,
+}
+
+/// Why a video payload could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepacketizeError {
+    /// Shorter than its structure says, or a fragment out of place.
+    Truncated,
+    /// A NAL or packet type outside the negotiated mode.
+    Unsupported(u8),
+}
+
+impl fmt::Display for DepacketizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("video payload truncated or out of order"),
+            Self::Unsupported(t) => write!(f, "unsupported payload structure (type {t})"),
+        }
+    }
+}
+
+impl std::error::Error for DepacketizeError {}
