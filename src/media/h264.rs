@@ -260,6 +260,11 @@ impl Depacketizer {
                     if len == 0 || tail.len() < len {
                         return Err(DepacketizeError::Truncated);
                     }
+                    // Only plain NAL units may be aggregated (RFC 6184 5.7.1).
+                    let inner = tail[0] & 0x1f;
+                    if !(1..=23).contains(&inner) {
+                        return Err(DepacketizeError::Unsupported(inner));
+                    }
                     self.nal(&tail[..len]);
                     rest = &tail[len..];
                 }

@@ -245,16 +245,19 @@ fn fuzz(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Seeds `fuzz/corpus/<target>` with real inputs (SIP fixtures, or the
-/// shipped dialplans for `dialplan_*`): they make the fuzzer reach deep
-/// states quickly.
+/// Seeds `fuzz/corpus/<target>` with real inputs (SIP fixtures, the
+/// shipped dialplans for `dialplan_*`, or the packets in `fuzz/seeds/<target>`
+/// for the media targets): they make the fuzzer reach deep states quickly.
 fn seed_corpus(target: &str) -> Result {
     let dest = root().join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let seeds = format!("fuzz/seeds/{target}");
     let (dirs, ext): (&[&str], &str) = if target.starts_with("dialplan") {
         (&["dialplans", "dialplans/examples"], "toml")
-    } else {
+    } else if target.starts_with("sip") {
         (&["fixtures/sip/vendors", "fixtures/sip/rfc4475"], "sip")
+    } else {
+        (&[seeds.as_str()], "")
     };
     for sub in dirs {
         let dir = root().join(sub);
@@ -263,7 +266,7 @@ fn seed_corpus(target: &str) -> Result {
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == ext) {
+            if ext.is_empty() || p.extension().is_some_and(|x| x == ext) {
                 let name = format!(
                     "{}-{}",
                     sub.replace('/', "-"),
