@@ -150,9 +150,26 @@ pub enum Law {
     Alaw,
 }
 
-/// A G.711 encoder or decoder (stateless; 8 kHz mono).
-#[derive(Debug, Clone, Copy)]
-pub struct G711(pub Law);
+/// A G.711 encoder or decoder (8 kHz mono). The only state is the last
+/// decoded frame, which concealment repeats.
+#[derive(Debug, Clone)]
+pub struct G711 {
+    law: Law,
+    last: Vec<i16>,
+    /// Consecutive frames concealed so far.
+    concealed: u32,
+}
+
+impl G711 {
+    /// A codec for `law`.
+    pub fn new(law: Law) -> Self {
+        Self {
+            law,
+            last: Vec::new(),
+            concealed: 0,
+        }
+    }
+}
 
 impl AudioEncoder for G711 {
     fn encode(&mut self, pcm: &Pcm, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -160,7 +177,7 @@ impl AudioEncoder for G711 {
             return Err(CodecError::InvalidInput);
         }
         out.clear();
-        let f = match self.0 {
+        let f = match self.law {
             Law::Ulaw => ulaw_encode,
             Law::Alaw => alaw_encode,
         };
@@ -174,11 +191,35 @@ impl AudioDecoder for G711 {
         out.sample_rate = 8000;
         out.channels = 1;
         out.samples.clear();
-        let f = match self.0 {
+        let f = match self.law {
             Law::Ulaw => ulaw_decode,
             Law::Alaw => alaw_decode,
         };
         out.samples.extend(payload.iter().map(|&b| f(b)));
+        self.last.clone_from(&out.samples);
+        self.concealed = 0;
+        Ok(())
+    }
+
+    /// Repeats the last frame, halving its level for each further lost
+    /// frame, so a burst fades to silence instead of buzzing.
+    fn conceal(
+        &mut self,
+        _next: Option<&[u8]>,
+        samples: usize,
+        out: &mut Pcm,
+    ) -> Result<(), CodecError> {
+        out.sample_rate = 8000;
+        out.channels = 1;
+        out.samples.clear();
+        let shift = self.concealed.min(15);
+        self.concealed += 1;
+        if self.last.is_empty() {
+            out.samples.resize(samples, 0);
+        } else {
+            out.samples
+                .extend(self.last.iter().cycle().take(samples).map(|&s| s >> shift));
+        }
         Ok(())
     }
 }
@@ -258,7 +299,7 @@ mod tests {
 
     #[test]
     fn the_trait_checks_the_pcm_shape() {
-        let mut e = G711(Law::Ulaw);
+        let mut e = G711::new(Law::Ulaw);
         let mut out = vec![];
         let pcm = Pcm {
             sample_rate: 8000,
@@ -272,7 +313,7 @@ mod tests {
             channels: 0,
             samples: vec![],
         };
-        G711(Law::Ulaw).decode(&out, &mut back).unwrap();
+        G711::new(Law::Ulaw).decode(&out, &mut back).unwrap();
         assert_eq!(back.samples[0], 0);
         assert!((back.samples[1] - 1000).abs() < 40);
         let wide = Pcm {

@@ -7,10 +7,13 @@
 //! not know about RTP, SDP negotiation or sockets: it turns samples or frames
 //! into payloads and back, nothing more.
 //!
-//! Implemented so far: G.711 ([`g711`]). Opus, G.722, H.264 and VP8 arrive
-//! with the rest of the media engine.
+//! Implemented so far: G.711 ([`g711`]) and Opus ([`opus`]). G.722, H.264
+//! and VP8 arrive with the rest of the media engine. [`analysis`] measures
+//! tones for tests.
 
+pub mod analysis;
 pub mod g711;
+pub mod opus;
 
 use std::fmt;
 
@@ -69,6 +72,16 @@ pub trait AudioEncoder: Send {
 pub trait AudioDecoder: Send {
     /// Decodes one payload into `out` (cleared first).
     fn decode(&mut self, payload: &[u8], out: &mut Pcm) -> Result<(), CodecError>;
+
+    /// Fills `out` with `samples` (per channel) standing in for a lost
+    /// packet. `next` is the packet after the loss, when it has already
+    /// arrived, for codecs that carry redundancy (Opus FEC).
+    fn conceal(
+        &mut self,
+        next: Option<&[u8]>,
+        samples: usize,
+        out: &mut Pcm,
+    ) -> Result<(), CodecError>;
 }
 
 #[cfg(test)]

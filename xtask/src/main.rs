@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// Debian packages the gateway needs to build and run.
-const RUN_PACKAGES: &[&str] = &["pkg-config", "gcc", "ca-certificates"];
+const RUN_PACKAGES: &[&str] = &["pkg-config", "gcc", "ca-certificates", "libopus-dev"];
 /// Debian packages the test suite needs on top: the real peers we test against.
 const TEST_PACKAGES: &[&str] = &["sip-tester", "baresip", "tshark", "procps", "openssl"];
 
