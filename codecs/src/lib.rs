@@ -7,13 +7,14 @@
 //! not know about RTP, SDP negotiation or sockets: it turns samples or frames
 //! into payloads and back, nothing more.
 //!
-//! Implemented so far: G.711 ([`g711`]) and Opus ([`opus`]). G.722, H.264
-//! and VP8 arrive with the rest of the media engine. [`analysis`] measures
-//! tones for tests.
+//! Implemented: G.711 ([`g711`]), Opus ([`opus`]), H.264 and VP8
+//! ([`video`], on FFmpeg). G.722 arrives with the rest of the media engine.
+//! [`analysis`] measures tones for tests.
 
 pub mod analysis;
 pub mod g711;
 pub mod opus;
+pub mod video;
 
 use std::fmt;
 

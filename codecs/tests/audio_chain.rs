@@ -27,7 +27,11 @@ fn through(
     let (mut payload, mut decoded) = (Vec::new(), pcm(rate, &[]));
     for chunk in input.chunks_exact(frame) {
         enc.encode(&pcm(rate, chunk), &mut payload).unwrap();
-        assert!(!payload.is_empty(), "a tone is never DTX silence (frame {})", out.len() / frame);
+        assert!(
+            !payload.is_empty(),
+            "a tone is never DTX silence (frame {})",
+            out.len() / frame
+        );
         dec.decode(&payload, &mut decoded).unwrap();
         assert_eq!(decoded.sample_rate, rate);
         out.extend_from_slice(&decoded.samples);
