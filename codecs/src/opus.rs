@@ -121,6 +121,15 @@ impl OpusEncoder {
     pub fn config(&self) -> OpusConfig {
         self.config
     }
+
+    /// Algorithmic delay the encoder adds, in samples at its sample rate.
+    pub fn lookahead(&mut self) -> Result<u32, CodecError> {
+        let n = self
+            .inner
+            .get_lookahead()
+            .map_err(|_| CodecError::InvalidInput)?;
+        Ok(n.max(0) as u32)
+    }
 }
 
 impl AudioEncoder for OpusEncoder {

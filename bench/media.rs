@@ -1,0 +1,334 @@
+//! Media engine costs, in CPU time per unit of work (the honest figure on a
+//! small, shared machine): `cargo bench --bench media [audio|relay|video|all]`.
+//!
+//! - audio: a G.711 <-> Opus transcoded call, both directions, per 20 ms,
+//!   at Opus complexity 5 (8 kHz, no resampler), and the one-way delay the
+//!   chain adds (processing p99 plus the Opus encoder's lookahead).
+//! - relay: RTP passthrough over loopback UDP (receive, parse, rewrite SSRC/
+//!   sequence/timestamp/PT, send), plain and with SRTP unprotect + protect;
+//!   packets per CPU-second of the relay thread and p99 latency added.
+//! - video: H.264 -> VP8 and VP8 -> H.264 (decode + encode) frames per
+//!   CPU-second at 640x360 and 1280x720, and the bidirectional 30 fps calls
+//!   per core that implies.
+//!
+//! CPU time is read from `/proc/thread-self/schedstat` (nanoseconds).
+
+use std::hint::black_box;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use causeway::media::rtp::{self, RtpHeader};
+use causeway::media::srtp::{Context, MasterKey, Suite};
+use causeway_codecs::analysis::tone;
+use causeway_codecs::g711::{G711, Law};
+use causeway_codecs::opus::{OpusConfig, OpusDecoder, OpusEncoder};
+use causeway_codecs::video::{
+    Scaler, VideoCodec, VideoConfig, VideoDecoder, VideoEncoder, VideoFrame, h264_access_units,
+};
+use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
+
+type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = s
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+fn p99(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() * 99 / 100).copied().unwrap_or_default()
+}
+
+fn audio() -> R<()> {
+    let pcm = |s: &[i16]| Pcm {
+        sample_rate: 8000,
+        channels: 1,
+        samples: s.to_vec(),
+    };
+    // Speech-like input: two tones, so neither codec sees silence.
+    let a = tone(440.0, -15.0, 8000, 8000 * 10);
+    let b = tone(1000.0, -20.0, 8000, 8000 * 10);
+    let mix: Vec<i16> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| x.saturating_add(*y))
+        .collect();
+    let mut ulaw_frames = Vec::new();
+    let mut g = G711::new(Law::Ulaw);
+    for chunk in mix.chunks_exact(160) {
+        let mut p = Vec::new();
+        g.encode(&pcm(chunk), &mut p)?;
+        ulaw_frames.push(p);
+    }
+    for complexity in [5u8, 3, 8] {
+        let cfg = OpusConfig {
+            complexity,
+            dtx: false,
+            ..OpusConfig::narrowband()
+        };
+        let mut to_opus = OpusEncoder::new(cfg)?;
+        let mut from_opus = OpusDecoder::new(8000, 1)?;
+        let (mut dec_g, mut enc_g) = (G711::new(Law::Ulaw), G711::new(Law::Ulaw));
+        // The browser side's packets, made beforehand with a 48 kHz-capable encoder.
+        let mut far = OpusEncoder::new(cfg)?;
+        let mut opus_frames = Vec::new();
+        for chunk in mix.chunks_exact(160) {
+            let mut p = Vec::new();
+            far.encode(&pcm(chunk), &mut p)?;
+            opus_frames.push(p);
+        }
+        let (mut work, mut payload) = (pcm(&[]), Vec::new());
+        let mut per_frame = Vec::new();
+        let start = thread_cpu();
+        let rounds = 5;
+        for _ in 0..rounds {
+            for (u, o) in ulaw_frames.iter().zip(&opus_frames) {
+                let t = Instant::now();
+                // SIP -> browser.
+                dec_g.decode(u, &mut work)?;
+                to_opus.encode(&work, &mut payload)?;
+                black_box(&payload);
+                // Browser -> SIP.
+                from_opus.decode(o, &mut work)?;
+                enc_g.encode(&work, &mut payload)?;
+                black_box(&payload);
+                per_frame.push(t.elapsed());
+            }
+        }
+        let cpu = thread_cpu() - start;
+        let frames = (ulaw_frames.len() * rounds) as f64;
+        let us = cpu.as_secs_f64() * 1e6 / frames;
+        println!(
+            "audio: G.711<->Opus 8 kHz complexity {complexity}, both directions: {us:.1} us CPU per 20 ms \
+             ({:.0} calls per core); processing p99 {:.0} us",
+            20_000.0 / us,
+            p99(&mut per_frame).as_secs_f64() * 1e6
+        );
+    }
+    let lookahead = OpusEncoder::new(OpusConfig::narrowband())?.lookahead()?;
+    println!(
+        "audio: Opus encoder lookahead at 8 kHz: {lookahead} samples = {:.1} ms (the only algorithmic delay added; \
+         both legs use 20 ms frames, so no re-framing)",
+        f64::from(lookahead) / 8.0
+    );
+    Ok(())
+}
+
+/// Relays `count` packets from a sender thread through this thread to a
+/// sink; returns relay CPU per packet and p99 added latency.
+fn relay_run(count: usize) -> R<(f64, Duration)> {
+    let relay_in = UdpSocket::bind("127.0.0.1:0")?;
+    let relay_out = UdpSocket::bind("127.0.0.1:0")?;
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    let (in_addr, sink_addr) = (relay_in.local_addr()?, sink.local_addr()?);
+    relay_in.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // Once latched, the far address is fixed: a connected socket skips the
+    // per-packet route lookup of send_to.
+    relay_out.connect(sink_addr)?;
+    sink.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let start_at = Instant::now();
+    // Sender: paced in bursts so loopback buffers never overflow; each
+    // payload carries its send time for the latency figure.
+    let sender = std::thread::spawn(move || -> R<()> {
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        let mut p = Vec::new();
+        for i in 0..count {
+            let mut payload = [0u8; 172];
+            let ns = start_at.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&ns.to_be_bytes());
+            rtp::write(
+                &mut p,
+                &RtpHeader::new(0, i as u16, (i * 160) as u32, 0xabc, false),
+                &payload,
+            );
+            sock.send_to(&p, in_addr)?;
+            if i % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(150));
+            }
+        }
+        Ok(())
+    });
+    let sink_thread = std::thread::spawn(move || -> Vec<Duration> {
+        let mut lat = Vec::with_capacity(count);
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = sink.recv_from(&mut buf) {
+            let now = start_at.elapsed().as_nanos() as u64;
+            if n >= 20 {
+                let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or_default());
+                lat.push(Duration::from_nanos(now.saturating_sub(sent)));
+            }
+            if lat.len() == count {
+                break;
+            }
+        }
+        lat
+    });
+    let mut buf = vec![0u8; 2048];
+    let mut packet = Vec::with_capacity(2048);
+    let cpu0 = thread_cpu();
+    let mut relayed = 0usize;
+    while relayed < count {
+        let Ok((n, _)) = relay_in.recv_from(&mut buf) else {
+            break;
+        };
+        packet.clear();
+        packet.extend_from_slice(&buf[..n]);
+        let Ok(h) = RtpHeader::parse(&packet) else {
+            continue;
+        };
+        rtp::rewrite(
+            &mut packet,
+            8,
+            h.sequence.wrapping_add(1000),
+            h.timestamp.wrapping_add(5),
+            0x5151,
+        );
+        relay_out.send(&packet)?;
+        relayed += 1;
+    }
+    let cpu = thread_cpu() - cpu0;
+    sender.join().map_err(|_| "sender panicked")??;
+    let mut lat = sink_thread.join().map_err(|_| "sink panicked")?;
+    Ok((relayed as f64 / cpu.as_secs_f64(), p99(&mut lat)))
+}
+
+fn relay() -> R<()> {
+    let (pps, lat) = relay_run(200_000)?;
+    println!(
+        "relay: plain RTP passthrough, 172-byte payloads: {pps:.0} packets per CPU-second of the relay thread; \
+         p99 send-to-receive latency through the relay {:.0} us",
+        lat.as_secs_f64() * 1e6
+    );
+    // SRTP on both legs: the per-packet crypto cost, measured without sockets.
+    for suite in [Suite::AesCm128HmacSha1_80, Suite::AeadAes128Gcm] {
+        let key_a = MasterKey::generate(suite);
+        let key_b = MasterKey::generate(suite);
+        let (mut sender, mut inbound, mut outbound) = (
+            Context::new(&key_a)?,
+            Context::new(&key_a)?,
+            Context::new(&key_b)?,
+        );
+        let n = 200_000;
+        let mut packets = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut p = Vec::new();
+            rtp::write(
+                &mut p,
+                &RtpHeader::new(0, i as u16, (i * 160) as u32, 0xabc, false),
+                &[0x55; 172],
+            );
+            sender.protect_rtp(&mut p)?;
+            packets.push(p);
+        }
+        let cpu0 = thread_cpu();
+        for p in &mut packets {
+            inbound.unprotect_rtp(p)?;
+            let h = RtpHeader::parse(p)?;
+            rtp::rewrite(p, 8, h.sequence, h.timestamp, 0x5151);
+            outbound.protect_rtp(p)?;
+        }
+        let cpu = thread_cpu() - cpu0;
+        println!(
+            "relay: {} unprotect + rewrite + protect: {:.2} us CPU per packet ({:.0} packets per CPU-second, crypto only)",
+            suite.name(),
+            cpu.as_secs_f64() * 1e6 / n as f64,
+            n as f64 / cpu.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn video() -> R<()> {
+    let clip = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/video/testsrc2-640x360.h264"
+    ))?;
+    let mut dec = VideoDecoder::new(VideoCodec::H264)?;
+    let mut source = Vec::new();
+    for au in h264_access_units(&clip) {
+        let mut f = VideoFrame::default();
+        if dec.decode(&au, &mut f)? {
+            source.push(f);
+        }
+    }
+    for (w, h) in [(640u32, 360u32), (1280, 720)] {
+        let frames: Vec<VideoFrame> = if w == 640 {
+            source.clone()
+        } else {
+            let mut s = Scaler::i420(640, 360, w, h)?;
+            source
+                .iter()
+                .map(|f| {
+                    let mut out = VideoFrame::default();
+                    s.scale(f, &mut out).map(|_| out)
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let bitrate = if w == 640 { 800_000 } else { 1_800_000 };
+        let mut rates = Vec::new();
+        for (from, to) in [
+            (VideoCodec::H264, VideoCodec::Vp8),
+            (VideoCodec::Vp8, VideoCodec::H264),
+        ] {
+            // The incoming stream, as the far end would send it.
+            let mut far = VideoEncoder::new(VideoConfig {
+                bitrate,
+                ..VideoConfig::new(from)
+            })?;
+            let incoming: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|f| {
+                    far.encode(f, false)
+                        .map(|e| e.map(|e| e.data).unwrap_or_default())
+                })
+                .collect::<Result<_, _>>()?;
+            let mut dec = VideoDecoder::new(from)?;
+            let mut enc = VideoEncoder::new(VideoConfig {
+                bitrate,
+                ..VideoConfig::new(to)
+            })?;
+            let mut pic = VideoFrame::default();
+            let rounds = if w == 640 { 3 } else { 2 };
+            let cpu0 = thread_cpu();
+            let mut n = 0;
+            for _ in 0..rounds {
+                for data in &incoming {
+                    if dec.decode(data, &mut pic)? {
+                        black_box(enc.encode(&pic, false)?);
+                        n += 1;
+                    }
+                }
+            }
+            let cpu = thread_cpu() - cpu0;
+            let fps = f64::from(n) / cpu.as_secs_f64();
+            rates.push(fps);
+            println!("video: {from:?} -> {to:?} at {w}x{h}: {fps:.0} frames per CPU-second");
+        }
+        let calls = 1.0 / (30.0 / rates[0] + 30.0 / rates[1]);
+        println!("video: {w}x{h}: {calls:.2} bidirectional 30 fps transcoded calls per core");
+    }
+    Ok(())
+}
+
+fn main() -> R<()> {
+    let what = std::env::args()
+        .nth(1)
+        .filter(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "all".into());
+    if matches!(what.as_str(), "audio" | "all") {
+        audio()?;
+    }
+    if matches!(what.as_str(), "relay" | "all") {
+        relay()?;
+    }
+    if matches!(what.as_str(), "video" | "all") {
+        video()?;
+    }
+    Ok(())
+}
