@@ -1,11 +1,11 @@
-//! Media for SIP legs: RTP and RTCP, SRTP, RTP payload formats, DTMF, and
-//! (as the media engine grows) the jitter buffer and the bridge that relays
-//! or transcodes between two legs.
+//! Media for SIP legs: RTP and RTCP, SRTP, RTP payload formats, DTMF, the
+//! jitter buffer of transcoding paths, and (next) the bridge that relays or
+//! transcodes between two legs.
 //!
 //! ```text
 //! socket bytes -> srtp::Context::unprotect_* -> rtp::RtpHeader / rtcp::packets
 //!   relay:     rtp::rewrite (SSRC, seq, ts, PT) -> srtp protect -> other leg
-//!   transcode: h264/vp8 Depacketizer -> codecs decode/encode -> Packetizer
+//!   transcode: jitter (audio) | h264/vp8 Depacketizer -> codecs decode/encode -> Packetizer
 //!   events:    dtmf (RFC 4733 remap, SIP INFO bodies), rtcp PLI/FIR
 //! ```
 //!
@@ -15,6 +15,7 @@
 
 pub mod dtmf;
 pub mod h264;
+pub mod jitter;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
