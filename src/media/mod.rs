@@ -1,11 +1,13 @@
 //! Media for SIP legs: RTP and RTCP, SRTP, RTP payload formats, DTMF, the
-//! jitter buffer of transcoding paths, and (next) the bridge that relays or
-//! transcodes between two legs.
+//! jitter buffer of transcoding paths, and the bridge direction that relays
+//! or transcodes between two legs.
 //!
 //! ```text
 //! socket bytes -> srtp::Context::unprotect_* -> rtp::RtpHeader / rtcp::packets
-//!   relay:     rtp::rewrite (SSRC, seq, ts, PT) -> srtp protect -> other leg
-//!   transcode: jitter (audio) | h264/vp8 Depacketizer -> codecs decode/encode -> Packetizer
+//!   bridge::Direction (switchable while the call runs; one OutStream line):
+//!     Passthrough: SSRC, seq, ts, PT rewritten -> srtp protect -> other leg
+//!     Transcode:   jitter -> codecs decode (or conceal) -> encode -> RTP
+//!   video:     h264/vp8 Depacketizer -> codecs (causeway-codecs::video) -> Packetizer
 //!   events:    dtmf (RFC 4733 remap, SIP INFO bodies), rtcp PLI/FIR
 //! ```
 //!
@@ -13,6 +15,7 @@
 //! parameter. Sockets belong to the runtime; codecs to `causeway-codecs`;
 //! SDP negotiation to the call layer.
 
+pub mod bridge;
 pub mod dtmf;
 pub mod h264;
 pub mod jitter;

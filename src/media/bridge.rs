@@ -1,0 +1,550 @@
+//! One direction of a call's media: leg A's RTP in, leg B's RTP out, either
+//! relayed (passthrough) or transcoded, switchable while the call runs.
+//!
+//! Owns the outgoing stream identity ([`OutStream`]: our SSRC, a sequence
+//! number and timestamp line that never jump, whatever happens upstream),
+//! the passthrough rewrite (payload type map, SSRC changes upstream), the
+//! audio transcoding chain (jitter buffer, decoder with concealment,
+//! encoder) and per-stage counters. Sans-IO: packets and time in, packets
+//! out. It must not touch sockets or SRTP (the leg does), nor negotiate.
+//!
+//! No resampler on the common paths: Opus can decode and encode at the other
+//! codec's rate (8 kHz against G.711, 16 kHz against G.722), so PCM crosses
+//! at one rate. A path whose two codecs share no rate is refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
+
+use super::jitter::{JitterBuffer, JitterConfig, Playout};
+use super::rtp::{self, RtpHeader};
+
+/// Per-stage counters of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// RTP packets received from the source leg.
+    pub packets_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// RTP packets sent to the other leg.
+    pub packets_out: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Packets with a payload type the other leg did not negotiate.
+    pub dropped_pt: u64,
+    /// Packets missing upstream (sequence gaps).
+    pub lost: u64,
+    /// Frames concealed by the decoder (transcoding only).
+    pub concealed: u64,
+    /// Packets that came too late for playout (transcoding only).
+    pub late: u64,
+    /// Time spent in decoders and encoders.
+    pub codec_time: Duration,
+}
+
+/// The stream we send on the other leg: one SSRC, continuous numbering.
+#[derive(Debug, Clone)]
+pub struct OutStream {
+    /// Our SSRC toward the other leg.
+    pub ssrc: u32,
+    clock_rate: u32,
+    next_seq: u16,
+    /// Last timestamp sent and when (to continue the line after a switch).
+    last: Option<(u32, Instant)>,
+}
+
+impl OutStream {
+    /// A stream with a random SSRC, sequence and timestamp start (RFC 3550).
+    pub fn new(clock_rate: u32) -> Self {
+        Self {
+            ssrc: rand::random(),
+            clock_rate,
+            next_seq: rand::random(),
+            last: None,
+        }
+    }
+
+    /// The timestamp a packet produced at `now` should carry if the line
+    /// is to continue smoothly from the last one sent.
+    fn continue_at(&self, now: Instant) -> u32 {
+        match self.last {
+            Some((ts, at)) => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                ts.wrapping_add((elapsed * f64::from(self.clock_rate)).round() as u32)
+            }
+            None => rand::random(),
+        }
+    }
+
+    fn emit(&mut self, now: Instant, header: RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
+        let h = RtpHeader {
+            sequence: self.next_seq,
+            ssrc: self.ssrc,
+            ..header
+        };
+        rtp::write(out, &h, payload);
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.last = Some((h.timestamp, now));
+    }
+}
+
+/// Relays packets, rewriting SSRC, sequence, timestamp and payload type.
+#[derive(Debug, Clone)]
+pub struct Passthrough {
+    /// Incoming payload type -> outgoing payload type.
+    pt_map: HashMap<u8, u8>,
+    /// Current upstream source and the offsets that map it onto our line.
+    source: Option<Source>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    ssrc: u32,
+    ts_offset: u32,
+    last_seq: u16,
+}
+
+impl Passthrough {
+    /// A relay that forwards only the mapped payload types.
+    pub fn new(pt_map: HashMap<u8, u8>) -> Self {
+        Self {
+            pt_map,
+            source: None,
+        }
+    }
+
+    /// Relays one packet; returns false (and writes nothing) when dropped.
+    pub fn relay(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        stream: &mut OutStream,
+        stats: &mut DirectionStats,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Ok(h) = RtpHeader::parse(packet) else {
+            return false;
+        };
+        let payload = h.payload(packet);
+        stats.packets_in += 1;
+        stats.bytes_in += payload.len() as u64;
+        let Some(&pt) = self.pt_map.get(&h.payload_type) else {
+            stats.dropped_pt += 1;
+            return false;
+        };
+        let source = match self.source {
+            Some(s) if s.ssrc == h.ssrc => {
+                let gap = h.sequence.wrapping_sub(s.last_seq);
+                if (2..0x8000).contains(&gap) {
+                    stats.lost += u64::from(gap - 1);
+                }
+                s
+            }
+            // New (or first) upstream source: join our line where it is.
+            _ => Source {
+                ssrc: h.ssrc,
+                ts_offset: stream.continue_at(now).wrapping_sub(h.timestamp),
+                last_seq: h.sequence.wrapping_sub(1),
+            },
+        };
+        self.source = Some(Source {
+            last_seq: h.sequence,
+            ..source
+        });
+        let header = RtpHeader {
+            payload_type: pt,
+            timestamp: h.timestamp.wrapping_add(source.ts_offset),
+            ..h
+        };
+        // Keep CSRCs/extensions out: the other leg negotiated none of ours.
+        stream.emit(now, header, payload, out);
+        stats.packets_out += 1;
+        stats.bytes_out += payload.len() as u64;
+        true
+    }
+}
+
+/// Audio transcoding: jitter buffer, decode (or conceal), encode.
+pub struct AudioTranscoder {
+    jitter: JitterBuffer,
+    decoder: Box<dyn AudioDecoder>,
+    encoder: Box<dyn AudioEncoder>,
+    /// Payload type we send.
+    out_pt: u8,
+    /// Outgoing RTP units per 20 ms frame.
+    out_frame: u32,
+    /// Samples per frame at the PCM rate both codecs share.
+    pcm_frame: usize,
+    pcm: Pcm,
+    payload: Vec<u8>,
+    /// Timestamp line of the output, set when a talkspurt starts.
+    out_ts: Option<u32>,
+    /// A talkspurt starts: set the marker bit.
+    marker: bool,
+}
+
+impl std::fmt::Debug for AudioTranscoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioTranscoder")
+            .field("out_pt", &self.out_pt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Both sides of a transcoding chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioFormats {
+    /// RTP clock of the incoming stream.
+    pub in_clock: u32,
+    /// RTP clock of the outgoing stream.
+    pub out_clock: u32,
+    /// Sample rate at which the decoder outputs and the encoder takes PCM.
+    pub pcm_rate: u32,
+    /// Payload type to send.
+    pub out_pt: u8,
+}
+
+impl AudioTranscoder {
+    /// A chain from `decoder` to `encoder` in 20 ms frames.
+    pub fn new(
+        formats: AudioFormats,
+        decoder: Box<dyn AudioDecoder>,
+        encoder: Box<dyn AudioEncoder>,
+    ) -> Self {
+        Self {
+            jitter: JitterBuffer::new(JitterConfig::new(formats.in_clock)),
+            decoder,
+            encoder,
+            out_pt: formats.out_pt,
+            out_frame: formats.out_clock / 50,
+            pcm_frame: formats.pcm_rate as usize / 50,
+            pcm: Pcm {
+                sample_rate: formats.pcm_rate,
+                channels: 1,
+                samples: Vec::new(),
+            },
+            payload: Vec::new(),
+            out_ts: None,
+            marker: true,
+        }
+    }
+
+    /// Takes one incoming packet (payload types are the leg's business:
+    /// pass only the negotiated audio codec here).
+    pub fn push(&mut self, now: Instant, packet: &[u8], stats: &mut DirectionStats) {
+        let Ok(h) = RtpHeader::parse(packet) else {
+            return;
+        };
+        let payload = h.payload(packet);
+        stats.packets_in += 1;
+        stats.bytes_in += payload.len() as u64;
+        self.jitter.push(now, h.sequence, h.timestamp, payload);
+    }
+
+    /// When [`Self::poll`] should next be called.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.jitter.next_due()
+    }
+
+    /// Produces the packets due by `now`, appending each to `out`.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        stream: &mut OutStream,
+        stats: &mut DirectionStats,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        while let Some(slot) = self.jitter.pop(now) {
+            let t = Instant::now();
+            let decoded = match &slot {
+                Playout::Frame { payload, .. } => self.decoder.decode(payload, &mut self.pcm),
+                Playout::Conceal { next } => {
+                    stats.concealed += 1;
+                    self.decoder
+                        .conceal(next.as_deref(), self.pcm_frame, &mut self.pcm)
+                }
+            };
+            if decoded.is_err() {
+                // A corrupt payload: conceal instead, keep the line going.
+                stats.concealed += 1;
+                if self
+                    .decoder
+                    .conceal(None, self.pcm_frame, &mut self.pcm)
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            self.pcm.samples.resize(self.pcm_frame, 0);
+            let encoded = self.encoder.encode(&self.pcm, &mut self.payload);
+            stats.codec_time += t.elapsed();
+            let ts = *self.out_ts.get_or_insert_with(|| stream.continue_at(now));
+            self.out_ts = Some(ts.wrapping_add(self.out_frame));
+            if encoded.is_err() || self.payload.is_empty() {
+                // DTX or an encoder refusal: nothing to send this frame.
+                self.marker = true;
+                continue;
+            }
+            let mut packet = Vec::with_capacity(12 + self.payload.len());
+            stream.emit(
+                now,
+                RtpHeader::new(self.out_pt, 0, ts, 0, std::mem::take(&mut self.marker)),
+                &self.payload,
+                &mut packet,
+            );
+            stats.packets_out += 1;
+            stats.bytes_out += self.payload.len() as u64;
+            out.push(packet);
+        }
+        let j = self.jitter.stats();
+        stats.late = j.late;
+        if self.jitter.next_due().is_none() {
+            // Talkspurt over: the next one continues the line from the clock.
+            self.out_ts = None;
+            self.marker = true;
+        }
+    }
+}
+
+/// How one direction moves media now.
+#[derive(Debug)]
+pub enum Mode {
+    /// Relay, rewriting headers.
+    Passthrough(Passthrough),
+    /// Decode and re-encode.
+    Transcode(Box<AudioTranscoder>),
+}
+
+/// One direction of a call: a mode that can change while the call runs and
+/// an outgoing stream that stays the same across changes.
+#[derive(Debug)]
+pub struct Direction {
+    /// Current mode.
+    pub mode: Mode,
+    /// What the other leg sees.
+    pub stream: OutStream,
+    /// Counters across modes.
+    pub stats: DirectionStats,
+}
+
+impl Direction {
+    /// A direction sending at `out_clock` in `mode`.
+    pub fn new(mode: Mode, out_clock: u32) -> Self {
+        Self {
+            mode,
+            stream: OutStream::new(out_clock),
+            stats: DirectionStats::default(),
+        }
+    }
+
+    /// Switches mode (after a renegotiation); the other leg sees the same
+    /// SSRC with sequence numbers and timestamps that continue.
+    pub fn switch(&mut self, mode: Mode, out_clock: u32) {
+        self.stream.clock_rate = out_clock;
+        self.mode = mode;
+    }
+
+    /// Handles one incoming packet; passthrough output is appended to `out`
+    /// at once, transcoded output comes from [`Self::poll`].
+    pub fn on_packet(&mut self, now: Instant, packet: &[u8], out: &mut Vec<Vec<u8>>) {
+        match &mut self.mode {
+            Mode::Passthrough(p) => {
+                let mut buf = Vec::with_capacity(packet.len());
+                if p.relay(now, packet, &mut self.stream, &mut self.stats, &mut buf) {
+                    out.push(buf);
+                }
+            }
+            Mode::Transcode(t) => t.push(now, packet, &mut self.stats),
+        }
+    }
+
+    /// Produces transcoded packets due by `now`.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        if let Mode::Transcode(t) = &mut self.mode {
+            t.poll(now, &mut self.stream, &mut self.stats, out);
+        }
+    }
+
+    /// When [`Self::poll`] should next run.
+    pub fn next_due(&self) -> Option<Instant> {
+        match &self.mode {
+            Mode::Transcode(t) => t.next_due(),
+            Mode::Passthrough(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_codecs::analysis::{dominant_frequency, tone};
+    use causeway_codecs::g711::{G711, Law};
+    use causeway_codecs::opus::{OpusConfig, OpusDecoder, OpusEncoder};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn pcmu_packets(n: usize, ssrc: u32, seq0: u16, ts0: u32) -> Vec<Vec<u8>> {
+        let t = tone(1000.0, -10.0, 8000, 160 * n);
+        let mut g = G711::new(Law::Ulaw);
+        t.chunks_exact(160)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut payload = Vec::new();
+                g.encode(
+                    &Pcm {
+                        sample_rate: 8000,
+                        channels: 1,
+                        samples: chunk.to_vec(),
+                    },
+                    &mut payload,
+                )
+                .unwrap();
+                let mut p = Vec::new();
+                let h = RtpHeader::new(
+                    0,
+                    seq0.wrapping_add(i as u16),
+                    ts0.wrapping_add(160 * i as u32),
+                    ssrc,
+                    i == 0,
+                );
+                rtp::write(&mut p, &h, &payload);
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn passthrough_rewrites_and_keeps_the_line_across_an_upstream_ssrc_change() {
+        let mut d = Direction::new(
+            Mode::Passthrough(Passthrough::new(HashMap::from([(0, 0), (101, 96)]))),
+            8000,
+        );
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for (i, p) in pcmu_packets(10, 1111, 65_530, 4_000_000_000)
+            .iter()
+            .enumerate()
+        {
+            d.on_packet(t0 + MS * (20 * i as u32), p, &mut out);
+        }
+        // Upstream switches source (a transfer): new SSRC, seq and ts.
+        for (i, p) in pcmu_packets(5, 2222, 7, 123).iter().enumerate() {
+            d.on_packet(t0 + MS * (200 + 20 * i as u32), p, &mut out);
+        }
+        let hs: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        assert_eq!(hs.len(), 15);
+        for w in hs.windows(2) {
+            assert_eq!(w[1].ssrc, w[0].ssrc);
+            assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
+            assert_eq!(
+                w[1].timestamp.wrapping_sub(w[0].timestamp),
+                160,
+                "timestamps continue across the change"
+            );
+        }
+        assert_eq!(
+            out[3][12..],
+            pcmu_packets(10, 1111, 65_530, 4_000_000_000)[3][12..],
+            "payload untouched"
+        );
+        // Unknown payload types are dropped and counted; a gap counts as loss.
+        let mut odd = pcmu_packets(1, 2222, 20, 0).remove(0);
+        odd[1] = 13;
+        d.on_packet(t0 + MS * 400, &odd, &mut out);
+        assert_eq!(d.stats.dropped_pt, 1);
+        d.on_packet(t0 + MS * 420, &pcmu_packets(1, 2222, 14, 0)[0], &mut out);
+        assert_eq!(d.stats.lost, 2);
+    }
+
+    fn pcmu_to_opus() -> AudioTranscoder {
+        AudioTranscoder::new(
+            AudioFormats {
+                in_clock: 8000,
+                out_clock: 48000,
+                pcm_rate: 8000,
+                out_pt: 111,
+            },
+            Box::new(G711::new(Law::Ulaw)),
+            Box::new(
+                OpusEncoder::new(OpusConfig {
+                    dtx: false,
+                    ..OpusConfig::narrowband()
+                })
+                .unwrap(),
+            ),
+        )
+    }
+
+    #[test]
+    fn transcoding_pcmu_to_opus_carries_the_tone_with_a_48k_clock() {
+        let mut d = Direction::new(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let input = pcmu_packets(100, 5, 0, 0);
+        for (i, p) in input.iter().enumerate() {
+            // Jittery arrival, one packet lost.
+            if i == 50 {
+                continue;
+            }
+            let now = t0 + MS * (20 * i as u32 + (i as u32 * 7) % 15);
+            d.on_packet(now, p, &mut out);
+            d.poll(now, &mut out);
+        }
+        d.poll(t0 + MS * 3000, &mut out);
+        let hs: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        assert!(hs.len() >= 99, "{} packets", hs.len());
+        assert!(hs.iter().all(|h| h.payload_type == 111));
+        assert!(hs[0].marker && !hs[1].marker);
+        for w in hs.windows(2) {
+            assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
+            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 960);
+        }
+        assert!(d.stats.concealed >= 1);
+        assert!(d.stats.codec_time > Duration::ZERO);
+        // What the browser would hear.
+        let mut dec = OpusDecoder::new(48000, 1).unwrap();
+        let mut pcm = Pcm {
+            sample_rate: 48000,
+            channels: 1,
+            samples: vec![],
+        };
+        let mut heard = Vec::new();
+        for p in &out {
+            let h = RtpHeader::parse(p).unwrap();
+            dec.decode(h.payload(p), &mut pcm).unwrap();
+            heard.extend_from_slice(&pcm.samples);
+        }
+        let f = dominant_frequency(&heard[48000..96000], 48000);
+        assert!((f - 1000.0).abs() < 10.0, "{f} Hz");
+    }
+
+    #[test]
+    fn switching_from_passthrough_to_transcoding_keeps_ssrc_and_sequence() {
+        let mut d = Direction::new(
+            Mode::Passthrough(Passthrough::new(HashMap::from([(0, 0)]))),
+            8000,
+        );
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let input = pcmu_packets(20, 9, 100, 0);
+        for (i, p) in input[..10].iter().enumerate() {
+            d.on_packet(t0 + MS * (20 * i as u32), p, &mut out);
+        }
+        // Renegotiated: the other leg now wants Opus.
+        d.switch(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
+        for (i, p) in input[10..].iter().enumerate() {
+            let now = t0 + MS * (200 + 20 * i as u32);
+            d.on_packet(now, p, &mut out);
+            d.poll(now, &mut out);
+        }
+        d.poll(t0 + MS * 2000, &mut out);
+        let hs: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        assert!(hs.len() >= 19);
+        assert!(hs.iter().all(|h| h.ssrc == hs[0].ssrc));
+        for w in hs.windows(2) {
+            assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
+        }
+        assert_eq!((hs[9].payload_type, hs[10].payload_type), (0, 111));
+    }
+}
