@@ -8,7 +8,7 @@
 //! hot path is one table load per sample. Packet loss concealment for G.711
 //! is the caller's repeat of the last frame (the jitter buffer's job).
 
-use crate::{AudioDecoder, AudioEncoder, CodecError, Pcm};
+use crate::{AudioDecoder, AudioEncoder, CodecError, Pcm, Repeat};
 
 /// G.191 `alaw_compress` for one 16-bit sample (its 13 most significant bits count).
 const fn alaw_compress_ref(lin: i16) -> u8 {
@@ -155,9 +155,7 @@ pub enum Law {
 #[derive(Debug, Clone)]
 pub struct G711 {
     law: Law,
-    last: Vec<i16>,
-    /// Consecutive frames concealed so far.
-    concealed: u32,
+    repeat: Repeat,
 }
 
 impl G711 {
@@ -165,8 +163,7 @@ impl G711 {
     pub fn new(law: Law) -> Self {
         Self {
             law,
-            last: Vec::new(),
-            concealed: 0,
+            repeat: Repeat::default(),
         }
     }
 }
@@ -196,13 +193,11 @@ impl AudioDecoder for G711 {
             Law::Alaw => alaw_decode,
         };
         out.samples.extend(payload.iter().map(|&b| f(b)));
-        self.last.clone_from(&out.samples);
-        self.concealed = 0;
+        self.repeat.remember(&out.samples);
         Ok(())
     }
 
-    /// Repeats the last frame, halving its level for each further lost
-    /// frame, so a burst fades to silence instead of buzzing.
+    /// Repeats the last frame, halving its level for each further lost one.
     fn conceal(
         &mut self,
         _next: Option<&[u8]>,
@@ -211,15 +206,7 @@ impl AudioDecoder for G711 {
     ) -> Result<(), CodecError> {
         out.sample_rate = 8000;
         out.channels = 1;
-        out.samples.clear();
-        let shift = self.concealed.min(15);
-        self.concealed += 1;
-        if self.last.is_empty() {
-            out.samples.resize(samples, 0);
-        } else {
-            out.samples
-                .extend(self.last.iter().cycle().take(samples).map(|&s| s >> shift));
-        }
+        self.repeat.conceal(samples, &mut out.samples);
         Ok(())
     }
 }

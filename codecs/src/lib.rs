@@ -7,12 +7,13 @@
 //! not know about RTP, SDP negotiation or sockets: it turns samples or frames
 //! into payloads and back, nothing more.
 //!
-//! Implemented: G.711 ([`g711`]), Opus ([`opus`]), H.264 and VP8
-//! ([`video`], on FFmpeg). G.722 arrives with the rest of the media engine.
+//! Implemented: G.711 ([`g711`]), G.722 ([`g722`], FFmpeg), Opus
+//! ([`opus`]), H.264 and VP8 ([`video`], FFmpeg).
 //! [`analysis`] measures tones for tests.
 
 pub mod analysis;
 pub mod g711;
+pub mod g722;
 pub mod opus;
 pub mod video;
 
@@ -83,6 +84,36 @@ pub trait AudioDecoder: Send {
         samples: usize,
         out: &mut Pcm,
     ) -> Result<(), CodecError>;
+}
+
+/// Loss concealment by repetition: the last decoded frame again, halved in
+/// level for each further lost frame, so a burst fades to silence instead
+/// of buzzing. Used by the codecs without their own PLC (G.711, G.722).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Repeat {
+    last: Vec<i16>,
+    concealed: u32,
+}
+
+impl Repeat {
+    /// Keeps a decoded frame for later concealment.
+    pub(crate) fn remember(&mut self, samples: &[i16]) {
+        self.last.clear();
+        self.last.extend_from_slice(samples);
+        self.concealed = 0;
+    }
+
+    /// Writes `samples` of concealment into `out` (cleared first).
+    pub(crate) fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
+        out.clear();
+        let shift = self.concealed.min(15);
+        self.concealed += 1;
+        if self.last.is_empty() {
+            out.resize(samples, 0);
+        } else {
+            out.extend(self.last.iter().cycle().take(samples).map(|&s| s >> shift));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -117,7 +117,8 @@ pub fn psnr(a: &VideoFrame, b: &VideoFrame) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
-fn init() {
+/// Initialises FFmpeg once (quiet logging).
+pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // Registration cannot fail in FFmpeg 4+; an error here only means

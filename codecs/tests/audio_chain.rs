@@ -155,3 +155,68 @@ fn g711_conceals_by_repeating_and_fading() {
     g.conceal(None, 160, &mut out).unwrap();
     assert!((level_db(&out.samples) - (level_db(&first) - 6.02)).abs() < 0.2);
 }
+
+#[test]
+fn g722_round_trips_a_wideband_tone_and_opus_at_16k_bridges_it() {
+    use causeway_codecs::g722::{G722Decoder, G722Encoder};
+    // 5 kHz: only a wideband codec carries it.
+    let input = tone(5000.0, -12.0, 16000, 16000 * 2);
+    let mut enc = G722Encoder::new().unwrap();
+    let mut dec = G722Decoder::new().unwrap();
+    let mut payload = Vec::new();
+    let mut back = Vec::new();
+    let mut pcm16 = Pcm {
+        sample_rate: 16000,
+        channels: 1,
+        samples: vec![],
+    };
+    for chunk in input.chunks_exact(320) {
+        enc.encode(
+            &Pcm {
+                sample_rate: 16000,
+                channels: 1,
+                samples: chunk.to_vec(),
+            },
+            &mut payload,
+        )
+        .unwrap();
+        assert_eq!(payload.len(), 160, "64 kbit/s: 160 bytes per 20 ms");
+        dec.decode(&payload, &mut pcm16).unwrap();
+        back.extend_from_slice(&pcm16.samples);
+    }
+    assert_eq!(back.len(), input.len());
+    let steady = &back[16000..];
+    let f = dominant_frequency(steady, 16000);
+    assert!((f - 5000.0).abs() < 50.0, "{f} Hz");
+    assert!(
+        (level_db(steady) + 12.0).abs() < 1.0,
+        "{} dB",
+        level_db(steady)
+    );
+    // G.722 <-> Opus without a resampler: Opus runs at 16 kHz.
+    let mut opus_enc = OpusEncoder::new(OpusConfig {
+        sample_rate: 16000,
+        dtx: false,
+        ..OpusConfig::webrtc()
+    })
+    .unwrap();
+    let mut opus_dec = OpusDecoder::new(16000, 1).unwrap();
+    let out = through(&mut opus_enc, &mut opus_dec, 16000, &back);
+    let f = dominant_frequency(&out[16000..], 16000);
+    assert!((f - 5000.0).abs() < 50.0, "through Opus: {f} Hz");
+    // Concealment repeats the last frame.
+    dec.conceal(None, 320, &mut pcm16).unwrap();
+    assert_eq!(pcm16.samples.len(), 320);
+    assert!(dec.decode(&[], &mut pcm16).is_err());
+    assert!(
+        enc.encode(
+            &Pcm {
+                sample_rate: 8000,
+                channels: 1,
+                samples: vec![0; 160]
+            },
+            &mut payload
+        )
+        .is_err()
+    );
+}

@@ -1,0 +1,154 @@
+//! G.722 (wideband, 16 kHz audio) on FFmpeg's codec: what room systems
+//! prefer when they cannot do Opus.
+//!
+//! The RTP clock quirk (RFC 3551 section 4.5.2): SDP says `G722/8000` and
+//! timestamps advance 8000 per second although the audio is sampled at
+//! 16 kHz, so a 20 ms frame is 320 samples, 160 bytes and 160 timestamp
+//! units. This module deals in samples only; the media layer keeps the
+//! clock. Owns the encoder/decoder and repeat-and-fade concealment.
+
+use ff::format::Sample;
+use ff::format::sample::Type as SampleType;
+use ff::{ChannelLayout, Packet, codec, frame};
+use ffmpeg_next as ff;
+
+use crate::{AudioDecoder, AudioEncoder, CodecError, Pcm, Repeat};
+
+/// Audio sample rate of G.722.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+fn pcm_format() -> Sample {
+    Sample::I16(SampleType::Packed)
+}
+
+/// A G.722 encoder (64 kbit/s mode).
+pub struct G722Encoder {
+    inner: ff::encoder::Audio,
+    frame: frame::Audio,
+    packet: Packet,
+}
+
+impl std::fmt::Debug for G722Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("G722Encoder").finish_non_exhaustive()
+    }
+}
+
+impl G722Encoder {
+    /// Opens FFmpeg's G.722 encoder.
+    pub fn new() -> Result<Self, CodecError> {
+        crate::video::init();
+        let c = ff::encoder::find(codec::Id::ADPCM_G722)
+            .ok_or_else(|| CodecError::Unsupported("G722".into()))?;
+        let mut enc = codec::context::Context::new_with_codec(c)
+            .encoder()
+            .audio()
+            .map_err(|_| CodecError::InvalidInput)?;
+        enc.set_rate(SAMPLE_RATE as i32);
+        enc.set_format(pcm_format());
+        enc.set_channel_layout(ChannelLayout::MONO);
+        enc.set_channels(1);
+        let inner = enc.open_as(c).map_err(|_| CodecError::InvalidInput)?;
+        Ok(Self {
+            inner,
+            frame: frame::Audio::empty(),
+            packet: Packet::empty(),
+        })
+    }
+}
+
+impl AudioEncoder for G722Encoder {
+    fn encode(&mut self, pcm: &Pcm, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        if pcm.sample_rate != SAMPLE_RATE
+            || pcm.channels != 1
+            || pcm.samples.is_empty()
+            || !pcm.samples.len().is_multiple_of(2)
+        {
+            return Err(CodecError::InvalidInput);
+        }
+        let n = pcm.samples.len();
+        if self.frame.samples() != n {
+            self.frame = frame::Audio::new(pcm_format(), n, ChannelLayout::MONO);
+            self.frame.set_rate(SAMPLE_RATE);
+        }
+        for (d, s) in self.frame.data_mut(0).chunks_exact_mut(2).zip(&pcm.samples) {
+            d.copy_from_slice(&s.to_ne_bytes());
+        }
+        self.inner
+            .send_frame(&self.frame)
+            .map_err(|_| CodecError::InvalidInput)?;
+        out.clear();
+        while self.inner.receive_packet(&mut self.packet).is_ok() {
+            out.extend_from_slice(self.packet.data().unwrap_or_default());
+        }
+        Ok(())
+    }
+}
+
+/// A G.722 decoder with repeat-and-fade concealment.
+pub struct G722Decoder {
+    inner: ff::decoder::Audio,
+    frame: frame::Audio,
+    repeat: Repeat,
+}
+
+impl std::fmt::Debug for G722Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("G722Decoder").finish_non_exhaustive()
+    }
+}
+
+impl G722Decoder {
+    /// Opens FFmpeg's G.722 decoder.
+    pub fn new() -> Result<Self, CodecError> {
+        crate::video::init();
+        let c = ff::decoder::find(codec::Id::ADPCM_G722)
+            .ok_or_else(|| CodecError::Unsupported("G722".into()))?;
+        // The decoder sets mono S16 itself; G.722 needs no rate to decode.
+        let inner = codec::context::Context::new_with_codec(c)
+            .decoder()
+            .audio()
+            .map_err(|_| CodecError::InvalidInput)?;
+        Ok(Self {
+            inner,
+            frame: frame::Audio::empty(),
+            repeat: Repeat::default(),
+        })
+    }
+}
+
+impl AudioDecoder for G722Decoder {
+    fn decode(&mut self, payload: &[u8], out: &mut Pcm) -> Result<(), CodecError> {
+        out.sample_rate = SAMPLE_RATE;
+        out.channels = 1;
+        out.samples.clear();
+        if payload.is_empty() {
+            return Err(CodecError::InvalidPayload);
+        }
+        self.inner
+            .send_packet(&Packet::copy(payload))
+            .map_err(|_| CodecError::InvalidPayload)?;
+        while self.inner.receive_frame(&mut self.frame).is_ok() {
+            let n = self.frame.samples();
+            out.samples.extend(
+                self.frame.data(0)[..n * 2]
+                    .chunks_exact(2)
+                    .map(|b| i16::from_ne_bytes([b[0], b[1]])),
+            );
+        }
+        self.repeat.remember(&out.samples);
+        Ok(())
+    }
+
+    fn conceal(
+        &mut self,
+        _next: Option<&[u8]>,
+        samples: usize,
+        out: &mut Pcm,
+    ) -> Result<(), CodecError> {
+        out.sample_rate = SAMPLE_RATE;
+        out.channels = 1;
+        self.repeat.conceal(samples, &mut out.samples);
+        Ok(())
+    }
+}
