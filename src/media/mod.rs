@@ -8,7 +8,7 @@
 //!     Passthrough: SSRC, seq, ts, PT rewritten -> srtp protect -> other leg
 //!     Transcode:   jitter -> codecs decode (or conceal) -> encode -> RTP
 //!   video:     h264/vp8 Depacketizer -> codecs (causeway-codecs::video) -> Packetizer
-//!   events:    dtmf (RFC 4733 remap, SIP INFO bodies), rtcp PLI/FIR
+//!   events:    dtmf (RFC 4733 remap, SIP INFO bodies), keyframe (PLI/FIR/INFO)
 //! ```
 //!
 //! Everything here is sans-IO and pure: buffers in, buffers out, time as a
@@ -19,6 +19,7 @@ pub mod bridge;
 pub mod dtmf;
 pub mod h264;
 pub mod jitter;
+pub mod keyframe;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
