@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
 
+use super::dtmf::{self, Digit, EventPayload, Remapper};
 use super::jitter::{JitterBuffer, JitterConfig, Playout};
 use super::rtp::{self, RtpHeader};
 
@@ -316,6 +317,37 @@ pub enum Mode {
     Transcode(Box<AudioTranscoder>),
 }
 
+/// Telephone-events (RFC 4733) in one direction: recognised as digits for
+/// the call layer, and, on transcoding paths, re-sent on the output line at
+/// its clock rate.
+#[derive(Debug, Clone)]
+pub struct DtmfRoute {
+    /// Incoming telephone-event payload type.
+    pub in_pt: u8,
+    /// Outgoing telephone-event payload type (None: the other leg has none;
+    /// digits then only reach the call layer, e.g. for SIP INFO).
+    pub out_pt: Option<u8>,
+    in_clock: u32,
+    remap: Remapper,
+    receiver: dtmf::Receiver,
+    /// Incoming event timestamp -> outgoing one, for the event in progress.
+    current: Option<(u32, u32)>,
+}
+
+impl DtmfRoute {
+    /// Events at `in_clock` with `in_pt`, re-sent at `out_clock` with `out_pt`.
+    pub fn new(in_pt: u8, in_clock: u32, out_pt: Option<u8>, out_clock: u32) -> Self {
+        Self {
+            in_pt,
+            out_pt,
+            in_clock,
+            remap: Remapper::new(in_clock, out_clock),
+            receiver: dtmf::Receiver::default(),
+            current: None,
+        }
+    }
+}
+
 /// One direction of a call: a mode that can change while the call runs and
 /// an outgoing stream that stays the same across changes.
 #[derive(Debug)]
@@ -326,6 +358,9 @@ pub struct Direction {
     pub stream: OutStream,
     /// Counters across modes.
     pub stats: DirectionStats,
+    /// Telephone-events, when negotiated on the incoming leg.
+    pub dtmf: Option<DtmfRoute>,
+    digits: Vec<Digit>,
 }
 
 impl Direction {
@@ -335,7 +370,64 @@ impl Direction {
             mode,
             stream: OutStream::new(out_clock),
             stats: DirectionStats::default(),
+            dtmf: None,
+            digits: Vec::new(),
         }
+    }
+
+    /// Digits recognised since the last call (for SIP INFO or the client API).
+    pub fn take_digits(&mut self) -> Vec<Digit> {
+        std::mem::take(&mut self.digits)
+    }
+
+    /// Handles a telephone-event packet; true when it was one.
+    fn on_event(&mut self, now: Instant, packet: &[u8], out: &mut Vec<Vec<u8>>) -> bool {
+        let Some(route) = self.dtmf.as_mut() else {
+            return false;
+        };
+        let Ok(h) = RtpHeader::parse(packet) else {
+            return false;
+        };
+        if h.payload_type != route.in_pt {
+            return false;
+        }
+        let payload = h.payload(packet);
+        if let Some(d) = route
+            .receiver
+            .on_packet(h.timestamp, payload, route.in_clock)
+        {
+            self.digits.push(d);
+        }
+        // Passthrough relays events with the audio's own offsets (same clock);
+        // transcoding puts them on our output line at its clock.
+        if matches!(self.mode, Mode::Passthrough(_)) {
+            return false;
+        }
+        let (Some(out_pt), Some(ev)) = (route.out_pt, EventPayload::parse(payload)) else {
+            return true;
+        };
+        let start = match route.current {
+            Some((in_ts, out_ts)) if in_ts == h.timestamp => out_ts,
+            _ => {
+                let ts = self.stream.continue_at(now);
+                route.current = Some((h.timestamp, ts));
+                ts
+            }
+        };
+        let r = route.remap.remap(ev);
+        let mut buf = Vec::with_capacity(16);
+        let header = RtpHeader::new(
+            out_pt,
+            0,
+            start.wrapping_add(r.timestamp_offset),
+            0,
+            h.marker,
+        );
+        self.stream
+            .emit(now, header, &r.payload.to_bytes(), &mut buf);
+        self.stats.packets_out += 1;
+        out.push(buf);
+        true
     }
 
     /// Switches mode (after a renegotiation); the other leg sees the same
@@ -348,6 +440,9 @@ impl Direction {
     /// Handles one incoming packet; passthrough output is appended to `out`
     /// at once, transcoded output comes from [`Self::poll`].
     pub fn on_packet(&mut self, now: Instant, packet: &[u8], out: &mut Vec<Vec<u8>>) {
+        if self.on_event(now, packet, out) {
+            return;
+        }
         match &mut self.mode {
             Mode::Passthrough(p) => {
                 let mut buf = Vec::with_capacity(packet.len());
@@ -517,6 +612,70 @@ mod tests {
         }
         let f = dominant_frequency(&heard[48000..96000], 48000);
         assert!((f - 1000.0).abs() < 10.0, "{f} Hz");
+    }
+
+    fn event(seq: u16, ts: u32, marker: bool, ev: EventPayload) -> Vec<u8> {
+        let mut p = Vec::new();
+        rtp::write(
+            &mut p,
+            &RtpHeader::new(101, seq, ts, 5, marker),
+            &ev.to_bytes(),
+        );
+        p
+    }
+
+    #[test]
+    fn dtmf_is_recognised_and_remapped_from_8k_to_48k_on_transcoding_paths() {
+        let mut d = Direction::new(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
+        d.dtmf = Some(DtmfRoute::new(101, 8000, Some(110), 48000));
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let ev = |end, duration| EventPayload {
+            event: 7,
+            end,
+            volume: 10,
+            duration,
+        };
+        // Digit 7 for 100 ms: start, update, three ends (8 kHz units).
+        let packets = [
+            event(1, 8000, true, ev(false, 0)),
+            event(2, 8000, false, ev(false, 400)),
+            event(3, 8000, false, ev(true, 800)),
+            event(4, 8000, false, ev(true, 800)),
+            event(5, 8000, false, ev(true, 800)),
+        ];
+        for (i, p) in packets.iter().enumerate() {
+            d.on_packet(t0 + MS * (50 * i as u32), p, &mut out);
+        }
+        assert_eq!(
+            d.take_digits(),
+            [Digit {
+                digit: '7',
+                duration_ms: 100
+            }]
+        );
+        assert_eq!(out.len(), 5);
+        let hs: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        assert!(
+            hs.iter()
+                .all(|h| h.payload_type == 110 && h.timestamp == hs[0].timestamp)
+        );
+        assert!(hs[0].marker && !hs[1].marker);
+        let durations: Vec<u16> = out
+            .iter()
+            .zip(&hs)
+            .map(|(p, h)| EventPayload::parse(h.payload(p)).unwrap().duration)
+            .collect();
+        assert_eq!(durations, [0, 2400, 4800, 4800, 4800]);
+        // No telephone-event on the other leg: digits still reach the call layer.
+        let mut d = Direction::new(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
+        d.dtmf = Some(DtmfRoute::new(101, 8000, None, 48000));
+        let mut out = Vec::new();
+        for p in &packets {
+            d.on_packet(t0, p, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!(d.take_digits().len(), 1);
     }
 
     #[test]
