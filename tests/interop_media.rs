@@ -126,6 +126,31 @@ fn ffmpeg_receives(
     raw.chunks(size).map(<[u8]>::to_vec).collect()
 }
 
+/// Each frame's RTP payloads, from `packetize`.
+fn payloads_of(
+    frames: &[Vec<u8>],
+    mut packetize: impl FnMut(&[u8], &mut Vec<Vec<u8>>),
+) -> Vec<Vec<Vec<u8>>> {
+    frames
+        .iter()
+        .map(|f| {
+            let mut out = Vec::new();
+            packetize(f, &mut out);
+            out
+        })
+        .collect()
+}
+
+/// The first 30 source pictures, re-encoded by our encoder with `config`.
+fn encode_source(config: VideoConfig) -> Vec<Vec<u8>> {
+    let source = decode_all(VideoCodec::H264, &fixture_units());
+    let mut enc = VideoEncoder::new(config).unwrap();
+    source[..30]
+        .iter()
+        .map(|f| enc.encode(f, false).unwrap().unwrap().data)
+        .collect()
+}
+
 fn i420(f: &VideoFrame) -> Vec<u8> {
     [f.y.as_slice(), &f.u, &f.v].concat()
 }
@@ -142,14 +167,7 @@ fn assert_same_pictures(theirs: &[Vec<u8>], ours: &[VideoFrame]) {
 fn ffmpeg_decodes_h264_mode1_rtp_bit_exact() {
     let units = fixture_units();
     let pk = h264::Packetizer::new(h264::Mode::NonInterleaved, MTU);
-    let payloads: Vec<Vec<Vec<u8>>> = units
-        .iter()
-        .map(|au| {
-            let mut out = Vec::new();
-            pk.packetize(au, &mut out).unwrap();
-            out
-        })
-        .collect();
+    let payloads = payloads_of(&units, |au, out| pk.packetize(au, out).unwrap());
     // The fixture's keyframe needs FU-A, its parameter sets STAP-A.
     assert!(payloads[0].iter().any(|p| p[0] & 0x1f == 28));
     assert!(payloads[0].iter().any(|p| p[0] & 0x1f == 24));
@@ -166,25 +184,12 @@ fn ffmpeg_decodes_h264_mode1_rtp_bit_exact() {
 
 #[test]
 fn ffmpeg_decodes_h264_mode0_rtp_from_our_encoder() {
-    let source = decode_all(VideoCodec::H264, &fixture_units());
-    let mut enc = VideoEncoder::new(VideoConfig {
+    let units = encode_source(VideoConfig {
         max_slice_bytes: Some(MTU as u32),
         ..VideoConfig::new(VideoCodec::H264)
-    })
-    .unwrap();
-    let units: Vec<Vec<u8>> = source[..30]
-        .iter()
-        .map(|f| enc.encode(f, false).unwrap().unwrap().data)
-        .collect();
+    });
     let pk = h264::Packetizer::new(h264::Mode::SingleNal, MTU);
-    let payloads: Vec<Vec<Vec<u8>>> = units
-        .iter()
-        .map(|au| {
-            let mut out = Vec::new();
-            pk.packetize(au, &mut out).unwrap();
-            out
-        })
-        .collect();
+    let payloads = payloads_of(&units, |au, out| pk.packetize(au, out).unwrap());
     assert!(
         payloads
             .iter()
@@ -203,21 +208,9 @@ fn ffmpeg_decodes_h264_mode0_rtp_from_our_encoder() {
 
 #[test]
 fn ffmpeg_decodes_vp8_rtp_from_our_encoder() {
-    let source = decode_all(VideoCodec::H264, &fixture_units());
-    let mut enc = VideoEncoder::new(VideoConfig::new(VideoCodec::Vp8)).unwrap();
-    let frames: Vec<Vec<u8>> = source[..30]
-        .iter()
-        .map(|f| enc.encode(f, false).unwrap().unwrap().data)
-        .collect();
+    let frames = encode_source(VideoConfig::new(VideoCodec::Vp8));
     let mut pk = vp8::Packetizer::new(MTU, 1000);
-    let payloads: Vec<Vec<Vec<u8>>> = frames
-        .iter()
-        .map(|f| {
-            let mut out = Vec::new();
-            pk.packetize(f, &mut out);
-            out
-        })
-        .collect();
+    let payloads = payloads_of(&frames, |f, out| pk.packetize(f, out));
     assert!(payloads[0].len() > 1, "the keyframe spans packets");
     let want = frames.len() - 1;
     let theirs = ffmpeg_receives("a=rtpmap:96 VP8/90000\r\n", &payloads, want);

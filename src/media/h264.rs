@@ -11,7 +11,7 @@
 //! its payloader silently drops SPS/PPS when their STAP-A exceeds the MTU and
 //! has no packetization-mode=0.
 
-use super::{DepacketizeError, Frame};
+use super::{Assembly, DepacketizeError, Frame};
 
 const STAP_A: u8 = 24;
 const FU_A: u8 = 28;
@@ -167,14 +167,9 @@ impl Packetizer {
 #[derive(Debug, Default)]
 pub struct Depacketizer {
     frame: Vec<u8>,
-    timestamp: Option<u32>,
-    last_seq: Option<u16>,
-    /// A fragment was lost or malformed: the frame being built is unusable.
-    broken: bool,
+    assembly: Assembly,
     in_fu: bool,
     keyframe: bool,
-    /// Frames dropped because a packet was missing.
-    pub frames_lost: u64,
 }
 
 impl Depacketizer {
@@ -188,45 +183,34 @@ impl Depacketizer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Option<Frame>, DepacketizeError> {
-        if self.timestamp != Some(timestamp) {
-            if self.timestamp.is_some() && (!self.frame.is_empty() || self.broken) {
-                // The previous frame never saw its marker.
-                self.frames_lost += 1;
-            }
-            self.reset(timestamp);
-        } else if self.last_seq.is_some_and(|s| s.wrapping_add(1) != sequence) {
-            self.broken = true;
+        if self
+            .assembly
+            .packet(sequence, timestamp, !self.frame.is_empty())
+        {
+            self.frame.clear();
+            self.in_fu = false;
+            self.keyframe = false;
         }
-        self.last_seq = Some(sequence);
         if let Err(e) = self.add(payload) {
-            self.broken = true;
+            self.assembly.broken = true;
             return Err(e);
         }
         if !marker {
             return Ok(None);
         }
-        let done = if self.broken || self.in_fu || self.frame.is_empty() {
-            self.frames_lost += 1;
-            None
-        } else {
-            Some(Frame {
-                data: std::mem::take(&mut self.frame),
-                timestamp,
-                keyframe: self.keyframe,
-            })
-        };
-        self.timestamp = None;
+        let whole = !self.in_fu && !self.frame.is_empty();
+        let done = self.assembly.end(whole).then(|| Frame {
+            data: std::mem::take(&mut self.frame),
+            timestamp,
+            keyframe: self.keyframe,
+        });
         self.frame.clear();
         Ok(done)
     }
 
-    fn reset(&mut self, timestamp: u32) {
-        self.frame.clear();
-        self.timestamp = Some(timestamp);
-        self.broken = false;
-        self.in_fu = false;
-        self.keyframe = false;
-        self.last_seq = None;
+    /// Frames dropped because a packet was missing or malformed.
+    pub fn frames_lost(&self) -> u64 {
+        self.assembly.frames_lost
     }
 
     fn nal(&mut self, nal: &[u8]) {
@@ -406,7 +390,7 @@ mod tests {
             }
             assert_eq!(d.push(i as u16, 1, i + 1 == n, p).unwrap(), None);
         }
-        assert_eq!(d.frames_lost, 1);
+        assert_eq!(d.frames_lost(), 1);
         // Next frame intact.
         for (i, p) in payloads.iter().enumerate() {
             let r = d.push(100 + i as u16, 2, i + 1 == n, p).unwrap();
@@ -415,7 +399,7 @@ mod tests {
         // A frame whose marker never came counts as lost when the next starts.
         d.push(200, 3, false, &payloads[0]).unwrap();
         d.push(201, 4, true, &[0x41, 1]).unwrap();
-        assert_eq!(d.frames_lost, 2);
+        assert_eq!(d.frames_lost(), 2);
     }
 
     #[test]

@@ -38,6 +38,48 @@ pub struct Frame {
     pub keyframe: bool,
 }
 
+/// Frame boundaries and loss, shared by the video depacketizers: which RTP
+/// timestamp is being assembled and whether a packet of it went missing.
+#[derive(Debug, Default)]
+struct Assembly {
+    timestamp: Option<u32>,
+    last_seq: Option<u16>,
+    /// A packet of the current frame was lost or malformed.
+    broken: bool,
+    frames_lost: u64,
+}
+
+impl Assembly {
+    /// Notes a packet. Returns true when it starts a new frame (the caller
+    /// then clears its buffer); `pending` says the previous frame had data,
+    /// which is lost when its marker never came.
+    fn packet(&mut self, sequence: u16, timestamp: u32, pending: bool) -> bool {
+        let new = self.timestamp != Some(timestamp);
+        if new {
+            if self.timestamp.is_some() && (pending || self.broken) {
+                self.frames_lost += 1;
+            }
+            self.timestamp = Some(timestamp);
+            self.broken = false;
+        } else if self.last_seq.is_some_and(|s| s.wrapping_add(1) != sequence) {
+            self.broken = true;
+        }
+        self.last_seq = Some(sequence);
+        new
+    }
+
+    /// The marker packet ended the frame; `usable` says whether it is whole.
+    /// Returns whether to hand it out.
+    fn end(&mut self, usable: bool) -> bool {
+        self.timestamp = None;
+        let ok = usable && !self.broken;
+        if !ok {
+            self.frames_lost += 1;
+        }
+        ok
+    }
+}
+
 /// Why a video payload could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DepacketizeError {

@@ -6,7 +6,7 @@
 //! decode video. Written here for the same reasons as `h264` (rtc-rtp's
 //! depacketizer has no sequence or start checks).
 
-use super::{DepacketizeError, Frame};
+use super::{Assembly, DepacketizeError, Frame};
 
 /// Splits VP8 frames into RTP payloads.
 #[derive(Debug, Clone)]
@@ -102,12 +102,8 @@ impl Descriptor {
 #[derive(Debug, Default)]
 pub struct Depacketizer {
     frame: Vec<u8>,
-    timestamp: Option<u32>,
-    last_seq: Option<u16>,
+    assembly: Assembly,
     started: bool,
-    broken: bool,
-    /// Frames dropped because a packet was missing.
-    pub frames_lost: u64,
 }
 
 impl Depacketizer {
@@ -119,46 +115,35 @@ impl Depacketizer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Option<Frame>, DepacketizeError> {
-        if self.timestamp != Some(timestamp) {
-            if self.timestamp.is_some() && (self.started || self.broken) {
-                self.frames_lost += 1;
-            }
+        if self.assembly.packet(sequence, timestamp, self.started) {
             self.frame.clear();
-            self.timestamp = Some(timestamp);
             self.started = false;
-            self.broken = false;
-            self.last_seq = None;
-        } else if self.last_seq.is_some_and(|s| s.wrapping_add(1) != sequence) {
-            self.broken = true;
         }
-        self.last_seq = Some(sequence);
         let d = match Descriptor::parse(payload) {
             Ok(d) => d,
             Err(e) => {
-                self.broken = true;
+                self.assembly.broken = true;
                 return Err(e);
             }
         };
         if d.start && d.partition == 0 {
             if self.started {
-                self.broken = true;
+                self.assembly.broken = true;
             }
             self.started = true;
         } else if !self.started {
             // The frame's first packet was lost.
-            self.broken = true;
+            self.assembly.broken = true;
         }
         self.frame.extend_from_slice(&payload[d.len..]);
         if !marker {
             return Ok(None);
         }
-        self.timestamp = None;
-        if self.broken || !self.started {
-            self.frames_lost += 1;
-            self.started = false;
+        let whole = self.started;
+        self.started = false;
+        if !self.assembly.end(whole) {
             return Ok(None);
         }
-        self.started = false;
         let data = std::mem::take(&mut self.frame);
         // VP8 frame tag: P bit (bit 0 of the first byte) clear on keyframes.
         let keyframe = data.first().is_some_and(|b| b & 1 == 0);
@@ -167,6 +152,11 @@ impl Depacketizer {
             timestamp,
             keyframe,
         }))
+    }
+
+    /// Frames dropped because a packet was missing or malformed.
+    pub fn frames_lost(&self) -> u64 {
+        self.assembly.frames_lost
     }
 }
 
@@ -248,11 +238,11 @@ mod tests {
         let mut d = Depacketizer::default();
         assert_eq!(d.push(1, 7, false, &out[0]).unwrap(), None);
         assert_eq!(d.push(3, 7, true, &out[2]).unwrap(), None);
-        assert_eq!(d.frames_lost, 1);
+        assert_eq!(d.frames_lost(), 1);
         // First packet lost.
         assert_eq!(d.push(5, 8, false, &out[1]).unwrap(), None);
         assert_eq!(d.push(6, 8, true, &out[2]).unwrap(), None);
-        assert_eq!(d.frames_lost, 2);
+        assert_eq!(d.frames_lost(), 2);
         // Intact frame still comes out.
         for (i, pl) in out.iter().enumerate() {
             let r = d.push(10 + i as u16, 9, i == 2, pl).unwrap();
