@@ -9,12 +9,14 @@
 //!
 //! Implemented: G.711 ([`g711`]), G.722 ([`g722`], FFmpeg), Opus
 //! ([`opus`]), H.264 and VP8 ([`video`], FFmpeg).
-//! [`analysis`] measures tones for tests.
+//! [`registry`] picks them by SDP name, clock rate and fmtp. [`analysis`]
+//! measures tones for tests.
 
 pub mod analysis;
 pub mod g711;
 pub mod g722;
 pub mod opus;
+pub mod registry;
 pub mod video;
 
 use std::fmt;
