@@ -204,9 +204,7 @@ impl AudioDecoder for G711 {
         samples: usize,
         out: &mut Pcm,
     ) -> Result<(), CodecError> {
-        out.sample_rate = 8000;
-        out.channels = 1;
-        self.repeat.conceal(samples, &mut out.samples);
+        self.repeat.conceal(8000, samples, out);
         Ok(())
     }
 }

@@ -37,7 +37,7 @@ impl std::fmt::Debug for G722Encoder {
 impl G722Encoder {
     /// Opens FFmpeg's G.722 encoder.
     pub fn new() -> Result<Self, CodecError> {
-        crate::video::init();
+        crate::ffmpeg_init();
         let c = ff::encoder::find(codec::Id::ADPCM_G722)
             .ok_or_else(|| CodecError::Unsupported("G722".into()))?;
         let mut enc = codec::context::Context::new_with_codec(c)
@@ -101,7 +101,7 @@ impl std::fmt::Debug for G722Decoder {
 impl G722Decoder {
     /// Opens FFmpeg's G.722 decoder.
     pub fn new() -> Result<Self, CodecError> {
-        crate::video::init();
+        crate::ffmpeg_init();
         let c = ff::decoder::find(codec::Id::ADPCM_G722)
             .ok_or_else(|| CodecError::Unsupported("G722".into()))?;
         // The decoder sets mono S16 itself; G.722 needs no rate to decode.
@@ -146,9 +146,7 @@ impl AudioDecoder for G722Decoder {
         samples: usize,
         out: &mut Pcm,
     ) -> Result<(), CodecError> {
-        out.sample_rate = SAMPLE_RATE;
-        out.channels = 1;
-        self.repeat.conceal(samples, &mut out.samples);
+        self.repeat.conceal(SAMPLE_RATE, samples, out);
         Ok(())
     }
 }

@@ -88,6 +88,18 @@ pub trait AudioDecoder: Send {
     ) -> Result<(), CodecError>;
 }
 
+/// Initialises FFmpeg once, with logging quietened: corrupt network input
+/// makes decoders complain per frame, and the media layer counts those errors.
+pub(crate) fn ffmpeg_init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        // Registration cannot fail in FFmpeg 4+; an error here only means
+        // the library printed something.
+        let _ = ffmpeg_next::init();
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
+    });
+}
+
 /// Loss concealment by repetition: the last decoded frame again, halved in
 /// level for each further lost frame, so a burst fades to silence instead
 /// of buzzing. Used by the codecs without their own PLC (G.711, G.722).
@@ -105,8 +117,11 @@ impl Repeat {
         self.concealed = 0;
     }
 
-    /// Writes `samples` of concealment into `out` (cleared first).
-    pub(crate) fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
+    /// Fills `out` with `samples` of mono concealment at `sample_rate`.
+    pub(crate) fn conceal(&mut self, sample_rate: u32, samples: usize, out: &mut Pcm) {
+        out.sample_rate = sample_rate;
+        out.channels = 1;
+        let out = &mut out.samples;
         out.clear();
         let shift = self.concealed.min(15);
         self.concealed += 1;

@@ -8,8 +8,6 @@
 //! keyframes, slice size for packetization-mode 0), and the one `unsafe`
 //! this crate needs: declaring a scaler `Send`. It must not know about RTP.
 
-use std::sync::Once;
-
 use ff::codec::{self, threading};
 use ff::format::Pixel;
 use ff::software::scaling;
@@ -117,19 +115,6 @@ pub fn psnr(a: &VideoFrame, b: &VideoFrame) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
-/// Initialises FFmpeg once (quiet logging).
-pub(crate) fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        // Registration cannot fail in FFmpeg 4+; an error here only means
-        // the library printed something.
-        let _ = ff::init();
-        // Corrupt network input makes decoders complain per frame; the media
-        // layer counts those errors instead.
-        ff::util::log::set_level(ff::util::log::Level::Fatal);
-    });
-}
-
 /// Which video codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VideoCodec {
@@ -199,7 +184,7 @@ impl std::fmt::Debug for VideoEncoder {
 impl VideoEncoder {
     /// An encoder; the codec library is opened on the first frame.
     pub fn new(config: VideoConfig) -> Result<Self, CodecError> {
-        init();
+        crate::ffmpeg_init();
         let name = encoder_name(config.codec);
         if ff::encoder::find_by_name(name).is_none() {
             return Err(CodecError::Unsupported(name.into()));
@@ -329,7 +314,7 @@ impl std::fmt::Debug for VideoDecoder {
 impl VideoDecoder {
     /// A single-threaded decoder with no frame delay.
     pub fn new(codec: VideoCodec) -> Result<Self, CodecError> {
-        init();
+        crate::ffmpeg_init();
         let id = match codec {
             VideoCodec::H264 => codec::Id::H264,
             VideoCodec::Vp8 => codec::Id::VP8,
@@ -421,7 +406,7 @@ impl Scaler {
 
     /// An I420 scaler between two sizes.
     pub fn i420(w: u32, h: u32, to_w: u32, to_h: u32) -> Result<Self, CodecError> {
-        init();
+        crate::ffmpeg_init();
         Self::new(Pixel::YUV420P, w, h, to_w, to_h)
     }
 
@@ -451,38 +436,58 @@ impl Scaler {
     }
 }
 
+/// Splits an Annex B byte stream into NAL units (start codes removed).
+pub fn nal_units(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = stream;
+    // Skip to the first start code.
+    match find_start(rest) {
+        Some((at, len)) => rest = &rest[at + len..],
+        None => rest = &[],
+    }
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (nal, next) = match find_start(rest) {
+            Some((at, len)) => (&rest[..at], &rest[at + len..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        Some(nal)
+    })
+    .filter(|nal| !nal.is_empty())
+}
+
+/// Position and length (3 or 4) of the next start code.
+fn find_start(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 3 <= buf.len() {
+        if buf[i + 2] > 1 {
+            i += 3;
+        } else if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
+            return Some(if i > 0 && buf[i - 1] == 0 {
+                (i - 1, 4)
+            } else {
+                (i, 3)
+            });
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Splits an Annex B H.264 stream into access units (what a decoder packet
 /// or an RTP frame carries): a new unit starts at an AUD, SPS, PPS or SEI
-/// after a slice, or at a slice whose `first_mb_in_slice` is 0.
+/// after a slice, or at a slice whose `first_mb_in_slice` is 0. Every NAL
+/// unit is written with a 4-byte start code.
 pub fn h264_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut units: Vec<Vec<u8>> = Vec::new();
     let mut current = Vec::new();
     let mut seen_slice = false;
-    let mut i = 0;
-    let starts: Vec<(usize, usize)> = {
-        let mut v = Vec::new();
-        while i + 3 <= stream.len() {
-            if stream[i] == 0 && stream[i + 1] == 0 && stream[i + 2] == 1 {
-                let begin = if i > 0 && stream[i - 1] == 0 {
-                    i - 1
-                } else {
-                    i
-                };
-                v.push((begin, i + 3));
-                i += 3;
-            } else {
-                i += 1;
-            }
-        }
-        v
-    };
-    for (k, &(begin, body)) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).map_or(stream.len(), |s| s.0);
-        let Some(&header) = stream.get(body) else {
-            continue;
-        };
-        let kind = header & 0x1f;
-        let first_mb_zero = stream.get(body + 1).is_some_and(|b| b & 0x80 != 0);
+    for nal in nal_units(stream) {
+        let kind = nal[0] & 0x1f;
+        let first_mb_zero = nal.get(1).is_some_and(|b| b & 0x80 != 0);
         let boundary = match kind {
             6..=9 => seen_slice,
             1 | 5 => seen_slice && first_mb_zero,
@@ -492,10 +497,9 @@ pub fn h264_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
             units.push(std::mem::take(&mut current));
             seen_slice = false;
         }
-        if matches!(kind, 1 | 5) {
-            seen_slice = true;
-        }
-        current.extend_from_slice(&stream[begin..end]);
+        seen_slice |= matches!(kind, 1 | 5);
+        current.extend_from_slice(&[0, 0, 0, 1]);
+        current.extend_from_slice(nal);
     }
     if !current.is_empty() {
         units.push(current);

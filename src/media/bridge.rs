@@ -115,21 +115,17 @@ impl Passthrough {
         }
     }
 
-    /// Relays one packet; returns false (and writes nothing) when dropped.
+    /// Relays one packet (header parsed by the caller); returns false (and
+    /// writes nothing) when dropped.
     pub fn relay(
         &mut self,
         now: Instant,
-        packet: &[u8],
+        h: &RtpHeader,
+        payload: &[u8],
         stream: &mut OutStream,
         stats: &mut DirectionStats,
         out: &mut Vec<u8>,
     ) -> bool {
-        let Ok(h) = RtpHeader::parse(packet) else {
-            return false;
-        };
-        let payload = h.payload(packet);
-        stats.packets_in += 1;
-        stats.bytes_in += payload.len() as u64;
         let Some(&pt) = self.pt_map.get(&h.payload_type) else {
             stats.dropped_pt += 1;
             return false;
@@ -156,7 +152,7 @@ impl Passthrough {
         let header = RtpHeader {
             payload_type: pt,
             timestamp: h.timestamp.wrapping_add(source.ts_offset),
-            ..h
+            ..*h
         };
         // Keep CSRCs/extensions out: the other leg negotiated none of ours.
         stream.emit(now, header, payload, out);
@@ -233,13 +229,7 @@ impl AudioTranscoder {
 
     /// Takes one incoming packet (payload types are the leg's business:
     /// pass only the negotiated audio codec here).
-    pub fn push(&mut self, now: Instant, packet: &[u8], stats: &mut DirectionStats) {
-        let Ok(h) = RtpHeader::parse(packet) else {
-            return;
-        };
-        let payload = h.payload(packet);
-        stats.packets_in += 1;
-        stats.bytes_in += payload.len() as u64;
+    pub fn push(&mut self, now: Instant, h: &RtpHeader, payload: &[u8]) {
         self.jitter.push(now, h.sequence, h.timestamp, payload);
     }
 
@@ -381,17 +371,19 @@ impl Direction {
     }
 
     /// Handles a telephone-event packet; true when it was one.
-    fn on_event(&mut self, now: Instant, packet: &[u8], out: &mut Vec<Vec<u8>>) -> bool {
+    fn on_event(
+        &mut self,
+        now: Instant,
+        h: &RtpHeader,
+        payload: &[u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
         let Some(route) = self.dtmf.as_mut() else {
-            return false;
-        };
-        let Ok(h) = RtpHeader::parse(packet) else {
             return false;
         };
         if h.payload_type != route.in_pt {
             return false;
         }
-        let payload = h.payload(packet);
         if let Some(d) = route
             .receiver
             .on_packet(h.timestamp, payload, route.in_clock)
@@ -440,17 +432,30 @@ impl Direction {
     /// Handles one incoming packet; passthrough output is appended to `out`
     /// at once, transcoded output comes from [`Self::poll`].
     pub fn on_packet(&mut self, now: Instant, packet: &[u8], out: &mut Vec<Vec<u8>>) {
-        if self.on_event(now, packet, out) {
+        let Ok(h) = RtpHeader::parse(packet) else {
+            return;
+        };
+        let payload = h.payload(packet);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += payload.len() as u64;
+        if self.on_event(now, &h, payload, out) {
             return;
         }
         match &mut self.mode {
             Mode::Passthrough(p) => {
                 let mut buf = Vec::with_capacity(packet.len());
-                if p.relay(now, packet, &mut self.stream, &mut self.stats, &mut buf) {
+                if p.relay(
+                    now,
+                    &h,
+                    payload,
+                    &mut self.stream,
+                    &mut self.stats,
+                    &mut buf,
+                ) {
                     out.push(buf);
                 }
             }
-            Mode::Transcode(t) => t.push(now, packet, &mut self.stats),
+            Mode::Transcode(t) => t.push(now, &h, payload),
         }
     }
 

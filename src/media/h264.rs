@@ -11,6 +11,8 @@
 //! its payloader silently drops SPS/PPS when their STAP-A exceeds the MTU and
 //! has no packetization-mode=0.
 
+pub use causeway_codecs::video::nal_units;
+
 use super::{Assembly, DepacketizeError, Frame};
 
 const STAP_A: u8 = 24;
@@ -22,47 +24,6 @@ const SPS: u8 = 7;
 
 /// Four-byte Annex B start code written before every NAL unit.
 pub const START_CODE: [u8; 4] = [0, 0, 0, 1];
-
-/// Splits an Annex B byte stream into NAL units (start codes removed).
-pub fn nal_units(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = stream;
-    // Skip to the first start code.
-    match find_start(rest) {
-        Some((at, len)) => rest = &rest[at + len..],
-        None => rest = &[],
-    }
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let (nal, next) = match find_start(rest) {
-            Some((at, len)) => (&rest[..at], &rest[at + len..]),
-            None => (rest, &[][..]),
-        };
-        rest = next;
-        Some(nal)
-    })
-    .filter(|nal| !nal.is_empty())
-}
-
-/// Position and length (3 or 4) of the next start code.
-fn find_start(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 3 <= buf.len() {
-        if buf[i + 2] > 1 {
-            i += 3;
-        } else if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
-            return Some(if i > 0 && buf[i - 1] == 0 {
-                (i - 1, 4)
-            } else {
-                (i, 3)
-            });
-        } else {
-            i += 1;
-        }
-    }
-    None
-}
 
 /// Packetization mode from SDP fmtp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

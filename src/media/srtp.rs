@@ -362,8 +362,15 @@ impl Context {
         self.suite
     }
 
-    fn stream(&mut self, ssrc: u32) -> Result<&mut StreamState, SrtpError> {
-        let pos = match self.streams.iter().position(|(s, _)| *s == ssrc) {
+    fn find(&self, ssrc: u32) -> Option<usize> {
+        self.streams.iter().position(|(s, _)| *s == ssrc)
+    }
+
+    /// The state at `pos` (from [`Self::find`]), created for `ssrc` when
+    /// absent. Receivers call this only once a packet has authenticated, so
+    /// forged SSRCs cannot fill the table.
+    fn entry(&mut self, pos: Option<usize>, ssrc: u32) -> Result<&mut StreamState, SrtpError> {
+        let pos = match pos {
             Some(pos) => pos,
             None if self.streams.len() >= MAX_STREAMS => return Err(SrtpError::Malformed),
             None => {
@@ -372,6 +379,16 @@ impl Context {
             }
         };
         Ok(&mut self.streams[pos].1)
+    }
+
+    fn stream(&mut self, ssrc: u32) -> Result<&mut StreamState, SrtpError> {
+        self.entry(self.find(ssrc), ssrc)
+    }
+
+    /// A copy of the receive state for `ssrc` without creating it.
+    fn peek(&self, ssrc: u32) -> (Option<usize>, StreamState) {
+        let pos = self.find(ssrc);
+        (pos, pos.map(|i| self.streams[i].1).unwrap_or_default())
     }
 
     /// Encrypts and authenticates the RTP packet in `packet`, appending the tag.
@@ -422,7 +439,7 @@ impl Context {
         // Parse without the tag: padding, if any, sits before it.
         let header = RtpHeader::parse(&packet[..body_len]).map_err(|_| SrtpError::Malformed)?;
         let hl = header.header_len;
-        let state = *self.stream(header.ssrc)?;
+        let (pos, state) = self.peek(header.ssrc);
         let index = state.seq.estimate(header.sequence);
         if !state.replay.check(index) {
             return Err(SrtpError::Replayed);
@@ -450,7 +467,7 @@ impl Context {
                 packet.truncate(body_len);
             }
         }
-        let state = self.stream(header.ssrc)?;
+        let state = self.entry(pos, header.ssrc)?;
         state.seq.accept(index);
         state.replay.accept(index);
         Ok(())
@@ -515,7 +532,7 @@ impl Context {
         ]);
         let encrypted = e_index & 0x8000_0000 != 0;
         let index = e_index & 0x7fff_ffff;
-        let state = *self.stream(ssrc)?;
+        let (pos, state) = self.peek(ssrc);
         if !state.rtcp_replay.check(u64::from(index)) {
             return Err(SrtpError::Replayed);
         }
@@ -554,7 +571,7 @@ impl Context {
                 packet.truncate(e_at - tag_len);
             }
         }
-        self.stream(ssrc)?.rtcp_replay.accept(u64::from(index));
+        self.entry(pos, ssrc)?.rtcp_replay.accept(u64::from(index));
         Ok(())
     }
 }
@@ -745,6 +762,24 @@ mod tests {
             rx.unprotect_rtcp(&mut r).unwrap();
             assert_eq!(r, plain);
         }
+    }
+
+    #[test]
+    fn forged_packets_do_not_claim_stream_slots() {
+        let master = MasterKey::generate(Suite::AesCm128HmacSha1_80);
+        let mut rx = Context::new(&master).unwrap();
+        for ssrc in 0..100u32 {
+            let mut p = Vec::new();
+            super::super::rtp::write(&mut p, &RtpHeader::new(0, 1, 0, ssrc, false), &[0; 30]);
+            assert_eq!(rx.unprotect_rtp(&mut p), Err(SrtpError::AuthFailed));
+        }
+        assert!(rx.streams.is_empty());
+        let mut tx = Context::new(&master).unwrap();
+        let mut p = Vec::new();
+        super::super::rtp::write(&mut p, &RtpHeader::new(0, 1, 0, 7, false), &[0; 30]);
+        tx.protect_rtp(&mut p).unwrap();
+        rx.unprotect_rtp(&mut p).unwrap();
+        assert_eq!(rx.streams.len(), 1);
     }
 
     #[test]
