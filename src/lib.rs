@@ -34,5 +34,6 @@ pub mod media;
 pub mod policy;
 pub mod registrar;
 pub mod runtime;
+pub mod sdp;
 pub mod sip;
 pub mod trunks;

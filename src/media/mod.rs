@@ -22,6 +22,7 @@ pub mod jitter;
 pub mod keyframe;
 pub mod rtcp;
 pub mod rtp;
+pub mod session;
 pub mod srtp;
 pub mod vp8;
 
