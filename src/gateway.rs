@@ -26,6 +26,8 @@ use crate::dialplan::{CallInfo, Protocol, Target};
 use crate::policy::Decision;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
+use crate::sdp::{self, Answer, AnswerConfig};
+use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
 use crate::sip::{ConnId, Flow};
@@ -86,6 +88,8 @@ pub struct Counters {
     pub calls_routed: AtomicU64,
     /// INVITEs refused by the dialplan or the policy server (4xx-6xx).
     pub calls_rejected: AtomicU64,
+    /// Calls answered by the gateway itself (the echo service).
+    pub calls_answered: AtomicU64,
 }
 
 /// What the core wants done.
@@ -107,6 +111,19 @@ pub enum GwOutput {
         /// What the dialplan may look at.
         call: CallInfo,
     },
+    /// Open media for a call the gateway answers itself: bind a port per
+    /// accepted stream and report them with [`Gateway::media_ready`].
+    OpenMedia {
+        /// The dialog (names the media until [`GwOutput::CloseMedia`]).
+        dialog: DialogId,
+        /// The negotiated streams.
+        answer: Answer,
+    },
+    /// The call ended: release its media.
+    CloseMedia {
+        /// The dialog.
+        dialog: DialogId,
+    },
 }
 
 /// The signalling core.
@@ -124,6 +141,10 @@ pub struct Gateway {
     routing: HashMap<TxKey, (Message, Flow)>,
     /// Registrations to trunks.
     trunks: Vec<OutboundRegistration>,
+    /// Dialogs answered here.
+    dialogs: Dialogs,
+    /// Answered calls waiting for media ports: INVITE transaction and answer.
+    opening: HashMap<DialogId, (TxKey, Answer)>,
 }
 
 impl Gateway {
@@ -140,6 +161,8 @@ impl Gateway {
             counters,
             routing: HashMap::new(),
             trunks: Vec::new(),
+            dialogs: Dialogs::default(),
+            opening: HashMap::new(),
         }
     }
 
@@ -217,6 +240,15 @@ impl Gateway {
     /// Fires due timers and trunk registrations.
     pub fn handle_timeout(&mut self, now: Instant, wall: u64) {
         self.tx.handle_timeout(now);
+        for o in self.dialogs.handle_timeout(now) {
+            match o {
+                DialogOutput::Retransmit(flow, data) => self.emit(flow, data),
+                DialogOutput::AckTimeout(dialog) => {
+                    tracing::info!(dialog, "no ACK for the 200; call dropped");
+                    self.out.push_back(GwOutput::CloseMedia { dialog });
+                }
+            }
+        }
         self.send_due_registers(now);
         self.pump(now, wall);
     }
@@ -232,6 +264,7 @@ impl Gateway {
             .iter()
             .filter_map(OutboundRegistration::next_send)
             .chain(self.tx.poll_timeout())
+            .chain(self.dialogs.poll_timeout())
             .min()
     }
 
@@ -284,16 +317,20 @@ impl Gateway {
 
     /// The host:port to put in our Via for a flow.
     fn advertised(&self, flow: &Flow) -> String {
-        let ip = match (self.public_ip, flow.local.ip()) {
+        match self.advertised_ip(flow) {
+            IpAddr::V6(v6) => format!("[{v6}]:{}", flow.local.port()),
+            IpAddr::V4(v4) => format!("{v4}:{}", flow.local.port()),
+        }
+    }
+
+    /// The address to advertise (Via, Contact, SDP) toward a flow's peer.
+    fn advertised_ip(&self, flow: &Flow) -> IpAddr {
+        match (self.public_ip, flow.local.ip()) {
             (Some(ip), _) => ip,
             (None, ip) if !ip.is_unspecified() => ip,
             // Bound to the wildcard: the peer reached us at the address it sent from, if local.
             (None, _) if flow.remote.ip().is_loopback() => flow.remote.ip(),
             (None, ip) => ip,
-        };
-        match ip {
-            IpAddr::V6(v6) => format!("[{v6}]:{}", flow.local.port()),
-            IpAddr::V4(v4) => format!("{v4}:{}", flow.local.port()),
         }
     }
 
@@ -314,7 +351,12 @@ impl Gateway {
                 }) => {
                     self.on_request(now, wall, key, msg, flow);
                 }
-                Output::Event(TxEvent::Request { key: None, .. }) => {} // ACK to a 2xx: no calls yet
+                // ACK to a 2xx: the call is up.
+                Output::Event(TxEvent::Request { key: None, msg, .. }) => {
+                    if let Some(id) = self.dialogs.matching(&msg) {
+                        self.dialogs.on_ack(id);
+                    }
+                }
                 Output::Event(TxEvent::Response { msg, .. }) => {
                     match self
                         .trunks
@@ -385,6 +427,26 @@ impl Gateway {
                 "Warning",
                 "399 causeway \"only application/sdp answers\"",
             ),
+            // The INVITE again after our 2xx (its transaction is gone): the 2xx again.
+            Method::Invite if self.dialogs.retransmission_of(&msg).is_some() => {
+                if let Some((f, ok)) = self
+                    .dialogs
+                    .retransmission_of(&msg)
+                    .and_then(|id| self.dialogs.last_ok(id))
+                {
+                    self.emit(f, ok);
+                }
+                return;
+            }
+            Method::Invite if has_to_tag(&msg) => match self.dialogs.matching(&msg) {
+                // Session changes are the call layer's; the session goes on unchanged.
+                Some(_) => with(
+                    reply(488, "Not Acceptable Here"),
+                    "Warning",
+                    "399 causeway \"the echo service does not renegotiate\"",
+                ),
+                None => reply(481, "Call/Transaction Does Not Exist"),
+            },
             Method::Invite => {
                 let mut trying = reply(100, "Trying");
                 trying.push_header("Server", self.user_agent.clone());
@@ -408,11 +470,39 @@ impl Gateway {
                     terminated.push_header("Server", self.user_agent.clone());
                     self.tx.respond(now, &invite, &terminated);
                     reply(200, "OK")
+                } else if let Some(dialog) = self
+                    .opening
+                    .iter()
+                    .find_map(|(id, (k, _))| (*k == invite).then_some(*id))
+                {
+                    self.opening.remove(&dialog);
+                    if let Some(d) = self.dialogs.remove(dialog) {
+                        let mut terminated = response_to(
+                            &d.invite,
+                            487,
+                            "Request Terminated",
+                            Some(&d.local_tag),
+                            Some(d.flow.remote),
+                        );
+                        terminated.push_header("Server", self.user_agent.clone());
+                        self.tx.respond(now, &invite, &terminated);
+                    }
+                    self.out.push_back(GwOutput::CloseMedia { dialog });
+                    reply(200, "OK")
                 } else {
                     reply(481, "Call/Transaction Does Not Exist")
                 }
             }
-            Method::Bye => reply(481, "Call/Transaction Does Not Exist"),
+            Method::Bye => match self.dialogs.matching(&msg) {
+                Some(dialog) => {
+                    self.dialogs.remove(dialog);
+                    self.opening.remove(&dialog);
+                    self.out.push_back(GwOutput::CloseMedia { dialog });
+                    tracing::info!(dialog, "call ended by BYE");
+                    reply(200, "OK")
+                }
+                None => reply(481, "Call/Transaction Does Not Exist"),
+            },
             // A method we have never heard of (RFC 3261 21.5.2).
             Method::Other(_) => with(reply(501, "Not Implemented"), "Allow", ALLOW),
             _ => with(reply(405, "Method Not Allowed"), "Allow", ALLOW),
@@ -476,7 +566,7 @@ impl Gateway {
         let Some((msg, flow)) = self.routing.remove(key) else {
             return;
         };
-        let (code, reason, warning) = match decision {
+        let reached = match decision {
             Decision::Reject {
                 status,
                 reason,
@@ -487,7 +577,7 @@ impl Gateway {
                     status,
                     "call rejected by the dialplan"
                 );
-                (status, reason, None)
+                Reached::Respond(status, reason, None)
             }
             Decision::Route(route) => {
                 let targets = match &route.target {
@@ -497,33 +587,172 @@ impl Gateway {
                 self.first_reachable(&route.rule, &route.to, &targets, wall)
             }
         };
+        match reached {
+            Reached::Echo(rule) => self.answer_echo(now, key, &msg, flow, &rule),
+            Reached::Respond(code, reason, warning) => {
+                self.respond(now, key, &msg, flow, code, &reason, warning)
+            }
+        }
+        self.pump(now, wall);
+    }
+
+    /// Sends a final response to an INVITE still in its transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        flow: Flow,
+        code: u16,
+        reason: &str,
+        warning: Option<String>,
+    ) {
         if code >= 400 {
             self.counters.calls_rejected.fetch_add(1, Relaxed);
         }
-        let mut resp = response_to(&msg, code, &reason, Some(&self.tag), Some(flow.remote));
+        let mut resp = response_to(msg, code, reason, Some(&self.tag), Some(flow.remote));
         if let Some(w) = warning {
             resp.push_header("Warning", w);
         }
         resp.push_header("Server", self.user_agent.clone());
         self.tx.respond(now, key, &resp);
+    }
+
+    /// Negotiates the echo service's answer and asks the shell for media
+    /// ports; the 200 goes out from [`Self::media_ready`]. Offers we cannot
+    /// read get 400, offers we cannot take 488, both with a Warning.
+    fn answer_echo(&mut self, now: Instant, key: &TxKey, msg: &Message, flow: Flow, rule: &str) {
+        // The Warning names the rule, so an admin sees how the call got here.
+        let refuse = |this: &mut Self, code, reason: &str, warning: String| {
+            let warning = warning.replacen(
+                " causeway \"",
+                &format!(" causeway \"rule {rule} routes to echo; "),
+                1,
+            );
+            tracing::info!(code, warning, "echo call refused");
+            this.respond(now, key, msg, flow, code, reason, Some(warning));
+        };
+        let Some(body) = sdp_body(msg) else {
+            // A late offer would need our offer in the 200 and the answer in the ACK.
+            return refuse(
+                self,
+                488,
+                "Not Acceptable Here",
+                "399 causeway \"the echo service needs an SDP offer in the INVITE\"".into(),
+            );
+        };
+        let answer = sdp::parse(body).and_then(|offer| sdp::answer(&offer, &echo_codecs()));
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let (code, reason, warning) = e.status();
+                return refuse(self, code, reason, warning);
+            }
+        };
+        let Some(dialog) = self.dialogs.create(msg, flow) else {
+            return refuse(
+                self,
+                400,
+                "Bad Request",
+                "399 causeway \"the INVITE has no From tag\"".into(),
+            );
+        };
+        self.opening.insert(dialog, (key.clone(), answer.clone()));
+        self.out.push_back(GwOutput::OpenMedia { dialog, answer });
+    }
+
+    /// The shell bound media for a call announced by [`GwOutput::OpenMedia`]:
+    /// `ports[i]` for stream `i` (0 for rejected streams), or why it could not
+    /// (503). Sends the 200 with the SDP answer.
+    pub fn media_ready(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        dialog: DialogId,
+        ports: Result<Vec<u16>, String>,
+    ) {
+        let Some((key, answer)) = self.opening.remove(&dialog) else {
+            // Cancelled or ended meanwhile.
+            self.out.push_back(GwOutput::CloseMedia { dialog });
+            return;
+        };
+        let Some(d) = self.dialogs.get(dialog).cloned() else {
+            self.out.push_back(GwOutput::CloseMedia { dialog });
+            return;
+        };
+        let ports = match ports {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media ports for a call");
+                self.dialogs.remove(dialog);
+                let mut busy = response_to(
+                    &d.invite,
+                    503,
+                    "Service Unavailable",
+                    Some(&d.local_tag),
+                    Some(d.flow.remote),
+                );
+                busy.push_header("Retry-After", "5");
+                busy.push_header("Warning", "399 causeway \"no media ports available\"");
+                busy.push_header("Server", self.user_agent.clone());
+                self.tx.respond(now, &key, &busy);
+                self.pump(now, wall);
+                return;
+            }
+        };
+        let ip = self.advertised_ip(&d.flow);
+        let body = answer.to_sdp(ip, &ports, u64::from(rand::random::<u32>()), 1);
+        let mut ok = response_to(
+            &d.invite,
+            200,
+            "OK",
+            Some(&d.local_tag),
+            Some(d.flow.remote),
+        );
+        // A UAS keeps the route set (RFC 3261 12.1.1).
+        for rr in d.invite.headers_named("Record-Route") {
+            ok.push_header("Record-Route", rr.to_string());
+        }
+        let transport = match d.flow.transport {
+            crate::sip::Transport::Udp => String::new(),
+            t => format!(";transport={}", t.via_name().to_ascii_lowercase()),
+        };
+        ok.push_header(
+            "Contact",
+            format!("<sip:echo@{}{transport}>", self.advertised(&d.flow)),
+        );
+        ok.push_header("Allow", ALLOW);
+        ok.push_header("Server", self.user_agent.clone());
+        ok.push_header("Content-Type", "application/sdp");
+        ok.body = Bytes::from(body);
+        self.counters.calls_answered.fetch_add(1, Relaxed);
+        tracing::info!(dialog, "echo call answered");
+        self.tx.respond(now, &key, &ok);
+        self.dialogs.accepted(now, dialog, ok.to_bytes());
         self.pump(now, wall);
     }
 
+    /// The address a dialog's SDP advertises (the shell binds media on its family).
+    pub fn media_address(&self, dialog: DialogId) -> Option<IpAddr> {
+        self.dialogs
+            .get(dialog)
+            .map(|d| self.advertised_ip(&d.flow))
+    }
+
     /// Walks a target list: targets with nobody registered are skipped, a
-    /// reject answers, and the first target that would need the call layer
-    /// gets 480 (calls are not bridged yet). Returns status, reason, Warning.
-    fn first_reachable(
-        &self,
-        rule: &str,
-        alias: &str,
-        targets: &[Target],
-        wall: u64,
-    ) -> (u16, String, Option<String>) {
+    /// reject answers, `echo` is answered here, and the first target that
+    /// would need the B2BUA gets 480 (calls are not bridged yet).
+    fn first_reachable(&self, rule: &str, alias: &str, targets: &[Target], wall: u64) -> Reached {
         for t in targets {
             let pending = match t {
                 Target::Reject { .. } => {
                     let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
-                    return (status, reason, None);
+                    return Reached::Respond(status, reason, None);
+                }
+                Target::Echo => {
+                    tracing::info!(rule, "call routed to the echo service");
+                    return Reached::Echo(rule.to_string());
                 }
                 Target::Registered => {
                     let aor = if alias.contains('@') {
@@ -535,10 +764,7 @@ impl Gateway {
                 }
                 // Nothing registers over H.323 or the client API yet.
                 Target::Webrtc | Target::H323 => false,
-                Target::Echo
-                | Target::Sip { .. }
-                | Target::Policy { .. }
-                | Target::Fallback { .. } => true,
+                Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => true,
             };
             if pending {
                 tracing::info!(
@@ -550,11 +776,11 @@ impl Gateway {
                     "399 causeway \"rule {rule} routes to {}; calls are not bridged yet\"",
                     t.kind()
                 );
-                return (480, "Temporarily Unavailable".into(), Some(warning));
+                return Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning));
             }
         }
         tracing::info!(rule, "no target of the route is reachable");
-        (480, "Temporarily Unavailable".into(), None)
+        Reached::Respond(480, "Temporarily Unavailable".into(), None)
     }
 
     /// Next output. Everything the transaction layer queued has already been
@@ -562,6 +788,76 @@ impl Gateway {
     pub fn poll_output(&mut self) -> Option<GwOutput> {
         self.out.pop_front()
     }
+}
+
+/// Where a routed call goes.
+enum Reached {
+    /// A final response: status, reason, Warning.
+    Respond(u16, String, Option<String>),
+    /// The built-in echo service answers (the rule that sent it there).
+    Echo(String),
+}
+
+/// What the echo service answers with: every codec it can loop back
+/// untouched (it relays, so any codec we can name will do).
+fn echo_codecs() -> AnswerConfig {
+    use causeway_codecs::registry::AudioCodec;
+    let video = ["H264", "VP8"].map(|name| causeway_codecs::CodecKey {
+        name: name.into(),
+        clock_rate: 90000,
+        channels: 1,
+    });
+    AnswerConfig {
+        codecs: [
+            AudioCodec::Pcmu,
+            AudioCodec::Pcma,
+            AudioCodec::G722,
+            AudioCodec::Opus,
+        ]
+        .map(AudioCodec::key)
+        .into_iter()
+        .chain(video)
+        .collect(),
+        dtmf: true,
+    }
+}
+
+/// Whether a request carries a To tag (is in a dialog).
+fn has_to_tag(msg: &Message) -> bool {
+    msg.header("To")
+        .and_then(|t| NameAddr::parse(t).ok())
+        .is_some_and(|n| n.tag().is_some())
+}
+
+/// The SDP of a request: the body when it is `application/sdp` (the
+/// default), or the `application/sdp` part of a `multipart/mixed` body.
+fn sdp_body(msg: &Message) -> Option<&str> {
+    if msg.body.is_empty() {
+        return None;
+    }
+    let body = std::str::from_utf8(&msg.body).ok()?;
+    let ct = msg.header("Content-Type").unwrap_or("application/sdp");
+    let mut params = ct.split(';');
+    let mime = params.next().unwrap_or_default().trim();
+    if mime.eq_ignore_ascii_case("application/sdp") {
+        return Some(body);
+    }
+    let boundary = params.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"'))
+    })?;
+    let delimiter = format!("--{boundary}");
+    body.split(delimiter.as_str()).find_map(|part| {
+        let (headers, content) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))?;
+        headers
+            .to_ascii_lowercase()
+            .contains("application/sdp")
+            .then(|| content.trim_end_matches(['\r', '\n']))
+    })
 }
 
 #[cfg(test)]
@@ -624,7 +920,7 @@ mod tests {
             match o {
                 GwOutput::Transmit { data, .. } => sent.push(Message::parse(&data).unwrap()),
                 GwOutput::Route { key, call } => route = Some((key, call)),
-                GwOutput::Store(_) => {}
+                _ => {}
             }
         }
         let (key, call) = route.expect("a route request");
@@ -695,18 +991,182 @@ mod tests {
             "nobody registered: the plan's 404"
         );
 
+        // The plan's echo rule reaches the echo service, which needs an offer.
         let (_, key, call) = invite(&mut g, "z9hG4bKc", "sip:echo@causeway.local");
         let crate::dialplan::Verdict::Route(route) = plan.route(&call) else {
             panic!()
         };
         g.routed(Instant::now(), 1000, &key, Decision::Route(route));
         let r = sent(&mut g);
-        assert_eq!(r[0].status(), Some(480));
+        assert_eq!(r[0].status(), Some(488));
         assert!(
             r[0].header("Warning")
                 .unwrap()
-                .contains("rule echo routes to echo")
+                .contains("needs an SDP offer")
         );
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    fn echo_invite(g: &mut Gateway, t: Instant, branch: &str, body: &str) -> TxKey {
+        let text = request("INVITE", "INVITE")
+            .replacen("sip:causeway.local", "sip:echo@127.0.0.1", 1)
+            .replace("z9hG4bKINVITE", branch)
+            .replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+            );
+        g.handle_datagram(t, 1000, flow(), text.as_bytes());
+        let mut routed = None;
+        while let Some(o) = g.poll_output() {
+            if let GwOutput::Route { key, call } = o {
+                routed = Some((key, call));
+            }
+        }
+        let (key, call) = routed.expect("routed");
+        let plan = crate::dialplan::Dialplan::embedded_default().unwrap();
+        let crate::dialplan::Verdict::Route(route) = plan.route(&call) else {
+            panic!()
+        };
+        assert_eq!(route.target, Target::Echo);
+        g.routed(t, 1000, &key, Decision::Route(route));
+        key
+    }
+
+    /// Outputs split into messages and media requests.
+    fn outputs(g: &mut Gateway) -> (Vec<Message>, Vec<GwOutput>) {
+        let (mut msgs, mut other) = (vec![], vec![]);
+        while let Some(o) = g.poll_output() {
+            match o {
+                GwOutput::Transmit { data, .. } => msgs.push(Message::parse(&data).unwrap()),
+                o => other.push(o),
+            }
+        }
+        (msgs, other)
+    }
+
+    fn in_dialog(method: &str, ok: &Message, cseq: u32) -> String {
+        request(method, method)
+            .replace("CSeq: 7", &format!("CSeq: {cseq}"))
+            .replace(
+                &format!("z9hG4bK{method}"),
+                &format!("z9hG4bK{method}{cseq}"),
+            )
+            .replace(
+                "To: <sip:c@d>",
+                &format!("To: {}", ok.header("To").unwrap()),
+            )
+    }
+
+    #[test]
+    fn echo_answers_with_sdp_retransmits_until_ack_and_ends_on_bye() {
+        let t0 = Instant::now();
+        let mut g = gw();
+        echo_invite(&mut g, t0, "z9hG4bKe1", OFFER);
+        let (msgs, media) = outputs(&mut g);
+        assert!(msgs.is_empty(), "no answer before media is bound");
+        let [GwOutput::OpenMedia { dialog, answer }] = media.as_slice() else {
+            panic!("{media:?}")
+        };
+        assert_eq!(answer.streams[0].as_ref().unwrap().format.pt, 8);
+        g.media_ready(t0, 1000, *dialog, Ok(vec![20000]));
+        let (msgs, _) = outputs(&mut g);
+        let ok = &msgs[0];
+        assert_eq!(ok.status(), Some(200));
+        assert!(
+            ok.header("Contact")
+                .unwrap()
+                .starts_with("<sip:echo@127.0.0.1:5060")
+        );
+        let body = std::str::from_utf8(&ok.body).unwrap();
+        assert!(body.contains("m=audio 20000 RTP/AVP 8 101\r\n"), "{body}");
+        assert!(body.contains("c=IN IP4 127.0.0.1\r\n"), "{body}");
+        // No ACK yet: the 200 comes again after T1.
+        g.handle_timeout(t0 + crate::sip::transaction::T1, 1000);
+        assert_eq!(outputs(&mut g).0[0].status(), Some(200));
+        // A retransmitted INVITE gets the 200 too, and is not routed again.
+        g.handle_datagram(
+            t0,
+            1000,
+            flow(),
+            request("INVITE", "INVITE")
+                .replace("z9hG4bKINVITE", "z9hG4bKe1")
+                .as_bytes(),
+        );
+        let (msgs, other) = outputs(&mut g);
+        assert_eq!(
+            (msgs.len(), msgs[0].status(), other.len()),
+            (1, Some(200), 0)
+        );
+        // ACK stops retransmissions.
+        g.handle_datagram(t0, 1000, flow(), in_dialog("ACK", ok, 7).as_bytes());
+        assert_eq!(g.poll_timeout(), None);
+        // A re-INVITE is refused without ending the call.
+        let (msgs, _) = answers_all(&mut g, &in_dialog("INVITE", ok, 8));
+        assert_eq!(msgs.last().unwrap().status(), Some(488));
+        // BYE: 200 and the media goes.
+        let (msgs, media) = answers_all(&mut g, &in_dialog("BYE", ok, 9));
+        assert_eq!(msgs[0].status(), Some(200));
+        assert!(matches!(media.as_slice(), [GwOutput::CloseMedia { dialog: d }] if d == dialog));
+        let (msgs, _) = answers_all(&mut g, &in_dialog("BYE", ok, 10));
+        assert_eq!(msgs[0].status(), Some(481));
+        assert_eq!(g.counters.calls_answered.load(Relaxed), 1);
+    }
+
+    fn answers_all(g: &mut Gateway, text: &str) -> (Vec<Message>, Vec<GwOutput>) {
+        g.handle_datagram(Instant::now(), 1000, flow(), text.as_bytes());
+        outputs(g)
+    }
+
+    #[test]
+    fn echo_refusals_carry_the_right_status() {
+        let t0 = Instant::now();
+        let mut g = gw();
+        // No codec in common: 488 with a 305 Warning.
+        echo_invite(
+            &mut g,
+            t0,
+            "z9hG4bKr1",
+            &OFFER
+                .replace("8 101", "18")
+                .replace("a=rtpmap:8 PCMA", "a=rtpmap:18 G729"),
+        );
+        let (msgs, media) = outputs(&mut g);
+        assert_eq!(msgs[0].status(), Some(488));
+        assert!(msgs[0].header("Warning").unwrap().starts_with("305 "));
+        assert!(media.is_empty());
+        // Not SDP at all: 400.
+        echo_invite(&mut g, t0, "z9hG4bKr2", "hello");
+        assert_eq!(outputs(&mut g).0[0].status(), Some(400));
+        // No ports: 503 with Retry-After.
+        echo_invite(&mut g, t0, "z9hG4bKr3", OFFER);
+        let (_, media) = outputs(&mut g);
+        let [GwOutput::OpenMedia { dialog, .. }] = media.as_slice() else {
+            panic!()
+        };
+        g.media_ready(t0, 1000, *dialog, Err("full".into()));
+        let (msgs, _) = outputs(&mut g);
+        assert_eq!(msgs[0].status(), Some(503));
+        assert_eq!(msgs[0].header("Retry-After"), Some("5"));
+        // CANCEL while ports are being bound: 487, and late ports are released.
+        echo_invite(&mut g, t0, "z9hG4bKr4", OFFER);
+        let (_, media) = outputs(&mut g);
+        let [GwOutput::OpenMedia { dialog, .. }] = media.as_slice() else {
+            panic!()
+        };
+        let cancel = request("CANCEL", "CANCEL").replace("z9hG4bKCANCEL", "z9hG4bKr4");
+        let (msgs, media) = answers_all(&mut g, &cancel);
+        let codes: Vec<_> = msgs.iter().map(|m| m.status().unwrap()).collect();
+        assert!(codes.contains(&200) && codes.contains(&487), "{codes:?}");
+        assert!(matches!(media.as_slice(), [GwOutput::CloseMedia { .. }]));
+        g.media_ready(t0, 1000, *dialog, Ok(vec![20000]));
+        let (msgs, media) = outputs(&mut g);
+        assert!(msgs.is_empty());
+        assert!(matches!(media.as_slice(), [GwOutput::CloseMedia { .. }]));
     }
 
     #[test]

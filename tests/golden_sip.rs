@@ -185,7 +185,12 @@ fn rfc4475_torture_messages() {
                     let decision = rt.block_on(decide(&routing, &policy, &call));
                     gw.routed(Instant::now(), 0, &key, decision);
                 }
-                GwOutput::Store(_) => {}
+                // The echo service's media: pretend ports were bound.
+                GwOutput::OpenMedia { dialog, answer } => {
+                    let ports = (0..answer.streams.len() as u16).map(|i| 40000 + 2 * i);
+                    gw.media_ready(Instant::now(), 0, dialog, Ok(ports.collect()));
+                }
+                GwOutput::Store(_) | GwOutput::CloseMedia { .. } => {}
             }
         }
         let got = last.or(provisional);

@@ -137,7 +137,7 @@ target = {{ type = "reject", status = 404, reason = "After Policy" }}
     ));
 
     let a = sip_invite(&gw, "meet.accept-1", LIMIT);
-    assert_eq!(a.status, 480, "{}", a.text);
+    assert_eq!(a.status, 488, "{}", a.text);
     assert!(
         a.header("Warning")
             .unwrap()
@@ -178,7 +178,7 @@ target = {{ type = "reject", status = 404, reason = "After Policy" }}
         );
     }
     let a = sip_invite(&gw, "room.accept-2", LIMIT);
-    assert_eq!(a.status, 480);
+    assert_eq!(a.status, 488);
     assert!(
         a.header("Warning")
             .unwrap()
@@ -188,7 +188,7 @@ target = {{ type = "reject", status = 404, reason = "After Policy" }}
     // Answers are cached for cache_ttl: the same call asks once.
     let before = server.count("local_alias=meet.accept-1&");
     let a = sip_invite(&gw, "meet.accept-1", LIMIT);
-    assert_eq!(a.status, 480);
+    assert_eq!(a.status, 488);
     assert_eq!(server.count("local_alias=meet.accept-1&"), before);
 
     // Still serving after all that.
@@ -368,7 +368,7 @@ fn ephemeral_aliases_route_expire_and_survive_restart() {
     }
 
     let a = sip_invite(&gw, "meet-4f2a", LIMIT);
-    assert_eq!(a.status, 480, "{}", a.text);
+    assert_eq!(a.status, 488, "{}", a.text);
     assert!(
         a.header("Warning")
             .unwrap()
@@ -386,7 +386,7 @@ fn ephemeral_aliases_route_expire_and_survive_restart() {
     gw.restart();
     let (_, list) = gw.admin_get("/api/admin/v1/aliases");
     assert_eq!(list["result"][0]["alias"], "meet-4f2a", "{list}");
-    assert_eq!(sip_invite(&gw, "meet-4f2a", LIMIT).status, 480);
+    assert_eq!(sip_invite(&gw, "meet-4f2a", LIMIT).status, 488);
 
     // A short-lived one matches, then stops at once when it expires.
     let until = now() + 2;

@@ -88,6 +88,21 @@ impl OutStream {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.last = Some((h.timestamp, now));
     }
+
+    /// Writes a relayed packet with the sequence number it was given (gaps
+    /// and reordering upstream stay visible downstream); the line only moves
+    /// forward when the packet is ahead of it.
+    fn emit_relayed(&mut self, now: Instant, header: RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
+        let h = RtpHeader {
+            ssrc: self.ssrc,
+            ..header
+        };
+        rtp::write(out, &h, payload);
+        if h.sequence.wrapping_sub(self.next_seq) < 0x8000 {
+            self.next_seq = h.sequence.wrapping_add(1);
+            self.last = Some((h.timestamp, now));
+        }
+    }
 }
 
 /// Relays packets, rewriting SSRC, sequence, timestamp and payload type.
@@ -103,6 +118,7 @@ pub struct Passthrough {
 struct Source {
     ssrc: u32,
     ts_offset: u32,
+    seq_offset: u16,
     last_seq: u16,
 }
 
@@ -142,20 +158,23 @@ impl Passthrough {
             _ => Source {
                 ssrc: h.ssrc,
                 ts_offset: stream.continue_at(now).wrapping_sub(h.timestamp),
+                seq_offset: stream.next_seq.wrapping_sub(h.sequence),
                 last_seq: h.sequence.wrapping_sub(1),
             },
         };
+        let ahead = h.sequence.wrapping_sub(source.last_seq) < 0x8000;
         self.source = Some(Source {
-            last_seq: h.sequence,
+            last_seq: if ahead { h.sequence } else { source.last_seq },
             ..source
         });
         let header = RtpHeader {
             payload_type: pt,
+            sequence: h.sequence.wrapping_add(source.seq_offset),
             timestamp: h.timestamp.wrapping_add(source.ts_offset),
             ..*h
         };
         // Keep CSRCs/extensions out: the other leg negotiated none of ours.
-        stream.emit(now, header, payload, out);
+        stream.emit_relayed(now, header, payload, out);
         stats.packets_out += 1;
         stats.bytes_out += payload.len() as u64;
         true
@@ -555,6 +574,36 @@ mod tests {
         assert_eq!(d.stats.dropped_pt, 1);
         d.on_packet(t0 + MS * 420, &pcmu_packets(1, 2222, 14, 0)[0], &mut out);
         assert_eq!(d.stats.lost, 2);
+    }
+
+    #[test]
+    fn passthrough_keeps_upstream_gaps_and_order_visible() {
+        let mut d = Direction::new(
+            Mode::Passthrough(Passthrough::new(HashMap::from([(0, 0)]))),
+            8000,
+        );
+        let t0 = Instant::now();
+        let packets = pcmu_packets(6, 1111, 100, 0);
+        let mut out = Vec::new();
+        // 100, 101, (102 lost), 104, 103 (late), 105.
+        for (i, k) in [0, 1, 4, 3, 5].into_iter().enumerate() {
+            d.on_packet(t0 + MS * (20 * i as u32), &packets[k], &mut out);
+        }
+        let seqs: Vec<u16> = out
+            .iter()
+            .map(|p| {
+                RtpHeader::parse(p)
+                    .unwrap()
+                    .sequence
+                    .wrapping_sub(RtpHeader::parse(&out[0]).unwrap().sequence)
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            [0, 1, 4, 3, 5],
+            "the receiver sees the gap and the reordering"
+        );
+        assert_eq!(d.stats.lost, 2, "102 and 103 missing when 104 came");
     }
 
     fn pcmu_to_opus() -> AudioTranscoder {

@@ -391,11 +391,9 @@ impl RtpSession {
         s.expected_prior = expected;
         s.received_prior = s.received;
         let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction_lost = if expected_interval == 0 {
-            0
-        } else {
-            ((lost_interval << 8) / expected_interval).min(255) as u8
-        };
+        let fraction_lost = (lost_interval << 8)
+            .checked_div(expected_interval)
+            .map_or(0, |f| f.min(255) as u8);
         let (last_sr, delay) = s.last_sr.map_or((0, 0), |(mid, at)| {
             let d = now.saturating_duration_since(at).as_secs_f64() * 65536.0;
             (mid, d as u32)

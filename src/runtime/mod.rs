@@ -6,6 +6,7 @@
 //! tasks or touches the disk for state. It must not make protocol decisions:
 //! everything it does is move bytes, time and queries between the pieces.
 
+pub mod media;
 pub mod routing;
 
 use crate::api::{self, ApiState, Query};
@@ -18,6 +19,7 @@ use crate::sip::Transport;
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::{TransportEvent, Transports};
 use crate::trunks::TrunkTarget;
+use media::MediaCalls;
 use routing::{AliasService, PlanSource};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -228,9 +230,18 @@ pub async fn run(
         token_generated,
     });
 
-    let flush = |gw: &mut Gateway, transports: &Transports| {
+    let mut media = MediaCalls::new(*cfg.media.port_min.get_ref(), *cfg.media.port_max.get_ref());
+    let flush = |gw: &mut Gateway, transports: &Transports, media: &mut MediaCalls| {
         while let Some(o) = gw.poll_output() {
             match o {
+                GwOutput::OpenMedia { dialog, answer } => {
+                    let ip = gw.media_address(dialog);
+                    let ports = ip
+                        .ok_or_else(|| "the call is gone".to_string())
+                        .and_then(|ip| media.open_echo(dialog, &answer, ip));
+                    gw.media_ready(Instant::now(), unix_now(), dialog, ports);
+                }
+                GwOutput::CloseMedia { dialog } => media.close(dialog),
                 GwOutput::Transmit { flow, data } => transports.send(&flow, data),
                 GwOutput::Store(ops) => {
                     let _ = writer.send(WriterMsg::Ops(ops));
@@ -258,7 +269,7 @@ pub async fn run(
             Err(e) => tracing::error!(trunk = %t.name, error = %e, "not registering to trunk"),
         }
     }
-    flush(&mut gw, &transports);
+    flush(&mut gw, &transports, &mut media);
 
     let keepalive = u64::from(cfg.registrar.keepalive_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -313,7 +324,7 @@ pub async fn run(
             }
             () = &mut shutdown => break,
         }
-        flush(&mut gw, &transports);
+        flush(&mut gw, &transports, &mut media);
     }
 
     tracing::info!("shutting down: no new requests");
@@ -326,12 +337,13 @@ pub async fn run(
     let grace = Instant::now() + Duration::from_millis(500);
     while let Ok(ev) = events.try_recv() {
         handle_event(&mut gw, ev);
-        flush(&mut gw, &transports);
+        flush(&mut gw, &transports, &mut media);
         if Instant::now() > grace {
             break;
         }
     }
-    flush(&mut gw, &transports);
+    flush(&mut gw, &transports, &mut media);
+    media.close_all();
     // Let connection writers drain.
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(writer);

@@ -6,6 +6,7 @@
 //! is the only place that owns sockets. This module must not know about
 //! registrations, routing or calls.
 
+pub mod dialog;
 pub mod digest;
 pub mod framing;
 pub mod msg;

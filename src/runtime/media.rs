@@ -1,0 +1,243 @@
+//! Media sockets and tasks for calls the gateway answers itself (the echo
+//! service): binds RTP (and RTCP, without rtcp-mux) ports from the
+//! configured range, then runs one task per stream that drives a
+//! [`RtpSession`] and loops the caller's media back through a passthrough
+//! [`Direction`] (new SSRC, continuous sequence, telephone-events kept).
+//!
+//! Owns sockets and timers only; SDP, latching, SRTP and RTCP decisions
+//! live in the sans-IO [`crate::sdp`] and [`crate::media`] modules.
+
+use crate::media::bridge::{Direction, DtmfRoute, Mode, Passthrough};
+use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig, ntp_time};
+use crate::sdp::{Answer, Negotiated};
+use crate::sip::dialog::DialogId;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdp};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// Media of the calls answered here.
+#[derive(Debug)]
+pub struct MediaCalls {
+    range: (u16, u16),
+    next: u16,
+    calls: HashMap<DialogId, Vec<JoinHandle<()>>>,
+}
+
+/// Sockets of one stream.
+struct Ports {
+    rtp: StdUdp,
+    rtcp: Option<StdUdp>,
+}
+
+impl MediaCalls {
+    /// Ports are taken from `min..=max` (even RTP ports, RTCP one above).
+    pub fn new(min: u16, max: u16) -> Self {
+        let span = (max.saturating_sub(min) / 2).max(1);
+        Self {
+            range: (min, max),
+            next: min + 2 * (rand::random::<u16>() % span),
+            calls: HashMap::new(),
+        }
+    }
+
+    /// Calls with media open.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether no call has media open.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Binds an even port (and the odd one above when `pair`) on `ip`'s family.
+    fn bind(&mut self, ip: IpAddr, pair: bool) -> std::io::Result<Ports> {
+        let any = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let (min, max) = self.range;
+        let slots = (max.saturating_sub(min) / 2).max(1);
+        for _ in 0..slots {
+            let port = self.next;
+            self.next = if port.saturating_add(3) > max {
+                min
+            } else {
+                port + 2
+            };
+            let Ok(rtp) = StdUdp::bind((any, port)) else {
+                continue;
+            };
+            let rtcp = if pair {
+                match StdUdp::bind((any, port + 1)) {
+                    Ok(s) => Some(s),
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
+            return Ok(Ports { rtp, rtcp });
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("every media port in {min}-{max} is in use"),
+        ))
+    }
+
+    /// Binds ports for every accepted stream of `answer` and starts looping
+    /// media back; returns the RTP port per stream (0 for rejected ones).
+    pub fn open_echo(
+        &mut self,
+        dialog: DialogId,
+        answer: &Answer,
+        ip: IpAddr,
+    ) -> Result<Vec<u16>, String> {
+        let mut bound = Vec::new();
+        for n in &answer.streams {
+            match n {
+                Some(n) => bound.push(Some((
+                    self.bind(ip, !n.rtcp_mux).map_err(|e| e.to_string())?,
+                    n.clone(),
+                ))),
+                None => bound.push(None),
+            }
+        }
+        let mut ports = Vec::new();
+        let mut tasks = Vec::new();
+        for b in bound {
+            let Some((sockets, n)) = b else {
+                ports.push(0);
+                continue;
+            };
+            ports.push(sockets.rtp.local_addr().map_err(|e| e.to_string())?.port());
+            let task = echo_stream(sockets, n, format!("causeway-{dialog}"))?;
+            tasks.push(tokio::spawn(task));
+        }
+        self.calls.insert(dialog, tasks);
+        Ok(ports)
+    }
+
+    /// Stops a call's media.
+    pub fn close(&mut self, dialog: DialogId) {
+        for t in self.calls.remove(&dialog).unwrap_or_default() {
+            t.abort();
+        }
+    }
+
+    /// Stops every call's media (shutdown).
+    pub fn close_all(&mut self) {
+        let ids: Vec<_> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+}
+
+fn tokio_socket(s: StdUdp) -> Result<UdpSocket, String> {
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    UdpSocket::from_std(s).map_err(|e| e.to_string())
+}
+
+/// Receives on `s` when present, else never.
+async fn recv_opt(s: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match s {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ntp_now() -> u64 {
+    ntp_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// The loop of one echoed stream.
+fn echo_stream(
+    sockets: Ports,
+    n: Negotiated,
+    cname: String,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
+    let clock = n.format.codec.as_ref().map_or(8000, |c| c.clock_rate);
+    let cfg = SessionConfig {
+        remote_rtp: n.remote_rtp,
+        remote_rtcp: n.remote_rtcp,
+        rtcp_mux: n.rtcp_mux,
+        srtp: n.srtp.as_ref().map(|s| (s.remote.clone(), s.local.clone())),
+        clock_rate: clock,
+        cname,
+    };
+    let mut session = RtpSession::new(Instant::now(), cfg).map_err(|e| e.to_string())?;
+    let mut pts = HashMap::from([(n.format.pt, n.format.pt)]);
+    if let Some(ev) = &n.dtmf {
+        pts.insert(ev.pt, ev.pt);
+    }
+    let mut direction = Direction::new(Mode::Passthrough(Passthrough::new(pts)), clock);
+    direction.dtmf = n
+        .dtmf
+        .as_ref()
+        .map(|ev| DtmfRoute::new(ev.pt, clock, Some(ev.pt), clock));
+    let rtp = tokio_socket(sockets.rtp)?;
+    let rtcp = sockets.rtcp.map(tokio_socket).transpose()?;
+    let sends = n.direction.sends();
+    Ok(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut rbuf = vec![0u8; 2048];
+        let mut out = Vec::new();
+        loop {
+            let due = session
+                .next_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+            let mut control = Vec::new();
+            tokio::select! {
+                r = rtp.recv_from(&mut buf) => {
+                    let Ok((len, from)) = r else { continue };
+                    let mut packet = buf[..len].to_vec();
+                    let now = Instant::now();
+                    match session.on_rtp_port(now, from, &mut packet) {
+                        Inbound::Rtp if sends => {
+                            direction.on_packet(now, &packet, &mut out);
+                            for d in direction.take_digits() {
+                                tracing::info!(digit = %d.digit, ms = d.duration_ms, "DTMF received by the echo service");
+                            }
+                        }
+                        Inbound::Rtcp(fb) => control.extend(feedback(&mut session, &fb)),
+                        _ => {}
+                    }
+                }
+                r = recv_opt(rtcp.as_ref(), &mut rbuf) => {
+                    let Ok((len, from)) = r else { continue };
+                    let mut packet = rbuf[..len].to_vec();
+                    if let Inbound::Rtcp(fb) = session.on_rtcp_port(Instant::now(), from, &mut packet) {
+                        control.extend(feedback(&mut session, &fb));
+                    }
+                }
+                () = tokio::time::sleep_until(due.into()) => {
+                    control.extend(session.poll_rtcp(Instant::now(), ntp_now()));
+                }
+            }
+            let now = Instant::now();
+            for mut p in out.drain(..) {
+                if let Some(dest) = session.send_rtp(now, &mut p) {
+                    let _ = rtp.send_to(&p, dest).await;
+                }
+            }
+            for (dest, p) in control {
+                let _ = rtcp.as_ref().unwrap_or(&rtp).send_to(&p, dest).await;
+            }
+        }
+    })
+}
+
+/// A keyframe request about the stream we echo is a request for the
+/// caller's own stream: pass it back to the caller as PLI.
+fn feedback(session: &mut RtpSession, fb: &[Feedback]) -> Option<(SocketAddr, Vec<u8>)> {
+    fb.iter()
+        .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }))
+        .then(|| session.pli())
+        .flatten()
+}

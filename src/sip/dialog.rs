@@ -1,0 +1,336 @@
+//! Dialogs this gateway answered as a UAS (RFC 3261 section 12 and 13.3),
+//! sans-IO.
+//!
+//! Owns what the transaction layer leaves to the call layer: the local tag,
+//! matching in-dialog requests (ACK, BYE, re-INVITE) and INVITE
+//! retransmissions that arrive after the 2xx, and retransmitting the 2xx
+//! until the ACK comes (RFC 6026 "Accepted": T1 doubling up to T2, for 64*T1
+//! over unreliable transports). It must not decide what to answer or touch
+//! media: that is the caller's job.
+
+use super::Flow;
+use super::msg::{Message, NameAddr, random_token};
+use super::transaction::{T1, T2};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Identifies a dialog inside the gateway (also names its media).
+pub type DialogId = u64;
+
+/// Where a dialog is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogState {
+    /// The INVITE is being answered (no final response yet).
+    Early,
+    /// 2xx sent, waiting for ACK; retransmitted over unreliable transports.
+    Accepted {
+        /// The 2xx as sent.
+        ok: Bytes,
+        /// Next retransmission.
+        next: Instant,
+        /// Current interval.
+        interval: Duration,
+        /// When to give up (64*T1 after the first 2xx).
+        deadline: Instant,
+    },
+    /// ACK received: the call is up.
+    Confirmed,
+}
+
+/// One UAS dialog.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// The id.
+    pub id: DialogId,
+    /// Call-ID.
+    pub call_id: String,
+    /// Our tag (To tag of our responses).
+    pub local_tag: String,
+    /// The caller's tag (From tag).
+    pub remote_tag: String,
+    /// The INVITE's CSeq number.
+    pub invite_cseq: u32,
+    /// The flow the INVITE came on.
+    pub flow: Flow,
+    /// The initial INVITE.
+    pub invite: Message,
+    /// State.
+    pub state: DialogState,
+}
+
+/// What [`Dialogs::handle_timeout`] wants done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DialogOutput {
+    /// Resend bytes (a 2xx) along a flow.
+    Retransmit(Flow, Bytes),
+    /// No ACK arrived in 64*T1: the dialog is gone.
+    AckTimeout(DialogId),
+}
+
+/// The gateway's UAS dialogs.
+#[derive(Debug, Default)]
+pub struct Dialogs {
+    map: HashMap<DialogId, Dialog>,
+    next_id: DialogId,
+}
+
+fn tag_of(msg: &Message, header: &str) -> Option<String> {
+    let value = msg.header(header)?;
+    NameAddr::parse(value).ok()?.tag().map(str::to_string)
+}
+
+impl Dialogs {
+    /// A dialog for an INVITE about to be answered; `None` when the INVITE
+    /// has no From tag (RFC 2543 peers cannot be told apart; refuse them).
+    pub fn create(&mut self, invite: &Message, flow: Flow) -> Option<DialogId> {
+        let remote_tag = tag_of(invite, "From")?;
+        let invite_cseq = invite.cseq()?.seq;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.map.insert(
+            id,
+            Dialog {
+                id,
+                call_id: invite.call_id().to_string(),
+                local_tag: random_token(10),
+                remote_tag,
+                invite_cseq,
+                flow,
+                invite: invite.clone(),
+                state: DialogState::Early,
+            },
+        );
+        Some(id)
+    }
+
+    /// A dialog by id.
+    pub fn get(&self, id: DialogId) -> Option<&Dialog> {
+        self.map.get(&id)
+    }
+
+    /// Forgets a dialog.
+    pub fn remove(&mut self, id: DialogId) -> Option<Dialog> {
+        self.map.remove(&id)
+    }
+
+    /// Number of dialogs.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The dialog an in-dialog request from the caller belongs to (Call-ID,
+    /// its From tag and our To tag).
+    pub fn matching(&self, req: &Message) -> Option<DialogId> {
+        let to = tag_of(req, "To")?;
+        let from = tag_of(req, "From")?;
+        self.map
+            .values()
+            .find(|d| d.call_id == req.call_id() && d.local_tag == to && d.remote_tag == from)
+            .map(|d| d.id)
+    }
+
+    /// The dialog a retransmitted initial INVITE (no To tag) belongs to.
+    pub fn retransmission_of(&self, invite: &Message) -> Option<DialogId> {
+        if tag_of(invite, "To").is_some() {
+            return None;
+        }
+        let from = tag_of(invite, "From")?;
+        let cseq = invite.cseq()?.seq;
+        self.map
+            .values()
+            .find(|d| {
+                d.call_id == invite.call_id() && d.remote_tag == from && d.invite_cseq == cseq
+            })
+            .map(|d| d.id)
+    }
+
+    /// Records the 2xx just sent; it is retransmitted until [`Self::on_ack`].
+    pub fn accepted(&mut self, now: Instant, id: DialogId, ok: Bytes) {
+        let Some(d) = self.map.get_mut(&id) else {
+            return;
+        };
+        d.state = if d.flow.transport.is_reliable() {
+            // TCP/TLS/WS carry the 2xx reliably; only the ACK is awaited.
+            DialogState::Accepted {
+                ok,
+                next: now + 64 * T1,
+                interval: 64 * T1,
+                deadline: now + 64 * T1,
+            }
+        } else {
+            DialogState::Accepted {
+                ok,
+                next: now + T1,
+                interval: T1,
+                deadline: now + 64 * T1,
+            }
+        };
+    }
+
+    /// The 2xx to resend for a retransmitted INVITE, if it was sent.
+    pub fn last_ok(&self, id: DialogId) -> Option<(Flow, Bytes)> {
+        let d = self.map.get(&id)?;
+        match &d.state {
+            DialogState::Accepted { ok, .. } => Some((d.flow, ok.clone())),
+            _ => None,
+        }
+    }
+
+    /// The ACK arrived.
+    pub fn on_ack(&mut self, id: DialogId) {
+        if let Some(d) = self.map.get_mut(&id)
+            && matches!(d.state, DialogState::Accepted { .. })
+        {
+            d.state = DialogState::Confirmed;
+        }
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter_map(|d| match &d.state {
+                DialogState::Accepted { next, deadline, .. } => Some(*next.min(deadline)),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Retransmits due 2xx responses and expires dialogs never ACKed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<DialogOutput> {
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for d in self.map.values_mut() {
+            let DialogState::Accepted {
+                ok,
+                next,
+                interval,
+                deadline,
+            } = &mut d.state
+            else {
+                continue;
+            };
+            if now >= *deadline {
+                expired.push(d.id);
+            } else if now >= *next {
+                out.push(DialogOutput::Retransmit(d.flow, ok.clone()));
+                *interval = (*interval * 2).min(T2);
+                *next = now + *interval;
+            }
+        }
+        for id in expired {
+            self.map.remove(&id);
+            out.push(DialogOutput::AckTimeout(id));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Transport;
+
+    fn flow(transport: Transport) -> Flow {
+        Flow {
+            transport,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            remote: "127.0.0.1:5099".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn msg(method: &str, to_tag: Option<&str>, cseq: u32) -> Message {
+        let to = to_tag.map_or(String::new(), |t| format!(";tag={t}"));
+        Message::parse(
+            format!(
+                "{method} sip:echo@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{cseq}\r\n\
+                 From: <sip:a@b>;tag=caller\r\nTo: <sip:echo@127.0.0.1>{to}\r\nCall-ID: c1\r\n\
+                 CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn matches_in_dialog_requests_and_retransmissions() {
+        let mut d = Dialogs::default();
+        let invite = msg("INVITE", None, 1);
+        let id = d.create(&invite, flow(Transport::Udp)).unwrap();
+        let tag = d.get(id).unwrap().local_tag.clone();
+        assert_eq!(d.retransmission_of(&invite), Some(id));
+        assert_eq!(d.matching(&msg("BYE", Some(&tag), 2)), Some(id));
+        assert_eq!(d.matching(&msg("BYE", Some("other"), 2)), None);
+        assert_eq!(
+            d.retransmission_of(&msg("INVITE", None, 2)),
+            None,
+            "a new CSeq is a new call"
+        );
+        // No From tag: refused.
+        let mut untagged = invite.clone();
+        untagged.headers.retain(|h| !h.is("From"));
+        untagged.push_header("From", "<sip:a@b>");
+        assert_eq!(d.create(&untagged, flow(Transport::Udp)), None);
+    }
+
+    #[test]
+    fn retransmits_2xx_with_backoff_until_ack_or_64_t1() {
+        let t0 = Instant::now();
+        let mut d = Dialogs::default();
+        let id = d
+            .create(&msg("INVITE", None, 1), flow(Transport::Udp))
+            .unwrap();
+        d.accepted(t0, id, Bytes::from_static(b"200"));
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while let Some(next) = d.poll_timeout() {
+            now = next;
+            for o in d.handle_timeout(now) {
+                match o {
+                    DialogOutput::Retransmit(_, b) => sent.push((now - t0, b)),
+                    DialogOutput::AckTimeout(gone) => assert_eq!(gone, id),
+                }
+            }
+        }
+        let at: Vec<u64> = sent.iter().map(|(t, _)| t.as_millis() as u64).collect();
+        // 0.5, 1.5, 3.5, 7.5, then every 4 s until 32 s.
+        assert_eq!(
+            at,
+            [
+                500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+            ]
+        );
+        assert_eq!(now - t0, 64 * T1);
+        assert!(d.is_empty());
+
+        let id = d
+            .create(&msg("INVITE", None, 1), flow(Transport::Udp))
+            .unwrap();
+        d.accepted(t0, id, Bytes::from_static(b"200"));
+        d.on_ack(id);
+        assert_eq!(d.poll_timeout(), None);
+        assert_eq!(d.get(id).unwrap().state, DialogState::Confirmed);
+    }
+
+    #[test]
+    fn reliable_transports_do_not_retransmit() {
+        let t0 = Instant::now();
+        let mut d = Dialogs::default();
+        let id = d
+            .create(&msg("INVITE", None, 1), flow(Transport::Tcp))
+            .unwrap();
+        d.accepted(t0, id, Bytes::from_static(b"200"));
+        assert_eq!(d.poll_timeout(), Some(t0 + 64 * T1));
+        assert_eq!(
+            d.handle_timeout(t0 + 64 * T1),
+            [DialogOutput::AckTimeout(id)]
+        );
+    }
+}
