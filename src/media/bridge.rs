@@ -20,6 +20,7 @@ use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
 use super::dtmf::{self, Digit, EventPayload, Remapper};
 use super::jitter::{JitterBuffer, JitterConfig, Playout};
 use super::rtp::{self, RtpHeader};
+use super::video::VideoTranscoder;
 
 /// Per-stage counters of one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,7 +69,7 @@ impl OutStream {
 
     /// The timestamp a packet produced at `now` should carry if the line
     /// is to continue smoothly from the last one sent.
-    fn continue_at(&self, now: Instant) -> u32 {
+    pub(super) fn continue_at(&self, now: Instant) -> u32 {
         match self.last {
             Some((ts, at)) => {
                 let elapsed = now.saturating_duration_since(at).as_secs_f64();
@@ -78,7 +79,13 @@ impl OutStream {
         }
     }
 
-    fn emit(&mut self, now: Instant, header: RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
+    pub(super) fn emit(
+        &mut self,
+        now: Instant,
+        header: RtpHeader,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let h = RtpHeader {
             sequence: self.next_seq,
             ssrc: self.ssrc,
@@ -322,8 +329,10 @@ impl AudioTranscoder {
 pub enum Mode {
     /// Relay, rewriting headers.
     Passthrough(Passthrough),
-    /// Decode and re-encode.
+    /// Decode and re-encode audio.
     Transcode(Box<AudioTranscoder>),
+    /// Decode and re-encode video.
+    Video(Box<VideoTranscoder>),
 }
 
 /// Telephone-events (RFC 4733) in one direction: recognised as digits for
@@ -475,6 +484,24 @@ impl Direction {
                 }
             }
             Mode::Transcode(t) => t.push(now, &h, payload),
+            Mode::Video(v) => v.push(now, &h, payload, &mut self.stream, &mut self.stats, out),
+        }
+    }
+
+    /// The receiving leg asked for a keyframe: a video transcoder makes one.
+    /// (Passthrough forwards the request upstream; see [`super::keyframe`].)
+    pub fn request_keyframe(&mut self) {
+        if let Mode::Video(v) = &mut self.mode {
+            v.request_keyframe();
+        }
+    }
+
+    /// Whether the video transcoder lost frames and needs a keyframe from
+    /// the sending leg since the last call.
+    pub fn take_upstream_keyframe_request(&mut self) -> bool {
+        match &mut self.mode {
+            Mode::Video(v) => v.take_upstream_keyframe_request(),
+            _ => false,
         }
     }
 
@@ -489,7 +516,7 @@ impl Direction {
     pub fn next_due(&self) -> Option<Instant> {
         match &self.mode {
             Mode::Transcode(t) => t.next_due(),
-            Mode::Passthrough(_) => None,
+            Mode::Passthrough(_) | Mode::Video(_) => None,
         }
     }
 }

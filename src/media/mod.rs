@@ -24,6 +24,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod srtp;
+pub mod video;
 pub mod vp8;
 
 use std::fmt;
