@@ -17,6 +17,7 @@ pub mod g711;
 pub mod g722;
 pub mod opus;
 pub mod registry;
+pub mod resample;
 pub mod video;
 
 use std::fmt;

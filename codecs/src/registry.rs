@@ -1,6 +1,7 @@
 //! Picks codecs by what SDP says: encoding name (case-insensitive), clock
 //! rate, channels and format parameters, and opens encoders and decoders for
-//! a transcoding chain at a PCM rate both sides share (no resampler).
+//! a transcoding chain at a PCM rate both sides share (no resampler), or,
+//! for G.711 <-> G.722, at the encoder's rate with the decoder resampled.
 //!
 //! Owns the mapping from SDP to implementations and the H.264 fmtp subset a
 //! gateway must honour (packetization-mode, profile-level-id). It must not
@@ -9,6 +10,7 @@
 use crate::g711::{G711, Law};
 use crate::g722::{G722Decoder, G722Encoder};
 use crate::opus::{OpusConfig, OpusDecoder, OpusEncoder};
+use crate::resample::Resampled;
 use crate::video::VideoCodec;
 use crate::{AudioDecoder, AudioEncoder, CodecError, CodecKey};
 
@@ -81,13 +83,26 @@ pub fn shared_pcm_rate(a: AudioCodec, b: AudioCodec) -> Option<u32> {
     a.rates().iter().copied().find(|r| b.rates().contains(r))
 }
 
-/// A decoder producing PCM at `pcm_rate`.
+/// The PCM rate for a chain decoding `from` and encoding `to`: the shared
+/// rate when there is one, else the encoder's (the decoder side resamples,
+/// see [`audio_decoder`]).
+pub fn pcm_rate(from: AudioCodec, to: AudioCodec) -> u32 {
+    shared_pcm_rate(from, to).unwrap_or(to.rates()[0])
+}
+
+/// A decoder producing PCM at `pcm_rate`; a rate the codec does not work
+/// at natively goes through libswresample.
 pub fn audio_decoder(
     codec: AudioCodec,
     pcm_rate: u32,
 ) -> Result<Box<dyn AudioDecoder>, CodecError> {
     if !codec.rates().contains(&pcm_rate) {
-        return Err(CodecError::InvalidInput);
+        let native = codec.rates()[0];
+        return Ok(Box::new(Resampled::new(
+            audio_decoder(codec, native)?,
+            native,
+            pcm_rate,
+        )?));
     }
     Ok(match codec {
         AudioCodec::Pcmu => Box::new(G711::new(Law::Ulaw)),
@@ -269,7 +284,58 @@ mod tests {
             assert!(audio_decoder(a, rate).is_ok());
             assert!(audio_encoder(b, rate, OpusConfig::webrtc()).is_ok());
         }
-        assert!(audio_decoder(AudioCodec::Pcmu, 16000).is_err());
+        assert!(audio_encoder(AudioCodec::Pcmu, 16000, OpusConfig::webrtc()).is_err());
+        assert_eq!(pcm_rate(AudioCodec::Pcma, AudioCodec::G722), 16000);
+        assert_eq!(pcm_rate(AudioCodec::G722, AudioCodec::Pcmu), 8000);
+        assert_eq!(pcm_rate(AudioCodec::Opus, AudioCodec::Pcmu), 8000);
+    }
+
+    #[test]
+    fn g711_and_g722_meet_through_the_resampler() {
+        use crate::Pcm;
+        use crate::analysis::{dominant_frequency, level_db, tone};
+        // PCMA -> (8k -> 16k) -> G.722 -> (16k -> 8k) -> PCMA, 1 kHz at -10 dB.
+        let mut pcma_enc = audio_encoder(AudioCodec::Pcma, 8000, OpusConfig::webrtc()).unwrap();
+        let mut up = audio_decoder(
+            AudioCodec::Pcma,
+            pcm_rate(AudioCodec::Pcma, AudioCodec::G722),
+        )
+        .unwrap();
+        let mut g722_enc = audio_encoder(AudioCodec::G722, 16000, OpusConfig::webrtc()).unwrap();
+        let mut down = audio_decoder(
+            AudioCodec::G722,
+            pcm_rate(AudioCodec::G722, AudioCodec::Pcma),
+        )
+        .unwrap();
+        let mut last = audio_decoder(AudioCodec::Pcma, 8000).unwrap();
+        let input = tone(1000.0, -10.0, 8000, 8000);
+        let empty = || Pcm {
+            sample_rate: 0,
+            channels: 1,
+            samples: Vec::new(),
+        };
+        let (mut payload, mut wide, mut narrow, mut out) =
+            (Vec::new(), empty(), empty(), Vec::new());
+        for frame in input.chunks_exact(160) {
+            let pcm = Pcm {
+                sample_rate: 8000,
+                channels: 1,
+                samples: frame.to_vec(),
+            };
+            pcma_enc.encode(&pcm, &mut payload).unwrap();
+            up.decode(&payload, &mut wide).unwrap();
+            assert_eq!((wide.sample_rate, wide.samples.len()), (16000, 320));
+            g722_enc.encode(&wide, &mut payload).unwrap();
+            down.decode(&payload, &mut narrow).unwrap();
+            assert_eq!((narrow.sample_rate, narrow.samples.len()), (8000, 160));
+            pcma_enc.encode(&narrow, &mut payload).unwrap();
+            last.decode(&payload, &mut narrow).unwrap();
+            out.extend_from_slice(&narrow.samples);
+        }
+        let steady = &out[1600..];
+        let (f, level) = (dominant_frequency(steady, 8000), level_db(steady));
+        assert!((f - 1000.0).abs() < 10.0, "{f} Hz");
+        assert!((level + 10.0).abs() < 1.0, "{level} dB");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!
 //! No resampler on the common paths: Opus can decode and encode at the other
 //! codec's rate (8 kHz against G.711, 16 kHz against G.722), so PCM crosses
-//! at one rate. A path whose two codecs share no rate is refused.
+//! at one rate. Only G.711 <-> G.722 shares none; its decoder side goes
+//! through libswresample (`causeway_codecs::registry::pcm_rate`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

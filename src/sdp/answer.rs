@@ -157,14 +157,6 @@ pub fn answer(offer: &SessionDesc, cfg: &AnswerConfig) -> Result<Answer, SdpErro
     })
 }
 
-/// A rejection of every section, for offers answered only to be refused.
-pub fn reject(offer: &SessionDesc) -> Answer {
-    Answer {
-        offer: offer.clone(),
-        streams: vec![None; offer.media.len()],
-    }
-}
-
 fn ip_type(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IP4" } else { "IP6" }
 }

@@ -10,7 +10,7 @@
 
 mod answer;
 
-pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer, reject};
+pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer};
 
 use crate::media::srtp::Suite;
 use causeway_codecs::CodecKey;

@@ -27,6 +27,7 @@ const RUN_PACKAGES: &[&str] = &[
     "libavformat-dev",
     "libavutil-dev",
     "libswscale-dev",
+    "libswresample-dev",
 ];
 /// Debian packages the test suite needs on top: the real peers we test against.
 const TEST_PACKAGES: &[&str] = &[
