@@ -16,10 +16,16 @@
 //! run the dialplan (and any policy query); the [`Decision`] comes back
 //! through [`Gateway::routed`]. Rejections go out with the dialplan's status;
 //! a target with no registrations falls through its fallback list; a target
-//! that would need the call layer gets 480 with a Warning naming the rule
-//! until that layer exists. CANCEL of a call still being routed gets 200 and
-//! the INVITE 487. Time comes in as parameters; it must not touch sockets,
-//! clocks or disk.
+//! that would need the B2BUA gets 480 with a Warning naming the rule until
+//! that layer exists. CANCEL of a call still being routed gets 200 and the
+//! INVITE 487.
+//!
+//! The echo service is answered here as a UAS ([`crate::sip::dialog`]): the
+//! offer is negotiated ([`crate::sdp`]), [`GwOutput::OpenMedia`] asks the
+//! shell for ports, [`Gateway::media_ready`] sends the 200, which is
+//! retransmitted until the ACK; BYE ends the call with
+//! [`GwOutput::CloseMedia`]. Time comes in as parameters; it must not touch
+//! sockets, clocks or disk.
 
 use crate::config::Config;
 use crate::dialplan::{CallInfo, Protocol, Target};

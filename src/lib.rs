@@ -10,7 +10,9 @@
 //!                                                            |-- sip::transaction
 //!                                                            |-- registrar --> store (SQLite)
 //!                                                            |-- INVITE --> GwOutput::Route
-//!                                                            `-- (calls: b2bua, later)
+//!                                                            |-- echo: sip::dialog + sdp answer
+//!                                                            `-- (bridged calls: b2bua, later)
+//!  GwOutput::OpenMedia --runtime::media--> sockets + media::session + media::bridge (loop back)
 //!  GwOutput::Route --runtime task--> policy::decide --> dialplan::route (pure)
 //!                                         `-- policy server (HTTP), when a rule says so
 //!  decision --> Gateway::routed --> SIP answer (bridging: b2bua, later)
@@ -18,8 +20,8 @@
 //!  operator --HTTP--> api (axum) --query--> gateway
 //! ```
 //!
-//! Protocol cores ([`sip::msg`], [`sip::transaction`], [`registrar`],
-//! [`gateway`], [`dialplan`]) are sans-IO: time is a parameter, bytes come
+//! Protocol cores ([`sip::msg`], [`sip::transaction`], [`sip::dialog`],
+//! [`registrar`], [`gateway`], [`dialplan`], [`sdp`], [`media`]) are sans-IO: time is a parameter, bytes come
 //! out of `poll_output`. [`runtime`] is the one thin tokio shell that drives
 //! them.
 //! `../shared/DESIGN.md` (in the workplace) or `docs/` hold the wider map.
