@@ -483,14 +483,7 @@ impl Gateway {
                 {
                     self.opening.remove(&dialog);
                     if let Some(d) = self.dialogs.remove(dialog) {
-                        let mut terminated = response_to(
-                            &d.invite,
-                            487,
-                            "Request Terminated",
-                            Some(&d.local_tag),
-                            Some(d.flow.remote),
-                        );
-                        terminated.push_header("Server", self.user_agent.clone());
+                        let terminated = self.dialog_response(&d, 487, "Request Terminated");
                         self.tx.respond(now, &invite, &terminated);
                     }
                     self.out.push_back(GwOutput::CloseMedia { dialog });
@@ -692,16 +685,9 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(error = %e, "no media ports for a call");
                 self.dialogs.remove(dialog);
-                let mut busy = response_to(
-                    &d.invite,
-                    503,
-                    "Service Unavailable",
-                    Some(&d.local_tag),
-                    Some(d.flow.remote),
-                );
+                let mut busy = self.dialog_response(&d, 503, "Service Unavailable");
                 busy.push_header("Retry-After", "5");
                 busy.push_header("Warning", "399 causeway \"no media ports available\"");
-                busy.push_header("Server", self.user_agent.clone());
                 self.tx.respond(now, &key, &busy);
                 self.pump(now, wall);
                 return;
@@ -709,13 +695,7 @@ impl Gateway {
         };
         let ip = self.advertised_ip(&d.flow);
         let body = answer.to_sdp(ip, &ports, u64::from(rand::random::<u32>()), 1);
-        let mut ok = response_to(
-            &d.invite,
-            200,
-            "OK",
-            Some(&d.local_tag),
-            Some(d.flow.remote),
-        );
+        let mut ok = self.dialog_response(&d, 200, "OK");
         // A UAS keeps the route set (RFC 3261 12.1.1).
         for rr in d.invite.headers_named("Record-Route") {
             ok.push_header("Record-Route", rr.to_string());
@@ -729,7 +709,6 @@ impl Gateway {
             format!("<sip:echo@{}{transport}>", self.advertised(&d.flow)),
         );
         ok.push_header("Allow", ALLOW);
-        ok.push_header("Server", self.user_agent.clone());
         ok.push_header("Content-Type", "application/sdp");
         ok.body = Bytes::from(body);
         self.counters.calls_answered.fetch_add(1, Relaxed);
@@ -737,6 +716,35 @@ impl Gateway {
         self.tx.respond(now, &key, &ok);
         self.dialogs.accepted(now, dialog, ok.to_bytes());
         self.pump(now, wall);
+    }
+
+    /// The media of a call went silent (the caller vanished without BYE):
+    /// hang up with a BYE and release the media.
+    pub fn media_timeout(&mut self, now: Instant, wall: u64, dialog: DialogId) {
+        self.opening.remove(&dialog);
+        let Some(flow) = self.dialogs.get(dialog).map(|d| d.flow) else {
+            return;
+        };
+        let via = self.advertised(&flow);
+        if let Some((bye, flow)) = self.dialogs.bye(dialog, &via, &self.user_agent) {
+            tracing::info!(dialog, "no media from the caller; call ended with BYE");
+            self.tx.send_request(now, &bye, flow);
+        }
+        self.out.push_back(GwOutput::CloseMedia { dialog });
+        self.pump(now, wall);
+    }
+
+    /// A final response to a dialog's INVITE, with our tag and Server.
+    fn dialog_response(&self, d: &crate::sip::dialog::Dialog, code: u16, reason: &str) -> Message {
+        let mut r = response_to(
+            &d.invite,
+            code,
+            reason,
+            Some(&d.local_tag),
+            Some(d.flow.remote),
+        );
+        r.push_header("Server", self.user_agent.clone());
+        r
     }
 
     /// The address a dialog's SDP advertises (the shell binds media on its family).
@@ -1121,6 +1129,19 @@ mod tests {
         let (msgs, _) = answers_all(&mut g, &in_dialog("BYE", ok, 10));
         assert_eq!(msgs[0].status(), Some(481));
         assert_eq!(g.counters.calls_answered.load(Relaxed), 1);
+
+        // A caller that vanishes: the media times out and we send BYE.
+        echo_invite(&mut g, t0, "z9hG4bKe2", OFFER);
+        let (_, media) = outputs(&mut g);
+        let [GwOutput::OpenMedia { dialog, .. }] = media.as_slice() else {
+            panic!()
+        };
+        g.media_ready(t0, 1000, *dialog, Ok(vec![20002]));
+        outputs(&mut g);
+        g.media_timeout(t0, 1000, *dialog);
+        let (msgs, media) = outputs(&mut g);
+        assert_eq!(msgs[0].method(), Some(Method::Bye));
+        assert!(matches!(media.as_slice(), [GwOutput::CloseMedia { .. }]));
     }
 
     fn answers_all(g: &mut Gateway, text: &str) -> (Vec<Message>, Vec<GwOutput>) {

@@ -15,7 +15,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// A stream that hears nothing (no RTP, no RTCP) for this long ends its
+/// call: the caller is gone without a BYE.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Media of the calls answered here.
 #[derive(Debug)]
@@ -23,6 +28,8 @@ pub struct MediaCalls {
     range: (u16, u16),
     next: u16,
     calls: HashMap<DialogId, Vec<JoinHandle<()>>>,
+    /// Where silent calls are reported.
+    timeouts: mpsc::UnboundedSender<DialogId>,
 }
 
 /// Sockets of one stream.
@@ -32,13 +39,15 @@ struct Ports {
 }
 
 impl MediaCalls {
-    /// Ports are taken from `min..=max` (even RTP ports, RTCP one above).
-    pub fn new(min: u16, max: u16) -> Self {
+    /// Ports are taken from `min..=max` (even RTP ports, RTCP one above);
+    /// calls whose media goes silent are reported on `timeouts`.
+    pub fn new(min: u16, max: u16, timeouts: mpsc::UnboundedSender<DialogId>) -> Self {
         let span = (max.saturating_sub(min) / 2).max(1);
         Self {
             range: (min, max),
             next: min + 2 * (rand::random::<u16>() % span),
             calls: HashMap::new(),
+            timeouts,
         }
     }
 
@@ -113,7 +122,11 @@ impl MediaCalls {
             };
             ports.push(sockets.rtp.local_addr().map_err(|e| e.to_string())?.port());
             let task = echo_stream(sockets, n, format!("causeway-{dialog}"))?;
-            tasks.push(tokio::spawn(task));
+            let timeouts = self.timeouts.clone();
+            tasks.push(tokio::spawn(async move {
+                task.await;
+                let _ = timeouts.send(dialog);
+            }));
         }
         self.calls.insert(dialog, tasks);
         Ok(ports)
@@ -156,7 +169,8 @@ fn ntp_now() -> u64 {
     )
 }
 
-/// The loop of one echoed stream.
+/// The loop of one echoed stream; it returns when nothing has been heard
+/// for [`MEDIA_TIMEOUT`].
 fn echo_stream(
     sockets: Ports,
     n: Negotiated,
@@ -171,6 +185,7 @@ fn echo_stream(
         clock_rate: clock,
         cname,
     };
+    let session_name = cfg.cname.clone();
     let mut session = RtpSession::new(Instant::now(), cfg).map_err(|e| e.to_string())?;
     let mut pts = HashMap::from([(n.format.pt, n.format.pt)]);
     if let Some(ev) = &n.dtmf {
@@ -188,17 +203,21 @@ fn echo_stream(
         let mut buf = vec![0u8; 2048];
         let mut rbuf = vec![0u8; 2048];
         let mut out = Vec::new();
+        let mut heard = Instant::now();
         loop {
-            let due = session
-                .next_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+            let silence = heard + MEDIA_TIMEOUT;
+            let due = session.next_timeout().map_or(silence, |t| t.min(silence));
             let mut control = Vec::new();
             tokio::select! {
                 r = rtp.recv_from(&mut buf) => {
                     let Ok((len, from)) = r else { continue };
                     let mut packet = buf[..len].to_vec();
                     let now = Instant::now();
-                    match session.on_rtp_port(now, from, &mut packet) {
+                    let inbound = session.on_rtp_port(now, from, &mut packet);
+                    if inbound != Inbound::Dropped {
+                        heard = now;
+                    }
+                    match inbound {
                         Inbound::Rtp if sends => {
                             direction.on_packet(now, &packet, &mut out);
                             for d in direction.take_digits() {
@@ -213,11 +232,17 @@ fn echo_stream(
                     let Ok((len, from)) = r else { continue };
                     let mut packet = rbuf[..len].to_vec();
                     if let Inbound::Rtcp(fb) = session.on_rtcp_port(Instant::now(), from, &mut packet) {
+                        heard = Instant::now();
                         control.extend(feedback(&mut session, &fb));
                     }
                 }
                 () = tokio::time::sleep_until(due.into()) => {
-                    control.extend(session.poll_rtcp(Instant::now(), ntp_now()));
+                    let now = Instant::now();
+                    if now >= heard + MEDIA_TIMEOUT {
+                        tracing::info!(cname = %session_name, "no media for {}s", MEDIA_TIMEOUT.as_secs());
+                        return;
+                    }
+                    control.extend(session.poll_rtcp(now, ntp_now()));
                 }
             }
             let now = Instant::now();

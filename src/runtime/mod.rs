@@ -230,7 +230,12 @@ pub async fn run(
         token_generated,
     });
 
-    let mut media = MediaCalls::new(*cfg.media.port_min.get_ref(), *cfg.media.port_max.get_ref());
+    let (silent_tx, mut silent) = mpsc::unbounded_channel();
+    let mut media = MediaCalls::new(
+        *cfg.media.port_min.get_ref(),
+        *cfg.media.port_max.get_ref(),
+        silent_tx,
+    );
     let flush = |gw: &mut Gateway, transports: &Transports, media: &mut MediaCalls| {
         while let Some(o) = gw.poll_output() {
             match o {
@@ -297,6 +302,9 @@ pub async fn run(
             }
             Some((key, decision)) = decided.recv() => {
                 gw.routed(Instant::now(), unix_now(), &key, decision);
+            }
+            Some(dialog) = silent.recv() => {
+                gw.media_timeout(Instant::now(), unix_now(), dialog);
             }
             q = queries.recv() => {
                 match q {

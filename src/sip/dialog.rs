@@ -191,6 +191,42 @@ impl Dialogs {
         }
     }
 
+    /// Ends a dialog from our side: removes it and returns the BYE to send
+    /// (to the caller's Contact, along its Record-Route set) and its flow.
+    /// `via_host` is our advertised `host:port`.
+    pub fn bye(
+        &mut self,
+        id: DialogId,
+        via_host: &str,
+        user_agent: &str,
+    ) -> Option<(Message, Flow)> {
+        let d = self.map.remove(&id)?;
+        let inv = &d.invite;
+        let target = inv
+            .header("Contact")
+            .or(inv.header("From"))
+            .and_then(|c| NameAddr::parse(c).ok())?
+            .uri;
+        let mut text = format!(
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {via_host};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {}\r\nCall-ID: {}\r\n\
+             CSeq: {} BYE\r\nUser-Agent: {user_agent}\r\n",
+            d.flow.transport.via_name(),
+            random_token(16),
+            inv.header("To")?,
+            d.local_tag,
+            inv.header("From")?,
+            d.call_id,
+            // Our first request in the dialog: any number will do (RFC 3261 12.2.1.1).
+            1,
+        );
+        for route in inv.headers_named("Record-Route") {
+            text.push_str(&format!("Route: {route}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        Some((Message::parse(text.as_bytes()).ok()?, d.flow))
+    }
+
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.map
@@ -317,6 +353,29 @@ mod tests {
         d.on_ack(id);
         assert_eq!(d.poll_timeout(), None);
         assert_eq!(d.get(id).unwrap().state, DialogState::Confirmed);
+    }
+
+    #[test]
+    fn bye_from_our_side_swaps_the_tags_and_targets_the_contact() {
+        let mut d = Dialogs::default();
+        let mut invite = msg("INVITE", None, 1);
+        invite.push_header("Contact", "<sip:caller@192.0.2.9:5070>");
+        invite.push_header("Record-Route", "<sip:proxy.example;lr>");
+        let id = d.create(&invite, flow(Transport::Udp)).unwrap();
+        let tag = d.get(id).unwrap().local_tag.clone();
+        let (bye, _) = d.bye(id, "127.0.0.1:5060", "causeway").unwrap();
+        assert!(
+            bye.to_bytes()
+                .starts_with(b"BYE sip:caller@192.0.2.9:5070 SIP/2.0")
+        );
+        assert_eq!(
+            bye.header("From"),
+            Some(format!("<sip:echo@127.0.0.1>;tag={tag}").as_str())
+        );
+        assert_eq!(bye.header("To"), Some("<sip:a@b>;tag=caller"));
+        assert_eq!(bye.header("Route"), Some("<sip:proxy.example;lr>"));
+        assert!(d.is_empty());
+        assert!(d.bye(id, "127.0.0.1:5060", "causeway").is_none());
     }
 
     #[test]
