@@ -5,6 +5,7 @@
 use causeway::sdp::{self, AnswerConfig};
 use causeway_codecs::CodecKey;
 use libfuzzer_sys::fuzz_target;
+use std::net::Ipv4Addr;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -18,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(answer) = sdp::answer(&offer, &cfg) {
         let ports = vec![20000; offer.media.len()];
-        let printed = answer.to_sdp("127.0.0.1".parse().unwrap(), &ports, 1, 1);
+        let printed = answer.to_sdp(Ipv4Addr::LOCALHOST.into(), &ports, 1, 1);
         let back = sdp::parse(&printed).expect("our answer parses");
         assert_eq!(back.media.len(), offer.media.len());
     }
