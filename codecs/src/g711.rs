@@ -188,6 +188,10 @@ impl AudioDecoder for G711 {
         out.sample_rate = 8000;
         out.channels = 1;
         out.samples.clear();
+        // Nothing to decode: the caller conceals (and the history stays).
+        if payload.is_empty() {
+            return Err(CodecError::InvalidPayload);
+        }
         let f = match self.law {
             Law::Ulaw => ulaw_decode,
             Law::Alaw => alaw_decode,

@@ -7,19 +7,13 @@
 //! units. This module deals in samples only; the media layer keeps the
 //! clock. Owns the encoder/decoder and repeat-and-fade concealment.
 
-use ff::format::Sample;
-use ff::format::sample::Type as SampleType;
 use ff::{ChannelLayout, Packet, codec, frame};
 use ffmpeg_next as ff;
 
-use crate::{AudioDecoder, AudioEncoder, CodecError, Pcm, Repeat};
+use crate::{AudioDecoder, AudioEncoder, CodecError, Pcm, Repeat, pcm_format, read_pcm, write_pcm};
 
 /// Audio sample rate of G.722.
 pub const SAMPLE_RATE: u32 = 16_000;
-
-fn pcm_format() -> Sample {
-    Sample::I16(SampleType::Packed)
-}
 
 /// A G.722 encoder (64 kbit/s mode).
 pub struct G722Encoder {
@@ -59,21 +53,20 @@ impl G722Encoder {
 
 impl AudioEncoder for G722Encoder {
     fn encode(&mut self, pcm: &Pcm, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        // FFmpeg's encoder takes exactly its frame size (20 ms): a shorter
+        // frame would be taken as the last of the stream and end the encoder.
+        let n = pcm.samples.len();
         if pcm.sample_rate != SAMPLE_RATE
             || pcm.channels != 1
-            || pcm.samples.is_empty()
-            || !pcm.samples.len().is_multiple_of(2)
+            || n != self.inner.frame_size() as usize
         {
             return Err(CodecError::InvalidInput);
         }
-        let n = pcm.samples.len();
         if self.frame.samples() != n {
             self.frame = frame::Audio::new(pcm_format(), n, ChannelLayout::MONO);
             self.frame.set_rate(SAMPLE_RATE);
         }
-        for (d, s) in self.frame.data_mut(0).chunks_exact_mut(2).zip(&pcm.samples) {
-            d.copy_from_slice(&s.to_ne_bytes());
-        }
+        write_pcm(&mut self.frame, &pcm.samples);
         self.inner
             .send_frame(&self.frame)
             .map_err(|_| CodecError::InvalidInput)?;
@@ -129,12 +122,7 @@ impl AudioDecoder for G722Decoder {
             .send_packet(&Packet::copy(payload))
             .map_err(|_| CodecError::InvalidPayload)?;
         while self.inner.receive_frame(&mut self.frame).is_ok() {
-            let n = self.frame.samples();
-            out.samples.extend(
-                self.frame.data(0)[..n * 2]
-                    .chunks_exact(2)
-                    .map(|b| i16::from_ne_bytes([b[0], b[1]])),
-            );
+            read_pcm(&self.frame, &mut out.samples);
         }
         self.repeat.remember(&out.samples);
         Ok(())

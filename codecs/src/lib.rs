@@ -101,6 +101,29 @@ pub(crate) fn ffmpeg_init() {
     });
 }
 
+/// The FFmpeg sample format of our PCM: packed (interleaved) 16-bit.
+pub(crate) fn pcm_format() -> ffmpeg_next::format::Sample {
+    ffmpeg_next::format::Sample::I16(ffmpeg_next::format::sample::Type::Packed)
+}
+
+/// Copies mono PCM into a packed 16-bit FFmpeg frame of at least that many samples.
+pub(crate) fn write_pcm(frame: &mut ffmpeg_next::frame::Audio, samples: &[i16]) {
+    for (d, s) in frame.data_mut(0).chunks_exact_mut(2).zip(samples) {
+        d.copy_from_slice(&s.to_ne_bytes());
+    }
+}
+
+/// Appends the samples of a packed 16-bit mono FFmpeg frame to `out`.
+pub(crate) fn read_pcm(frame: &ffmpeg_next::frame::Audio, out: &mut Vec<i16>) {
+    let bytes = frame.data(0);
+    let n = (frame.samples() * 2).min(bytes.len());
+    out.extend(
+        bytes[..n]
+            .chunks_exact(2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]])),
+    );
+}
+
 /// Loss concealment by repetition: the last decoded frame again, halved in
 /// level for each further lost frame, so a burst fades to silence instead
 /// of buzzing. Used by the codecs without their own PLC (G.711, G.722).

@@ -76,11 +76,15 @@ impl AudioCodec {
     }
 }
 
-/// The PCM rate at which `a` decodes and `b` encodes (or the reverse)
-/// without a resampler: Opus adapts to the other side. `None` when the two
-/// share no rate (G.711 <-> G.722).
+/// The highest PCM rate at which `a` decodes and `b` encodes (or the
+/// reverse) without a resampler: Opus adapts to the other side. `None` when
+/// the two share no rate (G.711 <-> G.722).
 pub fn shared_pcm_rate(a: AudioCodec, b: AudioCodec) -> Option<u32> {
-    a.rates().iter().copied().find(|r| b.rates().contains(r))
+    a.rates()
+        .iter()
+        .copied()
+        .filter(|r| b.rates().contains(r))
+        .max()
 }
 
 /// The PCM rate for a chain decoding `from` and encoding `to`: the shared
@@ -273,7 +277,8 @@ mod tests {
         );
         assert_eq!(
             shared_pcm_rate(AudioCodec::Opus, AudioCodec::Opus),
-            Some(8000)
+            Some(48000),
+            "Opus to Opus stays fullband"
         );
         assert_eq!(shared_pcm_rate(AudioCodec::Pcma, AudioCodec::G722), None);
         for (a, b) in [

@@ -8,13 +8,11 @@
 //! leading silence in the first frame, so frames stay 20 ms long and the
 //! output line has no gaps.
 
-use ff::format::Sample;
-use ff::format::sample::Type as SampleType;
 use ff::software::resampling;
 use ff::{ChannelLayout, frame};
 use ffmpeg_next as ff;
 
-use crate::{AudioDecoder, CodecError, Pcm};
+use crate::{AudioDecoder, CodecError, Pcm, pcm_format, read_pcm, write_pcm};
 
 struct SendResampler(resampling::Context);
 
@@ -29,6 +27,11 @@ pub struct Resampler {
     ctx: SendResampler,
     from: u32,
     to: u32,
+    /// Frames reused from call to call (grown when the input grows), and
+    /// the input length they were allocated for.
+    capacity: usize,
+    src: frame::Audio,
+    dst: frame::Audio,
     /// Converted samples not yet handed out.
     pending: Vec<i16>,
     primed: bool,
@@ -41,10 +44,6 @@ impl std::fmt::Debug for Resampler {
             .field("to", &self.to)
             .finish_non_exhaustive()
     }
-}
-
-fn pcm_format() -> Sample {
-    Sample::I16(SampleType::Packed)
 }
 
 impl Resampler {
@@ -64,6 +63,9 @@ impl Resampler {
             ctx: SendResampler(ctx),
             from,
             to,
+            capacity: 0,
+            src: frame::Audio::empty(),
+            dst: frame::Audio::empty(),
             pending: Vec::new(),
             primed: false,
         })
@@ -73,23 +75,25 @@ impl Resampler {
     /// `input.len() * to / from` samples.
     pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) -> Result<(), CodecError> {
         let want = input.len() * self.to as usize / self.from as usize;
-        let mut src = frame::Audio::new(pcm_format(), input.len(), ChannelLayout::MONO);
-        src.set_rate(self.from);
-        for (d, s) in src.data_mut(0).chunks_exact_mut(2).zip(input) {
-            d.copy_from_slice(&s.to_ne_bytes());
+        // Output room: this frame plus whatever the filter still holds.
+        if self.capacity < input.len() {
+            self.capacity = input.len();
+            self.src = frame::Audio::new(pcm_format(), input.len(), ChannelLayout::MONO);
+            self.src.set_rate(self.from);
+            let room = self.capacity * self.to as usize / self.from as usize + 64;
+            self.dst = frame::Audio::new(pcm_format(), room, ChannelLayout::MONO);
         }
-        // Room for this frame plus whatever the filter still holds.
-        let mut dst = frame::Audio::new(pcm_format(), want + 64, ChannelLayout::MONO);
+        let room = want + 64;
+        // swr_convert_frame reads nb_samples as the input length and the
+        // output capacity, and leaves the produced count in the output.
+        self.src.set_samples(input.len());
+        write_pcm(&mut self.src, input);
+        self.dst.set_samples(room);
         self.ctx
             .0
-            .run(&src, &mut dst)
+            .run(&self.src, &mut self.dst)
             .map_err(|_| CodecError::InvalidInput)?;
-        let n = dst.samples();
-        self.pending.extend(
-            dst.data(0)[..n * 2]
-                .chunks_exact(2)
-                .map(|b| i16::from_ne_bytes([b[0], b[1]])),
-        );
+        read_pcm(&self.dst, &mut self.pending);
         if !self.primed {
             // The filter's delay: lead with silence once instead of a short frame.
             self.primed = true;

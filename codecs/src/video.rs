@@ -5,8 +5,9 @@
 //!
 //! Owns [`VideoFrame`] (tightly packed I420), the encoder and decoder
 //! settings a real-time gateway needs (one thread, no frame delay, forced
-//! keyframes, slice size for packetization-mode 0), and the one `unsafe`
-//! this crate needs: declaring a scaler `Send`. It must not know about RTP.
+//! keyframes, slice size for packetization-mode 0), and one of the crate's
+//! two `unsafe` lines: declaring a scaler `Send` (the other is the
+//! resampler's). It must not know about RTP.
 
 use ff::codec::{self, threading};
 use ff::format::Pixel;
@@ -347,10 +348,11 @@ impl VideoDecoder {
             .map_err(|_| CodecError::InvalidPayload)?;
         let mut got = false;
         while self.inner.receive_frame(&mut self.frame).is_ok() {
-            if self.frame.format() == Pixel::YUV420P || self.frame.format() == Pixel::YUVJ420P {
+            if self.frame.format() == Pixel::YUV420P {
                 out.read_from(&self.frame);
             } else {
-                // Other layouts (4:2:2 from some room systems): convert.
+                // Other layouts (4:2:2 from some room systems, full-range
+                // YUVJ from MJPEG-era encoders): convert to limited-range I420.
                 let (w, h) = (self.frame.width(), self.frame.height());
                 let scaler = match &mut self.scaler {
                     Some(s) if s.matches(self.frame.format(), w, h, w, h) => s,
@@ -368,6 +370,8 @@ impl VideoDecoder {
 pub struct Scaler {
     ctx: SendScaler,
     key: (Pixel, u32, u32, u32, u32),
+    /// Input frame for [`Scaler::scale`], allocated once.
+    input: Option<frame::Video>,
     out: frame::Video,
 }
 
@@ -400,6 +404,7 @@ impl Scaler {
         Ok(Self {
             ctx: SendScaler(ctx),
             key: (from, w, h, to_w, to_h),
+            input: None,
             out: frame::Video::new(Pixel::YUV420P, to_w, to_h),
         })
     }
@@ -430,9 +435,14 @@ impl Scaler {
         if (input.width, input.height) != (w, h) {
             return Err(CodecError::InvalidInput);
         }
-        let mut f = frame::Video::new(Pixel::YUV420P, w, h);
+        let mut f = self
+            .input
+            .take()
+            .unwrap_or_else(|| frame::Video::new(Pixel::YUV420P, w, h));
         input.write_to(&mut f);
-        self.run(&f, out)
+        let result = self.run(&f, out);
+        self.input = Some(f);
+        result
     }
 }
 
