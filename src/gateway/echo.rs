@@ -108,7 +108,7 @@ impl Gateway {
         }
         let transport = match d.flow.transport {
             crate::sip::Transport::Udp => String::new(),
-            t => format!(";transport={}", t.via_name().to_ascii_lowercase()),
+            t => format!(";transport={}", t.as_str()),
         };
         ok.push_header(
             "Contact",
@@ -127,17 +127,22 @@ impl Gateway {
     /// The media of a call went silent (the caller vanished without BYE):
     /// hang up with a BYE and release the media.
     pub fn media_timeout(&mut self, now: Instant, wall: u64, dialog: DialogId) {
+        self.hang_up(now, dialog, "no media from the caller");
+        self.pump(now, wall);
+    }
+
+    /// Ends a dialog from our side: BYE to the caller, media released.
+    pub(super) fn hang_up(&mut self, now: Instant, dialog: DialogId, why: &str) {
         self.opening.remove(&dialog);
         let Some(flow) = self.dialogs.get(dialog).map(|d| d.flow) else {
             return;
         };
         let via = self.advertised(&flow);
         if let Some((bye, flow)) = self.dialogs.bye(dialog, &via, &self.user_agent) {
-            tracing::info!(dialog, "no media from the caller; call ended with BYE");
+            tracing::info!(dialog, why, "call ended with BYE");
             self.tx.send_request(now, &bye, flow);
         }
         self.out.push_back(GwOutput::CloseMedia { dialog });
-        self.pump(now, wall);
     }
 
     /// A final response to a dialog's INVITE, with our tag and Server.

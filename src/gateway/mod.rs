@@ -247,10 +247,8 @@ impl Gateway {
         for o in self.dialogs.handle_timeout(now) {
             match o {
                 DialogOutput::Retransmit(flow, data) => self.emit(flow, data),
-                DialogOutput::AckTimeout(dialog) => {
-                    tracing::info!(dialog, "no ACK for the 200; call dropped");
-                    self.out.push_back(GwOutput::CloseMedia { dialog });
-                }
+                // RFC 3261 13.3.1.4: no ACK, so end the session with a BYE.
+                DialogOutput::AckTimeout(dialog) => self.hang_up(now, dialog, "no ACK for the 200"),
             }
         }
         self.send_due_registers(now);
@@ -371,16 +369,19 @@ impl Gateway {
                             t.on_response(now, wall, &msg);
                             self.send_due_registers(now);
                         }
-                        None => tracing::trace!(status = ?msg.status(), "keepalive answered"),
+                        None => {
+                            tracing::trace!(status = ?msg.status(), "keepalive or BYE answered")
+                        }
                     }
                 }
                 Output::Event(TxEvent::Timeout { key }) => {
                     match self.trunks.iter_mut().find(|t| t.owns_branch(key.branch())) {
                         Some(t) => t.on_timeout(now),
-                        None => {
+                        None if *key.method() == Method::Options => {
                             self.counters.keepalive_timeouts.fetch_add(1, Relaxed);
                             tracing::debug!(branch = key.branch(), "keepalive OPTIONS timed out");
                         }
+                        None => tracing::debug!(method = %key.method(), "our request timed out"),
                     }
                 }
             }
@@ -431,17 +432,6 @@ impl Gateway {
                 "Warning",
                 "399 causeway \"only application/sdp answers\"",
             ),
-            // The INVITE again after our 2xx (its transaction is gone): the 2xx again.
-            Method::Invite if self.dialogs.retransmission_of(&msg).is_some() => {
-                if let Some((f, ok)) = self
-                    .dialogs
-                    .retransmission_of(&msg)
-                    .and_then(|id| self.dialogs.last_ok(id))
-                {
-                    self.emit(f, ok);
-                }
-                return;
-            }
             Method::Invite if has_to_tag(&msg) => match self.dialogs.matching(&msg) {
                 // Session changes are the call layer's; the session goes on unchanged.
                 Some(_) => with(
@@ -575,6 +565,19 @@ impl Gateway {
                     "call rejected by the dialplan"
                 );
                 Reached::Respond(status, reason, None)
+            }
+            // PIN entry over SIP (an IVR) does not exist yet: a PIN-protected
+            // alias must not be reachable without one.
+            Decision::Route(route) if route.pin.is_some() => {
+                tracing::info!(rule = route.rule, "PIN-protected alias refused");
+                Reached::Respond(
+                    403,
+                    "Forbidden".into(),
+                    Some(format!(
+                        "399 causeway \"rule {} needs a PIN; PIN entry over SIP is not supported yet\"",
+                        route.rule
+                    )),
+                )
             }
             Decision::Route(route) => {
                 let targets = match &route.target {

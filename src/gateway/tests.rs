@@ -238,8 +238,11 @@ fn echo_answers_with_sdp_retransmits_until_ack_and_ends_on_bye() {
         (msgs.len(), msgs[0].status(), other.len()),
         (1, Some(200), 0)
     );
-    // ACK stops retransmissions.
+    // ACK stops retransmissions (only the transaction's Timer L is left).
     g.handle_datagram(t0, 1000, flow(), in_dialog("ACK", ok, 7).as_bytes());
+    assert_eq!(g.poll_timeout(), Some(t0 + 64 * crate::sip::transaction::T1));
+    g.handle_timeout(t0 + 64 * crate::sip::transaction::T1, 1000);
+    assert!(outputs(&mut g).0.is_empty(), "nothing resent after the ACK");
     assert_eq!(g.poll_timeout(), None);
     // A re-INVITE is refused without ending the call.
     let (msgs, _) = answers_all(&mut g, &in_dialog("INVITE", ok, 8));

@@ -13,14 +13,43 @@ use crate::sdp::{Answer, Negotiated};
 use crate::sip::dialog::DialogId;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdp};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// A stream that hears nothing (no RTP, no RTCP) for this long ends its
-/// call: the caller is gone without a BYE.
+/// A call whose streams all hear nothing (no RTP, no RTCP) for this long
+/// ends: the caller is gone without a BYE.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When any stream of a call last heard from the caller, shared by the
+/// call's stream tasks (a silent stream alone does not end the call).
+#[derive(Debug)]
+struct Heard {
+    base: Instant,
+    ms: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.base).as_millis() as u64;
+        self.ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the call counts as silent.
+    fn silent_at(&self) -> Instant {
+        self.base + Duration::from_millis(self.ms.load(Ordering::Relaxed)) + MEDIA_TIMEOUT
+    }
+}
 
 /// Media of the calls answered here.
 #[derive(Debug)]
@@ -49,16 +78,6 @@ impl MediaCalls {
             calls: HashMap::new(),
             timeouts,
         }
-    }
-
-    /// Calls with media open.
-    pub fn len(&self) -> usize {
-        self.calls.len()
-    }
-
-    /// Whether no call has media open.
-    pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
     }
 
     /// Binds an even port (and the odd one above when `pair`) on `ip`'s family.
@@ -115,13 +134,14 @@ impl MediaCalls {
         }
         let mut ports = Vec::new();
         let mut tasks = Vec::new();
+        let heard = Arc::new(Heard::new());
         for b in bound {
             let Some((sockets, n)) = b else {
                 ports.push(0);
                 continue;
             };
             ports.push(sockets.rtp.local_addr().map_err(|e| e.to_string())?.port());
-            let task = echo_stream(sockets, n, format!("causeway-{dialog}"))?;
+            let task = echo_stream(sockets, n, format!("causeway-{dialog}"), heard.clone())?;
             let timeouts = self.timeouts.clone();
             tasks.push(tokio::spawn(async move {
                 task.await;
@@ -169,12 +189,13 @@ fn ntp_now() -> u64 {
     )
 }
 
-/// The loop of one echoed stream; it returns when nothing has been heard
-/// for [`MEDIA_TIMEOUT`].
+/// The loop of one echoed stream; it returns when the whole call has heard
+/// nothing for [`MEDIA_TIMEOUT`].
 fn echo_stream(
     sockets: Ports,
     n: Negotiated,
     cname: String,
+    heard: Arc<Heard>,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     let clock = n.format.codec.as_ref().map_or(8000, |c| c.clock_rate);
     let cfg = SessionConfig {
@@ -200,22 +221,23 @@ fn echo_stream(
     let rtcp = sockets.rtcp.map(tokio_socket).transpose()?;
     let sends = n.direction.sends();
     Ok(async move {
-        let mut buf = vec![0u8; 2048];
-        let mut rbuf = vec![0u8; 2048];
+        // Datagrams land in these (no zeroing) and are unprotected in place.
+        let mut packet = Vec::with_capacity(2048);
+        let mut rpacket = Vec::with_capacity(2048);
         let mut out = Vec::new();
-        let mut heard = Instant::now();
         loop {
-            let silence = heard + MEDIA_TIMEOUT;
+            let silence = heard.silent_at();
             let due = session.next_timeout().map_or(silence, |t| t.min(silence));
+            packet.clear();
+            rpacket.clear();
             let mut control = Vec::new();
             tokio::select! {
-                r = rtp.recv_from(&mut buf) => {
-                    let Ok((len, from)) = r else { continue };
-                    let mut packet = buf[..len].to_vec();
+                r = rtp.recv_buf_from(&mut packet) => {
+                    let Ok((_, from)) = r else { continue };
                     let now = Instant::now();
                     let inbound = session.on_rtp_port(now, from, &mut packet);
                     if inbound != Inbound::Dropped {
-                        heard = now;
+                        heard.now(now);
                     }
                     match inbound {
                         Inbound::Rtp if sends => {
@@ -228,17 +250,17 @@ fn echo_stream(
                         _ => {}
                     }
                 }
-                r = recv_opt(rtcp.as_ref(), &mut rbuf) => {
-                    let Ok((len, from)) = r else { continue };
-                    let mut packet = rbuf[..len].to_vec();
-                    if let Inbound::Rtcp(fb) = session.on_rtcp_port(Instant::now(), from, &mut packet) {
-                        heard = Instant::now();
+                r = recv_opt(rtcp.as_ref(), &mut rpacket) => {
+                    let Ok((_, from)) = r else { continue };
+                    let now = Instant::now();
+                    if let Inbound::Rtcp(fb) = session.on_rtcp_port(now, from, &mut rpacket) {
+                        heard.now(now);
                         control.extend(feedback(&mut session, &fb));
                     }
                 }
                 () = tokio::time::sleep_until(due.into()) => {
                     let now = Instant::now();
-                    if now >= heard + MEDIA_TIMEOUT {
+                    if now >= heard.silent_at() {
                         tracing::info!(cname = %session_name, "no media for {}s", MEDIA_TIMEOUT.as_secs());
                         return;
                     }

@@ -4,7 +4,7 @@
 //! SDES key (RFC 4568) for the first offered crypto suite we implement.
 //! Sections we cannot take are rejected with port 0, as RFC 3264 6 requires.
 
-use super::{Crypto, Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
+use super::{Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
 use crate::media::srtp::MasterKey;
 use causeway_codecs::CodecKey;
 use rtc_sdp::description::common::{Address, Attribute, ConnectionInformation};
@@ -95,23 +95,17 @@ fn negotiate(
         .flatten()
         .cloned();
     let srtp = if m.proto.secure() {
-        let Some(Crypto {
-            tag,
-            suite,
-            key_params,
-        }) = m
-            .crypto
-            .iter()
-            .find(|c| MasterKey::from_inline(c.suite, &c.key_params).is_ok())
-        else {
+        let Some((tag, remote)) = m.crypto.iter().find_map(|c| {
+            MasterKey::from_inline(c.suite, &c.key_params)
+                .ok()
+                .map(|k| (c.tag, k))
+        }) else {
             return Ok(None);
         };
-        let remote = MasterKey::from_inline(*suite, key_params)
-            .map_err(|_| SdpError::Invalid("a=crypto key does not decode"))?;
         Some(Srtp {
-            tag: *tag,
+            tag,
+            local: MasterKey::generate(remote.suite),
             remote,
-            local: MasterKey::generate(*suite),
         })
     } else {
         None

@@ -2,17 +2,17 @@
 //! sans-IO.
 //!
 //! Owns what the transaction layer leaves to the call layer: the local tag,
-//! matching in-dialog requests (ACK, BYE, re-INVITE) and INVITE
-//! retransmissions that arrive after the 2xx, and retransmitting the 2xx
-//! until the ACK comes (RFC 6026 "Accepted": T1 doubling up to T2, for 64*T1
-//! over unreliable transports). It must not decide what to answer or touch
-//! media: that is the caller's job.
+//! matching in-dialog requests (ACK, BYE, re-INVITE), retransmitting the
+//! 2xx until the ACK comes (RFC 6026: T1 doubling up to T2, for 64*T1 over
+//! unreliable transports; the INVITE's own retransmissions are absorbed by
+//! the transaction layer), and our BYE. It must not decide what to answer
+//! or touch media: that is the caller's job.
 
 use super::Flow;
 use super::msg::{Message, NameAddr, random_token};
 use super::transaction::{T1, T2};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Identifies a dialog inside the gateway (also names its media).
@@ -49,8 +49,6 @@ pub struct Dialog {
     pub local_tag: String,
     /// The caller's tag (From tag).
     pub remote_tag: String,
-    /// The INVITE's CSeq number.
-    pub invite_cseq: u32,
     /// The flow the INVITE came on.
     pub flow: Flow,
     /// The initial INVITE.
@@ -64,7 +62,8 @@ pub struct Dialog {
 pub enum DialogOutput {
     /// Resend bytes (a 2xx) along a flow.
     Retransmit(Flow, Bytes),
-    /// No ACK arrived in 64*T1: the dialog is gone.
+    /// No ACK arrived in 64*T1: the caller should end the dialog with
+    /// [`Dialogs::bye`] (RFC 3261 13.3.1.4).
     AckTimeout(DialogId),
 }
 
@@ -72,6 +71,10 @@ pub enum DialogOutput {
 #[derive(Debug, Default)]
 pub struct Dialogs {
     map: HashMap<DialogId, Dialog>,
+    /// (Call-ID, remote tag) -> dialog, for matching requests.
+    index: HashMap<(String, String), DialogId>,
+    /// Dialogs whose 2xx awaits its ACK (the only ones with timers).
+    unacked: HashSet<DialogId>,
     next_id: DialogId,
 }
 
@@ -85,9 +88,10 @@ impl Dialogs {
     /// has no From tag (RFC 2543 peers cannot be told apart; refuse them).
     pub fn create(&mut self, invite: &Message, flow: Flow) -> Option<DialogId> {
         let remote_tag = tag_of(invite, "From")?;
-        let invite_cseq = invite.cseq()?.seq;
         self.next_id += 1;
         let id = self.next_id;
+        self.index
+            .insert((invite.call_id().to_string(), remote_tag.clone()), id);
         self.map.insert(
             id,
             Dialog {
@@ -95,7 +99,6 @@ impl Dialogs {
                 call_id: invite.call_id().to_string(),
                 local_tag: random_token(10),
                 remote_tag,
-                invite_cseq,
                 flow,
                 invite: invite.clone(),
                 state: DialogState::Early,
@@ -111,12 +114,11 @@ impl Dialogs {
 
     /// Forgets a dialog.
     pub fn remove(&mut self, id: DialogId) -> Option<Dialog> {
-        self.map.remove(&id)
-    }
-
-    /// Number of dialogs.
-    pub fn len(&self) -> usize {
-        self.map.len()
+        let d = self.map.remove(&id)?;
+        self.index
+            .remove(&(d.call_id.clone(), d.remote_tag.clone()));
+        self.unacked.remove(&id);
+        Some(d)
     }
 
     /// Whether there are none.
@@ -127,27 +129,10 @@ impl Dialogs {
     /// The dialog an in-dialog request from the caller belongs to (Call-ID,
     /// its From tag and our To tag).
     pub fn matching(&self, req: &Message) -> Option<DialogId> {
-        let to = tag_of(req, "To")?;
         let from = tag_of(req, "From")?;
-        self.map
-            .values()
-            .find(|d| d.call_id == req.call_id() && d.local_tag == to && d.remote_tag == from)
-            .map(|d| d.id)
-    }
-
-    /// The dialog a retransmitted initial INVITE (no To tag) belongs to.
-    pub fn retransmission_of(&self, invite: &Message) -> Option<DialogId> {
-        if tag_of(invite, "To").is_some() {
-            return None;
-        }
-        let from = tag_of(invite, "From")?;
-        let cseq = invite.cseq()?.seq;
-        self.map
-            .values()
-            .find(|d| {
-                d.call_id == invite.call_id() && d.remote_tag == from && d.invite_cseq == cseq
-            })
-            .map(|d| d.id)
+        let id = *self.index.get(&(req.call_id().to_string(), from))?;
+        let to = tag_of(req, "To")?;
+        (self.map.get(&id)?.local_tag == to).then_some(id)
     }
 
     /// Records the 2xx just sent; it is retransmitted until [`Self::on_ack`].
@@ -155,6 +140,7 @@ impl Dialogs {
         let Some(d) = self.map.get_mut(&id) else {
             return;
         };
+        self.unacked.insert(id);
         d.state = if d.flow.transport.is_reliable() {
             // TCP/TLS/WS carry the 2xx reliably; only the ACK is awaited.
             DialogState::Accepted {
@@ -173,21 +159,13 @@ impl Dialogs {
         };
     }
 
-    /// The 2xx to resend for a retransmitted INVITE, if it was sent.
-    pub fn last_ok(&self, id: DialogId) -> Option<(Flow, Bytes)> {
-        let d = self.map.get(&id)?;
-        match &d.state {
-            DialogState::Accepted { ok, .. } => Some((d.flow, ok.clone())),
-            _ => None,
-        }
-    }
-
     /// The ACK arrived.
     pub fn on_ack(&mut self, id: DialogId) {
         if let Some(d) = self.map.get_mut(&id)
             && matches!(d.state, DialogState::Accepted { .. })
         {
             d.state = DialogState::Confirmed;
+            self.unacked.remove(&id);
         }
     }
 
@@ -200,7 +178,7 @@ impl Dialogs {
         via_host: &str,
         user_agent: &str,
     ) -> Option<(Message, Flow)> {
-        let d = self.map.remove(&id)?;
+        let d = self.remove(id)?;
         let inv = &d.invite;
         let target = inv
             .header("Contact")
@@ -229,20 +207,24 @@ impl Dialogs {
 
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.map
-            .values()
-            .filter_map(|d| match &d.state {
+        self.unacked
+            .iter()
+            .filter_map(|id| match &self.map.get(id)?.state {
                 DialogState::Accepted { next, deadline, .. } => Some(*next.min(deadline)),
                 _ => None,
             })
             .min()
     }
 
-    /// Retransmits due 2xx responses and expires dialogs never ACKed.
+    /// Retransmits due 2xx responses and reports dialogs never ACKed
+    /// (they stop retransmitting; the caller ends them with [`Self::bye`]).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<DialogOutput> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
-        for d in self.map.values_mut() {
+        for id in &self.unacked {
+            let Some(d) = self.map.get_mut(id) else {
+                continue;
+            };
             let DialogState::Accepted {
                 ok,
                 next,
@@ -253,7 +235,7 @@ impl Dialogs {
                 continue;
             };
             if now >= *deadline {
-                expired.push(d.id);
+                expired.push(*id);
             } else if now >= *next {
                 out.push(DialogOutput::Retransmit(d.flow, ok.clone()));
                 *interval = (*interval * 2).min(T2);
@@ -261,7 +243,7 @@ impl Dialogs {
             }
         }
         for id in expired {
-            self.map.remove(&id);
+            self.unacked.remove(&id);
             out.push(DialogOutput::AckTimeout(id));
         }
         out
@@ -296,19 +278,14 @@ mod tests {
     }
 
     #[test]
-    fn matches_in_dialog_requests_and_retransmissions() {
+    fn matches_in_dialog_requests() {
         let mut d = Dialogs::default();
         let invite = msg("INVITE", None, 1);
         let id = d.create(&invite, flow(Transport::Udp)).unwrap();
         let tag = d.get(id).unwrap().local_tag.clone();
-        assert_eq!(d.retransmission_of(&invite), Some(id));
+        // (Retransmitted INVITEs never get here: the transaction layer absorbs them.)
         assert_eq!(d.matching(&msg("BYE", Some(&tag), 2)), Some(id));
         assert_eq!(d.matching(&msg("BYE", Some("other"), 2)), None);
-        assert_eq!(
-            d.retransmission_of(&msg("INVITE", None, 2)),
-            None,
-            "a new CSeq is a new call"
-        );
         // No From tag: refused.
         let mut untagged = invite.clone();
         untagged.headers.retain(|h| !h.is("From"));
@@ -331,7 +308,10 @@ mod tests {
             for o in d.handle_timeout(now) {
                 match o {
                     DialogOutput::Retransmit(_, b) => sent.push((now - t0, b)),
-                    DialogOutput::AckTimeout(gone) => assert_eq!(gone, id),
+                    DialogOutput::AckTimeout(gone) => {
+                        assert_eq!(gone, id);
+                        assert!(d.bye(gone, "127.0.0.1:5060", "causeway").is_some());
+                    }
                 }
             }
         }

@@ -78,6 +78,11 @@ impl TxKey {
     pub fn branch(&self) -> &str {
         &self.branch
     }
+
+    /// The method (INVITE for an ACK).
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
 }
 
 /// RFC 3261 state names.
@@ -93,6 +98,9 @@ pub enum State {
     Completed,
     /// INVITE server: ACK received.
     Confirmed,
+    /// INVITE server after a 2xx (RFC 6026): retransmitted INVITEs are
+    /// absorbed, ACKs go up to the call layer, which retransmits the 2xx.
+    Accepted,
     /// Done; removed.
     Terminated,
 }
@@ -119,6 +127,8 @@ enum TimerKind {
     J,
     /// Non-INVITE client wait for response retransmits.
     K,
+    /// INVITE server in Accepted: wait for INVITE retransmissions (RFC 6026).
+    L,
 }
 
 #[derive(Debug)]
@@ -229,6 +239,15 @@ impl TransactionLayer {
         };
         let is_ack = msg.method() == Some(Method::Ack);
         if let Some(tx) = self.server.get_mut(&key) {
+            if is_ack && tx.state == State::Accepted {
+                // The ACK of a 2xx that reused the INVITE's branch: the call layer's.
+                self.out.push_back(Output::Event(TxEvent::Request {
+                    key: None,
+                    msg,
+                    flow,
+                }));
+                return;
+            }
             if is_ack {
                 if tx.invite && tx.state == State::Completed {
                     tx.state = State::Confirmed;
@@ -243,7 +262,10 @@ impl TransactionLayer {
             }
             // A retransmission: repeat the last response, if any.
             if let Some(data) = tx.last_response.clone()
-                && matches!(tx.state, State::Proceeding | State::Completed)
+                && matches!(
+                    tx.state,
+                    State::Proceeding | State::Completed | State::Accepted
+                )
             {
                 self.out.push_back(Output::Transmit {
                     flow: tx.flow,
@@ -293,7 +315,7 @@ impl TransactionLayer {
         };
         if matches!(
             tx.state,
-            State::Completed | State::Confirmed | State::Terminated
+            State::Completed | State::Confirmed | State::Accepted | State::Terminated
         ) {
             return;
         }
@@ -310,8 +332,10 @@ impl TransactionLayer {
         }
         if tx.invite {
             if code < 300 {
-                // 2xx retransmission belongs to the call layer (RFC 6026).
-                self.server.remove(key);
+                // 2xx retransmission belongs to the call layer (RFC 6026);
+                // the transaction stays to absorb INVITE retransmissions.
+                tx.state = State::Accepted;
+                self.schedule(now + 64 * T1, TimerKind::L, key, true);
                 return;
             }
             tx.state = State::Completed;
@@ -455,7 +479,7 @@ impl TransactionLayer {
                 let next = now + tx.g_interval;
                 self.schedule(next, TimerKind::G, &key, true);
             }
-            TimerKind::H | TimerKind::I | TimerKind::J => {
+            TimerKind::H | TimerKind::I | TimerKind::J | TimerKind::L => {
                 self.server.remove(&key);
             }
             _ => {}
@@ -594,6 +618,37 @@ mod tests {
         l.handle_timeout(t0 + 20 * T1);
         assert_eq!(drain(&mut l).0, 0);
         assert_eq!(l.len(), (0, 0), "timer I ended it");
+    }
+
+    #[test]
+    fn invite_server_absorbs_retransmissions_after_a_2xx() {
+        let mut l = TransactionLayer::new();
+        let t0 = Instant::now();
+        let r = req("INVITE", "z9hG4bKok");
+        l.handle_message(t0, r.clone(), flow(Transport::Udp));
+        let (_, ev) = drain(&mut l);
+        let Some(TxEvent::Request { key: Some(key), .. }) = ev.into_iter().next() else {
+            panic!()
+        };
+        l.respond(t0, &key, &response_to(&r, 200, "OK", Some("t"), None));
+        assert_eq!(drain(&mut l).0, 1);
+        // No timer G for a 2xx: that is the call layer's.
+        l.handle_timeout(t0 + T1);
+        assert_eq!(drain(&mut l).0, 0);
+        // The INVITE again: the 2xx again, nothing new for the call layer.
+        l.handle_message(t0 + T1, r.clone(), flow(Transport::Udp));
+        let (tx, ev) = drain(&mut l);
+        assert_eq!((tx, ev.len()), (1, 0));
+        // An ACK reusing the branch goes up as a 2xx ACK.
+        l.handle_message(t0 + T1, req("ACK", "z9hG4bKok"), flow(Transport::Udp));
+        let (_, ev) = drain(&mut l);
+        assert!(matches!(
+            ev.as_slice(),
+            [TxEvent::Request { key: None, .. }]
+        ));
+        // Timer L ends it.
+        l.handle_timeout(t0 + 64 * T1);
+        assert_eq!(l.len(), (0, 0));
     }
 
     #[test]
