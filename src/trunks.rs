@@ -255,7 +255,12 @@ impl OutboundRegistration {
                 };
                 let ch = resp.headers_named(header).find_map(Challenge::parse);
                 match ch {
-                    Some(ch) if ch.stale || self.fresh_challenges == 0 => {
+                    // A registrar that answers `stale` forever must not
+                    // get a REGISTER loop: three fresh nonces in a row, then back off.
+                    Some(ch)
+                        if (ch.stale && self.fresh_challenges < 3)
+                            || self.fresh_challenges == 0 =>
+                    {
                         self.fresh_challenges += 1;
                         self.challenge = Some((ch, code == 407, 0));
                         self.next = Some(now);
@@ -420,6 +425,21 @@ mod tests {
                 .is_none()
         );
         assert!(r.poll_register(t0 + RETRY_AFTER, "h", "ua").is_some());
+    }
+
+    #[test]
+    fn a_registrar_stuck_on_stale_nonces_gets_a_back_off_not_a_loop() {
+        let mut r = reg();
+        let t0 = Instant::now();
+        let stale = "WWW-Authenticate: Digest realm=\"c\", nonce=\"n\", stale=true\r\n";
+        let mut sent = 0;
+        while let Some(m) = r.poll_register(t0, "h", "ua") {
+            sent += 1;
+            assert!(sent < 10, "REGISTER loop");
+            r.on_response(t0, 0, &answer(&m, 401, stale));
+        }
+        assert_eq!(sent, 4, "the first REGISTER and three fresh nonces");
+        assert_eq!(r.status().state, RegState::Failed);
     }
 
     #[test]

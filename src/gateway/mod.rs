@@ -412,11 +412,13 @@ impl Gateway {
                 outcome.response
             }
             // We support no extension a request could require (RFC 3261 8.2.2.3).
-            Method::Options | Method::Invite if msg.header("Require").is_some() => with(
-                reply(420, "Bad Extension"),
-                "Unsupported",
-                msg.header("Require").unwrap_or_default(),
-            ),
+            Method::Options | Method::Invite | Method::Bye if msg.header("Require").is_some() => {
+                with(
+                    reply(420, "Bad Extension"),
+                    "Unsupported",
+                    msg.header("Require").unwrap_or_default(),
+                )
+            }
             Method::Options => with(
                 with(reply(200, "OK"), "Allow", ALLOW),
                 "Accept",

@@ -240,7 +240,10 @@ fn echo_answers_with_sdp_retransmits_until_ack_and_ends_on_bye() {
     );
     // ACK stops retransmissions (only the transaction's Timer L is left).
     g.handle_datagram(t0, 1000, flow(), in_dialog("ACK", ok, 7).as_bytes());
-    assert_eq!(g.poll_timeout(), Some(t0 + 64 * crate::sip::transaction::T1));
+    assert_eq!(
+        g.poll_timeout(),
+        Some(t0 + 64 * crate::sip::transaction::T1)
+    );
     g.handle_timeout(t0 + 64 * crate::sip::transaction::T1, 1000);
     assert!(outputs(&mut g).0.is_empty(), "nothing resent after the ACK");
     assert_eq!(g.poll_timeout(), None);
