@@ -94,7 +94,19 @@ impl OutStream {
         };
         rtp::write(out, &h, payload);
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.last = Some((h.timestamp, now));
+        self.advance(h.timestamp, now);
+    }
+
+    /// Moves the timestamp line forward only: a telephone-event's packets
+    /// all carry the event's start and must neither pull the line back nor
+    /// pin an old timestamp to a later time.
+    fn advance(&mut self, ts: u32, now: Instant) {
+        if self
+            .last
+            .is_none_or(|(last, _)| (1..0x8000_0000).contains(&ts.wrapping_sub(last)))
+        {
+            self.last = Some((ts, now));
+        }
     }
 
     /// Writes a relayed packet with the sequence number it was given (gaps
@@ -108,7 +120,7 @@ impl OutStream {
         rtp::write(out, &h, payload);
         if h.sequence.wrapping_sub(self.next_seq) < 0x8000 {
             self.next_seq = h.sequence.wrapping_add(1);
-            self.last = Some((h.timestamp, now));
+            self.advance(h.timestamp, now);
         }
     }
 }

@@ -144,10 +144,13 @@ impl Depacketizer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Option<Frame>, DepacketizeError> {
-        if self
+        let Some(new) = self
             .assembly
             .packet(sequence, timestamp, !self.frame.is_empty())
-        {
+        else {
+            return Ok(None);
+        };
+        if new {
             self.frame.clear();
             self.in_fu = false;
             self.keyframe = false;
@@ -155,6 +158,9 @@ impl Depacketizer {
         if let Err(e) = self.add(payload) {
             self.assembly.broken = true;
             return Err(e);
+        }
+        if !self.assembly.within_cap(self.frame.len()) {
+            self.frame.clear();
         }
         if !marker {
             return Ok(None);
@@ -245,6 +251,7 @@ impl Depacketizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::MAX_FRAME_BYTES;
 
     /// SPS, PPS, SEI, an IDR slice of `idr` bytes and an AUD, Annex B.
     fn access_unit(idr: usize) -> Vec<u8> {
@@ -352,15 +359,35 @@ mod tests {
             assert_eq!(d.push(i as u16, 1, i + 1 == n, p).unwrap(), None);
         }
         assert_eq!(d.frames_lost(), 1);
-        // Next frame intact.
+        // Next frame intact (sequence numbers continue).
+        let base = n as u16;
         for (i, p) in payloads.iter().enumerate() {
-            let r = d.push(100 + i as u16, 2, i + 1 == n, p).unwrap();
+            let r = d.push(base + i as u16, 2, i + 1 == n, p).unwrap();
             assert_eq!(r.is_some(), i + 1 == n);
         }
         // A frame whose marker never came counts as lost when the next starts.
-        d.push(200, 3, false, &payloads[0]).unwrap();
-        d.push(201, 4, true, &[0x41, 1]).unwrap();
+        d.push(2 * base, 3, false, &payloads[0]).unwrap();
+        d.push(2 * base + 1, 4, true, &[0x41, 1]).unwrap();
         assert_eq!(d.frames_lost(), 2);
+    }
+
+    #[test]
+    fn a_whole_missing_frame_counts_and_late_packets_are_dropped() {
+        let mut d = Depacketizer::default();
+        assert!(d.push(10, 1, true, &[0x65, 1]).unwrap().is_some());
+        // Seq 11 (frame 2) never arrives; frame 3 is whole.
+        assert!(d.push(12, 3, true, &[0x41, 2]).unwrap().is_some());
+        assert_eq!(d.frames_lost(), 1, "the missing frame is noticed");
+        // A copy of 12, and 11 arriving late, start no fake frame.
+        assert_eq!(d.push(12, 3, true, &[0x41, 2]).unwrap(), None);
+        assert_eq!(d.push(11, 2, true, &[0x41, 3]).unwrap(), None);
+        assert_eq!(d.frames_lost(), 1);
+        // An endless frame is capped, not grown without bound.
+        let big = [0x41; 1200];
+        for i in 0..4000u16 {
+            let _ = d.push(13 + i, 4, false, &big);
+        }
+        assert!(d.frame.len() <= MAX_FRAME_BYTES);
     }
 
     #[test]

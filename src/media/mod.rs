@@ -40,6 +40,9 @@ pub struct Frame {
     pub keyframe: bool,
 }
 
+/// Largest reassembled video frame (a 4K keyframe is well under this).
+const MAX_FRAME_BYTES: usize = 4 << 20;
+
 /// Frame boundaries and loss, shared by the video depacketizers: which RTP
 /// timestamp is being assembled and whether a packet of it went missing.
 #[derive(Debug, Default)]
@@ -48,26 +51,48 @@ struct Assembly {
     last_seq: Option<u16>,
     /// A packet of the current frame was lost or malformed.
     broken: bool,
+    /// Packets went missing just before the current frame began: its own
+    /// head, or a whole frame in between (told apart when it ends).
+    gap_before: bool,
     frames_lost: u64,
 }
 
 impl Assembly {
-    /// Notes a packet. Returns true when it starts a new frame (the caller
-    /// then clears its buffer); `pending` says the previous frame had data,
-    /// which is lost when its marker never came.
-    fn packet(&mut self, sequence: u16, timestamp: u32, pending: bool) -> bool {
+    /// Notes a packet. Returns `Some(true)` when it starts a new frame (the
+    /// caller then clears its buffer), `Some(false)` when it continues the
+    /// current one, and `None` for a packet older than the last one seen
+    /// (reordered behind a finished frame: drop it). `pending` says the
+    /// previous frame had data, which is lost when its marker never came.
+    fn packet(&mut self, sequence: u16, timestamp: u32, pending: bool) -> Option<bool> {
+        let gap = self.last_seq.map(|s| sequence.wrapping_sub(s));
+        if gap.is_some_and(|g| g == 0 || g >= 0x8000) {
+            return None;
+        }
+        // A packet went missing just before this one.
+        let missed = gap.is_some_and(|g| g != 1);
         let new = self.timestamp != Some(timestamp);
         if new {
-            if self.timestamp.is_some() && (pending || self.broken) {
+            if self.timestamp.is_some() && (pending || self.broken || self.gap_before) {
                 self.frames_lost += 1;
             }
             self.timestamp = Some(timestamp);
             self.broken = false;
-        } else if self.last_seq.is_some_and(|s| s.wrapping_add(1) != sequence) {
+            self.gap_before = missed;
+        } else if missed {
             self.broken = true;
         }
         self.last_seq = Some(sequence);
-        new
+        Some(new)
+    }
+
+    /// Notes bytes added to the frame buffer: a frame that never ends must
+    /// not grow without bound. Returns false (frame broken) past the cap.
+    fn within_cap(&mut self, len: usize) -> bool {
+        if len > MAX_FRAME_BYTES {
+            self.broken = true;
+            return false;
+        }
+        true
     }
 
     /// The marker packet ended the frame; `usable` says whether it is whole.
@@ -75,9 +100,12 @@ impl Assembly {
     fn end(&mut self, usable: bool) -> bool {
         self.timestamp = None;
         let ok = usable && !self.broken;
-        if !ok {
+        // A broken frame counts once; a whole one after a gap means a whole
+        // frame went missing before it (its payloads would show a lost head).
+        if !ok || self.gap_before {
             self.frames_lost += 1;
         }
+        self.gap_before = false;
         ok
     }
 }

@@ -56,6 +56,21 @@ pub struct RtpHeader {
 impl RtpHeader {
     /// Parses the header of `buf`, checking every length it announces.
     pub fn parse(buf: &[u8]) -> Result<Self, RtpError> {
+        let mut h = Self::parse_header(buf)?;
+        if buf[0] & 0x20 != 0 {
+            let count = usize::from(buf[buf.len() - 1]);
+            if count == 0 || h.header_len + count > buf.len() {
+                return Err(RtpError::BadPadding);
+            }
+            h.padding = count;
+        }
+        Ok(h)
+    }
+
+    /// Parses the header only, without the padding count (which sits at the
+    /// end of the payload and is still encrypted in an SRTP packet):
+    /// `padding` is 0.
+    pub fn parse_header(buf: &[u8]) -> Result<Self, RtpError> {
         if buf.len() < FIXED_HEADER_LEN {
             return Err(RtpError::Truncated);
         }
@@ -75,15 +90,6 @@ impl RtpHeader {
         if buf.len() < header_len {
             return Err(RtpError::Truncated);
         }
-        let padding = if buf[0] & 0x20 != 0 {
-            let count = usize::from(buf[buf.len() - 1]);
-            if count == 0 || header_len + count > buf.len() {
-                return Err(RtpError::BadPadding);
-            }
-            count
-        } else {
-            0
-        };
         Ok(Self {
             marker: buf[1] & 0x80 != 0,
             payload_type: buf[1] & 0x7f,
@@ -91,7 +97,7 @@ impl RtpHeader {
             timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
             ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
             header_len,
-            padding,
+            padding: 0,
         })
     }
 

@@ -113,6 +113,8 @@ pub struct RtpSession {
     source: Option<Source>,
     /// Our SSRC as last sent, packets, octets, and the last timestamp and when.
     sent: Option<(u32, u32, u32, u32, Instant)>,
+    /// Our SSRC in receiver reports before we send anything.
+    receiver_ssrc: u32,
     epoch: Instant,
     next_report: Option<Instant>,
     /// Counters.
@@ -138,6 +140,7 @@ impl RtpSession {
             latched_rtcp: None,
             source: None,
             sent: None,
+            receiver_ssrc: rand::random(),
             epoch: now,
             // The first report goes out after half an interval (RFC 3550 6.2).
             next_report: Some(now + randomised(RTCP_INTERVAL / 2)),
@@ -353,10 +356,9 @@ impl RtpSession {
                 ssrc
             }
             None => {
-                // Not sending (yet): a receiver SSRC of our own.
-                let ssrc = *self.sent.get_or_insert((rand::random(), 0, 0, 0, now));
-                rtcp::write_rr(&mut out, ssrc.0, block.as_slice());
-                ssrc.0
+                // Not sending (yet): a receiver report under our own SSRC.
+                rtcp::write_rr(&mut out, self.receiver_ssrc, block.as_slice());
+                self.receiver_ssrc
             }
         };
         rtcp::write_sdes_cname(&mut out, ssrc, &self.cfg.cname);
@@ -370,7 +372,7 @@ impl RtpSession {
     /// Sends an RTCP PLI asking the remote for a keyframe of its stream.
     pub fn pli(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         let media = self.remote_ssrc()?;
-        let sender = self.sent.map_or(0, |s| s.0);
+        let sender = self.sent.map_or(self.receiver_ssrc, |s| s.0);
         let dest = self.rtcp_destination()?;
         let mut out = Vec::with_capacity(64);
         rtcp::write_rr(&mut out, sender, &[]);
@@ -571,6 +573,21 @@ mod tests {
         // Not due again for at least 2.5 s.
         assert!(s.poll_rtcp(now + Duration::from_secs(2), 0).is_none());
         assert!(s.poll_rtcp(now + Duration::from_secs(8), 0).is_some());
+    }
+
+    #[test]
+    fn a_receive_only_session_keeps_sending_receiver_reports() {
+        let t0 = Instant::now();
+        let mut s = RtpSession::new(t0, cfg()).unwrap();
+        let from: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        s.on_rtp_port(t0, from, &mut packet(1, 0, 42));
+        for k in 1..4u64 {
+            let (_, report) = s.poll_rtcp(t0 + Duration::from_secs(8 * k), 0).unwrap();
+            assert!(matches!(
+                rtcp::packets(&report).next(),
+                Some(Ok(Packet::ReceiverReport { .. }))
+            ));
+        }
     }
 
     #[test]

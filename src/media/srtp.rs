@@ -393,7 +393,7 @@ impl Context {
 
     /// Encrypts and authenticates the RTP packet in `packet`, appending the tag.
     pub fn protect_rtp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
-        let header = RtpHeader::parse(packet).map_err(|_| SrtpError::Malformed)?;
+        let header = RtpHeader::parse_header(packet).map_err(|_| SrtpError::Malformed)?;
         let state = self.stream(header.ssrc)?;
         let index = state.seq.estimate(header.sequence);
         state.seq.accept(index);
@@ -436,8 +436,9 @@ impl Context {
             .len()
             .checked_sub(tag_len)
             .ok_or(SrtpError::Malformed)?;
-        // Parse without the tag: padding, if any, sits before it.
-        let header = RtpHeader::parse(&packet[..body_len]).map_err(|_| SrtpError::Malformed)?;
+        // The header without the tag; the padding count is still encrypted.
+        let header =
+            RtpHeader::parse_header(&packet[..body_len]).map_err(|_| SrtpError::Malformed)?;
         let hl = header.header_len;
         let (pos, state) = self.peek(header.ssrc);
         let index = state.seq.estimate(header.sequence);
@@ -761,6 +762,33 @@ mod tests {
             tx.protect_rtcp(&mut r).unwrap();
             rx.unprotect_rtcp(&mut r).unwrap();
             assert_eq!(r, plain);
+        }
+    }
+
+    #[test]
+    fn padded_packets_unprotect_whatever_the_encrypted_last_byte() {
+        for suite in Suite::ALL {
+            let master = MasterKey::generate(suite);
+            let (mut tx, mut rx) = (
+                Context::new(&master).unwrap(),
+                Context::new(&master).unwrap(),
+            );
+            for seq in 0..64u16 {
+                // 20 bytes of payload, then 4 of padding (P bit set, count 4).
+                let mut p = Vec::new();
+                super::super::rtp::write(
+                    &mut p,
+                    &RtpHeader::new(0, seq, 0, 9, false),
+                    &[seq as u8; 20],
+                );
+                p[0] |= 0x20;
+                p.extend_from_slice(&[0, 0, 0, 4]);
+                let plain = p.clone();
+                tx.protect_rtp(&mut p).unwrap();
+                rx.unprotect_rtp(&mut p).unwrap();
+                assert_eq!(p, plain, "{suite:?} seq {seq}");
+                assert_eq!(RtpHeader::parse(&p).unwrap().padding, 4);
+            }
         }
     }
 

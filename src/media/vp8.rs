@@ -115,7 +115,10 @@ impl Depacketizer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Option<Frame>, DepacketizeError> {
-        if self.assembly.packet(sequence, timestamp, self.started) {
+        let Some(new) = self.assembly.packet(sequence, timestamp, self.started) else {
+            return Ok(None);
+        };
+        if new {
             self.frame.clear();
             self.started = false;
         }
@@ -136,6 +139,9 @@ impl Depacketizer {
             self.assembly.broken = true;
         }
         self.frame.extend_from_slice(&payload[d.len..]);
+        if !self.assembly.within_cap(self.frame.len()) {
+            self.frame.clear();
+        }
         if !marker {
             return Ok(None);
         }
