@@ -9,8 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::rtcp;
-
 /// How the video toward the requester is produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoPath {
@@ -27,8 +25,9 @@ pub enum VideoPath {
 pub enum KeyframeAction {
     /// Force the next encoded frame to be a keyframe.
     ForceKeyframe,
-    /// Send this RTCP packet to the other leg (already protected by the leg).
-    SendRtcp(Vec<u8>),
+    /// Ask the sending leg for a keyframe over RTCP (PLI + FIR, written by
+    /// that leg's [`super::session::RtpSession::request_keyframe`]).
+    AskSender,
     /// Send a SIP INFO with [`PICTURE_FAST_UPDATE`] on the other leg's dialog.
     SendSipInfo,
 }
@@ -56,7 +55,6 @@ pub struct KeyframeRequests {
     path: VideoPath,
     min_interval: Duration,
     last: Option<Instant>,
-    fir_seq: u8,
 }
 
 impl KeyframeRequests {
@@ -67,7 +65,6 @@ impl KeyframeRequests {
             path,
             min_interval,
             last: None,
-            fir_seq: 0,
         }
     }
 
@@ -76,14 +73,8 @@ impl KeyframeRequests {
         self.path = path;
     }
 
-    /// A request arrived (PLI, FIR or SIP INFO). `our_ssrc` is the SSRC we
-    /// use toward the sender, `media_ssrc` the sender's video SSRC.
-    pub fn on_request(
-        &mut self,
-        now: Instant,
-        our_ssrc: u32,
-        media_ssrc: u32,
-    ) -> Option<KeyframeAction> {
+    /// A request arrived (PLI, FIR or SIP INFO).
+    pub fn on_request(&mut self, now: Instant) -> Option<KeyframeAction> {
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < self.min_interval)
@@ -94,34 +85,8 @@ impl KeyframeRequests {
         Some(match self.path {
             VideoPath::Transcoded => KeyframeAction::ForceKeyframe,
             VideoPath::RelayedSipInfo => KeyframeAction::SendSipInfo,
-            VideoPath::RelayedRtcpFeedback => {
-                let mut p = Vec::new();
-                rtcp::write_rr(&mut p, our_ssrc, &[]);
-                rtcp::write_pli(&mut p, our_ssrc, media_ssrc);
-                self.fir_seq = self.fir_seq.wrapping_add(1);
-                rtcp::write_fir(&mut p, our_ssrc, media_ssrc, self.fir_seq);
-                KeyframeAction::SendRtcp(p)
-            }
+            VideoPath::RelayedRtcpFeedback => KeyframeAction::AskSender,
         })
-    }
-
-    /// Picks the keyframe requests out of a received compound RTCP packet
-    /// and handles them (one action at most per packet).
-    pub fn on_rtcp(
-        &mut self,
-        now: Instant,
-        packet: &[u8],
-        our_ssrc: u32,
-        media_ssrc: u32,
-    ) -> Option<KeyframeAction> {
-        let wants = rtcp::packets(packet)
-            .map_while(Result::ok)
-            .any(|p| matches!(p, rtcp::Packet::Pli { .. } | rtcp::Packet::Fir { .. }));
-        if wants {
-            self.on_request(now, our_ssrc, media_ssrc)
-        } else {
-            None
-        }
     }
 }
 
@@ -132,42 +97,20 @@ mod tests {
     #[test]
     fn each_path_gets_its_action_and_bursts_are_limited() {
         let t0 = Instant::now();
-        let mut pli = Vec::new();
-        rtcp::write_rr(&mut pli, 5, &[]);
-        rtcp::write_pli(&mut pli, 5, 6);
-
         let mut k = KeyframeRequests::new(VideoPath::Transcoded, Duration::from_millis(250));
+        assert_eq!(k.on_request(t0), Some(KeyframeAction::ForceKeyframe));
+        assert_eq!(k.on_request(t0 + Duration::from_millis(100)), None);
         assert_eq!(
-            k.on_rtcp(t0, &pli, 1, 2),
+            k.on_request(t0 + Duration::from_millis(300)),
             Some(KeyframeAction::ForceKeyframe)
         );
-        assert_eq!(k.on_rtcp(t0 + Duration::from_millis(100), &pli, 1, 2), None);
-        assert_eq!(
-            k.on_rtcp(t0 + Duration::from_millis(300), &pli, 1, 2),
-            Some(KeyframeAction::ForceKeyframe)
-        );
-        // A plain RR asks for nothing.
-        let mut rr = Vec::new();
-        rtcp::write_rr(&mut rr, 5, &[]);
-        assert_eq!(k.on_rtcp(t0 + Duration::from_secs(9), &rr, 1, 2), None);
 
         let mut k = KeyframeRequests::new(VideoPath::RelayedSipInfo, Duration::ZERO);
-        assert_eq!(k.on_request(t0, 1, 2), Some(KeyframeAction::SendSipInfo));
+        assert_eq!(k.on_request(t0), Some(KeyframeAction::SendSipInfo));
 
         k.set_path(VideoPath::RelayedRtcpFeedback);
-        let Some(KeyframeAction::SendRtcp(p)) = k.on_request(t0, 1, 2) else {
-            panic!("expected RTCP");
-        };
-        let got: Vec<_> = rtcp::packets(&p).collect::<Result<_, _>>().unwrap();
-        assert!(got.contains(&rtcp::Packet::Pli {
-            sender: 1,
-            media: 2
-        }));
-        assert!(got.contains(&rtcp::Packet::Fir {
-            sender: 1,
-            target: 2,
-            seq: 1
-        }));
+        // The packet itself: `session::tests::keyframe_requests_carry_pli_and_fir`.
+        assert_eq!(k.on_request(t0), Some(KeyframeAction::AskSender));
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct RtpSession {
     sent: Option<(u32, u32, u32, u32, Instant)>,
     /// Our SSRC in receiver reports before we send anything.
     receiver_ssrc: u32,
+    /// FIR command sequence number.
+    fir_seq: u8,
     epoch: Instant,
     next_report: Option<Instant>,
     /// Counters.
@@ -141,6 +143,7 @@ impl RtpSession {
             source: None,
             sent: None,
             receiver_ssrc: rand::random(),
+            fir_seq: 0,
             epoch: now,
             // The first report goes out after half an interval (RFC 3550 6.2).
             next_report: Some(now + randomised(RTCP_INTERVAL / 2)),
@@ -369,14 +372,17 @@ impl RtpSession {
         Some((dest, out))
     }
 
-    /// Sends an RTCP PLI asking the remote for a keyframe of its stream.
-    pub fn pli(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// RTCP asking the remote for a keyframe of its stream: PLI (RFC 4585)
+    /// and FIR (RFC 5104) together, as peers honour one or the other.
+    pub fn request_keyframe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         let media = self.remote_ssrc()?;
         let sender = self.sent.map_or(self.receiver_ssrc, |s| s.0);
         let dest = self.rtcp_destination()?;
         let mut out = Vec::with_capacity(64);
         rtcp::write_rr(&mut out, sender, &[]);
         rtcp::write_pli(&mut out, sender, media);
+        self.fir_seq = self.fir_seq.wrapping_add(1);
+        rtcp::write_fir(&mut out, sender, media, self.fir_seq);
         if let Some(ctx) = self.outbound.as_mut() {
             ctx.protect_rtcp(&mut out).ok()?;
         }
@@ -573,6 +579,27 @@ mod tests {
         // Not due again for at least 2.5 s.
         assert!(s.poll_rtcp(now + Duration::from_secs(2), 0).is_none());
         assert!(s.poll_rtcp(now + Duration::from_secs(8), 0).is_some());
+    }
+
+    #[test]
+    fn keyframe_requests_carry_pli_and_fir() {
+        let t0 = Instant::now();
+        let mut s = RtpSession::new(t0, cfg()).unwrap();
+        assert!(s.request_keyframe().is_none(), "no source yet");
+        s.on_rtp_port(t0, "127.0.0.1:6000".parse().unwrap(), &mut packet(1, 0, 2));
+        s.send_rtp(t0, &mut packet(1, 0, 1)).unwrap();
+        let (dest, p) = s.request_keyframe().unwrap();
+        assert_eq!(dest, "127.0.0.1:6001".parse().unwrap());
+        let got: Vec<_> = rtcp::packets(&p).collect::<Result<_, _>>().unwrap();
+        assert!(got.contains(&Packet::Pli {
+            sender: 1,
+            media: 2
+        }));
+        assert!(got.contains(&Packet::Fir {
+            sender: 1,
+            target: 2,
+            seq: 1
+        }));
     }
 
     #[test]

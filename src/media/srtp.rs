@@ -281,6 +281,14 @@ fn hmac_tag(auth: &HmacSha1, parts: [&[u8]; 2], len: usize) -> [u8; 10] {
     tag
 }
 
+/// Checks a truncated HMAC-SHA1 tag over `parts` in constant time.
+fn hmac_verify(auth: &HmacSha1, parts: [&[u8]; 2], tag: &[u8]) -> bool {
+    let mut mac = auth.clone();
+    mac.update(parts[0]);
+    mac.update(parts[1]);
+    mac.verify_truncated_left(tag).is_ok()
+}
+
 /// Replay window (RFC 3711 section 3.3.2) over 64 indices below the highest.
 #[derive(Debug, Clone, Copy, Default)]
 struct ReplayWindow {
@@ -449,8 +457,7 @@ impl Context {
             Keys::Cm { cipher, salt, auth } => {
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let (body, tag) = packet.split_at(body_len);
-                let expected = hmac_tag(auth, [body, &roc], tag_len);
-                if !constant_time_eq(&expected[..tag_len], tag) {
+                if !hmac_verify(auth, [body, &roc], tag) {
                     return Err(SrtpError::AuthFailed);
                 }
                 packet.truncate(body_len);
@@ -540,8 +547,7 @@ impl Context {
         match &self.rtcp {
             Keys::Cm { cipher, salt, auth } => {
                 let (body, tag) = packet.split_at(n - tag_len);
-                let expected = hmac_tag(auth, [body, &[]], tag_len);
-                if !constant_time_eq(&expected[..tag_len], tag) {
+                if !hmac_verify(auth, [body, &[]], tag) {
                     return Err(SrtpError::AuthFailed);
                 }
                 packet.truncate(e_at);
@@ -575,10 +581,6 @@ impl Context {
         self.entry(pos, ssrc)?.rtcp_replay.accept(u64::from(index));
         Ok(())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

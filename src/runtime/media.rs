@@ -8,6 +8,7 @@
 //! live in the sans-IO [`crate::sdp`] and [`crate::media`] modules.
 
 use crate::media::bridge::{Direction, DtmfRoute, Mode, Passthrough};
+use crate::media::keyframe::{KeyframeAction, KeyframeRequests, VideoPath};
 use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig, ntp_time};
 use crate::sdp::{Answer, Negotiated};
 use crate::sip::dialog::DialogId;
@@ -225,6 +226,8 @@ fn echo_stream(
         let mut packet = Vec::with_capacity(2048);
         let mut rpacket = Vec::with_capacity(2048);
         let mut out = Vec::new();
+        let mut keyframes =
+            KeyframeRequests::new(VideoPath::RelayedRtcpFeedback, Duration::from_millis(250));
         loop {
             let silence = heard.silent_at();
             let due = session.next_timeout().map_or(silence, |t| t.min(silence));
@@ -246,7 +249,7 @@ fn echo_stream(
                                 tracing::info!(digit = %d.digit, ms = d.duration_ms, "DTMF received by the echo service");
                             }
                         }
-                        Inbound::Rtcp(fb) => control.extend(feedback(&mut session, &fb)),
+                        Inbound::Rtcp(fb) => control.extend(feedback(&mut session, &mut keyframes, &fb)),
                         _ => {}
                     }
                 }
@@ -255,7 +258,7 @@ fn echo_stream(
                     let now = Instant::now();
                     if let Inbound::Rtcp(fb) = session.on_rtcp_port(now, from, &mut rpacket) {
                         heard.now(now);
-                        control.extend(feedback(&mut session, &fb));
+                        control.extend(feedback(&mut session, &mut keyframes, &fb));
                     }
                 }
                 () = tokio::time::sleep_until(due.into()) => {
@@ -281,10 +284,20 @@ fn echo_stream(
 }
 
 /// A keyframe request about the stream we echo is a request for the
-/// caller's own stream: pass it back to the caller as PLI.
-fn feedback(session: &mut RtpSession, fb: &[Feedback]) -> Option<(SocketAddr, Vec<u8>)> {
-    fb.iter()
-        .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }))
-        .then(|| session.pli())
+/// caller's own stream: pass it back to the caller (bursts rate-limited).
+fn feedback(
+    session: &mut RtpSession,
+    keyframes: &mut KeyframeRequests,
+    fb: &[Feedback],
+) -> Option<(SocketAddr, Vec<u8>)> {
+    let asked = fb
+        .iter()
+        .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }));
+    match asked
+        .then(|| keyframes.on_request(Instant::now()))
         .flatten()
+    {
+        Some(KeyframeAction::AskSender) => session.request_keyframe(),
+        _ => None,
+    }
 }
