@@ -119,8 +119,9 @@ impl Gateway {
         ok.body = Bytes::from(body);
         self.counters.calls_answered.fetch_add(1, Relaxed);
         tracing::info!(dialog, "echo call answered");
-        self.tx.respond(now, &key, &ok);
-        self.dialogs.accepted(now, dialog, ok.to_bytes());
+        if let Some(sent) = self.tx.respond(now, &key, &ok) {
+            self.dialogs.accepted(now, dialog, sent);
+        }
         self.pump(now, wall);
     }
 

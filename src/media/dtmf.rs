@@ -339,7 +339,10 @@ impl Sender {
         if now < p.next {
             return None;
         }
-        let length = Duration::from_millis(u64::from(p.digit.duration_ms));
+        // One event's duration field holds 0xffff units (1.36 s at 48 kHz):
+        // longer presses are sent as the longest single event.
+        let max_ms = 0xffff * 1000 / u64::from(self.clock_rate.max(1));
+        let length = Duration::from_millis(u64::from(p.digit.duration_ms).min(max_ms));
         let elapsed = now.duration_since(p.started).min(length);
         let end = elapsed >= length;
         let units = elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000;

@@ -306,29 +306,28 @@ impl TransactionLayer {
         }));
     }
 
-    /// Sends a response within a server transaction. Ignored when the
-    /// transaction is gone or already answered finally.
-    pub fn respond(&mut self, now: Instant, key: &TxKey, resp: &Message) {
-        let Some(code) = resp.status() else { return };
-        let Some(tx) = self.server.get_mut(key) else {
-            return;
-        };
+    /// Sends a response within a server transaction and returns the bytes
+    /// sent. Ignored (None) when the transaction is gone or already
+    /// answered finally.
+    pub fn respond(&mut self, now: Instant, key: &TxKey, resp: &Message) -> Option<Bytes> {
+        let code = resp.status()?;
+        let tx = self.server.get_mut(key)?;
         if matches!(
             tx.state,
             State::Completed | State::Confirmed | State::Accepted | State::Terminated
         ) {
-            return;
+            return None;
         }
         let data = resp.to_bytes();
         self.out.push_back(Output::Transmit {
             flow: tx.flow,
             data: data.clone(),
         });
-        tx.last_response = Some(data);
+        tx.last_response = Some(data.clone());
         let reliable = tx.flow.transport.is_reliable();
         if code < 200 {
             tx.state = State::Proceeding;
-            return;
+            return Some(data);
         }
         if tx.invite {
             if code < 300 {
@@ -336,7 +335,7 @@ impl TransactionLayer {
                 // the transaction stays to absorb INVITE retransmissions.
                 tx.state = State::Accepted;
                 self.schedule(now + 64 * T1, TimerKind::L, key, true);
-                return;
+                return Some(data);
             }
             tx.state = State::Completed;
             if !reliable {
@@ -348,6 +347,7 @@ impl TransactionLayer {
             let wait = if reliable { Duration::ZERO } else { 64 * T1 };
             self.schedule(now + wait, TimerKind::J, key, true);
         }
+        Some(data)
     }
 
     /// Starts a client transaction for `req` (its top Via must carry a fresh
