@@ -39,3 +39,4 @@ pub mod runtime;
 pub mod sdp;
 pub mod sip;
 pub mod trunks;
+pub mod webrtc;

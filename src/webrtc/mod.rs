@@ -1,0 +1,582 @@
+//! The WebRTC leg: str0m peers behind one UDP socket.
+//!
+//! Owns the peer table ([`Hub`]): one str0m [`Rtc`] per browser or WHIP
+//! client, ICE-lite with a host candidate per advertised address, DTLS-SRTP
+//! with one ECDSA P-256 certificate shared by every peer, BUNDLE and
+//! rtcp-mux (str0m's only mode), and the codec set browsers may negotiate
+//! ([`codec_config`]). Datagrams are demultiplexed here: STUN by the ICE
+//! username (our ufrag is unique per peer), everything else by the source
+//! address that STUN proved. Peers that stop answering ICE consent are
+//! reaped, as are peers that never connect.
+//!
+//! str0m runs in RTP mode: a peer's application sees whole RTP packets, so a
+//! relay can pass them on untouched. The one application today is the echo
+//! service ([`PeerApp::Echo`]), which loops each stream back on its own mid.
+//!
+//! Sans-IO: time and datagrams come in, datagrams and [`PeerEvent`]s go out.
+//! The runtime (`runtime::webrtc`) owns the socket and the clock. This module
+//! must not route calls, read clocks, touch sockets or speak HTTP.
+
+#[cfg(test)]
+mod tests;
+
+use crate::media::dtmf;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, CodecConfig, FormatParams};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+
+/// A peer that has not completed ICE and DTLS this long after its answer
+/// was sent is dropped (the browser gave up, or never had the answer).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a connected peer reports its media counters.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most peers one hub serves; offers beyond it are refused (503).
+pub const MAX_PEERS: usize = 2000;
+
+/// Identifies a peer within its [`Hub`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// What a peer's media does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerApp {
+    /// Loop every stream back to the sender (the `echo` target).
+    Echo,
+}
+
+/// Why an offer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebrtcError {
+    /// The offer is not SDP str0m can read.
+    #[error("the offer is not valid SDP: {0}")]
+    BadSdp(String),
+    /// The offer parsed but cannot be answered (no ICE credentials, no
+    /// fingerprint, inconsistent BUNDLE...).
+    #[error("the offer cannot be answered: {0}")]
+    Unanswerable(String),
+    /// No audio or video section shares a codec with the gateway.
+    #[error(
+        "no media section shares a codec with the gateway (audio: Opus, G.722, PCMU, PCMA; video: VP8, H.264 packetization-mode 1)"
+    )]
+    NoCommonCodec,
+    /// The hub is full.
+    #[error("too many WebRTC peers ({0})")]
+    Full(usize),
+}
+
+/// Why a peer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Closed on request (hang-up, WHIP DELETE, shutdown).
+    Local,
+    /// ICE consent was lost: the peer vanished.
+    IceTimeout,
+    /// ICE and DTLS did not complete within [`CONNECT_TIMEOUT`].
+    NeverConnected,
+    /// The peer sent a DTLS close or str0m failed it.
+    Failed,
+}
+
+impl CloseReason {
+    /// A short machine-readable name (SSE and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Local => "hangup",
+            CloseReason::IceTimeout => "ice_timeout",
+            CloseReason::NeverConnected => "connect_timeout",
+            CloseReason::Failed => "failed",
+        }
+    }
+}
+
+/// Media counters of one peer, summed over its streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MediaCounters {
+    /// RTP packets received from the peer.
+    pub packets_in: u64,
+    /// RTP packets sent to the peer.
+    pub packets_out: u64,
+    /// Bytes of RTP payload received.
+    pub bytes_in: u64,
+    /// Bytes of RTP payload sent.
+    pub bytes_out: u64,
+    /// Highest ingress loss fraction str0m reported (0-1).
+    pub loss_in: f32,
+    /// Round-trip time from RTCP, milliseconds.
+    pub rtt_ms: Option<u32>,
+}
+
+/// Something a peer did that the call layer cares about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// A DTMF digit arrived as an RFC 4733 telephone-event.
+    Dtmf(char),
+    /// Periodic counters (every [`STATS_INTERVAL`]).
+    Stats(MediaCounters),
+    /// The peer is gone; its id is no longer valid.
+    Closed(CloseReason),
+}
+
+/// A datagram to send from the hub's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// What.
+    pub contents: Vec<u8>,
+}
+
+/// What the hub hands to its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubOutput {
+    /// Send this.
+    Transmit(Datagram),
+    /// Tell the call layer.
+    Event(PeerId, PeerEvent),
+}
+
+/// The codecs browsers may negotiate with the gateway: Opus (no RED),
+/// G.722, PCMU, PCMA and telephone-event at 48 and 8 kHz for audio; VP8 and
+/// H.264 (constrained baseline, baseline, main and high, all
+/// packetization-mode 1) with RTX for video. RED and ULPFEC are not offered
+/// or accepted: the relay forwards payloads as they are, and a SIP peer
+/// cannot read RED.
+pub fn codec_config() -> CodecConfig {
+    let mut c = CodecConfig::empty();
+    c.enable_opus(true, false);
+    c.enable_g722(true, false);
+    c.enable_pcmu(true, false);
+    c.enable_pcma(true, false);
+    c.add_config(
+        110.into(),
+        None,
+        Codec::Tele,
+        Frequency::FORTY_EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
+    c.add_config(
+        126.into(),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
+    c.enable_vp8(true);
+    for (pt, rtx, profile) in [
+        (127, 121, 0x42001f),
+        (108, 109, 0x42e01f),
+        (123, 119, 0x4d001f),
+        (114, 115, 0x64001f),
+    ] {
+        c.add_h264(pt.into(), Some(rtx.into()), true, profile);
+    }
+    c
+}
+
+/// Generates the DTLS certificate every peer of a hub presents (ECDSA P-256,
+/// self-signed: WebRTC authenticates it by the fingerprint in the SDP).
+pub fn generate_certificate() -> Option<DtlsCert> {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+}
+
+struct Peer {
+    rtc: Rtc,
+    app: PeerApp,
+    ufrag: String,
+    /// Source addresses STUN has proved for this peer.
+    addrs: Vec<SocketAddr>,
+    /// When str0m next wants time.
+    next: Instant,
+    created: Instant,
+    connected: bool,
+    counters: MediaCounters,
+    next_stats: Instant,
+    dtmf: dtmf::Receiver,
+    /// Telephone-event payload types and their clock rates.
+    tele: Vec<(u8, u32)>,
+    closed: Option<CloseReason>,
+}
+
+/// Every WebRTC peer of the gateway, behind one socket.
+pub struct Hub {
+    cert: DtlsCert,
+    candidates: Vec<SocketAddr>,
+    peers: HashMap<PeerId, Peer>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    next_id: u64,
+    out: VecDeque<HubOutput>,
+    /// Datagrams that matched no peer.
+    pub unmatched: u64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("candidates", &self.candidates)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub advertising `candidates` (the socket's port on each address a
+    /// browser may reach) and presenting `cert`.
+    pub fn new(cert: DtlsCert, candidates: Vec<SocketAddr>) -> Self {
+        Self {
+            cert,
+            candidates,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 1,
+            out: VecDeque::new(),
+            unmatched: 0,
+        }
+    }
+
+    /// Live peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is live.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Answers a browser's offer with a new peer running `app`.
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        offer: &str,
+        app: PeerApp,
+    ) -> Result<(PeerId, String), WebrtcError> {
+        if self.peers.len() >= MAX_PEERS {
+            return Err(WebrtcError::Full(MAX_PEERS));
+        }
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| WebrtcError::BadSdp(e.to_string()))?;
+        let creds = IceCreds::new();
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_local_ice_credentials(creds.clone())
+            .set_stats_interval(Some(STATS_INTERVAL));
+        *config.codec_config() = codec_config();
+        let mut rtc = config.build(now);
+        for addr in &self.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| WebrtcError::Unanswerable(e.to_string()))?;
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        let mut peer = Peer {
+            rtc,
+            app,
+            ufrag: creds.ufrag.clone(),
+            addrs: Vec::new(),
+            next: now,
+            created: now,
+            connected: false,
+            counters: MediaCounters::default(),
+            next_stats: now + STATS_INTERVAL,
+            dtmf: dtmf::Receiver::default(),
+            tele: Vec::new(),
+            closed: None,
+        };
+        drain(id, &mut peer, &mut self.out);
+        // str0m answers codecs it lacks with a disabled section.
+        let usable = answer
+            .media_lines
+            .iter()
+            .any(|m| !m.disabled && !m.pts.is_empty());
+        if !usable {
+            // Nothing was sent yet: forget the peer and its queued output.
+            self.out
+                .retain(|o| !matches!(o, HubOutput::Event(p, _) if *p == id));
+            return Err(WebrtcError::NoCommonCodec);
+        }
+        peer.tele = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec == Codec::Tele)
+            .map(|p| (*p.pt(), p.spec().clock_rate.get()))
+            .collect();
+        self.by_ufrag.insert(creds.ufrag, id);
+        self.peers.insert(id, peer);
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// Feeds a datagram that arrived at `destination` (our socket address
+    /// as the browser sees it) from `source`.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(id) = self.peer_for(source, data) else {
+            self.unmatched += 1;
+            return;
+        };
+        let Ok(contents) = data.try_into() else {
+            self.unmatched += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if peer.rtc.handle_input(input).is_err() {
+            peer.closed.get_or_insert(CloseReason::Failed);
+        }
+        drain(id, peer, &mut self.out);
+        self.reap(id);
+    }
+
+    /// Which peer a datagram belongs to. STUN binding requests name our
+    /// ufrag; their source becomes known for the rest of the traffic.
+    fn peer_for(&mut self, source: SocketAddr, data: &[u8]) -> Option<PeerId> {
+        if data.first().is_some_and(|b| *b < 2)
+            && let Ok(msg) = str0m::ice::StunMessage::parse(data)
+            && let Some((local, _)) = msg.split_username()
+        {
+            let id = *self.by_ufrag.get(local)?;
+            if self.by_addr.get(&source) != Some(&id) {
+                // A source address belongs to one peer: the newest claim wins.
+                if let Some(old) = self.by_addr.insert(source, id)
+                    && let Some(p) = self.peers.get_mut(&old)
+                {
+                    p.addrs.retain(|a| *a != source);
+                }
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.addrs.push(source);
+                }
+            }
+            return Some(id);
+        }
+        self.by_addr.get(&source).copied()
+    }
+
+    /// Drives every peer whose timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next <= now || p.connected && p.next_stats <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT {
+                peer.closed.get_or_insert(CloseReason::NeverConnected);
+            } else if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
+                peer.closed.get_or_insert(CloseReason::Failed);
+            }
+            if peer.connected && peer.next_stats <= now {
+                peer.next_stats = now + STATS_INTERVAL;
+                self.out
+                    .push_back(HubOutput::Event(id, PeerEvent::Stats(peer.counters)));
+            }
+            drain(id, peer, &mut self.out);
+            self.reap(id);
+        }
+    }
+
+    /// The earliest time any peer wants [`Hub::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .map(|p| {
+                let mut t = p.next;
+                if p.connected {
+                    t = t.min(p.next_stats);
+                } else {
+                    t = t.min(p.created + CONNECT_TIMEOUT + Duration::from_millis(1));
+                }
+                t
+            })
+            .min()
+    }
+
+    /// Ends a peer (hang-up). Unknown ids are ignored.
+    pub fn close(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.rtc.disconnect();
+            peer.closed.get_or_insert(CloseReason::Local);
+            drain(id, peer, &mut self.out);
+            self.reap(id);
+        }
+    }
+
+    /// Counters of a live peer.
+    pub fn counters(&self, id: PeerId) -> Option<MediaCounters> {
+        self.peers.get(&id).map(|p| p.counters)
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<HubOutput> {
+        self.out.pop_front()
+    }
+
+    fn reap(&mut self, id: PeerId) {
+        let Some(reason) = self.peers.get(&id).and_then(|p| p.closed) else {
+            return;
+        };
+        if let Some(peer) = self.peers.remove(&id) {
+            self.by_ufrag.remove(&peer.ufrag);
+            for a in &peer.addrs {
+                if self.by_addr.get(a) == Some(&id) {
+                    self.by_addr.remove(a);
+                }
+            }
+            self.out
+                .push_back(HubOutput::Event(id, PeerEvent::Closed(reason)));
+        }
+    }
+}
+
+/// Drains a peer's output until str0m asks for time (the single-mutation
+/// rule: every mutation is followed by a full drain). Media applications run
+/// here, inside the drain, as str0m allows.
+fn drain(id: PeerId, peer: &mut Peer, out: &mut VecDeque<HubOutput>) {
+    loop {
+        match peer.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                peer.next = t;
+                break;
+            }
+            Ok(Output::Transmit(t)) => out.push_back(HubOutput::Transmit(Datagram {
+                destination: t.destination,
+                contents: t.contents.into(),
+            })),
+            Ok(Output::Event(e)) => on_event(id, peer, e, out),
+            Err(e) => {
+                tracing::debug!(peer = id.0, error = %e, "WebRTC peer failed");
+                peer.closed.get_or_insert(CloseReason::Failed);
+                break;
+            }
+        }
+    }
+    if !peer.rtc.is_alive() {
+        peer.closed.get_or_insert(CloseReason::Failed);
+    }
+}
+
+fn on_event(
+    id: PeerId,
+    peer: &mut Peer,
+    e: Event,
+    out: &mut VecDeque<HubOutput>,
+) {
+    match e {
+        Event::Connected => {
+            peer.connected = true;
+            out.push_back(HubOutput::Event(id, PeerEvent::Connected));
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            peer.closed.get_or_insert(CloseReason::IceTimeout);
+        }
+        Event::RtpPacket(pkt) => on_rtp(id, peer, pkt, out),
+        Event::KeyframeRequest(req) => match peer.app {
+            // The browser wants a keyframe of what we send it, which is its
+            // own video: ask it for one.
+            PeerApp::Echo => {
+                if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(req.mid, req.rid) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
+            }
+        },
+        Event::PeerStats(s) => {
+            peer.counters.rtt_ms = s
+                .rtt
+                .map(|r| r.as_millis().min(u128::from(u32::MAX)) as u32);
+            if let Some(l) = s.ingress_loss_fraction {
+                peer.counters.loss_in = l;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_rtp(id: PeerId, peer: &mut Peer, pkt: RtpPacket, out: &mut VecDeque<HubOutput>) {
+    let pt = *pkt.header.payload_type;
+    peer.counters.packets_in += 1;
+    peer.counters.bytes_in += pkt.payload.len() as u64;
+    if let Some((_, rate)) = peer.tele.iter().find(|(t, _)| *t == pt)
+        && let Some(d) = peer
+            .dtmf
+            .on_packet(pkt.header.timestamp, &pkt.payload, *rate)
+    {
+        out.push_back(HubOutput::Event(id, PeerEvent::Dtmf(d.digit)));
+    }
+    match peer.app {
+        PeerApp::Echo => {
+            let Some(mid) = peer
+                .rtc
+                .direct_api()
+                .stream_rx(&pkt.header.ssrc)
+                .map(|s| s.mid())
+            else {
+                return;
+            };
+            let video = peer
+                .rtc
+                .media(mid)
+                .is_some_and(|m| m.kind() == MediaKind::Video);
+            let mut api = peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                return;
+            };
+            let len = pkt.payload.len() as u64;
+            tx.write_rtp(
+                RtpWrite::new(
+                    pkt.header.payload_type,
+                    pkt.seq_no,
+                    pkt.header.timestamp,
+                    pkt.timestamp,
+                    pkt.payload,
+                )
+                .marker(pkt.header.marker)
+                .nackable(video),
+            );
+            peer.counters.packets_out += 1;
+            peer.counters.bytes_out += len;
+        }
+    }
+}

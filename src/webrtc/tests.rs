@@ -1,0 +1,474 @@
+//! The hub against a str0m client peer, on simulated time and in-memory
+//! datagrams: ICE-lite + DTLS come up, the echo loops RTP back on the same
+//! mid, DTMF is read, keyframe requests reach the sender, vanished peers are
+//! reaped.
+
+use super::*;
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, Mid};
+use str0m::rtp::SeqNo;
+
+const HUB: &str = "10.0.0.1:10000";
+const CLIENT: &str = "10.0.0.2:5000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn hub() -> Hub {
+    let cert = generate_certificate().expect("certificate");
+    Hub::new(cert, vec![addr(HUB)])
+}
+
+/// A browser stand-in: str0m in RTP mode, full ICE, offering what a
+/// browser offers (audio and video, all our codecs).
+struct Client {
+    rtc: Rtc,
+    events: Vec<Event>,
+}
+
+impl Client {
+    fn new(now: Instant, codecs: CodecConfig) -> Self {
+        let mut config = RtcConfig::new().set_rtp_mode(true);
+        *config.codec_config() = codecs;
+        let mut rtc = config.build(now);
+        rtc.add_local_candidate(Candidate::host(addr(CLIENT), "udp").expect("candidate"));
+        Self {
+            rtc,
+            events: Vec::new(),
+        }
+    }
+
+    /// Offers audio and video; returns the offer and what to do with the answer.
+    fn offer(&mut self) -> (String, str0m::change::SdpPendingOffer, Mid, Mid) {
+        let mut api = self.rtc.sdp_api();
+        let audio = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let video = api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().expect("offer");
+        (offer.to_sdp_string(), pending, audio, video)
+    }
+}
+
+/// Moves datagrams both ways and advances time by `step` until `until` or
+/// `done` says so.
+fn run(
+    hub: &mut Hub,
+    client: &mut Client,
+    hub_events: &mut Vec<(PeerId, PeerEvent)>,
+    now: &mut Instant,
+    until: Duration,
+    mut done: impl FnMut(&Client, &[(PeerId, PeerEvent)]) -> bool,
+) {
+    let end = *now + until;
+    while *now < end {
+        // Client output.
+        loop {
+            match client.rtc.poll_output().expect("client output") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    hub.handle_receive(*now, t.source, t.destination, &t.contents);
+                }
+                Output::Event(e) => client.events.push(e),
+            }
+        }
+        // Hub output.
+        while let Some(o) = hub.poll_output() {
+            match o {
+                HubOutput::Transmit(d) => {
+                    if d.destination != addr(CLIENT) {
+                        continue;
+                    }
+                    let contents = d.contents.as_slice().try_into().expect("datagram");
+                    client
+                        .rtc
+                        .handle_input(Input::Receive(
+                            *now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: addr(HUB),
+                                destination: addr(CLIENT),
+                                contents,
+                            },
+                        ))
+                        .expect("client input");
+                }
+                HubOutput::Event(id, e) => hub_events.push((id, e)),
+            }
+        }
+        if done(client, hub_events) {
+            return;
+        }
+        *now += Duration::from_millis(5);
+        client
+            .rtc
+            .handle_input(Input::Timeout(*now))
+            .expect("client timeout");
+        hub.handle_timeout(*now);
+    }
+}
+
+fn connect(
+    hub: &mut Hub,
+    now: &mut Instant,
+) -> (Client, PeerId, Mid, Mid, Vec<(PeerId, PeerEvent)>) {
+    let mut client = Client::new(*now, codec_config());
+    let (offer, pending, audio, video) = client.offer();
+    let (id, answer) = hub
+        .accept_offer(*now, &offer, PeerApp::Echo)
+        .expect("answer");
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    assert!(answer.contains("a=group:BUNDLE"), "{answer}");
+    assert!(answer.contains("a=rtcp-mux"), "{answer}");
+    assert!(answer.contains("a=setup:passive"), "{answer}");
+    assert!(answer.contains("a=candidate:") && answer.contains("10.0.0.1 10000 typ host"));
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    client
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .expect("accept answer");
+    let mut events = Vec::new();
+    run(
+        hub,
+        &mut client,
+        &mut events,
+        now,
+        Duration::from_secs(5),
+        |c, h| {
+            c.events.iter().any(|e| matches!(e, Event::Connected))
+                && h.iter().any(|(_, e)| *e == PeerEvent::Connected)
+        },
+    );
+    assert!(
+        events.contains(&(id, PeerEvent::Connected)),
+        "hub side never connected: {events:?}"
+    );
+    (client, id, audio, video, events)
+}
+
+fn pt_of(rtc: &Rtc, codec: Codec, rate: u32) -> str0m::media::Pt {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == codec && p.spec().clock_rate.get() == rate)
+        .map(|p| p.pt())
+        .expect("negotiated payload type")
+}
+
+#[test]
+fn echo_loops_audio_and_video_back_on_their_mid() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (mut client, id, audio, video, mut events) = connect(&mut hub, &mut now);
+    let opus = pt_of(&client.rtc, Codec::Opus, 48_000);
+    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
+    for i in 0..50u64 {
+        let t = now;
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(audio, None).expect("audio stream");
+        tx.write_rtp(RtpWrite::new(
+            opus,
+            SeqNo::from(1000 + i),
+            (i * 960) as u32,
+            t,
+            vec![i as u8; 40],
+        ));
+        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
+        tx.write_rtp(
+            RtpWrite::new(
+                vp8,
+                SeqNo::from(5000 + i),
+                (i * 3000) as u32,
+                t,
+                vec![0x10, 0, 0, 0, i as u8],
+            )
+            .marker(true)
+            .nackable(true),
+        );
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(20),
+            |_, _| false,
+        );
+    }
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_millis(200),
+        |_, _| false,
+    );
+
+    let back: Vec<&RtpPacket> = client
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let audio_back: Vec<&&RtpPacket> = back
+        .iter()
+        .filter(|p| p.header.payload_type == opus)
+        .collect();
+    let video_back: Vec<&&RtpPacket> = back
+        .iter()
+        .filter(|p| p.header.payload_type == vp8)
+        .collect();
+    assert_eq!(audio_back.len(), 50, "every audio packet came back");
+    assert_eq!(video_back.len(), 50, "every video packet came back");
+    for (i, p) in audio_back.iter().enumerate() {
+        assert_eq!(&*p.payload, vec![i as u8; 40].as_slice());
+        assert_eq!(p.header.timestamp, (i * 960) as u32);
+    }
+    assert!(video_back.iter().all(|p| p.header.marker));
+    let counters = hub.counters(id).expect("live peer");
+    assert_eq!(counters.packets_in, 100);
+    assert_eq!(counters.packets_out, 100);
+}
+
+#[test]
+fn telephone_events_become_digits_and_come_back() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (mut client, id, audio, _, mut events) = connect(&mut hub, &mut now);
+    let tele = pt_of(&client.rtc, Codec::Tele, 48_000);
+    // Digit 5: two updates and three end packets, one timestamp.
+    for (i, (end, dur)) in [
+        (false, 960u16),
+        (false, 1920),
+        (true, 2880),
+        (true, 2880),
+        (true, 2880),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let payload = dtmf::EventPayload {
+            event: 5,
+            end,
+            volume: 10,
+            duration: dur,
+        }
+        .to_bytes();
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(audio, None).expect("audio stream");
+        tx.write_rtp(RtpWrite::new(
+            tele,
+            SeqNo::from(10 + i as u64),
+            48_000,
+            now,
+            payload.to_vec(),
+        ));
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(20),
+            |_, _| false,
+        );
+    }
+    let digits: Vec<&PeerEvent> = events
+        .iter()
+        .filter(|(p, e)| *p == id && matches!(e, PeerEvent::Dtmf(_)))
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(digits, [&PeerEvent::Dtmf('5')]);
+    let echoed = client
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::RtpPacket(p) if p.header.payload_type == tele))
+        .count();
+    assert_eq!(echoed, 5, "telephone-events are echoed too");
+}
+
+#[test]
+fn a_keyframe_request_from_the_browser_reaches_its_own_sender() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (mut client, _, _, video, mut events) = connect(&mut hub, &mut now);
+    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
+    // Some video first, so both directions' streams exist.
+    for i in 0..5u64 {
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
+        tx.write_rtp(
+            RtpWrite::new(
+                vp8,
+                SeqNo::from(i + 1),
+                (i * 3000) as u32,
+                now,
+                vec![0x10, 0, 0, 0],
+            )
+            .marker(true),
+        );
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(33),
+            |_, _| false,
+        );
+    }
+    client.events.clear();
+    client
+        .rtc
+        .direct_api()
+        .stream_rx_by_mid(video, None)
+        .expect("echoed video stream")
+        .request_keyframe(KeyframeRequestKind::Pli);
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_millis(500),
+        |c, _| {
+            c.events
+                .iter()
+                .any(|e| matches!(e, Event::KeyframeRequest(_)))
+        },
+    );
+    assert!(
+        client
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::KeyframeRequest(r) if r.mid == video)),
+        "the PLI for the echoed stream came back to the sender: {:?}",
+        client.events
+    );
+}
+
+#[test]
+fn a_peer_that_vanishes_is_reaped_by_ice_consent() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (_client, id, _, _, _) = connect(&mut hub, &mut now);
+    // The browser goes silent: no more STUN, no media.
+    let mut closed = None;
+    for _ in 0..(60 * 20) {
+        now += Duration::from_millis(50);
+        hub.handle_timeout(now);
+        while let Some(o) = hub.poll_output() {
+            if let HubOutput::Event(p, PeerEvent::Closed(r)) = o {
+                assert_eq!(p, id);
+                closed = Some(r);
+            }
+        }
+        if closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(closed, Some(CloseReason::IceTimeout));
+    assert!(hub.is_empty());
+}
+
+#[test]
+fn an_answer_nobody_uses_is_dropped_after_the_connect_timeout() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let mut client = Client::new(now, codec_config());
+    let (offer, ..) = client.offer();
+    let (id, _) = hub
+        .accept_offer(now, &offer, PeerApp::Echo)
+        .expect("answer");
+    let at = hub.poll_timeout().expect("a timer");
+    assert!(at <= now + CONNECT_TIMEOUT + Duration::from_millis(1));
+    hub.handle_timeout(now + CONNECT_TIMEOUT + Duration::from_secs(1));
+    let mut events = Vec::new();
+    while let Some(o) = hub.poll_output() {
+        if let HubOutput::Event(p, e) = o {
+            events.push((p, e));
+        }
+    }
+    assert!(events.contains(&(id, PeerEvent::Closed(CloseReason::NeverConnected))));
+    assert!(hub.is_empty());
+}
+
+#[test]
+fn close_ends_the_peer_and_forgets_its_addresses() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (_client, id, _, _, _) = connect(&mut hub, &mut now);
+    hub.close(id);
+    let mut closed = false;
+    while let Some(o) = hub.poll_output() {
+        closed |= o == HubOutput::Event(id, PeerEvent::Closed(CloseReason::Local));
+    }
+    assert!(closed);
+    assert!(hub.is_empty());
+    // Its traffic is now unmatched, not a panic.
+    let before = hub.unmatched;
+    hub.handle_receive(
+        now,
+        addr(CLIENT),
+        addr(HUB),
+        &[0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
+    assert_eq!(hub.unmatched, before + 1);
+    assert!(hub.poll_output().is_none());
+}
+
+#[test]
+fn bad_offers_are_refused_with_a_reason() {
+    let now = Instant::now();
+    let mut hub = hub();
+    assert!(matches!(
+        hub.accept_offer(now, "this is not sdp", PeerApp::Echo),
+        Err(WebrtcError::BadSdp(_))
+    ));
+    // A browser offering only codecs we lack (VP9 video).
+    let mut only_vp9 = CodecConfig::empty();
+    only_vp9.enable_vp9(true);
+    let mut client = Client::new(now, only_vp9);
+    let mut api = client.rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+    let (offer, _) = api.apply().expect("offer");
+    assert_eq!(
+        hub.accept_offer(now, &offer.to_sdp_string(), PeerApp::Echo),
+        Err(WebrtcError::NoCommonCodec)
+    );
+    assert!(hub.is_empty());
+    assert!(
+        hub.poll_output().is_none(),
+        "a refused offer leaves nothing behind"
+    );
+}
+
+#[test]
+fn datagrams_from_strangers_are_counted_and_dropped() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let stranger = addr("10.9.9.9:999");
+    // STUN naming an unknown ufrag, random bytes, an empty datagram.
+    let stun = str0m::ice::StunMessage::binding_request(
+        "nobody:someone",
+        str0m::ice::TransId::new(),
+        false,
+        0,
+        1,
+        false,
+    );
+    let mut buf = vec![0u8; 1500];
+    let n = stun
+        .to_bytes(Some(b"pass".as_slice()), &mut buf, |key, parts| {
+            use hmac::{KeyInit, Mac};
+            let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
+            for p in parts {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().into()
+        })
+        .expect("stun");
+    hub.handle_receive(now, stranger, addr(HUB), &buf[..n]);
+    hub.handle_receive(now, stranger, addr(HUB), &[0xde, 0xad, 0xbe, 0xef]);
+    hub.handle_receive(now, stranger, addr(HUB), &[]);
+    assert_eq!(hub.unmatched, 3);
+    assert!(hub.poll_output().is_none());
+}
