@@ -317,9 +317,10 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
                 println!("  SIP {:<4} {a}", t.as_str());
             }
             println!(
-                "  HTTP     http://{}/ (admin API under /api/admin/v1)",
+                "  HTTP     http://{}/ (web client; client API under /api/client/v1, WHIP under /whip, admin API under /api/admin/v1)",
                 l.http
             );
+            println!("  WebRTC   UDP {}", l.webrtc);
             println!("  media    UDP ports {}-{}", l.media.0, l.media.1);
             let note = if l.token_generated {
                 " (generated, stored in the data dir)"

@@ -6,6 +6,8 @@
 //! through the runtime's [`PlanSource`] and [`AliasService`] on blocking
 //! threads. It must not decide anything about calls or registrations.
 
+pub mod client;
+
 use crate::dialplan::{CallInfo, EphemeralAlias, Protocol, Routing, Target, TimeArg};
 use crate::gateway::Counters;
 use crate::registrar::Binding;
@@ -32,6 +34,8 @@ pub enum Query {
     Registrations(oneshot::Sender<Vec<Binding>>),
     /// Outbound trunk registrations.
     Trunks(oneshot::Sender<Vec<crate::trunks::TrunkStatus>>),
+    /// Whether anyone is registered under an alias (a user part, or `user@host`).
+    Registered(String, oneshot::Sender<bool>),
 }
 
 /// Shared state of the HTTP handlers.
@@ -107,8 +111,25 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "worker failed"))
 }
 
-/// The router for all HTTP endpoints.
-pub fn router(state: ApiState) -> Router {
+/// The built-in web client, embedded so the binary serves it from anywhere.
+const WEB_INDEX: &str = include_str!("../../web/index.html");
+const WEB_JS: &str = include_str!("../../web/app.js");
+const WEB_CSS: &str = include_str!("../../web/style.css");
+
+fn web_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The router for all HTTP endpoints: admin API, client API, WHIP and the
+/// web client.
+pub fn router(state: ApiState, client: Arc<client::ClientApi>) -> Router {
     let admin = Router::new()
         .route("/api/admin/v1/health", get(health))
         .route("/api/admin/v1/registrations", get(registrations))
@@ -125,7 +146,24 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(delete_alias),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    admin.fallback(not_found).with_state(state)
+    let web = Router::new()
+        .route(
+            "/",
+            get(|| async { web_file("text/html; charset=utf-8", WEB_INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { web_file("text/javascript; charset=utf-8", WEB_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { web_file("text/css; charset=utf-8", WEB_CSS) }),
+        );
+    admin
+        .with_state(state)
+        .merge(client::router(client))
+        .merge(web)
+        .fallback(not_found)
 }
 
 async fn not_found() -> ApiError {

@@ -6,7 +6,7 @@
 //! so an operator can fix the file without reading code. It must not open
 //! sockets or files other than the one it is asked to read.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// SIP trunks dialplan rules can send calls to.
     pub trunks: Vec<Spanned<TrunkConfig>>,
+    /// `[webrtc]`
+    pub webrtc: WebrtcConfig,
 }
 
 /// `[dialplan]`
@@ -216,6 +218,52 @@ impl Default for MediaConfig {
     }
 }
 
+/// `[webrtc]`: the browser side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcConfig {
+    /// The one UDP socket every WebRTC peer shares.
+    pub bind: SocketAddr,
+    /// Addresses advertised to browsers as ICE host candidates, each with
+    /// the port of `bind`. Empty: the bound address if it is specific, else
+    /// `sip.public_address` if set, else the host's primary address and
+    /// 127.0.0.1.
+    pub addresses: Vec<IpAddr>,
+    /// STUN and TURN servers handed to clients with their token (and as
+    /// WHIP `Link` headers).
+    pub ice_servers: Vec<IceServerConfig>,
+    /// Lifetime of a client API token, seconds; clients refresh before it ends.
+    pub token_ttl: u32,
+    /// Bearer token WHIP clients must present. None: WHIP needs no token.
+    pub whip_token: Option<String>,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 10000)),
+            addresses: Vec::new(),
+            ice_servers: Vec::new(),
+            token_ttl: 120,
+            whip_token: None,
+        }
+    }
+}
+
+/// One `[[webrtc.ice_servers]]` entry, as in `RTCIceServer`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerConfig {
+    /// `stun:host:port` or `turn:host:port?transport=udp` URLs.
+    pub urls: Vec<String>,
+    /// TURN username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -364,6 +412,9 @@ impl Config {
                     min.get_ref()
                 ),
             ));
+        }
+        if self.webrtc.token_ttl == 0 {
+            return Err((0, "webrtc.token_ttl must be at least 1 second".into()));
         }
         if self.sip.domain.trim().is_empty() {
             return Err((0, "sip.domain must not be empty".into()));

@@ -621,6 +621,17 @@ impl Gateway {
         self.tx.respond(now, key, &resp);
     }
 
+    /// Whether anyone is registered under `alias` (a user part of our
+    /// domain, or `user@host`).
+    pub fn is_registered(&self, alias: &str, wall: u64) -> bool {
+        let aor = if alias.contains('@') {
+            format!("sip:{alias}")
+        } else {
+            self.registrar.aor_of(alias)
+        };
+        !self.registrar.lookup(&aor, wall).is_empty()
+    }
+
     /// Walks a target list: targets with nobody registered are skipped, a
     /// reject answers, `echo` is answered here, and the first target that
     /// would need the B2BUA gets 480 (calls are not bridged yet).
@@ -635,14 +646,7 @@ impl Gateway {
                     tracing::info!(rule, "call routed to the echo service");
                     return Reached::Echo(rule.to_string());
                 }
-                Target::Registered => {
-                    let aor = if alias.contains('@') {
-                        format!("sip:{alias}")
-                    } else {
-                        self.registrar.aor_of(alias)
-                    };
-                    !self.registrar.lookup(&aor, wall).is_empty()
-                }
+                Target::Registered => self.is_registered(alias, wall),
                 // Nothing registers over H.323 or the client API yet.
                 Target::Webrtc | Target::H323 => false,
                 Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => true,

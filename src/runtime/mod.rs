@@ -8,6 +8,7 @@
 
 pub mod media;
 pub mod routing;
+pub mod webrtc;
 
 use crate::api::{self, ApiState, Query};
 use crate::config::Config;
@@ -48,6 +49,8 @@ pub struct Listening {
     pub http: SocketAddr,
     /// RTP port range.
     pub media: (u16, u16),
+    /// The WebRTC UDP socket.
+    pub webrtc: SocketAddr,
     /// Admin bearer token.
     pub admin_token: String,
     /// Whether the token was generated on this start.
@@ -66,6 +69,9 @@ pub enum StartError {
     /// The data directory or database failed.
     #[error("storage in {0}: {1}")]
     Storage(String, String),
+    /// The WebRTC socket or certificate failed.
+    #[error("{0}")]
+    Webrtc(String),
     /// The configured dialplan does not load.
     #[error("the dialplan has errors:\n{0}")]
     Dialplan(String),
@@ -199,7 +205,19 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::channel::<TransportEvent>(4096);
     let mut transports = Transports::start(&cfg.sip, events_tx).await?;
 
+    let (peer_events_tx, peer_events) = mpsc::unbounded_channel();
+    let (webrtc, webrtc_addr, webrtc_task) = webrtc::start(&cfg, peer_events_tx)
+        .await
+        .map_err(StartError::Webrtc)?;
     let (query_tx, mut queries) = mpsc::channel::<Query>(64);
+    let client = api::client::ClientApi::new(
+        &cfg,
+        webrtc,
+        routing.clone(),
+        policy.clone(),
+        query_tx.clone(),
+    );
+    let dispatcher = tokio::spawn(client.clone().dispatch(peer_events));
     let http = tokio::net::TcpListener::bind(cfg.http.bind)
         .await
         .map_err(|e| StartError::Http(cfg.http.bind, e))?;
@@ -215,7 +233,7 @@ pub async fn run(
     };
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http, api::router(state))
+        let serve = axum::serve(http, api::router(state, client))
             .with_graceful_shutdown(async { http_stop.await.unwrap_or(()) });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
@@ -226,6 +244,7 @@ pub async fn run(
         sip: transports.bound.clone(),
         http: http_addr,
         media: (*cfg.media.port_min.get_ref(), *cfg.media.port_max.get_ref()),
+        webrtc: webrtc_addr,
         admin_token: token,
         token_generated,
     });
@@ -314,6 +333,9 @@ pub async fn run(
                     Some(Query::Trunks(reply)) => {
                         let _ = reply.send(gw.trunk_status());
                     }
+                    Some(Query::Registered(alias, reply)) => {
+                        let _ = reply.send(gw.is_registered(&alias, unix_now()));
+                    }
                     None => {}
                 }
             }
@@ -352,6 +374,8 @@ pub async fn run(
     }
     flush(&mut gw, &transports, &mut media);
     media.close_all();
+    webrtc_task.abort();
+    dispatcher.abort();
     // Let connection writers drain.
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(writer);

@@ -498,12 +498,7 @@ fn drain(id: PeerId, peer: &mut Peer, out: &mut VecDeque<HubOutput>) {
     }
 }
 
-fn on_event(
-    id: PeerId,
-    peer: &mut Peer,
-    e: Event,
-    out: &mut VecDeque<HubOutput>,
-) {
+fn on_event(id: PeerId, peer: &mut Peer, e: Event, out: &mut VecDeque<HubOutput>) {
     match e {
         Event::Connected => {
             peer.connected = true;

@@ -62,9 +62,16 @@ impl Gw {
 
     /// Like [`Gw::start`], with `sip_extra` lines added to the `[sip]` table.
     pub fn start_with_sip(sip_extra: &str, extra: &str) -> Gw {
+        Self::start_full(sip_extra, "", extra)
+    }
+
+    /// Like [`Gw::start_with_sip`], with `webrtc_extra` lines added to the
+    /// `[webrtc]` table (whose socket is on a free loopback port).
+    pub fn start_full(sip_extra: &str, webrtc_extra: &str, extra: &str) -> Gw {
         let data = tempfile::tempdir().unwrap();
         let sip_port = free_port();
         let http_port = free_port();
+        let webrtc_port = free_port();
         let config = data.path().join("causeway.toml");
         let token = "interop-token".to_string();
         let text = format!(
@@ -74,6 +81,9 @@ domain = "{DOMAIN}"
 udp = ["127.0.0.1:{sip_port}"]
 tcp = ["127.0.0.1:{sip_port}"]
 {sip_extra}
+[webrtc]
+bind = "127.0.0.1:{webrtc_port}"
+{webrtc_extra}
 [storage]
 data_dir = "{data}"
 [http]

@@ -1,0 +1,935 @@
+//! The client API (browsers, modelled on Pexip's) and WHIP (RFC 9725).
+//!
+//! Owns tokens (HMAC-signed, short-lived, bound to one alias and one
+//! participant), the calls browsers hold, and the per-participant event
+//! streams (Server-Sent Events). Calls are routed through the dialplan and
+//! the policy server like SIP calls; the peers themselves live in the
+//! WebRTC task, reached through [`WebrtcHandle`]. Replies are
+//! `{"status": "success", "result": ...}` or `{"status": "failed", "reason": ...}`.
+//!
+//! Must not touch sockets or str0m: media is the WebRTC task's.
+
+use super::ApiError;
+use crate::config::{Config, IceServerConfig};
+use crate::dialplan::{CallInfo, Protocol, Routing, Target};
+use crate::policy::{Decision, PolicyClient};
+use crate::runtime::unix_now;
+use crate::runtime::webrtc::{HandleError, WebrtcHandle};
+use crate::webrtc::{PeerApp, PeerEvent, PeerId, WebrtcError};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, mpsc};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// What a token says: signed, so the gateway keeps no session table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The alias the token was issued for.
+    #[serde(rename = "a")]
+    pub alias: String,
+    /// The participant it identifies.
+    #[serde(rename = "p")]
+    pub participant: String,
+    /// Display name given at request time.
+    #[serde(rename = "n")]
+    pub display_name: String,
+    /// Expiry, unix seconds.
+    #[serde(rename = "e")]
+    pub expires: u64,
+}
+
+/// Signs and checks tokens.
+#[derive(Clone)]
+pub struct TokenKey([u8; 32]);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No token in the request.
+    Missing,
+    /// Not a token this gateway signed.
+    Invalid,
+    /// Past its expiry.
+    Expired,
+    /// Signed for another alias.
+    WrongAlias,
+    /// Released by its holder.
+    Released,
+}
+
+impl TokenError {
+    fn reason(self) -> &'static str {
+        match self {
+            TokenError::Missing => "a token is required (token header or Authorization: Bearer)",
+            TokenError::Invalid => "invalid token",
+            TokenError::Expired => "token expired",
+            TokenError::WrongAlias => "the token was issued for another alias",
+            TokenError::Released => "token released",
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.reason())
+    }
+}
+
+impl TokenKey {
+    /// A fresh random key: tokens do not survive a restart.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    fn mac(&self, data: &[u8]) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        m.update(data);
+        m
+    }
+
+    /// `base64url(claims JSON) "." base64url(HMAC-SHA256)`.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let tag = B64.encode(self.mac(body.as_bytes()).finalize().into_bytes());
+        format!("{body}.{tag}")
+    }
+
+    /// Checks signature, expiry and alias.
+    pub fn verify(&self, token: &str, alias: &str, now: u64) -> Result<Claims, TokenError> {
+        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
+        let tag = B64.decode(tag).map_err(|_| TokenError::Invalid)?;
+        self.mac(body.as_bytes())
+            .verify_slice(&tag)
+            .map_err(|_| TokenError::Invalid)?;
+        let claims: Claims = B64
+            .decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Invalid)?;
+        if claims.expires <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.alias != alias {
+            return Err(TokenError::WrongAlias);
+        }
+        Ok(claims)
+    }
+}
+
+/// A random version-4 UUID, as text.
+pub fn uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// One server-sent event: its type and JSON data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientEvent {
+    /// SSE `event:` name.
+    pub name: &'static str,
+    /// SSE `data:` (JSON).
+    pub data: Value,
+}
+
+#[derive(Debug, Clone)]
+struct CallEntry {
+    alias: String,
+    /// None for WHIP sessions.
+    participant: Option<String>,
+    peer: PeerId,
+    target: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    calls: HashMap<String, CallEntry>,
+    by_peer: HashMap<PeerId, String>,
+    /// Event streams by participant, and when their last token expires.
+    streams: HashMap<String, (broadcast::Sender<ClientEvent>, u64)>,
+    released: HashSet<String>,
+}
+
+/// Shared state of the client API and WHIP handlers.
+#[derive(Debug)]
+pub struct ClientApi {
+    key: TokenKey,
+    ttl: u64,
+    ice_servers: Vec<IceServerConfig>,
+    whip_token: Option<String>,
+    webrtc: WebrtcHandle,
+    routing: Arc<Routing>,
+    policy: Arc<PolicyClient>,
+    queries: mpsc::Sender<super::Query>,
+    tables: Mutex<Tables>,
+}
+
+/// Where a route leads a browser, after skipping targets nobody is
+/// registered for (as the SIP side does).
+#[derive(Debug)]
+enum Reach {
+    /// The built-in echo service.
+    Echo,
+    /// A target that needs the call bridge (its kind).
+    Bridge(&'static str),
+    /// A `reject` target.
+    Reject(u16, String),
+    /// Every target was skipped.
+    Nobody,
+}
+
+impl ClientApi {
+    /// State for the handlers; `webrtc` reaches the peers.
+    pub fn new(
+        cfg: &Config,
+        webrtc: WebrtcHandle,
+        routing: Arc<Routing>,
+        policy: Arc<PolicyClient>,
+        queries: mpsc::Sender<super::Query>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            key: TokenKey::random(),
+            ttl: u64::from(cfg.webrtc.token_ttl),
+            ice_servers: cfg.webrtc.ice_servers.clone(),
+            whip_token: cfg.webrtc.whip_token.clone(),
+            webrtc,
+            routing,
+            policy,
+            queries,
+            tables: Mutex::new(Tables::default()),
+        })
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Delivers WebRTC peer events to the participants' streams until the
+    /// channel closes.
+    pub async fn dispatch(
+        self: Arc<Self>,
+        mut events: mpsc::UnboundedReceiver<(PeerId, PeerEvent)>,
+    ) {
+        while let Some((peer, ev)) = events.recv().await {
+            self.on_peer_event(peer, ev);
+        }
+    }
+
+    fn on_peer_event(&self, peer: PeerId, ev: PeerEvent) {
+        let mut t = self.tables();
+        let Some(call_uuid) = t.by_peer.get(&peer).cloned() else {
+            return;
+        };
+        let participant = t.calls.get(&call_uuid).and_then(|c| c.participant.clone());
+        let event = match ev {
+            PeerEvent::Connected => {
+                tracing::info!(call = %call_uuid, "browser call connected");
+                ClientEvent {
+                    name: "call_state",
+                    data: json!({"call_uuid": call_uuid, "state": "connected"}),
+                }
+            }
+            PeerEvent::Dtmf(d) => {
+                tracing::info!(call = %call_uuid, digit = %d, "DTMF received from a browser");
+                ClientEvent {
+                    name: "dtmf",
+                    data: json!({"call_uuid": call_uuid, "digit": d.to_string()}),
+                }
+            }
+            PeerEvent::Stats(c) => ClientEvent {
+                name: "stats",
+                data: json!({
+                    "call_uuid": call_uuid,
+                    "packets_in": c.packets_in,
+                    "packets_out": c.packets_out,
+                    "bytes_in": c.bytes_in,
+                    "bytes_out": c.bytes_out,
+                    "loss_in": c.loss_in,
+                    "rtt_ms": c.rtt_ms,
+                }),
+            },
+            PeerEvent::Closed(reason) => {
+                t.by_peer.remove(&peer);
+                t.calls.remove(&call_uuid);
+                tracing::info!(call = %call_uuid, reason = reason.as_str(), "browser call ended");
+                ClientEvent {
+                    name: "call_state",
+                    data: json!({"call_uuid": call_uuid, "state": "disconnected", "reason": reason.as_str()}),
+                }
+            }
+        };
+        drop(t);
+        if let Some(p) = participant {
+            self.publish(&p, event);
+        }
+    }
+
+    fn publish(&self, participant: &str, event: ClientEvent) {
+        if let Some((tx, _)) = self.tables().streams.get(participant) {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// The token of a request: `token` header, `Authorization: Bearer`, or
+    /// (for EventSource, which cannot set headers) the `token` query parameter.
+    fn claims(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        alias: &str,
+    ) -> Result<Claims, ApiError> {
+        let token = headers
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            })
+            .or(query)
+            .map(str::trim)
+            .ok_or(TokenError::Missing)?;
+        let claims = self.key.verify(token, alias, unix_now())?;
+        if self.tables().released.contains(&claims.participant) {
+            return Err(TokenError::Released.into());
+        }
+        Ok(claims)
+    }
+
+    fn issue(&self, alias: &str, participant: String, display_name: String) -> (String, Claims) {
+        let claims = Claims {
+            alias: alias.to_string(),
+            participant,
+            display_name,
+            expires: unix_now() + self.ttl,
+        };
+        let mut t = self.tables();
+        let now = unix_now();
+        t.streams.retain(|_, (_, until)| *until > now);
+        let entry = t
+            .streams
+            .entry(claims.participant.clone())
+            .or_insert_with(|| (broadcast::channel(256).0, 0));
+        entry.1 = claims.expires;
+        (self.key.sign(&claims), claims)
+    }
+
+    async fn route(&self, alias: &str, from: &str) -> Decision {
+        let call = CallInfo {
+            to: alias.to_string(),
+            from: from.to_string(),
+            protocol: Protocol::Webrtc,
+            source_ip: None,
+            transport: None,
+            registered: false,
+            at: crate::runtime::wall_i64(),
+        };
+        crate::policy::decide(&self.routing, &self.policy, &call).await
+    }
+
+    async fn registered(&self, alias: &str) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .queries
+            .send(super::Query::Registered(alias.to_string(), tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Walks a route's targets the way the SIP side does.
+    async fn reach(&self, route: &crate::dialplan::Route) -> Reach {
+        let targets = match &route.target {
+            Target::Fallback { targets } => targets.as_slice(),
+            t => std::slice::from_ref(t),
+        };
+        for t in targets {
+            match t {
+                Target::Echo => return Reach::Echo,
+                Target::Reject { .. } => {
+                    let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
+                    return Reach::Reject(status, reason);
+                }
+                Target::Registered => {
+                    if self.registered(&route.to).await {
+                        return Reach::Bridge(t.kind());
+                    }
+                }
+                // Nothing registers over H.323 or the client API yet.
+                Target::Webrtc | Target::H323 => {}
+                Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => {
+                    return Reach::Bridge(t.kind());
+                }
+            }
+        }
+        Reach::Nobody
+    }
+
+    /// Routes a call or token request for `alias` to where it would go.
+    async fn resolve(
+        &self,
+        alias: &str,
+        from: &str,
+    ) -> Result<(Box<crate::dialplan::Route>, Reach), ApiError> {
+        let route = match self.route(alias, from).await {
+            Decision::Route(r) => r,
+            Decision::Reject { status, reason, .. } => return Err(rejected(status, reason)),
+        };
+        match self.reach(&route).await {
+            Reach::Reject(status, reason) => Err(rejected(status, reason)),
+            Reach::Nobody => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("nobody is reachable as {alias:?}"),
+            )),
+            reach => Ok((route, reach)),
+        }
+    }
+
+    /// Places a call from a browser or WHIP client: routes it, then opens
+    /// the peer the target needs.
+    async fn place(
+        &self,
+        alias: &str,
+        from: &str,
+        participant: Option<String>,
+        sdp: String,
+    ) -> Result<(String, String), ApiError> {
+        let (route, reach) = self.resolve(alias, from).await?;
+        let app = match reach {
+            Reach::Echo => PeerApp::Echo,
+            Reach::Bridge(kind) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "rule {:?} routes to a {kind} target; browser calls reach only the echo service until the call bridge (B2BUA) lands",
+                        route.rule,
+                    ),
+                ));
+            }
+            Reach::Reject(..) | Reach::Nobody => return Err(ApiError::unavailable()),
+        };
+        let (peer, answer) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
+            HandleError::Refused(WebrtcError::Full(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            HandleError::Refused(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            HandleError::Stopped => ApiError::unavailable(),
+        })?;
+        let call_uuid = uuid();
+        tracing::info!(call = %call_uuid, alias, from, rule = %route.rule, "browser call answered");
+        let mut t = self.tables();
+        t.by_peer.insert(peer, call_uuid.clone());
+        t.calls.insert(
+            call_uuid.clone(),
+            CallEntry {
+                alias: alias.to_string(),
+                participant,
+                peer,
+                target: if app == PeerApp::Echo {
+                    "echo"
+                } else {
+                    route.target.kind()
+                },
+            },
+        );
+        Ok((call_uuid, answer))
+    }
+
+    fn call_of(&self, call_uuid: &str, claims: &Claims) -> Result<CallEntry, ApiError> {
+        self.tables()
+            .calls
+            .get(call_uuid)
+            .filter(|c| c.participant.as_deref() == Some(claims.participant.as_str()))
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such call"))
+    }
+
+    async fn hang_up(&self, call_uuid: &str) {
+        let peer = self.tables().calls.get(call_uuid).map(|c| c.peer);
+        if let Some(peer) = peer {
+            self.webrtc.close(peer).await;
+        }
+    }
+
+    /// Live calls, for the admin API and tests.
+    pub fn call_count(&self) -> usize {
+        self.tables().calls.len()
+    }
+}
+
+/// A dialplan or policy refusal as an HTTP error.
+fn rejected(status: u16, reason: String) -> ApiError {
+    let http = match status {
+        404 | 604 => StatusCode::NOT_FOUND,
+        401 | 407 => StatusCode::UNAUTHORIZED,
+        480 | 486 | 503 | 600 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    };
+    ApiError::new(http, format!("{status} {reason}"))
+}
+
+type Shared = State<Arc<ClientApi>>;
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn ok(result: Value) -> ApiResult {
+    Ok(Json(json!({"status": "success", "result": result})))
+}
+
+/// Routes of the client API and WHIP.
+pub fn router(state: Arc<ClientApi>) -> Router {
+    Router::new()
+        .route(
+            "/api/client/v1/aliases/{alias}/request_token",
+            post(request_token),
+        )
+        .route(
+            "/api/client/v1/aliases/{alias}/refresh_token",
+            post(refresh_token),
+        )
+        .route(
+            "/api/client/v1/aliases/{alias}/release_token",
+            post(release_token),
+        )
+        .route("/api/client/v1/aliases/{alias}/events", get(events))
+        .route("/api/client/v1/aliases/{alias}/calls", post(new_call))
+        .route(
+            "/api/client/v1/aliases/{alias}/calls/{call}/dtmf",
+            post(send_dtmf),
+        )
+        .route(
+            "/api/client/v1/aliases/{alias}/calls/{call}/disconnect",
+            post(disconnect),
+        )
+        .route(
+            "/api/client/v1/aliases/{alias}/calls/{call}/answer",
+            post(answer),
+        )
+        .route("/whip/{alias}", post(whip_post))
+        .route(
+            "/whip/{alias}/{call}",
+            delete(whip_delete).patch(whip_patch),
+        )
+        .with_state(state)
+}
+
+/// Parses a JSON body into `T`, with a JSON 400 when it does not fit.
+fn body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenRequest {
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    pin: Option<String>,
+}
+
+async fn request_token(State(s): Shared, Path(alias): Path<String>, raw: Bytes) -> ApiResult {
+    let req: TokenRequest = body(&raw)?;
+    let display_name = match req.display_name.trim() {
+        "" => "Guest".to_string(),
+        n => n.chars().take(64).collect(),
+    };
+    let (route, _) = s.resolve(&alias, &display_name).await?;
+    if let Some(pin) = &route.pin {
+        match &req.pin {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "this alias needs a PIN",
+                ));
+            }
+            Some(p) if !crate::sip::digest::constant_time_eq(p, pin) => {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid PIN"));
+            }
+            Some(_) => {}
+        }
+    }
+    let (token, claims) = s.issue(&alias, uuid(), display_name);
+    ok(json!({
+        "token": token,
+        "expires": s.ttl,
+        "participant_uuid": claims.participant,
+        "display_name": claims.display_name,
+        "ice_servers": s.ice_servers,
+    }))
+}
+
+async fn refresh_token(
+    State(s): Shared,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let claims = s.claims(&headers, None, &alias)?;
+    let (token, _) = s.issue(&alias, claims.participant, claims.display_name);
+    ok(json!({"token": token, "expires": s.ttl}))
+}
+
+async fn release_token(
+    State(s): Shared,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let claims = s.claims(&headers, None, &alias)?;
+    let calls: Vec<String> = {
+        let mut t = s.tables();
+        t.released.insert(claims.participant.clone());
+        t.streams.remove(&claims.participant);
+        t.calls
+            .iter()
+            .filter(|(_, c)| c.participant.as_deref() == Some(claims.participant.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for c in calls {
+        s.hang_up(&c).await;
+    }
+    ok(json!(null))
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn events(
+    State(s): Shared,
+    Path(alias): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = s.claims(&headers, q.token.as_deref(), &alias)?;
+    let rx = s
+        .tables()
+        .streams
+        .get(&claims.participant)
+        .map(|(tx, _)| tx.subscribe())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token released"))?;
+    let hello = Event::default()
+        .event("hello")
+        .json_data(json!({"participant_uuid": claims.participant, "alias": alias}))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let stream = futures_util::stream::unfold((Some(hello), rx), |(first, mut rx)| async move {
+        if let Some(h) = first {
+            return Some((Ok::<_, std::convert::Infallible>(h), (None, rx)));
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let e = Event::default().event(ev.name).data(ev.data.to_string());
+                    return Some((Ok(e), (None, rx)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CallRequest {
+    #[serde(default)]
+    sdp: String,
+}
+
+async fn new_call(
+    State(s): Shared,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    let claims = s.claims(&headers, None, &alias)?;
+    let req: CallRequest = body(&raw)?;
+    if req.sdp.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body needs an \"sdp\" offer",
+        ));
+    }
+    s.publish(
+        &claims.participant,
+        ClientEvent {
+            name: "call_state",
+            data: json!({"state": "trying", "alias": alias}),
+        },
+    );
+    let (call_uuid, answer) = s
+        .place(
+            &alias,
+            &claims.display_name,
+            Some(claims.participant.clone()),
+            req.sdp,
+        )
+        .await?;
+    ok(json!({"call_uuid": call_uuid, "sdp": answer}))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DtmfRequest {
+    #[serde(default)]
+    digits: String,
+}
+
+async fn send_dtmf(
+    State(s): Shared,
+    Path((alias, call)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    let claims = s.claims(&headers, None, &alias)?;
+    let entry = s.call_of(&call, &claims)?;
+    let req: DtmfRequest = body(&raw)?;
+    if req.digits.is_empty() || req.digits.len() > 32 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "digits: 1 to 32 of 0-9 * # A-D",
+        ));
+    }
+    if let Some(bad) = req
+        .digits
+        .chars()
+        .find(|c| crate::media::dtmf::event_code(*c).is_none())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{bad:?} is not a DTMF digit"),
+        ));
+    }
+    // The echo service sends digits straight back, as it does with media.
+    if entry.target == "echo" {
+        for d in req.digits.chars() {
+            s.publish(
+                &claims.participant,
+                ClientEvent {
+                    name: "dtmf",
+                    data: json!({"call_uuid": call, "digit": d.to_string()}),
+                },
+            );
+        }
+    }
+    ok(json!(true))
+}
+
+async fn disconnect(
+    State(s): Shared,
+    Path((alias, call)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let claims = s.claims(&headers, None, &alias)?;
+    s.call_of(&call, &claims)?;
+    s.hang_up(&call).await;
+    ok(json!(true))
+}
+
+async fn answer(
+    State(s): Shared,
+    Path((alias, call)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.claims(&headers, None, &alias)?;
+    // Incoming calls reach browsers through the call bridge, which offers
+    // them on the event stream; until then there is nothing to answer.
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no incoming call {call:?}"),
+    ))
+}
+
+fn whip_error(e: ApiError) -> Response {
+    e.into_response()
+}
+
+async fn whip_post(
+    State(s): Shared,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    if let Some(want) = &s.whip_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| crate::sip::digest::constant_time_eq(g, want)) {
+            let mut r = whip_error(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            ));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    let is_sdp = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().starts_with("application/sdp"));
+    if !is_sdp {
+        return whip_error(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a WHIP offer is sent as Content-Type: application/sdp",
+        ));
+    }
+    let Ok(sdp) = String::from_utf8(raw.to_vec()) else {
+        return whip_error(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the offer is not UTF-8",
+        ));
+    };
+    match s.place(&alias, "whip", None, sdp).await {
+        Err(e) => whip_error(e),
+        Ok((call_uuid, answer)) => {
+            let location = format!("/whip/{}/{call_uuid}", urlencode(&alias));
+            let mut r = (
+                StatusCode::CREATED,
+                [
+                    (header::CONTENT_TYPE, "application/sdp".to_string()),
+                    (header::LOCATION, location),
+                    (header::ETAG, format!("\"{call_uuid}\"")),
+                ],
+                answer,
+            )
+                .into_response();
+            for server in &s.ice_servers {
+                for url in &server.urls {
+                    let mut link = format!("<{url}>; rel=\"ice-server\"");
+                    if let (Some(u), Some(c)) = (&server.username, &server.credential) {
+                        link.push_str(&format!(
+                            "; username=\"{u}\"; credential=\"{c}\"; credential-type=\"password\""
+                        ));
+                    }
+                    if let Ok(v) = header::HeaderValue::from_str(&link) {
+                        r.headers_mut().append(header::LINK, v);
+                    }
+                }
+            }
+            r
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn whip_delete(State(s): Shared, Path((alias, call)): Path<(String, String)>) -> Response {
+    let known = s
+        .tables()
+        .calls
+        .get(&call)
+        .is_some_and(|c| c.participant.is_none() && c.alias == alias);
+    if !known {
+        return whip_error(ApiError::new(StatusCode::NOT_FOUND, "no such WHIP session"));
+    }
+    s.hang_up(&call).await;
+    StatusCode::OK.into_response()
+}
+
+/// Trickle ICE and ICE restarts are not supported: the server is ICE-lite
+/// and its candidates are all in the answer (RFC 9725 section 4.3.1).
+async fn whip_patch() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "DELETE")]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_for_their_alias_and_lifetime() {
+        let k = TokenKey::random();
+        let claims = Claims {
+            alias: "echo".into(),
+            participant: uuid(),
+            display_name: "Ann".into(),
+            expires: 1000,
+        };
+        let t = k.sign(&claims);
+        assert_eq!(k.verify(&t, "echo", 999), Ok(claims));
+        assert_eq!(k.verify(&t, "echo", 1000), Err(TokenError::Expired));
+        assert_eq!(k.verify(&t, "room1", 999), Err(TokenError::WrongAlias));
+        assert_eq!(
+            TokenKey::random().verify(&t, "echo", 999),
+            Err(TokenError::Invalid)
+        );
+        // A changed claim breaks the signature.
+        let (body, tag) = t.split_once('.').unwrap();
+        let forged = B64.encode(
+            String::from_utf8(B64.decode(body).unwrap())
+                .unwrap()
+                .replace("1000", "9999"),
+        );
+        assert_eq!(
+            k.verify(&format!("{forged}.{tag}"), "echo", 999),
+            Err(TokenError::Invalid)
+        );
+        for junk in ["", ".", "a.b", "no-dot", "!!!.???"] {
+            assert_eq!(
+                k.verify(junk, "echo", 0),
+                Err(TokenError::Invalid),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(u, uuid());
+    }
+}

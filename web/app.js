@@ -1,0 +1,271 @@
+// Causeway web client: calls an alias through the client API
+// (/api/client/v1), with call events over Server-Sent Events.
+// Plain JavaScript, no build step. `window.causeway` exposes the state for
+// scripted checks.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const api = (alias, path) => `/api/client/v1/aliases/${encodeURIComponent(alias)}/${path}`;
+
+const app = {
+  alias: null,
+  token: null,
+  participant: null,
+  iceServers: [],
+  refreshTimer: null,
+  events: null,
+  pc: null,
+  local: null,
+  call: null,
+  state: "idle",
+  received: [], // SSE events, newest last
+  lastStats: null,
+  statsTimer: null,
+};
+window.causeway = app;
+
+function log(text, error = false) {
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  if (error) li.className = "error";
+  $("log").prepend(li);
+}
+
+function setState(state, label) {
+  app.state = state;
+  const s = $("status");
+  s.className = `status ${state}`;
+  s.textContent = label;
+  const inCall = state === "calling" || state === "connected";
+  $("in-call-controls").hidden = !inCall;
+  $("call").disabled = inCall;
+  $("placeholder").hidden = state === "connected";
+}
+
+async function post(url, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (app.token) headers.token = app.token;
+  const res = await fetch(url, { method: "POST", headers, body: JSON.stringify(body ?? {}) });
+  let json = null;
+  try { json = await res.json(); } catch (_) { /* empty body */ }
+  if (!res.ok || !json || json.status !== "success") {
+    const reason = (json && (json.reason || json.result)) || `${res.status} ${res.statusText}`;
+    const err = new Error(reason);
+    err.status = res.status;
+    throw err;
+  }
+  return json.result;
+}
+
+async function requestToken(alias, name, pin) {
+  const body = { display_name: name || "Guest" };
+  if (pin) body.pin = pin;
+  const r = await post(api(alias, "request_token"), body);
+  app.alias = alias;
+  app.token = r.token;
+  app.participant = r.participant_uuid;
+  app.iceServers = r.ice_servers || [];
+  scheduleRefresh(r.expires);
+  openEvents();
+}
+
+function scheduleRefresh(expires) {
+  clearTimeout(app.refreshTimer);
+  app.refreshTimer = setTimeout(async () => {
+    try {
+      const r = await post(api(app.alias, "refresh_token"));
+      app.token = r.token;
+      scheduleRefresh(r.expires);
+    } catch (e) {
+      log(`token refresh failed: ${e.message}`, true);
+    }
+  }, Math.max(1, expires / 2) * 1000);
+}
+
+function openEvents() {
+  if (app.events) app.events.close();
+  const url = `${api(app.alias, "events")}?token=${encodeURIComponent(app.token)}`;
+  app.events = new EventSource(url);
+  for (const name of ["call_state", "dtmf", "stats", "incoming_call"]) {
+    app.events.addEventListener(name, (e) => onEvent(name, JSON.parse(e.data)));
+  }
+}
+
+function onEvent(name, data) {
+  app.received.push({ name, data });
+  if (name === "call_state" && app.call && data.call_uuid === app.call) {
+    if (data.state === "connected") setState("connected", "Connected");
+    if (data.state === "disconnected") {
+      log(`call ended (${data.reason})`);
+      teardown();
+    }
+  } else if (name === "dtmf") {
+    log(`DTMF ${data.digit} received`);
+  }
+}
+
+async function getMedia() {
+  const audio = { echoCancellation: false, autoGainControl: false, noiseSuppression: false };
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio, video: { width: 640, height: 360 } });
+  } catch (e) {
+    log(`camera unavailable (${e.name}); calling with audio only`);
+    return navigator.mediaDevices.getUserMedia({ audio });
+  }
+}
+
+/** Waits for ICE gathering: the gateway is ICE-lite and takes no trickle. */
+function gathered(pc, ms = 2000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(t); resolve(); };
+    const t = setTimeout(done, ms);
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") done();
+    });
+  });
+}
+
+async function startCall(alias, name, pin) {
+  setState("calling", `Calling ${alias}…`);
+  try {
+    if (!app.token || app.alias !== alias) await requestToken(alias, name, pin);
+    app.local = await getMedia();
+    $("local").srcObject = app.local;
+    const pc = new RTCPeerConnection({ iceServers: app.iceServers, bundlePolicy: "max-bundle" });
+    app.pc = pc;
+    for (const track of app.local.getTracks()) pc.addTrack(track, app.local);
+    if (!app.local.getVideoTracks().length) pc.addTransceiver("video", { direction: "recvonly" });
+    const remote = new MediaStream();
+    pc.ontrack = (e) => {
+      remote.addTrack(e.track);
+      $("remote").srcObject = remote;
+      $("remote-audio").srcObject = remote;
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") {
+        log("media connection failed", true);
+        hangup();
+      }
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const r = await post(api(alias, "calls"), { sdp: pc.localDescription.sdp });
+    app.call = r.call_uuid;
+    await pc.setRemoteDescription({ type: "answer", sdp: r.sdp });
+    log(`call to ${alias} answered`);
+    app.statsTimer = setInterval(updateStats, 1000);
+  } catch (e) {
+    log(`call failed: ${e.message}`, true);
+    if (e.status === 401 || e.status === 403) app.token = null;
+    teardown();
+    setState("failed", e.status === 404 ? "No such alias" : "Call failed");
+  }
+}
+
+async function hangup() {
+  const call = app.call;
+  if (call) {
+    try { await post(api(app.alias, `calls/${call}/disconnect`)); } catch (_) { /* gone already */ }
+  }
+  teardown();
+}
+
+function teardown() {
+  clearInterval(app.statsTimer);
+  if (app.pc) app.pc.close();
+  if (app.local) app.local.getTracks().forEach((t) => t.stop());
+  app.pc = null;
+  app.local = null;
+  app.call = null;
+  $("remote").srcObject = null;
+  $("local").srcObject = null;
+  for (const b of ["mute-audio", "mute-video"]) $(b).setAttribute("aria-pressed", "false");
+  if (app.state !== "failed") setState("idle", "Ready");
+}
+
+function toggle(kind, button) {
+  if (!app.local) return;
+  const tracks = kind === "audio" ? app.local.getAudioTracks() : app.local.getVideoTracks();
+  const muted = button.getAttribute("aria-pressed") !== "true";
+  tracks.forEach((t) => { t.enabled = !muted; });
+  button.setAttribute("aria-pressed", String(muted));
+}
+
+async function sendDigit(digit) {
+  if (!app.call) return;
+  try {
+    await post(api(app.alias, `calls/${app.call}/dtmf`), { digits: digit });
+  } catch (e) {
+    log(`DTMF failed: ${e.message}`, true);
+  }
+}
+
+function rate(bytes, prevBytes, ms) {
+  if (prevBytes === undefined || ms <= 0) return "";
+  return `${Math.round(((bytes - prevBytes) * 8) / ms)} kbit/s`;
+}
+
+async function updateStats() {
+  if (!app.pc) return;
+  const report = await app.pc.getStats();
+  const prev = app.lastStats || {};
+  const now = {};
+  const codecs = {};
+  report.forEach((s) => { if (s.type === "codec") codecs[s.id] = s.mimeType.split("/")[1]; });
+  report.forEach((s) => {
+    const key = `${s.type}-${s.kind}`;
+    if (s.type === "inbound-rtp" || s.type === "outbound-rtp") {
+      now[key] = {
+        bytes: s.type === "inbound-rtp" ? s.bytesReceived : s.bytesSent,
+        packets: s.type === "inbound-rtp" ? s.packetsReceived : s.packetsSent,
+        lost: s.packetsLost || 0,
+        codec: codecs[s.codecId] || "",
+        framesDecoded: s.framesDecoded,
+        audioEnergy: s.totalAudioEnergy,
+        width: s.frameWidth,
+        height: s.frameHeight,
+      };
+    }
+    if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+      now.rtt = s.currentRoundTripTime;
+    }
+  });
+  now.at = performance.now();
+  const ms = now.at - (prev.at || now.at);
+  const show = (id, key) => {
+    const s = now[key];
+    if (!s) { $(id).textContent = "–"; return; }
+    const size = s.width ? ` ${s.width}×${s.height}` : "";
+    $(id).textContent = `${s.codec}${size} ${rate(s.bytes, prev[key] && prev[key].bytes, ms)}`.trim();
+  };
+  show("s-audio-in", "inbound-rtp-audio");
+  show("s-audio-out", "outbound-rtp-audio");
+  show("s-video-in", "inbound-rtp-video");
+  show("s-video-out", "outbound-rtp-video");
+  $("s-rtt").textContent = now.rtt !== undefined ? `${Math.round(now.rtt * 1000)} ms` : "–";
+  const a = now["inbound-rtp-audio"];
+  if (a && a.packets + a.lost > 0) {
+    $("s-loss").textContent = `${((100 * a.lost) / (a.packets + a.lost)).toFixed(1)} %`;
+  }
+  app.lastStats = now;
+}
+
+$("dial").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const alias = $("alias").value.trim();
+  if (alias) startCall(alias, $("name").value.trim(), $("pin").value.trim());
+});
+$("hangup").addEventListener("click", hangup);
+$("mute-audio").addEventListener("click", (e) => toggle("audio", e.currentTarget));
+$("mute-video").addEventListener("click", (e) => toggle("video", e.currentTarget));
+$("keypad").addEventListener("click", (e) => {
+  if (e.target instanceof HTMLButtonElement) sendDigit(e.target.textContent);
+});
+window.addEventListener("beforeunload", () => {
+  if (app.call) hangup();
+});
+
+const params = new URLSearchParams(location.search);
+if (params.get("alias")) $("alias").value = params.get("alias");
+if (params.get("name")) $("name").value = params.get("name");
