@@ -37,6 +37,8 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "openssl",
     "ffmpeg",
+    // The WebRTC interop tests drive Debian's Chromium with Playwright.
+    "chromium",
 ];
 
 fn main() -> ExitCode {
@@ -50,7 +52,8 @@ fn main() -> ExitCode {
         "test" => test(),
         "fuzz" => fuzz(rest),
         "bench-register" => bench_register(rest),
-        "deps" => ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat()),
+        "deps" => ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat())
+            .and_then(|()| ensure_playwright()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <run [ARGS...] | test | fuzz [SECONDS] [TARGET...] | bench-register | deps>"
@@ -150,6 +153,27 @@ fn ensure_packages(pkgs: &[&str]) -> Result {
     status(install, &format!("apt-get install {}", missing.join(" ")))
 }
 
+/// Node.js (Debian's, if the machine has none) and `playwright-core` from
+/// npm in `tests/browser`, pinned by its package-lock. Playwright never
+/// downloads a browser here: the tests point it at /usr/bin/chromium.
+fn ensure_playwright() -> Result {
+    if !have("node") || !have("npm") {
+        ensure_packages(&["nodejs", "npm"])?;
+    }
+    let dir = root().join("tests/browser");
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(());
+    }
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund"])
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .current_dir(&dir);
+    status(npm, "npm ci (tests/browser)")
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -177,6 +201,7 @@ fn run(args: &[String]) -> Result {
 
 fn test() -> Result {
     ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat())?;
+    ensure_playwright()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     status(fmt, "cargo fmt --check")?;
