@@ -4,6 +4,8 @@
 //! a page script. Without a browser: the client API's and WHIP's error
 //! answers (401, 404, 400, 415) are JSON and the gateway keeps serving.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Gw, http_raw, require, run_bounded};
