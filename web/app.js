@@ -38,6 +38,8 @@ function setState(state, label) {
   s.textContent = label;
   const inCall = state === "calling" || state === "connected";
   $("in-call-controls").hidden = !inCall;
+  $("local").hidden = !inCall;
+  for (const b of $("keypad").querySelectorAll("button")) b.disabled = state !== "connected";
   $("call").disabled = inCall;
   $("placeholder").hidden = state === "connected";
 }
