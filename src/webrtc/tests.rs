@@ -472,3 +472,88 @@ fn datagrams_from_strangers_are_counted_and_dropped() {
     assert_eq!(hub.unmatched, 3);
     assert!(hub.poll_output().is_none());
 }
+
+/// Masks what changes on every answer (ICE credentials, fingerprint,
+/// SSRCs, CNAMEs, stream ids, the session id) so answers can be compared.
+fn normalize(answer: &str) -> String {
+    let mask_after = |line: &str, prefix: &str, keep: usize| -> Option<String> {
+        line.strip_prefix(prefix).map(|rest| {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let kept = parts.iter().take(keep).copied().collect::<Vec<_>>().join(" ");
+            format!("{prefix}{kept}{}<masked>", if keep > 0 { " " } else { "" })
+        })
+    };
+    answer
+        .lines()
+        .map(|l| {
+            mask_after(l, "o=", 0)
+                .or_else(|| mask_after(l, "a=ice-ufrag:", 0))
+                .or_else(|| mask_after(l, "a=ice-pwd:", 0))
+                .or_else(|| mask_after(l, "a=fingerprint:", 1))
+                .or_else(|| mask_after(l, "a=msid:", 0))
+                .or_else(|| mask_after(l, "a=ssrc-group:", 1))
+                .or_else(|| mask_after(l, "a=ssrc:", 0))
+                .or_else(|| mask_after(l, "a=msid-semantic:", 0))
+                .or_else(|| {
+                    // Foundation and ufrag vary; component, priority and address do not.
+                    let rest = l.strip_prefix("a=candidate:")?;
+                    let fields: Vec<&str> = rest.split(' ').skip(1).take(7).collect();
+                    Some(format!("a=candidate:<masked> {} <masked>", fields.join(" ")))
+                })
+                .unwrap_or_else(|| l.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Answers to offers captured from real browsers, kept in `fixtures/sdp/`
+/// as `<browser>-offer.sdp` with the expected `<browser>-answer.sdp`
+/// (regenerate with `UPDATE_GOLDEN=1` after a deliberate change, and
+/// review the diff).
+#[test]
+fn golden_answers_to_real_browser_offers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sdp");
+    let mut offers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/sdp")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with("-offer.sdp"))
+        .collect();
+    offers.sort();
+    assert!(offers.len() >= 2, "offers: {offers:?}");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for path in offers {
+        let offer = std::fs::read_to_string(&path).expect("offer");
+        let mut hub = hub();
+        let (_, answer) = hub
+            .accept_offer(Instant::now(), &offer, PeerApp::Echo)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.display().to_string();
+        // What every answer must say, whatever the golden file holds.
+        assert!(answer.contains("a=ice-lite"), "{name}");
+        assert!(answer.contains("a=setup:passive"), "{name}");
+        assert!(answer.contains("a=fingerprint:sha-256 "), "{name}");
+        assert!(answer.contains(" 10.0.0.1 10000 typ host"), "{name}");
+        for refused in ["red/", "ulpfec/", "VP9/", "AV1/", "H265/", "CN/"] {
+            assert!(!answer.contains(refused), "{name} answers {refused}");
+        }
+        assert!(answer.contains("opus/48000/2"), "{name}");
+        assert!(answer.contains("VP8/90000") || answer.contains("H264/90000"), "{name}");
+        for l in answer.lines().filter(|l| l.contains("packetization-mode")) {
+            assert!(l.contains("packetization-mode=1"), "{name}: {l}");
+        }
+        let golden = path.with_file_name(
+            path.file_name()
+                .map(|f| f.to_string_lossy().replace("-offer.sdp", "-answer.sdp"))
+                .expect("file name"),
+        );
+        let got = normalize(&answer);
+        if update {
+            std::fs::write(&golden, &got).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
+        assert_eq!(got, want, "{name}: the answer changed");
+    }
+}
