@@ -271,3 +271,7 @@ window.addEventListener("beforeunload", () => {
 const params = new URLSearchParams(location.search);
 if (params.get("alias")) $("alias").value = params.get("alias");
 if (params.get("name")) $("name").value = params.get("name");
+// A link such as /?alias=room1&autocall=1 dials as soon as the page opens.
+if (params.get("autocall") === "1" && $("alias").value) {
+  startCall($("alias").value.trim(), $("name").value.trim(), params.get("pin") || "");
+}

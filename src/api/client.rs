@@ -167,6 +167,8 @@ struct CallEntry {
     participant: Option<String>,
     peer: PeerId,
     target: &'static str,
+    /// The latest media counters.
+    counters: crate::webrtc::MediaCounters,
 }
 
 #[derive(Debug, Default)]
@@ -266,22 +268,37 @@ impl ClientApi {
                     data: json!({"call_uuid": call_uuid, "digit": d.to_string()}),
                 }
             }
-            PeerEvent::Stats(c) => ClientEvent {
-                name: "stats",
-                data: json!({
-                    "call_uuid": call_uuid,
-                    "packets_in": c.packets_in,
-                    "packets_out": c.packets_out,
-                    "bytes_in": c.bytes_in,
-                    "bytes_out": c.bytes_out,
-                    "loss_in": c.loss_in,
-                    "rtt_ms": c.rtt_ms,
-                }),
-            },
+            PeerEvent::Stats(c) => {
+                if let Some(call) = t.calls.get_mut(&call_uuid) {
+                    call.counters = c;
+                }
+                ClientEvent {
+                    name: "stats",
+                    data: json!({
+                        "call_uuid": call_uuid,
+                        "packets_in": c.packets_in,
+                        "packets_out": c.packets_out,
+                        "bytes_in": c.bytes_in,
+                        "bytes_out": c.bytes_out,
+                        "loss_in": c.loss_in,
+                        "rtt_ms": c.rtt_ms,
+                    }),
+                }
+            }
             PeerEvent::Closed(reason) => {
                 t.by_peer.remove(&peer);
-                t.calls.remove(&call_uuid);
-                tracing::info!(call = %call_uuid, reason = reason.as_str(), "browser call ended");
+                let c = t
+                    .calls
+                    .remove(&call_uuid)
+                    .map(|c| c.counters)
+                    .unwrap_or_default();
+                tracing::info!(
+                    call = %call_uuid,
+                    reason = reason.as_str(),
+                    packets_in = c.packets_in,
+                    packets_out = c.packets_out,
+                    "browser call ended"
+                );
                 ClientEvent {
                     name: "call_state",
                     data: json!({"call_uuid": call_uuid, "state": "disconnected", "reason": reason.as_str()}),
@@ -464,6 +481,7 @@ impl ClientApi {
                 } else {
                     route.target.kind()
                 },
+                counters: Default::default(),
             },
         );
         Ok((call_uuid, answer))

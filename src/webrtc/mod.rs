@@ -148,8 +148,8 @@ pub enum HubOutput {
 
 /// The codecs browsers may negotiate with the gateway: Opus (no RED),
 /// G.722, PCMU, PCMA and telephone-event at 48 and 8 kHz for audio; VP8 and
-/// H.264 (constrained baseline, baseline, main and high, all
-/// packetization-mode 1) with RTX for video. RED and ULPFEC are not offered
+/// H.264 (baseline, constrained baseline, main, high and constrained high,
+/// all packetization-mode 1) with RTX for video. RED and ULPFEC are not offered
 /// or accepted: the relay forwards payloads as they are, and a SIP peer
 /// cannot read RED.
 pub fn codec_config() -> CodecConfig {
@@ -180,6 +180,8 @@ pub fn codec_config() -> CodecConfig {
         (108, 109, 0x42e01f),
         (123, 119, 0x4d001f),
         (114, 115, 0x64001f),
+        // Constrained High: what Safari (and newer Chromium) prefer.
+        (112, 113, 0x640c1f),
     ] {
         c.add_h264(pt.into(), Some(rtx.into()), true, profile);
     }

@@ -479,7 +479,12 @@ fn normalize(answer: &str) -> String {
     let mask_after = |line: &str, prefix: &str, keep: usize| -> Option<String> {
         line.strip_prefix(prefix).map(|rest| {
             let parts: Vec<&str> = rest.split(' ').collect();
-            let kept = parts.iter().take(keep).copied().collect::<Vec<_>>().join(" ");
+            let kept = parts
+                .iter()
+                .take(keep)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
             format!("{prefix}{kept}{}<masked>", if keep > 0 { " " } else { "" })
         })
     };
@@ -498,7 +503,10 @@ fn normalize(answer: &str) -> String {
                     // Foundation and ufrag vary; component, priority and address do not.
                     let rest = l.strip_prefix("a=candidate:")?;
                     let fields: Vec<&str> = rest.split(' ').skip(1).take(7).collect();
-                    Some(format!("a=candidate:<masked> {} <masked>", fields.join(" ")))
+                    Some(format!(
+                        "a=candidate:<masked> {} <masked>",
+                        fields.join(" ")
+                    ))
                 })
                 .unwrap_or_else(|| l.to_string())
         })
@@ -538,7 +546,10 @@ fn golden_answers_to_real_browser_offers() {
             assert!(!answer.contains(refused), "{name} answers {refused}");
         }
         assert!(answer.contains("opus/48000/2"), "{name}");
-        assert!(answer.contains("VP8/90000") || answer.contains("H264/90000"), "{name}");
+        assert!(
+            answer.contains("VP8/90000") || answer.contains("H264/90000"),
+            "{name}"
+        );
         for l in answer.lines().filter(|l| l.contains("packetization-mode")) {
             assert!(l.contains("packetization-mode=1"), "{name}: {l}");
         }
