@@ -91,7 +91,7 @@ bind = "127.0.0.1:{http_port}"
 [admin]
 token = "{token}"
 [log]
-level = "debug"
+level = "debug,str0m=info,is=info,dimpl=info"
 {extra}
 [[users]]
 name = "alice"
@@ -178,6 +178,11 @@ password = "hunter2"
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The gateway's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
