@@ -20,7 +20,7 @@ fn two_hundred_concurrent_echo_calls_on_one_port() {
     let gw = Gw::start("");
     let pid = gw.pid().unwrap();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
-    let report = load::run(gw.http_port, PEERS, Duration::from_secs(3));
+    let report = load::run(gw.http_port, PEERS, Duration::from_secs(3), || {});
     let (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
 
     let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.echoed.iter().sum());

@@ -156,8 +156,9 @@ fn drive_outputs(p: &mut Peer) {
 }
 
 /// Opens `n` echo calls against the gateway's HTTP port, sends `media`
-/// worth of 20 ms frames on each, and reports. Peers are closed at the end.
-pub fn run(http_port: u16, n: usize, media: Duration) -> LoadReport {
+/// worth of 20 ms frames on each, and reports. `connected` runs once every
+/// peer is connected, before media starts (to read the gateway's CPU time).
+pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) -> LoadReport {
     let (status, body) = post_json(
         http_port,
         "/api/client/v1/aliases/echo/request_token",
@@ -202,6 +203,7 @@ pub fn run(http_port: u16, n: usize, media: Duration) -> LoadReport {
         }
     }
     let setup_wall = setup_start.elapsed();
+    connected();
 
     // Media: one 60-byte Opus-sized frame per peer every 20 ms.
     let frame = vec![0xf8u8; 60];

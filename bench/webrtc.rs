@@ -1,0 +1,331 @@
+//! WebRTC leg costs: `cargo bench --bench webrtc [setup|load|all] [PEERS]`.
+//!
+//! - setup: the hub alone, sans-IO, against str0m client peers in the same
+//!   thread: offer -> answer -> ICE -> DTLS -> first echoed audio frame.
+//!   Only the time spent inside the hub's calls is counted, as thread CPU
+//!   time, so the clients' own work is not charged to the gateway. Then the
+//!   heap held per idle connected peer, from a counting allocator, with the
+//!   clients dropped.
+//! - load: the release gateway binary on loopback, and the load client of
+//!   `tests/load/webrtc_client.rs` opening PEERS (default 200) concurrent
+//!   echo calls through the client API with 5 s of audio; the gateway's CPU
+//!   time (`/proc/PID/stat`) and resident memory per peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/load/webrtc_client.rs"]
+mod load;
+
+use causeway::webrtc::{Hub, HubOutput, PeerApp, PeerEvent, codec_config, generate_certificate};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    Duration::from_nanos(
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+const HUB: &str = "10.0.0.1:10000";
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    mid: str0m::media::Mid,
+    connected: bool,
+    echoed: bool,
+}
+
+/// The hub plus the CPU time spent inside it.
+struct Timed {
+    hub: Hub,
+    cpu: Duration,
+}
+
+impl Timed {
+    fn call<T>(&mut self, f: impl FnOnce(&mut Hub) -> T) -> T {
+        let t0 = thread_cpu();
+        let r = f(&mut self.hub);
+        self.cpu += thread_cpu() - t0;
+        r
+    }
+}
+
+fn client(i: usize, now: Instant) -> (Client, String, str0m::change::SdpPendingOffer) {
+    let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
+        .parse()
+        .unwrap();
+    let mut cfg = RtcConfig::new();
+    *cfg.codec_config() = codec_config();
+    let mut rtc = cfg.build(now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let c = Client {
+        rtc,
+        addr,
+        mid,
+        connected: false,
+        echoed: false,
+    };
+    (c, offer.to_sdp_string(), pending)
+}
+
+/// Moves datagrams between the hub and the clients until `done`.
+fn pump(
+    hub: &mut Timed,
+    clients: &mut [Client],
+    now: &mut Instant,
+    done: impl Fn(&[Client]) -> bool,
+) {
+    let hub_addr: SocketAddr = HUB.parse().unwrap();
+    let deadline = *now + Duration::from_secs(30);
+    while !done(clients) && *now < deadline {
+        for c in clients.iter_mut() {
+            loop {
+                match c.rtc.poll_output().unwrap() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        let (src, dst) = (t.source, t.destination);
+                        hub.call(|h| h.handle_receive(*now, src, dst, &t.contents));
+                    }
+                    Output::Event(Event::Connected) => c.connected = true,
+                    Output::Event(Event::MediaData(_)) => c.echoed = true,
+                    Output::Event(_) => {}
+                }
+            }
+        }
+        while let Some(o) = hub.call(Hub::poll_output) {
+            if let HubOutput::Transmit(d) = o
+                && let Some(c) = clients.iter_mut().find(|c| c.addr == d.destination)
+            {
+                let contents = d.contents.as_slice().try_into().unwrap();
+                c.rtc
+                    .handle_input(Input::Receive(
+                        *now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: hub_addr,
+                            destination: c.addr,
+                            contents,
+                        },
+                    ))
+                    .unwrap();
+            }
+        }
+        *now += Duration::from_millis(1);
+        for c in clients.iter_mut() {
+            c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        }
+        let t = *now;
+        hub.call(|h| h.handle_timeout(t));
+    }
+}
+
+fn setup(peers: usize) {
+    let mut now = Instant::now();
+    let base = LIVE.load(Ordering::Relaxed);
+    let mut hub = Timed {
+        hub: Hub::new(generate_certificate().unwrap(), vec![HUB.parse().unwrap()]),
+        cpu: Duration::ZERO,
+    };
+    let mut clients = Vec::new();
+    // In batches of 50: each batch is offered, connected and echoes audio.
+    for batch in 0..peers.div_ceil(50) {
+        let start = clients.len();
+        for i in start..(start + 50).min(peers) {
+            let (mut c, offer, pending) = client(i, now);
+            let t = now;
+            let (_, answer) = hub
+                .call(|h| h.accept_offer(t, &offer, PeerApp::Echo))
+                .unwrap();
+            c.rtc
+                .sdp_api()
+                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+                .unwrap();
+            clients.push(c);
+        }
+        pump(&mut hub, &mut clients[start..], &mut now, |cs| {
+            cs.iter().all(|c| c.connected)
+        });
+        for c in &mut clients[start..] {
+            let w = c.rtc.writer(c.mid).unwrap();
+            let pt = w.payload_params().next().unwrap().pt();
+            w.write(
+                pt,
+                now,
+                MediaTime::new(0, Frequency::FORTY_EIGHT_KHZ),
+                vec![0xf8u8; 60],
+            )
+            .unwrap();
+        }
+        pump(&mut hub, &mut clients[start..], &mut now, |cs| {
+            cs.iter().all(|c| c.echoed)
+        });
+        assert!(
+            clients[start..].iter().all(|c| c.echoed),
+            "batch {batch}: not every peer got media back"
+        );
+    }
+    let per_setup = hub.cpu / peers as u32;
+    println!(
+        "setup: {peers} peers (offer/answer + ICE + DTLS + first echoed frame): hub CPU {:?} in all, \
+         {:?} per setup, {:.0} setups per CPU-second",
+        hub.cpu,
+        per_setup,
+        1.0 / per_setup.as_secs_f64()
+    );
+    // Idle memory: drop the clients, drain, let the peers sit.
+    drop(clients);
+    while hub.hub.poll_output().is_some() {}
+    let held = LIVE.load(Ordering::Relaxed) - base;
+    let live = hub.hub.len();
+    println!(
+        "memory: {live} idle connected peers hold {} KiB of heap, {:.1} KiB per peer",
+        held / 1024,
+        held as f64 / 1024.0 / live as f64
+    );
+    // The peers time out on ICE consent; make sure they are reaped.
+    let mut closed = 0;
+    for _ in 0..200 {
+        now += Duration::from_millis(100);
+        hub.hub.handle_timeout(now);
+        while let Some(o) = hub.hub.poll_output() {
+            if let HubOutput::Event(_, PeerEvent::Closed(_)) = o {
+                closed += 1;
+            }
+        }
+    }
+    println!("reaped after the clients vanished: {closed} of {live}");
+}
+
+fn gateway_load(peers: usize) {
+    let dir = std::env::temp_dir().join(format!("causeway-bench-webrtc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (http, webrtc, sip) = (free(), free(), free());
+    let cfg = dir.join("causeway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[sip]\nudp = [\"127.0.0.1:{sip}\"]\ntcp = []\n[webrtc]\nbind = \"127.0.0.1:{webrtc}\"\n\
+             [http]\nbind = \"127.0.0.1:{http}\"\n[storage]\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id();
+    let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
+    let mut setup_cpu = Duration::ZERO;
+    let report = load::run(http, peers, Duration::from_secs(5), || {
+        setup_cpu = load::process_cpu(pid) - cpu0;
+    });
+    let (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.echoed.iter().sum());
+    let mut first: Vec<Duration> = report.first_media.clone();
+    first.sort();
+    let cpu = cpu1 - cpu0;
+    println!(
+        "load: {peers} concurrent echo calls, {}/{peers} connected in {:?}; {sent} audio frames sent, \
+         {echoed} echoed; first media p50 {:?} p99 {:?}",
+        report.connected,
+        report.setup_wall,
+        first.get(first.len() / 2).copied().unwrap_or_default(),
+        first
+            .get(first.len() * 99 / 100)
+            .copied()
+            .unwrap_or_default(),
+    );
+    println!(
+        "load: gateway CPU for the setups (HTTP + offer/answer + ICE + DTLS) {:?}, {:?} per setup, \
+         {:.0} setups per CPU-second",
+        setup_cpu,
+        setup_cpu / peers as u32,
+        peers as f64 / setup_cpu.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "load: gateway CPU in all {:?} ({:?} per peer for setup + 5 s of 50 pps audio each way), \
+         RSS {} MiB -> {} MiB, +{:.0} KiB per peer",
+        cpu,
+        cpu / peers as u32,
+        rss0 >> 20,
+        rss1 >> 20,
+        rss1.saturating_sub(rss0) as f64 / 1024.0 / peers as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let what = args.first().map_or("all", String::as_str);
+    let peers = args.get(1).and_then(|p| p.parse().ok());
+    if matches!(what, "setup" | "all") {
+        setup(peers.unwrap_or(500));
+    }
+    if matches!(what, "load" | "all") {
+        gateway_load(peers.unwrap_or(200));
+    }
+}
