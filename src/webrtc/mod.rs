@@ -42,6 +42,9 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// The most peers one hub serves; offers beyond it are refused (503).
 pub const MAX_PEERS: usize = 2000;
 
+/// Source addresses remembered per peer (ICE may prove a few pairs).
+const MAX_ADDRS: usize = 8;
+
 /// Identifies a peer within its [`Hub`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
@@ -76,11 +79,12 @@ pub enum WebrtcError {
 /// Why a peer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// Closed on request (hang-up, WHIP DELETE, shutdown).
+    /// Closed on request (hang-up, WHIP DELETE, token release).
     Local,
     /// ICE consent was lost: the peer vanished.
     IceTimeout,
-    /// ICE and DTLS did not complete within [`CONNECT_TIMEOUT`].
+    /// ICE and DTLS never completed: no usable candidate pair, or not
+    /// within [`CONNECT_TIMEOUT`].
     NeverConnected,
     /// The peer sent a DTLS close or str0m failed it.
     Failed,
@@ -214,6 +218,19 @@ struct Peer {
     closed: Option<CloseReason>,
 }
 
+impl Peer {
+    /// When this peer next needs [`Hub::handle_timeout`]: str0m's timer, the
+    /// stats report, or giving up on a connection that never came.
+    fn deadline(&self) -> Instant {
+        if self.connected {
+            self.next.min(self.next_stats)
+        } else {
+            self.next
+                .min(self.created + CONNECT_TIMEOUT + Duration::from_millis(1))
+        }
+    }
+}
+
 /// Every WebRTC peer of the gateway, behind one socket.
 pub struct Hub {
     cert: DtlsCert,
@@ -314,8 +331,8 @@ impl Hub {
             .media_lines
             .iter()
             .any(|m| !m.disabled && !m.pts.is_empty());
-        if !usable {
-            // Nothing was sent yet: forget the peer and its queued output.
+        if !usable || peer.closed.is_some() {
+            // Nothing was sent yet: forget the peer and its queued events.
             self.out
                 .retain(|o| !matches!(o, HubOutput::Event(p, _) if *p == id));
             return Err(WebrtcError::NoCommonCodec);
@@ -342,7 +359,7 @@ impl Hub {
         destination: SocketAddr,
         data: &[u8],
     ) {
-        let Some(id) = self.peer_for(source, data) else {
+        let Some((id, stun)) = self.peer_for(source, data) else {
             self.unmatched += 1;
             return;
         };
@@ -365,32 +382,57 @@ impl Hub {
         if peer.rtc.handle_input(input).is_err() {
             peer.closed.get_or_insert(CloseReason::Failed);
         }
+        let queued = self.out.len();
         drain(id, peer, &mut self.out);
+        // An ICE-lite agent answers only binding requests whose
+        // MESSAGE-INTEGRITY checks out: an answer to `source` proves it.
+        let answered = stun
+            && self
+                .out
+                .iter()
+                .skip(queued)
+                .any(|o| matches!(o, HubOutput::Transmit(d) if d.destination == source));
+        if answered {
+            self.learn(id, source);
+        }
         self.reap(id);
     }
 
-    /// Which peer a datagram belongs to. STUN binding requests name our
-    /// ufrag; their source becomes known for the rest of the traffic.
-    fn peer_for(&mut self, source: SocketAddr, data: &[u8]) -> Option<PeerId> {
+    /// Routes non-STUN traffic from `source` to `id` from now on. A source
+    /// belongs to one peer (the newest proof wins); a peer keeps at most
+    /// [`MAX_ADDRS`] sources, the oldest forgotten first.
+    fn learn(&mut self, id: PeerId, source: SocketAddr) {
+        if self.by_addr.get(&source) == Some(&id) {
+            return;
+        }
+        if let Some(old) = self.by_addr.insert(source, id)
+            && let Some(p) = self.peers.get_mut(&old)
+        {
+            p.addrs.retain(|a| *a != source);
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.addrs.push(source);
+        if peer.addrs.len() > MAX_ADDRS {
+            let gone = peer.addrs.remove(0);
+            if self.by_addr.get(&gone) == Some(&id) {
+                self.by_addr.remove(&gone);
+            }
+        }
+    }
+
+    /// Which peer a datagram belongs to, and whether it is STUN. STUN
+    /// binding requests name our ufrag; other traffic is known by a source
+    /// address an earlier binding request proved.
+    fn peer_for(&self, source: SocketAddr, data: &[u8]) -> Option<(PeerId, bool)> {
         if data.first().is_some_and(|b| *b < 2)
             && let Ok(msg) = str0m::ice::StunMessage::parse(data)
             && let Some((local, _)) = msg.split_username()
         {
-            let id = *self.by_ufrag.get(local)?;
-            if self.by_addr.get(&source) != Some(&id) {
-                // A source address belongs to one peer: the newest claim wins.
-                if let Some(old) = self.by_addr.insert(source, id)
-                    && let Some(p) = self.peers.get_mut(&old)
-                {
-                    p.addrs.retain(|a| *a != source);
-                }
-                if let Some(peer) = self.peers.get_mut(&id) {
-                    peer.addrs.push(source);
-                }
-            }
-            return Some(id);
+            return self.by_ufrag.get(local).map(|id| (*id, true));
         }
-        self.by_addr.get(&source).copied()
+        self.by_addr.get(&source).map(|id| (*id, false))
     }
 
     /// Drives every peer whose timer is due.
@@ -398,7 +440,7 @@ impl Hub {
         let due: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.next <= now || p.connected && p.next_stats <= now)
+            .filter(|(_, p)| p.deadline() <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -422,18 +464,7 @@ impl Hub {
 
     /// The earliest time any peer wants [`Hub::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .map(|p| {
-                let mut t = p.next;
-                if p.connected {
-                    t = t.min(p.next_stats);
-                } else {
-                    t = t.min(p.created + CONNECT_TIMEOUT + Duration::from_millis(1));
-                }
-                t
-            })
-            .min()
+        self.peers.values().map(Peer::deadline).min()
     }
 
     /// Ends a peer (hang-up). Unknown ids are ignored.
@@ -507,7 +538,11 @@ fn on_event(id: PeerId, peer: &mut Peer, e: Event, out: &mut VecDeque<HubOutput>
             out.push_back(HubOutput::Event(id, PeerEvent::Connected));
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-            peer.closed.get_or_insert(CloseReason::IceTimeout);
+            peer.closed.get_or_insert(if peer.connected {
+                CloseReason::IceTimeout
+            } else {
+                CloseReason::NeverConnected
+            });
         }
         Event::RtpPacket(pkt) => on_rtp(id, peer, pkt, out),
         Event::KeyframeRequest(req) => match peer.app {

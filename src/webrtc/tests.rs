@@ -441,23 +441,19 @@ fn bad_offers_are_refused_with_a_reason() {
     );
 }
 
-#[test]
-fn datagrams_from_strangers_are_counted_and_dropped() {
-    let now = Instant::now();
-    let mut hub = hub();
-    let stranger = addr("10.9.9.9:999");
-    // STUN naming an unknown ufrag, random bytes, an empty datagram.
+/// A STUN binding request with `username`, signed with `password`.
+fn binding_request(username: &str, password: &[u8]) -> Vec<u8> {
     let stun = str0m::ice::StunMessage::binding_request(
-        "nobody:someone",
+        username,
         str0m::ice::TransId::new(),
-        false,
+        true,
         0,
         1,
         false,
     );
     let mut buf = vec![0u8; 1500];
     let n = stun
-        .to_bytes(Some(b"pass".as_slice()), &mut buf, |key, parts| {
+        .to_bytes(Some(password), &mut buf, |key, parts| {
             use hmac::{KeyInit, Mac};
             let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
             for p in parts {
@@ -466,7 +462,98 @@ fn datagrams_from_strangers_are_counted_and_dropped() {
             mac.finalize().into_bytes().into()
         })
         .expect("stun");
-    hub.handle_receive(now, stranger, addr(HUB), &buf[..n]);
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_forged_binding_request_does_not_claim_its_source() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let mut client = Client::new(now, codec_config());
+    let (offer, ..) = client.offer();
+    let (_, answer) = hub
+        .accept_offer(now, &offer, PeerApp::Echo)
+        .expect("answer");
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("ufrag");
+    while hub.poll_output().is_some() {}
+    let attacker = addr("10.6.6.6:666");
+    // The right ufrag, the wrong password: str0m does not answer it...
+    hub.handle_receive(
+        now,
+        attacker,
+        addr(HUB),
+        &binding_request(&format!("{ufrag}:x"), b"wrong"),
+    );
+    assert!(
+        !std::iter::from_fn(|| hub.poll_output()).any(|o| matches!(o, HubOutput::Transmit(_))),
+        "a forged request is not answered"
+    );
+    // ...so the attacker's other datagrams reach nobody.
+    let before = hub.unmatched;
+    hub.handle_receive(
+        now,
+        attacker,
+        addr(HUB),
+        &[0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
+    assert_eq!(hub.unmatched, before + 1);
+}
+
+#[test]
+fn the_timer_never_asks_for_a_wakeup_it_will_not_use() {
+    // A peer that never connects (its offer has no candidates, as from a
+    // client that meant to trickle them): every deadline the hub reports
+    // must be consumed by handle_timeout, or the driver spins.
+    let start = Instant::now();
+    let mut hub = hub();
+    let mut config = RtcConfig::new().set_rtp_mode(true);
+    *config.codec_config() = codec_config();
+    let mut client = Client {
+        rtc: config.build(start),
+        events: Vec::new(),
+    };
+    let (offer, ..) = client.offer();
+    hub.accept_offer(start, &offer, PeerApp::Echo)
+        .expect("answer");
+    // A driver like the runtime's: it sleeps until the reported deadline;
+    // real time has moved on by at least 1 ms when it wakes.
+    let mut now = start;
+    let mut wakeups = 0;
+    while let Some(at) = hub.poll_timeout() {
+        now = at.max(now + Duration::from_millis(1));
+        hub.handle_timeout(now);
+        while hub.poll_output().is_some() {}
+        wakeups += 1;
+        assert!(
+            wakeups < 1000,
+            "{wakeups} wakeups in {:?}: a deadline is reported but not handled",
+            now - start
+        );
+    }
+    assert!(hub.is_empty(), "the peer was dropped in the end");
+    assert!(
+        now <= start + CONNECT_TIMEOUT + Duration::from_millis(2),
+        "dropped {:?} after the offer, not at the connect timeout",
+        now - start
+    );
+}
+
+#[test]
+fn datagrams_from_strangers_are_counted_and_dropped() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let stranger = addr("10.9.9.9:999");
+    // STUN naming an unknown ufrag, random bytes, an empty datagram.
+    hub.handle_receive(
+        now,
+        stranger,
+        addr(HUB),
+        &binding_request("nobody:someone", b"pass"),
+    );
     hub.handle_receive(now, stranger, addr(HUB), &[0xde, 0xad, 0xbe, 0xef]);
     hub.handle_receive(now, stranger, addr(HUB), &[]);
     assert_eq!(hub.unmatched, 3);
