@@ -254,6 +254,32 @@ fn client_api_and_whip_errors_are_json_and_the_gateway_keeps_serving() {
     let (status, _, body) = http_raw(port, "DELETE", "/whip/echo/unknown", &[], "");
     failed(status, &body, 404, "no such WHIP session");
 
+    // A PIN-protected alias: the client API wants the PIN, WHIP cannot give one.
+    let (status, body) = gw.admin(
+        "POST",
+        "/api/admin/v1/aliases",
+        Some(r#"{"alias":"secret-room","target":{"type":"echo"},"valid_until":"2099-01-01T00:00:00Z","pin":"4321"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = request_token(port, "secret-room");
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http_raw(
+        port,
+        "POST",
+        "/api/client/v1/aliases/secret-room/request_token",
+        &[("Content-Type", "application/json")],
+        r#"{"display_name":"Tester","pin":"4321"}"#,
+    );
+    assert_eq!(status, 200, "the right PIN: {body}");
+    let (status, _, body) = http_raw(
+        port,
+        "POST",
+        "/whip/secret-room",
+        &[auth, sdp_type],
+        "v=0\r\n",
+    );
+    failed(status, &body, 403, "needs a PIN");
+
     // Still serving: a fresh token, and the web client.
     let (status, body) = request_token(port, "echo");
     assert_eq!(status, 200, "{body}");

@@ -78,6 +78,8 @@ function scheduleRefresh(expires) {
       const r = await post(api(app.alias, "refresh_token"));
       app.token = r.token;
       scheduleRefresh(r.expires);
+      // The stream's URL carries the token: a reconnect must not use an expired one.
+      openEvents();
     } catch (e) {
       log(`token refresh failed: ${e.message}`, true);
     }

@@ -28,7 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc};
 
@@ -175,9 +175,18 @@ struct CallEntry {
 struct Tables {
     calls: HashMap<String, CallEntry>,
     by_peer: HashMap<PeerId, String>,
-    /// Event streams by participant, and when their last token expires.
-    streams: HashMap<String, (broadcast::Sender<ClientEvent>, u64)>,
-    released: HashSet<String>,
+    /// Participants with a live (or released but unexpired) token.
+    participants: HashMap<String, Participant>,
+}
+
+#[derive(Debug, Default)]
+struct Participant {
+    /// When the participant's newest token expires, unix seconds.
+    until: u64,
+    /// Released: its tokens no longer count.
+    released: bool,
+    /// The event stream, made when someone first listens.
+    events: Option<broadcast::Sender<ClientEvent>>,
 }
 
 /// Shared state of the client API and WHIP handlers.
@@ -312,7 +321,12 @@ impl ClientApi {
     }
 
     fn publish(&self, participant: &str, event: ClientEvent) {
-        if let Some((tx, _)) = self.tables().streams.get(participant) {
+        if let Some(tx) = self
+            .tables()
+            .participants
+            .get(participant)
+            .and_then(|p| p.events.as_ref())
+        {
             let _ = tx.send(event);
         }
     }
@@ -328,17 +342,17 @@ impl ClientApi {
         let token = headers
             .get("token")
             .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-            })
+            .or_else(|| bearer(headers))
             .or(query)
             .map(str::trim)
             .ok_or(TokenError::Missing)?;
         let claims = self.key.verify(token, alias, unix_now())?;
-        if self.tables().released.contains(&claims.participant) {
+        if self
+            .tables()
+            .participants
+            .get(&claims.participant)
+            .is_none_or(|p| p.released)
+        {
             return Err(TokenError::Released.into());
         }
         Ok(claims)
@@ -353,12 +367,11 @@ impl ClientApi {
         };
         let mut t = self.tables();
         let now = unix_now();
-        t.streams.retain(|_, (_, until)| *until > now);
-        let entry = t
-            .streams
+        t.participants.retain(|_, p| p.until > now);
+        t.participants
             .entry(claims.participant.clone())
-            .or_insert_with(|| (broadcast::channel(256).0, 0));
-        entry.1 = claims.expires;
+            .or_default()
+            .until = claims.expires;
         (self.key.sign(&claims), claims)
     }
 
@@ -446,6 +459,14 @@ impl ClientApi {
         sdp: String,
     ) -> Result<(String, String), ApiError> {
         let (route, reach) = self.resolve(alias, from).await?;
+        // The client API checks the PIN when it issues the token; WHIP has
+        // no way to give one.
+        if route.pin.is_some() && participant.is_none() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this alias needs a PIN: join through the client API",
+            ));
+        }
         let app = match reach {
             Reach::Echo => PeerApp::Echo,
             Reach::Bridge(kind) => {
@@ -457,6 +478,7 @@ impl ClientApi {
                     ),
                 ));
             }
+            // resolve() turned these into errors already.
             Reach::Reject(..) | Reach::Nobody => return Err(ApiError::unavailable()),
         };
         let (peer, answer) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
@@ -502,11 +524,14 @@ impl ClientApi {
             self.webrtc.close(peer).await;
         }
     }
+}
 
-    /// Live calls, for the admin API and tests.
-    pub fn call_count(&self) -> usize {
-        self.tables().calls.len()
-    }
+/// The credentials of an `Authorization: Bearer` header (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, cred) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
 }
 
 /// A dialplan or policy refusal as an HTTP error.
@@ -630,8 +655,11 @@ async fn release_token(
     let claims = s.claims(&headers, None, &alias)?;
     let calls: Vec<String> = {
         let mut t = s.tables();
-        t.released.insert(claims.participant.clone());
-        t.streams.remove(&claims.participant);
+        if let Some(p) = t.participants.get_mut(&claims.participant) {
+            // Ends the event streams too.
+            p.released = true;
+            p.events = None;
+        }
         t.calls
             .iter()
             .filter(|(_, c)| c.participant.as_deref() == Some(claims.participant.as_str()))
@@ -658,10 +686,14 @@ async fn events(
     let claims = s.claims(&headers, q.token.as_deref(), &alias)?;
     let rx = s
         .tables()
-        .streams
-        .get(&claims.participant)
-        .map(|(tx, _)| tx.subscribe())
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token released"))?;
+        .participants
+        .get_mut(&claims.participant)
+        .map(|p| {
+            p.events
+                .get_or_insert_with(|| broadcast::channel(64).0)
+                .subscribe()
+        })
+        .ok_or(TokenError::Released)?;
     let hello = Event::default()
         .event("hello")
         .json_data(json!({"participant_uuid": claims.participant, "alias": alias}))
@@ -795,10 +827,6 @@ async fn answer(
     ))
 }
 
-fn whip_error(e: ApiError) -> Response {
-    e.into_response()
-}
-
 async fn whip_post(
     State(s): Shared,
     Path(alias): Path<String>,
@@ -806,13 +834,9 @@ async fn whip_post(
     raw: Bytes,
 ) -> Response {
     if let Some(want) = &s.whip_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let given = bearer(&headers);
         if !given.is_some_and(|g| crate::sip::digest::constant_time_eq(g, want)) {
-            let mut r = whip_error(ApiError::new(
+            let mut r = ApiError::into_response(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token",
             ));
@@ -828,19 +852,19 @@ async fn whip_post(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().starts_with("application/sdp"));
     if !is_sdp {
-        return whip_error(ApiError::new(
+        return ApiError::into_response(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a WHIP offer is sent as Content-Type: application/sdp",
         ));
     }
     let Ok(sdp) = String::from_utf8(raw.to_vec()) else {
-        return whip_error(ApiError::new(
+        return ApiError::into_response(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the offer is not UTF-8",
         ));
     };
     match s.place(&alias, "whip", None, sdp).await {
-        Err(e) => whip_error(e),
+        Err(e) => ApiError::into_response(e),
         Ok((call_uuid, answer)) => {
             let location = format!("/whip/{}/{call_uuid}", urlencode(&alias));
             let mut r = (
@@ -889,7 +913,10 @@ async fn whip_delete(State(s): Shared, Path((alias, call)): Path<(String, String
         .get(&call)
         .is_some_and(|c| c.participant.is_none() && c.alias == alias);
     if !known {
-        return whip_error(ApiError::new(StatusCode::NOT_FOUND, "no such WHIP session"));
+        return ApiError::into_response(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such WHIP session",
+        ));
     }
     s.hang_up(&call).await;
     StatusCode::OK.into_response()

@@ -413,6 +413,17 @@ impl Config {
                 ),
             ));
         }
+        if self
+            .webrtc
+            .whip_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err((
+                0,
+                "webrtc.whip_token must not be empty (leave it out for open WHIP)".into(),
+            ));
+        }
         if self.webrtc.token_ttl == 0 {
             return Err((0, "webrtc.token_ttl must be at least 1 second".into()));
         }

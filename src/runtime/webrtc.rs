@@ -157,7 +157,7 @@ async fn run(
     mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::UnboundedSender<(PeerId, PeerEvent)>,
 ) {
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; 4096];
     loop {
         let deadline = hub
             .poll_timeout()
@@ -183,7 +183,10 @@ async fn run(
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Offer { sdp, app, reply }) => {
                     let r = hub.accept_offer(Instant::now(), &sdp, app);
-                    let _ = reply.send(r);
+                    // The HTTP request went away meanwhile: nobody will use the peer.
+                    if let Err(Ok((peer, _))) = reply.send(r) {
+                        hub.close(peer);
+                    }
                 }
                 Some(Cmd::Close(peer)) => hub.close(peer),
                 None => break,

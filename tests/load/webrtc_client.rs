@@ -25,7 +25,7 @@ pub struct LoadReport {
     pub sent: Vec<u64>,
     /// Frames each peer got back from the echo.
     pub echoed: Vec<u64>,
-    /// From the offer being posted to the first echoed frame, per peer.
+    /// From a peer's first frame sent to its first frame echoed back.
     pub first_media: Vec<Duration>,
     /// Wall time of the setup phase (all offers posted until all connected).
     pub setup_wall: Duration,
@@ -39,7 +39,7 @@ struct Peer {
     connected: bool,
     sent: u64,
     echoed: u64,
-    started: Instant,
+    first_write: Option<Instant>,
     first_media: Option<Duration>,
     samples: u64,
     /// When str0m next wants time.
@@ -94,7 +94,7 @@ fn new_peer(now: Instant) -> (Peer, String, SdpPendingOffer) {
         connected: false,
         sent: 0,
         echoed: 0,
-        started: now,
+        first_write: None,
         first_media: None,
         samples: 0,
         next: now,
@@ -147,7 +147,9 @@ fn drive_outputs(p: &mut Peer) {
                 Event::Connected => p.connected = true,
                 Event::MediaData(_) => {
                     p.echoed += 1;
-                    p.first_media.get_or_insert_with(|| p.started.elapsed());
+                    if let Some(w) = p.first_write {
+                        p.first_media.get_or_insert_with(|| w.elapsed());
+                    }
                 }
                 _ => {}
             },
@@ -222,6 +224,7 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
                 let time = MediaTime::new(p.samples, str0m::media::Frequency::FORTY_EIGHT_KHZ);
                 if w.write(pt, now, time, frame.clone()).is_ok() {
                     p.sent += 1;
+                    p.first_write.get_or_insert(now);
                 }
                 p.samples += 960;
                 drive_outputs(p);
