@@ -369,15 +369,19 @@ fn a_peer_that_vanishes_is_reaped_by_ice_consent() {
     assert!(hub.is_empty());
 }
 
+/// A peer answered for a client that will never send a datagram.
+fn answered(hub: &mut Hub, now: Instant) -> (PeerId, String) {
+    let mut client = Client::new(now, codec_config());
+    let (offer, ..) = client.offer();
+    hub.accept_offer(now, &offer, PeerApp::Echo)
+        .expect("answer")
+}
+
 #[test]
 fn an_answer_nobody_uses_is_dropped_after_the_connect_timeout() {
     let now = Instant::now();
     let mut hub = hub();
-    let mut client = Client::new(now, codec_config());
-    let (offer, ..) = client.offer();
-    let (id, _) = hub
-        .accept_offer(now, &offer, PeerApp::Echo)
-        .expect("answer");
+    let (id, _) = answered(&mut hub, now);
     let at = hub.poll_timeout().expect("a timer");
     assert!(at <= now + CONNECT_TIMEOUT + Duration::from_millis(1));
     hub.handle_timeout(now + CONNECT_TIMEOUT + Duration::from_secs(1));
@@ -470,11 +474,7 @@ fn binding_request(username: &str, password: &[u8]) -> Vec<u8> {
 fn a_forged_binding_request_does_not_claim_its_source() {
     let now = Instant::now();
     let mut hub = hub();
-    let mut client = Client::new(now, codec_config());
-    let (offer, ..) = client.offer();
-    let (_, answer) = hub
-        .accept_offer(now, &offer, PeerApp::Echo)
-        .expect("answer");
+    let (_, answer) = answered(&mut hub, now);
     let ufrag = answer
         .lines()
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
