@@ -15,6 +15,7 @@ use crate::dialplan::{CallInfo, Protocol, Routing, Target};
 use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
+use crate::sip::digest::{constant_time_eq, hmac_sha256};
 use crate::webrtc::{PeerApp, PeerEvent, PeerId, WebrtcError};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -25,14 +26,11 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc};
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// What a token says: signed, so the gateway keeps no session table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,26 +98,23 @@ impl TokenKey {
         Self(rand::random())
     }
 
-    fn mac(&self, data: &[u8]) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(data);
-        m
+    fn tag(&self, body: &str) -> String {
+        B64.encode(hmac_sha256(&self.0, body.as_bytes()))
     }
 
     /// `base64url(claims JSON) "." base64url(HMAC-SHA256)`.
     pub fn sign(&self, claims: &Claims) -> String {
         let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let tag = B64.encode(self.mac(body.as_bytes()).finalize().into_bytes());
+        let tag = self.tag(&body);
         format!("{body}.{tag}")
     }
 
     /// Checks signature, expiry and alias.
     pub fn verify(&self, token: &str, alias: &str, now: u64) -> Result<Claims, TokenError> {
         let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        let tag = B64.decode(tag).map_err(|_| TokenError::Invalid)?;
-        self.mac(body.as_bytes())
-            .verify_slice(&tag)
-            .map_err(|_| TokenError::Invalid)?;
+        if !constant_time_eq(tag, &self.tag(body)) {
+            return Err(TokenError::Invalid);
+        }
         let claims: Claims = B64
             .decode(body)
             .ok()
@@ -621,7 +616,7 @@ async fn request_token(State(s): Shared, Path(alias): Path<String>, raw: Bytes) 
                     "this alias needs a PIN",
                 ));
             }
-            Some(p) if !crate::sip::digest::constant_time_eq(p, pin) => {
+            Some(p) if !constant_time_eq(p, pin) => {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid PIN"));
             }
             Some(_) => {}
@@ -835,7 +830,7 @@ async fn whip_post(
 ) -> Response {
     if let Some(want) = &s.whip_token {
         let given = bearer(&headers);
-        if !given.is_some_and(|g| crate::sip::digest::constant_time_eq(g, want)) {
+        if !given.is_some_and(|g| constant_time_eq(g, want)) {
             let mut r = ApiError::into_response(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token",
