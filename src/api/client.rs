@@ -11,7 +11,7 @@
 
 use super::ApiError;
 use crate::config::{Config, IceServerConfig};
-use crate::dialplan::{CallInfo, Protocol, Routing, Target};
+use crate::dialplan::{CallInfo, Protocol, Reach, Route, Routing};
 use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
@@ -161,7 +161,7 @@ struct CallEntry {
     /// None for WHIP sessions.
     participant: Option<String>,
     peer: PeerId,
-    target: &'static str,
+    app: PeerApp,
     /// The latest media counters.
     counters: crate::webrtc::MediaCounters,
 }
@@ -196,20 +196,6 @@ pub struct ClientApi {
     policy: Arc<PolicyClient>,
     queries: mpsc::Sender<super::Query>,
     tables: Mutex<Tables>,
-}
-
-/// Where a route leads a browser, after skipping targets nobody is
-/// registered for (as the SIP side does).
-#[derive(Debug)]
-enum Reach {
-    /// The built-in echo service.
-    Echo,
-    /// A target that needs the call bridge (its kind).
-    Bridge(&'static str),
-    /// A `reject` target.
-    Reject(u16, String),
-    /// Every target was skipped.
-    Nobody,
 }
 
 impl ClientApi {
@@ -396,51 +382,28 @@ impl ClientApi {
         rx.await.unwrap_or(false)
     }
 
-    /// Walks a route's targets the way the SIP side does.
-    async fn reach(&self, route: &crate::dialplan::Route) -> Reach {
-        let targets = match &route.target {
-            Target::Fallback { targets } => targets.as_slice(),
-            t => std::slice::from_ref(t),
-        };
-        for t in targets {
-            match t {
-                Target::Echo => return Reach::Echo,
-                Target::Reject { .. } => {
-                    let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
-                    return Reach::Reject(status, reason);
-                }
-                Target::Registered => {
-                    if self.registered(&route.to).await {
-                        return Reach::Bridge(t.kind());
-                    }
-                }
-                // Nothing registers over H.323 or the client API yet.
-                Target::Webrtc | Target::H323 => {}
-                Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => {
-                    return Reach::Bridge(t.kind());
-                }
-            }
-        }
-        Reach::Nobody
-    }
-
-    /// Routes a call or token request for `alias` to where it would go.
+    /// Routes a call or token request for `alias` to where it would go:
+    /// the route, and the kind of target when it needs the call bridge
+    /// (`None`: the echo service).
     async fn resolve(
         &self,
         alias: &str,
         from: &str,
-    ) -> Result<(Box<crate::dialplan::Route>, Reach), ApiError> {
+    ) -> Result<(Box<Route>, Option<&'static str>), ApiError> {
         let route = match self.route(alias, from).await {
             Decision::Route(r) => r,
             Decision::Reject { status, reason, .. } => return Err(rejected(status, reason)),
         };
-        match self.reach(&route).await {
+        // The registrar lives in the signalling task: ask it only if needed.
+        let registered = route.has_registered_target() && self.registered(&route.to).await;
+        match route.reach(|| registered) {
+            Reach::Echo => Ok((route, None)),
+            Reach::Bridge(kind) => Ok((route, Some(kind))),
             Reach::Reject(status, reason) => Err(rejected(status, reason)),
             Reach::Nobody => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("nobody is reachable as {alias:?}"),
             )),
-            reach => Ok((route, reach)),
         }
     }
 
@@ -453,7 +416,7 @@ impl ClientApi {
         participant: Option<String>,
         sdp: String,
     ) -> Result<(String, String), ApiError> {
-        let (route, reach) = self.resolve(alias, from).await?;
+        let (route, bridge) = self.resolve(alias, from).await?;
         // The client API checks the PIN when it issues the token; WHIP has
         // no way to give one.
         if route.pin.is_some() && participant.is_none() {
@@ -462,20 +425,16 @@ impl ClientApi {
                 "this alias needs a PIN: join through the client API",
             ));
         }
-        let app = match reach {
-            Reach::Echo => PeerApp::Echo,
-            Reach::Bridge(kind) => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "rule {:?} routes to a {kind} target; browser calls reach only the echo service until the call bridge (B2BUA) lands",
-                        route.rule,
-                    ),
-                ));
-            }
-            // resolve() turned these into errors already.
-            Reach::Reject(..) | Reach::Nobody => return Err(ApiError::unavailable()),
-        };
+        if let Some(kind) = bridge {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "rule {:?} routes to a {kind} target; browser calls reach only the echo service until the call bridge (B2BUA) lands",
+                    route.rule,
+                ),
+            ));
+        }
+        let app = PeerApp::Echo;
         let (peer, answer) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
             HandleError::Refused(WebrtcError::Full(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -493,11 +452,7 @@ impl ClientApi {
                 alias: alias.to_string(),
                 participant,
                 peer,
-                target: if app == PeerApp::Echo {
-                    "echo"
-                } else {
-                    route.target.kind()
-                },
+                app,
                 counters: Default::default(),
             },
         );
@@ -783,7 +738,7 @@ async fn send_dtmf(
         ));
     }
     // The echo service sends digits straight back, as it does with media.
-    if entry.target == "echo" {
+    if entry.app == PeerApp::Echo {
         for d in req.digits.chars() {
             s.publish(
                 &claims.participant,

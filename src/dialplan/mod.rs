@@ -335,6 +335,19 @@ impl Default for MediaOptions {
 /// Codec names a rule may list.
 pub const KNOWN_CODECS: &[&str] = &["opus", "g722", "pcmu", "pcma", "h264", "vp8"];
 
+/// Where a route leads, once targets nobody can take are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// The built-in echo service.
+    Echo,
+    /// A target that needs the call bridge (its kind, as in TOML).
+    Bridge(&'static str),
+    /// A `reject` target: status and reason phrase.
+    Reject(u16, String),
+    /// Every target was skipped.
+    Nobody,
+}
+
 /// A matched route: the rule, the rewritten aliases and the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
@@ -360,6 +373,48 @@ pub struct Route {
     /// with `on_failure = "continue"` resumes.
     #[serde(skip)]
     pub next_rule: Option<usize>,
+}
+
+impl Route {
+    /// Walks the route's targets (a `fallback` list in order, else the one
+    /// target): `echo` and `reject` decide; `registered` is taken when
+    /// `registered()` says someone is registered for the alias, else
+    /// skipped; browsers and H.323 endpoints cannot register yet and are
+    /// skipped; anything else needs the call bridge. `registered` is asked
+    /// at most once, and only if a `registered` target is reached.
+    pub fn reach(&self, mut registered: impl FnMut() -> bool) -> Reach {
+        let targets = match &self.target {
+            Target::Fallback { targets } => targets.as_slice(),
+            t => std::slice::from_ref(t),
+        };
+        for t in targets {
+            match t {
+                Target::Echo => return Reach::Echo,
+                Target::Reject { .. } => {
+                    let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
+                    return Reach::Reject(status, reason);
+                }
+                Target::Registered => {
+                    if registered() {
+                        return Reach::Bridge(t.kind());
+                    }
+                }
+                Target::Webrtc | Target::H323 => {}
+                Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => {
+                    return Reach::Bridge(t.kind());
+                }
+            }
+        }
+        Reach::Nobody
+    }
+
+    /// Whether [`Route::reach`] may need to know about registrations.
+    pub fn has_registered_target(&self) -> bool {
+        match &self.target {
+            Target::Fallback { targets } => targets.contains(&Target::Registered),
+            t => *t == Target::Registered,
+        }
+    }
 }
 
 /// The outcome of routing.

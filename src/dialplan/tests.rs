@@ -367,3 +367,52 @@ fn an_empty_plan_matches_nothing() {
     assert!(p.is_empty());
     assert_eq!(p.route(&call("x")), Verdict::NoMatch);
 }
+
+fn route_to(target: Target) -> Route {
+    Route {
+        rule: "r".into(),
+        origin: "test".into(),
+        priority: None,
+        to: "alice".into(),
+        from: "bob".into(),
+        target,
+        media: MediaOptions::default(),
+        pin: None,
+        next_rule: None,
+    }
+}
+
+#[test]
+fn reach_walks_fallbacks_and_asks_about_registrations_once() {
+    let local = route_to(Target::Fallback {
+        targets: vec![
+            Target::Registered,
+            Target::Reject {
+                status: 404,
+                reason: None,
+            },
+        ],
+    });
+    assert!(local.has_registered_target());
+    let mut asked = 0;
+    let nobody = local.reach(|| {
+        asked += 1;
+        false
+    });
+    assert_eq!(nobody, Reach::Reject(404, "Not Found".into()));
+    assert_eq!(asked, 1);
+    assert_eq!(local.reach(|| true), Reach::Bridge("registered"));
+
+    let echo = route_to(Target::Echo);
+    assert!(!echo.has_registered_target());
+    assert_eq!(echo.reach(|| panic!("not asked")), Reach::Echo);
+    let browsers = route_to(Target::Fallback {
+        targets: vec![Target::Webrtc, Target::H323],
+    });
+    assert_eq!(browsers.reach(|| false), Reach::Nobody);
+    let trunk = route_to(Target::Sip {
+        uri: None,
+        trunk: Some("carrier".into()),
+    });
+    assert_eq!(trunk.reach(|| false), Reach::Bridge("sip"));
+}

@@ -26,7 +26,7 @@
 mod echo;
 
 use crate::config::Config;
-use crate::dialplan::{CallInfo, Protocol, Target};
+use crate::dialplan::{CallInfo, Protocol, Reach};
 use crate::policy::Decision;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
@@ -581,13 +581,7 @@ impl Gateway {
                     )),
                 )
             }
-            Decision::Route(route) => {
-                let targets = match &route.target {
-                    Target::Fallback { targets } => targets.clone(),
-                    t => vec![t.clone()],
-                };
-                self.first_reachable(&route.rule, &route.to, &targets, wall)
-            }
+            Decision::Route(route) => self.reached(&route, wall),
         };
         match reached {
             Reached::Echo(rule) => self.answer_echo(now, key, &msg, flow, &rule),
@@ -632,40 +626,33 @@ impl Gateway {
         !self.registrar.lookup(&aor, wall).is_empty()
     }
 
-    /// Walks a target list: targets with nobody registered are skipped, a
-    /// reject answers, `echo` is answered here, and the first target that
-    /// would need the B2BUA gets 480 (calls are not bridged yet).
-    fn first_reachable(&self, rule: &str, alias: &str, targets: &[Target], wall: u64) -> Reached {
-        for t in targets {
-            let pending = match t {
-                Target::Reject { .. } => {
-                    let (status, reason) = t.rejection().unwrap_or((403, "Forbidden".into()));
-                    return Reached::Respond(status, reason, None);
-                }
-                Target::Echo => {
-                    tracing::info!(rule, "call routed to the echo service");
-                    return Reached::Echo(rule.to_string());
-                }
-                Target::Registered => self.is_registered(alias, wall),
-                // Nothing registers over H.323 or the client API yet.
-                Target::Webrtc | Target::H323 => false,
-                Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => true,
-            };
-            if pending {
+    /// What a routed call gets: a reject answers, `echo` is answered
+    /// here, and a target that would need the B2BUA gets 480 (calls are
+    /// not bridged yet).
+    fn reached(&self, route: &crate::dialplan::Route, wall: u64) -> Reached {
+        let rule = route.rule.as_str();
+        match route.reach(|| self.is_registered(&route.to, wall)) {
+            Reach::Reject(status, reason) => Reached::Respond(status, reason, None),
+            Reach::Echo => {
+                tracing::info!(rule, "call routed to the echo service");
+                Reached::Echo(rule.to_string())
+            }
+            Reach::Bridge(kind) => {
                 tracing::info!(
                     rule,
-                    target = t.kind(),
+                    target = kind,
                     "call routed; bridging is not available yet"
                 );
                 let warning = format!(
-                    "399 causeway \"rule {rule} routes to {}; calls are not bridged yet\"",
-                    t.kind()
+                    "399 causeway \"rule {rule} routes to {kind}; calls are not bridged yet\""
                 );
-                return Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning));
+                Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning))
+            }
+            Reach::Nobody => {
+                tracing::info!(rule, "no target of the route is reachable");
+                Reached::Respond(480, "Temporarily Unavailable".into(), None)
             }
         }
-        tracing::info!(rule, "no target of the route is reachable");
-        Reached::Respond(480, "Temporarily Unavailable".into(), None)
     }
 
     /// Next output. Everything the transaction layer queued has already been

@@ -168,7 +168,7 @@ fn echo_invite(g: &mut Gateway, t: Instant, branch: &str, body: &str) -> TxKey {
     let crate::dialplan::Verdict::Route(route) = plan.route(&call) else {
         panic!()
     };
-    assert_eq!(route.target, Target::Echo);
+    assert_eq!(route.target, crate::dialplan::Target::Echo);
     g.routed(t, 1000, &key, Decision::Route(route));
     key
 }

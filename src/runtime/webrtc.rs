@@ -163,23 +163,23 @@ async fn run(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => {
-                    let dest = destination_for(&candidates, bound, source);
-                    hub.handle_receive(Instant::now(), source, dest, &buf[..n]);
-                    // Take what else is queued before flushing.
-                    for _ in 0..64 {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => {
-                                let dest = destination_for(&candidates, bound, source);
-                                hub.handle_receive(Instant::now(), source, dest, &buf[..n]);
-                            }
-                            Err(_) => break,
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "WebRTC socket failed");
+                }
+                // Take what is queued (up to 64 datagrams) before flushing.
+                for _ in 0..64 {
+                    match socket.try_recv_from(&mut buf) {
+                        Ok((n, source)) => {
+                            let dest = destination_for(&candidates, bound, source);
+                            hub.handle_receive(Instant::now(), source, dest, &buf[..n]);
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // Consumed (an ICMP error, say): go on reading.
+                        Err(e) => tracing::debug!(error = %e, "WebRTC socket receive failed"),
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "WebRTC socket receive failed"),
-            },
+            }
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Offer { sdp, app, reply }) => {
                     let r = hub.accept_offer(Instant::now(), &sdp, app);

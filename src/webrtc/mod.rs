@@ -240,6 +240,9 @@ pub struct Hub {
     by_addr: HashMap<SocketAddr, PeerId>,
     next_id: u64,
     out: VecDeque<HubOutput>,
+    /// Scratch list of peers whose timers are due (kept to avoid an
+    /// allocation per wakeup).
+    due: Vec<PeerId>,
     /// Datagrams that matched no peer.
     pub unmatched: u64,
 }
@@ -265,6 +268,7 @@ impl Hub {
             by_addr: HashMap::new(),
             next_id: 1,
             out: VecDeque::new(),
+            due: Vec::new(),
             unmatched: 0,
         }
     }
@@ -437,13 +441,14 @@ impl Hub {
 
     /// Drives every peer whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.deadline() <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        let mut due = std::mem::take(&mut self.due);
+        due.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.deadline() <= now)
+                .map(|(id, _)| *id),
+        );
+        for id in due.drain(..) {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -460,6 +465,7 @@ impl Hub {
             drain(id, peer, &mut self.out);
             self.reap(id);
         }
+        self.due = due;
     }
 
     /// The earliest time any peer wants [`Hub::handle_timeout`].
