@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod b2bua;
 pub mod config;
 pub mod dialplan;
 pub mod gateway;

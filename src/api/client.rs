@@ -16,7 +16,9 @@ use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
 use crate::sip::digest::{constant_time_eq, hmac_sha256};
-use crate::webrtc::{PeerApp, PeerEvent, PeerId, WebrtcError};
+use crate::b2bua::CallEvent;
+use crate::webrtc::{PeerApp, PeerEvent, PeerFormat, PeerId, WebrtcError};
+use causeway_codecs::registry::AudioCodec;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -155,6 +157,33 @@ pub struct ClientEvent {
     pub data: Value,
 }
 
+/// What the client API asks of the call layer (the signalling task).
+#[derive(Debug)]
+pub enum CallCmd {
+    /// Bridge a browser's call to the SIP contacts registered for `alias`.
+    Dial {
+        /// The call UUID.
+        id: String,
+        /// The browser's peer (already answered).
+        peer: PeerId,
+        /// The called alias (after the dialplan's transforms).
+        alias: String,
+        /// The caller's display name.
+        display_name: String,
+        /// Audio codecs to offer the SIP side, first preferred.
+        codecs: Vec<AudioCodec>,
+        /// What the browser negotiated.
+        formats: Vec<PeerFormat>,
+    },
+    /// The browser side of a bridged call ended.
+    Gone {
+        /// The call UUID.
+        id: String,
+        /// Why (`hangup`, `ice_timeout`...).
+        reason: &'static str,
+    },
+}
+
 #[derive(Debug, Clone)]
 struct CallEntry {
     alias: String,
@@ -195,6 +224,7 @@ pub struct ClientApi {
     routing: Arc<Routing>,
     policy: Arc<PolicyClient>,
     queries: mpsc::Sender<super::Query>,
+    calls: mpsc::UnboundedSender<CallCmd>,
     tables: Mutex<Tables>,
 }
 
@@ -206,6 +236,7 @@ impl ClientApi {
         routing: Arc<Routing>,
         policy: Arc<PolicyClient>,
         queries: mpsc::Sender<super::Query>,
+        calls: mpsc::UnboundedSender<CallCmd>,
     ) -> Arc<Self> {
         Arc::new(Self {
             key: TokenKey::random(),
@@ -216,6 +247,7 @@ impl ClientApi {
             routing,
             policy,
             queries,
+            calls,
             tables: Mutex::new(Tables::default()),
         })
     }
@@ -243,7 +275,16 @@ impl ClientApi {
             return;
         };
         let participant = t.calls.get(&call_uuid).and_then(|c| c.participant.clone());
+        let bridged = t
+            .calls
+            .get(&call_uuid)
+            .is_some_and(|c| c.app == PeerApp::Bridge);
         let event = match ev {
+            // A bridged call is connected when the far side answers.
+            PeerEvent::Connected if bridged => {
+                tracing::debug!(call = %call_uuid, "browser media connected");
+                return;
+            }
             PeerEvent::Connected => {
                 tracing::info!(call = %call_uuid, "browser call connected");
                 ClientEvent {
@@ -276,6 +317,12 @@ impl ClientApi {
                 }
             }
             PeerEvent::Closed(reason) => {
+                if bridged {
+                    let _ = self.calls.send(CallCmd::Gone {
+                        id: call_uuid.clone(),
+                        reason: reason.as_str(),
+                    });
+                }
                 t.by_peer.remove(&peer);
                 let c = t
                     .calls
@@ -299,6 +346,42 @@ impl ClientApi {
         if let Some(p) = participant {
             self.publish(&p, event);
         }
+    }
+
+    /// What the call layer reports about a bridged call.
+    pub fn call_event(&self, call_uuid: &str, ev: &CallEvent) {
+        let mut t = self.tables();
+        let Some(participant) = t.calls.get(call_uuid).and_then(|c| c.participant.clone())
+        else {
+            return;
+        };
+        let data = match ev {
+            CallEvent::Ringing => json!({"call_uuid": call_uuid, "state": "ringing"}),
+            CallEvent::Connected { codec } => {
+                json!({"call_uuid": call_uuid, "state": "connected", "remote_codec": codec})
+            }
+            CallEvent::Ended { by, status, reason } => {
+                // The peer closes next; its event must not report the call again.
+                if let Some(c) = t.calls.remove(call_uuid) {
+                    t.by_peer.remove(&c.peer);
+                }
+                json!({
+                    "call_uuid": call_uuid,
+                    "state": if status.is_some() { "failed" } else { "disconnected" },
+                    "reason": reason,
+                    "by": by.as_str(),
+                    "status": status,
+                })
+            }
+        };
+        drop(t);
+        self.publish(
+            &participant,
+            ClientEvent {
+                name: "call_state",
+                data,
+            },
+        );
     }
 
     fn publish(&self, participant: &str, event: ClientEvent) {
@@ -425,17 +508,24 @@ impl ClientApi {
                 "this alias needs a PIN: join through the client API",
             ));
         }
-        if let Some(kind) = bridge {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "rule {:?} routes to a {kind} target; browser calls reach only the echo service until the call bridge (B2BUA) lands",
-                    route.rule,
-                ),
-            ));
+        match bridge {
+            None | Some("registered") => {}
+            Some(kind) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "rule {:?} routes to a {kind} target; browser calls reach registered SIP endpoints and the echo service so far",
+                        route.rule,
+                    ),
+                ));
+            }
         }
-        let app = PeerApp::Echo;
-        let (peer, answer) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
+        let app = if bridge.is_some() {
+            PeerApp::Bridge
+        } else {
+            PeerApp::Echo
+        };
+        let (peer, answer, formats) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
             HandleError::Refused(WebrtcError::Full(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -443,6 +533,22 @@ impl ClientApi {
             HandleError::Stopped => ApiError::unavailable(),
         })?;
         let call_uuid = uuid();
+        let codecs = if app == PeerApp::Bridge {
+            let codecs = offer_order(
+                crate::runtime::bridge::browser_codecs(&formats),
+                &route.media.codecs,
+            );
+            if codecs.is_empty() {
+                self.webrtc.close(peer).await;
+                return Err(ApiError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "no audio codec of the offer may be used on this route",
+                ));
+            }
+            codecs
+        } else {
+            Vec::new()
+        };
         tracing::info!(call = %call_uuid, alias, from, rule = %route.rule, "browser call answered");
         let mut t = self.tables();
         t.by_peer.insert(peer, call_uuid.clone());
@@ -456,6 +562,17 @@ impl ClientApi {
                 counters: Default::default(),
             },
         );
+        drop(t);
+        if app == PeerApp::Bridge {
+            let _ = self.calls.send(CallCmd::Dial {
+                id: call_uuid.clone(),
+                peer,
+                alias: route.to.clone(),
+                display_name: from.to_string(),
+                codecs,
+                formats,
+            });
+        }
         Ok((call_uuid, answer))
     }
 
@@ -474,6 +591,22 @@ impl ClientApi {
             self.webrtc.close(peer).await;
         }
     }
+}
+
+/// The codecs to offer the SIP side: the browser's, in the rule's order
+/// when the rule lists codecs (others left out), else in the browser's.
+fn offer_order(browser: Vec<AudioCodec>, rule: &[String]) -> Vec<AudioCodec> {
+    if rule.is_empty() {
+        return browser;
+    }
+    rule.iter()
+        .filter_map(|name| {
+            browser
+                .iter()
+                .copied()
+                .find(|c| c.key().name.eq_ignore_ascii_case(name))
+        })
+        .collect()
 }
 
 /// The credentials of an `Authorization: Bearer` header (the scheme is

@@ -25,12 +25,13 @@
 
 mod echo;
 
+use crate::b2bua::{B2bua, CallOutput, Dial};
 use crate::config::Config;
 use crate::dialplan::{CallInfo, Protocol, Reach};
 use crate::policy::Decision;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
-use crate::sdp::Answer;
+use crate::sdp::{Answer, Offer};
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
@@ -128,6 +129,25 @@ pub enum GwOutput {
         /// The dialog.
         dialog: DialogId,
     },
+    /// Something for a bridged call's media or its browser side.
+    Call(CallOutput),
+}
+
+/// A browser call to place toward the SIP side.
+#[derive(Debug, Clone)]
+pub struct BrowserDial {
+    /// The call's id.
+    pub id: String,
+    /// The browser's peer.
+    pub peer: crate::webrtc::PeerId,
+    /// Who is called (the route's alias).
+    pub alias: String,
+    /// The caller's display name.
+    pub display_name: String,
+    /// What the SIP side is offered.
+    pub offer: Offer,
+    /// Our RTP port for the SIP side (already bound).
+    pub media_port: u16,
 }
 
 /// The signalling core.
@@ -149,6 +169,8 @@ pub struct Gateway {
     dialogs: Dialogs,
     /// Answered calls waiting for media ports: INVITE transaction and answer.
     opening: HashMap<DialogId, (TxKey, Answer)>,
+    /// Bridged calls.
+    b2bua: B2bua,
 }
 
 impl Gateway {
@@ -167,6 +189,7 @@ impl Gateway {
             trunks: Vec::new(),
             dialogs: Dialogs::default(),
             opening: HashMap::new(),
+            b2bua: B2bua::default(),
         }
     }
 
@@ -251,6 +274,7 @@ impl Gateway {
                 DialogOutput::AckTimeout(dialog) => self.hang_up(now, dialog, "no ACK for the 200"),
             }
         }
+        self.b2bua.handle_timeout(now);
         self.send_due_registers(now);
         self.pump(now, wall);
     }
@@ -267,6 +291,7 @@ impl Gateway {
             .filter_map(OutboundRegistration::next_send)
             .chain(self.tx.poll_timeout())
             .chain(self.dialogs.poll_timeout())
+            .chain(self.b2bua.poll_timeout())
             .min()
     }
 
@@ -341,8 +366,43 @@ impl Gateway {
         self.out.push_back(GwOutput::Transmit { flow, data });
     }
 
-    /// Drains the transaction layer, deciding each new request.
+    /// Drains the transaction layer, deciding each new request, and the
+    /// call layer, until neither has anything left.
     fn pump(&mut self, now: Instant, wall: u64) {
+        loop {
+            self.pump_tx(now, wall);
+            if !self.pump_calls(now) {
+                break;
+            }
+        }
+    }
+
+    /// Carries out what the call layer asked; false when it asked nothing.
+    fn pump_calls(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Some(o) = self.b2bua.poll_output() {
+            any = true;
+            match o {
+                CallOutput::Request(msg, flow) => {
+                    let invite = msg.method() == Some(Method::Invite);
+                    if let Some(key) = self.tx.send_request(now, &msg, flow)
+                        && invite
+                    {
+                        self.b2bua.sent(msg.call_id(), key);
+                    }
+                }
+                CallOutput::Transmit(flow, data) => self.emit(flow, data),
+                CallOutput::Respond(key, msg) => {
+                    self.tx.respond(now, &key, &msg);
+                }
+                CallOutput::Abandon(key) => self.tx.abandon(&key),
+                o => self.out.push_back(GwOutput::Call(o)),
+            }
+        }
+        any
+    }
+
+    fn pump_tx(&mut self, now: Instant, wall: u64) {
         while let Some(o) = self.tx.poll_output() {
             match o {
                 Output::Transmit { flow, data } => self.emit(flow, data),
@@ -359,6 +419,11 @@ impl Gateway {
                         self.dialogs.on_ack(id);
                     }
                 }
+                Output::Event(TxEvent::Response { msg, .. })
+                    if self.b2bua.owns(msg.call_id()) =>
+                {
+                    self.b2bua.on_response(now, &msg);
+                }
                 Output::Event(TxEvent::Response { msg, .. }) => {
                     match self
                         .trunks
@@ -373,6 +438,9 @@ impl Gateway {
                             tracing::trace!(status = ?msg.status(), "keepalive or BYE answered")
                         }
                     }
+                }
+                Output::Event(TxEvent::Timeout { key }) if *key.method() == Method::Invite => {
+                    self.b2bua.on_timeout(now, &key);
                 }
                 Output::Event(TxEvent::Timeout { key }) => {
                     match self.trunks.iter_mut().find(|t| t.owns_branch(key.branch())) {
@@ -389,6 +457,12 @@ impl Gateway {
     }
 
     fn on_request(&mut self, now: Instant, wall: u64, key: TxKey, msg: Message, flow: Flow) {
+        if has_to_tag(&msg)
+            && self.b2bua.owns(msg.call_id())
+            && self.b2bua.on_request(now, &key, &msg, flow)
+        {
+            return;
+        }
         let method = msg.method().unwrap_or(Method::Other(String::new()));
         let tag = self.tag.clone();
         let reply =
@@ -615,15 +689,78 @@ impl Gateway {
         self.tx.respond(now, key, &resp);
     }
 
-    /// Whether anyone is registered under `alias` (a user part of our
-    /// domain, or `user@host`).
-    pub fn is_registered(&self, alias: &str, wall: u64) -> bool {
-        let aor = if alias.contains('@') {
+    /// The address of record an alias names (a user part of our domain,
+    /// or `user@host`).
+    fn aor(&self, alias: &str) -> String {
+        if alias.contains('@') {
             format!("sip:{alias}")
         } else {
             self.registrar.aor_of(alias)
+        }
+    }
+
+    /// Whether anyone is registered under `alias`.
+    pub fn is_registered(&self, alias: &str, wall: u64) -> bool {
+        !self.registrar.lookup(&self.aor(alias), wall).is_empty()
+    }
+
+    /// Places a browser's call to every contact registered for its alias
+    /// (outcomes come back as [`GwOutput::Call`]).
+    pub fn dial(&mut self, now: Instant, wall: u64, d: BrowserDial) {
+        let aor = self.aor(&d.alias);
+        let session_id = u64::from(rand::random::<u32>());
+        let from_user: String = d
+            .display_name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        let from_user = if from_user.is_empty() {
+            "browser".to_string()
+        } else {
+            from_user
         };
-        !self.registrar.lookup(&aor, wall).is_empty()
+        let targets = self
+            .registrar
+            .lookup(&aor, wall)
+            .into_iter()
+            .map(|b| {
+                let flow = b.flow();
+                let ip = self.advertised_ip(&flow);
+                crate::sip::uac::InviteParams {
+                    request_uri: b.contact.clone(),
+                    to: aor.clone(),
+                    from: format!("sip:{from_user}@{}", self.domain),
+                    display_name: d.display_name.clone(),
+                    via_host: self.advertised(&flow),
+                    user_agent: self.user_agent.clone(),
+                    sdp: d.offer.to_sdp(ip, d.media_port, session_id, 1),
+                    flow,
+                }
+            })
+            .collect();
+        let dial = Dial {
+            id: d.id,
+            peer: d.peer,
+            offer: d.offer,
+        };
+        self.b2bua.dial(now, dial, targets);
+        self.pump(now, wall);
+    }
+
+    /// The address family media sockets for bridged calls bind on (the
+    /// wildcard of the public address's family, else IPv4).
+    pub fn media_ip(&self) -> IpAddr {
+        match self.public_ip {
+            Some(IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    /// A browser call's browser side ended (hang-up or peer gone).
+    pub fn browser_gone(&mut self, now: Instant, wall: u64, call: &str, reason: &str) {
+        self.b2bua.browser_gone(now, call, reason);
+        self.pump(now, wall);
     }
 
     /// What a routed call gets: a reject answers, `echo` is answered

@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
+use causeway_codecs::opus::OpusConfig;
+use causeway_codecs::registry::{self, AudioCodec};
+use causeway_codecs::{AudioDecoder, AudioEncoder, CodecError, Pcm};
 
 use super::dtmf::{self, Digit, EventPayload, Remapper};
 use super::jitter::{JitterBuffer, JitterConfig, Playout};
@@ -532,6 +534,59 @@ impl Direction {
             Mode::Passthrough(_) | Mode::Video(_) => None,
         }
     }
+}
+
+/// One side of an audio path: payload type, codec, and telephone-event
+/// payload type at that codec's clock, if negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioEnd {
+    /// Payload type of the codec.
+    pub pt: u8,
+    /// The codec.
+    pub codec: AudioCodec,
+    /// telephone-event payload type.
+    pub dtmf: Option<u8>,
+}
+
+impl AudioEnd {
+    fn clock(self) -> u32 {
+        self.codec.key().clock_rate
+    }
+}
+
+/// The direction from `from` to `to`: passthrough when both use the same
+/// codec (payload types and events remapped), else transcoding at the PCM
+/// rate the two share. Events are recognised either way.
+pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecError> {
+    let mode = if from.codec == to.codec {
+        let mut map = HashMap::from([(from.pt, to.pt)]);
+        if let (Some(a), Some(b)) = (from.dtmf, to.dtmf) {
+            map.insert(a, b);
+        }
+        Mode::Passthrough(Passthrough::new(map))
+    } else {
+        let pcm_rate = registry::pcm_rate(from.codec, to.codec);
+        let opus = if pcm_rate == 8000 {
+            OpusConfig::narrowband()
+        } else {
+            OpusConfig::webrtc()
+        };
+        Mode::Transcode(Box::new(AudioTranscoder::new(
+            AudioFormats {
+                in_clock: from.clock(),
+                out_clock: to.clock(),
+                pcm_rate,
+                out_pt: to.pt,
+            },
+            registry::audio_decoder(from.codec, pcm_rate)?,
+            registry::audio_encoder(to.codec, pcm_rate, opus)?,
+        )))
+    };
+    let mut d = Direction::new(mode, to.clock());
+    d.dtmf = from
+        .dtmf
+        .map(|pt| DtmfRoute::new(pt, from.clock(), to.dtmf, to.clock()));
+    Ok(d)
 }
 
 #[cfg(test)]

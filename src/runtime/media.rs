@@ -63,9 +63,9 @@ pub struct MediaCalls {
 }
 
 /// Sockets of one stream.
-struct Ports {
-    rtp: StdUdp,
-    rtcp: Option<StdUdp>,
+pub(super) struct Ports {
+    pub(super) rtp: StdUdp,
+    pub(super) rtcp: Option<StdUdp>,
 }
 
 impl MediaCalls {
@@ -82,7 +82,7 @@ impl MediaCalls {
     }
 
     /// Binds an even port (and the odd one above when `pair`) on `ip`'s family.
-    fn bind(&mut self, ip: IpAddr, pair: bool) -> std::io::Result<Ports> {
+    pub(super) fn bind(&mut self, ip: IpAddr, pair: bool) -> std::io::Result<Ports> {
         let any = match ip {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -182,7 +182,7 @@ async fn recv_opt(s: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usi
     }
 }
 
-fn ntp_now() -> u64 {
+pub(super) fn ntp_now() -> u64 {
     ntp_time(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -8,6 +8,7 @@
 
 pub mod media;
 pub mod routing;
+pub mod bridge;
 pub mod webrtc;
 
 use crate::api::{self, ApiState, Query};
@@ -210,12 +211,14 @@ pub async fn run(
         .await
         .map_err(StartError::Webrtc)?;
     let (query_tx, mut queries) = mpsc::channel::<Query>(64);
+    let (call_tx, mut call_cmds) = mpsc::unbounded_channel();
     let client = api::client::ClientApi::new(
         &cfg,
-        webrtc,
+        webrtc.clone(),
         routing.clone(),
         policy.clone(),
         query_tx.clone(),
+        call_tx,
     );
     let dispatcher = tokio::spawn(client.clone().dispatch(peer_events));
     let http = tokio::net::TcpListener::bind(cfg.http.bind)
@@ -232,8 +235,9 @@ pub async fn run(
         aliases: aliases.clone(),
     };
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
+    let http_client = client.clone();
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http, api::router(state, client))
+        let serve = axum::serve(http, api::router(state, http_client))
             .with_graceful_shutdown(async { http_stop.await.unwrap_or(()) });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
@@ -255,9 +259,14 @@ pub async fn run(
         *cfg.media.port_max.get_ref(),
         silent_tx,
     );
-    let flush = |gw: &mut Gateway, transports: &Transports, media: &mut MediaCalls| {
+    let mut bridges = bridge::Bridges::default();
+    let flush = |gw: &mut Gateway,
+                 transports: &Transports,
+                 media: &mut MediaCalls,
+                 bridges: &mut bridge::Bridges| {
         while let Some(o) = gw.poll_output() {
             match o {
+                GwOutput::Call(o) => on_call_output(o, &client, &webrtc, bridges),
                 GwOutput::OpenMedia { dialog, answer } => {
                     let ip = gw.media_address(dialog);
                     let ports = ip
@@ -293,7 +302,7 @@ pub async fn run(
             Err(e) => tracing::error!(trunk = %t.name, error = %e, "not registering to trunk"),
         }
     }
-    flush(&mut gw, &transports, &mut media);
+    flush(&mut gw, &transports, &mut media, &mut bridges);
 
     let keepalive = u64::from(cfg.registrar.keepalive_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -321,6 +330,9 @@ pub async fn run(
             }
             Some((key, decision)) = decided.recv() => {
                 gw.routed(Instant::now(), unix_now(), &key, decision);
+            }
+            Some(cmd) = call_cmds.recv() => {
+                on_call_cmd(&mut gw, cmd, &mut media, &mut bridges);
             }
             Some(dialog) = silent.recv() => {
                 gw.media_timeout(Instant::now(), unix_now(), dialog);
@@ -354,7 +366,7 @@ pub async fn run(
             }
             () = &mut shutdown => break,
         }
-        flush(&mut gw, &transports, &mut media);
+        flush(&mut gw, &transports, &mut media, &mut bridges);
     }
 
     tracing::info!("shutting down: no new requests");
@@ -367,13 +379,14 @@ pub async fn run(
     let grace = Instant::now() + Duration::from_millis(500);
     while let Ok(ev) = events.try_recv() {
         handle_event(&mut gw, ev);
-        flush(&mut gw, &transports, &mut media);
+        flush(&mut gw, &transports, &mut media, &mut bridges);
         if Instant::now() > grace {
             break;
         }
     }
-    flush(&mut gw, &transports, &mut media);
+    flush(&mut gw, &transports, &mut media, &mut bridges);
     media.close_all();
+    bridges.close_all();
     webrtc_task.abort();
     dispatcher.abort();
     // Let connection writers drain.
@@ -383,6 +396,77 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Carries out what the call layer decided about a bridged call.
+fn on_call_output(
+    o: crate::b2bua::CallOutput,
+    client: &api::client::ClientApi,
+    webrtc: &webrtc::WebrtcHandle,
+    bridges: &mut bridge::Bridges,
+) {
+    use crate::b2bua::CallOutput;
+    match o {
+        CallOutput::Event(call, ev) => client.call_event(&call, &ev),
+        CallOutput::StartMedia { call, peer, sip } => {
+            if let Err(e) = bridges.start(&call, peer, &sip, webrtc) {
+                tracing::warn!(call = %call, error = %e, "cannot bridge media");
+            }
+        }
+        CallOutput::Release { call, peer } => {
+            bridges.close(&call);
+            let webrtc = webrtc.clone();
+            tokio::spawn(async move { webrtc.close(peer).await });
+        }
+        // The signalling core handles the rest itself.
+        CallOutput::Request(..)
+        | CallOutput::Transmit(..)
+        | CallOutput::Respond(..)
+        | CallOutput::Abandon(..) => {}
+    }
+}
+
+/// A request from the client API about a bridged call.
+fn on_call_cmd(
+    gw: &mut Gateway,
+    cmd: api::client::CallCmd,
+    media: &mut MediaCalls,
+    bridges: &mut bridge::Bridges,
+) {
+    use api::client::CallCmd;
+    let (now, wall) = (Instant::now(), unix_now());
+    match cmd {
+        CallCmd::Dial {
+            id,
+            peer,
+            alias,
+            display_name,
+            codecs,
+            formats,
+        } => {
+            let ip = gw.media_ip();
+            let media_port = match bridges.reserve(media, &id, ip, formats) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(call = %id, error = %e, "no media port for a bridged call");
+                    0
+                }
+            };
+            gw.dial(
+                now,
+                wall,
+                crate::gateway::BrowserDial {
+                    id,
+                    peer,
+                    alias,
+                    display_name,
+                    offer: crate::sdp::Offer::audio(&codecs, true),
+                    media_port,
+                },
+            );
+        }
+        CallCmd::Gone { id, reason } => gw.browser_gone(now, wall, &id, reason),
+    }
 }
 
 /// Resolves a trunk's registrar and picks our listener toward it.

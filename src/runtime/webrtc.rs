@@ -7,25 +7,34 @@
 //! ([`WebrtcHandle`]); peer events go out on a channel to the client API.
 
 use crate::config::Config;
-use crate::webrtc::{Hub, HubOutput, PeerApp, PeerEvent, PeerId, WebrtcError};
+use crate::webrtc::{Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+/// A peer the hub answered: its id, the answer SDP and what it negotiated.
+pub type Answered = (PeerId, String, Vec<PeerFormat>);
+
+/// Where a bridged peer's RTP goes.
+pub type RtpSink = mpsc::Sender<(StreamKind, Vec<u8>)>;
+
 enum Cmd {
     Offer {
         sdp: String,
         app: PeerApp,
-        reply: oneshot::Sender<Result<(PeerId, String), WebrtcError>>,
+        reply: oneshot::Sender<Result<Answered, WebrtcError>>,
     },
     Close(PeerId),
+    Attach(PeerId, RtpSink),
 }
 
-/// How the HTTP side asks for peers.
+/// How the HTTP side and the call media ask for peers.
 #[derive(Debug, Clone)]
 pub struct WebrtcHandle {
     cmds: mpsc::Sender<Cmd>,
+    rtp: mpsc::Sender<(PeerId, StreamKind, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -33,6 +42,7 @@ impl std::fmt::Debug for Cmd {
         match self {
             Cmd::Offer { app, .. } => write!(f, "Offer({app:?})"),
             Cmd::Close(p) => write!(f, "Close({p:?})"),
+            Cmd::Attach(p, _) => write!(f, "Attach({p:?})"),
         }
     }
 }
@@ -50,7 +60,7 @@ pub enum HandleError {
 
 impl WebrtcHandle {
     /// Answers `sdp` with a new peer running `app`.
-    pub async fn offer(&self, sdp: String, app: PeerApp) -> Result<(PeerId, String), HandleError> {
+    pub async fn offer(&self, sdp: String, app: PeerApp) -> Result<Answered, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Offer { sdp, app, reply })
@@ -62,6 +72,17 @@ impl WebrtcHandle {
     /// Ends a peer.
     pub async fn close(&self, peer: PeerId) {
         let _ = self.cmds.send(Cmd::Close(peer)).await;
+    }
+
+    /// Sends a bridged peer's RTP to `sink` from now on (until it closes).
+    pub async fn attach(&self, peer: PeerId, sink: RtpSink) {
+        let _ = self.cmds.send(Cmd::Attach(peer, sink)).await;
+    }
+
+    /// Queues an RTP packet for a bridged peer; dropped when the WebRTC
+    /// task is that far behind (media is better late-dropped than queued).
+    pub fn send_rtp(&self, peer: PeerId, kind: StreamKind, packet: Vec<u8>) {
+        let _ = self.rtp.try_send((peer, kind, packet));
     }
 }
 
@@ -145,8 +166,9 @@ pub async fn start(
     tracing::info!(bind = %bound, candidates = ?candidates, "WebRTC socket ready");
     let hub = Hub::new(cert, candidates.clone());
     let (cmds, rx) = mpsc::channel(256);
-    let task = tokio::spawn(run(socket, bound, candidates, hub, rx, events));
-    Ok((WebrtcHandle { cmds }, bound, task))
+    let (rtp, rtp_rx) = mpsc::channel(4096);
+    let task = tokio::spawn(run(socket, bound, candidates, hub, rx, rtp_rx, events));
+    Ok((WebrtcHandle { cmds, rtp }, bound, task))
 }
 
 async fn run(
@@ -155,9 +177,11 @@ async fn run(
     candidates: Vec<SocketAddr>,
     mut hub: Hub,
     mut cmds: mpsc::Receiver<Cmd>,
+    mut rtp: mpsc::Receiver<(PeerId, StreamKind, Vec<u8>)>,
     events: mpsc::UnboundedSender<(PeerId, PeerEvent)>,
 ) {
     let mut buf = vec![0u8; 4096];
+    let mut sinks: HashMap<PeerId, RtpSink> = HashMap::new();
     loop {
         let deadline = hub
             .poll_timeout()
@@ -182,15 +206,31 @@ async fn run(
             }
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Offer { sdp, app, reply }) => {
-                    let r = hub.accept_offer(Instant::now(), &sdp, app);
+                    let r = hub
+                        .accept_offer(Instant::now(), &sdp, app)
+                        .map(|(peer, answer)| (peer, answer, hub.formats(peer)));
                     // The HTTP request went away meanwhile: nobody will use the peer.
-                    if let Err(Ok((peer, _))) = reply.send(r) {
+                    if let Err(Ok((peer, _, _))) = reply.send(r) {
                         hub.close(peer);
                     }
                 }
                 Some(Cmd::Close(peer)) => hub.close(peer),
+                Some(Cmd::Attach(peer, sink)) => {
+                    sinks.insert(peer, sink);
+                }
                 None => break,
             },
+            Some((peer, kind, packet)) = rtp.recv() => {
+                let now = Instant::now();
+                hub.write_rtp(now, peer, kind, &packet);
+                // Take what else is queued before flushing.
+                for _ in 0..64 {
+                    match rtp.try_recv() {
+                        Ok((peer, kind, packet)) => hub.write_rtp(now, peer, kind, &packet),
+                        Err(_) => break,
+                    }
+                }
+            }
             () = tokio::time::sleep_until(deadline.into()) => hub.handle_timeout(Instant::now()),
         }
         while let Some(o) = hub.poll_output() {
@@ -201,7 +241,15 @@ async fn run(
                     }
                 }
                 HubOutput::Event(peer, e) => {
+                    if matches!(e, PeerEvent::Closed(_)) {
+                        sinks.remove(&peer);
+                    }
                     let _ = events.send((peer, e));
+                }
+                HubOutput::Rtp(peer, kind, packet) => {
+                    if let Some(sink) = sinks.get(&peer) {
+                        let _ = sink.try_send((kind, packet));
+                    }
                 }
             }
         }

@@ -66,7 +66,7 @@ pub struct Answer {
     pub streams: Vec<Option<Negotiated>>,
 }
 
-fn same_codec(a: &CodecKey, b: &CodecKey) -> bool {
+pub(super) fn same_codec(a: &CodecKey, b: &CodecKey) -> bool {
     a.name.eq_ignore_ascii_case(&b.name) && a.clock_rate == b.clock_rate && a.channels == b.channels
 }
 

@@ -9,8 +9,10 @@
 //! a side may use and hands them in.
 
 mod answer;
+mod offer;
 
 pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer};
+pub use offer::Offer;
 
 use crate::media::srtp::Suite;
 use causeway_codecs::CodecKey;

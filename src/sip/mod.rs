@@ -11,6 +11,7 @@ pub mod digest;
 pub mod framing;
 pub mod msg;
 pub mod transaction;
+pub mod uac;
 pub mod transport;
 
 use std::fmt;

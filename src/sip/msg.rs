@@ -436,6 +436,14 @@ impl Message {
         }
     }
 
+    /// The reason phrase of a response.
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(reason),
+            StartLine::Request { .. } => None,
+        }
+    }
+
     /// First value of a header (compact forms match).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

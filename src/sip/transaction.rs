@@ -129,6 +129,8 @@ enum TimerKind {
     K,
     /// INVITE server in Accepted: wait for INVITE retransmissions (RFC 6026).
     L,
+    /// INVITE client, RFC 6026: how long 2xx retransmissions are passed up.
+    M,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,9 @@ struct ClientTx {
     flow: Flow,
     request: Bytes,
     interval: Duration,
+    /// INVITE: the ACK sent for a non-2xx final response (resent when the
+    /// response is retransmitted).
+    ack: Option<Bytes>,
 }
 
 /// What the layer hands to its user.
@@ -397,6 +402,7 @@ impl TransactionLayer {
                 flow,
                 request: data,
                 interval: T1,
+                ack: None,
             },
         );
         Some(key)
@@ -412,18 +418,47 @@ impl TransactionLayer {
         };
         match tx.state {
             State::Trying | State::Calling | State::Proceeding => {}
-            // Retransmitted final response: absorb (the INVITE ACK is the call layer's).
+            // RFC 6026: every 2xx (retransmitted, or from another fork)
+            // goes to the call layer, which ACKs it.
+            State::Accepted if (200..300).contains(&code) => {
+                self.out
+                    .push_back(Output::Event(TxEvent::Response { key, msg }));
+                return;
+            }
+            // A retransmitted non-2xx final response: the ACK again.
+            State::Completed if code >= 300 => {
+                if let Some(ack) = tx.ack.clone() {
+                    self.out.push_back(Output::Transmit {
+                        flow: tx.flow,
+                        data: ack,
+                    });
+                }
+                return;
+            }
             _ => return,
         }
         if code < 200 {
             tx.state = State::Proceeding;
         } else {
-            tx.state = State::Completed;
             let reliable = tx.flow.transport.is_reliable();
             if tx.invite {
                 if code < 300 {
-                    self.client.remove(&key);
+                    tx.state = State::Accepted;
+                    self.schedule(now + 64 * T1, TimerKind::M, &key, false);
                 } else {
+                    tx.state = State::Completed;
+                    // RFC 3261 17.1.1.3: the transaction ACKs a failure itself.
+                    if let Some(ack) = Message::parse(&tx.request)
+                        .ok()
+                        .and_then(|req| ack_for_failure(&req, &msg))
+                    {
+                        let data = ack.to_bytes();
+                        self.out.push_back(Output::Transmit {
+                            flow: tx.flow,
+                            data: data.clone(),
+                        });
+                        tx.ack = Some(data);
+                    }
                     let wait = if reliable {
                         Duration::ZERO
                     } else {
@@ -432,6 +467,7 @@ impl TransactionLayer {
                     self.schedule(now + wait, TimerKind::D, &key, false);
                 }
             } else {
+                tx.state = State::Completed;
                 let wait = if reliable { Duration::ZERO } else { T4 };
                 self.schedule(now + wait, TimerKind::K, &key, false);
             }
@@ -513,23 +549,62 @@ impl TransactionLayer {
                 let next = now + tx.interval;
                 self.schedule(next, TimerKind::E, &key, false);
             }
-            TimerKind::B | TimerKind::F
-                if matches!(tx.state, State::Calling | State::Trying | State::Proceeding) =>
+            // Timer B covers only the wait for a first response: a ringing
+            // INVITE is the call layer's to give up on (RFC 3261 17.1.1.2).
+            TimerKind::B if tx.state == State::Calling => {
+                self.client.remove(&key);
+                self.out.push_back(Output::Event(TxEvent::Timeout { key }));
+            }
+            TimerKind::F if matches!(tx.state, State::Trying | State::Proceeding) =>
             {
                 self.client.remove(&key);
                 self.out.push_back(Output::Event(TxEvent::Timeout { key }));
             }
-            TimerKind::D | TimerKind::K => {
+            TimerKind::D | TimerKind::K | TimerKind::M => {
                 self.client.remove(&key);
             }
             _ => {}
         }
     }
 
+    /// Forgets a client transaction the call layer gave up on (a
+    /// cancelled INVITE that never got its final response).
+    pub fn abandon(&mut self, key: &TxKey) {
+        self.client.remove(key);
+    }
+
     /// Next thing to send or report.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
+}
+
+/// The ACK for a non-2xx final response to `invite` (RFC 3261 17.1.1.3):
+/// the INVITE's Request-URI, top Via, From, Call-ID, CSeq number and Route
+/// headers, with the response's To (carrying its tag).
+fn ack_for_failure(invite: &Message, resp: &Message) -> Option<Message> {
+    let StartLine::Request { uri, .. } = &invite.start else {
+        return None;
+    };
+    let mut ack = Message {
+        start: StartLine::Request {
+            method: Method::Ack,
+            uri: uri.clone(),
+        },
+        headers: Vec::new(),
+        body: Bytes::new(),
+    };
+    ack.push_header("Via", invite.header("Via")?);
+    ack.push_header("Max-Forwards", "70");
+    ack.push_header("From", invite.header("From")?);
+    ack.push_header("To", resp.header("To")?);
+    ack.push_header("Call-ID", invite.call_id());
+    ack.push_header("CSeq", format!("{} ACK", invite.cseq()?.seq));
+    for r in invite.headers_named("Route") {
+        ack.push_header("Route", r);
+    }
+    ack.push_header("Content-Length", "0");
+    Some(ack)
 }
 
 #[cfg(test)]

@@ -10,8 +10,11 @@
 //! reaped, as are peers that never connect.
 //!
 //! str0m runs in RTP mode: a peer's application sees whole RTP packets, so a
-//! relay can pass them on untouched. The one application today is the echo
-//! service ([`PeerApp::Echo`]), which loops each stream back on its own mid.
+//! relay can pass them on untouched. Two applications: the echo service
+//! ([`PeerApp::Echo`]) loops each stream back on its own mid; a bridged
+//! peer ([`PeerApp::Bridge`]) hands its RTP to the call layer
+//! ([`HubOutput::Rtp`]) and sends what the call layer writes
+//! ([`Hub::write_rtp`]).
 //!
 //! Sans-IO: time and datagrams come in, datagrams and [`PeerEvent`]s go out.
 //! The runtime (`runtime::webrtc`) owns the socket and the clock. This module
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams};
-use str0m::media::{Frequency, KeyframeRequestKind, MediaKind};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
@@ -54,6 +57,28 @@ pub struct PeerId(pub u64);
 pub enum PeerApp {
     /// Loop every stream back to the sender (the `echo` target).
     Echo,
+    /// Media goes to and comes from another leg of a call (the B2BUA).
+    Bridge,
+}
+
+/// Audio or video, for a bridged peer's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// The audio section.
+    Audio,
+    /// The video section.
+    Video,
+}
+
+/// A payload format a peer negotiated: payload type and codec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFormat {
+    /// Audio or video.
+    pub kind: StreamKind,
+    /// Payload type.
+    pub pt: u8,
+    /// Encoding name, clock and channels as in SDP (`opus/48000/2`).
+    pub codec: causeway_codecs::CodecKey,
 }
 
 /// Why an offer was refused.
@@ -148,6 +173,9 @@ pub enum HubOutput {
     Transmit(Datagram),
     /// Tell the call layer.
     Event(PeerId, PeerEvent),
+    /// An RTP packet from a bridged peer, rebuilt as bytes (str0m's SSRC,
+    /// the browser's payload type, sequence number and timestamp).
+    Rtp(PeerId, StreamKind, Vec<u8>),
 }
 
 /// The codecs browsers may negotiate with the gateway: Opus (no RED),
@@ -215,6 +243,10 @@ struct Peer {
     dtmf: dtmf::Receiver,
     /// Telephone-event payload types and their clock rates.
     tele: Vec<(u8, u32)>,
+    /// The answer's enabled sections.
+    mids: Vec<(Mid, StreamKind)>,
+    /// Extended sequence numbers last written per kind (bridged peers).
+    written: HashMap<StreamKind, u64>,
     closed: Option<CloseReason>,
 }
 
@@ -327,6 +359,8 @@ impl Hub {
             next_stats: now + STATS_INTERVAL,
             dtmf: dtmf::Receiver::default(),
             tele: Vec::new(),
+            written: HashMap::new(),
+            mids: Vec::new(),
             closed: None,
         };
         drain(id, &mut peer, &mut self.out);
@@ -341,6 +375,15 @@ impl Hub {
                 .retain(|o| !matches!(o, HubOutput::Event(p, _) if *p == id));
             return Err(WebrtcError::NoCommonCodec);
         }
+        peer.mids = answer
+            .media_lines
+            .iter()
+            .filter(|m| !m.disabled)
+            .filter_map(|m| {
+                let mid = m.mid();
+                peer.rtc.media(mid).map(|x| (mid, kind_of(x.kind())))
+            })
+            .collect();
         peer.tele = peer
             .rtc
             .codec_config()
@@ -483,6 +526,70 @@ impl Hub {
         }
     }
 
+    /// The formats a peer negotiated, per section, in the order of the
+    /// answer (the first of a kind is what the browser sends).
+    pub fn formats(&self, id: PeerId) -> Vec<PeerFormat> {
+        let Some(peer) = self.peers.get(&id) else {
+            return Vec::new();
+        };
+        let params = peer.rtc.codec_config().params();
+        let mut out = Vec::new();
+        for (mid, kind) in &peer.mids {
+            let Some(m) = peer.rtc.media(*mid) else {
+                continue;
+            };
+            for pt in m.remote_pts() {
+                let Some(p) = params.iter().find(|p| p.pt() == *pt) else {
+                    continue;
+                };
+                let spec = p.spec();
+                out.push(PeerFormat {
+                    kind: *kind,
+                    pt: **pt,
+                    codec: causeway_codecs::CodecKey {
+                        name: codec_name(spec.codec).into(),
+                        clock_rate: spec.clock_rate.get(),
+                        channels: spec.channels.unwrap_or(1),
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// Sends an RTP packet (bytes, as [`crate::media::rtp`] writes them) to
+    /// a bridged peer on its section of `kind`; str0m puts its own SSRC on
+    /// it. Packets for unknown peers or sections are dropped.
+    pub fn write_rtp(&mut self, now: Instant, id: PeerId, kind: StreamKind, packet: &[u8]) {
+        let Ok(h) = crate::media::rtp::RtpHeader::parse(packet) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some((mid, _)) = peer.mids.iter().find(|(_, k)| *k == kind).copied() else {
+            return;
+        };
+        let payload = h.payload(packet).to_vec();
+        let len = payload.len() as u64;
+        let last = peer.written.get(&kind).copied();
+        let seq = extend_seq(last, h.sequence);
+        peer.written.insert(kind, seq);
+        let mut api = peer.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(h.payload_type.into(), seq.into(), h.timestamp, now, payload)
+                .marker(h.marker)
+                .nackable(kind == StreamKind::Video),
+        );
+        peer.counters.packets_out += 1;
+        peer.counters.bytes_out += len;
+        drain(id, peer, &mut self.out);
+        self.reap(id);
+    }
+
     /// Counters of a live peer.
     pub fn counters(&self, id: PeerId) -> Option<MediaCounters> {
         self.peers.get(&id).map(|p| p.counters)
@@ -508,6 +615,44 @@ impl Hub {
                 .push_back(HubOutput::Event(id, PeerEvent::Closed(reason)));
         }
     }
+}
+
+fn kind_of(k: MediaKind) -> StreamKind {
+    match k {
+        MediaKind::Audio => StreamKind::Audio,
+        MediaKind::Video => StreamKind::Video,
+    }
+}
+
+/// The SDP encoding name of a str0m codec.
+fn codec_name(c: Codec) -> &'static str {
+    match c {
+        Codec::Opus => "opus",
+        Codec::PCMU => "PCMU",
+        Codec::PCMA => "PCMA",
+        Codec::G722 => "G722",
+        Codec::Tele => "telephone-event",
+        Codec::H264 => "H264",
+        Codec::Vp8 => "VP8",
+        Codec::Rtx => "rtx",
+        _ => "unknown",
+    }
+}
+
+/// Extends a 16-bit sequence number past the last extended one written
+/// (RFC 3550 A.1's rollover: within half the space of the last).
+fn extend_seq(last: Option<u64>, seq: u16) -> u64 {
+    let Some(last) = last else {
+        return u64::from(seq);
+    };
+    let base = last & !0xffff;
+    let candidates = [base.wrapping_sub(0x1_0000), base, base + 0x1_0000];
+    candidates
+        .iter()
+        .map(|b| b.wrapping_add(u64::from(seq)))
+        .filter(|c| *c < u64::MAX / 2)
+        .min_by_key(|c| c.abs_diff(last))
+        .unwrap_or(u64::from(seq))
 }
 
 /// Drains a peer's output until str0m asks for time (the single-mutation
@@ -552,6 +697,8 @@ fn on_event(id: PeerId, peer: &mut Peer, e: Event, out: &mut VecDeque<HubOutput>
         }
         Event::RtpPacket(pkt) => on_rtp(id, peer, pkt, out),
         Event::KeyframeRequest(req) => match peer.app {
+            // Keyframes across a bridge are the call layer's (video is not bridged yet).
+            PeerApp::Bridge => {}
             // The browser wants a keyframe of what we send it, which is its
             // own video: ask it for one.
             PeerApp::Echo => {
@@ -584,6 +731,31 @@ fn on_rtp(id: PeerId, peer: &mut Peer, pkt: RtpPacket, out: &mut VecDeque<HubOut
         out.push_back(HubOutput::Event(id, PeerEvent::Dtmf(d.digit)));
     }
     match peer.app {
+        PeerApp::Bridge => {
+            let Some(kind) = peer
+                .rtc
+                .direct_api()
+                .stream_rx(&pkt.header.ssrc)
+                .map(|s| s.mid())
+                .and_then(|mid| peer.rtc.media(mid))
+                .map(|m| kind_of(m.kind()))
+            else {
+                return;
+            };
+            let mut buf = Vec::with_capacity(12 + pkt.payload.len());
+            crate::media::rtp::write(
+                &mut buf,
+                &crate::media::rtp::RtpHeader::new(
+                    pt,
+                    *pkt.seq_no as u16,
+                    pkt.header.timestamp,
+                    *pkt.header.ssrc,
+                    pkt.header.marker,
+                ),
+                &pkt.payload,
+            );
+            out.push_back(HubOutput::Rtp(id, kind, buf));
+        }
         PeerApp::Echo => {
             let Some(mid) = peer
                 .rtc

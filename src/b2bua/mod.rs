@@ -1,0 +1,556 @@
+//! The call state machine: one call joins a browser leg (a WebRTC peer)
+//! and a SIP leg the gateway places as a UAC, sans-IO.
+//!
+//! Flow implemented so far: browser -> SIP registered endpoint. The
+//! browser's offer is answered at once (the hub terminates its media); the
+//! call then rings every registered contact of the alias in parallel
+//! (RFC 3261 forking done by the B2BUA: one [`UacLeg`] per contact), the
+//! first 2xx wins and the other forks are cancelled (a late 2xx is ACKed
+//! and sent a BYE). 180/183 become `ringing`, a failure of every fork ends
+//! the call with the most telling status (6xx, then 486, then the first),
+//! no answer within [`NO_ANSWER`] cancels everything (408). A hang-up from
+//! either side ends the other: CANCEL before the answer (sent only after a
+//! provisional response, RFC 3261 9.1), BYE after it.
+//!
+//! Owns call and fork state and decides which SIP messages go out; the
+//! transaction layer retransmits them, [`crate::sip::uac`] builds them, and
+//! the runtime moves media ([`CallOutput::StartMedia`]). It must not touch
+//! sockets, clocks, the registrar or the dialplan: targets come in resolved.
+
+#[cfg(test)]
+mod tests;
+
+use crate::sdp::{Negotiated, Offer};
+use crate::sip::Flow;
+use crate::sip::msg::{Message, Method, response_to};
+use crate::sip::transaction::TxKey;
+use crate::sip::uac::{InviteParams, UacLeg};
+use crate::webrtc::PeerId;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How long a call may ring before it is given up (408).
+pub const NO_ANSWER: Duration = Duration::from_secs(60);
+
+/// Which side did something (hung up, refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The browser (or the client API on its behalf).
+    Browser,
+    /// The SIP endpoint.
+    Sip,
+    /// The gateway (no answer, no common codec, shutdown).
+    Gateway,
+}
+
+impl Side {
+    /// Name for events and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Browser => "browser",
+            Side::Sip => "sip",
+            Side::Gateway => "gateway",
+        }
+    }
+}
+
+/// What happened to a call, for the client API and records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A callee is alerting (180/183).
+    Ringing,
+    /// Answered; media flows.
+    Connected {
+        /// The SIP side's codec (`PCMU/8000`).
+        codec: String,
+    },
+    /// Over, or never connected.
+    Ended {
+        /// Who ended it.
+        by: Side,
+        /// SIP status when the call failed (486, 408, 488...).
+        status: Option<u16>,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// What the call layer wants done.
+#[derive(Debug)]
+pub enum CallOutput {
+    /// Start a client transaction.
+    Request(Message, Flow),
+    /// Send bytes outside any transaction (the ACK of a 2xx).
+    Transmit(Flow, Bytes),
+    /// Answer a server transaction (a BYE from the callee).
+    Respond(TxKey, Message),
+    /// Report a call event.
+    Event(String, CallEvent),
+    /// The SIP leg answered: bridge media between the peer and the SIP
+    /// side as negotiated.
+    StartMedia {
+        /// The call.
+        call: String,
+        /// Its browser peer.
+        peer: PeerId,
+        /// What the SIP side agreed.
+        sip: Box<Negotiated>,
+    },
+    /// Drop a client transaction that will never settle (a cancelled
+    /// fork that never sent its final response).
+    Abandon(TxKey),
+    /// The call is over: stop its media and close its peer.
+    Release {
+        /// The call.
+        call: String,
+        /// Its browser peer.
+        peer: PeerId,
+    },
+}
+
+/// A call to place from a browser.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The call's id (the client API's call UUID).
+    pub id: String,
+    /// The browser's peer.
+    pub peer: PeerId,
+    /// What the SIP side is offered.
+    pub offer: Offer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    /// INVITE sent, nothing back.
+    Calling,
+    /// A provisional response came.
+    Proceeding,
+    /// To cancel as soon as a provisional response comes (RFC 3261 9.1).
+    CancelPending,
+    /// CANCEL sent; the 487 will end it.
+    Cancelled,
+    /// Final response received (or timed out).
+    Done,
+}
+
+#[derive(Debug)]
+struct Fork {
+    leg: UacLeg,
+    key: Option<TxKey>,
+    state: ForkState,
+    failure: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Calling,
+    Ringing,
+    Connected,
+    /// Over for both sides; kept while forks still owe a final response
+    /// (a CANCEL to send on their first 1xx, a late 2xx to ACK and BYE).
+    Ended,
+}
+
+#[derive(Debug)]
+struct Call {
+    peer: PeerId,
+    offer: Offer,
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    state: State,
+    /// No answer by then: 408. Once ended: forget the forks still open.
+    give_up: Instant,
+}
+
+/// How long an ended call waits for its cancelled forks to settle (64*T1).
+const SETTLE: Duration = Duration::from_secs(32);
+
+/// Every bridged call.
+#[derive(Debug, Default)]
+pub struct B2bua {
+    calls: HashMap<String, Call>,
+    /// SIP Call-ID of a fork -> its call and fork index.
+    by_call_id: HashMap<String, (String, usize)>,
+    out: VecDeque<CallOutput>,
+}
+
+/// The status that tells a caller most about forks that all failed: a 6xx,
+/// else busy, else the first failure (RFC 3261 16.7 in spirit).
+fn best_failure(codes: impl Iterator<Item = u16>) -> u16 {
+    let codes: Vec<u16> = codes.collect();
+    codes
+        .iter()
+        .find(|c| **c >= 600)
+        .or_else(|| codes.iter().find(|c| **c == 486))
+        .or(codes.first())
+        .copied()
+        .unwrap_or(480)
+}
+
+/// Stops a fork that is still ringing: CANCEL once it has sent a
+/// provisional response, else as soon as it does (RFC 3261 9.1).
+fn cancel_fork(f: &mut Fork, out: &mut VecDeque<CallOutput>) {
+    match f.state {
+        ForkState::Proceeding => {
+            f.state = ForkState::Cancelled;
+            if let Some(c) = f.leg.cancel() {
+                out.push_back(CallOutput::Request(c, f.leg.flow));
+            }
+        }
+        ForkState::Calling => f.state = ForkState::CancelPending,
+        _ => {}
+    }
+}
+
+impl B2bua {
+    /// Calls in progress.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether no call is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Whether a SIP Call-ID belongs to one of our forks.
+    pub fn owns(&self, call_id: &str) -> bool {
+        self.by_call_id.contains_key(call_id)
+    }
+
+    /// Places a call: an INVITE to every target at once (each with its
+    /// offer printed for its flow: the media address may differ).
+    pub fn dial(&mut self, now: Instant, dial: Dial, targets: Vec<InviteParams>) {
+        let mut forks = Vec::new();
+        for params in targets {
+            let Some((leg, invite)) = UacLeg::invite(params) else {
+                continue;
+            };
+            self.by_call_id
+                .insert(leg.call_id.clone(), (dial.id.clone(), forks.len()));
+            self.out.push_back(CallOutput::Request(invite, leg.flow));
+            forks.push(Fork {
+                leg,
+                key: None,
+                state: ForkState::Calling,
+                failure: None,
+            });
+        }
+        let none = forks.is_empty();
+        tracing::info!(call = %dial.id, forks = forks.len(), "calling the SIP side");
+        self.calls.insert(
+            dial.id.clone(),
+            Call {
+                peer: dial.peer,
+                offer: dial.offer,
+                forks,
+                winner: None,
+                state: State::Calling,
+                give_up: now + NO_ANSWER,
+            },
+        );
+        if none {
+            self.end(now, &dial.id, Side::Gateway, Some(480), "no reachable contact");
+        }
+    }
+
+    /// The transaction key the layer gave an INVITE we sent (so a timeout
+    /// can be matched to its fork).
+    pub fn sent(&mut self, call_id: &str, key: TxKey) {
+        if let Some((call, i)) = self.by_call_id.get(call_id)
+            && let Some(f) = self.calls.get_mut(call).and_then(|c| c.forks.get_mut(*i))
+            && f.key.is_none()
+        {
+            f.key = Some(key);
+        }
+    }
+
+    /// A response to one of our requests (responses to CANCEL and BYE
+    /// need nothing).
+    pub fn on_response(&mut self, now: Instant, msg: &Message) {
+        let Some((call_id, i)) = self.by_call_id.get(msg.call_id()).cloned() else {
+            return;
+        };
+        let Some(code) = msg.status() else { return };
+        if !msg.cseq().is_some_and(|c| c.method == Method::Invite) {
+            return;
+        }
+        match code {
+            100 => {}
+            101..=199 => self.on_provisional(&call_id, i, code, msg),
+            200..=299 => self.on_answer(now, &call_id, i, msg),
+            _ => self.on_failure(now, &call_id, i, code, msg),
+        }
+        self.reap(&call_id);
+    }
+
+    fn on_provisional(&mut self, call_id: &str, i: usize, code: u16, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        fork.leg.on_response(msg);
+        match fork.state {
+            ForkState::Calling => fork.state = ForkState::Proceeding,
+            ForkState::CancelPending => {
+                fork.state = ForkState::Cancelled;
+                if let Some(c) = fork.leg.cancel() {
+                    self.out.push_back(CallOutput::Request(c, fork.leg.flow));
+                }
+            }
+            _ => {}
+        }
+        if call.state == State::Calling && matches!(code, 180 | 183) {
+            call.state = State::Ringing;
+            self.out
+                .push_back(CallOutput::Event(call_id.to_string(), CallEvent::Ringing));
+        }
+    }
+
+    fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        fork.state = ForkState::Done;
+        fork.failure = Some(code);
+        let live = matches!(call.state, State::Calling | State::Ringing);
+        if live && call.forks.iter().all(|f| f.state == ForkState::Done) {
+            let status = best_failure(call.forks.iter().filter_map(|f| f.failure));
+            let reason = match msg.reason() {
+                Some(r) if status == code => format!("{status} {r}"),
+                _ => format!("SIP {status}"),
+            };
+            self.end(now, call_id, Side::Sip, Some(status), &reason);
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, call_id: &str, i: usize, ok: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        let ours = fork.leg.on_response(ok);
+        if let Some(ack) = fork.leg.ack(ok) {
+            self.out.push_back(CallOutput::Transmit(fork.leg.flow, ack));
+        }
+        let is_winner = call.winner == Some(i) && ours;
+        if is_winner {
+            // The winner's 2xx again: the ACK above was all it needed.
+            return;
+        }
+        if call.winner.is_some() || call.state == State::Ended {
+            // Another fork, or the call is over: that dialog ends at once.
+            fork.state = ForkState::Done;
+            if let Some(bye) = fork.leg.bye_stray(ok) {
+                self.out.push_back(CallOutput::Request(bye, fork.leg.flow));
+            }
+            return;
+        }
+        fork.state = ForkState::Done;
+        call.winner = Some(i);
+        let negotiated = crate::sdp::parse(&String::from_utf8_lossy(&ok.body))
+            .and_then(|sd| call.offer.read_answer(&sd));
+        // Everyone else stops ringing.
+        for (j, f) in call.forks.iter_mut().enumerate() {
+            if j != i {
+                cancel_fork(f, &mut self.out);
+            }
+        }
+        let peer = call.peer;
+        match negotiated {
+            Ok(n) => {
+                call.state = State::Connected;
+                let codec = n.format.codec.as_ref().map_or_else(
+                    || n.format.pt.to_string(),
+                    |c| format!("{}/{}", c.name, c.clock_rate),
+                );
+                tracing::info!(call = %call_id, %codec, "SIP side answered");
+                self.out.push_back(CallOutput::StartMedia {
+                    call: call_id.to_string(),
+                    peer,
+                    sip: Box::new(n),
+                });
+                self.out.push_back(CallOutput::Event(
+                    call_id.to_string(),
+                    CallEvent::Connected { codec },
+                ));
+            }
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "SIP answer unusable; hanging up");
+                self.hang_up_sip(call_id);
+                self.end(now, call_id, Side::Gateway, Some(488), &e.to_string());
+            }
+        }
+    }
+
+    /// A client transaction got no final response (timer B): that fork is
+    /// unreachable (408).
+    pub fn on_timeout(&mut self, now: Instant, key: &TxKey) {
+        let found = self.calls.iter().find_map(|(id, c)| {
+            let i = c.forks.iter().position(|f| f.key.as_ref() == Some(key))?;
+            Some((id.clone(), i))
+        });
+        if let Some((call_id, i)) = found {
+            let timeout = Message::parse(b"SIP/2.0 408 Request Timeout\r\n\r\n");
+            if let Ok(msg) = timeout {
+                self.on_failure(now, &call_id, i, 408, &msg);
+                self.reap(&call_id);
+            }
+        }
+    }
+
+    /// An in-dialog request from a callee (BYE, re-INVITE...). Returns
+    /// false when it belongs to no call here.
+    pub fn on_request(&mut self, now: Instant, key: &TxKey, msg: &Message, flow: Flow) -> bool {
+        let Some((call_id, i)) = self.by_call_id.get(msg.call_id()).cloned() else {
+            return false;
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return false;
+        };
+        if !call.forks.get(i).is_some_and(|f| f.leg.matches(msg)) {
+            return false;
+        }
+        let method = msg.method();
+        let (code, reason) = match method {
+            Some(Method::Bye) => (200, "OK"),
+            // Hold, resume and codec changes are not bridged yet: the
+            // session goes on unchanged (RFC 3261 14.2: 488 keeps it).
+            Some(Method::Invite) => (488, "Not Acceptable Here"),
+            _ => (405, "Method Not Allowed"),
+        };
+        let mut resp = response_to(msg, code, reason, None, Some(flow.remote));
+        if code == 405 {
+            resp.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
+        }
+        self.out.push_back(CallOutput::Respond(key.clone(), resp));
+        if method == Some(Method::Bye) && call.state != State::Ended {
+            tracing::info!(call = %call_id, "SIP side hung up");
+            self.end(now, &call_id, Side::Sip, None, "hangup");
+        }
+        true
+    }
+
+    /// The browser left (hang-up, or its peer closed): CANCEL or BYE the
+    /// SIP side.
+    pub fn browser_gone(&mut self, now: Instant, call_id: &str, reason: &str) {
+        if !self
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.state != State::Ended)
+        {
+            return;
+        }
+        tracing::info!(call = %call_id, reason, "browser side hung up");
+        self.hang_up_sip(call_id);
+        self.end(now, call_id, Side::Browser, None, reason);
+    }
+
+    /// Ends the SIP side of a call: BYE to the winner, CANCEL to forks
+    /// still ringing.
+    fn hang_up_sip(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        for (j, f) in call.forks.iter_mut().enumerate() {
+            if Some(j) == call.winner {
+                if let Some(bye) = f.leg.bye() {
+                    self.out.push_back(CallOutput::Request(bye, f.leg.flow));
+                }
+            } else {
+                cancel_fork(f, &mut self.out);
+            }
+        }
+    }
+
+    /// Ends a call for both sides (the SIP side was already hung up or
+    /// refused): reports it and releases its media and peer. The call stays
+    /// known until its forks settle.
+    fn end(&mut self, now: Instant, call_id: &str, by: Side, status: Option<u16>, reason: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.state == State::Ended {
+            return;
+        }
+        call.state = State::Ended;
+        call.give_up = now + SETTLE;
+        let peer = call.peer;
+        self.out.push_back(CallOutput::Event(
+            call_id.to_string(),
+            CallEvent::Ended {
+                by,
+                status,
+                reason: reason.to_string(),
+            },
+        ));
+        self.out.push_back(CallOutput::Release {
+            call: call_id.to_string(),
+            peer,
+        });
+        self.reap(call_id);
+    }
+
+    /// Forgets an ended call whose forks have all settled.
+    fn reap(&mut self, call_id: &str) {
+        let settled = self.calls.get(call_id).is_some_and(|c| {
+            c.state == State::Ended && c.forks.iter().all(|f| f.state == ForkState::Done)
+        });
+        if settled && let Some(call) = self.calls.remove(call_id) {
+            for f in call.forks {
+                self.by_call_id.remove(&f.leg.call_id);
+            }
+        }
+    }
+
+    /// Gives up on calls nobody answered in time, and forgets ended calls
+    /// whose cancelled forks never settled (their transactions are dropped).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(String, State)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.give_up <= now && c.state != State::Connected)
+            .map(|(id, c)| (id.clone(), c.state))
+            .collect();
+        for (id, state) in due {
+            if state == State::Ended {
+                if let Some(call) = self.calls.remove(&id) {
+                    for f in call.forks {
+                        self.by_call_id.remove(&f.leg.call_id);
+                        if f.state != ForkState::Done
+                            && let Some(key) = f.key
+                        {
+                            self.out.push_back(CallOutput::Abandon(key));
+                        }
+                    }
+                }
+                continue;
+            }
+            tracing::info!(call = %id, "no answer");
+            self.hang_up_sip(&id);
+            self.end(now, &id, Side::Gateway, Some(408), "no answer");
+        }
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .filter(|c| c.state != State::Connected)
+            .map(|c| c.give_up)
+            .min()
+    }
+
+    /// Next thing to do.
+    pub fn poll_output(&mut self) -> Option<CallOutput> {
+        self.out.pop_front()
+    }
+}

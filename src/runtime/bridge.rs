@@ -1,0 +1,265 @@
+//! Media of bridged calls: the SIP side's RTP socket (bound before the
+//! INVITE, so the offer can name it) and, once the SIP side answers, one
+//! task per call that moves audio between that socket and the browser's
+//! peer in the WebRTC task: SIP RTP -> [`RtpSession`] -> [`Direction`] ->
+//! hub, and hub -> [`Direction`] -> [`RtpSession`] -> SIP RTP. Each
+//! direction relays or transcodes on its own ([`audio_direction`]).
+//!
+//! Owns sockets, the task and its timers; what to relay or transcode is
+//! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
+//! a call starts or ends by [`crate::b2bua`]. Video is not bridged yet.
+
+use super::media::{MediaCalls, Ports, ntp_now};
+use super::webrtc::WebrtcHandle;
+use crate::media::bridge::{AudioEnd, Direction, audio_direction};
+use crate::media::session::{Inbound, RtpSession, SessionConfig};
+use crate::sdp::Negotiated;
+use crate::webrtc::{PeerFormat, PeerId, StreamKind};
+use causeway_codecs::registry::AudioCodec;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A bridged call's media: sockets waiting for the answer, then a task.
+enum Slot {
+    Reserved {
+        ports: Ports,
+        browser: Vec<PeerFormat>,
+    },
+    Running(JoinHandle<()>),
+}
+
+/// The media of every bridged call.
+#[derive(Default)]
+pub struct Bridges {
+    calls: HashMap<String, Slot>,
+}
+
+impl std::fmt::Debug for Bridges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridges")
+            .field("calls", &self.calls.len())
+            .finish()
+    }
+}
+
+/// What the browser sends on audio: its first audio codec, and its
+/// telephone-event at that codec's clock.
+fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
+    let audio = formats.iter().filter(|f| f.kind == StreamKind::Audio);
+    let (codec, pt) = audio
+        .clone()
+        .find_map(|f| AudioCodec::from_key(&f.codec).map(|c| (c, f.pt)))?;
+    let clock = codec.key().clock_rate;
+    let dtmf = audio
+        .filter(|f| f.codec.name.eq_ignore_ascii_case("telephone-event"))
+        .find(|f| f.codec.clock_rate == clock)
+        .map(|f| f.pt);
+    Some(AudioEnd { pt, codec, dtmf })
+}
+
+/// The browser's audio codecs in its order (what to offer the SIP side).
+pub fn browser_codecs(formats: &[PeerFormat]) -> Vec<AudioCodec> {
+    let mut v = Vec::new();
+    for f in formats.iter().filter(|f| f.kind == StreamKind::Audio) {
+        if let Some(c) = AudioCodec::from_key(&f.codec)
+            && !v.contains(&c)
+        {
+            v.push(c);
+        }
+    }
+    v
+}
+
+impl Bridges {
+    /// Binds the SIP-side RTP port for a call (and RTCP above it, in case
+    /// the answer declines rtcp-mux); returns the RTP port.
+    pub fn reserve(
+        &mut self,
+        media: &mut MediaCalls,
+        call: &str,
+        ip: IpAddr,
+        browser: Vec<PeerFormat>,
+    ) -> std::io::Result<u16> {
+        let ports = media.bind(ip, true)?;
+        let port = ports.rtp.local_addr()?.port();
+        self.calls
+            .insert(call.to_string(), Slot::Reserved { ports, browser });
+        Ok(port)
+    }
+
+    /// Starts moving media once the SIP side answered.
+    pub fn start(
+        &mut self,
+        call: &str,
+        peer: PeerId,
+        sip: &Negotiated,
+        webrtc: &WebrtcHandle,
+    ) -> Result<(), String> {
+        let Some(Slot::Reserved { ports, browser }) = self.calls.remove(call) else {
+            return Err("no media reserved for the call".into());
+        };
+        let browser = browser_audio(&browser).ok_or("the browser has no audio codec")?;
+        let sip_end = AudioEnd {
+            pt: sip.format.pt,
+            codec: sip
+                .format
+                .codec
+                .as_ref()
+                .and_then(AudioCodec::from_key)
+                .ok_or("the SIP side's codec cannot be bridged")?,
+            dtmf: sip.dtmf.as_ref().map(|f| f.pt),
+        };
+        let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
+        let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+        let session = RtpSession::new(
+            Instant::now(),
+            SessionConfig {
+                remote_rtp: sip.remote_rtp,
+                remote_rtcp: sip.remote_rtcp,
+                rtcp_mux: sip.rtcp_mux,
+                srtp: None,
+                clock_rate: sip_end.codec.key().clock_rate,
+                cname: format!("causeway-{call}"),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let rtp = tokio_socket(ports.rtp)?;
+        let rtcp = match (sip.rtcp_mux, ports.rtcp) {
+            (false, Some(s)) => Some(tokio_socket(s)?),
+            _ => None,
+        };
+        let (sink, from_browser) = mpsc::channel(256);
+        let webrtc = webrtc.clone();
+        let call_id = call.to_string();
+        let task = tokio::spawn(async move {
+            webrtc.attach(peer, sink).await;
+            let legs = Legs {
+                rtp,
+                rtcp,
+                session,
+                to_sip,
+                to_browser,
+                webrtc,
+                peer,
+            };
+            legs.run(from_browser).await;
+            tracing::debug!(call = %call_id, "bridge media stopped");
+        });
+        self.calls.insert(call.to_string(), Slot::Running(task));
+        Ok(())
+    }
+
+    /// Stops a call's media and frees its ports.
+    pub fn close(&mut self, call: &str) {
+        if let Some(Slot::Running(task)) = self.calls.remove(call) {
+            task.abort();
+        }
+    }
+
+    /// Stops everything (shutdown).
+    pub fn close_all(&mut self) {
+        for (_, slot) in self.calls.drain() {
+            if let Slot::Running(task) = slot {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn tokio_socket(s: std::net::UdpSocket) -> Result<UdpSocket, String> {
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    UdpSocket::from_std(s).map_err(|e| e.to_string())
+}
+
+/// The running media of one call.
+struct Legs {
+    rtp: UdpSocket,
+    rtcp: Option<UdpSocket>,
+    session: RtpSession,
+    to_sip: Direction,
+    to_browser: Direction,
+    webrtc: WebrtcHandle,
+    peer: PeerId,
+}
+
+impl Legs {
+    async fn run(mut self, mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>) {
+        let mut packet = Vec::with_capacity(2048);
+        let mut rpacket = Vec::with_capacity(2048);
+        let mut out = Vec::new();
+        loop {
+            let due = [
+                self.session.next_timeout(),
+                self.to_sip.next_due(),
+                self.to_browser.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            packet.clear();
+            rpacket.clear();
+            tokio::select! {
+                r = self.rtp.recv_buf_from(&mut packet) => {
+                    let Ok((_, from)) = r else { continue };
+                    let now = Instant::now();
+                    if self.session.on_rtp_port(now, from, &mut packet) == Inbound::Rtp {
+                        self.to_browser.on_packet(now, &packet, &mut out);
+                        self.to_browser.take_digits();
+                    }
+                }
+                r = recv_opt(self.rtcp.as_ref(), &mut rpacket) => {
+                    let Ok((_, from)) = r else { continue };
+                    self.session.on_rtcp_port(Instant::now(), from, &mut rpacket);
+                }
+                m = from_browser.recv() => {
+                    let Some((kind, p)) = m else { return };
+                    if kind == StreamKind::Audio {
+                        let now = Instant::now();
+                        let mut to_sip = Vec::new();
+                        self.to_sip.on_packet(now, &p, &mut to_sip);
+                        self.to_sip.take_digits();
+                        self.send_sip(now, to_sip).await;
+                    }
+                }
+                () = sleep_until(due) => {}
+            }
+            let now = Instant::now();
+            self.to_browser.poll(now, &mut out);
+            for p in out.drain(..) {
+                self.webrtc.send_rtp(self.peer, StreamKind::Audio, p);
+            }
+            let mut to_sip = Vec::new();
+            self.to_sip.poll(now, &mut to_sip);
+            self.send_sip(now, to_sip).await;
+            if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
+                let _ = self.rtcp.as_ref().unwrap_or(&self.rtp).send_to(&report, dest).await;
+            }
+        }
+    }
+
+    async fn send_sip(&mut self, now: Instant, packets: Vec<Vec<u8>>) {
+        for mut p in packets {
+            if let Some(dest) = self.session.send_rtp(now, &mut p) {
+                let _ = self.rtp.send_to(&p, dest).await;
+            }
+        }
+    }
+}
+
+async fn recv_opt(s: Option<&UdpSocket>, buf: &mut Vec<u8>) -> std::io::Result<(usize, SocketAddr)> {
+    match s {
+        Some(s) => s.recv_buf_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

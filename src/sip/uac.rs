@@ -1,0 +1,303 @@
+//! Calls this gateway places as a UAC (RFC 3261 sections 12.1.2, 13.2 and
+//! 9.1), sans-IO: the INVITE, its CANCEL, the ACK for a 2xx, and the
+//! requests of the dialog a 2xx creates (BYE), built from the dialog state
+//! the responses establish (remote tag, remote target, route set).
+//!
+//! Owns only message construction and dialog state; the transaction layer
+//! retransmits and the call layer (`b2bua`) decides when to send what. It
+//! must not touch sockets, clocks or media.
+
+use super::Flow;
+use super::msg::{Message, NameAddr, random_token};
+use bytes::Bytes;
+
+/// What an INVITE needs.
+#[derive(Debug, Clone)]
+pub struct InviteParams {
+    /// Request-URI (a registered contact, or a trunk URI).
+    pub request_uri: String,
+    /// To URI (the called address of record).
+    pub to: String,
+    /// From URI (who calls).
+    pub from: String,
+    /// From display name.
+    pub display_name: String,
+    /// Where requests go (a registration's flow keeps NAT bindings).
+    pub flow: Flow,
+    /// Our `host:port` for Via and Contact.
+    pub via_host: String,
+    /// User-Agent header.
+    pub user_agent: String,
+    /// The SDP offer.
+    pub sdp: String,
+}
+
+/// One outgoing call leg and, once answered, its dialog.
+#[derive(Debug, Clone)]
+pub struct UacLeg {
+    /// Call-ID (fresh per leg).
+    pub call_id: String,
+    /// Our From tag.
+    pub local_tag: String,
+    /// The callee's To tag, from the first response carrying one.
+    pub remote_tag: Option<String>,
+    /// The flow requests take.
+    pub flow: Flow,
+    invite: Message,
+    from: String,
+    to: String,
+    via_host: String,
+    user_agent: String,
+    /// Contact of the 2xx: where in-dialog requests go.
+    remote_target: Option<String>,
+    /// Record-Route of the 2xx, reversed (RFC 3261 12.1.2).
+    route_set: Vec<String>,
+    cseq: u32,
+}
+
+fn quote(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .map(|c| match c {
+            '"' | '\\' => format!("\\{c}"),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+impl UacLeg {
+    /// A new leg and the INVITE that starts it. `None` only if the pieces
+    /// given do not form a parseable request (a URI with spaces, say).
+    pub fn invite(p: InviteParams) -> Option<(Self, Message)> {
+        let call_id = format!("{}@causeway", random_token(20));
+        let local_tag = random_token(10);
+        let from = if p.display_name.is_empty() {
+            format!("<{}>", p.from)
+        } else {
+            format!("\"{}\" <{}>", quote(&p.display_name), p.from)
+        };
+        let to = format!("<{}>", p.to);
+        let transport = p.flow.transport.via_name();
+        let text = format!(
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:causeway@{};transport={}>\r\n\
+             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\nUser-Agent: {}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+            p.request_uri,
+            p.via_host,
+            random_token(16),
+            p.via_host,
+            p.flow.transport.as_str(),
+            p.user_agent,
+            p.sdp.len(),
+            p.sdp,
+        );
+        let invite = Message::parse(text.as_bytes()).ok()?;
+        Some((
+            Self {
+                call_id,
+                local_tag,
+                remote_tag: None,
+                flow: p.flow,
+                invite: invite.clone(),
+                from,
+                to,
+                via_host: p.via_host,
+                user_agent: p.user_agent,
+                remote_target: None,
+                route_set: Vec::new(),
+                cseq: 1,
+            },
+            invite,
+        ))
+    }
+
+    /// Records what a response to the INVITE establishes: the To tag of
+    /// the first response with one, and for a 2xx the remote target and
+    /// route set. A 2xx from another fork (a different tag) after the
+    /// first is not recorded; the caller ACKs and BYEs it.
+    pub fn on_response(&mut self, resp: &Message) -> bool {
+        let tag = resp
+            .header("To")
+            .and_then(|t| NameAddr::parse(t).ok())
+            .and_then(|n| n.tag().map(str::to_string));
+        let is_2xx = resp.status().is_some_and(|c| (200..300).contains(&c));
+        match (&self.remote_tag, tag) {
+            (Some(ours), Some(t)) if *ours != t && self.remote_target.is_some() => return false,
+            (_, Some(t)) => self.remote_tag = Some(t),
+            (_, None) => {}
+        }
+        if is_2xx {
+            self.remote_target = resp
+                .header("Contact")
+                .and_then(|c| NameAddr::parse(c).ok())
+                .map(|n| n.uri.to_string());
+            self.route_set = resp
+                .headers_named("Record-Route")
+                .flat_map(super::msg::split_list)
+                .map(str::to_string)
+                .collect();
+            self.route_set.reverse();
+        }
+        true
+    }
+
+    /// CANCEL for the INVITE (RFC 3261 9.1): same Request-URI, top Via,
+    /// From, To and Call-ID, CSeq number with method CANCEL.
+    pub fn cancel(&self) -> Option<Message> {
+        let inv = &self.invite;
+        let super::msg::StartLine::Request { uri, .. } = &inv.start else {
+            return None;
+        };
+        let text = format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+             Call-ID: {}\r\nCSeq: 1 CANCEL\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            inv.header("Via")?,
+            inv.header("From")?,
+            inv.header("To")?,
+            self.call_id,
+            self.user_agent,
+        );
+        Message::parse(text.as_bytes()).ok()
+    }
+
+    /// A request within the dialog (to the remote target, along the route
+    /// set, with a To tag), with a fresh branch.
+    fn in_dialog(&self, method: &str, cseq: u32, remote_tag: &str, extra: &str) -> Option<Message> {
+        let target = self.remote_target.as_deref().unwrap_or_else(|| {
+            match &self.invite.start {
+                super::msg::StartLine::Request { uri, .. } => uri.as_str(),
+                super::msg::StartLine::Response { .. } => "",
+            }
+        });
+        let mut text = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {};tag={remote_tag}\r\nCall-ID: {}\r\n\
+             CSeq: {cseq} {method}\r\nUser-Agent: {}\r\n",
+            self.flow.transport.via_name(),
+            self.via_host,
+            random_token(16),
+            self.from,
+            self.local_tag,
+            self.to,
+            self.call_id,
+            self.user_agent,
+        );
+        for r in &self.route_set {
+            text.push_str(&format!("Route: {r}\r\n"));
+        }
+        text.push_str(extra);
+        text.push_str("Content-Length: 0\r\n\r\n");
+        Message::parse(text.as_bytes()).ok()
+    }
+
+    /// The ACK for a 2xx (a transaction of its own, RFC 3261 13.2.2.4), to
+    /// the tag that 2xx carries (another fork's 2xx gets its own ACK).
+    pub fn ack(&self, ok: &Message) -> Option<Bytes> {
+        let tag = ok
+            .header("To")
+            .and_then(|t| NameAddr::parse(t).ok())
+            .and_then(|n| n.tag().map(str::to_string))?;
+        Some(self.in_dialog("ACK", 1, &tag, "")?.to_bytes())
+    }
+
+    /// BYE ending the dialog.
+    pub fn bye(&mut self) -> Option<Message> {
+        let tag = self.remote_tag.clone()?;
+        self.cseq += 1;
+        self.in_dialog("BYE", self.cseq, &tag, "")
+    }
+
+    /// BYE for a 2xx that lost the race to another fork (same leg, other tag).
+    pub fn bye_stray(&self, ok: &Message) -> Option<Message> {
+        let tag = ok
+            .header("To")
+            .and_then(|t| NameAddr::parse(t).ok())
+            .and_then(|n| n.tag().map(str::to_string))?;
+        self.in_dialog("BYE", self.cseq + 1, &tag, "")
+    }
+
+    /// Whether a request from the callee belongs to this dialog.
+    pub fn matches(&self, req: &Message) -> bool {
+        let tag = |h| {
+            req.header(h)
+                .and_then(|v| NameAddr::parse(v).ok())
+                .and_then(|n| n.tag().map(str::to_string))
+        };
+        req.call_id() == self.call_id
+            && tag("To").as_deref() == Some(self.local_tag.as_str())
+            && tag("From").is_some_and(|t| self.remote_tag.as_deref() == Some(t.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Transport;
+    use crate::sip::msg::{StartLine, response_to};
+
+    fn leg() -> (UacLeg, Message) {
+        UacLeg::invite(InviteParams {
+            request_uri: "sip:alice@127.0.0.1:5070".into(),
+            to: "sip:alice@example.org".into(),
+            from: "sip:bob@example.org".into(),
+            display_name: "Bob \"B\"".into(),
+            flow: Flow {
+                transport: Transport::Udp,
+                local: "127.0.0.1:5060".parse().unwrap(),
+                remote: "127.0.0.1:5070".parse().unwrap(),
+                conn: None,
+            },
+            via_host: "127.0.0.1:5060".into(),
+            user_agent: "causeway".into(),
+            sdp: "v=0\r\n".into(),
+        })
+        .unwrap()
+    }
+
+    fn answered(inv: &Message, code: u16, tag: &str) -> Message {
+        let mut r = response_to(inv, code, "OK", Some(tag), None);
+        r.push_header("Contact", "<sip:alice@127.0.0.1:5070;transport=udp>");
+        r.push_header("Record-Route", "<sip:p1;lr>, <sip:p2;lr>");
+        r
+    }
+
+    #[test]
+    fn invite_cancel_ack_bye_follow_rfc_3261() {
+        let (mut leg, inv) = leg();
+        assert_eq!(inv.method(), Some(crate::sip::msg::Method::Invite));
+        assert_eq!(inv.body.as_ref(), b"v=0\r\n");
+        assert!(inv.header("From").unwrap().starts_with("\"Bob \\\"B\\\"\" <sip:bob"));
+        let cancel = leg.cancel().unwrap();
+        assert_eq!(cancel.header("Via"), inv.header("Via"));
+        assert_eq!(cancel.cseq().unwrap().seq, 1);
+
+        let ok = answered(&inv, 200, "t1");
+        assert!(leg.on_response(&ok));
+        let ack = Message::parse(&leg.ack(&ok).unwrap()).unwrap();
+        let StartLine::Request { uri, .. } = &ack.start else { panic!() };
+        assert_eq!(uri, "sip:alice@127.0.0.1:5070;transport=udp");
+        assert_ne!(ack.header("Via"), inv.header("Via"), "a 2xx ACK has its own branch");
+        let routes: Vec<_> = ack.headers_named("Route").collect();
+        assert_eq!(routes, ["<sip:p2;lr>", "<sip:p1;lr>"]);
+        let bye = leg.bye().unwrap();
+        assert_eq!(bye.cseq().unwrap().seq, 2);
+        assert!(bye.header("To").unwrap().ends_with(";tag=t1"));
+
+        // Another fork answering later is not our dialog.
+        assert!(!leg.on_response(&answered(&inv, 200, "t2")));
+        assert!(leg.bye_stray(&answered(&inv, 200, "t2")).unwrap().header("To").unwrap().ends_with("tag=t2"));
+
+        // The callee's BYE matches by Call-ID and both tags.
+        let theirs = format!(
+            "BYE sip:causeway@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
+             From: <sip:alice@example.org>;tag=t1\r\nTo: <sip:bob@example.org>;tag={}\r\n\
+             Call-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+            leg.local_tag, leg.call_id
+        );
+        assert!(leg.matches(&Message::parse(theirs.as_bytes()).unwrap()));
+        let other = theirs.replace("tag=t1", "tag=t9");
+        assert!(!leg.matches(&Message::parse(other.as_bytes()).unwrap()));
+    }
+}
