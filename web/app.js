@@ -19,6 +19,7 @@ const app = {
   call: null,
   state: "idle",
   received: [], // SSE events, newest last
+  states: {}, // latest call_state per call UUID
   lastStats: null,
   statsTimer: null,
 };
@@ -97,14 +98,26 @@ function openEvents() {
 
 function onEvent(name, data) {
   app.received.push({ name, data });
-  if (name === "call_state" && app.call && data.call_uuid === app.call) {
-    if (data.state === "connected") setState("connected", "Connected");
-    if (data.state === "disconnected") {
-      log(`call ended (${data.reason})`);
-      teardown();
-    }
+  if (name === "call_state" && data.call_uuid) {
+    // A bridged call may ring or answer before the POST that placed it returns.
+    app.states[data.call_uuid] = data;
+    if (app.call && data.call_uuid === app.call) onCallState(data);
   } else if (name === "dtmf") {
     log(`DTMF ${data.digit} received`);
+  }
+}
+
+function onCallState(data) {
+  if (data.state === "ringing") setState("calling", "Ringing…");
+  if (data.state === "connected") {
+    setState("connected", "Connected");
+    if (data.remote_codec) log(`answered (far end: ${data.remote_codec})`);
+  }
+  if (data.state === "disconnected" || data.state === "failed") {
+    const who = data.by === "sip" ? "by the far end" : data.by === "gateway" ? "by the gateway" : "";
+    log(`call ended ${who} (${data.reason})`, data.state === "failed");
+    teardown();
+    if (data.state === "failed") setState("failed", data.status === 486 ? "Busy" : "Call failed");
   }
 }
 
@@ -157,7 +170,8 @@ async function startCall(alias, name, pin) {
     const r = await post(api(alias, "calls"), { sdp: pc.localDescription.sdp });
     app.call = r.call_uuid;
     await pc.setRemoteDescription({ type: "answer", sdp: r.sdp });
-    log(`call to ${alias} answered`);
+    log(`call to ${alias} placed`);
+    if (app.states[app.call]) onCallState(app.states[app.call]);
     app.statsTimer = setInterval(updateStats, 1000);
   } catch (e) {
     log(`call failed: ${e.message}`, true);

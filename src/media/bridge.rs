@@ -566,10 +566,15 @@ pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecE
         Mode::Passthrough(Passthrough::new(map))
     } else {
         let pcm_rate = registry::pcm_rate(from.codec, to.codec);
-        let opus = if pcm_rate == 8000 {
-            OpusConfig::narrowband()
-        } else {
-            OpusConfig::webrtc()
+        let opus = OpusConfig {
+            // Opus's DTX takes steady tones (ringback, DTMF-like prompts,
+            // music on hold) for background noise and stops sending them.
+            dtx: false,
+            ..if pcm_rate == 8000 {
+                OpusConfig::narrowband()
+            } else {
+                OpusConfig::webrtc()
+            }
         };
         Mode::Transcode(Box::new(AudioTranscoder::new(
             AudioFormats {

@@ -29,7 +29,7 @@ enum Slot {
         ports: Ports,
         browser: Vec<PeerFormat>,
     },
-    Running(JoinHandle<()>),
+    Running(JoinHandle<()>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// The media of every bridged call.
@@ -115,6 +115,13 @@ impl Bridges {
         };
         let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
         let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+        tracing::info!(
+            call,
+            browser = ?browser.codec,
+            sip = ?sip_end.codec,
+            audio = if browser.codec == sip_end.codec { "passthrough" } else { "transcoded" },
+            "bridging media"
+        );
         let session = RtpSession::new(
             Instant::now(),
             SessionConfig {
@@ -133,6 +140,7 @@ impl Bridges {
             _ => None,
         };
         let (sink, from_browser) = mpsc::channel(256);
+        let (stop_tx, stop) = tokio::sync::oneshot::channel();
         let webrtc = webrtc.clone();
         let call_id = call.to_string();
         let task = tokio::spawn(async move {
@@ -146,24 +154,24 @@ impl Bridges {
                 webrtc,
                 peer,
             };
-            legs.run(from_browser).await;
-            tracing::debug!(call = %call_id, "bridge media stopped");
+            legs.run(&call_id, from_browser, stop).await;
         });
-        self.calls.insert(call.to_string(), Slot::Running(task));
+        self.calls
+            .insert(call.to_string(), Slot::Running(task, stop_tx));
         Ok(())
     }
 
-    /// Stops a call's media and frees its ports.
+    /// Stops a call's media (it logs its counters) and frees its ports.
     pub fn close(&mut self, call: &str) {
-        if let Some(Slot::Running(task)) = self.calls.remove(call) {
-            task.abort();
+        if let Some(Slot::Running(_, stop)) = self.calls.remove(call) {
+            let _ = stop.send(());
         }
     }
 
     /// Stops everything (shutdown).
     pub fn close_all(&mut self) {
         for (_, slot) in self.calls.drain() {
-            if let Slot::Running(task) = slot {
+            if let Slot::Running(task, _) = slot {
                 task.abort();
             }
         }
@@ -187,7 +195,12 @@ struct Legs {
 }
 
 impl Legs {
-    async fn run(mut self, mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>) {
+    async fn run(
+        mut self,
+        call: &str,
+        mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
         let mut packet = Vec::with_capacity(2048);
         let mut rpacket = Vec::with_capacity(2048);
         let mut out = Vec::new();
@@ -215,8 +228,9 @@ impl Legs {
                     let Ok((_, from)) = r else { continue };
                     self.session.on_rtcp_port(Instant::now(), from, &mut rpacket);
                 }
+                _ = &mut stop => break,
                 m = from_browser.recv() => {
-                    let Some((kind, p)) = m else { return };
+                    let Some((kind, p)) = m else { break };
                     if kind == StreamKind::Audio {
                         let now = Instant::now();
                         let mut to_sip = Vec::new();
@@ -239,6 +253,20 @@ impl Legs {
                 let _ = self.rtcp.as_ref().unwrap_or(&self.rtp).send_to(&report, dest).await;
             }
         }
+        let (a, b) = (self.to_sip.stats, self.to_browser.stats);
+        tracing::info!(
+            call,
+            to_sip_in = a.packets_in,
+            to_sip_out = a.packets_out,
+            to_sip_concealed = a.concealed,
+            to_browser_in = b.packets_in,
+            to_browser_out = b.packets_out,
+            to_browser_concealed = b.concealed,
+            to_browser_late = b.late,
+            sip_in = self.session.stats.rtp_in,
+            sip_lost = self.session.stats.lost,
+            "bridge media stopped"
+        );
     }
 
     async fn send_sip(&mut self, now: Instant, packets: Vec<Vec<u8>>) {

@@ -1,0 +1,283 @@
+//! Interop through the B2BUA: headless Chromium (the built-in page) calls
+//! `alice`, registered by a real baresip that auto-answers and sends a
+//! 1 kHz tone while Chromium sends 440 Hz. Each side's received audio is
+//! checked by its dominant frequency: what the browser heard (WebAudio FFT
+//! in the page) and what baresip recorded (its sndfile module). One test
+//! hangs up from the browser, one from baresip.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use causeway_codecs::analysis::{dominant_frequency, tone};
+use common::{Gw, free_port, require, run_bounded, write};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// A 16-bit WAV file, the same samples on every channel.
+fn write_wav(path: &Path, samples: &[i16], rate: u32, channels: u16) {
+    let data: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(s.to_le_bytes(), channels as usize).flatten())
+        .collect();
+    let mut f = Vec::new();
+    f.extend_from_slice(b"RIFF");
+    f.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    f.extend_from_slice(b"WAVEfmt ");
+    f.extend_from_slice(&16u32.to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes());
+    f.extend_from_slice(&channels.to_le_bytes());
+    f.extend_from_slice(&rate.to_le_bytes());
+    f.extend_from_slice(&(rate * 2 * u32::from(channels)).to_le_bytes());
+    f.extend_from_slice(&(2 * channels).to_le_bytes());
+    f.extend_from_slice(&16u16.to_le_bytes());
+    f.extend_from_slice(b"data");
+    f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    f.extend_from_slice(&data);
+    std::fs::write(path, f).unwrap();
+}
+
+/// Reads a 16-bit PCM WAV: the first channel's samples and the rate.
+fn read_wav(path: &Path) -> (Vec<i16>, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"RIFF", "{}", path.display());
+    let (mut i, mut rate, mut channels) = (12, 0u32, 1usize);
+    while i + 8 <= b.len() {
+        let id = &b[i..i + 4];
+        let len = u32::from_le_bytes(b[i + 4..i + 8].try_into().unwrap()) as usize;
+        let body = &b[i + 8..(i + 8 + len).min(b.len())];
+        if id == b"fmt " {
+            channels = u16::from_le_bytes([body[2], body[3]]) as usize;
+            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
+        } else if id == b"data" {
+            let samples = body
+                .chunks_exact(2 * channels)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            return (samples, rate);
+        }
+        i += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in {}", path.display());
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A baresip registered as alice with one audio codec (`PCMU` or `opus`):
+/// auto-answers, sends `tone.wav`, records what it receives into its
+/// directory.
+struct Baresip {
+    dir: tempfile::TempDir,
+    ctrl: u16,
+    _child: Kill,
+}
+
+impl Baresip {
+    fn start(gw: &Gw, codecs: &str) -> Baresip {
+        let dir = tempfile::tempdir().unwrap();
+        let sip_port = free_port();
+        let ctrl = free_port();
+        // aufile insists on the codec's own rate and channels.
+        let (rate, channels) = if codecs == "opus" { (48000, 2) } else { (8000, 1) };
+        let wav = dir.path().join("tone.wav");
+        write_wav(&wav, &tone(1000.0, -12.0, rate, rate as usize * 30), rate, channels);
+        write(
+            dir.path(),
+            "config",
+            &format!(
+                "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nnet_interface 127.0.0.1\n\
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\n\
+                 module aufile.so\nmodule alsa.so\nmodule sndfile.so\nsnd_path {}\n\
+                 module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n\
+                 audio_source aufile,{}\naudio_player alsa,null\naudio_alert alsa,null\n",
+                dir.path().display(),
+                wav.display(),
+            ),
+        );
+        write(
+            dir.path(),
+            "accounts",
+            &format!(
+                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={codecs}\n",
+                gw.sip_port
+            ),
+        );
+        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
+        let child = Kill(
+            Command::new("baresip")
+                .arg("-f")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let b = Baresip {
+            dir,
+            ctrl,
+            _child: child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while gw.registrations().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "baresip did not register:\n{}\n{}",
+                b.log(),
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    /// A ctrl_tcp command (netstring-framed JSON).
+    fn command(&self, command: &str) {
+        let body = format!("{{\"command\":\"{command}\",\"params\":\"\",\"token\":\"t\"}}");
+        let mut s = TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
+        write!(s, "{}:{},", body.len(), body).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+    }
+
+    /// What baresip received and decoded (sndfile's `-dec` dump).
+    fn received(&self) -> (Vec<i16>, u32) {
+        let dump = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .unwrap_or_else(|| panic!("no sndfile dump:\n{}", self.log()));
+        read_wav(&dump)
+    }
+}
+
+fn node_call(gw: &Gw, seconds: u32, hangup: &str, wav: &Path) -> Command {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir()).args([
+        "call.mjs",
+        &format!("http://127.0.0.1:{}", gw.http_port),
+        "alice",
+        &seconds.to_string(),
+        hangup,
+        &wav.display().to_string(),
+    ]);
+    cmd
+}
+
+fn parse_result(out: &std::process::Output, gw: &Gw, baresip: &Baresip) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!(
+            "no JSON from call.mjs ({e}):\n{stdout}\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log_text(),
+            baresip.log()
+        )
+    })
+}
+
+fn prerequisites() {
+    require("baresip");
+    require("chromium");
+    require("node");
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in tests/browser (cargo xtask test does)"
+    );
+}
+
+fn browser_tone(dir: &Path) -> PathBuf {
+    let wav = dir.join("browser-440.wav");
+    write_wav(&wav, &tone(440.0, -12.0, 48000, 48000 * 30), 48000, 1);
+    wav
+}
+
+fn assert_heard(what: &str, samples: &[i16], rate: u32, want: f64) {
+    // Skip the first second (answer, jitter buffer fill).
+    let start = (rate as usize).min(samples.len());
+    let f = dominant_frequency(&samples[start..], rate);
+    assert!(
+        (f - want).abs() < want * 0.03,
+        "{what}: dominant frequency {f:.0} Hz, expected {want} Hz ({} samples)",
+        samples.len()
+    );
+}
+
+#[test]
+fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start(&gw, "PCMU");
+    let wav = browser_tone(baresip.dir.path());
+    let out = run_bounded(&mut node_call(&gw, 4, "browser", &wav), Duration::from_secs(90));
+    let r = parse_result(&out, &gw, &baresip);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    assert_eq!(r["connected"], true, "{}", context());
+    let f = r["frequency"].as_f64().unwrap();
+    assert!((f - 1000.0).abs() < 30.0, "the browser heard {f} Hz\n{}", context());
+    assert_eq!(r["stats"]["audioIn"]["codec"], "audio/opus", "{}", context());
+    assert!(r["stats"]["audioIn"]["packets"].as_u64().unwrap() > 150, "{}", context());
+    assert!(r["stats"]["audioIn"]["audioEnergy"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
+    assert!(gw.log_text().contains("PCMU/8000"), "{}", context());
+    assert!(gw.log_text().contains("audio=\"transcoded\""), "{}", context());
+    // baresip got the BYE and heard the browser's 440 Hz.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !baresip.log().to_lowercase().contains("closed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(baresip.log().to_lowercase().contains("closed"), "{}", context());
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+}
+
+#[test]
+fn baresip_hangs_up_an_opus_call_from_chromium() {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start(&gw, "opus");
+    let wav = browser_tone(baresip.dir.path());
+    let mut cmd = node_call(&gw, 3, "remote", &wav);
+    let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    // Hang up from baresip once the call has run a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !gw.log_text().contains("SIP side answered") {
+        assert!(Instant::now() < deadline, "never answered:\n{}\n{}", gw.log_text(), baresip.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    baresip.command("hangup");
+    let out = node.join().unwrap();
+    let r = parse_result(&out, &gw, &baresip);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert_eq!(r["connected"], true, "{}", context());
+    let f = r["frequency"].as_f64().unwrap();
+    assert!((f - 1000.0).abs() < 30.0, "the browser heard {f} Hz\n{}", context());
+    assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
+    assert_eq!(r["ended"]["by"], "sip", "{}", context());
+    assert!(gw.log_text().contains("opus/48000"), "{}", context());
+    // Both sides speak Opus: relayed, not transcoded.
+    assert!(gw.log_text().contains("audio=\"passthrough\""), "{}", context());
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+}
