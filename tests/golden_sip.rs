@@ -190,7 +190,7 @@ fn rfc4475_torture_messages() {
                     let ports = (0..answer.streams.len() as u16).map(|i| 40000 + 2 * i);
                     gw.media_ready(Instant::now(), 0, dialog, Ok(ports.collect()));
                 }
-                GwOutput::Store(_) | GwOutput::CloseMedia { .. } => {}
+                GwOutput::Store(_) | GwOutput::CloseMedia { .. } | GwOutput::Call(_) => {}
             }
         }
         let got = last.or(provisional);

@@ -92,9 +92,18 @@ impl Baresip {
         let sip_port = free_port();
         let ctrl = free_port();
         // aufile insists on the codec's own rate and channels.
-        let (rate, channels) = if codecs == "opus" { (48000, 2) } else { (8000, 1) };
+        let (rate, channels) = if codecs == "opus" {
+            (48000, 2)
+        } else {
+            (8000, 1)
+        };
         let wav = dir.path().join("tone.wav");
-        write_wav(&wav, &tone(1000.0, -12.0, rate, rate as usize * 30), rate, channels);
+        write_wav(
+            &wav,
+            &tone(1000.0, -12.0, rate, rate as usize * 30),
+            rate,
+            channels,
+        );
         write(
             dir.path(),
             "config",
@@ -228,25 +237,49 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     let gw = Gw::start("");
     let baresip = Baresip::start(&gw, "PCMU");
     let wav = browser_tone(baresip.dir.path());
-    let out = run_bounded(&mut node_call(&gw, 4, "browser", &wav), Duration::from_secs(90));
+    let out = run_bounded(
+        &mut node_call(&gw, 4, "browser", &wav),
+        Duration::from_secs(90),
+    );
     let r = parse_result(&out, &gw, &baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
     assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
     assert_eq!(r["connected"], true, "{}", context());
     let f = r["frequency"].as_f64().unwrap();
-    assert!((f - 1000.0).abs() < 30.0, "the browser heard {f} Hz\n{}", context());
-    assert_eq!(r["stats"]["audioIn"]["codec"], "audio/opus", "{}", context());
-    assert!(r["stats"]["audioIn"]["packets"].as_u64().unwrap() > 150, "{}", context());
+    assert!(
+        (f - 1000.0).abs() < 30.0,
+        "the browser heard {f} Hz\n{}",
+        context()
+    );
+    assert_eq!(
+        r["stats"]["audioIn"]["codec"],
+        "audio/opus",
+        "{}",
+        context()
+    );
+    assert!(
+        r["stats"]["audioIn"]["packets"].as_u64().unwrap() > 150,
+        "{}",
+        context()
+    );
     assert!(r["stats"]["audioIn"]["audioEnergy"].as_f64().unwrap() > 0.0);
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert!(gw.log_text().contains("PCMU/8000"), "{}", context());
-    assert!(gw.log_text().contains("audio=\"transcoded\""), "{}", context());
+    assert!(
+        gw.log_text().contains("audio=\"transcoded\""),
+        "{}",
+        context()
+    );
     // baresip got the BYE and heard the browser's 440 Hz.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !baresip.log().to_lowercase().contains("closed") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(baresip.log().to_lowercase().contains("closed"), "{}", context());
+    assert!(
+        baresip.log().to_lowercase().contains("closed"),
+        "{}",
+        context()
+    );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
 }
@@ -262,7 +295,12 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     // Hang up from baresip once the call has run a few seconds.
     let deadline = Instant::now() + Duration::from_secs(40);
     while !gw.log_text().contains("SIP side answered") {
-        assert!(Instant::now() < deadline, "never answered:\n{}\n{}", gw.log_text(), baresip.log());
+        assert!(
+            Instant::now() < deadline,
+            "never answered:\n{}\n{}",
+            gw.log_text(),
+            baresip.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(6));
@@ -272,12 +310,20 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
     assert_eq!(r["connected"], true, "{}", context());
     let f = r["frequency"].as_f64().unwrap();
-    assert!((f - 1000.0).abs() < 30.0, "the browser heard {f} Hz\n{}", context());
+    assert!(
+        (f - 1000.0).abs() < 30.0,
+        "the browser heard {f} Hz\n{}",
+        context()
+    );
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "sip", "{}", context());
     assert!(gw.log_text().contains("opus/48000"), "{}", context());
     // Both sides speak Opus: relayed, not transcoded.
-    assert!(gw.log_text().contains("audio=\"passthrough\""), "{}", context());
+    assert!(
+        gw.log_text().contains("audio=\"passthrough\""),
+        "{}",
+        context()
+    );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
 }

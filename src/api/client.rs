@@ -10,15 +10,14 @@
 //! Must not touch sockets or str0m: media is the WebRTC task's.
 
 use super::ApiError;
+use crate::b2bua::CallEvent;
 use crate::config::{Config, IceServerConfig};
 use crate::dialplan::{CallInfo, Protocol, Reach, Route, Routing};
 use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
 use crate::sip::digest::{constant_time_eq, hmac_sha256};
-use crate::b2bua::CallEvent;
 use crate::webrtc::{PeerApp, PeerEvent, PeerFormat, PeerId, WebrtcError};
-use causeway_codecs::registry::AudioCodec;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,6 +27,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use causeway_codecs::registry::AudioCodec;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -351,8 +351,7 @@ impl ClientApi {
     /// What the call layer reports about a bridged call.
     pub fn call_event(&self, call_uuid: &str, ev: &CallEvent) {
         let mut t = self.tables();
-        let Some(participant) = t.calls.get(call_uuid).and_then(|c| c.participant.clone())
-        else {
+        let Some(participant) = t.calls.get(call_uuid).and_then(|c| c.participant.clone()) else {
             return;
         };
         let data = match ev {

@@ -251,7 +251,13 @@ impl B2bua {
             },
         );
         if none {
-            self.end(now, &dial.id, Side::Gateway, Some(480), "no reachable contact");
+            self.end(
+                now,
+                &dial.id,
+                Side::Gateway,
+                Some(480),
+                "no reachable contact",
+            );
         }
     }
 

@@ -1,1 +1,273 @@
+//! The call state machine on simulated time: forking, cancel, failures,
+//! no answer, hang-ups from both sides, stray answers.
 
+use super::*;
+use crate::sdp::Offer;
+use crate::sip::Transport;
+use crate::sip::msg::StartLine;
+use causeway_codecs::registry::AudioCodec;
+
+fn flow(port: u16) -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        local: "127.0.0.1:5060".parse().unwrap(),
+        remote: format!("127.0.0.1:{port}").parse().unwrap(),
+        conn: None,
+    }
+}
+
+fn target(port: u16) -> InviteParams {
+    InviteParams {
+        request_uri: format!("sip:alice@127.0.0.1:{port}"),
+        to: "sip:alice@test.local".into(),
+        from: "sip:browser@test.local".into(),
+        display_name: "Browser".into(),
+        flow: flow(port),
+        via_host: "127.0.0.1:5060".into(),
+        user_agent: "causeway".into(),
+        sdp: "v=0\r\n".into(),
+    }
+}
+
+const ANSWER_PCMU: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                           m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+const ANSWER_G729: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                           m=audio 40000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+
+/// A call to `ports.len()` contacts; returns the INVITEs sent.
+fn dial(b: &mut B2bua, now: Instant, ports: &[u16]) -> Vec<Message> {
+    b.dial(
+        now,
+        Dial {
+            id: "call-1".into(),
+            peer: PeerId(7),
+            offer: Offer::audio(&[AudioCodec::Opus, AudioCodec::Pcmu], true),
+        },
+        ports.iter().map(|p| target(*p)).collect(),
+    );
+    let mut invites = Vec::new();
+    for o in drain(b) {
+        match o {
+            CallOutput::Request(m, _) => {
+                let key = TxKey::server(&m).unwrap();
+                let key = key.for_method(Method::Invite);
+                b.sent(m.call_id(), key);
+                invites.push(m);
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    invites
+}
+
+fn drain(b: &mut B2bua) -> Vec<CallOutput> {
+    std::iter::from_fn(|| b.poll_output()).collect()
+}
+
+fn reply(invite: &Message, code: u16, tag: &str, sdp: Option<&str>) -> Message {
+    let mut r = response_to(invite, code, "Reason", Some(tag), None);
+    r.push_header("Contact", "<sip:alice@127.0.0.1:5070>");
+    if let Some(sdp) = sdp {
+        r.push_header("Content-Type", "application/sdp");
+        r.body = Bytes::from(sdp.to_string());
+    }
+    r
+}
+
+fn methods(out: &[CallOutput]) -> Vec<String> {
+    out.iter()
+        .map(|o| match o {
+            CallOutput::Request(m, _) => m.method().unwrap().as_str().to_string(),
+            CallOutput::Transmit(..) => "ACK".into(),
+            CallOutput::Respond(_, m) => m.status().unwrap().to_string(),
+            CallOutput::Event(_, CallEvent::Ringing) => "ringing".into(),
+            CallOutput::Event(_, CallEvent::Connected { .. }) => "connected".into(),
+            CallOutput::Event(_, CallEvent::Ended { status, by, .. }) => {
+                format!("ended:{}:{}", by.as_str(), status.unwrap_or(0))
+            }
+            CallOutput::StartMedia { .. } => "media".into(),
+            CallOutput::Release { .. } => "release".into(),
+            CallOutput::Abandon(_) => "abandon".into(),
+        })
+        .collect()
+}
+
+fn bye_from_callee(invite: &Message, local_tag: &str, remote_tag: &str) -> Message {
+    let text = format!(
+        "BYE sip:causeway@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKbye1\r\n\
+         From: <sip:alice@test.local>;tag={remote_tag}\r\nTo: <sip:browser@test.local>;tag={local_tag}\r\n\
+         Call-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        invite.call_id()
+    );
+    Message::parse(text.as_bytes()).unwrap()
+}
+
+fn from_tag(m: &Message) -> String {
+    crate::sip::msg::NameAddr::parse(m.header("From").unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn forks_ring_the_first_answer_wins_and_the_rest_are_cancelled() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070, 5072]);
+    assert_eq!(inv.len(), 2);
+    assert_ne!(inv[0].call_id(), inv[1].call_id());
+    assert!(inv[0].body.starts_with(b"v=0"));
+
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    assert_eq!(methods(&drain(&mut b)), ["ringing"]);
+    // Fork 0 answers; fork 1 has sent nothing, so its CANCEL waits.
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK", "media", "connected"]);
+    let CallOutput::StartMedia { sip, peer, .. } = &out[1] else {
+        panic!()
+    };
+    assert_eq!(*peer, PeerId(7));
+    assert_eq!(sip.format.pt, 0);
+    // The 200 retransmitted: ACKed again, nothing else.
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+    // Fork 1 rings now: it gets its CANCEL.
+    b.on_response(t0, &reply(&inv[1], 180, "b", None));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["CANCEL"]);
+    let CallOutput::Request(cancel, f) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(cancel.call_id(), inv[1].call_id());
+    assert_eq!(f.remote.port(), 5072);
+    b.on_response(t0, &reply(&inv[1], 487, "b", None));
+    assert!(drain(&mut b).is_empty());
+
+    // The browser hangs up: BYE to the winner only.
+    b.browser_gone(t0, "call-1", "hangup");
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["BYE", "ended:browser:0", "release"]);
+    let CallOutput::Request(bye, _) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(bye.call_id(), inv[0].call_id());
+    assert!(b.is_empty(), "every fork settled");
+}
+
+#[test]
+fn every_fork_failing_reports_the_most_telling_status() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070, 5072]);
+    b.on_response(t0, &reply(&inv[0], 404, "a", None));
+    assert!(drain(&mut b).is_empty(), "one fork left");
+    b.on_response(t0, &reply(&inv[1], 486, "b", None));
+    assert_eq!(methods(&drain(&mut b)), ["ended:sip:486", "release"]);
+    assert!(b.is_empty());
+    // A fork that never answers at all times out (timer B) as 408.
+    let inv = dial(&mut b, t0, &[5070]);
+    let key = TxKey::server(&inv[0]).unwrap().for_method(Method::Invite);
+    b.on_timeout(t0, &key);
+    assert_eq!(methods(&drain(&mut b)), ["ended:sip:408", "release"]);
+}
+
+#[test]
+fn no_answer_cancels_ringing_forks_and_ends_with_408() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070, 5072]);
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    drain(&mut b);
+    assert_eq!(b.poll_timeout(), Some(t0 + NO_ANSWER));
+    b.handle_timeout(t0 + NO_ANSWER);
+    assert_eq!(
+        methods(&drain(&mut b)),
+        ["CANCEL", "ended:gateway:408", "release"]
+    );
+    // The silent fork never answers: the call is forgotten after SETTLE,
+    // dropping its transaction.
+    b.on_response(t0, &reply(&inv[0], 487, "a", None));
+    assert!(!b.is_empty());
+    let settle = b.poll_timeout().unwrap();
+    b.handle_timeout(settle);
+    assert_eq!(methods(&drain(&mut b)), ["abandon"]);
+    assert!(b.is_empty());
+    assert!(!b.owns(inv[1].call_id()));
+}
+
+#[test]
+fn a_late_answer_after_hangup_is_acked_and_ended() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 183, "a", None));
+    drain(&mut b);
+    b.browser_gone(t0, "call-1", "hangup");
+    assert_eq!(
+        methods(&drain(&mut b)),
+        ["CANCEL", "ended:browser:0", "release"]
+    );
+    // The 200 crossed the CANCEL.
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK", "BYE"]);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn the_callee_hangs_up_and_renegotiation_is_refused_without_ending_the_call() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    drain(&mut b);
+    let local = from_tag(&inv[0]);
+    let mut reinvite = bye_from_callee(&inv[0], &local, "a");
+    reinvite.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:causeway@127.0.0.1".into(),
+    };
+    let key = TxKey::server(&reinvite).unwrap();
+    assert!(b.on_request(t0, &key, &reinvite, flow(5070)));
+    assert_eq!(methods(&drain(&mut b)), ["488"]);
+    // A BYE with the wrong tag is not ours.
+    let stranger = bye_from_callee(&inv[0], &local, "zzz");
+    assert!(!b.on_request(
+        t0,
+        &TxKey::server(&stranger).unwrap(),
+        &stranger,
+        flow(5070)
+    ));
+    let bye = bye_from_callee(&inv[0], &local, "a");
+    assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5070)));
+    assert_eq!(methods(&drain(&mut b)), ["200", "ended:sip:0", "release"]);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn an_answer_without_a_common_codec_is_hung_up_with_488() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_G729)));
+    assert_eq!(
+        methods(&drain(&mut b)),
+        ["ACK", "BYE", "ended:gateway:488", "release"]
+    );
+}
+
+#[test]
+fn no_contact_ends_the_call_at_once() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let dial = Dial {
+        id: "call-1".into(),
+        peer: PeerId(7),
+        offer: Offer::audio(&[AudioCodec::Pcmu], true),
+    };
+    b.dial(t0, dial, vec![]);
+    assert_eq!(methods(&drain(&mut b)), ["ended:gateway:480", "release"]);
+    assert!(b.is_empty());
+}

@@ -419,9 +419,7 @@ impl Gateway {
                         self.dialogs.on_ack(id);
                     }
                 }
-                Output::Event(TxEvent::Response { msg, .. })
-                    if self.b2bua.owns(msg.call_id()) =>
-                {
+                Output::Event(TxEvent::Response { msg, .. }) if self.b2bua.owns(msg.call_id()) => {
                     self.b2bua.on_response(now, &msg);
                 }
                 Output::Event(TxEvent::Response { msg, .. }) => {

@@ -250,7 +250,12 @@ impl Legs {
             self.to_sip.poll(now, &mut to_sip);
             self.send_sip(now, to_sip).await;
             if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
-                let _ = self.rtcp.as_ref().unwrap_or(&self.rtp).send_to(&report, dest).await;
+                let _ = self
+                    .rtcp
+                    .as_ref()
+                    .unwrap_or(&self.rtp)
+                    .send_to(&report, dest)
+                    .await;
             }
         }
         let (a, b) = (self.to_sip.stats, self.to_browser.stats);
@@ -278,7 +283,10 @@ impl Legs {
     }
 }
 
-async fn recv_opt(s: Option<&UdpSocket>, buf: &mut Vec<u8>) -> std::io::Result<(usize, SocketAddr)> {
+async fn recv_opt(
+    s: Option<&UdpSocket>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(usize, SocketAddr)> {
     match s {
         Some(s) => s.recv_buf_from(buf).await,
         None => std::future::pending().await,

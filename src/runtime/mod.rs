@@ -6,9 +6,9 @@
 //! tasks or touches the disk for state. It must not make protocol decisions:
 //! everything it does is move bytes, time and queries between the pieces.
 
+pub mod bridge;
 pub mod media;
 pub mod routing;
-pub mod bridge;
 pub mod webrtc;
 
 use crate::api::{self, ApiState, Query};

@@ -7,7 +7,9 @@
 //! ([`WebrtcHandle`]); peer events go out on a channel to the client API.
 
 use crate::config::Config;
-use crate::webrtc::{Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError};
+use crate::webrtc::{
+    Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

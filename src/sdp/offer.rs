@@ -74,7 +74,11 @@ impl Offer {
                 } else {
                     String::new()
                 };
-                let _ = write!(s, "a=rtpmap:{} {}/{}{channels}\r\n", f.pt, c.name, c.clock_rate);
+                let _ = write!(
+                    s,
+                    "a=rtpmap:{} {}/{}{channels}\r\n",
+                    f.pt, c.name, c.clock_rate
+                );
             }
             if let Some(fmtp) = &f.fmtp {
                 let _ = write!(s, "a=fmtp:{} {fmtp}\r\n", f.pt);
@@ -96,7 +100,9 @@ impl Offer {
             return Err(SdpError::NoCommonMedia("the answer rejected audio"));
         }
         if m.proto != Proto::RtpAvp && m.proto != Proto::RtpAvpf {
-            return Err(SdpError::NoCommonMedia("the answer changed the RTP profile"));
+            return Err(SdpError::NoCommonMedia(
+                "the answer changed the RTP profile",
+            ));
         }
         let offered = |f: &Format| {
             f.codec.as_ref().is_some_and(|c| {
@@ -105,12 +111,14 @@ impl Offer {
                     .any(|o| o.codec.as_ref().is_some_and(|oc| same_codec(oc, c)))
             })
         };
-        let format = m
-            .formats
-            .iter()
-            .find(|f| offered(f))
-            .cloned()
-            .ok_or(SdpError::NoCommonMedia("the answer names no codec we offered"))?;
+        let format =
+            m.formats
+                .iter()
+                .find(|f| offered(f))
+                .cloned()
+                .ok_or(SdpError::NoCommonMedia(
+                    "the answer names no codec we offered",
+                ))?;
         let dtmf = self
             .dtmf
             .as_ref()
@@ -143,12 +151,19 @@ impl Offer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sdp::Direction;
 
     #[test]
     fn offer_prints_and_reads_its_answer() {
-        let offer = Offer::audio(&[AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma], true);
+        let offer = Offer::audio(
+            &[AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma],
+            true,
+        );
         let text = offer.to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 1);
-        assert!(text.contains("m=audio 4000 RTP/AVP 96 0 8 101\r\n"), "{text}");
+        assert!(
+            text.contains("m=audio 4000 RTP/AVP 96 0 8 101\r\n"),
+            "{text}"
+        );
         assert!(text.contains("a=rtpmap:96 opus/48000/2\r\n"));
         assert!(text.contains("a=rtpmap:101 telephone-event/8000\r\n"));
         // Our own offer parses with the SIP-side parser.
@@ -178,7 +193,9 @@ mod tests {
             "m=audio 5004 RTP/SAVP 0\r\n",
         ];
         for m in cases {
-            let answer = format!("v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n{m}");
+            let answer = format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n{m}"
+            );
             let err = offer
                 .read_answer(&super::super::parse(&answer).unwrap())
                 .unwrap_err();
@@ -187,7 +204,9 @@ mod tests {
         // A held answer (sendonly from the phone) means we only receive.
         let held = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
                     m=audio 5004 RTP/AVP 0\r\na=sendonly\r\n";
-        let n = offer.read_answer(&super::super::parse(held).unwrap()).unwrap();
+        let n = offer
+            .read_answer(&super::super::parse(held).unwrap())
+            .unwrap();
         assert_eq!(n.direction, Direction::RecvOnly);
         assert!(n.dtmf.is_none());
     }

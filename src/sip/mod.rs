@@ -11,8 +11,8 @@ pub mod digest;
 pub mod framing;
 pub mod msg;
 pub mod transaction;
-pub mod uac;
 pub mod transport;
+pub mod uac;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -555,8 +555,7 @@ impl TransactionLayer {
                 self.client.remove(&key);
                 self.out.push_back(Output::Event(TxEvent::Timeout { key }));
             }
-            TimerKind::F if matches!(tx.state, State::Trying | State::Proceeding) =>
-            {
+            TimerKind::F if matches!(tx.state, State::Trying | State::Proceeding) => {
                 self.client.remove(&key);
                 self.out.push_back(Output::Event(TxEvent::Timeout { key }));
             }
@@ -765,5 +764,63 @@ mod tests {
         assert_eq!(ev.len(), 1);
         l.handle_timeout(t0);
         assert_eq!(l.len(), (0, 0));
+    }
+
+    #[test]
+    fn invite_client_acks_failures_and_passes_every_2xx_up() {
+        let mut l = TransactionLayer::new();
+        let t0 = Instant::now();
+        let inv = req("INVITE", "z9hG4bKc1");
+        l.send_request(t0, &inv, flow(Transport::Udp)).unwrap();
+        drain(&mut l);
+        // Ringing: timer B no longer applies (the call layer gives up).
+        l.handle_message(
+            t0,
+            response_to(&inv, 180, "Ringing", Some("t"), None),
+            flow(Transport::Udp),
+        );
+        assert_eq!(drain(&mut l).1.len(), 1);
+        l.handle_timeout(t0 + 65 * T1);
+        assert!(drain(&mut l).1.is_empty(), "no timeout while ringing");
+        // A failure is ACKed by the transaction, with the response's To tag.
+        let busy = response_to(&inv, 486, "Busy Here", Some("t"), None);
+        l.handle_message(t0 + 66 * T1, busy.clone(), flow(Transport::Udp));
+        let mut acks = Vec::new();
+        let mut events = 0;
+        while let Some(o) = l.poll_output() {
+            match o {
+                Output::Transmit { data, .. } => acks.push(Message::parse(&data).unwrap()),
+                Output::Event(_) => events += 1,
+            }
+        }
+        assert_eq!((acks.len(), events), (1, 1));
+        let ack = &acks[0];
+        assert_eq!(ack.method(), Some(Method::Ack));
+        assert_eq!(ack.header("Via"), inv.header("Via"));
+        assert!(ack.header("To").unwrap().ends_with("tag=t"));
+        assert_eq!(ack.cseq().unwrap().seq, 1);
+        // The 486 again: the same ACK, nothing for the call layer.
+        l.handle_message(t0 + 67 * T1, busy, flow(Transport::Udp));
+        let (tx, ev) = drain(&mut l);
+        assert_eq!((tx, ev.len()), (1, 0));
+
+        // A 2xx and its retransmission both reach the call layer (it ACKs).
+        let inv = req("INVITE", "z9hG4bKc2");
+        l.send_request(t0, &inv, flow(Transport::Udp)).unwrap();
+        drain(&mut l);
+        let ok = response_to(&inv, 200, "OK", Some("u"), None);
+        l.handle_message(t0, ok.clone(), flow(Transport::Udp));
+        assert_eq!(drain(&mut l).1.len(), 1);
+        l.handle_message(t0 + T1, ok.clone(), flow(Transport::Udp));
+        let (tx, ev) = drain(&mut l);
+        assert_eq!(
+            (tx, ev.len()),
+            (0, 1),
+            "no ACK from the transaction for a 2xx"
+        );
+        // Timer M ends it.
+        l.handle_timeout(t0 + 64 * T1);
+        l.handle_message(t0 + 65 * T1, ok, flow(Transport::Udp));
+        assert!(drain(&mut l).1.is_empty());
     }
 }

@@ -44,6 +44,7 @@ pub struct UacLeg {
     /// The flow requests take.
     pub flow: Flow,
     invite: Message,
+    request_uri: String,
     from: String,
     to: String,
     via_host: String,
@@ -101,6 +102,7 @@ impl UacLeg {
                 remote_tag: None,
                 flow: p.flow,
                 invite: invite.clone(),
+                request_uri: p.request_uri,
                 from,
                 to,
                 via_host: p.via_host,
@@ -164,13 +166,8 @@ impl UacLeg {
 
     /// A request within the dialog (to the remote target, along the route
     /// set, with a To tag), with a fresh branch.
-    fn in_dialog(&self, method: &str, cseq: u32, remote_tag: &str, extra: &str) -> Option<Message> {
-        let target = self.remote_target.as_deref().unwrap_or_else(|| {
-            match &self.invite.start {
-                super::msg::StartLine::Request { uri, .. } => uri.as_str(),
-                super::msg::StartLine::Response { .. } => "",
-            }
-        });
+    fn in_dialog(&self, method: &str, cseq: u32, remote_tag: &str) -> Option<Message> {
+        let target = self.remote_target.as_ref().unwrap_or(&self.request_uri);
         let mut text = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {};tag={remote_tag}\r\nCall-ID: {}\r\n\
@@ -187,7 +184,6 @@ impl UacLeg {
         for r in &self.route_set {
             text.push_str(&format!("Route: {r}\r\n"));
         }
-        text.push_str(extra);
         text.push_str("Content-Length: 0\r\n\r\n");
         Message::parse(text.as_bytes()).ok()
     }
@@ -199,14 +195,14 @@ impl UacLeg {
             .header("To")
             .and_then(|t| NameAddr::parse(t).ok())
             .and_then(|n| n.tag().map(str::to_string))?;
-        Some(self.in_dialog("ACK", 1, &tag, "")?.to_bytes())
+        Some(self.in_dialog("ACK", 1, &tag)?.to_bytes())
     }
 
     /// BYE ending the dialog.
     pub fn bye(&mut self) -> Option<Message> {
         let tag = self.remote_tag.clone()?;
         self.cseq += 1;
-        self.in_dialog("BYE", self.cseq, &tag, "")
+        self.in_dialog("BYE", self.cseq, &tag)
     }
 
     /// BYE for a 2xx that lost the race to another fork (same leg, other tag).
@@ -215,7 +211,7 @@ impl UacLeg {
             .header("To")
             .and_then(|t| NameAddr::parse(t).ok())
             .and_then(|n| n.tag().map(str::to_string))?;
-        self.in_dialog("BYE", self.cseq + 1, &tag, "")
+        self.in_dialog("BYE", self.cseq + 1, &tag)
     }
 
     /// Whether a request from the callee belongs to this dialog.
@@ -268,7 +264,11 @@ mod tests {
         let (mut leg, inv) = leg();
         assert_eq!(inv.method(), Some(crate::sip::msg::Method::Invite));
         assert_eq!(inv.body.as_ref(), b"v=0\r\n");
-        assert!(inv.header("From").unwrap().starts_with("\"Bob \\\"B\\\"\" <sip:bob"));
+        assert!(
+            inv.header("From")
+                .unwrap()
+                .starts_with("\"Bob \\\"B\\\"\" <sip:bob")
+        );
         let cancel = leg.cancel().unwrap();
         assert_eq!(cancel.header("Via"), inv.header("Via"));
         assert_eq!(cancel.cseq().unwrap().seq, 1);
@@ -276,9 +276,15 @@ mod tests {
         let ok = answered(&inv, 200, "t1");
         assert!(leg.on_response(&ok));
         let ack = Message::parse(&leg.ack(&ok).unwrap()).unwrap();
-        let StartLine::Request { uri, .. } = &ack.start else { panic!() };
+        let StartLine::Request { uri, .. } = &ack.start else {
+            panic!()
+        };
         assert_eq!(uri, "sip:alice@127.0.0.1:5070;transport=udp");
-        assert_ne!(ack.header("Via"), inv.header("Via"), "a 2xx ACK has its own branch");
+        assert_ne!(
+            ack.header("Via"),
+            inv.header("Via"),
+            "a 2xx ACK has its own branch"
+        );
         let routes: Vec<_> = ack.headers_named("Route").collect();
         assert_eq!(routes, ["<sip:p2;lr>", "<sip:p1;lr>"]);
         let bye = leg.bye().unwrap();
@@ -287,7 +293,13 @@ mod tests {
 
         // Another fork answering later is not our dialog.
         assert!(!leg.on_response(&answered(&inv, 200, "t2")));
-        assert!(leg.bye_stray(&answered(&inv, 200, "t2")).unwrap().header("To").unwrap().ends_with("tag=t2"));
+        assert!(
+            leg.bye_stray(&answered(&inv, 200, "t2"))
+                .unwrap()
+                .header("To")
+                .unwrap()
+                .ends_with("tag=t2")
+        );
 
         // The callee's BYE matches by Call-ID and both tags.
         let theirs = format!(

@@ -25,6 +25,8 @@ fn hub() -> Hub {
 struct Client {
     rtc: Rtc,
     events: Vec<Event>,
+    /// What the hub handed the call layer from this client (bridged peers).
+    bridged: Vec<(StreamKind, Vec<u8>)>,
 }
 
 impl Client {
@@ -36,6 +38,7 @@ impl Client {
         Self {
             rtc,
             events: Vec::new(),
+            bridged: Vec::new(),
         }
     }
 
@@ -93,6 +96,7 @@ fn run(
                         .expect("client input");
                 }
                 HubOutput::Event(id, e) => hub_events.push((id, e)),
+                HubOutput::Rtp(_, kind, p) => client.bridged.push((kind, p)),
             }
         }
         if done(client, hub_events) {
@@ -111,11 +115,17 @@ fn connect(
     hub: &mut Hub,
     now: &mut Instant,
 ) -> (Client, PeerId, Mid, Mid, Vec<(PeerId, PeerEvent)>) {
+    connect_app(hub, now, PeerApp::Echo)
+}
+
+fn connect_app(
+    hub: &mut Hub,
+    now: &mut Instant,
+    app: PeerApp,
+) -> (Client, PeerId, Mid, Mid, Vec<(PeerId, PeerEvent)>) {
     let mut client = Client::new(*now, codec_config());
     let (offer, pending, audio, video) = client.offer();
-    let (id, answer) = hub
-        .accept_offer(*now, &offer, PeerApp::Echo)
-        .expect("answer");
+    let (id, answer) = hub.accept_offer(*now, &offer, app).expect("answer");
     assert!(answer.contains("a=ice-lite"), "{answer}");
     assert!(answer.contains("a=group:BUNDLE"), "{answer}");
     assert!(answer.contains("a=rtcp-mux"), "{answer}");
@@ -515,6 +525,7 @@ fn the_timer_never_asks_for_a_wakeup_it_will_not_use() {
     let mut client = Client {
         rtc: config.build(start),
         events: Vec::new(),
+        bridged: Vec::new(),
     };
     let (offer, ..) = client.offer();
     hub.accept_offer(start, &offer, PeerApp::Echo)
@@ -654,4 +665,95 @@ fn golden_answers_to_real_browser_offers() {
             .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
         assert_eq!(got, want, "{name}: the answer changed");
     }
+}
+
+#[test]
+fn a_bridged_peer_hands_its_rtp_over_and_sends_what_it_is_given() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (mut client, id, audio, _video, mut events) =
+        connect_app(&mut hub, &mut now, PeerApp::Bridge);
+    let formats = hub.formats(id);
+    let first_audio = formats
+        .iter()
+        .find(|f| f.kind == StreamKind::Audio)
+        .expect("audio formats");
+    assert_eq!(first_audio.codec.name, "opus");
+    assert_eq!(first_audio.codec.clock_rate, 48_000);
+    assert!(formats.iter().any(|f| f.codec.name == "telephone-event"));
+    assert!(
+        formats
+            .iter()
+            .any(|f| f.kind == StreamKind::Video && f.codec.name == "VP8")
+    );
+
+    let opus = pt_of(&client.rtc, Codec::Opus, 48_000);
+    for i in 0..10u64 {
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(audio, None).expect("audio stream");
+        tx.write_rtp(RtpWrite::new(
+            opus,
+            SeqNo::from(1000 + i),
+            (i * 960) as u32,
+            now,
+            vec![i as u8; 40],
+        ));
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(20),
+            |_, _| false,
+        );
+    }
+    assert_eq!(
+        client.bridged.len(),
+        10,
+        "nothing is echoed, all is handed over"
+    );
+    for (i, (kind, p)) in client.bridged.iter().enumerate() {
+        let h = crate::media::rtp::RtpHeader::parse(p).expect("RTP");
+        assert_eq!(*kind, StreamKind::Audio);
+        assert_eq!(h.payload_type, *opus);
+        assert_eq!(h.sequence, 1000 + i as u16);
+        assert_eq!(h.payload(p), vec![i as u8; 40].as_slice());
+    }
+    assert!(
+        !client
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::RtpPacket(_))),
+        "a bridged peer does not echo"
+    );
+
+    // What the call layer writes reaches the client, across a sequence wrap.
+    for (i, seq) in [65534u16, 65535, 0, 1].into_iter().enumerate() {
+        let mut p = Vec::new();
+        crate::media::rtp::write(
+            &mut p,
+            &crate::media::rtp::RtpHeader::new(*opus, seq, 960 * i as u32, 0x1234, false),
+            &[7; 30],
+        );
+        hub.write_rtp(now, id, StreamKind::Audio, &p);
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(20),
+            |_, _| false,
+        );
+    }
+    let got: Vec<u64> = client
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(p) => Some(*p.seq_no),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
+    assert_eq!(hub.counters(id).expect("peer").packets_out, 4);
 }
