@@ -282,6 +282,12 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
+    // The keypad's 5 reached baresip as an RFC 4733 telephone-event.
+    assert!(
+        baresip.log().contains("received event: '5' (end=1)"),
+        "{}",
+        context()
+    );
 }
 
 #[test]

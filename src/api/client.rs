@@ -175,6 +175,13 @@ pub enum CallCmd {
         /// What the browser negotiated.
         formats: Vec<PeerFormat>,
     },
+    /// Digits to play toward the far side of a bridged call.
+    Dtmf {
+        /// The call UUID.
+        id: String,
+        /// Checked digits.
+        digits: String,
+    },
     /// The browser side of a bridged call ended.
     Gone {
         /// The call UUID.
@@ -868,6 +875,12 @@ async fn send_dtmf(
             StatusCode::BAD_REQUEST,
             format!("{bad:?} is not a DTMF digit"),
         ));
+    }
+    if entry.app == PeerApp::Bridge {
+        let _ = s.calls.send(CallCmd::Dtmf {
+            id: call.clone(),
+            digits: req.digits.clone(),
+        });
     }
     // The echo service sends digits straight back, as it does with media.
     if entry.app == PeerApp::Echo {

@@ -394,6 +394,9 @@ pub struct Direction {
     /// Telephone-events, when negotiated on the incoming leg.
     pub dtmf: Option<DtmfRoute>,
     digits: Vec<Digit>,
+    /// Digits the call layer plays on the output line (client API, SIP
+    /// INFO): the outgoing telephone-event payload type and the player.
+    inject: Option<(u8, dtmf::Sender)>,
 }
 
 impl Direction {
@@ -405,6 +408,63 @@ impl Direction {
             stats: DirectionStats::default(),
             dtmf: None,
             digits: Vec::new(),
+            inject: None,
+        }
+    }
+
+    /// Lets [`Self::play_digits`] send telephone-events with `pt` on the
+    /// output line (at its clock).
+    pub fn enable_injection(&mut self, pt: u8) {
+        self.inject = Some((pt, dtmf::Sender::new(self.stream.clock_rate)));
+    }
+
+    /// Queues digits to play as RFC 4733 events; refused when the other
+    /// leg negotiated no telephone-event or a character is not a digit.
+    pub fn play_digits(&mut self, digits: &str, duration_ms: u32) -> Result<(), dtmf::BadDtmf> {
+        match self.inject.as_mut() {
+            Some((_, sender)) => sender.queue(digits, duration_ms),
+            None => Err(dtmf::BadDtmf(
+                "the other side negotiated no telephone-event".into(),
+            )),
+        }
+    }
+
+    /// When injected digits next need [`Self::poll`].
+    pub fn next_event_due(&self, now: Instant) -> Option<Instant> {
+        self.inject.as_ref()?.1.next_wakeup(now)
+    }
+
+    /// Plays due injected events; while digits play, the audio packets
+    /// this poll produced (from `out[from..]`) are dropped (RFC 4733
+    /// 2.5.1.2: not both at once).
+    fn poll_injected(&mut self, now: Instant, out: &mut Vec<Vec<u8>>, from: usize) {
+        let Some((pt, sender)) = self.inject.as_mut() else {
+            return;
+        };
+        let pt = *pt;
+        if sender.busy() {
+            let produced = out.split_off(from.min(out.len()));
+            out.extend(
+                produced
+                    .into_iter()
+                    .filter(|p| RtpHeader::parse(p).is_ok_and(|h| h.payload_type == pt)),
+            );
+        }
+        while let Some(ev) = sender.poll(now, self.stream.continue_at(now)) {
+            let mut buf = Vec::with_capacity(16);
+            self.stream.emit(
+                now,
+                RtpHeader::new(pt, 0, ev.timestamp, 0, ev.marker),
+                &ev.payload.to_bytes(),
+                &mut buf,
+            );
+            self.stats.packets_out += 1;
+            out.push(buf);
+            // Relayed audio rejoins the line after the events, as a new
+            // source would (its own numbering would collide with theirs).
+            if let Mode::Passthrough(p) = &mut self.mode {
+                p.source = None;
+            }
         }
     }
 
@@ -484,7 +544,10 @@ impl Direction {
         if self.on_event(now, &h, payload, out) {
             return;
         }
+        let injecting = self.inject.as_ref().is_some_and(|(_, s)| s.busy());
         match &mut self.mode {
+            // Relayed audio pauses while injected digits play.
+            Mode::Passthrough(_) if injecting => {}
             Mode::Passthrough(p) => {
                 let mut buf = Vec::with_capacity(packet.len());
                 if p.relay(
@@ -520,11 +583,13 @@ impl Direction {
         }
     }
 
-    /// Produces transcoded packets due by `now`.
+    /// Produces transcoded packets and injected events due by `now`.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        let from = out.len();
         if let Mode::Transcode(t) = &mut self.mode {
             t.poll(now, &mut self.stream, &mut self.stats, out);
         }
+        self.poll_injected(now, out, from);
     }
 
     /// When [`Self::poll`] should next run.
@@ -591,6 +656,9 @@ pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecE
     d.dtmf = from
         .dtmf
         .map(|pt| DtmfRoute::new(pt, from.clock(), to.dtmf, to.clock()));
+    if let Some(pt) = to.dtmf {
+        d.enable_injection(pt);
+    }
     Ok(d)
 }
 
@@ -859,5 +927,64 @@ mod tests {
             assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
         }
         assert_eq!((hs[9].payload_type, hs[10].payload_type), (0, 111));
+    }
+
+    #[test]
+    fn injected_digits_play_as_events_on_the_output_line_and_pause_relayed_audio() {
+        let t0 = Instant::now();
+        let from = AudioEnd {
+            pt: 0,
+            codec: AudioCodec::Pcmu,
+            dtmf: None,
+        };
+        let to = AudioEnd {
+            pt: 0,
+            codec: AudioCodec::Pcmu,
+            dtmf: Some(101),
+        };
+        let mut d = audio_direction(from, to).unwrap();
+        let mut out = Vec::new();
+        let audio = pcmu_packets(3, 0x55, 10, 800);
+        d.on_packet(t0, &audio[0], &mut out);
+        assert_eq!(out.len(), 1, "relayed");
+        d.play_digits("5", 100).unwrap();
+        assert_eq!(d.next_event_due(t0), Some(t0));
+        d.poll(t0, &mut out);
+        d.on_packet(t0 + 20 * MS, &audio[1], &mut out);
+        let mut t = t0;
+        while let Some(due) = d.next_event_due(t) {
+            t = due;
+            d.poll(t, &mut out);
+        }
+        d.on_packet(t + 20 * MS, &audio[2], &mut out);
+        let headers: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        let pts: Vec<u8> = headers.iter().map(|h| h.payload_type).collect();
+        // Audio, the event's packets (start, updates, three ends), audio again.
+        assert_eq!(pts.first(), Some(&0));
+        assert_eq!(pts.last(), Some(&0), "{pts:?}");
+        let events: Vec<&Vec<u8>> = out
+            .iter()
+            .filter(|p| RtpHeader::parse(p).unwrap().payload_type == 101)
+            .collect();
+        assert!(events.len() >= 4, "{pts:?}");
+        assert_eq!(
+            pts.iter().filter(|p| **p == 0).count(),
+            2,
+            "audio paused during the digit: {pts:?}"
+        );
+        let first = RtpHeader::parse(events[0]).unwrap();
+        assert!(first.marker);
+        let ev = dtmf::EventPayload::parse(first.payload(events[0])).unwrap();
+        assert_eq!(ev.event, 5);
+        // One line: consecutive sequence numbers, one SSRC.
+        assert!(
+            headers
+                .windows(2)
+                .all(|w| w[1].sequence == w[0].sequence.wrapping_add(1))
+        );
+        assert!(headers.iter().all(|h| h.ssrc == headers[0].ssrc));
+        // No telephone-event on the other leg: refused.
+        let mut plain = audio_direction(to, from).unwrap();
+        assert!(plain.play_digits("1", 100).is_err());
     }
 }

@@ -23,13 +23,20 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// How long each digit from the client API plays.
+const DIGIT_MS: u32 = 120;
+
 /// A bridged call's media: sockets waiting for the answer, then a task.
 enum Slot {
     Reserved {
         ports: Ports,
         browser: Vec<PeerFormat>,
     },
-    Running(JoinHandle<()>, tokio::sync::oneshot::Sender<()>),
+    Running {
+        task: JoinHandle<()>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        digits: mpsc::UnboundedSender<String>,
+    },
 }
 
 /// The media of every bridged call.
@@ -141,6 +148,7 @@ impl Bridges {
         };
         let (sink, from_browser) = mpsc::channel(256);
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
+        let (digits_tx, digits) = mpsc::unbounded_channel();
         let webrtc = webrtc.clone();
         let call_id = call.to_string();
         let task = tokio::spawn(async move {
@@ -154,16 +162,31 @@ impl Bridges {
                 webrtc,
                 peer,
             };
-            legs.run(&call_id, from_browser, stop).await;
+            legs.run(&call_id, from_browser, digits, stop).await;
         });
-        self.calls
-            .insert(call.to_string(), Slot::Running(task, stop_tx));
+        self.calls.insert(
+            call.to_string(),
+            Slot::Running {
+                task,
+                stop: stop_tx,
+                digits: digits_tx,
+            },
+        );
         Ok(())
+    }
+
+    /// Plays digits toward the SIP side as RFC 4733 events; false when the
+    /// call has no media running.
+    pub fn play_digits(&self, call: &str, digits: String) -> bool {
+        match self.calls.get(call) {
+            Some(Slot::Running { digits: tx, .. }) => tx.send(digits).is_ok(),
+            _ => false,
+        }
     }
 
     /// Stops a call's media (it logs its counters) and frees its ports.
     pub fn close(&mut self, call: &str) {
-        if let Some(Slot::Running(_, stop)) = self.calls.remove(call) {
+        if let Some(Slot::Running { stop, .. }) = self.calls.remove(call) {
             let _ = stop.send(());
         }
     }
@@ -171,7 +194,7 @@ impl Bridges {
     /// Stops everything (shutdown).
     pub fn close_all(&mut self) {
         for (_, slot) in self.calls.drain() {
-            if let Slot::Running(task, _) = slot {
+            if let Slot::Running { task, .. } = slot {
                 task.abort();
             }
         }
@@ -199,6 +222,7 @@ impl Legs {
         mut self,
         call: &str,
         mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>,
+        mut digits: mpsc::UnboundedReceiver<String>,
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         let mut packet = Vec::with_capacity(2048);
@@ -208,6 +232,7 @@ impl Legs {
             let due = [
                 self.session.next_timeout(),
                 self.to_sip.next_due(),
+                self.to_sip.next_event_due(Instant::now()),
                 self.to_browser.next_due(),
             ]
             .into_iter()
@@ -229,6 +254,11 @@ impl Legs {
                     self.session.on_rtcp_port(Instant::now(), from, &mut rpacket);
                 }
                 _ = &mut stop => break,
+                Some(d) = digits.recv() => {
+                    if let Err(e) = self.to_sip.play_digits(&d, DIGIT_MS) {
+                        tracing::info!(call, error = %e, "digits not sent");
+                    }
+                }
                 m = from_browser.recv() => {
                     let Some((kind, p)) = m else { break };
                     if kind == StreamKind::Audio {
@@ -264,6 +294,8 @@ impl Legs {
             to_sip_in = a.packets_in,
             to_sip_out = a.packets_out,
             to_sip_concealed = a.concealed,
+            to_sip_dropped_pt = a.dropped_pt,
+            to_sip_lost = a.lost,
             to_browser_in = b.packets_in,
             to_browser_out = b.packets_out,
             to_browser_concealed = b.concealed,

@@ -466,6 +466,11 @@ fn on_call_cmd(
             );
         }
         CallCmd::Gone { id, reason } => gw.browser_gone(now, wall, &id, reason),
+        CallCmd::Dtmf { id, digits } => {
+            if !bridges.play_digits(&id, digits) {
+                tracing::info!(call = %id, "digits for a call not answered yet dropped");
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 // Headless Chromium calls an alias from the built-in page and measures what
 // it hears: the dominant frequency of the received audio (WebAudio FFT) and
-// getStats. Then it hangs up (`browser`) or waits for the far end to
-// (`remote`). Prints one JSON object; the Rust test asserts on it.
+// getStats. Then it presses keypad 5 and hangs up (`browser`), or waits for
+// the far end to hang up (`remote`). Prints one JSON object; the Rust test asserts on it.
 //
 // Usage: node call.mjs BASE_URL ALIAS SECONDS browser|remote [FAKE_AUDIO.wav]
 import { chromium } from "playwright-core";
@@ -78,7 +78,12 @@ try {
     });
     return out;
   });
-  if (hangup === "browser") await page.click("#hangup");
+  if (hangup === "browser") {
+    // A keypad digit goes through the client API to the far end (RFC 4733).
+    await page.click("#keypad button:nth-child(5)");
+    await page.waitForTimeout(1000);
+    await page.click("#hangup");
+  }
   result.ended = await page.waitForFunction(
     () => window.causeway.received.find(
       (e) => e.name === "call_state" && (e.data.state === "disconnected" || e.data.state === "failed"),
