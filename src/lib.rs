@@ -11,17 +11,20 @@
 //!                                                            |-- registrar --> store (SQLite)
 //!                                                            |-- INVITE --> GwOutput::Route
 //!                                                            |-- echo: sip::dialog + sdp answer
-//!                                                            `-- (bridged calls: b2bua, later)
+//!                                                            `-- bridged calls: b2bua (sip::uac forks)
 //!  GwOutput::OpenMedia --runtime::media--> sockets + media::session + media::bridge (loop back)
 //!  GwOutput::Route --runtime task--> policy::decide --> dialplan::route (pure)
 //!                                         `-- policy server (HTTP), when a rule says so
-//!  decision --> Gateway::routed --> SIP answer (bridging: b2bua, later)
+//!  decision --> Gateway::routed --> SIP answer (SIP-originated bridging: later)
+//!  browser --api::client (CallCmd::Dial)--> webrtc hub (PeerApp::Bridge) + Gateway::dial --> b2bua
+//!  b2bua StartMedia --runtime::bridge--> SIP RTP <-> media::bridge (relay | transcode) <-> hub peer
 //!  dialplans/*.toml --runtime::routing (watch, reload)--> dialplan::Routing <-- api (aliases)
 //!  operator --HTTP--> api (axum) --query--> gateway
 //! ```
 //!
 //! Protocol cores ([`sip::msg`], [`sip::transaction`], [`sip::dialog`],
-//! [`registrar`], [`gateway`], [`dialplan`], [`sdp`], [`media`]) are sans-IO: time is a parameter, bytes come
+//! [`sip::uac`], [`registrar`], [`gateway`], [`b2bua`], [`dialplan`], [`sdp`], [`media`],
+//! [`webrtc`]) are sans-IO: time is a parameter, bytes come
 //! out of `poll_output`. [`runtime`] is the one thin tokio shell that drives
 //! them.
 //! `../shared/DESIGN.md` (in the workplace) or `docs/` hold the wider map.

@@ -20,8 +20,12 @@
 //! that layer exists. CANCEL of a call still being routed gets 200 and the
 //! INVITE 487.
 //!
-//! The echo service is answered here as a UAS (module `echo`). Time comes
-//! in as parameters; it must not touch sockets, clocks or disk.
+//! The echo service is answered here as a UAS (module `echo`). Browser calls
+//! to registered SIP contacts are placed with [`Gateway::dial`] and run by
+//! [`crate::b2bua`]: its SIP responses and in-dialog requests are handed
+//! there by Call-ID, and what it decides for media and the browser leaves as
+//! [`GwOutput::Call`]. Time comes in as parameters; it must not touch
+//! sockets, clocks or disk.
 
 mod echo;
 
