@@ -69,6 +69,19 @@ fn read_wav(path: &Path) -> (Vec<i16>, u32) {
     panic!("no data chunk in {}", path.display());
 }
 
+/// Polls `done` every 100 ms for up to `secs`; fails with `context()`.
+fn wait_for(what: &str, secs: u64, done: impl Fn() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -141,16 +154,12 @@ impl Baresip {
             ctrl,
             _child: child,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while gw.registrations().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "baresip did not register:\n{}\n{}",
-                b.log(),
-                gw.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            "baresip to register",
+            15,
+            || !gw.registrations().is_empty(),
+            || format!("{}\n{}", b.log(), gw.log_text()),
+        );
         b
     }
 
@@ -271,14 +280,11 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         context()
     );
     // baresip got the BYE and heard the browser's 440 Hz.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !baresip.log().to_lowercase().contains("closed") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        baresip.log().to_lowercase().contains("closed"),
-        "{}",
-        context()
+    wait_for(
+        "baresip to close the call",
+        10,
+        || baresip.log().to_lowercase().contains("closed"),
+        context,
     );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
@@ -299,16 +305,12 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     let mut cmd = node_call(&gw, 3, "remote", &wav);
     let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
     // Hang up from baresip once the call has run a few seconds.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !gw.log_text().contains("SIP side answered") {
-        assert!(
-            Instant::now() < deadline,
-            "never answered:\n{}\n{}",
-            gw.log_text(),
-            baresip.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        "the answer",
+        40,
+        || gw.log_text().contains("SIP side answered"),
+        || format!("{}\n{}", gw.log_text(), baresip.log()),
+    );
     std::thread::sleep(Duration::from_secs(6));
     baresip.command("hangup");
     let out = node.join().unwrap();

@@ -540,10 +540,7 @@ impl ClientApi {
         })?;
         let call_uuid = uuid();
         let codecs = if app == PeerApp::Bridge {
-            let codecs = offer_order(
-                crate::runtime::bridge::browser_codecs(&formats),
-                &route.media.codecs,
-            );
+            let codecs = offer_order(crate::b2bua::browser_codecs(&formats), &route.media.codecs);
             if codecs.is_empty() {
                 self.webrtc.close(peer).await;
                 return Err(ApiError::new(

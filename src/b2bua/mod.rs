@@ -14,19 +14,23 @@
 //!
 //! Owns call and fork state and decides which SIP messages go out; the
 //! transaction layer retransmits them, [`crate::sip::uac`] builds them, and
-//! the runtime moves media ([`CallOutput::StartMedia`]). It must not touch
+//! the runtime moves media and tells the browser ([`Notice`]). Also says
+//! what a browser's negotiated formats mean for the SIP side
+//! ([`browser_codecs`], [`browser_audio`]). It must not touch
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
 #[cfg(test)]
 mod tests;
 
+use crate::media::bridge::AudioEnd;
 use crate::sdp::{Negotiated, Offer};
 use crate::sip::Flow;
 use crate::sip::msg::{Message, Method, response_to};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::{InviteParams, UacLeg};
-use crate::webrtc::PeerId;
+use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use bytes::Bytes;
+use causeway_codecs::registry::AudioCodec;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -76,7 +80,8 @@ pub enum CallEvent {
     },
 }
 
-/// What the call layer wants done.
+/// What the call layer wants done on the SIP side (the signalling core
+/// does it) or elsewhere ([`CallOutput::Notice`], for the runtime).
 #[derive(Debug)]
 pub enum CallOutput {
     /// Start a client transaction.
@@ -85,7 +90,17 @@ pub enum CallOutput {
     Transmit(Flow, Bytes),
     /// Answer a server transaction (a BYE from the callee).
     Respond(TxKey, Message),
-    /// Report a call event.
+    /// Drop a client transaction that will never settle (a cancelled
+    /// fork that never sent its final response).
+    Abandon(TxKey),
+    /// For the media and the browser side.
+    Notice(Notice),
+}
+
+/// What the runtime does for a call: report it, move its media, end it.
+#[derive(Debug)]
+pub enum Notice {
+    /// Report a call event to the browser.
     Event(String, CallEvent),
     /// The SIP leg answered: bridge media between the peer and the SIP
     /// side as negotiated.
@@ -97,9 +112,6 @@ pub enum CallOutput {
         /// What the SIP side agreed.
         sip: Box<Negotiated>,
     },
-    /// Drop a client transaction that will never settle (a cancelled
-    /// fork that never sent its final response).
-    Abandon(TxKey),
     /// The call is over: stop its media and close its peer.
     Release {
         /// The call.
@@ -188,6 +200,34 @@ fn best_failure(codes: impl Iterator<Item = u16>) -> u16 {
         .unwrap_or(480)
 }
 
+/// What the browser sends on audio: its first audio codec, and its
+/// telephone-event at that codec's clock.
+pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
+    let audio = formats.iter().filter(|f| f.kind == StreamKind::Audio);
+    let (codec, pt) = audio
+        .clone()
+        .find_map(|f| AudioCodec::from_key(&f.codec).map(|c| (c, f.pt)))?;
+    let clock = codec.key().clock_rate;
+    let dtmf = audio
+        .filter(|f| f.codec.name.eq_ignore_ascii_case("telephone-event"))
+        .find(|f| f.codec.clock_rate == clock)
+        .map(|f| f.pt);
+    Some(AudioEnd { pt, codec, dtmf })
+}
+
+/// The browser's audio codecs in its order (what to offer the SIP side).
+pub fn browser_codecs(formats: &[PeerFormat]) -> Vec<AudioCodec> {
+    let mut v = Vec::new();
+    for f in formats.iter().filter(|f| f.kind == StreamKind::Audio) {
+        if let Some(c) = AudioCodec::from_key(&f.codec)
+            && !v.contains(&c)
+        {
+            v.push(c);
+        }
+    }
+    v
+}
+
 /// Stops a fork that is still ringing: CANCEL once it has sent a
 /// provisional response, else as soon as it does (RFC 3261 9.1).
 fn cancel_fork(f: &mut Fork, out: &mut VecDeque<CallOutput>) {
@@ -204,11 +244,6 @@ fn cancel_fork(f: &mut Fork, out: &mut VecDeque<CallOutput>) {
 }
 
 impl B2bua {
-    /// Calls in progress.
-    pub fn len(&self) -> usize {
-        self.calls.len()
-    }
-
     /// Whether no call is in progress.
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
@@ -220,7 +255,8 @@ impl B2bua {
     }
 
     /// Places a call: an INVITE to every target at once (each with its
-    /// offer printed for its flow: the media address may differ).
+    /// offer printed for its flow: the media address may differ). No
+    /// target ends the call at once (480).
     pub fn dial(&mut self, now: Instant, dial: Dial, targets: Vec<InviteParams>) {
         let mut forks = Vec::new();
         for params in targets {
@@ -237,10 +273,13 @@ impl B2bua {
                 failure: None,
             });
         }
-        let none = forks.is_empty();
+        if forks.is_empty() {
+            self.refuse(now, dial, 480, "no reachable contact");
+            return;
+        }
         tracing::info!(call = %dial.id, forks = forks.len(), "calling the SIP side");
         self.calls.insert(
-            dial.id.clone(),
+            dial.id,
             Call {
                 peer: dial.peer,
                 offer: dial.offer,
@@ -250,15 +289,23 @@ impl B2bua {
                 give_up: now + NO_ANSWER,
             },
         );
-        if none {
-            self.end(
-                now,
-                &dial.id,
-                Side::Gateway,
-                Some(480),
-                "no reachable contact",
-            );
-        }
+    }
+
+    /// Refuses a call the gateway cannot place (no contact, no media
+    /// port): reported and released like any other ending.
+    pub fn refuse(&mut self, now: Instant, dial: Dial, status: u16, reason: &str) {
+        self.calls.insert(
+            dial.id.clone(),
+            Call {
+                peer: dial.peer,
+                offer: dial.offer,
+                forks: Vec::new(),
+                winner: None,
+                state: State::Calling,
+                give_up: now,
+            },
+        );
+        self.end(now, &dial.id, Side::Gateway, Some(status), reason);
     }
 
     /// The transaction key the layer gave an INVITE we sent (so a timeout
@@ -286,7 +333,7 @@ impl B2bua {
             100 => {}
             101..=199 => self.on_provisional(&call_id, i, code, msg),
             200..=299 => self.on_answer(now, &call_id, i, msg),
-            _ => self.on_failure(now, &call_id, i, code, msg),
+            _ => self.on_failure(now, &call_id, i, code, msg.reason().unwrap_or_default()),
         }
         self.reap(&call_id);
     }
@@ -311,12 +358,11 @@ impl B2bua {
         }
         if call.state == State::Calling && matches!(code, 180 | 183) {
             call.state = State::Ringing;
-            self.out
-                .push_back(CallOutput::Event(call_id.to_string(), CallEvent::Ringing));
+            self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
         }
     }
 
-    fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, msg: &Message) {
+    fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, phrase: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -328,9 +374,10 @@ impl B2bua {
         let live = matches!(call.state, State::Calling | State::Ringing);
         if live && call.forks.iter().all(|f| f.state == ForkState::Done) {
             let status = best_failure(call.forks.iter().filter_map(|f| f.failure));
-            let reason = match msg.reason() {
-                Some(r) if status == code => format!("{status} {r}"),
-                _ => format!("SIP {status}"),
+            let reason = if status == code && !phrase.is_empty() {
+                format!("{status} {phrase}")
+            } else {
+                format!("SIP {status}")
             };
             self.end(now, call_id, Side::Sip, Some(status), &reason);
         }
@@ -379,12 +426,12 @@ impl B2bua {
                     |c| format!("{}/{}", c.name, c.clock_rate),
                 );
                 tracing::info!(call = %call_id, %codec, "SIP side answered");
-                self.out.push_back(CallOutput::StartMedia {
+                self.notify(Notice::StartMedia {
                     call: call_id.to_string(),
                     peer,
                     sip: Box::new(n),
                 });
-                self.out.push_back(CallOutput::Event(
+                self.notify(Notice::Event(
                     call_id.to_string(),
                     CallEvent::Connected { codec },
                 ));
@@ -405,11 +452,8 @@ impl B2bua {
             Some((id.clone(), i))
         });
         if let Some((call_id, i)) = found {
-            let timeout = Message::parse(b"SIP/2.0 408 Request Timeout\r\n\r\n");
-            if let Ok(msg) = timeout {
-                self.on_failure(now, &call_id, i, 408, &msg);
-                self.reap(&call_id);
-            }
+            self.on_failure(now, &call_id, i, 408, "Request Timeout");
+            self.reap(&call_id);
         }
     }
 
@@ -490,7 +534,7 @@ impl B2bua {
         call.state = State::Ended;
         call.give_up = now + SETTLE;
         let peer = call.peer;
-        self.out.push_back(CallOutput::Event(
+        self.notify(Notice::Event(
             call_id.to_string(),
             CallEvent::Ended {
                 by,
@@ -498,7 +542,7 @@ impl B2bua {
                 reason: reason.to_string(),
             },
         ));
-        self.out.push_back(CallOutput::Release {
+        self.notify(Notice::Release {
             call: call_id.to_string(),
             peer,
         });
@@ -553,6 +597,10 @@ impl B2bua {
             .filter(|c| c.state != State::Connected)
             .map(|c| c.give_up)
             .min()
+    }
+
+    fn notify(&mut self, n: Notice) {
+        self.out.push_back(CallOutput::Notice(n));
     }
 
     /// Next thing to do.

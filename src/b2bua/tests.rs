@@ -80,13 +80,13 @@ fn methods(out: &[CallOutput]) -> Vec<String> {
             CallOutput::Request(m, _) => m.method().unwrap().as_str().to_string(),
             CallOutput::Transmit(..) => "ACK".into(),
             CallOutput::Respond(_, m) => m.status().unwrap().to_string(),
-            CallOutput::Event(_, CallEvent::Ringing) => "ringing".into(),
-            CallOutput::Event(_, CallEvent::Connected { .. }) => "connected".into(),
-            CallOutput::Event(_, CallEvent::Ended { status, by, .. }) => {
+            CallOutput::Notice(Notice::Event(_, CallEvent::Ringing)) => "ringing".into(),
+            CallOutput::Notice(Notice::Event(_, CallEvent::Connected { .. })) => "connected".into(),
+            CallOutput::Notice(Notice::Event(_, CallEvent::Ended { status, by, .. })) => {
                 format!("ended:{}:{}", by.as_str(), status.unwrap_or(0))
             }
-            CallOutput::StartMedia { .. } => "media".into(),
-            CallOutput::Release { .. } => "release".into(),
+            CallOutput::Notice(Notice::StartMedia { .. }) => "media".into(),
+            CallOutput::Notice(Notice::Release { .. }) => "release".into(),
             CallOutput::Abandon(_) => "abandon".into(),
         })
         .collect()
@@ -125,7 +125,7 @@ fn forks_ring_the_first_answer_wins_and_the_rest_are_cancelled() {
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["ACK", "media", "connected"]);
-    let CallOutput::StartMedia { sip, peer, .. } = &out[1] else {
+    let CallOutput::Notice(Notice::StartMedia { sip, peer, .. }) = &out[1] else {
         panic!()
     };
     assert_eq!(*peer, PeerId(7));
@@ -267,7 +267,11 @@ fn no_contact_ends_the_call_at_once() {
         peer: PeerId(7),
         offer: Offer::audio(&[AudioCodec::Pcmu], true),
     };
-    b.dial(t0, dial, vec![]);
+    b.dial(t0, dial.clone(), vec![]);
     assert_eq!(methods(&drain(&mut b)), ["ended:gateway:480", "release"]);
+    assert!(b.is_empty());
+    // No media port: refused before any INVITE.
+    b.refuse(t0, dial, 503, "no media port free");
+    assert_eq!(methods(&drain(&mut b)), ["ended:gateway:503", "release"]);
     assert!(b.is_empty());
 }

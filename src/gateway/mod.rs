@@ -29,7 +29,7 @@
 
 mod echo;
 
-use crate::b2bua::{B2bua, CallOutput, Dial};
+use crate::b2bua::{B2bua, CallOutput, Dial, Notice};
 use crate::config::Config;
 use crate::dialplan::{CallInfo, Protocol, Reach};
 use crate::policy::Decision;
@@ -134,7 +134,7 @@ pub enum GwOutput {
         dialog: DialogId,
     },
     /// Something for a bridged call's media or its browser side.
-    Call(CallOutput),
+    Call(Notice),
 }
 
 /// A browser call to place toward the SIP side.
@@ -150,8 +150,9 @@ pub struct BrowserDial {
     pub display_name: String,
     /// What the SIP side is offered.
     pub offer: Offer,
-    /// Our RTP port for the SIP side (already bound).
-    pub media_port: u16,
+    /// Our RTP port for the SIP side (already bound); `None` when no
+    /// port was free (the call is refused with 503).
+    pub media_port: Option<u16>,
 }
 
 /// The signalling core.
@@ -400,7 +401,7 @@ impl Gateway {
                     self.tx.respond(now, &key, &msg);
                 }
                 CallOutput::Abandon(key) => self.tx.abandon(&key),
-                o => self.out.push_back(GwOutput::Call(o)),
+                CallOutput::Notice(n) => self.out.push_back(GwOutput::Call(n)),
             }
         }
         any
@@ -709,6 +710,16 @@ impl Gateway {
     /// Places a browser's call to every contact registered for its alias
     /// (outcomes come back as [`GwOutput::Call`]).
     pub fn dial(&mut self, now: Instant, wall: u64, d: BrowserDial) {
+        let dial = Dial {
+            id: d.id,
+            peer: d.peer,
+            offer: d.offer,
+        };
+        let Some(media_port) = d.media_port else {
+            self.b2bua.refuse(now, dial, 503, "no media port free");
+            self.pump(now, wall);
+            return;
+        };
         let aor = self.aor(&d.alias);
         let session_id = u64::from(rand::random::<u32>());
         let from_user: String = d
@@ -736,16 +747,11 @@ impl Gateway {
                     display_name: d.display_name.clone(),
                     via_host: self.advertised(&flow),
                     user_agent: self.user_agent.clone(),
-                    sdp: d.offer.to_sdp(ip, d.media_port, session_id, 1),
+                    sdp: dial.offer.to_sdp(ip, media_port, session_id, 1),
                     flow,
                 }
             })
             .collect();
-        let dial = Dial {
-            id: d.id,
-            peer: d.peer,
-            offer: d.offer,
-        };
         self.b2bua.dial(now, dial, targets);
         self.pump(now, wall);
     }
@@ -811,9 +817,7 @@ enum Reached {
 
 /// Whether a request carries a To tag (is in a dialog).
 fn has_to_tag(msg: &Message) -> bool {
-    msg.header("To")
-        .and_then(|t| NameAddr::parse(t).ok())
-        .is_some_and(|n| n.tag().is_some())
+    crate::sip::dialog::tag_of(msg, "To").is_some()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
 //! a call starts or ends by [`crate::b2bua`]. Video is not bridged yet.
 
-use super::media::{MediaCalls, Ports, ntp_now};
+use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
 use super::webrtc::WebrtcHandle;
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::session::{Inbound, RtpSession, SessionConfig};
@@ -17,7 +17,7 @@ use crate::sdp::Negotiated;
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::AudioCodec;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -53,34 +53,6 @@ impl std::fmt::Debug for Bridges {
     }
 }
 
-/// What the browser sends on audio: its first audio codec, and its
-/// telephone-event at that codec's clock.
-fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
-    let audio = formats.iter().filter(|f| f.kind == StreamKind::Audio);
-    let (codec, pt) = audio
-        .clone()
-        .find_map(|f| AudioCodec::from_key(&f.codec).map(|c| (c, f.pt)))?;
-    let clock = codec.key().clock_rate;
-    let dtmf = audio
-        .filter(|f| f.codec.name.eq_ignore_ascii_case("telephone-event"))
-        .find(|f| f.codec.clock_rate == clock)
-        .map(|f| f.pt);
-    Some(AudioEnd { pt, codec, dtmf })
-}
-
-/// The browser's audio codecs in its order (what to offer the SIP side).
-pub fn browser_codecs(formats: &[PeerFormat]) -> Vec<AudioCodec> {
-    let mut v = Vec::new();
-    for f in formats.iter().filter(|f| f.kind == StreamKind::Audio) {
-        if let Some(c) = AudioCodec::from_key(&f.codec)
-            && !v.contains(&c)
-        {
-            v.push(c);
-        }
-    }
-    v
-}
-
 impl Bridges {
     /// Binds the SIP-side RTP port for a call (and RTCP above it, in case
     /// the answer declines rtcp-mux); returns the RTP port.
@@ -109,7 +81,8 @@ impl Bridges {
         let Some(Slot::Reserved { ports, browser }) = self.calls.remove(call) else {
             return Err("no media reserved for the call".into());
         };
-        let browser = browser_audio(&browser).ok_or("the browser has no audio codec")?;
+        let browser =
+            crate::b2bua::browser_audio(&browser).ok_or("the browser has no audio codec")?;
         let sip_end = AudioEnd {
             pt: sip.format.pt,
             codec: sip
@@ -201,11 +174,6 @@ impl Bridges {
     }
 }
 
-fn tokio_socket(s: std::net::UdpSocket) -> Result<UdpSocket, String> {
-    s.set_nonblocking(true).map_err(|e| e.to_string())?;
-    UdpSocket::from_std(s).map_err(|e| e.to_string())
-}
-
 /// The running media of one call.
 struct Legs {
     rtp: UdpSocket,
@@ -227,7 +195,8 @@ impl Legs {
     ) {
         let mut packet = Vec::with_capacity(2048);
         let mut rpacket = Vec::with_capacity(2048);
-        let mut out = Vec::new();
+        // Packets ready for each side, flushed once per wakeup.
+        let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         loop {
             let due = [
                 self.session.next_timeout(),
@@ -245,7 +214,8 @@ impl Legs {
                     let Ok((_, from)) = r else { continue };
                     let now = Instant::now();
                     if self.session.on_rtp_port(now, from, &mut packet) == Inbound::Rtp {
-                        self.to_browser.on_packet(now, &packet, &mut out);
+                        self.to_browser.on_packet(now, &packet, &mut to_browser);
+                        // Recognised digits are not reported yet (SSE, SIP INFO).
                         self.to_browser.take_digits();
                     }
                 }
@@ -262,23 +232,23 @@ impl Legs {
                 m = from_browser.recv() => {
                     let Some((kind, p)) = m else { break };
                     if kind == StreamKind::Audio {
-                        let now = Instant::now();
-                        let mut to_sip = Vec::new();
-                        self.to_sip.on_packet(now, &p, &mut to_sip);
+                        self.to_sip.on_packet(Instant::now(), &p, &mut to_sip);
                         self.to_sip.take_digits();
-                        self.send_sip(now, to_sip).await;
                     }
                 }
                 () = sleep_until(due) => {}
             }
             let now = Instant::now();
-            self.to_browser.poll(now, &mut out);
-            for p in out.drain(..) {
+            self.to_browser.poll(now, &mut to_browser);
+            for p in to_browser.drain(..) {
                 self.webrtc.send_rtp(self.peer, StreamKind::Audio, p);
             }
-            let mut to_sip = Vec::new();
             self.to_sip.poll(now, &mut to_sip);
-            self.send_sip(now, to_sip).await;
+            for mut p in to_sip.drain(..) {
+                if let Some(dest) = self.session.send_rtp(now, &mut p) {
+                    let _ = self.rtp.send_to(&p, dest).await;
+                }
+            }
             if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
                 let _ = self
                     .rtcp
@@ -304,24 +274,6 @@ impl Legs {
             sip_lost = self.session.stats.lost,
             "bridge media stopped"
         );
-    }
-
-    async fn send_sip(&mut self, now: Instant, packets: Vec<Vec<u8>>) {
-        for mut p in packets {
-            if let Some(dest) = self.session.send_rtp(now, &mut p) {
-                let _ = self.rtp.send_to(&p, dest).await;
-            }
-        }
-    }
-}
-
-async fn recv_opt(
-    s: Option<&UdpSocket>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(usize, SocketAddr)> {
-    match s {
-        Some(s) => s.recv_buf_from(buf).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -169,15 +169,18 @@ impl MediaCalls {
     }
 }
 
-fn tokio_socket(s: StdUdp) -> Result<UdpSocket, String> {
+pub(super) fn tokio_socket(s: StdUdp) -> Result<UdpSocket, String> {
     s.set_nonblocking(true).map_err(|e| e.to_string())?;
     UdpSocket::from_std(s).map_err(|e| e.to_string())
 }
 
-/// Receives on `s` when present, else never.
-async fn recv_opt(s: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+/// Receives on `s` into `buf`'s spare capacity when present, else never.
+pub(super) async fn recv_opt(
+    s: Option<&UdpSocket>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(usize, SocketAddr)> {
     match s {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.recv_buf_from(buf).await,
         None => std::future::pending().await,
     }
 }

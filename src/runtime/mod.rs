@@ -400,29 +400,24 @@ pub async fn run(
 
 /// Carries out what the call layer decided about a bridged call.
 fn on_call_output(
-    o: crate::b2bua::CallOutput,
+    n: crate::b2bua::Notice,
     client: &api::client::ClientApi,
     webrtc: &webrtc::WebrtcHandle,
     bridges: &mut bridge::Bridges,
 ) {
-    use crate::b2bua::CallOutput;
-    match o {
-        CallOutput::Event(call, ev) => client.call_event(&call, &ev),
-        CallOutput::StartMedia { call, peer, sip } => {
+    use crate::b2bua::Notice;
+    match n {
+        Notice::Event(call, ev) => client.call_event(&call, &ev),
+        Notice::StartMedia { call, peer, sip } => {
             if let Err(e) = bridges.start(&call, peer, &sip, webrtc) {
                 tracing::warn!(call = %call, error = %e, "cannot bridge media");
             }
         }
-        CallOutput::Release { call, peer } => {
+        Notice::Release { call, peer } => {
             bridges.close(&call);
             let webrtc = webrtc.clone();
             tokio::spawn(async move { webrtc.close(peer).await });
         }
-        // The signalling core handles the rest itself.
-        CallOutput::Request(..)
-        | CallOutput::Transmit(..)
-        | CallOutput::Respond(..)
-        | CallOutput::Abandon(..) => {}
     }
 }
 
@@ -445,13 +440,12 @@ fn on_call_cmd(
             formats,
         } => {
             let ip = gw.media_ip();
-            let media_port = match bridges.reserve(media, &id, ip, formats) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(call = %id, error = %e, "no media port for a bridged call");
-                    0
-                }
-            };
+            let media_port = bridges
+                .reserve(media, &id, ip, formats)
+                .map_err(
+                    |e| tracing::warn!(call = %id, error = %e, "no media port for a bridged call"),
+                )
+                .ok();
             gw.dial(
                 now,
                 wall,

@@ -78,7 +78,8 @@ pub struct Dialogs {
     next_id: DialogId,
 }
 
-fn tag_of(msg: &Message, header: &str) -> Option<String> {
+/// The `tag` parameter of a name-addr header (`From`, `To`).
+pub(crate) fn tag_of(msg: &Message, header: &str) -> Option<String> {
     let value = msg.header(header)?;
     NameAddr::parse(value).ok()?.tag().map(str::to_string)
 }

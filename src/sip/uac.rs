@@ -8,6 +8,7 @@
 //! must not touch sockets, clocks or media.
 
 use super::Flow;
+use super::dialog::tag_of;
 use super::msg::{Message, NameAddr, random_token};
 use bytes::Bytes;
 
@@ -56,14 +57,17 @@ pub struct UacLeg {
     cseq: u32,
 }
 
+/// A display name as a quoted-string body (RFC 3261 25.1): quotes and
+/// backslashes escaped, control characters dropped.
 fn quote(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .map(|c| match c {
-            '"' | '\\' => format!("\\{c}"),
-            c => c.to_string(),
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl UacLeg {
@@ -120,10 +124,7 @@ impl UacLeg {
     /// route set. A 2xx from another fork (a different tag) after the
     /// first is not recorded; the caller ACKs and BYEs it.
     pub fn on_response(&mut self, resp: &Message) -> bool {
-        let tag = resp
-            .header("To")
-            .and_then(|t| NameAddr::parse(t).ok())
-            .and_then(|n| n.tag().map(str::to_string));
+        let tag = tag_of(resp, "To");
         let is_2xx = resp.status().is_some_and(|c| (200..300).contains(&c));
         match (&self.remote_tag, tag) {
             (Some(ours), Some(t)) if *ours != t && self.remote_target.is_some() => return false,
@@ -191,10 +192,7 @@ impl UacLeg {
     /// The ACK for a 2xx (a transaction of its own, RFC 3261 13.2.2.4), to
     /// the tag that 2xx carries (another fork's 2xx gets its own ACK).
     pub fn ack(&self, ok: &Message) -> Option<Bytes> {
-        let tag = ok
-            .header("To")
-            .and_then(|t| NameAddr::parse(t).ok())
-            .and_then(|n| n.tag().map(str::to_string))?;
+        let tag = tag_of(ok, "To")?;
         Some(self.in_dialog("ACK", 1, &tag)?.to_bytes())
     }
 
@@ -207,23 +205,15 @@ impl UacLeg {
 
     /// BYE for a 2xx that lost the race to another fork (same leg, other tag).
     pub fn bye_stray(&self, ok: &Message) -> Option<Message> {
-        let tag = ok
-            .header("To")
-            .and_then(|t| NameAddr::parse(t).ok())
-            .and_then(|n| n.tag().map(str::to_string))?;
+        let tag = tag_of(ok, "To")?;
         self.in_dialog("BYE", self.cseq + 1, &tag)
     }
 
     /// Whether a request from the callee belongs to this dialog.
     pub fn matches(&self, req: &Message) -> bool {
-        let tag = |h| {
-            req.header(h)
-                .and_then(|v| NameAddr::parse(v).ok())
-                .and_then(|n| n.tag().map(str::to_string))
-        };
         req.call_id() == self.call_id
-            && tag("To").as_deref() == Some(self.local_tag.as_str())
-            && tag("From").is_some_and(|t| self.remote_tag.as_deref() == Some(t.as_str()))
+            && tag_of(req, "To").as_deref() == Some(self.local_tag.as_str())
+            && tag_of(req, "From").is_some_and(|t| self.remote_tag.as_deref() == Some(t.as_str()))
     }
 }
 

@@ -4,7 +4,7 @@
 // the far end to hang up (`remote`). Prints one JSON object; the Rust test asserts on it.
 //
 // Usage: node call.mjs BASE_URL ALIAS SECONDS browser|remote [FAKE_AUDIO.wav]
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [base, alias, secondsArg, hangup, wav] = process.argv.slice(2);
 const seconds = Number(secondsArg || 4);
@@ -13,26 +13,7 @@ if (!base || !alias || !["browser", "remote"].includes(hangup)) {
   process.exit(2);
 }
 
-const args = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--use-fake-device-for-media-stream",
-  "--use-fake-ui-for-media-stream",
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-  "--autoplay-policy=no-user-gesture-required",
-];
-if (wav) args.push(`--use-file-for-fake-audio-capture=${wav}`);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args,
-});
+const browser = await launch(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []);
 
 const result = { connected: false, frequency: null, stats: null, ended: null, events: [], errors: [] };
 try {

@@ -4,7 +4,7 @@
 // (tests/interop_browser.rs) asserts on it.
 //
 // Usage: node echo.mjs http://127.0.0.1:PORT [seconds-of-media]
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const base = process.argv[2];
 const seconds = Number(process.argv[3] || 4);
@@ -13,24 +13,7 @@ if (!base) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch();
 
 // Summarises a page's RTCPeerConnection stats (runs in the page).
 const summarise = async (pc) => {
