@@ -44,6 +44,9 @@ pub struct DirectionStats {
     pub concealed: u64,
     /// Packets that came too late for playout (transcoding only).
     pub late: u64,
+    /// Frames the jitter buffer dropped to keep its delay down (transcoding
+    /// only).
+    pub jitter_dropped: u64,
     /// Time spent in decoders and encoders.
     pub codec_time: Duration,
 }
@@ -331,6 +334,7 @@ impl AudioTranscoder {
         }
         let j = self.jitter.stats();
         stats.late = j.late;
+        stats.jitter_dropped = j.dropped;
         if self.jitter.next_due().is_none() {
             // Talkspurt over: the next one continues the line from the clock.
             self.out_ts = None;

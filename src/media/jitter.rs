@@ -5,11 +5,17 @@
 //! and every frame interval the decoder asks for the next frame, getting
 //! either a packet or a request to conceal one. The target delay follows the
 //! measured interarrival jitter (RFC 3550 section 6.4.1 estimator): 4 x
-//! jitter + one frame, within `[min, max]`. It grows at once (a concealed
-//! frame is inserted) and shrinks gently (one queued frame dropped when the
-//! queue stays more than two frames above target). A pause longer than a few
-//! frames (DTX, hold) ends the talkspurt; the next packet restarts playout
-//! with the current target. Sans-IO: time is a parameter. It must not decode.
+//! jitter + one frame, within `[min, max]`. It grows at once: when the
+//! queue runs dry, a concealed frame is inserted and the missing packet keeps
+//! its slot, so a late packet plays one frame later instead of being thrown
+//! away. It shrinks gently: only when the queue stayed more than a frame
+//! above target for a whole second (its low-water mark) are the excess
+//! frames dropped, one per slot, so bursts that come and go (a starved
+//! sender, Wi-Fi) cost nothing. A burst beyond the maximum delay
+//! drops the oldest frames without moving the playout clock. A pause longer
+//! than a few frames (DTX, hold) ends the talkspurt; the next packet
+//! restarts playout with the current target. Sans-IO: time is a parameter.
+//! It must not decode.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -92,6 +98,11 @@ pub struct JitterBuffer {
     next: Option<(u64, Instant)>,
     /// Consecutive concealed frames with nothing queued.
     starved: u32,
+    /// Fewest frames queued at a playout over the current window, the
+    /// window's length so far, and frames still to drop from the last one.
+    low_water: usize,
+    window: u32,
+    excess: usize,
     /// Jitter estimate in seconds, and the last relative transit time.
     jitter: f64,
     last_transit: Option<f64>,
@@ -102,6 +113,10 @@ pub struct JitterBuffer {
 /// Empty slots in a row that end a talkspurt (DTX or a pause).
 const STARVED_LIMIT: u32 = 3;
 
+/// Slots (20 ms each: one second) over which the queue must stay above
+/// target before it is shrunk.
+const SHRINK_WINDOW: u32 = 50;
+
 impl JitterBuffer {
     /// An empty buffer.
     pub fn new(config: JitterConfig) -> Self {
@@ -111,6 +126,9 @@ impl JitterBuffer {
             seq: SeqTracker::default(),
             next: None,
             starved: 0,
+            low_water: usize::MAX,
+            window: 0,
+            excess: 0,
             jitter: 0.0,
             last_transit: None,
             origin: None,
@@ -127,6 +145,11 @@ impl JitterBuffer {
         Duration::from_secs_f64(
             f64::from(self.config.frame) / f64::from(self.config.clock_rate.max(1)),
         )
+    }
+
+    /// Audio queued for playout now.
+    pub fn queued(&self) -> Duration {
+        self.frame_time() * self.queue.len() as u32
     }
 
     /// The delay playout aims for now.
@@ -182,11 +205,13 @@ impl JitterBuffer {
         while self.queue.len() > cap.max(1) {
             if let Some((k, _)) = self.queue.pop_first() {
                 self.stats.dropped += 1;
-                if let Some((next, at)) = self.next.as_mut()
+                // The following frame takes the dropped one's slot: the
+                // delay shrinks by a frame. (Moving the slot later instead
+                // would keep the queue full and drop every packet after.)
+                if let Some((next, _)) = self.next.as_mut()
                     && *next <= k
                 {
                     *next = k + 1;
-                    *at += frame;
                 }
             }
         }
@@ -223,23 +248,42 @@ impl JitterBuffer {
                 self.starved = 0;
                 return None;
             }
+            // Nothing newer is here, so the packet is late rather than
+            // lost: conceal this slot and keep its place (one frame more
+            // delay).
+            self.stats.concealed += 1;
+            self.next = Some((index, at + frame));
+            return Some(Playout::Conceal { next: None });
         }
+        // Newer packets are here: this one is lost.
         self.stats.concealed += 1;
         self.next = Some((index + 1, at + frame));
         let next = self.queue.get(&(index + 1)).map(|e| e.payload.clone());
         Some(Playout::Conceal { next })
     }
 
-    /// Drops one queued frame when the queue runs more than two frames above
-    /// the target (the network got better).
+    /// Tracks the queue's low-water mark over a window of slots; when the
+    /// queue never fell to the target plus a frame in a whole window, drops
+    /// the excess, one frame per slot.
     fn shrink(&mut self) {
-        let frame = self.frame_time().as_secs_f64();
-        let queued = self.queue.len() as f64 * frame;
-        if queued > self.target_delay().as_secs_f64() + 2.0 * frame
+        let queued = self.queue.len();
+        self.low_water = self.low_water.min(queued);
+        self.window += 1;
+        if self.window >= SHRINK_WINDOW {
+            let frame = self.frame_time().as_secs_f64();
+            // The mark is taken after the played frame left the queue, so
+            // `target` frames still queued is one frame of slack.
+            let target = (self.target_delay().as_secs_f64() / frame).round() as usize;
+            self.excess = self.low_water.saturating_sub(target);
+            self.low_water = usize::MAX;
+            self.window = 0;
+        }
+        if self.excess > 0
             && let Some((next, _)) = self.next.as_mut()
             && self.queue.remove(next).is_some()
         {
             *next += 1;
+            self.excess -= 1;
             self.stats.dropped += 1;
         }
     }
@@ -255,6 +299,20 @@ mod tests {
     /// after `delay(i)` (None = lost); pops every 5 ms. Returns the
     /// sequence numbers played (None = concealed), in order.
     fn run(jb: &mut JitterBuffer, n: u16, delay: impl Fn(u16) -> Option<u64>) -> Vec<Option<u16>> {
+        run_polling(jb, n, delay, |_| true).0
+    }
+
+    /// [`run`], popping only at the 5 ms ticks (ms since start) where
+    /// `polls` says so: a starved task wakes late. Also returns the most
+    /// audio queued over the last 200 ms of the stream.
+    fn run_polling(
+        jb: &mut JitterBuffer,
+        n: u16,
+        delay: impl Fn(u16) -> Option<u64>,
+        polls: impl Fn(u64) -> bool,
+    ) -> (Vec<Option<u16>>, Duration) {
+        let mut tail_queued = Duration::ZERO;
+        let last = MS * (20 * u32::from(n));
         let t0 = Instant::now();
         let mut arrivals: Vec<(Duration, u16)> = (0..n)
             .filter_map(|i| delay(i).map(|d| (MS * (20 * u32::from(i)) + MS * d as u32, i)))
@@ -270,13 +328,18 @@ mod tests {
                 jb.push(t0 + t, i, u32::from(i) * 160, &i.to_be_bytes());
                 k += 1;
             }
-            while let Some(p) = jb.pop(t0 + t) {
+            while polls(t.as_millis() as u64)
+                && let Some(p) = jb.pop(t0 + t)
+            {
                 played.push(match p {
                     Playout::Frame { payload, .. } => {
                         Some(u16::from_be_bytes([payload[0], payload[1]]))
                     }
                     Playout::Conceal { .. } => None,
                 });
+            }
+            if t + 200 * MS >= last && t < last {
+                tail_queued = tail_queued.max(jb.queued());
             }
             t += MS * 5;
         }
@@ -285,7 +348,7 @@ mod tests {
         while played.last() == Some(&None) {
             played.pop();
         }
-        played
+        (played, tail_queued)
     }
 
     #[test]
@@ -409,5 +472,75 @@ mod tests {
         }
         assert!(jb.queue.len() <= 5);
         assert_eq!(jb.stats().dropped, 45);
+    }
+
+    #[test]
+    fn a_stalled_task_recovers_and_plays_everything_after_the_stall() {
+        // The process gets no CPU for 400 ms: packets 50..70 wait in the
+        // socket and arrive together, and nothing is popped meanwhile.
+        let mut jb = JitterBuffer::new(JitterConfig::new(8000));
+        let stall = |i: u16| {
+            Some(if (50..70).contains(&i) {
+                5 + 20 * u64::from(70 - i)
+            } else {
+                5
+            })
+        };
+        let (played, tail_queued) =
+            run_polling(&mut jb, 300, stall, |ms| !(1000..1405).contains(&ms));
+        let frames: Vec<u16> = played.iter().flatten().copied().collect();
+        let s = jb.stats();
+        // Frames play in order, and once the delay has shrunk back, every
+        // one of them does.
+        assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+        let tail: Vec<u16> = frames.iter().copied().filter(|&i| i >= 200).collect();
+        assert_eq!(tail, (200..300).collect::<Vec<_>>(), "{s:?}");
+        // What the stall cost is counted: played + dropped + late = sent.
+        assert_eq!(s.played + s.dropped + s.late, 300, "{s:?}");
+        assert!(s.played >= 285, "{s:?}");
+        // The delay the burst built came back down.
+        assert!(
+            tail_queued <= jb.target_delay() + 2 * jb.frame_time(),
+            "{tail_queued:?} queued for a target of {:?}",
+            jb.target_delay()
+        );
+    }
+
+    #[test]
+    fn coarse_wakeups_lose_nothing() {
+        // The task wakes every 60 ms instead of every frame.
+        let mut jb = JitterBuffer::new(JitterConfig::new(8000));
+        let (played, _) = run_polling(&mut jb, 200, |_| Some(5), |ms| ms % 60 == 0);
+        let frames: Vec<u16> = played.iter().flatten().copied().collect();
+        assert_eq!(frames, (0..200).collect::<Vec<_>>(), "{:?}", jb.stats());
+    }
+
+    #[test]
+    fn a_late_packet_after_an_underrun_plays_one_frame_later() {
+        let mut jb = JitterBuffer::new(JitterConfig::new(8000));
+        // Packets 10..14 are held up 40 ms: slot 10 finds the queue empty.
+        let played = run(&mut jb, 40, |i| {
+            Some(if (10..14).contains(&i) { 45 } else { 5 })
+        });
+        let frames: Vec<u16> = played.iter().flatten().copied().collect();
+        assert_eq!(frames, (0..40).collect::<Vec<_>>());
+        assert_eq!(jb.stats().late, 0, "{:?}", jb.stats());
+    }
+
+    #[test]
+    fn a_full_queue_keeps_playing_at_the_maximum_delay() {
+        // A starved machine measures so much jitter that the target reaches
+        // the maximum: the queue runs at its cap, and a packet over it must
+        // cost one frame, not stop playout.
+        let mut jb = JitterBuffer::new(JitterConfig {
+            min_delay: 100 * MS,
+            max_delay: 100 * MS,
+            ..JitterConfig::new(8000)
+        });
+        let played = run(&mut jb, 200, |i| Some(5 + u64::from(i % 2) * 3));
+        let s = jb.stats();
+        assert!(s.played >= 195, "{s:?}");
+        assert_eq!(s.played + s.dropped, 200, "{s:?}");
+        assert_eq!(played.iter().flatten().count(), s.played as usize);
     }
 }

@@ -266,10 +266,13 @@ impl Legs {
             to_sip_concealed = a.concealed,
             to_sip_dropped_pt = a.dropped_pt,
             to_sip_lost = a.lost,
+            to_sip_late = a.late,
+            to_sip_jitter_dropped = a.jitter_dropped,
             to_browser_in = b.packets_in,
             to_browser_out = b.packets_out,
             to_browser_concealed = b.concealed,
             to_browser_late = b.late,
+            to_browser_jitter_dropped = b.jitter_dropped,
             sip_in = self.session.stats.rtp_in,
             sip_lost = self.session.stats.lost,
             "bridge media stopped"
