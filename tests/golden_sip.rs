@@ -190,6 +190,10 @@ fn rfc4475_torture_messages() {
                     let ports = (0..answer.streams.len() as u16).map(|i| 40000 + 2 * i);
                     gw.media_ready(Instant::now(), 0, dialog, Ok(ports.collect()));
                 }
+                // A bridged call's media: pretend ports were bound.
+                GwOutput::BridgeMedia { call, .. } => {
+                    gw.bridge_ready(Instant::now(), 0, &call, Ok((40000, 40002)));
+                }
                 GwOutput::Store(_) | GwOutput::CloseMedia { .. } | GwOutput::Call(_) => {}
             }
         }

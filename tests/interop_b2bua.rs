@@ -311,7 +311,7 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         context,
     );
     let log = gw.log_text();
-    for side in ["to_sip", "to_browser"] {
+    for side in ["to_sip", "to_caller"] {
         let (n_in, n_out) = (
             counter(&log, &format!("{side}_in")),
             counter(&log, &format!("{side}_out")),

@@ -28,6 +28,9 @@ pub enum AudioCodec {
 }
 
 impl AudioCodec {
+    /// Every codec, in the order the gateway prefers them.
+    pub const ALL: [AudioCodec; 4] = [Self::Opus, Self::G722, Self::Pcmu, Self::Pcma];
+
     /// Identifies an `a=rtpmap` entry; `None` for codecs we do not implement
     /// (telephone-event is not a codec and is handled by the media layer).
     pub fn from_key(key: &CodecKey) -> Option<Self> {

@@ -487,7 +487,7 @@ impl ClientApi {
         let registered = route.has_registered_target() && self.registered(&route.to).await;
         match route.reach(|| registered) {
             Reach::Echo => Ok((route, None)),
-            Reach::Bridge(kind) => Ok((route, Some(kind))),
+            Reach::Bridge(target) => Ok((route, Some(target.kind()))),
             Reach::Reject(status, reason) => Err(rejected(status, reason)),
             Reach::Nobody => Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -1,9 +1,14 @@
-//! The call state machine: one call joins a browser leg (a WebRTC peer)
-//! and a SIP leg the gateway places as a UAC, sans-IO.
+//! The call state machine: one call joins a caller leg (a browser's WebRTC
+//! peer, or a SIP endpoint whose INVITE we answer as a UAS) and a SIP leg
+//! the gateway places as a UAC, sans-IO.
 //!
-//! Flow implemented so far: browser -> SIP registered endpoint. The
-//! browser's offer is answered at once (the hub terminates its media); the
-//! call then rings every registered contact of the alias in parallel
+//! Flows implemented so far: browser -> SIP, and SIP -> SIP (registered
+//! endpoints, SIP URIs, trunks). A browser's offer is answered at once (the
+//! hub terminates its media); a SIP caller gets 180 when a callee rings and
+//! the 200 (with our answer, in the codec the callee chose when the caller
+//! offered it, else the caller's first, transcoded) once a callee answers;
+//! its CANCEL, BYE and ACK come here, and our 2xx is retransmitted until the
+//! ACK ([`Dialogs`]). The call rings every target in parallel
 //! (RFC 3261 forking done by the B2BUA: one [`UacLeg`] per contact), the
 //! first 2xx wins and the other forks are cancelled (a late 2xx is ACKed
 //! and sent a BYE). 180/183 become `ringing`, a failure of every fork ends
@@ -22,9 +27,11 @@
 #[cfg(test)]
 mod tests;
 
+use crate::dialplan::reason_phrase;
 use crate::media::bridge::AudioEnd;
-use crate::sdp::{Negotiated, Offer};
+use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
+use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, response_to};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::{InviteParams, UacLeg};
@@ -32,6 +39,7 @@ use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// How long a call may ring before it is given up (408).
@@ -42,8 +50,10 @@ pub const NO_ANSWER: Duration = Duration::from_secs(60);
 pub enum Side {
     /// The browser (or the client API on its behalf).
     Browser,
-    /// The SIP endpoint.
+    /// The SIP endpoint called.
     Sip,
+    /// A SIP endpoint that placed the call.
+    Caller,
     /// The gateway (no answer, no common codec, shutdown).
     Gateway,
 }
@@ -54,6 +64,7 @@ impl Side {
         match self {
             Side::Browser => "browser",
             Side::Sip => "sip",
+            Side::Caller => "caller",
             Side::Gateway => "gateway",
         }
     }
@@ -102,23 +113,33 @@ pub enum CallOutput {
 pub enum Notice {
     /// Report a call event to the browser.
     Event(String, CallEvent),
-    /// The SIP leg answered: bridge media between the peer and the SIP
+    /// The SIP leg answered: bridge media between the caller and the SIP
     /// side as negotiated.
     StartMedia {
         /// The call.
         call: String,
-        /// Its browser peer.
-        peer: PeerId,
+        /// The caller's media.
+        caller: CallerMedia,
         /// What the SIP side agreed.
         sip: Box<Negotiated>,
     },
-    /// The call is over: stop its media and close its peer.
+    /// The call is over: stop its media and close its peer, if any.
     Release {
         /// The call.
         call: String,
         /// Its browser peer.
-        peer: PeerId,
+        peer: Option<PeerId>,
     },
+}
+
+/// The caller's end of a call's media.
+#[derive(Debug)]
+pub enum CallerMedia {
+    /// A browser's peer in the WebRTC hub.
+    Browser(PeerId),
+    /// A SIP endpoint, as our answer to its offer agreed (on the port
+    /// reserved for it).
+    Sip(Box<Negotiated>),
 }
 
 /// A call to place from a browser.
@@ -130,6 +151,74 @@ pub struct Dial {
     pub peer: PeerId,
     /// What the SIP side is offered.
     pub offer: Offer,
+}
+
+/// A call from a SIP endpoint to place: its INVITE (already answered 100)
+/// and what we need to answer it.
+#[derive(Debug, Clone)]
+pub struct SipDial {
+    /// The call's id.
+    pub id: String,
+    /// The INVITE's server transaction.
+    pub key: TxKey,
+    /// The INVITE.
+    pub invite: Message,
+    /// Where it came from.
+    pub flow: Flow,
+    /// The caller's SDP offer.
+    pub caller_offer: SessionDesc,
+    /// What the callees are offered.
+    pub offer: Offer,
+    /// Our media address and RTP port toward the caller (bound already).
+    pub media: (IpAddr, u16),
+    /// Our Contact toward the caller (`<sip:...>`).
+    pub contact: String,
+    /// Our advertised `host:port` toward the caller (Via of our BYE).
+    pub via_host: String,
+    /// Server / User-Agent.
+    pub user_agent: String,
+}
+
+/// The UAS side of a call from a SIP endpoint.
+#[derive(Debug)]
+struct SipCaller {
+    call_id: String,
+    key: TxKey,
+    dialog: DialogId,
+    caller_offer: SessionDesc,
+    media: (IpAddr, u16),
+    contact: String,
+    via_host: String,
+    user_agent: String,
+    /// 180 sent.
+    ringing: bool,
+    /// 200 sent.
+    answered: bool,
+}
+
+/// Who placed a call.
+#[derive(Debug)]
+enum Caller {
+    Browser(PeerId),
+    Sip(Box<SipCaller>),
+}
+
+impl Caller {
+    fn peer(&self) -> Option<PeerId> {
+        match self {
+            Caller::Browser(p) => Some(*p),
+            Caller::Sip(_) => None,
+        }
+    }
+}
+
+/// Which leg of a call a SIP Call-ID belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    /// The SIP caller's dialog.
+    Caller,
+    /// A fork toward a callee.
+    Fork(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +255,7 @@ enum State {
 
 #[derive(Debug)]
 struct Call {
-    peer: PeerId,
+    caller: Caller,
     offer: Offer,
     forks: Vec<Fork>,
     winner: Option<usize>,
@@ -182,8 +271,10 @@ const SETTLE: Duration = Duration::from_secs(32);
 #[derive(Debug, Default)]
 pub struct B2bua {
     calls: HashMap<String, Call>,
-    /// SIP Call-ID of a fork -> its call and fork index.
-    by_call_id: HashMap<String, (String, usize)>,
+    /// SIP Call-ID of a leg -> its call and which leg.
+    by_call_id: HashMap<String, (String, Leg)>,
+    /// UAS dialogs of SIP callers.
+    dialogs: Dialogs,
     out: VecDeque<CallOutput>,
 }
 
@@ -254,17 +345,71 @@ impl B2bua {
         self.by_call_id.contains_key(call_id)
     }
 
-    /// Places a call: an INVITE to every target at once (each with its
-    /// offer printed for its flow: the media address may differ). No
-    /// target ends the call at once (480).
+    /// Places a browser's call: an INVITE to every target at once (each
+    /// with its offer printed for its flow: the media address may differ).
+    /// No target ends the call at once (480).
     pub fn dial(&mut self, now: Instant, dial: Dial, targets: Vec<InviteParams>) {
+        self.place(
+            now,
+            &dial.id,
+            Caller::Browser(dial.peer),
+            dial.offer,
+            targets,
+        );
+    }
+
+    /// Places a SIP endpoint's call (see [`SipDial`]); a caller without a
+    /// From tag gets 400.
+    pub fn dial_sip(&mut self, now: Instant, dial: SipDial, targets: Vec<InviteParams>) {
+        let Some(dialog) = self.dialogs.create(&dial.invite, dial.flow) else {
+            let mut r = response_to(
+                &dial.invite,
+                400,
+                "Bad Request",
+                None,
+                Some(dial.flow.remote),
+            );
+            r.push_header("Warning", "399 causeway \"the INVITE has no From tag\"");
+            self.out.push_back(CallOutput::Respond(dial.key, r));
+            return;
+        };
+        self.by_call_id.insert(
+            dial.invite.call_id().to_string(),
+            (dial.id.clone(), Leg::Caller),
+        );
+        let caller = Caller::Sip(Box::new(SipCaller {
+            call_id: dial.invite.call_id().to_string(),
+            key: dial.key,
+            dialog,
+            caller_offer: dial.caller_offer,
+            media: dial.media,
+            contact: dial.contact,
+            via_host: dial.via_host,
+            user_agent: dial.user_agent,
+            ringing: false,
+            answered: false,
+        }));
+        self.place(now, &dial.id, caller, dial.offer, targets);
+    }
+
+    /// Rings every target; none ends the call at once (480).
+    fn place(
+        &mut self,
+        now: Instant,
+        id: &str,
+        caller: Caller,
+        offer: Offer,
+        targets: Vec<InviteParams>,
+    ) {
         let mut forks = Vec::new();
         for params in targets {
             let Some((leg, invite)) = UacLeg::invite(params) else {
                 continue;
             };
-            self.by_call_id
-                .insert(leg.call_id.clone(), (dial.id.clone(), forks.len()));
+            self.by_call_id.insert(
+                leg.call_id.clone(),
+                (id.to_string(), Leg::Fork(forks.len())),
+            );
             self.out.push_back(CallOutput::Request(invite, leg.flow));
             forks.push(Fork {
                 leg,
@@ -273,31 +418,33 @@ impl B2bua {
                 failure: None,
             });
         }
-        if forks.is_empty() {
-            self.refuse(now, dial, 480, "no reachable contact");
-            return;
+        let empty = forks.is_empty();
+        if !empty {
+            tracing::info!(call = %id, forks = forks.len(), "calling the SIP side");
         }
-        tracing::info!(call = %dial.id, forks = forks.len(), "calling the SIP side");
         self.calls.insert(
-            dial.id,
+            id.to_string(),
             Call {
-                peer: dial.peer,
-                offer: dial.offer,
+                caller,
+                offer,
                 forks,
                 winner: None,
                 state: State::Calling,
                 give_up: now + NO_ANSWER,
             },
         );
+        if empty {
+            self.end(now, id, Side::Gateway, Some(480), "no reachable contact");
+        }
     }
 
-    /// Refuses a call the gateway cannot place (no contact, no media
+    /// Refuses a browser's call the gateway cannot place (no media
     /// port): reported and released like any other ending.
     pub fn refuse(&mut self, now: Instant, dial: Dial, status: u16, reason: &str) {
         self.calls.insert(
             dial.id.clone(),
             Call {
-                peer: dial.peer,
+                caller: Caller::Browser(dial.peer),
                 offer: dial.offer,
                 forks: Vec::new(),
                 winner: None,
@@ -311,7 +458,7 @@ impl B2bua {
     /// The transaction key the layer gave an INVITE we sent (so a timeout
     /// can be matched to its fork).
     pub fn sent(&mut self, call_id: &str, key: TxKey) {
-        if let Some((call, i)) = self.by_call_id.get(call_id)
+        if let Some((call, Leg::Fork(i))) = self.by_call_id.get(call_id)
             && let Some(f) = self.calls.get_mut(call).and_then(|c| c.forks.get_mut(*i))
             && f.key.is_none()
         {
@@ -322,7 +469,7 @@ impl B2bua {
     /// A response to one of our requests (responses to CANCEL and BYE
     /// need nothing).
     pub fn on_response(&mut self, now: Instant, msg: &Message) {
-        let Some((call_id, i)) = self.by_call_id.get(msg.call_id()).cloned() else {
+        let Some((call_id, Leg::Fork(i))) = self.by_call_id.get(msg.call_id()).cloned() else {
             return;
         };
         let Some(code) = msg.status() else { return };
@@ -358,6 +505,15 @@ impl B2bua {
         }
         if call.state == State::Calling && matches!(code, 180 | 183) {
             call.state = State::Ringing;
+            if let Caller::Sip(sc) = &mut call.caller
+                && !sc.ringing
+            {
+                sc.ringing = true;
+                let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
+                if let Some(r) = ringing {
+                    self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
+                }
+            }
             self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
         }
     }
@@ -417,9 +573,22 @@ impl B2bua {
                 cancel_fork(f, &mut self.out);
             }
         }
-        let peer = call.peer;
+        let negotiated = negotiated.and_then(|n| {
+            let caller = match &mut call.caller {
+                Caller::Browser(peer) => CallerMedia::Browser(*peer),
+                Caller::Sip(sc) => {
+                    let (ok, agreed) = answer_caller(&self.dialogs, sc, &n)?;
+                    sc.answered = true;
+                    let sent = ok.to_bytes();
+                    self.dialogs.accepted(now, sc.dialog, sent);
+                    self.out.push_back(CallOutput::Respond(sc.key.clone(), ok));
+                    CallerMedia::Sip(Box::new(agreed))
+                }
+            };
+            Ok((n, caller))
+        });
         match negotiated {
-            Ok(n) => {
+            Ok((n, caller)) => {
                 call.state = State::Connected;
                 let codec = n.format.codec.as_ref().map_or_else(
                     || n.format.pt.to_string(),
@@ -428,7 +597,7 @@ impl B2bua {
                 tracing::info!(call = %call_id, %codec, "SIP side answered");
                 self.notify(Notice::StartMedia {
                     call: call_id.to_string(),
-                    peer,
+                    caller,
                     sip: Box::new(n),
                 });
                 self.notify(Notice::Event(
@@ -457,16 +626,21 @@ impl B2bua {
         }
     }
 
-    /// An in-dialog request from a callee (BYE, re-INVITE...). Returns
-    /// false when it belongs to no call here.
+    /// An in-dialog request from a callee or a SIP caller (BYE,
+    /// re-INVITE...). Returns false when it belongs to no call here.
     pub fn on_request(&mut self, now: Instant, key: &TxKey, msg: &Message, flow: Flow) -> bool {
-        let Some((call_id, i)) = self.by_call_id.get(msg.call_id()).cloned() else {
+        let Some((call_id, leg)) = self.by_call_id.get(msg.call_id()).cloned() else {
             return false;
         };
         let Some(call) = self.calls.get(&call_id) else {
             return false;
         };
-        if !call.forks.get(i).is_some_and(|f| f.leg.matches(msg)) {
+        let ours = match (leg, &call.caller) {
+            (Leg::Fork(i), _) => call.forks.get(i).is_some_and(|f| f.leg.matches(msg)),
+            (Leg::Caller, Caller::Sip(sc)) => self.dialogs.matching(msg) == Some(sc.dialog),
+            (Leg::Caller, Caller::Browser(_)) => false,
+        };
+        if !ours {
             return false;
         }
         let method = msg.method();
@@ -483,8 +657,49 @@ impl B2bua {
         }
         self.out.push_back(CallOutput::Respond(key.clone(), resp));
         if method == Some(Method::Bye) && call.state != State::Ended {
-            tracing::info!(call = %call_id, "SIP side hung up");
-            self.end(now, &call_id, Side::Sip, None, "hangup");
+            if leg == Leg::Caller {
+                tracing::info!(call = %call_id, "SIP caller hung up");
+                if let Some(Caller::Sip(sc)) = self.calls.get(&call_id).map(|c| &c.caller) {
+                    self.dialogs.remove(sc.dialog);
+                }
+                self.hang_up_sip(&call_id);
+                self.end(now, &call_id, Side::Caller, None, "hangup");
+            } else {
+                tracing::info!(call = %call_id, "SIP side hung up");
+                self.end(now, &call_id, Side::Sip, None, "hangup");
+            }
+        }
+        true
+    }
+
+    /// The ACK of our 2xx to a SIP caller; false when it is not for a call
+    /// here.
+    pub fn on_ack(&mut self, msg: &Message) -> bool {
+        match self.dialogs.matching(msg) {
+            Some(id) if self.by_call_id.contains_key(msg.call_id()) => {
+                self.dialogs.on_ack(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A SIP caller cancelled its INVITE (`invite` is the INVITE's
+    /// transaction). Before the answer: 487 to the caller, CANCEL to every
+    /// fork. Returns false when no call here has that INVITE (the caller
+    /// answers 481 to the CANCEL).
+    pub fn on_cancel(&mut self, now: Instant, invite: &TxKey) -> bool {
+        let found = self.calls.iter().find_map(|(id, c)| match &c.caller {
+            Caller::Sip(sc) if sc.key == *invite => Some((id.clone(), c.state)),
+            _ => None,
+        });
+        let Some((call_id, state)) = found else {
+            return false;
+        };
+        if matches!(state, State::Calling | State::Ringing) {
+            tracing::info!(call = %call_id, "SIP caller cancelled");
+            self.hang_up_sip(&call_id);
+            self.end(now, &call_id, Side::Caller, Some(487), "cancelled");
         }
         true
     }
@@ -533,7 +748,24 @@ impl B2bua {
         }
         call.state = State::Ended;
         call.give_up = now + SETTLE;
-        let peer = call.peer;
+        let peer = call.caller.peer();
+        if let Caller::Sip(sc) = &call.caller {
+            if !sc.answered {
+                // The INVITE still waits for its final response.
+                let code = status.unwrap_or(480);
+                if let Some(mut r) = caller_response(&self.dialogs, sc, code, reason_phrase(code)) {
+                    if code == 488 {
+                        r.push_header("Warning", format!("399 causeway \"{reason}\""));
+                    }
+                    self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
+                }
+                self.dialogs.remove(sc.dialog);
+            } else if by != Side::Caller
+                && let Some((bye, flow)) = self.dialogs.bye(sc.dialog, &sc.via_host, &sc.user_agent)
+            {
+                self.out.push_back(CallOutput::Request(bye, flow));
+            }
+        }
         self.notify(Notice::Event(
             call_id.to_string(),
             CallEvent::Ended {
@@ -554,16 +786,54 @@ impl B2bua {
         let settled = self.calls.get(call_id).is_some_and(|c| {
             c.state == State::Ended && c.forks.iter().all(|f| f.state == ForkState::Done)
         });
-        if settled && let Some(call) = self.calls.remove(call_id) {
-            for f in call.forks {
-                self.by_call_id.remove(&f.leg.call_id);
+        if settled {
+            self.forget(call_id);
+        }
+    }
+
+    /// Drops an ended call and its legs; returns the transactions of forks
+    /// that never settled.
+    fn forget(&mut self, call_id: &str) -> Vec<TxKey> {
+        let Some(call) = self.calls.remove(call_id) else {
+            return Vec::new();
+        };
+        if let Caller::Sip(sc) = call.caller {
+            self.by_call_id.remove(&sc.call_id);
+            self.dialogs.remove(sc.dialog);
+        }
+        let mut open = Vec::new();
+        for f in call.forks {
+            self.by_call_id.remove(&f.leg.call_id);
+            if f.state != ForkState::Done
+                && let Some(key) = f.key
+            {
+                open.push(key);
             }
         }
+        open
     }
 
     /// Gives up on calls nobody answered in time, and forgets ended calls
     /// whose cancelled forks never settled (their transactions are dropped).
     pub fn handle_timeout(&mut self, now: Instant) {
+        for o in self.dialogs.handle_timeout(now) {
+            match o {
+                DialogOutput::Retransmit(flow, data) => {
+                    self.out.push_back(CallOutput::Transmit(flow, data));
+                }
+                DialogOutput::AckTimeout(dialog) => {
+                    let found = self.calls.iter().find_map(|(id, c)| match &c.caller {
+                        Caller::Sip(sc) if sc.dialog == dialog => Some(id.clone()),
+                        _ => None,
+                    });
+                    if let Some(id) = found {
+                        tracing::info!(call = %id, "the SIP caller never ACKed our 200");
+                        self.hang_up_sip(&id);
+                        self.end(now, &id, Side::Gateway, None, "no ACK from the caller");
+                    }
+                }
+            }
+        }
         let due: Vec<(String, State)> = self
             .calls
             .iter()
@@ -572,15 +842,8 @@ impl B2bua {
             .collect();
         for (id, state) in due {
             if state == State::Ended {
-                if let Some(call) = self.calls.remove(&id) {
-                    for f in call.forks {
-                        self.by_call_id.remove(&f.leg.call_id);
-                        if f.state != ForkState::Done
-                            && let Some(key) = f.key
-                        {
-                            self.out.push_back(CallOutput::Abandon(key));
-                        }
-                    }
+                for key in self.forget(&id) {
+                    self.out.push_back(CallOutput::Abandon(key));
                 }
                 continue;
             }
@@ -596,6 +859,7 @@ impl B2bua {
             .values()
             .filter(|c| c.state != State::Connected)
             .map(|c| c.give_up)
+            .chain(self.dialogs.poll_timeout())
             .min()
     }
 
@@ -607,4 +871,71 @@ impl B2bua {
     pub fn poll_output(&mut self) -> Option<CallOutput> {
         self.out.pop_front()
     }
+}
+
+/// A response of ours to a SIP caller's INVITE: our tag, and for 1xx/2xx
+/// our Contact (it makes a dialog). `None` when the dialog is gone.
+fn caller_response(dialogs: &Dialogs, sc: &SipCaller, code: u16, reason: &str) -> Option<Message> {
+    let d = dialogs.get(sc.dialog)?;
+    let mut r = response_to(
+        &d.invite,
+        code,
+        reason,
+        Some(&d.local_tag),
+        Some(d.flow.remote),
+    );
+    if code < 300 {
+        r.push_header("Contact", sc.contact.clone());
+    }
+    r.push_header("Server", sc.user_agent.clone());
+    Some(r)
+}
+
+/// Our 200 to a SIP caller, answering its offer with the callee's codec
+/// when it offered it, else its own first one we can transcode to; and
+/// what that answer agreed.
+fn answer_caller(
+    dialogs: &Dialogs,
+    sc: &SipCaller,
+    callee: &Negotiated,
+) -> Result<(Message, Negotiated), crate::sdp::SdpError> {
+    let lost = || crate::sdp::SdpError::Invalid("the caller's dialog is gone");
+    let d = dialogs.get(sc.dialog).ok_or_else(lost)?;
+    let answer_with = |codecs: Vec<causeway_codecs::CodecKey>| {
+        crate::sdp::answer(&sc.caller_offer, &AnswerConfig { codecs, dtmf: true })
+    };
+    // The callee's codec when the caller has it (relayed), else any we
+    // can transcode to.
+    let answer = answer_with(callee.format.codec.iter().cloned().collect())
+        .or_else(|_| answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect()))?;
+    // One audio stream is bridged; every other section is declined.
+    let first = answer
+        .streams
+        .iter()
+        .position(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.kind == crate::sdp::MediaKind::Audio)
+        })
+        .ok_or(crate::sdp::SdpError::NoCommonMedia(
+            "no audio codec in common",
+        ))?;
+    let mut answer = answer;
+    for (i, n) in answer.streams.iter_mut().enumerate() {
+        if i != first {
+            *n = None;
+        }
+    }
+    let agreed = answer.streams[first].clone().ok_or_else(lost)?;
+    let mut ports = vec![0; answer.streams.len()];
+    ports[first] = sc.media.1;
+    let body = answer.to_sdp(sc.media.0, &ports, u64::from(rand::random::<u32>()), 1);
+    let mut ok = caller_response(dialogs, sc, 200, "OK").ok_or_else(lost)?;
+    // A UAS keeps the route set (RFC 3261 12.1.1).
+    for rr in d.invite.headers_named("Record-Route") {
+        ok.push_header("Record-Route", rr.to_string());
+    }
+    ok.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
+    ok.push_header("Content-Type", "application/sdp");
+    ok.body = Bytes::from(body);
+    Ok((ok, agreed))
 }

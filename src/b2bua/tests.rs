@@ -1,5 +1,6 @@
 //! The call state machine on simulated time: forking, cancel, failures,
-//! no answer, hang-ups from both sides, stray answers.
+//! no answer, hang-ups from both sides, stray answers; browser and SIP
+//! callers.
 
 use super::*;
 use crate::sdp::Offer;
@@ -125,10 +126,10 @@ fn forks_ring_the_first_answer_wins_and_the_rest_are_cancelled() {
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["ACK", "media", "connected"]);
-    let CallOutput::Notice(Notice::StartMedia { sip, peer, .. }) = &out[1] else {
+    let CallOutput::Notice(Notice::StartMedia { sip, caller, .. }) = &out[1] else {
         panic!()
     };
-    assert_eq!(*peer, PeerId(7));
+    assert!(matches!(caller, CallerMedia::Browser(PeerId(7))));
     assert_eq!(sip.format.pt, 0);
     // The 200 retransmitted: ACKed again, nothing else.
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
@@ -274,4 +275,186 @@ fn no_contact_ends_the_call_at_once() {
     b.refuse(t0, dial, 503, "no media port free");
     assert_eq!(methods(&drain(&mut b)), ["ended:gateway:503", "release"]);
     assert!(b.is_empty());
+}
+
+const CALLER_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                            m=audio 30000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\n\
+                            a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn caller_invite() -> Message {
+    let text = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcaller1\r\n\
+         From: \"Carol\" <sip:carol@test.local>;tag=ctag\r\nTo: <sip:bob@test.local>\r\n\
+         Call-ID: caller-call\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:5080>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{CALLER_OFFER}",
+        CALLER_OFFER.len()
+    );
+    Message::parse(text.as_bytes()).unwrap()
+}
+
+/// A call from a SIP caller (PCMA, PCMU, telephone-event) to one callee
+/// per port; returns the caller's INVITE transaction and the INVITEs sent.
+fn dial_from_sip(b: &mut B2bua, now: Instant, ports: &[u16]) -> (TxKey, Vec<Message>) {
+    let invite = caller_invite();
+    let key = TxKey::server(&invite).unwrap();
+    b.dial_sip(
+        now,
+        SipDial {
+            id: "sip-1".into(),
+            key: key.clone(),
+            flow: flow(5080),
+            caller_offer: crate::sdp::parse(CALLER_OFFER).unwrap(),
+            offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
+            media: ("127.0.0.1".parse().unwrap(), 20000),
+            contact: "<sip:bob@127.0.0.1:5060>".into(),
+            via_host: "127.0.0.1:5060".into(),
+            user_agent: "causeway".into(),
+            invite,
+        },
+        ports.iter().map(|p| target(*p)).collect(),
+    );
+    let mut invites = Vec::new();
+    for o in drain(b) {
+        match o {
+            CallOutput::Request(m, _) => {
+                b.sent(m.call_id(), TxKey::server(&m).unwrap());
+                invites.push(m);
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    (key, invites)
+}
+
+/// An in-dialog request from the SIP caller, to our tag.
+fn from_caller(method: &str, to_tag: &str, cseq: u32) -> Message {
+    let text = format!(
+        "{method} sip:bob@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK{method}{cseq}\r\n\
+         From: <sip:carol@test.local>;tag=ctag\r\nTo: <sip:bob@test.local>;tag={to_tag}\r\n\
+         Call-ID: caller-call\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    );
+    Message::parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_sip_caller_hears_ringing_gets_the_callees_codec_and_hangs_up() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    assert_eq!(inv.len(), 1);
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["180", "ringing"]);
+    let CallOutput::Respond(k, ringing) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(*k, key);
+    let our_tag = crate::sip::dialog::tag_of(ringing, "To").expect("our tag");
+    assert_eq!(ringing.header("Contact"), Some("<sip:bob@127.0.0.1:5060>"));
+
+    // The callee answers PCMU, the caller's second choice: the caller is
+    // answered in PCMU too (relayed), on the port reserved for it.
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK", "200", "media", "connected"]);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!()
+    };
+    assert_eq!(crate::sip::dialog::tag_of(ok, "To"), Some(our_tag.clone()));
+    let sdp = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(sdp.contains("m=audio 20000 RTP/AVP 0 101"), "{sdp}");
+    let CallOutput::Notice(Notice::StartMedia { caller, sip, .. }) = &out[2] else {
+        panic!()
+    };
+    let CallerMedia::Sip(agreed) = caller else {
+        panic!("{caller:?}")
+    };
+    assert_eq!((agreed.format.pt, sip.format.pt), (0, 0));
+    assert_eq!(agreed.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
+
+    // Our 200 is resent until the ACK.
+    b.handle_timeout(t0 + Duration::from_millis(500));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"], "a 2xx retransmission");
+    assert!(b.on_ack(&from_caller("ACK", &our_tag, 1)));
+    b.handle_timeout(t0 + Duration::from_secs(2));
+    assert!(drain(&mut b).is_empty());
+
+    // The caller hangs up: 200, BYE to the callee.
+    let bye = from_caller("BYE", &our_tag, 2);
+    assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["200", "BYE", "ended:caller:0", "release"]);
+    let CallOutput::Request(bye_out, f) = &out[1] else {
+        panic!()
+    };
+    assert_eq!(bye_out.call_id(), inv[0].call_id());
+    assert_eq!(f.remote.port(), 5070);
+    assert!(b.is_empty());
+    assert!(!b.owns("caller-call"));
+}
+
+#[test]
+fn a_callees_bye_reaches_the_sip_caller() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    drain(&mut b);
+    let bye = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a");
+    assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5070)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["200", "BYE", "ended:sip:0", "release"]);
+    let CallOutput::Request(to_caller, f) = &out[1] else {
+        panic!()
+    };
+    assert_eq!(to_caller.call_id(), "caller-call");
+    assert_eq!(f.remote.port(), 5080);
+    assert!(to_caller.header("To").unwrap().contains("ctag"));
+}
+
+#[test]
+fn busy_and_cancel_reach_the_sip_caller_with_the_right_status() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 486, "a", None));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["486", "ended:sip:486", "release"]);
+    let CallOutput::Respond(k, busy) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(*k, key);
+    assert!(crate::sip::dialog::tag_of(busy, "To").is_some());
+    assert!(b.is_empty());
+
+    // Cancelled while ringing: CANCEL to the callee, 487 to the caller.
+    let (key, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    drain(&mut b);
+    assert!(b.on_cancel(t0, &key));
+    assert_eq!(
+        methods(&drain(&mut b)),
+        ["CANCEL", "487", "ended:caller:487", "release"]
+    );
+    b.on_response(t0, &reply(&inv[0], 487, "a", None));
+    assert!(b.is_empty());
+    // A CANCEL for an INVITE we do not know is not ours.
+    assert!(!b.on_cancel(t0, &key));
+}
+
+#[test]
+fn an_answer_the_sip_caller_cannot_take_gets_488_with_a_warning() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_G729)));
+    let out = drain(&mut b);
+    assert_eq!(
+        methods(&out),
+        ["ACK", "BYE", "488", "ended:gateway:488", "release"]
+    );
+    let CallOutput::Respond(_, r) = &out[2] else {
+        panic!()
+    };
+    assert!(r.header("Warning").unwrap().starts_with("399 causeway"));
 }

@@ -340,8 +340,8 @@ pub const KNOWN_CODECS: &[&str] = &["opus", "g722", "pcmu", "pcma", "h264", "vp8
 pub enum Reach {
     /// The built-in echo service.
     Echo,
-    /// A target that needs the call bridge (its kind, as in TOML).
-    Bridge(&'static str),
+    /// A target that needs the call bridge.
+    Bridge(Target),
     /// A `reject` target: status and reason phrase.
     Reject(u16, String),
     /// Every target was skipped.
@@ -396,12 +396,12 @@ impl Route {
                 }
                 Target::Registered => {
                     if registered() {
-                        return Reach::Bridge(t.kind());
+                        return Reach::Bridge(t.clone());
                     }
                 }
                 Target::Webrtc | Target::H323 => {}
                 Target::Sip { .. } | Target::Policy { .. } | Target::Fallback { .. } => {
-                    return Reach::Bridge(t.kind());
+                    return Reach::Bridge(t.clone());
                 }
             }
         }

@@ -401,7 +401,7 @@ fn reach_walks_fallbacks_and_asks_about_registrations_once() {
     });
     assert_eq!(nobody, Reach::Reject(404, "Not Found".into()));
     assert_eq!(asked, 1);
-    assert_eq!(local.reach(|| true), Reach::Bridge("registered"));
+    assert_eq!(local.reach(|| true), Reach::Bridge(Target::Registered));
 
     let echo = route_to(Target::Echo);
     assert!(!echo.has_registered_target());
@@ -414,5 +414,8 @@ fn reach_walks_fallbacks_and_asks_about_registrations_once() {
         uri: None,
         trunk: Some("carrier".into()),
     });
-    assert_eq!(trunk.reach(|| false), Reach::Bridge("sip"));
+    assert!(matches!(
+        trunk.reach(|| false),
+        Reach::Bridge(Target::Sip { .. })
+    ));
 }

@@ -193,7 +193,7 @@ fn echo_codecs() -> AnswerConfig {
 
 /// The SDP of a request: the body when it is `application/sdp` (the
 /// default), or the `application/sdp` part of a `multipart/mixed` body.
-fn sdp_body(msg: &Message) -> Option<&str> {
+pub(super) fn sdp_body(msg: &Message) -> Option<&str> {
     if msg.body.is_empty() {
         return None;
     }

@@ -135,6 +135,31 @@ pub enum GwOutput {
     },
     /// Something for a bridged call's media or its browser side.
     Call(Notice),
+    /// A call from a SIP endpoint is to be bridged: bind RTP ports toward
+    /// the caller and toward the callees on `ip`'s family, and report them
+    /// with [`Gateway::bridge_ready`].
+    BridgeMedia {
+        /// The call's id.
+        call: String,
+        /// Our media address.
+        ip: IpAddr,
+    },
+}
+
+/// A SIP call routed to a bridge target, waiting for its media ports.
+#[derive(Debug)]
+struct PendingBridge {
+    key: TxKey,
+    invite: Message,
+    flow: Flow,
+    caller_offer: crate::sdp::SessionDesc,
+    offer: Offer,
+    /// Request-URI, To and flow per callee.
+    targets: Vec<(String, String, Flow)>,
+    /// Our user part toward callees (the caller's alias after transforms).
+    from: String,
+    /// The called alias (our Contact's user part toward the caller).
+    to: String,
 }
 
 /// A browser call to place toward the SIP side.
@@ -176,6 +201,12 @@ pub struct Gateway {
     opening: HashMap<DialogId, (TxKey, Answer)>,
     /// Bridged calls.
     b2bua: B2bua,
+    /// SIP calls to bridge whose media ports are being bound.
+    bridging: HashMap<String, PendingBridge>,
+    /// Our listeners (new flows toward SIP URIs and trunks start there).
+    listeners: Vec<(crate::sip::Transport, std::net::SocketAddr)>,
+    /// Trunks by name, resolved.
+    trunk_peers: HashMap<String, TrunkTarget>,
 }
 
 impl Gateway {
@@ -195,7 +226,21 @@ impl Gateway {
             dialogs: Dialogs::default(),
             opening: HashMap::new(),
             b2bua: B2bua::default(),
+            bridging: HashMap::new(),
+            listeners: Vec::new(),
+            trunk_peers: HashMap::new(),
         }
+    }
+
+    /// The addresses the transports listen on (calls toward SIP URIs and
+    /// trunks leave from them).
+    pub fn set_listeners(&mut self, listeners: Vec<(crate::sip::Transport, std::net::SocketAddr)>) {
+        self.listeners = listeners;
+    }
+
+    /// Makes a trunk (resolved by the runtime) reachable by dialplan rules.
+    pub fn add_trunk_peer(&mut self, target: TrunkTarget) {
+        self.trunk_peers.insert(target.name.clone(), target);
     }
 
     /// Starts registering to a trunk (the runtime resolved its address).
@@ -422,6 +467,8 @@ impl Gateway {
                 Output::Event(TxEvent::Request { key: None, msg, .. }) => {
                     if let Some(id) = self.dialogs.matching(&msg) {
                         self.dialogs.on_ack(id);
+                    } else {
+                        self.b2bua.on_ack(&msg);
                     }
                 }
                 Output::Event(TxEvent::Response { msg, .. }) if self.b2bua.owns(msg.call_id()) => {
@@ -555,6 +602,8 @@ impl Gateway {
                     }
                     self.out.push_back(GwOutput::CloseMedia { dialog });
                     reply(200, "OK")
+                } else if self.b2bua.on_cancel(now, &invite) {
+                    reply(200, "OK")
                 } else {
                     reply(481, "Call/Transaction Does Not Exist")
                 }
@@ -662,6 +711,7 @@ impl Gateway {
         };
         match reached {
             Reached::Echo(rule) => self.answer_echo(now, key, &msg, flow, &rule),
+            Reached::Bridge { route, callees } => self.bridge(key, msg, flow, &route, callees),
             Reached::Respond(code, reason, warning) => {
                 self.respond(now, key, &msg, flow, code, &reason, warning)
             }
@@ -756,6 +806,249 @@ impl Gateway {
         self.pump(now, wall);
     }
 
+    /// Who a bridge target rings: (Request-URI, To, flow) per callee, or
+    /// why nobody can be.
+    fn callees(
+        &self,
+        route: &crate::dialplan::Route,
+        target: &crate::dialplan::Target,
+        wall: u64,
+    ) -> Result<Vec<(String, String, Flow)>, String> {
+        use crate::dialplan::Target;
+        match target {
+            Target::Registered => {
+                let aor = self.aor(&route.to);
+                Ok(self
+                    .registrar
+                    .lookup(&aor, wall)
+                    .into_iter()
+                    .map(|b| (b.contact.clone(), aor.clone(), b.flow()))
+                    .collect())
+            }
+            Target::Sip {
+                trunk: Some(name), ..
+            } => {
+                let t = self
+                    .trunk_peers
+                    .get(name)
+                    .ok_or_else(|| format!("trunk {name} is not resolved"))?;
+                let transport = match t.transport {
+                    crate::sip::Transport::Udp => String::new(),
+                    tr => format!(";transport={}", tr.as_str()),
+                };
+                let uri = format!(
+                    "sip:{}@{}{transport}",
+                    crate::sip::msg::escape_user(&route.to),
+                    t.host
+                );
+                let flow = Flow {
+                    transport: t.transport,
+                    local: t.local,
+                    remote: t.remote,
+                    conn: None,
+                };
+                Ok(vec![(uri.clone(), uri, flow)])
+            }
+            Target::Sip { uri: Some(u), .. } => {
+                let parsed = Uri::parse(u).map_err(|_| format!("bad SIP URI {u:?}"))?;
+                let ip: IpAddr = parsed.host.parse().map_err(|_| {
+                    format!("{u}: only IP addresses are dialled yet, not host names")
+                })?;
+                let transport = match parsed.param("transport").flatten() {
+                    None => crate::sip::Transport::Udp,
+                    Some(t) => crate::sip::Transport::parse(t)
+                        .ok_or_else(|| format!("{u}: unknown transport {t}"))?,
+                };
+                let remote = std::net::SocketAddr::new(ip, parsed.port.unwrap_or(5060));
+                let local = self
+                    .listeners
+                    .iter()
+                    .find(|(t, l)| *t == transport && l.is_ipv4() == remote.is_ipv4())
+                    .map(|(_, l)| *l)
+                    .ok_or_else(|| format!("no {transport} listener toward {remote}"))?;
+                let uri = if parsed.user.is_some() {
+                    u.clone()
+                } else {
+                    let user = crate::sip::msg::escape_user(&route.to);
+                    match u.split_once(':') {
+                        Some((scheme, rest)) => format!("{scheme}:{user}@{rest}"),
+                        None => u.clone(),
+                    }
+                };
+                Ok(vec![(
+                    uri.clone(),
+                    uri,
+                    Flow {
+                        transport,
+                        local,
+                        remote,
+                        conn: None,
+                    },
+                )])
+            }
+            other => Err(format!("{} targets are not bridged yet", other.kind())),
+        }
+    }
+
+    /// Starts bridging a routed SIP call: reads the caller's offer, works
+    /// out what the callees are offered and asks the shell for media ports
+    /// ([`GwOutput::BridgeMedia`]).
+    fn bridge(
+        &mut self,
+        key: &TxKey,
+        invite: Message,
+        flow: Flow,
+        route: &crate::dialplan::Route,
+        callees: Vec<(String, String, Flow)>,
+    ) {
+        let refuse = |this: &mut Self, code, reason: &str, why: &str| {
+            let warning = format!("399 causeway \"{why}\"");
+            tracing::info!(code, why, "bridged call refused");
+            this.respond(
+                Instant::now(),
+                key,
+                &invite,
+                flow,
+                code,
+                reason,
+                Some(warning),
+            );
+        };
+        let Some(body) = echo::sdp_body(&invite) else {
+            return refuse(
+                self,
+                488,
+                "Not Acceptable Here",
+                "an INVITE without an SDP offer (late offer) is not bridged yet",
+            );
+        };
+        let caller_offer = match crate::sdp::parse(body) {
+            Ok(sd) => sd,
+            Err(e) => {
+                let (code, reason, warning) = e.status();
+                tracing::info!(code, warning, "bridged call refused");
+                return self.respond(
+                    Instant::now(),
+                    key,
+                    &invite,
+                    flow,
+                    code,
+                    reason,
+                    Some(warning),
+                );
+            }
+        };
+        let Some(offer) = callee_offer(&caller_offer, &route.media) else {
+            return refuse(self, 488, "Not Acceptable Here", "no audio codec in common");
+        };
+        let call = random_token(16);
+        let ip = self.media_ip();
+        self.bridging.insert(
+            call.clone(),
+            PendingBridge {
+                key: key.clone(),
+                invite,
+                flow,
+                caller_offer,
+                offer,
+                targets: callees,
+                from: route.from.clone(),
+                to: route.to.clone(),
+            },
+        );
+        self.out.push_back(GwOutput::BridgeMedia { call, ip });
+    }
+
+    /// Media ports for a call announced by [`GwOutput::BridgeMedia`]:
+    /// (toward the caller, toward the callees), or why there are none
+    /// (503). Rings the callees.
+    pub fn bridge_ready(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        call: &str,
+        ports: Result<(u16, u16), String>,
+    ) {
+        let Some(p) = self.bridging.remove(call) else {
+            self.out.push_back(GwOutput::Call(Notice::Release {
+                call: call.to_string(),
+                peer: None,
+            }));
+            return;
+        };
+        let (caller_port, callee_port) = match ports {
+            Ok(ports) => ports,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media ports for a bridged call");
+                let mut busy = response_to(
+                    &p.invite,
+                    503,
+                    "Service Unavailable",
+                    Some(&self.tag),
+                    Some(p.flow.remote),
+                );
+                busy.push_header("Retry-After", "5");
+                busy.push_header("Warning", "399 causeway \"no media ports available\"");
+                busy.push_header("Server", self.user_agent.clone());
+                self.tx.respond(now, &p.key, &busy);
+                self.pump(now, wall);
+                return;
+            }
+        };
+        let display_name = p
+            .invite
+            .header("From")
+            .and_then(|f| NameAddr::parse(f).ok())
+            .and_then(|n| n.display)
+            .unwrap_or_default();
+        let session_id = u64::from(rand::random::<u32>());
+        let from = format!(
+            "sip:{}@{}",
+            crate::sip::msg::escape_user(&p.from),
+            self.domain
+        );
+        let targets = p
+            .targets
+            .into_iter()
+            .map(|(request_uri, to, flow)| {
+                let ip = self.advertised_ip(&flow);
+                crate::sip::uac::InviteParams {
+                    request_uri,
+                    to,
+                    from: from.clone(),
+                    display_name: display_name.clone(),
+                    via_host: self.advertised(&flow),
+                    user_agent: self.user_agent.clone(),
+                    sdp: p.offer.to_sdp(ip, callee_port, session_id, 1),
+                    flow,
+                }
+            })
+            .collect();
+        let transport = match p.flow.transport {
+            crate::sip::Transport::Udp => String::new(),
+            t => format!(";transport={}", t.as_str()),
+        };
+        let contact = format!(
+            "<sip:{}@{}{transport}>",
+            crate::sip::msg::escape_user(&p.to),
+            self.advertised(&p.flow)
+        );
+        let dial = crate::b2bua::SipDial {
+            id: call.to_string(),
+            key: p.key,
+            media: (self.advertised_ip(&p.flow), caller_port),
+            via_host: self.advertised(&p.flow),
+            user_agent: self.user_agent.clone(),
+            invite: p.invite,
+            flow: p.flow,
+            caller_offer: p.caller_offer,
+            offer: p.offer,
+            contact,
+        };
+        self.b2bua.dial_sip(now, dial, targets);
+        self.pump(now, wall);
+    }
+
     /// The address family media sockets for bridged calls bind on (the
     /// wildcard of the public address's family, else IPv4).
     pub fn media_ip(&self) -> IpAddr {
@@ -772,8 +1065,8 @@ impl Gateway {
     }
 
     /// What a routed call gets: a reject answers, `echo` is answered
-    /// here, and a target that would need the B2BUA gets 480 (calls are
-    /// not bridged yet).
+    /// here, and registered contacts, SIP URIs and trunks are called
+    /// through the B2BUA.
     fn reached(&self, route: &crate::dialplan::Route, wall: u64) -> Reached {
         let rule = route.rule.as_str();
         match route.reach(|| self.is_registered(&route.to, wall)) {
@@ -782,17 +1075,30 @@ impl Gateway {
                 tracing::info!(rule, "call routed to the echo service");
                 Reached::Echo(rule.to_string())
             }
-            Reach::Bridge(kind) => {
-                tracing::info!(
-                    rule,
-                    target = kind,
-                    "call routed; bridging is not available yet"
-                );
-                let warning = format!(
-                    "399 causeway \"rule {rule} routes to {kind}; calls are not bridged yet\""
-                );
-                Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning))
-            }
+            Reach::Bridge(target) => match self.callees(route, &target, wall) {
+                Ok(callees) => {
+                    tracing::info!(
+                        rule,
+                        target = target.kind(),
+                        callees = callees.len(),
+                        "call routed to the bridge"
+                    );
+                    Reached::Bridge {
+                        route: Box::new(route.clone()),
+                        callees,
+                    }
+                }
+                Err(why) => {
+                    tracing::info!(
+                        rule,
+                        target = target.kind(),
+                        why,
+                        "call routed; cannot bridge it"
+                    );
+                    let warning = format!("399 causeway \"rule {rule}: {why}\"");
+                    Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning))
+                }
+            },
             Reach::Nobody => {
                 tracing::info!(rule, "no target of the route is reachable");
                 Reached::Respond(480, "Temporarily Unavailable".into(), None)
@@ -813,6 +1119,11 @@ enum Reached {
     Respond(u16, String, Option<String>),
     /// The built-in echo service answers (the rule that sent it there).
     Echo(String),
+    /// The B2BUA calls these callees (Request-URI, To, flow).
+    Bridge {
+        route: Box<crate::dialplan::Route>,
+        callees: Vec<(String, String, Flow)>,
+    },
 }
 
 /// Whether a request carries a To tag (is in a dialog).
@@ -822,3 +1133,53 @@ fn has_to_tag(msg: &Message) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// What callees are offered for a SIP caller's offer: the caller's audio
+/// codecs we can handle, in its order (or the rule's), then, when the rule
+/// allows transcoding, the others we can transcode to; telephone-event
+/// when the caller offered it. `None` when the caller offered no audio
+/// codec we can handle.
+fn callee_offer(
+    caller: &crate::sdp::SessionDesc,
+    media: &crate::dialplan::MediaOptions,
+) -> Option<Offer> {
+    use causeway_codecs::registry::AudioCodec;
+    let m = caller
+        .media
+        .iter()
+        .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+    let mut theirs: Vec<AudioCodec> = Vec::new();
+    for c in m
+        .formats
+        .iter()
+        .filter_map(|f| f.codec.as_ref().and_then(AudioCodec::from_key))
+    {
+        if !theirs.contains(&c) {
+            theirs.push(c);
+        }
+    }
+    if theirs.is_empty() {
+        return None;
+    }
+    let mut codecs = theirs.clone();
+    if media.transcode {
+        codecs.extend(AudioCodec::ALL.iter().filter(|c| !theirs.contains(c)));
+    }
+    if !media.codecs.is_empty() {
+        codecs = media
+            .codecs
+            .iter()
+            .filter_map(|name| {
+                codecs
+                    .iter()
+                    .copied()
+                    .find(|c| c.key().name.eq_ignore_ascii_case(name))
+            })
+            .collect();
+        if codecs.is_empty() {
+            return None;
+        }
+    }
+    let dtmf = m.formats.iter().any(crate::sdp::Format::is_telephone_event);
+    Some(Offer::audio(&codecs, dtmf))
+}

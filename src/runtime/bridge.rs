@@ -1,9 +1,10 @@
 //! Media of bridged calls: the SIP side's RTP socket (bound before the
 //! INVITE, so the offer can name it) and, once the SIP side answers, one
-//! task per call that moves audio between that socket and the browser's
-//! peer in the WebRTC task: SIP RTP -> [`RtpSession`] -> [`Direction`] ->
-//! hub, and hub -> [`Direction`] -> [`RtpSession`] -> SIP RTP. Each
-//! direction relays or transcodes on its own ([`audio_direction`]).
+//! task per call that moves audio between that socket and the caller: a
+//! browser's peer in the WebRTC task (SIP RTP -> [`RtpSession`] ->
+//! [`Direction`] -> hub, and back), or a SIP caller's own RTP socket (the
+//! gateway anchors media between the two SIP endpoints). Each direction
+//! relays or transcodes on its own ([`audio_direction`]).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
@@ -11,6 +12,7 @@
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
 use super::webrtc::WebrtcHandle;
+use crate::b2bua::CallerMedia;
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::session::{Inbound, RtpSession, SessionConfig};
 use crate::sdp::Negotiated;
@@ -29,14 +31,23 @@ const DIGIT_MS: u32 = 120;
 /// A bridged call's media: sockets waiting for the answer, then a task.
 enum Slot {
     Reserved {
+        /// Toward the SIP callee.
         ports: Ports,
-        browser: Vec<PeerFormat>,
+        caller: CallerPorts,
     },
     Running {
         task: JoinHandle<()>,
         stop: tokio::sync::oneshot::Sender<()>,
         digits: mpsc::UnboundedSender<String>,
     },
+}
+
+/// What is reserved for the caller's side.
+enum CallerPorts {
+    /// A browser, with the formats its peer negotiated.
+    Browser(Vec<PeerFormat>),
+    /// A SIP endpoint: our sockets toward it.
+    Sip(Ports),
 }
 
 /// The media of every bridged call.
@@ -65,78 +76,97 @@ impl Bridges {
     ) -> std::io::Result<u16> {
         let ports = media.bind(ip, true)?;
         let port = ports.rtp.local_addr()?.port();
-        self.calls
-            .insert(call.to_string(), Slot::Reserved { ports, browser });
+        self.calls.insert(
+            call.to_string(),
+            Slot::Reserved {
+                ports,
+                caller: CallerPorts::Browser(browser),
+            },
+        );
         Ok(port)
+    }
+
+    /// Binds RTP ports (and RTCP above each) toward a SIP caller and toward
+    /// its callees; returns (caller side, callee side).
+    pub fn reserve_sip(
+        &mut self,
+        media: &mut MediaCalls,
+        call: &str,
+        ip: IpAddr,
+    ) -> std::io::Result<(u16, u16)> {
+        let caller = media.bind(ip, true)?;
+        let ports = media.bind(ip, true)?;
+        let pair = (
+            caller.rtp.local_addr()?.port(),
+            ports.rtp.local_addr()?.port(),
+        );
+        self.calls.insert(
+            call.to_string(),
+            Slot::Reserved {
+                ports,
+                caller: CallerPorts::Sip(caller),
+            },
+        );
+        Ok(pair)
     }
 
     /// Starts moving media once the SIP side answered.
     pub fn start(
         &mut self,
         call: &str,
-        peer: PeerId,
+        caller: CallerMedia,
         sip: &Negotiated,
         webrtc: &WebrtcHandle,
     ) -> Result<(), String> {
-        let Some(Slot::Reserved { ports, browser }) = self.calls.remove(call) else {
+        let Some(Slot::Reserved {
+            ports,
+            caller: reserved,
+        }) = self.calls.remove(call)
+        else {
             return Err("no media reserved for the call".into());
         };
-        let browser =
-            crate::b2bua::browser_audio(&browser).ok_or("the browser has no audio codec")?;
-        let sip_end = AudioEnd {
-            pt: sip.format.pt,
-            codec: sip
-                .format
-                .codec
-                .as_ref()
-                .and_then(AudioCodec::from_key)
-                .ok_or("the SIP side's codec cannot be bridged")?,
-            dtmf: sip.dtmf.as_ref().map(|f| f.pt),
-        };
-        let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
-        let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
-        tracing::info!(
-            call,
-            browser = ?browser.codec,
-            sip = ?sip_end.codec,
-            audio = if browser.codec == sip_end.codec { "passthrough" } else { "transcoded" },
-            "bridging media"
-        );
-        let session = RtpSession::new(
-            Instant::now(),
-            SessionConfig {
-                remote_rtp: sip.remote_rtp,
-                remote_rtcp: sip.remote_rtcp,
-                rtcp_mux: sip.rtcp_mux,
-                srtp: None,
-                clock_rate: sip_end.codec.key().clock_rate,
-                cname: format!("causeway-{call}"),
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let rtp = tokio_socket(ports.rtp)?;
-        let rtcp = match (sip.rtcp_mux, ports.rtcp) {
-            (false, Some(s)) => Some(tokio_socket(s)?),
-            _ => None,
-        };
-        let (sink, from_browser) = mpsc::channel(256);
+        let sip_end = sip_audio(sip)?;
+        let callee = RtpEnd::open(ports, sip, call)?;
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
         let (digits_tx, digits) = mpsc::unbounded_channel();
-        let webrtc = webrtc.clone();
         let call_id = call.to_string();
-        let task = tokio::spawn(async move {
-            webrtc.attach(peer, sink).await;
-            let legs = Legs {
-                rtp,
-                rtcp,
-                session,
-                to_sip,
-                to_browser,
-                webrtc,
-                peer,
-            };
-            legs.run(&call_id, from_browser, digits, stop).await;
-        });
+        let task = match (caller, reserved) {
+            (CallerMedia::Browser(peer), CallerPorts::Browser(browser)) => {
+                let browser = crate::b2bua::browser_audio(&browser)
+                    .ok_or("the browser has no audio codec")?;
+                let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
+                let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+                log_start(call, browser, sip_end);
+                let (sink, from_browser) = mpsc::channel(256);
+                let webrtc = webrtc.clone();
+                tokio::spawn(async move {
+                    webrtc.attach(peer, sink).await;
+                    let legs = Legs {
+                        sip: callee,
+                        to_sip,
+                        to_browser,
+                        webrtc,
+                        peer,
+                    };
+                    legs.run(&call_id, from_browser, digits, stop).await;
+                })
+            }
+            (CallerMedia::Sip(agreed), CallerPorts::Sip(ports)) => {
+                let caller_end = sip_audio(&agreed)?;
+                let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
+                let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
+                log_start(call, caller_end, sip_end);
+                let caller = RtpEnd::open(ports, &agreed, call)?;
+                let relay = Relay {
+                    caller,
+                    callee,
+                    to_callee,
+                    to_caller,
+                };
+                tokio::spawn(async move { relay.run(&call_id, digits, stop).await })
+            }
+            _ => return Err("the caller's media does not match what was reserved".into()),
+        };
         self.calls.insert(
             call.to_string(),
             Slot::Running {
@@ -174,11 +204,108 @@ impl Bridges {
     }
 }
 
-/// The running media of one call.
-struct Legs {
+/// What a SIP side sends and wants, as the media layer names it.
+fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
+    Ok(AudioEnd {
+        pt: n.format.pt,
+        codec: n
+            .format
+            .codec
+            .as_ref()
+            .and_then(AudioCodec::from_key)
+            .ok_or("the SIP side's codec cannot be bridged")?,
+        dtmf: n.dtmf.as_ref().map(|f| f.pt),
+    })
+}
+
+fn log_start(call: &str, caller: AudioEnd, sip: AudioEnd) {
+    tracing::info!(
+        call,
+        caller = ?caller.codec,
+        sip = ?sip.codec,
+        audio = if caller.codec == sip.codec { "passthrough" } else { "transcoded" },
+        "bridging media"
+    );
+}
+
+/// One SIP endpoint's media: its RTP (and RTCP) socket and session.
+struct RtpEnd {
     rtp: UdpSocket,
     rtcp: Option<UdpSocket>,
     session: RtpSession,
+    /// Receive buffers for RTP and RTCP, reused.
+    buf: Vec<u8>,
+    rbuf: Vec<u8>,
+}
+
+impl RtpEnd {
+    fn open(ports: Ports, n: &Negotiated, call: &str) -> Result<Self, String> {
+        let session = RtpSession::new(
+            Instant::now(),
+            SessionConfig {
+                remote_rtp: n.remote_rtp,
+                remote_rtcp: n.remote_rtcp,
+                rtcp_mux: n.rtcp_mux,
+                srtp: None,
+                clock_rate: n.format.codec.as_ref().map_or(8000, |c| c.clock_rate),
+                cname: format!("causeway-{call}"),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let rtp = tokio_socket(ports.rtp)?;
+        let rtcp = match (n.rtcp_mux, ports.rtcp) {
+            (false, Some(s)) => Some(tokio_socket(s)?),
+            _ => None,
+        };
+        Ok(Self {
+            rtp,
+            rtcp,
+            session,
+            buf: Vec::with_capacity(2048),
+            rbuf: Vec::with_capacity(2048),
+        })
+    }
+
+    /// Waits for the next datagram on either socket; an RTP packet is left
+    /// in `buf` (decrypted, checked) and reported as true.
+    async fn recv(&mut self) -> bool {
+        self.buf.clear();
+        self.rbuf.clear();
+        tokio::select! {
+            r = self.rtp.recv_buf_from(&mut self.buf) => {
+                let Ok((_, from)) = r else { return false };
+                self.session.on_rtp_port(Instant::now(), from, &mut self.buf) == Inbound::Rtp
+            }
+            r = recv_opt(self.rtcp.as_ref(), &mut self.rbuf) => {
+                if let Ok((_, from)) = r {
+                    self.session.on_rtcp_port(Instant::now(), from, &mut self.rbuf);
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends `packets` (emptied) and any RTCP report due.
+    async fn flush(&mut self, now: Instant, packets: &mut Vec<Vec<u8>>) {
+        for mut p in packets.drain(..) {
+            if let Some(dest) = self.session.send_rtp(now, &mut p) {
+                let _ = self.rtp.send_to(&p, dest).await;
+            }
+        }
+        if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
+            let _ = self
+                .rtcp
+                .as_ref()
+                .unwrap_or(&self.rtp)
+                .send_to(&report, dest)
+                .await;
+        }
+    }
+}
+
+/// The running media of a browser's call.
+struct Legs {
+    sip: RtpEnd,
     to_sip: Direction,
     to_browser: Direction,
     webrtc: WebrtcHandle,
@@ -193,13 +320,11 @@ impl Legs {
         mut digits: mpsc::UnboundedReceiver<String>,
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
-        let mut packet = Vec::with_capacity(2048);
-        let mut rpacket = Vec::with_capacity(2048);
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         loop {
             let due = [
-                self.session.next_timeout(),
+                self.sip.session.next_timeout(),
                 self.to_sip.next_due(),
                 self.to_sip.next_event_due(Instant::now()),
                 self.to_browser.next_due(),
@@ -207,21 +332,13 @@ impl Legs {
             .into_iter()
             .flatten()
             .min();
-            packet.clear();
-            rpacket.clear();
             tokio::select! {
-                r = self.rtp.recv_buf_from(&mut packet) => {
-                    let Ok((_, from)) = r else { continue };
-                    let now = Instant::now();
-                    if self.session.on_rtp_port(now, from, &mut packet) == Inbound::Rtp {
-                        self.to_browser.on_packet(now, &packet, &mut to_browser);
+                rtp = self.sip.recv() => {
+                    if rtp {
+                        self.to_browser.on_packet(Instant::now(), &self.sip.buf, &mut to_browser);
                         // Recognised digits are not reported yet (SSE, SIP INFO).
                         self.to_browser.take_digits();
                     }
-                }
-                r = recv_opt(self.rtcp.as_ref(), &mut rpacket) => {
-                    let Ok((_, from)) = r else { continue };
-                    self.session.on_rtcp_port(Instant::now(), from, &mut rpacket);
                 }
                 _ = &mut stop => break,
                 Some(d) = digits.recv() => {
@@ -244,40 +361,98 @@ impl Legs {
                 self.webrtc.send_rtp(self.peer, StreamKind::Audio, p);
             }
             self.to_sip.poll(now, &mut to_sip);
-            for mut p in to_sip.drain(..) {
-                if let Some(dest) = self.session.send_rtp(now, &mut p) {
-                    let _ = self.rtp.send_to(&p, dest).await;
-                }
-            }
-            if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
-                let _ = self
-                    .rtcp
-                    .as_ref()
-                    .unwrap_or(&self.rtp)
-                    .send_to(&report, dest)
-                    .await;
-            }
+            self.sip.flush(now, &mut to_sip).await;
         }
-        let (a, b) = (self.to_sip.stats, self.to_browser.stats);
+        log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
+    }
+}
+
+/// The running media of a call between two SIP endpoints, anchored here.
+struct Relay {
+    caller: RtpEnd,
+    callee: RtpEnd,
+    to_callee: Direction,
+    to_caller: Direction,
+}
+
+impl Relay {
+    async fn run(
+        mut self,
+        call: &str,
+        mut digits: mpsc::UnboundedReceiver<String>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
+        loop {
+            let due = [
+                self.caller.session.next_timeout(),
+                self.callee.session.next_timeout(),
+                self.to_callee.next_due(),
+                self.to_callee.next_event_due(Instant::now()),
+                self.to_caller.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                rtp = self.caller.recv() => {
+                    if rtp {
+                        self.to_callee.on_packet(Instant::now(), &self.caller.buf, &mut to_callee);
+                        self.to_callee.take_digits();
+                    }
+                }
+                rtp = self.callee.recv() => {
+                    if rtp {
+                        self.to_caller.on_packet(Instant::now(), &self.callee.buf, &mut to_caller);
+                        self.to_caller.take_digits();
+                    }
+                }
+                _ = &mut stop => break,
+                Some(d) = digits.recv() => {
+                    if let Err(e) = self.to_callee.play_digits(&d, DIGIT_MS) {
+                        tracing::info!(call, error = %e, "digits not sent");
+                    }
+                }
+                () = sleep_until(due) => {}
+            }
+            let now = Instant::now();
+            self.to_caller.poll(now, &mut to_caller);
+            self.caller.flush(now, &mut to_caller).await;
+            self.to_callee.poll(now, &mut to_callee);
+            self.callee.flush(now, &mut to_callee).await;
+        }
+        log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);
         tracing::info!(
             call,
-            to_sip_in = a.packets_in,
-            to_sip_out = a.packets_out,
-            to_sip_concealed = a.concealed,
-            to_sip_dropped_pt = a.dropped_pt,
-            to_sip_lost = a.lost,
-            to_sip_late = a.late,
-            to_sip_jitter_dropped = a.jitter_dropped,
-            to_browser_in = b.packets_in,
-            to_browser_out = b.packets_out,
-            to_browser_concealed = b.concealed,
-            to_browser_late = b.late,
-            to_browser_jitter_dropped = b.jitter_dropped,
-            sip_in = self.session.stats.rtp_in,
-            sip_lost = self.session.stats.lost,
-            "bridge media stopped"
+            caller_in = self.caller.session.stats.rtp_in,
+            caller_lost = self.caller.session.stats.lost,
+            "caller media"
         );
     }
+}
+
+/// Logs a call's counters: toward the SIP callee, toward the caller, and
+/// what the callee's session saw.
+fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSession) {
+    let (a, b) = (to_sip.stats, to_caller.stats);
+    tracing::info!(
+        call,
+        to_sip_in = a.packets_in,
+        to_sip_out = a.packets_out,
+        to_sip_concealed = a.concealed,
+        to_sip_dropped_pt = a.dropped_pt,
+        to_sip_lost = a.lost,
+        to_sip_late = a.late,
+        to_sip_jitter_dropped = a.jitter_dropped,
+        to_caller_in = b.packets_in,
+        to_caller_out = b.packets_out,
+        to_caller_concealed = b.concealed,
+        to_caller_late = b.late,
+        to_caller_jitter_dropped = b.jitter_dropped,
+        sip_in = sip.stats.rtp_in,
+        sip_lost = sip.stats.lost,
+        "bridge media stopped"
+    );
 }
 
 async fn sleep_until(t: Option<Instant>) {

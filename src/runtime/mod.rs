@@ -275,6 +275,12 @@ pub async fn run(
                     gw.media_ready(Instant::now(), unix_now(), dialog, ports);
                 }
                 GwOutput::CloseMedia { dialog } => media.close(dialog),
+                GwOutput::BridgeMedia { call, ip } => {
+                    let ports = bridges
+                        .reserve_sip(media, &call, ip)
+                        .map_err(|e| e.to_string());
+                    gw.bridge_ready(Instant::now(), unix_now(), &call, ports);
+                }
                 GwOutput::Transmit { flow, data } => transports.send(&flow, data),
                 GwOutput::Store(ops) => {
                     let _ = writer.send(WriterMsg::Ops(ops));
@@ -291,15 +297,16 @@ pub async fn run(
         }
     };
 
-    for t in cfg
-        .trunks
-        .iter()
-        .map(toml::Spanned::get_ref)
-        .filter(|t| t.register)
-    {
+    gw.set_listeners(transports.bound.clone());
+    for t in cfg.trunks.iter().map(toml::Spanned::get_ref) {
         match resolve_trunk(t, &transports.bound).await {
-            Ok(target) => gw.add_trunk(Instant::now(), unix_now(), target),
-            Err(e) => tracing::error!(trunk = %t.name, error = %e, "not registering to trunk"),
+            Ok(target) => {
+                gw.add_trunk_peer(target.clone());
+                if t.register {
+                    gw.add_trunk(Instant::now(), unix_now(), target);
+                }
+            }
+            Err(e) => tracing::error!(trunk = %t.name, error = %e, "trunk unusable"),
         }
     }
     flush(&mut gw, &transports, &mut media, &mut bridges);
@@ -408,15 +415,17 @@ fn on_call_output(
     use crate::b2bua::Notice;
     match n {
         Notice::Event(call, ev) => client.call_event(&call, &ev),
-        Notice::StartMedia { call, peer, sip } => {
-            if let Err(e) = bridges.start(&call, peer, &sip, webrtc) {
+        Notice::StartMedia { call, caller, sip } => {
+            if let Err(e) = bridges.start(&call, caller, &sip, webrtc) {
                 tracing::warn!(call = %call, error = %e, "cannot bridge media");
             }
         }
         Notice::Release { call, peer } => {
             bridges.close(&call);
-            let webrtc = webrtc.clone();
-            tokio::spawn(async move { webrtc.close(peer).await });
+            if let Some(peer) = peer {
+                let webrtc = webrtc.clone();
+                tokio::spawn(async move { webrtc.close(peer).await });
+            }
         }
     }
 }

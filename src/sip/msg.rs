@@ -785,6 +785,21 @@ impl fmt::Display for Uri {
     }
 }
 
+/// Escapes a URI user part (RFC 3261 25.1: unreserved and
+/// user-unreserved characters stay, everything else becomes `%XX`).
+pub fn escape_user(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes (invalid ones are kept as they are).
 pub fn unescape(s: &str) -> String {
     if !s.contains('%') {
