@@ -481,3 +481,112 @@ fn rand_token() -> String {
         .as_nanos();
     format!("{t:x}{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// One RTP packet as tshark decoded it.
+#[derive(Debug)]
+pub struct Row {
+    pub src: u16,
+    pub pt: u8,
+    pub seq: u16,
+    pub ssrc: String,
+    pub payload: String,
+}
+
+pub fn tshark_rows(capture: &Path, rtp_port: u16) -> Vec<Row> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args([
+            "-n",
+            "-d",
+            &format!("udp.port=={rtp_port},rtp"),
+            "-Y",
+            "rtp",
+        ])
+        .args(["-T", "fields", "-e", "udp.srcport", "-e", "rtp.p_type"])
+        .args(["-e", "rtp.seq", "-e", "rtp.ssrc", "-e", "rtp.payload"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Row {
+                src: f[0].parse().unwrap(),
+                pt: f[1].parse().unwrap(),
+                seq: f[2].parse().unwrap(),
+                ssrc: f[3].to_string(),
+                payload: f[4].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Starts tshark on loopback and waits until it captures.
+pub fn capture(dir: &Path, filter: &str) -> Guard {
+    let err = std::fs::File::create(dir.join("tshark.err")).unwrap();
+    let child = Command::new("tshark")
+        .args(["-i", "lo", "-n", "-f", filter, "-w"])
+        .arg(dir.join("capture.pcap"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(dir.join("tshark.err"))
+        .unwrap_or_default()
+        .contains("Capturing on")
+    {
+        assert!(Instant::now() < deadline, "tshark did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guard(child)
+}
+
+/// Stops a capture cleanly (SIGINT lets dumpcap finish the file).
+pub fn stop(mut g: Guard) {
+    let _ = Command::new("kill")
+        .args(["-INT", &g.0.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// tshark's own stream analysis of the stream sent from `src_port`:
+/// (payload types, packets, lost). Lost is negative for duplicates.
+pub fn tshark_stream(capture: &Path, rtp_port: u16, src_port: u16) -> (String, u32, i32) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args([
+            "-n",
+            "-q",
+            "-d",
+            &format!("udp.port=={rtp_port},rtp"),
+            "-z",
+            "rtp,streams",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(src_port.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no stream from port {src_port}:\n{text}"));
+    // ... SSRC payload[, payload] pkts lost (pct%) deltas and jitters
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let pct = f.iter().position(|w| w.ends_with("%)")).unwrap();
+    (
+        f[7..pct - 2].join(" "),
+        f[pct - 2].parse().unwrap(),
+        f[pct - 1].parse().unwrap(),
+    )
+}
