@@ -259,3 +259,40 @@ fn an_offer_without_a_codec_the_gateway_handles_gets_488_with_a_warning() {
         "{caller}"
     );
 }
+
+#[test]
+fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
+    let (caller, callee, log) = call_outcome("bridge_uac_hold.xml", Some("bridge_uas_hold.xml"));
+    // What each side got, in order: the caller's 200s (initial, hold,
+    // resume) and the callee's INVITEs (initial, hold, resume).
+    let sdp_dirs = |trace: &str, start: &str| -> Vec<String> {
+        trace
+            .split(start)
+            .skip(1)
+            .map(|m| {
+                let m = m.split("message sent").next().unwrap_or(m);
+                ["sendrecv", "sendonly", "recvonly", "inactive"]
+                    .into_iter()
+                    .find(|d| m.contains(&format!("a={d}")))
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect()
+    };
+    let answers: Vec<String> = sdp_dirs(&caller, "SIP/2.0 200 OK")
+        .into_iter()
+        .filter(|d| d != "none")
+        .collect();
+    assert_eq!(
+        answers,
+        ["sendrecv", "recvonly", "sendrecv"],
+        "the caller's answers\n{caller}"
+    );
+    let offers = sdp_dirs(&callee, "INVITE sip:");
+    assert_eq!(
+        offers,
+        ["sendrecv", "sendonly", "sendrecv"],
+        "the callee's offers\n{callee}"
+    );
+    assert!(log.contains("session renegotiated"), "{log}");
+}

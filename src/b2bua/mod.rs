@@ -194,6 +194,10 @@ struct SipCaller {
     ringing: bool,
     /// 200 sent.
     answered: bool,
+    /// What our answer agreed with the caller.
+    agreed: Option<Negotiated>,
+    /// `o=` session id and version of our SDP toward the caller.
+    origin: (u64, u64),
 }
 
 /// Who placed a call.
@@ -257,6 +261,9 @@ enum State {
 struct Call {
     caller: Caller,
     offer: Offer,
+    /// What the answering callee agreed, and the address, port and `o=`
+    /// origin of our SDP toward it (re-offers reuse them).
+    callee: Option<(Negotiated, IpAddr, u16, (u64, u64))>,
     forks: Vec<Fork>,
     winner: Option<usize>,
     state: State,
@@ -388,6 +395,8 @@ impl B2bua {
             user_agent: dial.user_agent,
             ringing: false,
             answered: false,
+            agreed: None,
+            origin: (u64::from(rand::random::<u32>()), 0),
         }));
         self.place(now, &dial.id, caller, dial.offer, targets);
     }
@@ -427,6 +436,7 @@ impl B2bua {
             Call {
                 caller,
                 offer,
+                callee: None,
                 forks,
                 winner: None,
                 state: State::Calling,
@@ -446,6 +456,7 @@ impl B2bua {
             Call {
                 caller: Caller::Browser(dial.peer),
                 offer: dial.offer,
+                callee: None,
                 forks: Vec::new(),
                 winner: None,
                 state: State::Calling,
@@ -469,13 +480,26 @@ impl B2bua {
     /// A response to one of our requests (responses to CANCEL and BYE
     /// need nothing).
     pub fn on_response(&mut self, now: Instant, msg: &Message) {
-        let Some((call_id, Leg::Fork(i))) = self.by_call_id.get(msg.call_id()).cloned() else {
+        let Some((call_id, leg)) = self.by_call_id.get(msg.call_id()).cloned() else {
             return;
         };
         let Some(code) = msg.status() else { return };
-        if !msg.cseq().is_some_and(|c| c.method == Method::Invite) {
+        let Some(cseq) = msg.cseq().filter(|c| c.method == Method::Invite) else {
             return;
-        }
+        };
+        let Leg::Fork(i) = leg else {
+            // Our re-INVITE to the SIP caller: a 2xx gets its ACK.
+            if (200..300).contains(&code)
+                && let Some(Caller::Sip(sc)) = self.calls.get(&call_id).map(|c| &c.caller)
+                && let Some(flow) = self.dialogs.get(sc.dialog).map(|d| d.flow)
+                && let Some(ack) =
+                    self.dialogs
+                        .ack(sc.dialog, cseq.seq, &sc.via_host, &sc.user_agent)
+            {
+                self.out.push_back(CallOutput::Transmit(flow, ack));
+            }
+            return;
+        };
         match code {
             100 => {}
             101..=199 => self.on_provisional(&call_id, i, code, msg),
@@ -577,8 +601,20 @@ impl B2bua {
             let caller = match &mut call.caller {
                 Caller::Browser(peer) => CallerMedia::Browser(*peer),
                 Caller::Sip(sc) => {
-                    let (ok, agreed) = answer_caller(&self.dialogs, sc, &n)?;
+                    // The callee's codec when the caller has it (relayed),
+                    // else any we can transcode to.
+                    sc.origin.1 += 1;
+                    let (body, agreed) = answer_audio(
+                        &sc.caller_offer,
+                        n.format.codec.as_ref(),
+                        true,
+                        sc.media,
+                        sc.origin,
+                    )?;
+                    let ok = caller_ok(&self.dialogs, sc, body)
+                        .ok_or(crate::sdp::SdpError::Invalid("the caller's dialog is gone"))?;
                     sc.answered = true;
+                    sc.agreed = Some(agreed.clone());
                     let sent = ok.to_bytes();
                     self.dialogs.accepted(now, sc.dialog, sent);
                     self.out.push_back(CallOutput::Respond(sc.key.clone(), ok));
@@ -590,6 +626,8 @@ impl B2bua {
         match negotiated {
             Ok((n, caller)) => {
                 call.state = State::Connected;
+                call.callee = our_offer_origin(call.forks[i].leg.offered())
+                    .map(|(ip, port, origin)| (n.clone(), ip, port, origin));
                 let codec = n.format.codec.as_ref().map_or_else(
                     || n.format.pt.to_string(),
                     |c| format!("{}/{}", c.name, c.clock_rate),
@@ -644,11 +682,19 @@ impl B2bua {
             return false;
         }
         let method = msg.method();
+        if method == Some(Method::Invite) {
+            let resp = self.reoffer(&call_id, leg, msg).unwrap_or_else(|why| {
+                // The session goes on unchanged (RFC 3261 14.2: 488 keeps it).
+                tracing::info!(call = %call_id, why, "re-INVITE refused");
+                let mut r = response_to(msg, 488, "Not Acceptable Here", None, Some(flow.remote));
+                r.push_header("Warning", format!("399 causeway \"{why}\""));
+                r
+            });
+            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            return true;
+        }
         let (code, reason) = match method {
             Some(Method::Bye) => (200, "OK"),
-            // Hold, resume and codec changes are not bridged yet: the
-            // session goes on unchanged (RFC 3261 14.2: 488 keeps it).
-            Some(Method::Invite) => (488, "Not Acceptable Here"),
             _ => (405, "Method Not Allowed"),
         };
         let mut resp = response_to(msg, code, reason, None, Some(flow.remote));
@@ -670,6 +716,100 @@ impl B2bua {
             }
         }
         true
+    }
+
+    /// A re-INVITE from a SIP side of a connected call (hold, resume):
+    /// answered here in the codec already agreed, its direction mirrored
+    /// (a hold is never answered sendrecv), and the same direction offered
+    /// to the other side when that is SIP too. Returns our 200, or why the
+    /// offer cannot be taken (488; the session goes on unchanged).
+    fn reoffer(&mut self, call_id: &str, leg: Leg, msg: &Message) -> Result<Message, String> {
+        let call = self.calls.get_mut(call_id).ok_or("no such call")?;
+        if call.state != State::Connected {
+            return Err("the call is not connected".into());
+        }
+        let offer = crate::sdp::parse(std::str::from_utf8(&msg.body).unwrap_or_default())
+            .map_err(|e| format!("a re-INVITE needs an SDP offer ({e})"))?;
+        let m = offer
+            .media
+            .iter()
+            .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)
+            .ok_or("the offer has no audio")?;
+        // c=0.0.0.0 is the old way to put a call on hold (RFC 2543).
+        let held = if offer.rtp_addr(m).is_some_and(|a| a.ip().is_unspecified()) {
+            crate::sdp::Direction::Inactive
+        } else {
+            m.direction
+        };
+        let (callee, ip, port, origin) = call.callee.as_mut().ok_or("no callee media")?;
+        let winner = call.winner.ok_or("no callee")?;
+        let (ok, forward) = match (leg, &mut call.caller) {
+            (Leg::Caller, Caller::Sip(sc)) => {
+                let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
+                sc.origin.1 += 1;
+                let (body, _) = answer_audio(
+                    &offer,
+                    agreed.format.codec.as_ref(),
+                    false,
+                    sc.media,
+                    sc.origin,
+                )
+                .map_err(|e| e.to_string())?;
+                let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
+                origin.1 += 1;
+                let sdp = Offer {
+                    audio: vec![callee.format.clone()],
+                    dtmf: callee.dtmf.clone(),
+                }
+                .to_sdp_with(*ip, *port, *origin, held);
+                let fork = &mut call.forks[winner];
+                let forward = fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow));
+                (ok, forward)
+            }
+            (Leg::Fork(i), caller) if i == winner => {
+                origin.1 += 1;
+                let (body, _) = answer_audio(
+                    &offer,
+                    callee.format.codec.as_ref(),
+                    false,
+                    (*ip, *port),
+                    *origin,
+                )
+                .map_err(|e| e.to_string())?;
+                let fork = &call.forks[i];
+                let mut ok = response_to(msg, 200, "OK", None, Some(fork.leg.flow.remote));
+                ok.push_header("Contact", fork.leg.contact());
+                ok.push_header("Content-Type", "application/sdp");
+                ok.body = Bytes::from(body);
+                let forward = match caller {
+                    Caller::Sip(sc) => {
+                        let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
+                        sc.origin.1 += 1;
+                        let sdp = Offer {
+                            audio: vec![agreed.format.clone()],
+                            dtmf: agreed.dtmf.clone(),
+                        }
+                        .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
+                        self.dialogs.request(
+                            sc.dialog,
+                            "INVITE",
+                            &sc.via_host,
+                            &sc.user_agent,
+                            Some(&sdp),
+                        )
+                    }
+                    // The browser side is not told (its media keeps flowing).
+                    Caller::Browser(_) => None,
+                };
+                (ok, forward)
+            }
+            _ => return Err("not a leg of this call".into()),
+        };
+        tracing::info!(call = %call_id, direction = held.name(), "session renegotiated");
+        if let Some((req, flow)) = forward {
+            self.out.push_back(CallOutput::Request(req, flow));
+        }
+        Ok(ok)
     }
 
     /// The ACK of our 2xx to a SIP caller; false when it is not for a call
@@ -891,24 +1031,25 @@ fn caller_response(dialogs: &Dialogs, sc: &SipCaller, code: u16, reason: &str) -
     Some(r)
 }
 
-/// Our 200 to a SIP caller, answering its offer with the callee's codec
-/// when it offered it, else its own first one we can transcode to; and
-/// what that answer agreed.
-fn answer_caller(
-    dialogs: &Dialogs,
-    sc: &SipCaller,
-    callee: &Negotiated,
-) -> Result<(Message, Negotiated), crate::sdp::SdpError> {
-    let lost = || crate::sdp::SdpError::Invalid("the caller's dialog is gone");
-    let d = dialogs.get(sc.dialog).ok_or_else(lost)?;
+/// Answers an offer's first audio section we can take, with the codecs in
+/// `prefer` if the offer has one, else (when `fallback`) any we can
+/// transcode to; every other section is declined. Returns our SDP (at
+/// `addr`:`port`, with `origin` in `o=`) and what it agreed.
+fn answer_audio(
+    offer: &SessionDesc,
+    prefer: Option<&causeway_codecs::CodecKey>,
+    fallback: bool,
+    (addr, port): (IpAddr, u16),
+    origin: (u64, u64),
+) -> Result<(String, Negotiated), crate::sdp::SdpError> {
     let answer_with = |codecs: Vec<causeway_codecs::CodecKey>| {
-        crate::sdp::answer(&sc.caller_offer, &AnswerConfig { codecs, dtmf: true })
+        crate::sdp::answer(offer, &AnswerConfig { codecs, dtmf: true })
     };
-    // The callee's codec when the caller has it (relayed), else any we
-    // can transcode to.
-    let answer = answer_with(callee.format.codec.iter().cloned().collect())
-        .or_else(|_| answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect()))?;
-    // One audio stream is bridged; every other section is declined.
+    let mut answer = answer_with(prefer.into_iter().cloned().collect());
+    if fallback && answer.is_err() {
+        answer = answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect());
+    }
+    let mut answer = answer?;
     let first = answer
         .streams
         .iter()
@@ -919,17 +1060,26 @@ fn answer_caller(
         .ok_or(crate::sdp::SdpError::NoCommonMedia(
             "no audio codec in common",
         ))?;
-    let mut answer = answer;
     for (i, n) in answer.streams.iter_mut().enumerate() {
         if i != first {
             *n = None;
         }
     }
-    let agreed = answer.streams[first].clone().ok_or_else(lost)?;
+    let agreed = answer.streams[first]
+        .clone()
+        .ok_or(crate::sdp::SdpError::NoCommonMedia(
+            "no audio codec in common",
+        ))?;
     let mut ports = vec![0; answer.streams.len()];
-    ports[first] = sc.media.1;
-    let body = answer.to_sdp(sc.media.0, &ports, u64::from(rand::random::<u32>()), 1);
-    let mut ok = caller_response(dialogs, sc, 200, "OK").ok_or_else(lost)?;
+    ports[first] = port;
+    Ok((answer.to_sdp(addr, &ports, origin.0, origin.1), agreed))
+}
+
+/// Our 200 to a SIP caller's offer (the first, or a re-INVITE's): `body`
+/// is our SDP.
+fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Option<Message> {
+    let d = dialogs.get(sc.dialog)?;
+    let mut ok = caller_response(dialogs, sc, 200, "OK")?;
     // A UAS keeps the route set (RFC 3261 12.1.1).
     for rr in d.invite.headers_named("Record-Route") {
         ok.push_header("Record-Route", rr.to_string());
@@ -937,5 +1087,12 @@ fn answer_caller(
     ok.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
     ok.push_header("Content-Type", "application/sdp");
     ok.body = Bytes::from(body);
-    Ok((ok, agreed))
+    Some(ok)
+}
+
+/// The address, port and `o=` origin of an SDP offer we sent.
+fn our_offer_origin(body: &[u8]) -> Option<(IpAddr, u16, (u64, u64))> {
+    let sd = crate::sdp::parse(std::str::from_utf8(body).ok()?).ok()?;
+    let addr = sd.rtp_addr(sd.media.first()?)?;
+    Some((addr.ip(), addr.port(), (sd.session_id, sd.version)))
 }

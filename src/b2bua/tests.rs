@@ -26,7 +26,12 @@ fn target(port: u16) -> InviteParams {
         flow: flow(port),
         via_host: "127.0.0.1:5060".into(),
         user_agent: "causeway".into(),
-        sdp: "v=0\r\n".into(),
+        sdp: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true).to_sdp(
+            "127.0.0.1".parse().unwrap(),
+            40002,
+            77,
+            1,
+        ),
     }
 }
 
@@ -457,4 +462,103 @@ fn an_answer_the_sip_caller_cannot_take_gets_488_with_a_warning() {
         panic!()
     };
     assert!(r.header("Warning").unwrap().starts_with("399 causeway"));
+}
+
+fn with_sdp(mut m: Message, sdp: &str) -> Message {
+    m.push_header("Content-Type", "application/sdp");
+    m.body = Bytes::from(sdp.to_string());
+    m
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body).to_string()
+}
+
+#[test]
+fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!()
+    };
+    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
+    assert!(b.on_ack(&from_caller("ACK", &our_tag, 1)));
+
+    // The caller holds: answered recvonly (never sendrecv), and the callee
+    // is re-offered sendonly in the codec it agreed.
+    let hold = with_sdp(
+        from_caller("INVITE", &our_tag, 2),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "200"]);
+    let (CallOutput::Request(reinvite, f), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+        panic!()
+    };
+    assert!(body(ok).contains("a=recvonly"), "{}", body(ok));
+    assert!(
+        body(ok).contains("m=audio 20000 RTP/AVP 0 101"),
+        "{}",
+        body(ok)
+    );
+    assert_eq!(f.remote.port(), 5070);
+    assert_eq!(reinvite.call_id(), inv[0].call_id());
+    assert!(body(reinvite).contains("a=sendonly"), "{}", body(reinvite));
+    assert!(
+        body(reinvite).contains("RTP/AVP 0\r\n"),
+        "{}",
+        body(reinvite)
+    );
+    let cseq = reinvite.cseq().unwrap().seq;
+    assert!(cseq > 1);
+    // The callee's 200 to it gets an ACK with the re-INVITE's CSeq.
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK"]);
+    let CallOutput::Transmit(_, ack) = &out[0] else {
+        panic!()
+    };
+    let ack = Message::parse(ack).unwrap();
+    assert_eq!(ack.cseq().unwrap().seq, cseq);
+
+    // The callee puts it inactive in turn: mirrored, and passed to the
+    // caller in its own dialog; the caller's 200 gets an ACK.
+    let mut inactive = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a");
+    inactive.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:causeway@127.0.0.1".into(),
+    };
+    let inactive = with_sdp(
+        inactive,
+        &ANSWER_PCMU.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n"),
+    );
+    assert!(b.on_request(
+        t0,
+        &TxKey::server(&inactive).unwrap(),
+        &inactive,
+        flow(5070)
+    ));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "200"]);
+    let (CallOutput::Request(to_caller, f), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+        panic!()
+    };
+    assert!(body(ok).contains("a=inactive"), "{}", body(ok));
+    assert_eq!(to_caller.call_id(), "caller-call");
+    assert_eq!(f.remote.port(), 5080);
+    assert!(body(to_caller).contains("a=inactive"));
+    let mut caller_ok = response_to(to_caller, 200, "OK", None, None);
+    caller_ok.push_header("Content-Type", "application/sdp");
+    b.on_response(t0, &caller_ok);
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK"]);
+    // A re-INVITE without SDP is refused, and the call goes on.
+    let bare = from_caller("INVITE", &our_tag, 3);
+    assert!(b.on_request(t0, &TxKey::server(&bare).unwrap(), &bare, flow(5080)));
+    assert_eq!(methods(&drain(&mut b)), ["488"]);
+    assert!(!b.is_empty());
 }

@@ -5,7 +5,7 @@
 //! The answer is read into the same [`Negotiated`] an answer we write yields,
 //! so the media layer cannot tell who offered.
 
-use super::{Format, MediaKind, Proto, SdpError, SessionDesc};
+use super::{Direction, Format, MediaKind, Proto, SdpError, SessionDesc};
 use crate::sdp::answer::{Negotiated, same_codec};
 use causeway_codecs::CodecKey;
 use causeway_codecs::registry::AudioCodec;
@@ -57,6 +57,19 @@ impl Offer {
 
     /// Prints the offer with our media address and RTP port.
     pub fn to_sdp(&self, address: IpAddr, port: u16, session_id: u64, version: u64) -> String {
+        self.to_sdp_with(address, port, (session_id, version), Direction::SendRecv)
+    }
+
+    /// Prints the offer with a direction (a re-offer putting the session on
+    /// hold, or resuming it); `origin` is the `o=` session id and version.
+    pub fn to_sdp_with(
+        &self,
+        address: IpAddr,
+        port: u16,
+        origin: (u64, u64),
+        direction: Direction,
+    ) -> String {
+        let (session_id, version) = origin;
         let ip = if address.is_ipv4() { "IP4" } else { "IP6" };
         let formats: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
         let mut s = format!(
@@ -84,7 +97,7 @@ impl Offer {
                 let _ = write!(s, "a=fmtp:{} {fmtp}\r\n", f.pt);
             }
         }
-        s.push_str("a=ptime:20\r\na=rtcp-mux\r\na=sendrecv\r\n");
+        let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
         s
     }
 

@@ -55,6 +55,8 @@ pub struct Dialog {
     pub invite: Message,
     /// State.
     pub state: DialogState,
+    /// CSeq of our last request in the dialog.
+    pub local_cseq: u32,
 }
 
 /// What [`Dialogs::handle_timeout`] wants done.
@@ -103,6 +105,7 @@ impl Dialogs {
                 flow,
                 invite: invite.clone(),
                 state: DialogState::Early,
+                local_cseq: 0,
             },
         );
         Some(id)
@@ -179,31 +182,33 @@ impl Dialogs {
         via_host: &str,
         user_agent: &str,
     ) -> Option<(Message, Flow)> {
-        let d = self.remove(id)?;
-        let inv = &d.invite;
-        let target = inv
-            .header("Contact")
-            .or(inv.header("From"))
-            .and_then(|c| NameAddr::parse(c).ok())?
-            .uri;
-        let mut text = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {via_host};branch=z9hG4bK{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {}\r\nCall-ID: {}\r\n\
-             CSeq: {} BYE\r\nUser-Agent: {user_agent}\r\n",
-            d.flow.transport.via_name(),
-            random_token(16),
-            inv.header("To")?,
-            d.local_tag,
-            inv.header("From")?,
-            d.call_id,
-            // Our first request in the dialog: any number will do (RFC 3261 12.2.1.1).
-            1,
-        );
-        for route in inv.headers_named("Record-Route") {
-            text.push_str(&format!("Route: {route}\r\n"));
-        }
-        text.push_str("Content-Length: 0\r\n\r\n");
+        let bye = self.request(id, "BYE", via_host, user_agent, None);
+        self.remove(id);
+        bye
+    }
+
+    /// A request of ours within a dialog (BYE, a re-INVITE with an SDP
+    /// `body`), to the caller's Contact along its Record-Route set, with
+    /// the next CSeq; and its flow.
+    pub fn request(
+        &mut self,
+        id: DialogId,
+        method: &str,
+        via_host: &str,
+        user_agent: &str,
+        body: Option<&str>,
+    ) -> Option<(Message, Flow)> {
+        let d = self.map.get_mut(&id)?;
+        d.local_cseq += 1;
+        let text = in_dialog_request(d, method, d.local_cseq, via_host, user_agent, body)?;
         Some((Message::parse(text.as_bytes()).ok()?, d.flow))
+    }
+
+    /// The ACK for a 2xx to our re-INVITE (`cseq` is its CSeq number).
+    pub fn ack(&self, id: DialogId, cseq: u32, via_host: &str, user_agent: &str) -> Option<Bytes> {
+        let d = self.map.get(&id)?;
+        let text = in_dialog_request(d, "ACK", cseq, via_host, user_agent, None)?;
+        Some(Bytes::from(text))
     }
 
     /// When [`Self::handle_timeout`] next has work.
@@ -249,6 +254,45 @@ impl Dialogs {
         }
         out
     }
+}
+
+/// The text of a request of ours in a UAS dialog.
+fn in_dialog_request(
+    d: &Dialog,
+    method: &str,
+    cseq: u32,
+    via_host: &str,
+    user_agent: &str,
+    body: Option<&str>,
+) -> Option<String> {
+    let inv = &d.invite;
+    let target = inv
+        .header("Contact")
+        .or(inv.header("From"))
+        .and_then(|c| NameAddr::parse(c).ok())?
+        .uri;
+    let mut text = format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {via_host};branch=z9hG4bK{};rport\r\n\
+         Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: {cseq} {method}\r\nUser-Agent: {user_agent}\r\n",
+        d.flow.transport.via_name(),
+        random_token(16),
+        inv.header("To")?,
+        d.local_tag,
+        inv.header("From")?,
+        d.call_id,
+    );
+    for route in inv.headers_named("Record-Route") {
+        text.push_str(&format!("Route: {route}\r\n"));
+    }
+    match body {
+        Some(sdp) => text.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )),
+        None => text.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    Some(text)
 }
 
 #[cfg(test)]

@@ -167,7 +167,13 @@ impl UacLeg {
 
     /// A request within the dialog (to the remote target, along the route
     /// set, with a To tag), with a fresh branch.
-    fn in_dialog(&self, method: &str, cseq: u32, remote_tag: &str) -> Option<Message> {
+    fn in_dialog(
+        &self,
+        method: &str,
+        cseq: u32,
+        remote_tag: &str,
+        body: Option<&str>,
+    ) -> Option<Message> {
         let target = self.remote_target.as_ref().unwrap_or(&self.request_uri);
         let mut text = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{};rport\r\n\
@@ -185,7 +191,15 @@ impl UacLeg {
         for r in &self.route_set {
             text.push_str(&format!("Route: {r}\r\n"));
         }
-        text.push_str("Content-Length: 0\r\n\r\n");
+        match body {
+            Some(sdp) => text.push_str(&format!(
+                "Contact: {}\r\nContent-Type: application/sdp\r\n\
+                 Content-Length: {}\r\n\r\n{sdp}",
+                self.contact(),
+                sdp.len()
+            )),
+            None => text.push_str("Content-Length: 0\r\n\r\n"),
+        }
         Message::parse(text.as_bytes()).ok()
     }
 
@@ -193,20 +207,43 @@ impl UacLeg {
     /// the tag that 2xx carries (another fork's 2xx gets its own ACK).
     pub fn ack(&self, ok: &Message) -> Option<Bytes> {
         let tag = tag_of(ok, "To")?;
-        Some(self.in_dialog("ACK", 1, &tag)?.to_bytes())
+        // The CSeq of the INVITE it answers (the first, or a re-INVITE).
+        let cseq = ok.cseq().map_or(1, |c| c.seq);
+        Some(self.in_dialog("ACK", cseq, &tag, None)?.to_bytes())
     }
 
     /// BYE ending the dialog.
     pub fn bye(&mut self) -> Option<Message> {
         let tag = self.remote_tag.clone()?;
         self.cseq += 1;
-        self.in_dialog("BYE", self.cseq, &tag)
+        self.in_dialog("BYE", self.cseq, &tag, None)
+    }
+
+    /// A re-INVITE carrying a new SDP offer (hold, resume).
+    pub fn reinvite(&mut self, sdp: &str) -> Option<Message> {
+        let tag = self.remote_tag.clone()?;
+        self.cseq += 1;
+        self.in_dialog("INVITE", self.cseq, &tag, Some(sdp))
     }
 
     /// BYE for a 2xx that lost the race to another fork (same leg, other tag).
     pub fn bye_stray(&self, ok: &Message) -> Option<Message> {
         let tag = tag_of(ok, "To")?;
-        self.in_dialog("BYE", self.cseq + 1, &tag)
+        self.in_dialog("BYE", self.cseq + 1, &tag, None)
+    }
+
+    /// The SDP offer of the INVITE.
+    pub fn offered(&self) -> &[u8] {
+        &self.invite.body
+    }
+
+    /// Our Contact in this dialog.
+    pub fn contact(&self) -> String {
+        format!(
+            "<sip:causeway@{};transport={}>",
+            self.via_host,
+            self.flow.transport.as_str()
+        )
     }
 
     /// Whether a request from the callee belongs to this dialog.
