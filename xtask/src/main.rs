@@ -6,6 +6,8 @@
 //!   docs, and every unit, integration and interop test.
 //! - `cargo xtask fuzz [SECONDS] [TARGET...]`: run each (or the named) fuzz target for a bounded time.
 //! - `cargo xtask bench-register`: the REGISTER benchmark (`bench/register.sh`).
+//! - `cargo xtask bench-bridge`: SIP <-> SIP call setups through the B2BUA
+//!   (`bench/sip_bridge.sh`).
 //!
 //! Only std: this must build in seconds on a fresh machine. It must not hold
 //! gateway logic; it only orchestrates cargo and the system package manager.
@@ -51,12 +53,13 @@ fn main() -> ExitCode {
         "run" => run(rest),
         "test" => test(),
         "fuzz" => fuzz(rest),
-        "bench-register" => bench_register(rest),
+        "bench-register" => bench_script("bench/register.sh", rest),
+        "bench-bridge" => bench_script("bench/sip_bridge.sh", rest),
         "deps" => ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat())
             .and_then(|()| ensure_playwright()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [ARGS...] | test | fuzz [SECONDS] [TARGET...] | bench-register | deps>"
+                "usage: cargo xtask <run [ARGS...] | test | fuzz [SECONDS] [TARGET...] | bench-register | bench-bridge | deps>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS
@@ -341,7 +344,8 @@ fn fuzz_targets() -> Result<Vec<String>> {
     Ok(v)
 }
 
-fn bench_register(args: &[String]) -> Result {
+/// Builds the release gateway and runs a benchmark script from `bench/`.
+fn bench_script(script: &str, args: &[String]) -> Result {
     ensure_packages(&[RUN_PACKAGES, TEST_PACKAGES].concat())?;
     let mut build = cargo();
     build.args([
@@ -354,8 +358,6 @@ fn bench_register(args: &[String]) -> Result {
     ]);
     status(build, "cargo build --release")?;
     let mut b = Command::new("bash");
-    b.arg(root().join("bench/register.sh"))
-        .args(args)
-        .current_dir(root());
-    status(b, "bench/register.sh")
+    b.arg(root().join(script)).args(args).current_dir(root());
+    status(b, script)
 }
