@@ -11,13 +11,14 @@
 //!                                                            |-- registrar --> store (SQLite)
 //!                                                            |-- INVITE --> GwOutput::Route
 //!                                                            |-- echo: sip::dialog + sdp answer
-//!                                                            `-- bridged calls: b2bua (sip::uac forks)
+//!                                                            `-- bridged calls: b2bua (sip::dialog caller, sip::uac forks)
 //!  GwOutput::OpenMedia --runtime::media--> sockets + media::session + media::bridge (loop back)
 //!  GwOutput::Route --runtime task--> policy::decide --> dialplan::route (pure)
 //!                                         `-- policy server (HTTP), when a rule says so
-//!  decision --> Gateway::routed --> SIP answer (SIP-originated bridging: later)
+//!  decision --> Gateway::routed --> reject / echo / GwOutput::BridgeMedia --> Gateway::bridge_ready --> b2bua
 //!  browser --api::client (CallCmd::Dial)--> webrtc hub (PeerApp::Bridge) + Gateway::dial --> b2bua
 //!  b2bua StartMedia --runtime::bridge--> SIP RTP <-> media::bridge (relay | transcode) <-> hub peer
+//!                                        or SIP RTP (callee) <-> media::bridge <-> SIP RTP (caller)
 //!  dialplans/*.toml --runtime::routing (watch, reload)--> dialplan::Routing <-- api (aliases)
 //!  operator --HTTP--> api (axum) --query--> gateway
 //! ```

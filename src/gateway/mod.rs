@@ -15,17 +15,18 @@
 //! An INVITE gets 100 Trying and a [`GwOutput::Route`] asking the shell to
 //! run the dialplan (and any policy query); the [`Decision`] comes back
 //! through [`Gateway::routed`]. Rejections go out with the dialplan's status;
-//! a target with no registrations falls through its fallback list; a target
-//! that would need the B2BUA gets 480 with a Warning naming the rule until
-//! that layer exists. CANCEL of a call still being routed gets 200 and the
-//! INVITE 487.
+//! a target with no registrations falls through its fallback list. CANCEL of
+//! a call still being routed gets 200 and the INVITE 487.
 //!
 //! The echo service is answered here as a UAS (module `echo`). Browser calls
-//! to registered SIP contacts are placed with [`Gateway::dial`] and run by
-//! [`crate::b2bua`]: its SIP responses and in-dialog requests are handed
-//! there by Call-ID, and what it decides for media and the browser leaves as
-//! [`GwOutput::Call`]. Time comes in as parameters; it must not touch
-//! sockets, clocks or disk.
+//! to registered SIP contacts are placed with [`Gateway::dial`]; SIP calls
+//! routed to registered contacts, SIP URIs or trunks ask the shell for media
+//! ports ([`GwOutput::BridgeMedia`], [`Gateway::bridge_ready`]) and are then
+//! placed with the caller's offer re-offered. Both kinds are run by
+//! [`crate::b2bua`]: SIP responses, in-dialog requests, ACKs and CANCELs of
+//! its calls are handed there by Call-ID, and what it decides for media and
+//! the browser leaves as [`GwOutput::Call`]. Time comes in as parameters; it
+//! must not touch sockets, clocks or disk.
 
 mod echo;
 
