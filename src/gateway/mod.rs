@@ -712,7 +712,7 @@ impl Gateway {
         };
         match reached {
             Reached::Echo(rule) => self.answer_echo(now, key, &msg, flow, &rule),
-            Reached::Bridge { route, callees } => self.bridge(key, msg, flow, &route, callees),
+            Reached::Bridge { route, callees } => self.bridge(now, key, msg, flow, &route, callees),
             Reached::Respond(code, reason, warning) => {
                 self.respond(now, key, &msg, flow, code, &reason, warning)
             }
@@ -896,6 +896,7 @@ impl Gateway {
     /// ([`GwOutput::BridgeMedia`]).
     fn bridge(
         &mut self,
+        now: Instant,
         key: &TxKey,
         invite: Message,
         flow: Flow,
@@ -905,15 +906,7 @@ impl Gateway {
         let refuse = |this: &mut Self, code, reason: &str, why: &str| {
             let warning = format!("399 causeway \"{why}\"");
             tracing::info!(code, why, "bridged call refused");
-            this.respond(
-                Instant::now(),
-                key,
-                &invite,
-                flow,
-                code,
-                reason,
-                Some(warning),
-            );
+            this.respond(now, key, &invite, flow, code, reason, Some(warning));
         };
         let Some(body) = echo::sdp_body(&invite) else {
             return refuse(
@@ -928,15 +921,7 @@ impl Gateway {
             Err(e) => {
                 let (code, reason, warning) = e.status();
                 tracing::info!(code, warning, "bridged call refused");
-                return self.respond(
-                    Instant::now(),
-                    key,
-                    &invite,
-                    flow,
-                    code,
-                    reason,
-                    Some(warning),
-                );
+                return self.respond(now, key, &invite, flow, code, reason, Some(warning));
             }
         };
         let Some(offer) = callee_offer(&caller_offer, &route.media) else {
