@@ -159,10 +159,7 @@ impl OutboundRegistration {
         let branch = format!("z9hG4bK{}", random_token(16));
         let t = &self.target;
         let uri = format!("sip:{}", t.host);
-        let tparam = match t.transport {
-            Transport::Udp => String::new(),
-            other => format!(";transport={}", other.as_str()),
-        };
+        let tparam = t.transport.uri_param();
         let mut text = format!(
             "REGISTER {uri}{tparam} SIP/2.0\r\n\
              Via: SIP/2.0/{} {via_host};branch={branch};rport\r\n\

@@ -757,11 +757,7 @@ impl B2bua {
                 .map_err(|e| e.to_string())?;
                 let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
                 origin.1 += 1;
-                let sdp = Offer {
-                    audio: vec![callee.format.clone()],
-                    dtmf: callee.dtmf.clone(),
-                }
-                .to_sdp_with(*ip, *port, *origin, held);
+                let sdp = Offer::agreed(callee).to_sdp_with(*ip, *port, *origin, held);
                 let fork = &mut call.forks[winner];
                 let forward = fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow));
                 (ok, forward)
@@ -785,11 +781,8 @@ impl B2bua {
                     Caller::Sip(sc) => {
                         let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
                         sc.origin.1 += 1;
-                        let sdp = Offer {
-                            audio: vec![agreed.format.clone()],
-                            dtmf: agreed.dtmf.clone(),
-                        }
-                        .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
+                        let sdp = Offer::agreed(agreed)
+                            .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
                         self.dialogs.request(
                             sc.dialog,
                             "INVITE",
@@ -824,16 +817,18 @@ impl B2bua {
         }
     }
 
-    /// A SIP caller cancelled its INVITE (`invite` is the INVITE's
-    /// transaction). Before the answer: 487 to the caller, CANCEL to every
+    /// A SIP caller cancelled its INVITE (`sip_call_id` is its Call-ID,
+    /// `invite` the INVITE's transaction). Before the answer: 487 to the caller, CANCEL to every
     /// fork. Returns false when no call here has that INVITE (the caller
     /// answers 481 to the CANCEL).
-    pub fn on_cancel(&mut self, now: Instant, invite: &TxKey) -> bool {
-        let found = self.calls.iter().find_map(|(id, c)| match &c.caller {
-            Caller::Sip(sc) if sc.key == *invite => Some((id.clone(), c.state)),
+    pub fn on_cancel(&mut self, now: Instant, sip_call_id: &str, invite: &TxKey) -> bool {
+        let Some((call_id, Leg::Caller)) = self.by_call_id.get(sip_call_id).cloned() else {
+            return false;
+        };
+        let Some(state) = self.calls.get(&call_id).and_then(|c| match &c.caller {
+            Caller::Sip(sc) if sc.key == *invite => Some(c.state),
             _ => None,
-        });
-        let Some((call_id, state)) = found else {
+        }) else {
             return false;
         };
         if matches!(state, State::Calling | State::Ringing) {

@@ -436,7 +436,7 @@ fn busy_and_cancel_reach_the_sip_caller_with_the_right_status() {
     let (key, inv) = dial_from_sip(&mut b, t0, &[5070]);
     b.on_response(t0, &reply(&inv[0], 180, "a", None));
     drain(&mut b);
-    assert!(b.on_cancel(t0, &key));
+    assert!(b.on_cancel(t0, "caller-call", &key));
     assert_eq!(
         methods(&drain(&mut b)),
         ["CANCEL", "487", "ended:caller:487", "release"]
@@ -444,7 +444,7 @@ fn busy_and_cancel_reach_the_sip_caller_with_the_right_status() {
     b.on_response(t0, &reply(&inv[0], 487, "a", None));
     assert!(b.is_empty());
     // A CANCEL for an INVITE we do not know is not ours.
-    assert!(!b.on_cancel(t0, &key));
+    assert!(!b.on_cancel(t0, "caller-call", &key));
 }
 
 #[test]

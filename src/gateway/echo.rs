@@ -106,10 +106,7 @@ impl Gateway {
         for rr in d.invite.headers_named("Record-Route") {
             ok.push_header("Record-Route", rr.to_string());
         }
-        let transport = match d.flow.transport {
-            crate::sip::Transport::Udp => String::new(),
-            t => format!(";transport={}", t.as_str()),
-        };
+        let transport = d.flow.transport.uri_param();
         ok.push_header(
             "Contact",
             format!("<sip:echo@{}{transport}>", self.advertised(&d.flow)),

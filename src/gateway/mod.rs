@@ -28,15 +28,18 @@
 //! the browser leaves as [`GwOutput::Call`]. Time comes in as parameters; it
 //! must not touch sockets, clocks or disk.
 
+mod bridge;
 mod echo;
 
-use crate::b2bua::{B2bua, CallOutput, Dial, Notice};
+pub use bridge::BrowserDial;
+
+use crate::b2bua::{B2bua, CallOutput, Notice};
 use crate::config::Config;
 use crate::dialplan::{CallInfo, Protocol, Reach};
 use crate::policy::Decision;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
-use crate::sdp::{Answer, Offer};
+use crate::sdp::Answer;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
@@ -147,40 +150,6 @@ pub enum GwOutput {
     },
 }
 
-/// A SIP call routed to a bridge target, waiting for its media ports.
-#[derive(Debug)]
-struct PendingBridge {
-    key: TxKey,
-    invite: Message,
-    flow: Flow,
-    caller_offer: crate::sdp::SessionDesc,
-    offer: Offer,
-    /// Request-URI, To and flow per callee.
-    targets: Vec<(String, String, Flow)>,
-    /// Our user part toward callees (the caller's alias after transforms).
-    from: String,
-    /// The called alias (our Contact's user part toward the caller).
-    to: String,
-}
-
-/// A browser call to place toward the SIP side.
-#[derive(Debug, Clone)]
-pub struct BrowserDial {
-    /// The call's id.
-    pub id: String,
-    /// The browser's peer.
-    pub peer: crate::webrtc::PeerId,
-    /// Who is called (the route's alias).
-    pub alias: String,
-    /// The caller's display name.
-    pub display_name: String,
-    /// What the SIP side is offered.
-    pub offer: Offer,
-    /// Our RTP port for the SIP side (already bound); `None` when no
-    /// port was free (the call is refused with 503).
-    pub media_port: Option<u16>,
-}
-
 /// The signalling core.
 #[derive(Debug)]
 pub struct Gateway {
@@ -203,7 +172,7 @@ pub struct Gateway {
     /// Bridged calls.
     b2bua: B2bua,
     /// SIP calls to bridge whose media ports are being bound.
-    bridging: HashMap<String, PendingBridge>,
+    bridging: HashMap<String, bridge::PendingBridge>,
     /// Our listeners (new flows toward SIP URIs and trunks start there).
     listeners: Vec<(crate::sip::Transport, std::net::SocketAddr)>,
     /// Trunks by name, resolved.
@@ -231,17 +200,6 @@ impl Gateway {
             listeners: Vec::new(),
             trunk_peers: HashMap::new(),
         }
-    }
-
-    /// The addresses the transports listen on (calls toward SIP URIs and
-    /// trunks leave from them).
-    pub fn set_listeners(&mut self, listeners: Vec<(crate::sip::Transport, std::net::SocketAddr)>) {
-        self.listeners = listeners;
-    }
-
-    /// Makes a trunk (resolved by the runtime) reachable by dialplan rules.
-    pub fn add_trunk_peer(&mut self, target: TrunkTarget) {
-        self.trunk_peers.insert(target.name.clone(), target);
     }
 
     /// Starts registering to a trunk (the runtime resolved its address).
@@ -603,7 +561,7 @@ impl Gateway {
                     }
                     self.out.push_back(GwOutput::CloseMedia { dialog });
                     reply(200, "OK")
-                } else if self.b2bua.on_cancel(now, &invite) {
+                } else if self.b2bua.on_cancel(now, msg.call_id(), &invite) {
                     reply(200, "OK")
                 } else {
                     reply(481, "Call/Transaction Does Not Exist")
@@ -758,298 +716,6 @@ impl Gateway {
         !self.registrar.lookup(&self.aor(alias), wall).is_empty()
     }
 
-    /// Places a browser's call to every contact registered for its alias
-    /// (outcomes come back as [`GwOutput::Call`]).
-    pub fn dial(&mut self, now: Instant, wall: u64, d: BrowserDial) {
-        let dial = Dial {
-            id: d.id,
-            peer: d.peer,
-            offer: d.offer,
-        };
-        let Some(media_port) = d.media_port else {
-            self.b2bua.refuse(now, dial, 503, "no media port free");
-            self.pump(now, wall);
-            return;
-        };
-        let aor = self.aor(&d.alias);
-        let session_id = u64::from(rand::random::<u32>());
-        let from_user: String = d
-            .display_name
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(32)
-            .collect();
-        let from_user = if from_user.is_empty() {
-            "browser".to_string()
-        } else {
-            from_user
-        };
-        let targets = self
-            .registrar
-            .lookup(&aor, wall)
-            .into_iter()
-            .map(|b| {
-                let flow = b.flow();
-                let ip = self.advertised_ip(&flow);
-                crate::sip::uac::InviteParams {
-                    request_uri: b.contact.clone(),
-                    to: aor.clone(),
-                    from: format!("sip:{from_user}@{}", self.domain),
-                    display_name: d.display_name.clone(),
-                    via_host: self.advertised(&flow),
-                    user_agent: self.user_agent.clone(),
-                    sdp: dial.offer.to_sdp(ip, media_port, session_id, 1),
-                    flow,
-                }
-            })
-            .collect();
-        self.b2bua.dial(now, dial, targets);
-        self.pump(now, wall);
-    }
-
-    /// Who a bridge target rings: (Request-URI, To, flow) per callee, or
-    /// why nobody can be.
-    fn callees(
-        &self,
-        route: &crate::dialplan::Route,
-        target: &crate::dialplan::Target,
-        wall: u64,
-    ) -> Result<Vec<(String, String, Flow)>, String> {
-        use crate::dialplan::Target;
-        match target {
-            Target::Registered => {
-                let aor = self.aor(&route.to);
-                Ok(self
-                    .registrar
-                    .lookup(&aor, wall)
-                    .into_iter()
-                    .map(|b| (b.contact.clone(), aor.clone(), b.flow()))
-                    .collect())
-            }
-            Target::Sip {
-                trunk: Some(name), ..
-            } => {
-                let t = self
-                    .trunk_peers
-                    .get(name)
-                    .ok_or_else(|| format!("trunk {name} is not resolved"))?;
-                let transport = match t.transport {
-                    crate::sip::Transport::Udp => String::new(),
-                    tr => format!(";transport={}", tr.as_str()),
-                };
-                let uri = format!(
-                    "sip:{}@{}{transport}",
-                    crate::sip::msg::escape_user(&route.to),
-                    t.host
-                );
-                let flow = Flow {
-                    transport: t.transport,
-                    local: t.local,
-                    remote: t.remote,
-                    conn: None,
-                };
-                Ok(vec![(uri.clone(), uri, flow)])
-            }
-            Target::Sip { uri: Some(u), .. } => {
-                let parsed = Uri::parse(u).map_err(|_| format!("bad SIP URI {u:?}"))?;
-                let ip: IpAddr = parsed.host.parse().map_err(|_| {
-                    format!("{u}: only IP addresses are dialled yet, not host names")
-                })?;
-                let transport = match parsed.param("transport").flatten() {
-                    None => crate::sip::Transport::Udp,
-                    Some(t) => crate::sip::Transport::parse(t)
-                        .ok_or_else(|| format!("{u}: unknown transport {t}"))?,
-                };
-                let remote = std::net::SocketAddr::new(ip, parsed.port.unwrap_or(5060));
-                let local = self
-                    .listeners
-                    .iter()
-                    .find(|(t, l)| *t == transport && l.is_ipv4() == remote.is_ipv4())
-                    .map(|(_, l)| *l)
-                    .ok_or_else(|| format!("no {transport} listener toward {remote}"))?;
-                let uri = if parsed.user.is_some() {
-                    u.clone()
-                } else {
-                    let user = crate::sip::msg::escape_user(&route.to);
-                    match u.split_once(':') {
-                        Some((scheme, rest)) => format!("{scheme}:{user}@{rest}"),
-                        None => u.clone(),
-                    }
-                };
-                Ok(vec![(
-                    uri.clone(),
-                    uri,
-                    Flow {
-                        transport,
-                        local,
-                        remote,
-                        conn: None,
-                    },
-                )])
-            }
-            other => Err(format!("{} targets are not bridged yet", other.kind())),
-        }
-    }
-
-    /// Starts bridging a routed SIP call: reads the caller's offer, works
-    /// out what the callees are offered and asks the shell for media ports
-    /// ([`GwOutput::BridgeMedia`]).
-    fn bridge(
-        &mut self,
-        now: Instant,
-        key: &TxKey,
-        invite: Message,
-        flow: Flow,
-        route: &crate::dialplan::Route,
-        callees: Vec<(String, String, Flow)>,
-    ) {
-        let refuse = |this: &mut Self, code, reason: &str, why: &str| {
-            let warning = format!("399 causeway \"{why}\"");
-            tracing::info!(code, why, "bridged call refused");
-            this.respond(now, key, &invite, flow, code, reason, Some(warning));
-        };
-        let Some(body) = echo::sdp_body(&invite) else {
-            return refuse(
-                self,
-                488,
-                "Not Acceptable Here",
-                "an INVITE without an SDP offer (late offer) is not bridged yet",
-            );
-        };
-        let caller_offer = match crate::sdp::parse(body) {
-            Ok(sd) => sd,
-            Err(e) => {
-                let (code, reason, warning) = e.status();
-                tracing::info!(code, warning, "bridged call refused");
-                return self.respond(now, key, &invite, flow, code, reason, Some(warning));
-            }
-        };
-        let Some(offer) = callee_offer(&caller_offer, &route.media) else {
-            return refuse(self, 488, "Not Acceptable Here", "no audio codec in common");
-        };
-        let call = random_token(16);
-        let ip = self.media_ip();
-        self.bridging.insert(
-            call.clone(),
-            PendingBridge {
-                key: key.clone(),
-                invite,
-                flow,
-                caller_offer,
-                offer,
-                targets: callees,
-                from: route.from.clone(),
-                to: route.to.clone(),
-            },
-        );
-        self.out.push_back(GwOutput::BridgeMedia { call, ip });
-    }
-
-    /// Media ports for a call announced by [`GwOutput::BridgeMedia`]:
-    /// (toward the caller, toward the callees), or why there are none
-    /// (503). Rings the callees.
-    pub fn bridge_ready(
-        &mut self,
-        now: Instant,
-        wall: u64,
-        call: &str,
-        ports: Result<(u16, u16), String>,
-    ) {
-        let Some(p) = self.bridging.remove(call) else {
-            self.out.push_back(GwOutput::Call(Notice::Release {
-                call: call.to_string(),
-                peer: None,
-            }));
-            return;
-        };
-        let (caller_port, callee_port) = match ports {
-            Ok(ports) => ports,
-            Err(e) => {
-                tracing::warn!(error = %e, "no media ports for a bridged call");
-                let mut busy = response_to(
-                    &p.invite,
-                    503,
-                    "Service Unavailable",
-                    Some(&self.tag),
-                    Some(p.flow.remote),
-                );
-                busy.push_header("Retry-After", "5");
-                busy.push_header("Warning", "399 causeway \"no media ports available\"");
-                busy.push_header("Server", self.user_agent.clone());
-                self.tx.respond(now, &p.key, &busy);
-                self.pump(now, wall);
-                return;
-            }
-        };
-        let display_name = p
-            .invite
-            .header("From")
-            .and_then(|f| NameAddr::parse(f).ok())
-            .and_then(|n| n.display)
-            .unwrap_or_default();
-        let session_id = u64::from(rand::random::<u32>());
-        let from = format!(
-            "sip:{}@{}",
-            crate::sip::msg::escape_user(&p.from),
-            self.domain
-        );
-        let targets = p
-            .targets
-            .into_iter()
-            .map(|(request_uri, to, flow)| {
-                let ip = self.advertised_ip(&flow);
-                crate::sip::uac::InviteParams {
-                    request_uri,
-                    to,
-                    from: from.clone(),
-                    display_name: display_name.clone(),
-                    via_host: self.advertised(&flow),
-                    user_agent: self.user_agent.clone(),
-                    sdp: p.offer.to_sdp(ip, callee_port, session_id, 1),
-                    flow,
-                }
-            })
-            .collect();
-        let transport = match p.flow.transport {
-            crate::sip::Transport::Udp => String::new(),
-            t => format!(";transport={}", t.as_str()),
-        };
-        let contact = format!(
-            "<sip:{}@{}{transport}>",
-            crate::sip::msg::escape_user(&p.to),
-            self.advertised(&p.flow)
-        );
-        let dial = crate::b2bua::SipDial {
-            id: call.to_string(),
-            key: p.key,
-            media: (self.advertised_ip(&p.flow), caller_port),
-            via_host: self.advertised(&p.flow),
-            user_agent: self.user_agent.clone(),
-            invite: p.invite,
-            flow: p.flow,
-            caller_offer: p.caller_offer,
-            offer: p.offer,
-            contact,
-        };
-        self.b2bua.dial_sip(now, dial, targets);
-        self.pump(now, wall);
-    }
-
-    /// The address family media sockets for bridged calls bind on (the
-    /// wildcard of the public address's family, else IPv4).
-    pub fn media_ip(&self) -> IpAddr {
-        match self.public_ip {
-            Some(IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        }
-    }
-
-    /// A browser call's browser side ended (hang-up or peer gone).
-    pub fn browser_gone(&mut self, now: Instant, wall: u64, call: &str, reason: &str) {
-        self.b2bua.browser_gone(now, call, reason);
-        self.pump(now, wall);
-    }
-
     /// What a routed call gets: a reject answers, `echo` is answered
     /// here, and registered contacts, SIP URIs and trunks are called
     /// through the B2BUA.
@@ -1119,53 +785,3 @@ fn has_to_tag(msg: &Message) -> bool {
 
 #[cfg(test)]
 mod tests;
-
-/// What callees are offered for a SIP caller's offer: the caller's audio
-/// codecs we can handle, in its order (or the rule's), then, when the rule
-/// allows transcoding, the others we can transcode to; telephone-event
-/// when the caller offered it. `None` when the caller offered no audio
-/// codec we can handle.
-fn callee_offer(
-    caller: &crate::sdp::SessionDesc,
-    media: &crate::dialplan::MediaOptions,
-) -> Option<Offer> {
-    use causeway_codecs::registry::AudioCodec;
-    let m = caller
-        .media
-        .iter()
-        .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
-    let mut theirs: Vec<AudioCodec> = Vec::new();
-    for c in m
-        .formats
-        .iter()
-        .filter_map(|f| f.codec.as_ref().and_then(AudioCodec::from_key))
-    {
-        if !theirs.contains(&c) {
-            theirs.push(c);
-        }
-    }
-    if theirs.is_empty() {
-        return None;
-    }
-    let mut codecs = theirs.clone();
-    if media.transcode {
-        codecs.extend(AudioCodec::ALL.iter().filter(|c| !theirs.contains(c)));
-    }
-    if !media.codecs.is_empty() {
-        codecs = media
-            .codecs
-            .iter()
-            .filter_map(|name| {
-                codecs
-                    .iter()
-                    .copied()
-                    .find(|c| c.key().name.eq_ignore_ascii_case(name))
-            })
-            .collect();
-        if codecs.is_empty() {
-            return None;
-        }
-    }
-    let dtmf = m.formats.iter().any(crate::sdp::Format::is_telephone_event);
-    Some(Offer::audio(&codecs, dtmf))
-}

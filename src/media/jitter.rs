@@ -147,11 +147,6 @@ impl JitterBuffer {
         )
     }
 
-    /// Audio queued for playout now.
-    pub fn queued(&self) -> Duration {
-        self.frame_time() * self.queue.len() as u32
-    }
-
     /// The delay playout aims for now.
     pub fn target_delay(&self) -> Duration {
         let want = self.frame_time().as_secs_f64() + 4.0 * self.jitter;
@@ -339,7 +334,7 @@ mod tests {
                 });
             }
             if t + 200 * MS >= last && t < last {
-                tail_queued = tail_queued.max(jb.queued());
+                tail_queued = tail_queued.max(jb.frame_time() * jb.queue.len() as u32);
             }
             t += MS * 5;
         }

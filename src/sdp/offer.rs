@@ -55,6 +55,15 @@ impl Offer {
         Self { audio, dtmf }
     }
 
+    /// A re-offer of what a session already agreed: its codec and
+    /// telephone-event only.
+    pub fn agreed(n: &Negotiated) -> Self {
+        Self {
+            audio: vec![n.format.clone()],
+            dtmf: n.dtmf.clone(),
+        }
+    }
+
     /// Prints the offer with our media address and RTP port.
     pub fn to_sdp(&self, address: IpAddr, port: u16, session_id: u64, version: u64) -> String {
         self.to_sdp_with(address, port, (session_id, version), Direction::SendRecv)

@@ -56,6 +56,18 @@ impl Transport {
         }
     }
 
+    /// The `;transport=` URI parameter naming this transport (empty for
+    /// UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Self::Udp => "",
+            Self::Tcp => ";transport=tcp",
+            Self::Tls => ";transport=tls",
+            Self::Ws => ";transport=ws",
+            Self::Wss => ";transport=wss",
+        }
+    }
+
     /// Parses [`Transport::as_str`] or [`Transport::via_name`] (any case).
     pub fn parse(s: &str) -> Option<Transport> {
         Some(match s.to_ascii_lowercase().as_str() {

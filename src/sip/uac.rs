@@ -70,6 +70,14 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// Our Contact on a flow (`via_host` is our advertised `host:port`).
+fn contact(via_host: &str, flow: Flow) -> String {
+    format!(
+        "<sip:causeway@{via_host};transport={}>",
+        flow.transport.as_str()
+    )
+}
+
 impl UacLeg {
     /// A new leg and the INVITE that starts it. `None` only if the pieces
     /// given do not form a parseable request (a URI with spaces, say).
@@ -86,14 +94,13 @@ impl UacLeg {
         let text = format!(
             "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
-             CSeq: 1 INVITE\r\nContact: <sip:causeway@{};transport={}>\r\n\
+             CSeq: 1 INVITE\r\nContact: {}\r\n\
              Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\nUser-Agent: {}\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
             p.request_uri,
             p.via_host,
             random_token(16),
-            p.via_host,
-            p.flow.transport.as_str(),
+            contact(&p.via_host, p.flow),
             p.user_agent,
             p.sdp.len(),
             p.sdp,
@@ -239,11 +246,7 @@ impl UacLeg {
 
     /// Our Contact in this dialog.
     pub fn contact(&self) -> String {
-        format!(
-            "<sip:causeway@{};transport={}>",
-            self.via_host,
-            self.flow.transport.as_str()
-        )
+        contact(&self.via_host, self.flow)
     }
 
     /// Whether a request from the callee belongs to this dialog.
