@@ -24,13 +24,14 @@
 mod tests;
 
 use crate::media::dtmf;
+use causeway_codecs::registry::AudioCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams};
-use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction as SdpDirection, Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
@@ -38,6 +39,10 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 /// A peer that has not completed ICE and DTLS this long after its answer
 /// was sent is dropped (the browser gave up, or never had the answer).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an offer to a browser (an incoming call) waits for its
+/// answer: longer than a call may ring ([`crate::b2bua::NO_ANSWER`]).
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How often a connected peer reports its media counters.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -190,22 +195,7 @@ pub fn codec_config() -> CodecConfig {
     c.enable_g722(true, false);
     c.enable_pcmu(true, false);
     c.enable_pcma(true, false);
-    c.add_config(
-        110.into(),
-        None,
-        Codec::Tele,
-        Frequency::FORTY_EIGHT_KHZ,
-        None,
-        FormatParams::parse_line("0-16"),
-    );
-    c.add_config(
-        126.into(),
-        None,
-        Codec::Tele,
-        Frequency::EIGHT_KHZ,
-        None,
-        FormatParams::parse_line("0-16"),
-    );
+    add_telephone_events(&mut c);
     c.enable_vp8(true);
     for (pt, rtx, profile) in [
         (127, 121, 0x42001f),
@@ -218,6 +208,39 @@ pub fn codec_config() -> CodecConfig {
         c.add_h264(pt.into(), Some(rtx.into()), true, profile);
     }
     c
+}
+
+/// The codecs of an offer to a browser: `audio` in that order, then
+/// telephone-event at 48 and 8 kHz (no video: it is not bridged yet).
+fn offer_codecs(audio: &[AudioCodec]) -> CodecConfig {
+    let mut c = CodecConfig::empty();
+    for codec in audio {
+        match codec {
+            AudioCodec::Opus => c.enable_opus(true, false),
+            AudioCodec::G722 => c.enable_g722(true, false),
+            AudioCodec::Pcmu => c.enable_pcmu(true, false),
+            AudioCodec::Pcma => c.enable_pcma(true, false),
+        }
+    }
+    add_telephone_events(&mut c);
+    c
+}
+
+/// telephone-event at 48 kHz (with Opus) and 8 kHz (with G.711 and G.722).
+fn add_telephone_events(c: &mut CodecConfig) {
+    for (pt, rate) in [
+        (110, Frequency::FORTY_EIGHT_KHZ),
+        (126, Frequency::EIGHT_KHZ),
+    ] {
+        c.add_config(
+            pt.into(),
+            None,
+            Codec::Tele,
+            rate,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+    }
 }
 
 /// Generates the DTLS certificate every peer of a hub presents (ECDSA P-256,
@@ -236,7 +259,10 @@ struct Peer {
     addrs: Vec<SocketAddr>,
     /// When str0m next wants time.
     next: Instant,
-    created: Instant,
+    /// Dropped if not connected by then.
+    connect_by: Instant,
+    /// Our offer, until the browser's answer comes (a call to a browser).
+    pending: Option<SdpPendingOffer>,
     connected: bool,
     counters: MediaCounters,
     next_stats: Instant,
@@ -251,14 +277,29 @@ struct Peer {
 }
 
 impl Peer {
+    /// Records the sections the SDP exchange enabled (`mids`, from the
+    /// answer) and the telephone-event payload types.
+    fn settle_media(&mut self, mids: impl Iterator<Item = Mid>) {
+        self.mids = mids
+            .filter_map(|mid| self.rtc.media(mid).map(|m| (mid, kind_of(m.kind()))))
+            .collect();
+        self.tele = self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec == Codec::Tele)
+            .map(|p| (*p.pt(), p.spec().clock_rate.get()))
+            .collect();
+    }
+
     /// When this peer next needs [`Hub::handle_timeout`]: str0m's timer, the
     /// stats report, or giving up on a connection that never came.
     fn deadline(&self) -> Instant {
         if self.connected {
             self.next.min(self.next_stats)
         } else {
-            self.next
-                .min(self.created + CONNECT_TIMEOUT + Duration::from_millis(1))
+            self.next.min(self.connect_by + Duration::from_millis(1))
         }
     }
 }
@@ -315,6 +356,46 @@ impl Hub {
         self.peers.is_empty()
     }
 
+    /// A str0m peer as the hub runs them (ICE-lite, RTP mode, our
+    /// certificate and candidates), with fresh ICE credentials.
+    fn new_rtc(&self, now: Instant, codecs: CodecConfig) -> (Rtc, IceCreds) {
+        let creds = IceCreds::new();
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_local_ice_credentials(creds.clone())
+            .set_stats_interval(Some(STATS_INTERVAL));
+        *config.codec_config() = codecs;
+        let mut rtc = config.build(now);
+        for addr in &self.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        (rtc, creds)
+    }
+
+    fn new_peer(rtc: Rtc, app: PeerApp, ufrag: String, now: Instant, connect_by: Instant) -> Peer {
+        Peer {
+            rtc,
+            app,
+            ufrag,
+            addrs: Vec::new(),
+            next: now,
+            connect_by,
+            pending: None,
+            connected: false,
+            counters: MediaCounters::default(),
+            next_stats: now + STATS_INTERVAL,
+            dtmf: dtmf::Receiver::default(),
+            tele: Vec::new(),
+            written: HashMap::new(),
+            mids: Vec::new(),
+            closed: None,
+        }
+    }
+
     /// Answers a browser's offer with a new peer running `app`.
     pub fn accept_offer(
         &mut self,
@@ -327,42 +408,14 @@ impl Hub {
         }
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| WebrtcError::BadSdp(e.to_string()))?;
-        let creds = IceCreds::new();
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_dtls_cert(self.cert.clone())
-            .set_local_ice_credentials(creds.clone())
-            .set_stats_interval(Some(STATS_INTERVAL));
-        *config.codec_config() = codec_config();
-        let mut rtc = config.build(now);
-        for addr in &self.candidates {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
+        let (mut rtc, creds) = self.new_rtc(now, codec_config());
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| WebrtcError::Unanswerable(e.to_string()))?;
         let id = PeerId(self.next_id);
         self.next_id += 1;
-        let mut peer = Peer {
-            rtc,
-            app,
-            ufrag: creds.ufrag.clone(),
-            addrs: Vec::new(),
-            next: now,
-            created: now,
-            connected: false,
-            counters: MediaCounters::default(),
-            next_stats: now + STATS_INTERVAL,
-            dtmf: dtmf::Receiver::default(),
-            tele: Vec::new(),
-            written: HashMap::new(),
-            mids: Vec::new(),
-            closed: None,
-        };
+        let mut peer = Self::new_peer(rtc, app, creds.ufrag.clone(), now, now + CONNECT_TIMEOUT);
         drain(id, &mut peer, &mut self.out);
         // str0m answers codecs it lacks with a disabled section.
         let usable = answer
@@ -375,26 +428,93 @@ impl Hub {
                 .retain(|o| !matches!(o, HubOutput::Event(p, _) if *p == id));
             return Err(WebrtcError::NoCommonCodec);
         }
-        peer.mids = answer
-            .media_lines
-            .iter()
-            .filter(|m| !m.disabled)
-            .filter_map(|m| {
-                let mid = m.mid();
-                peer.rtc.media(mid).map(|x| (mid, kind_of(x.kind())))
-            })
-            .collect();
-        peer.tele = peer
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .filter(|p| p.spec().codec == Codec::Tele)
-            .map(|p| (*p.pt(), p.spec().clock_rate.get()))
-            .collect();
+        peer.settle_media(
+            answer
+                .media_lines
+                .iter()
+                .filter(|m| !m.disabled)
+                .map(|m| m.mid()),
+        );
         self.by_ufrag.insert(creds.ufrag, id);
         self.peers.insert(id, peer);
         Ok((id, answer.to_sdp_string()))
+    }
+
+    /// Offers a browser a new bridged peer with one audio section: `audio`
+    /// in that order (the first is what we would rather get), and
+    /// telephone-event. The peer waits up to [`OFFER_TIMEOUT`] for
+    /// [`Self::accept_answer`].
+    pub fn create_offer(
+        &mut self,
+        now: Instant,
+        audio: &[AudioCodec],
+    ) -> Result<(PeerId, String), WebrtcError> {
+        if self.peers.len() >= MAX_PEERS {
+            return Err(WebrtcError::Full(MAX_PEERS));
+        }
+        if audio.is_empty() {
+            return Err(WebrtcError::NoCommonCodec);
+        }
+        let (mut rtc, creds) = self.new_rtc(now, offer_codecs(audio));
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Audio, SdpDirection::SendRecv, None, None, None);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| WebrtcError::Unanswerable("nothing to offer".into()))?;
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        let mut peer = Self::new_peer(
+            rtc,
+            PeerApp::Bridge,
+            creds.ufrag.clone(),
+            now,
+            now + OFFER_TIMEOUT,
+        );
+        peer.pending = Some(pending);
+        drain(id, &mut peer, &mut self.out);
+        self.by_ufrag.insert(creds.ufrag, id);
+        self.peers.insert(id, peer);
+        Ok((id, offer.to_sdp_string()))
+    }
+
+    /// Applies a browser's answer to our offer ([`Self::create_offer`]).
+    /// A peer whose answer is unusable is left as it was (the caller
+    /// closes it).
+    pub fn accept_answer(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        answer: &str,
+    ) -> Result<(), WebrtcError> {
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or_else(|| WebrtcError::Unanswerable("no such offer".into()))?;
+        let answer =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| WebrtcError::BadSdp(e.to_string()))?;
+        let pending = peer
+            .pending
+            .take()
+            .ok_or_else(|| WebrtcError::Unanswerable("the offer was answered already".into()))?;
+        let enabled: Vec<Mid> = answer
+            .media_lines
+            .iter()
+            .filter(|m| !m.disabled && !m.pts.is_empty())
+            .map(|m| m.mid())
+            .collect();
+        if enabled.is_empty() {
+            peer.pending = Some(pending);
+            return Err(WebrtcError::NoCommonCodec);
+        }
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| WebrtcError::Unanswerable(e.to_string()))?;
+        peer.connect_by = now + CONNECT_TIMEOUT;
+        peer.settle_media(enabled.into_iter());
+        drain(id, peer, &mut self.out);
+        self.reap(id);
+        Ok(())
     }
 
     /// Feeds a datagram that arrived at `destination` (our socket address
@@ -495,7 +615,7 @@ impl Hub {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            if !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT {
+            if !peer.connected && now > peer.connect_by {
                 peer.closed.get_or_insert(CloseReason::NeverConnected);
             } else if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
                 peer.closed.get_or_insert(CloseReason::Failed);

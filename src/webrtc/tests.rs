@@ -757,3 +757,113 @@ fn a_bridged_peer_hands_its_rtp_over_and_sends_what_it_is_given() {
     assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
     assert_eq!(hub.counters(id).expect("peer").packets_out, 4);
 }
+
+#[test]
+fn an_offer_to_a_browser_connects_once_answered_in_our_codec_order() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (id, offer) = hub
+        .create_offer(now, &[AudioCodec::Pcmu, AudioCodec::Opus])
+        .expect("offer");
+    assert!(offer.contains("a=ice-lite"), "{offer}");
+    assert!(offer.contains("a=setup:actpass"), "{offer}");
+    assert!(!offer.contains("m=video"), "{offer}");
+    let m = offer
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .expect("audio section");
+    assert!(m.ends_with("0 111 110 126"), "PCMU first, then Opus: {m}");
+
+    // A browser (full ICE) answers with what it can, in our order (as
+    // Chromium does; str0m answers in its own order, so it is given ours).
+    let mut client = Client::new(now, offer_codecs(&[AudioCodec::Pcmu, AudioCodec::Opus]));
+    let answer = client
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer parses"))
+        .expect("client answers")
+        .to_sdp_string();
+    // Ringing for longer than a browser's own connect timeout is fine.
+    now += CONNECT_TIMEOUT + Duration::from_secs(5);
+    hub.handle_timeout(now);
+    assert_eq!(hub.len(), 1, "an offer waits for its answer");
+    assert!(matches!(
+        hub.accept_answer(now, PeerId(99), &answer),
+        Err(WebrtcError::Unanswerable(_))
+    ));
+    assert!(matches!(
+        hub.accept_answer(now, id, "v=0 junk"),
+        Err(WebrtcError::BadSdp(_))
+    ));
+    hub.accept_answer(now, id, &answer).expect("answer");
+    assert!(
+        hub.accept_answer(now, id, &answer).is_err(),
+        "one answer per offer"
+    );
+    let formats = hub.formats(id);
+    let first = formats.first().expect("formats");
+    assert_eq!(
+        (first.kind, first.codec.name.as_str(), first.pt),
+        (StreamKind::Audio, "PCMU", 0)
+    );
+    assert!(formats.iter().any(|f| f.codec.name == "telephone-event"));
+
+    let mut events = Vec::new();
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_secs(5),
+        |c, h| {
+            c.events.iter().any(|e| matches!(e, Event::Connected))
+                && h.iter().any(|(_, e)| *e == PeerEvent::Connected)
+        },
+    );
+    assert!(
+        events.contains(&(id, PeerEvent::Connected)),
+        "never connected: {events:?}"
+    );
+    // Media goes both ways as on an answered peer.
+    let mut p = Vec::new();
+    crate::media::rtp::write(
+        &mut p,
+        &crate::media::rtp::RtpHeader::new(0, 5, 160, 0x1234, false),
+        &[0xff; 160],
+    );
+    hub.write_rtp(now, id, StreamKind::Audio, &p);
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_millis(40),
+        |_, _| false,
+    );
+    assert!(
+        client
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::RtpPacket(p) if p.payload.len() == 160)),
+        "the browser got our PCMU"
+    );
+}
+
+#[test]
+fn an_offer_nobody_answers_is_dropped_after_the_offer_timeout() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let (id, _) = hub.create_offer(now, &[AudioCodec::Opus]).expect("offer");
+    assert!(hub.create_offer(now, &[]).is_err(), "no codec, no offer");
+    hub.handle_timeout(now + OFFER_TIMEOUT);
+    assert_eq!(hub.len(), 1);
+    hub.handle_timeout(now + OFFER_TIMEOUT + Duration::from_millis(2));
+    assert!(hub.is_empty());
+    let closed: Vec<_> = std::iter::from_fn(|| hub.poll_output())
+        .filter_map(|o| match o {
+            HubOutput::Event(p, PeerEvent::Closed(r)) => Some((p, r)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [(id, CloseReason::NeverConnected)]);
+}
