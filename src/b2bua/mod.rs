@@ -24,8 +24,11 @@
 //! ([`browser_codecs`], [`browser_audio`]). It must not touch
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
+mod browser;
 #[cfg(test)]
 mod tests;
+
+use browser::{caller_name, stop_browsers};
 
 use crate::dialplan::reason_phrase;
 use crate::media::bridge::AudioEnd;
@@ -113,15 +116,28 @@ pub enum CallOutput {
 pub enum Notice {
     /// Report a call event to the browser.
     Event(String, CallEvent),
-    /// The SIP leg answered: bridge media between the caller and the SIP
-    /// side as negotiated.
+    /// A callee answered: bridge media between the caller and the callee
+    /// as negotiated.
     StartMedia {
         /// The call.
         call: String,
         /// The caller's media.
         caller: CallerMedia,
-        /// What the SIP side agreed.
-        sip: Box<Negotiated>,
+        /// The callee's.
+        callee: CalleeMedia,
+    },
+    /// Offer the call to a browser registered for the called alias: make
+    /// its peer and our offer, tell the browser (an `incoming_call` event),
+    /// and report with [`B2bua::browser_offered`].
+    RingBrowser {
+        /// The browser's id for the call (its call UUID).
+        fork: String,
+        /// The registration to tell.
+        participant: String,
+        /// Who calls, for people (display name, else the caller's user).
+        from: String,
+        /// Audio codecs to offer, first preferred.
+        audio: Vec<AudioCodec>,
     },
     /// The call is over: stop its media and close its peer, if any.
     Release {
@@ -140,6 +156,22 @@ pub enum CallerMedia {
     /// A SIP endpoint, as our answer to its offer agreed (on the port
     /// reserved for it).
     Sip(Box<Negotiated>),
+}
+
+/// The callee's end of a call's media.
+#[derive(Debug)]
+pub enum CalleeMedia {
+    /// A SIP endpoint, as its answer to our offer agreed.
+    Sip(Box<Negotiated>),
+    /// A browser's peer that answered our offer, with what it negotiated.
+    Browser(PeerId, Vec<PeerFormat>),
+}
+
+/// A browser registered for the called alias (through the client API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserTarget {
+    /// The registration's participant: where its events go.
+    pub participant: String,
 }
 
 /// A call to place from a browser.
@@ -247,6 +279,37 @@ struct Fork {
     failure: Option<u16>,
 }
 
+/// Which callee answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Winner {
+    Sip(usize),
+    Browser(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrowserState {
+    /// Its peer and our offer are being made.
+    Offering,
+    /// Told of the call; its answer is awaited.
+    Ringing,
+    /// Answered (the winner).
+    Answered,
+    /// Declined, unreachable, or stopped (another callee answered, the
+    /// call ended): its peer is released.
+    Done,
+}
+
+/// A browser rung for a call.
+#[derive(Debug)]
+struct BrowserFork {
+    /// The browser's id for the call (`<call>-b<n>`).
+    id: String,
+    participant: String,
+    peer: Option<PeerId>,
+    state: BrowserState,
+    failure: Option<u16>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Calling,
@@ -265,7 +328,9 @@ struct Call {
     /// origin of our SDP toward it (re-offers reuse them).
     callee: Option<(Negotiated, IpAddr, u16, (u64, u64))>,
     forks: Vec<Fork>,
-    winner: Option<usize>,
+    /// Browsers rung (SIP callers only).
+    browsers: Vec<BrowserFork>,
+    winner: Option<Winner>,
     state: State,
     /// No answer by then: 408. Once ended: forget the forks still open.
     give_up: Instant,
@@ -280,6 +345,8 @@ pub struct B2bua {
     calls: HashMap<String, Call>,
     /// SIP Call-ID of a leg -> its call and which leg.
     by_call_id: HashMap<String, (String, Leg)>,
+    /// Browser fork id -> its call and index.
+    by_fork: HashMap<String, (String, usize)>,
     /// UAS dialogs of SIP callers.
     dialogs: Dialogs,
     out: VecDeque<CallOutput>,
@@ -362,12 +429,19 @@ impl B2bua {
             Caller::Browser(dial.peer),
             dial.offer,
             targets,
+            Vec::new(),
         );
     }
 
-    /// Places a SIP endpoint's call (see [`SipDial`]); a caller without a
-    /// From tag gets 400.
-    pub fn dial_sip(&mut self, now: Instant, dial: SipDial, targets: Vec<InviteParams>) {
+    /// Places a SIP endpoint's call (see [`SipDial`]) to SIP `targets` and
+    /// registered `browsers` at once; a caller without a From tag gets 400.
+    pub fn dial_sip(
+        &mut self,
+        now: Instant,
+        dial: SipDial,
+        targets: Vec<InviteParams>,
+        browsers: Vec<BrowserTarget>,
+    ) {
         let Some(dialog) = self.dialogs.create(&dial.invite, dial.flow) else {
             let mut r = response_to(
                 &dial.invite,
@@ -398,7 +472,9 @@ impl B2bua {
             agreed: None,
             origin: (u64::from(rand::random::<u32>()), 0),
         }));
-        self.place(now, &dial.id, caller, dial.offer, targets);
+        let from = caller_name(&dial.invite);
+        self.place(now, &dial.id, caller, dial.offer, targets, browsers);
+        self.ring_browsers(&dial.id, &from);
     }
 
     /// Rings every target; none ends the call at once (480).
@@ -409,6 +485,7 @@ impl B2bua {
         caller: Caller,
         offer: Offer,
         targets: Vec<InviteParams>,
+        browsers: Vec<BrowserTarget>,
     ) {
         let mut forks = Vec::new();
         for params in targets {
@@ -427,9 +504,24 @@ impl B2bua {
                 failure: None,
             });
         }
-        let empty = forks.is_empty();
+        let browsers: Vec<BrowserFork> = browsers
+            .into_iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let fork = format!("{id}-b{j}");
+                self.by_fork.insert(fork.clone(), (id.to_string(), j));
+                BrowserFork {
+                    id: fork,
+                    participant: b.participant,
+                    peer: None,
+                    state: BrowserState::Offering,
+                    failure: None,
+                }
+            })
+            .collect();
+        let empty = forks.is_empty() && browsers.is_empty();
         if !empty {
-            tracing::info!(call = %id, forks = forks.len(), "calling the SIP side");
+            tracing::info!(call = %id, forks = forks.len(), browsers = browsers.len(), "calling");
         }
         self.calls.insert(
             id.to_string(),
@@ -438,6 +530,7 @@ impl B2bua {
                 offer,
                 callee: None,
                 forks,
+                browsers,
                 winner: None,
                 state: State::Calling,
                 give_up: now + NO_ANSWER,
@@ -458,6 +551,7 @@ impl B2bua {
                 offer: dial.offer,
                 callee: None,
                 forks: Vec::new(),
+                browsers: Vec::new(),
                 winner: None,
                 state: State::Calling,
                 give_up: now,
@@ -527,19 +621,30 @@ impl B2bua {
             }
             _ => {}
         }
-        if call.state == State::Calling && matches!(code, 180 | 183) {
-            call.state = State::Ringing;
-            if let Caller::Sip(sc) = &mut call.caller
-                && !sc.ringing
-            {
-                sc.ringing = true;
-                let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
-                if let Some(r) = ringing {
-                    self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
-                }
-            }
-            self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
+        if matches!(code, 180 | 183) {
+            self.ringing(call_id);
         }
+    }
+
+    /// A callee alerts: the call rings (180 to a SIP caller), once.
+    fn ringing(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.state != State::Calling {
+            return;
+        }
+        call.state = State::Ringing;
+        if let Caller::Sip(sc) = &mut call.caller
+            && !sc.ringing
+        {
+            sc.ringing = true;
+            let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
+            if let Some(r) = ringing {
+                self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
+            }
+        }
+        self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
     }
 
     fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, phrase: &str) {
@@ -551,15 +656,32 @@ impl B2bua {
         };
         fork.state = ForkState::Done;
         fork.failure = Some(code);
+        self.all_failed(now, call_id, Side::Sip, code, phrase);
+    }
+
+    /// Ends a ringing call once every callee (SIP or browser) failed, with
+    /// the most telling status; `by`, `code` and `phrase` are the latest
+    /// failure's.
+    fn all_failed(&mut self, now: Instant, call_id: &str, by: Side, code: u16, phrase: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
         let live = matches!(call.state, State::Calling | State::Ringing);
-        if live && call.forks.iter().all(|f| f.state == ForkState::Done) {
-            let status = best_failure(call.forks.iter().filter_map(|f| f.failure));
+        let done = call.forks.iter().all(|f| f.state == ForkState::Done)
+            && call.browsers.iter().all(|b| b.state == BrowserState::Done);
+        if live && done {
+            let status = best_failure(
+                call.forks
+                    .iter()
+                    .filter_map(|f| f.failure)
+                    .chain(call.browsers.iter().filter_map(|b| b.failure)),
+            );
             let reason = if status == code && !phrase.is_empty() {
                 format!("{status} {phrase}")
             } else {
                 format!("SIP {status}")
             };
-            self.end(now, call_id, Side::Sip, Some(status), &reason);
+            self.end(now, call_id, by, Some(status), &reason);
         }
     }
 
@@ -574,7 +696,7 @@ impl B2bua {
         if let Some(ack) = fork.leg.ack(ok) {
             self.out.push_back(CallOutput::Transmit(fork.leg.flow, ack));
         }
-        let is_winner = call.winner == Some(i) && ours;
+        let is_winner = call.winner == Some(Winner::Sip(i)) && ours;
         if is_winner {
             // The winner's 2xx again: the ACK above was all it needed.
             return;
@@ -588,7 +710,7 @@ impl B2bua {
             return;
         }
         fork.state = ForkState::Done;
-        call.winner = Some(i);
+        call.winner = Some(Winner::Sip(i));
         let negotiated = crate::sdp::parse(&String::from_utf8_lossy(&ok.body))
             .and_then(|sd| call.offer.read_answer(&sd));
         // Everyone else stops ringing.
@@ -597,6 +719,7 @@ impl B2bua {
                 cancel_fork(f, &mut self.out);
             }
         }
+        stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
         let negotiated = negotiated.and_then(|n| {
             let caller = match &mut call.caller {
                 Caller::Browser(peer) => CallerMedia::Browser(*peer),
@@ -636,7 +759,7 @@ impl B2bua {
                 self.notify(Notice::StartMedia {
                     call: call_id.to_string(),
                     caller,
-                    sip: Box::new(n),
+                    callee: CalleeMedia::Sip(Box::new(n)),
                 });
                 self.notify(Notice::Event(
                     call_id.to_string(),
@@ -741,7 +864,6 @@ impl B2bua {
         } else {
             m.direction
         };
-        let (callee, ip, port, origin) = call.callee.as_mut().ok_or("no callee media")?;
         let winner = call.winner.ok_or("no callee")?;
         let (ok, forward) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
@@ -756,13 +878,20 @@ impl B2bua {
                 )
                 .map_err(|e| e.to_string())?;
                 let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
-                origin.1 += 1;
-                let sdp = Offer::agreed(callee).to_sdp_with(*ip, *port, *origin, held);
-                let fork = &mut call.forks[winner];
-                let forward = fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow));
+                // A browser callee is not told (its media keeps flowing).
+                let forward = match (winner, call.callee.as_mut()) {
+                    (Winner::Sip(w), Some((callee, ip, port, origin))) => {
+                        origin.1 += 1;
+                        let sdp = Offer::agreed(callee).to_sdp_with(*ip, *port, *origin, held);
+                        let fork = &mut call.forks[w];
+                        fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow))
+                    }
+                    _ => None,
+                };
                 (ok, forward)
             }
-            (Leg::Fork(i), caller) if i == winner => {
+            (Leg::Fork(i), caller) if winner == Winner::Sip(i) => {
+                let (callee, ip, port, origin) = call.callee.as_mut().ok_or("no callee media")?;
                 origin.1 += 1;
                 let (body, _) = answer_audio(
                     &offer,
@@ -842,6 +971,9 @@ impl B2bua {
     /// The browser left (hang-up, or its peer closed): CANCEL or BYE the
     /// SIP side.
     pub fn browser_gone(&mut self, now: Instant, call_id: &str, reason: &str) {
+        if self.browser_fork_gone(now, call_id, reason) {
+            return;
+        }
         if !self
             .calls
             .get(call_id)
@@ -861,7 +993,7 @@ impl B2bua {
             return;
         };
         for (j, f) in call.forks.iter_mut().enumerate() {
-            if Some(j) == call.winner {
+            if call.winner == Some(Winner::Sip(j)) {
                 if let Some(bye) = f.leg.bye() {
                     self.out.push_back(CallOutput::Request(bye, f.leg.flow));
                 }
@@ -883,7 +1015,10 @@ impl B2bua {
         }
         call.state = State::Ended;
         call.give_up = now + SETTLE;
-        let peer = call.caller.peer();
+        let peer = match call.winner {
+            Some(Winner::Browser(j)) => call.browsers.get(j).and_then(|b| b.peer),
+            _ => call.caller.peer(),
+        };
         if let Caller::Sip(sc) = &call.caller {
             if !sc.answered {
                 // The INVITE still waits for its final response.
@@ -899,6 +1034,27 @@ impl B2bua {
                 && let Some((bye, flow)) = self.dialogs.bye(sc.dialog, &sc.via_host, &sc.user_agent)
             {
                 self.out.push_back(CallOutput::Request(bye, flow));
+            }
+        }
+        // Browsers still ringing, and the one that answered, are told.
+        for b in &mut call.browsers {
+            if b.state != BrowserState::Done {
+                b.state = BrowserState::Done;
+                self.out.push_back(CallOutput::Notice(Notice::Event(
+                    b.id.clone(),
+                    CallEvent::Ended {
+                        by,
+                        status: None,
+                        reason: reason.to_string(),
+                    },
+                )));
+                // The winner's peer goes with the call's release below.
+                if b.peer.is_some() && b.peer != peer {
+                    self.out.push_back(CallOutput::Notice(Notice::Release {
+                        call: b.id.clone(),
+                        peer: b.peer,
+                    }));
+                }
             }
         }
         self.notify(Notice::Event(
@@ -935,6 +1091,9 @@ impl B2bua {
         if let Caller::Sip(sc) = call.caller {
             self.by_call_id.remove(&sc.call_id);
             self.dialogs.remove(sc.dialog);
+        }
+        for b in call.browsers {
+            self.by_fork.remove(&b.id);
         }
         let mut open = Vec::new();
         for f in call.forks {

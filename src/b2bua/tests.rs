@@ -93,6 +93,7 @@ fn methods(out: &[CallOutput]) -> Vec<String> {
             }
             CallOutput::Notice(Notice::StartMedia { .. }) => "media".into(),
             CallOutput::Notice(Notice::Release { .. }) => "release".into(),
+            CallOutput::Notice(Notice::RingBrowser { .. }) => "ring".into(),
             CallOutput::Abandon(_) => "abandon".into(),
         })
         .collect()
@@ -131,7 +132,12 @@ fn forks_ring_the_first_answer_wins_and_the_rest_are_cancelled() {
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["ACK", "media", "connected"]);
-    let CallOutput::Notice(Notice::StartMedia { sip, caller, .. }) = &out[1] else {
+    let CallOutput::Notice(Notice::StartMedia {
+        callee: CalleeMedia::Sip(sip),
+        caller,
+        ..
+    }) = &out[1]
+    else {
         panic!()
     };
     assert!(matches!(caller, CallerMedia::Browser(PeerId(7))));
@@ -300,6 +306,22 @@ fn caller_invite() -> Message {
 /// A call from a SIP caller (PCMA, PCMU, telephone-event) to one callee
 /// per port; returns the caller's INVITE transaction and the INVITEs sent.
 fn dial_from_sip(b: &mut B2bua, now: Instant, ports: &[u16]) -> (TxKey, Vec<Message>) {
+    let (key, invites, rung) = dial_from_sip_to(b, now, ports, &[]);
+    assert!(rung.is_empty());
+    (key, invites)
+}
+
+/// A browser fork the B2BUA asked to ring: its id, participant, codecs.
+type Rung = (String, String, Vec<AudioCodec>);
+
+/// Like [`dial_from_sip`], also ringing browsers registered as
+/// `participants`; returns the browser forks asked for too.
+fn dial_from_sip_to(
+    b: &mut B2bua,
+    now: Instant,
+    ports: &[u16],
+    participants: &[&str],
+) -> (TxKey, Vec<Message>, Vec<Rung>) {
     let invite = caller_invite();
     let key = TxKey::server(&invite).unwrap();
     b.dial_sip(
@@ -317,18 +339,33 @@ fn dial_from_sip(b: &mut B2bua, now: Instant, ports: &[u16]) -> (TxKey, Vec<Mess
             invite,
         },
         ports.iter().map(|p| target(*p)).collect(),
+        participants
+            .iter()
+            .map(|p| BrowserTarget {
+                participant: p.to_string(),
+            })
+            .collect(),
     );
-    let mut invites = Vec::new();
+    let (mut invites, mut rung) = (Vec::new(), Vec::new());
     for o in drain(b) {
         match o {
             CallOutput::Request(m, _) => {
                 b.sent(m.call_id(), TxKey::server(&m).unwrap());
                 invites.push(m);
             }
+            CallOutput::Notice(Notice::RingBrowser {
+                fork,
+                participant,
+                from,
+                audio,
+            }) => {
+                assert_eq!(from, "Carol");
+                rung.push((fork, participant, audio));
+            }
             o => panic!("unexpected {o:?}"),
         }
     }
-    (key, invites)
+    (key, invites, rung)
 }
 
 /// An in-dialog request from the SIP caller, to our tag.
@@ -368,7 +405,12 @@ fn a_sip_caller_hears_ringing_gets_the_callees_codec_and_hangs_up() {
     assert_eq!(crate::sip::dialog::tag_of(ok, "To"), Some(our_tag.clone()));
     let sdp = String::from_utf8_lossy(&ok.body).to_string();
     assert!(sdp.contains("m=audio 20000 RTP/AVP 0 101"), "{sdp}");
-    let CallOutput::Notice(Notice::StartMedia { caller, sip, .. }) = &out[2] else {
+    let CallOutput::Notice(Notice::StartMedia {
+        caller,
+        callee: CalleeMedia::Sip(sip),
+        ..
+    }) = &out[2]
+    else {
         panic!()
     };
     let CallerMedia::Sip(agreed) = caller else {
@@ -561,4 +603,179 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     assert!(b.on_request(t0, &TxKey::server(&bare).unwrap(), &bare, flow(5080)));
     assert_eq!(methods(&drain(&mut b)), ["488"]);
     assert!(!b.is_empty());
+}
+
+/// What a browser negotiates when it answers in `codec` (with
+/// telephone-event at 8 kHz).
+fn browser_formats(codec: &str, clock: u32, pt: u8) -> Vec<PeerFormat> {
+    let key = |name: &str, clock_rate| causeway_codecs::CodecKey {
+        name: name.into(),
+        clock_rate,
+        channels: if name == "opus" { 2 } else { 1 },
+    };
+    vec![
+        PeerFormat {
+            kind: StreamKind::Audio,
+            pt,
+            codec: key(codec, clock),
+        },
+        PeerFormat {
+            kind: StreamKind::Audio,
+            pt: 126,
+            codec: key("telephone-event", 8000),
+        },
+    ]
+}
+
+#[test]
+fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, inv, rung) = dial_from_sip_to(&mut b, t0, &[5070], &["p-1"]);
+    assert_eq!(inv.len(), 1, "the SIP contact is rung too");
+    assert_eq!(rung.len(), 1);
+    let (fork, participant, audio) = &rung[0];
+    assert_eq!(participant, "p-1");
+    assert_eq!(*audio, [AudioCodec::Pcma, AudioCodec::Pcmu]);
+
+    // The browser was told: the caller hears ringing.
+    b.browser_offered(t0, fork, Ok(PeerId(7)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["180", "ringing"]);
+    let CallOutput::Respond(k, _) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(*k, key);
+
+    // It answers in PCMU, which the caller offered: relayed.
+    b.browser_answered(t0, fork, browser_formats("PCMU", 8000, 0));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["200", "media", "connected", "connected"]);
+    let CallOutput::Respond(_, ok) = &out[0] else {
+        panic!()
+    };
+    assert!(
+        body(ok).contains("m=audio 20000 RTP/AVP 0 101"),
+        "{}",
+        body(ok)
+    );
+    let CallOutput::Notice(Notice::StartMedia {
+        caller: CallerMedia::Sip(agreed),
+        callee: CalleeMedia::Browser(peer, _),
+        ..
+    }) = &out[1]
+    else {
+        panic!("{:?}", out[1])
+    };
+    assert_eq!((agreed.format.pt, *peer), (0, PeerId(7)));
+    let ids: Vec<&str> = out[2..]
+        .iter()
+        .map(|o| match o {
+            CallOutput::Notice(Notice::Event(id, _)) => id.as_str(),
+            _ => "",
+        })
+        .collect();
+    assert_eq!(ids, ["sip-1", fork.as_str()], "the browser hears of it too");
+
+    // The SIP fork that had not rung yet is cancelled once it does.
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    assert_eq!(methods(&drain(&mut b)), ["CANCEL"]);
+
+    // The caller hangs up: the browser's call ends and its peer closes.
+    b.on_ack(&from_caller("ACK", &tag_of_ok(ok), 1));
+    let bye = from_caller("BYE", &tag_of_ok(ok), 2);
+    assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(
+        methods(&out),
+        ["200", "ended:caller:0", "ended:caller:0", "release"]
+    );
+    let CallOutput::Notice(Notice::Release { peer, .. }) = &out[3] else {
+        panic!()
+    };
+    assert_eq!(*peer, Some(PeerId(7)));
+}
+
+fn tag_of_ok(ok: &Message) -> String {
+    crate::sip::dialog::tag_of(ok, "To").expect("our tag")
+}
+
+#[test]
+fn an_opus_browser_is_transcoded_to_the_callers_first_codec() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, _, rung) = dial_from_sip_to(&mut b, t0, &[], &["p-1"]);
+    let fork = &rung[0].0;
+    b.browser_offered(t0, fork, Ok(PeerId(3)));
+    drain(&mut b);
+    b.browser_answered(t0, fork, browser_formats("opus", 48000, 111));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(ok.status(), Some(200));
+    assert!(
+        body(ok).contains("m=audio 20000 RTP/AVP 8 101"),
+        "{}",
+        body(ok)
+    );
+}
+
+#[test]
+fn browsers_that_decline_or_cannot_be_told_fail_the_call_with_603() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, _, rung) = dial_from_sip_to(&mut b, t0, &[], &["p-1", "p-2"]);
+    b.browser_offered(t0, &rung[0].0, Err(480));
+    assert!(drain(&mut b).is_empty(), "the other browser still rings");
+    b.browser_offered(t0, &rung[1].0, Ok(PeerId(9)));
+    assert_eq!(methods(&drain(&mut b)), ["180", "ringing"]);
+    // Its user declines (the page hangs up before answering).
+    b.browser_gone(t0, &rung[1].0, "hangup");
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["603", "ended:browser:603", "release"]);
+    let CallOutput::Respond(k, _) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(*k, key);
+    assert!(b.is_empty());
+    // An answer after the call is over only releases its peer.
+    b.browser_answered(t0, &rung[1].0, browser_formats("PCMU", 8000, 0));
+    assert!(drain(&mut b).is_empty());
+}
+
+#[test]
+fn a_caller_cancelling_stops_the_ringing_browser_and_a_late_offer_is_released() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, _, rung) = dial_from_sip_to(&mut b, t0, &[], &["p-1", "p-2"]);
+    b.browser_offered(t0, &rung[0].0, Ok(PeerId(4)));
+    drain(&mut b);
+    assert!(b.on_cancel(t0, "caller-call", &key));
+    let out = drain(&mut b);
+    assert_eq!(
+        methods(&out),
+        [
+            "487",
+            "ended:caller:0",
+            "release",
+            "ended:caller:0",
+            "ended:caller:487",
+            "release"
+        ]
+    );
+    let CallOutput::Notice(Notice::Release { call, peer }) = &out[2] else {
+        panic!()
+    };
+    assert_eq!(
+        (call.as_str(), *peer),
+        (rung[0].0.as_str(), Some(PeerId(4)))
+    );
+    // The second browser's peer was still being made: it is closed as it comes.
+    b.browser_offered(t0, &rung[1].0, Ok(PeerId(5)));
+    let out = drain(&mut b);
+    let CallOutput::Notice(Notice::Release { peer, .. }) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*peer, Some(PeerId(5)));
 }

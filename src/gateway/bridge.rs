@@ -8,7 +8,7 @@
 //! its inputs. It must not touch sockets or clocks.
 
 use super::{Gateway, GwOutput, echo};
-use crate::b2bua::{Dial, Notice};
+use crate::b2bua::{BrowserTarget, Dial, Notice};
 use crate::sdp::Offer;
 use crate::sip::Flow;
 use crate::sip::msg::{Message, NameAddr, Uri, random_token, response_to};
@@ -26,12 +26,27 @@ pub(super) struct PendingBridge {
     flow: Flow,
     caller_offer: crate::sdp::SessionDesc,
     offer: Offer,
-    /// Request-URI, To and flow per callee.
-    targets: Vec<(String, String, Flow)>,
+    /// Who to ring.
+    callees: Callees,
     /// Our user part toward callees (the caller's alias after transforms).
     from: String,
     /// The called alias (our Contact's user part toward the caller).
     to: String,
+}
+
+/// Who a routed call rings.
+#[derive(Debug, Default)]
+pub(super) struct Callees {
+    /// SIP callees: Request-URI, To and flow.
+    pub sip: Vec<(String, String, Flow)>,
+    /// Browsers registered for the alias.
+    pub browsers: Vec<BrowserTarget>,
+}
+
+impl Callees {
+    pub fn len(&self) -> usize {
+        self.sip.len() + self.browsers.len()
+    }
 }
 
 /// A browser call to place toward the SIP side.
@@ -62,6 +77,35 @@ impl Gateway {
     /// Makes a trunk (resolved by the runtime) reachable by dialplan rules.
     pub fn add_trunk_peer(&mut self, target: TrunkTarget) {
         self.trunk_peers.insert(target.name.clone(), target);
+    }
+
+    /// A browser registered `alias` through the client API, until `until`
+    /// (unix seconds); a refresh moves the expiry.
+    pub fn register_browser(&mut self, alias: &str, participant: &str, until: u64) {
+        let regs = self.browsers.entry(alias.to_ascii_lowercase()).or_default();
+        regs.retain(|(p, _)| p != participant);
+        regs.push((participant.to_string(), until));
+    }
+
+    /// A browser's registration ended (token released).
+    pub fn unregister_browser(&mut self, participant: &str) {
+        for regs in self.browsers.values_mut() {
+            regs.retain(|(p, _)| p != participant);
+        }
+        self.browsers.retain(|_, regs| !regs.is_empty());
+    }
+
+    /// The browsers registered for an alias now.
+    pub(super) fn registered_browsers(&self, alias: &str, wall: u64) -> Vec<BrowserTarget> {
+        self.browsers
+            .get(&alias.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+            .filter(|(_, until)| *until > wall)
+            .map(|(participant, _)| BrowserTarget {
+                participant: participant.clone(),
+            })
+            .collect()
     }
 
     /// Every contact registered for an alias: (Request-URI, To, flow).
@@ -136,9 +180,24 @@ impl Gateway {
         self.pump(now, wall);
     }
 
-    /// Who a bridge target rings: (Request-URI, To, flow) per callee, or
-    /// why nobody can be.
+    /// Who a bridge target rings, or why nobody can be.
     pub(super) fn callees(
+        &self,
+        route: &crate::dialplan::Route,
+        target: &crate::dialplan::Target,
+        wall: u64,
+    ) -> Result<Callees, String> {
+        self.sip_callees(route, target, wall).map(|sip| Callees {
+            sip,
+            browsers: match target {
+                crate::dialplan::Target::Registered => self.registered_browsers(&route.to, wall),
+                _ => Vec::new(),
+            },
+        })
+    }
+
+    /// The SIP callees of a bridge target: (Request-URI, To, flow) each.
+    fn sip_callees(
         &self,
         route: &crate::dialplan::Route,
         target: &crate::dialplan::Target,
@@ -219,7 +278,7 @@ impl Gateway {
         invite: Message,
         flow: Flow,
         route: &crate::dialplan::Route,
-        callees: Vec<(String, String, Flow)>,
+        callees: Callees,
     ) {
         let refuse = |this: &mut Self, code, reason: &str, why: &str| {
             let warning = format!("399 causeway \"{why}\"");
@@ -255,7 +314,7 @@ impl Gateway {
                 flow,
                 caller_offer,
                 offer,
-                targets: callees,
+                callees,
                 from: route.from.clone(),
                 to: route.to.clone(),
             },
@@ -305,7 +364,8 @@ impl Gateway {
             .and_then(|f| NameAddr::parse(f).ok())
             .and_then(|n| n.display)
             .unwrap_or_default();
-        let targets = self.invite_params(p.targets, &p.from, &display_name, &p.offer, callee_port);
+        let targets =
+            self.invite_params(p.callees.sip, &p.from, &display_name, &p.offer, callee_port);
         let transport = p.flow.transport.uri_param();
         let contact = format!(
             "<sip:{}@{}{transport}>",
@@ -324,7 +384,7 @@ impl Gateway {
             offer: p.offer,
             contact,
         };
-        self.b2bua.dial_sip(now, dial, targets);
+        self.b2bua.dial_sip(now, dial, targets, p.callees.browsers);
         self.pump(now, wall);
     }
 
@@ -335,6 +395,31 @@ impl Gateway {
             Some(IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
+    }
+
+    /// What became of ringing a browser (see [`crate::b2bua::B2bua::browser_offered`]).
+    pub fn browser_offered(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        fork: &str,
+        result: Result<crate::webrtc::PeerId, u16>,
+    ) {
+        self.b2bua.browser_offered(now, fork, result);
+        self.pump(now, wall);
+    }
+
+    /// A browser answered an incoming call (see
+    /// [`crate::b2bua::B2bua::browser_answered`]).
+    pub fn browser_answered(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        fork: &str,
+        formats: Vec<crate::webrtc::PeerFormat>,
+    ) {
+        self.b2bua.browser_answered(now, fork, formats);
+        self.pump(now, wall);
     }
 
     /// A browser call's browser side ended (hang-up or peer gone).

@@ -177,6 +177,9 @@ pub struct Gateway {
     listeners: Vec<(crate::sip::Transport, std::net::SocketAddr)>,
     /// Trunks by name, resolved.
     trunk_peers: HashMap<String, TrunkTarget>,
+    /// Browsers registered through the client API: alias (lower case) ->
+    /// (participant, until unix seconds).
+    browsers: HashMap<String, Vec<(String, u64)>>,
 }
 
 impl Gateway {
@@ -199,6 +202,7 @@ impl Gateway {
             bridging: HashMap::new(),
             listeners: Vec::new(),
             trunk_peers: HashMap::new(),
+            browsers: HashMap::new(),
         }
     }
 
@@ -714,6 +718,7 @@ impl Gateway {
     /// Whether anyone is registered under `alias`.
     pub fn is_registered(&self, alias: &str, wall: u64) -> bool {
         !self.registrar.lookup(&self.aor(alias), wall).is_empty()
+            || !self.registered_browsers(alias, wall).is_empty()
     }
 
     /// What a routed call gets: a reject answers, `echo` is answered
@@ -771,10 +776,10 @@ enum Reached {
     Respond(u16, String, Option<String>),
     /// The built-in echo service answers (the rule that sent it there).
     Echo(String),
-    /// The B2BUA calls these callees (Request-URI, To, flow).
+    /// The B2BUA calls these callees.
     Bridge {
         route: Box<crate::dialplan::Route>,
-        callees: Vec<(String, String, Flow)>,
+        callees: bridge::Callees,
     },
 }
 

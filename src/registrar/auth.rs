@@ -185,6 +185,38 @@ impl Authenticator {
         AuthResult::Ok(creds.username)
     }
 
+    /// Checks a user's clear-text password (the client API's browser
+    /// registrations), against either stored hash, with the same failure
+    /// counting and blocking as digest authentication.
+    pub fn check_password(
+        &mut self,
+        now: u64,
+        user: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> AuthResult {
+        let ip_key = format!("ip:{source}");
+        let user_key = format!("user:{user}");
+        if self.limiter.is_blocked(&ip_key, now) || self.limiter.is_blocked(&user_key, now) {
+            return AuthResult::Forbidden;
+        }
+        let secrets = self.users.get(user);
+        let (alg, stored) = match secrets {
+            Some(Secrets { md5: Some(h), .. }) => (Algorithm::Md5, Some(h.as_str())),
+            Some(Secrets {
+                sha256: Some(h), ..
+            }) => (Algorithm::Sha256, Some(h.as_str())),
+            _ => (Algorithm::Md5, None),
+        };
+        // Unknown users cost the same work as known ones.
+        let given = alg.ha1(user, &self.realm, password);
+        if stored.is_some_and(|h| constant_time_eq(h, &given)) {
+            return AuthResult::Ok(user.to_string());
+        }
+        self.record_failure(now, &ip_key, &user_key, source);
+        AuthResult::Forbidden
+    }
+
     fn record_failure(&mut self, now: u64, ip_key: &str, user_key: &str, source: IpAddr) {
         let user_digest = &crate::sip::digest::Algorithm::Sha256.hash_hex(&[user_key])[..8];
         tracing::info!(%source, user = user_digest, "authentication failed");

@@ -386,3 +386,37 @@ fn q_values_parse_and_print() {
     assert_eq!(format_q(0), "0");
     assert_eq!(format_q(125), "0.125");
 }
+
+#[test]
+fn passwords_check_against_either_stored_hash_and_failures_block() {
+    let cfg = Config::parse(CONFIG, "test").unwrap();
+    let mut a = Authenticator::new(&cfg);
+    let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+    assert_eq!(
+        a.check_password(0, "alice", "secret", ip),
+        AuthResult::Ok("alice".into())
+    );
+    // bob has only an MD5 HA1 on file.
+    assert_eq!(
+        a.check_password(0, "bob", "hunter2", ip),
+        AuthResult::Ok("bob".into())
+    );
+    assert_eq!(
+        a.check_password(0, "bob", "Hunter2", ip),
+        AuthResult::Forbidden
+    );
+    assert_eq!(
+        a.check_password(0, "mallory", "secret", ip),
+        AuthResult::Forbidden
+    );
+    assert_eq!(a.check_password(0, "alice", "x", ip), AuthResult::Forbidden);
+    // Three failures from that address: even the right password is refused.
+    assert_eq!(
+        a.check_password(1, "alice", "secret", ip),
+        AuthResult::Forbidden
+    );
+    assert_eq!(
+        a.check_password(700, "alice", "secret", ip),
+        AuthResult::Ok("alice".into())
+    );
+}

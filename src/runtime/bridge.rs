@@ -12,7 +12,7 @@
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
 use super::webrtc::WebrtcHandle;
-use crate::b2bua::CallerMedia;
+use crate::b2bua::{CalleeMedia, CallerMedia};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::session::{Inbound, RtpSession, SessionConfig};
 use crate::sdp::Negotiated;
@@ -110,12 +110,14 @@ impl Bridges {
         Ok(pair)
     }
 
-    /// Starts moving media once the SIP side answered.
+    /// Starts moving media once a callee answered: between a browser and
+    /// a SIP endpoint (either may have called), or between two SIP
+    /// endpoints.
     pub fn start(
         &mut self,
         call: &str,
         caller: CallerMedia,
-        sip: &Negotiated,
+        callee: CalleeMedia,
         webrtc: &WebrtcHandle,
     ) -> Result<(), String> {
         let Some(Slot::Reserved {
@@ -125,47 +127,46 @@ impl Bridges {
         else {
             return Err("no media reserved for the call".into());
         };
-        let sip_end = sip_audio(sip)?;
-        let callee = RtpEnd::open(ports, sip, call)?;
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
         let (digits_tx, digits) = mpsc::unbounded_channel();
-        let call_id = call.to_string();
-        let task = match (caller, reserved) {
-            (CallerMedia::Browser(peer), CallerPorts::Browser(browser)) => {
-                let browser = crate::b2bua::browser_audio(&browser)
-                    .ok_or("the browser has no audio codec")?;
-                let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
-                let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
-                log_start(call, browser, sip_end);
-                let (sink, from_browser) = mpsc::channel(256);
-                let webrtc = webrtc.clone();
-                tokio::spawn(async move {
-                    webrtc.attach(peer, sink).await;
-                    let legs = Legs {
-                        sip: callee,
-                        to_sip,
-                        to_browser,
-                        webrtc,
-                        peer,
-                    };
-                    legs.run(&call_id, from_browser, digits, stop).await;
-                })
+        let ends = Ends { digits, stop };
+        let task = match (caller, callee, reserved) {
+            (CallerMedia::Browser(peer), CalleeMedia::Sip(n), CallerPorts::Browser(formats)) => {
+                Legs::spawn(
+                    call,
+                    RtpEnd::open(ports, &n, call)?,
+                    &n,
+                    peer,
+                    &formats,
+                    webrtc,
+                    ends,
+                )?
             }
-            (CallerMedia::Sip(agreed), CallerPorts::Sip(ports)) => {
+            (
+                CallerMedia::Sip(agreed),
+                CalleeMedia::Browser(peer, formats),
+                CallerPorts::Sip(caller),
+            ) => {
+                // The ports reserved toward SIP callees go unused.
+                let sip = RtpEnd::open(caller, &agreed, call)?;
+                Legs::spawn(call, sip, &agreed, peer, &formats, webrtc, ends)?
+            }
+            (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller)) => {
                 let caller_end = sip_audio(&agreed)?;
+                let sip_end = sip_audio(&n)?;
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
                 let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
                 log_start(call, caller_end, sip_end);
-                let caller = RtpEnd::open(ports, &agreed, call)?;
                 let relay = Relay {
-                    caller,
-                    callee,
+                    caller: RtpEnd::open(caller, &agreed, call)?,
+                    callee: RtpEnd::open(ports, &n, call)?,
                     to_callee,
                     to_caller,
                 };
-                tokio::spawn(async move { relay.run(&call_id, digits, stop).await })
+                let call_id = call.to_string();
+                tokio::spawn(async move { relay.run(&call_id, ends).await })
             }
-            _ => return Err("the caller's media does not match what was reserved".into()),
+            _ => return Err("the call's media does not match what was reserved".into()),
         };
         self.calls.insert(
             call.to_string(),
@@ -303,7 +304,14 @@ impl RtpEnd {
     }
 }
 
-/// The running media of a browser's call.
+/// What every media task listens to besides its sockets: digits to play
+/// toward the SIP side, and the order to stop.
+struct Ends {
+    digits: mpsc::UnboundedReceiver<String>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The running media between a browser and a SIP endpoint.
 struct Legs {
     sip: RtpEnd,
     to_sip: Direction,
@@ -313,12 +321,47 @@ struct Legs {
 }
 
 impl Legs {
+    /// Starts the task between a browser's `peer` (with the `formats` it
+    /// negotiated) and a SIP endpoint's `sip` media (agreed as `n`).
+    fn spawn(
+        call: &str,
+        sip: RtpEnd,
+        n: &Negotiated,
+        peer: PeerId,
+        formats: &[PeerFormat],
+        webrtc: &WebrtcHandle,
+        ends: Ends,
+    ) -> Result<JoinHandle<()>, String> {
+        let sip_end = sip_audio(n)?;
+        let browser =
+            crate::b2bua::browser_audio(formats).ok_or("the browser has no audio codec")?;
+        let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
+        let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+        log_start(call, browser, sip_end);
+        let (sink, from_browser) = mpsc::channel(256);
+        let webrtc = webrtc.clone();
+        let call = call.to_string();
+        Ok(tokio::spawn(async move {
+            webrtc.attach(peer, sink).await;
+            let legs = Legs {
+                sip,
+                to_sip,
+                to_browser,
+                webrtc,
+                peer,
+            };
+            legs.run(&call, from_browser, ends).await;
+        }))
+    }
+
     async fn run(
         mut self,
         call: &str,
         mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>,
-        mut digits: mpsc::UnboundedReceiver<String>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
+        Ends {
+            mut digits,
+            mut stop,
+        }: Ends,
     ) {
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
@@ -379,8 +422,10 @@ impl Relay {
     async fn run(
         mut self,
         call: &str,
-        mut digits: mpsc::UnboundedReceiver<String>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
+        Ends {
+            mut digits,
+            mut stop,
+        }: Ends,
     ) {
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
         loop {

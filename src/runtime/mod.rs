@@ -237,8 +237,10 @@ pub async fn run(
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let http_client = client.clone();
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http, api::router(state, http_client))
-            .with_graceful_shutdown(async { http_stop.await.unwrap_or(()) });
+        let app =
+            api::router(state, http_client).into_make_service_with_connect_info::<SocketAddr>();
+        let serve =
+            axum::serve(http, app).with_graceful_shutdown(async { http_stop.await.unwrap_or(()) });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -408,18 +410,28 @@ pub async fn run(
 /// Carries out what the call layer decided about a bridged call.
 fn on_call_output(
     n: crate::b2bua::Notice,
-    client: &api::client::ClientApi,
+    client: &Arc<api::client::ClientApi>,
     webrtc: &webrtc::WebrtcHandle,
     bridges: &mut bridge::Bridges,
 ) {
     use crate::b2bua::Notice;
     match n {
         Notice::Event(call, ev) => client.call_event(&call, &ev),
-        Notice::StartMedia { call, caller, sip } => {
-            if let Err(e) = bridges.start(&call, caller, &sip, webrtc) {
+        Notice::StartMedia {
+            call,
+            caller,
+            callee,
+        } => {
+            if let Err(e) = bridges.start(&call, caller, callee, webrtc) {
                 tracing::warn!(call = %call, error = %e, "cannot bridge media");
             }
         }
+        Notice::RingBrowser {
+            fork,
+            participant,
+            from,
+            audio,
+        } => client.ring(fork, participant, from, audio),
         Notice::Release { call, peer } => {
             bridges.close(&call);
             if let Some(peer) = peer {
@@ -469,6 +481,14 @@ fn on_call_cmd(
             );
         }
         CallCmd::Gone { id, reason } => gw.browser_gone(now, wall, &id, reason),
+        CallCmd::Register {
+            alias,
+            participant,
+            until,
+        } => gw.register_browser(&alias, &participant, until),
+        CallCmd::Unregister { participant } => gw.unregister_browser(&participant),
+        CallCmd::Offered { fork, result } => gw.browser_offered(now, wall, &fork, result),
+        CallCmd::Answered { fork, formats } => gw.browser_answered(now, wall, &fork, formats),
         CallCmd::Dtmf { id, digits } => {
             if !bridges.play_digits(&id, digits) {
                 tracing::info!(call = %id, "digits for a call not answered yet dropped");

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::webrtc::{
     Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError,
 };
+use causeway_codecs::registry::AudioCodec;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -28,6 +29,17 @@ enum Cmd {
         app: PeerApp,
         reply: oneshot::Sender<Result<Answered, WebrtcError>>,
     },
+    /// An offer to a browser (an incoming call).
+    OfferTo {
+        audio: Vec<AudioCodec>,
+        reply: oneshot::Sender<Result<(PeerId, String), WebrtcError>>,
+    },
+    /// The browser's answer to an [`Cmd::OfferTo`].
+    Answer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<Vec<PeerFormat>, WebrtcError>>,
+    },
     Close(PeerId),
     Attach(PeerId, RtpSink),
 }
@@ -43,6 +55,8 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Cmd::Offer { app, .. } => write!(f, "Offer({app:?})"),
+            Cmd::OfferTo { audio, .. } => write!(f, "OfferTo({audio:?})"),
+            Cmd::Answer { peer, .. } => write!(f, "Answer({peer:?})"),
             Cmd::Close(p) => write!(f, "Close({p:?})"),
             Cmd::Attach(p, _) => write!(f, "Attach({p:?})"),
         }
@@ -66,6 +80,28 @@ impl WebrtcHandle {
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Offer { sdp, app, reply })
+            .await
+            .map_err(|_| HandleError::Stopped)?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// A new bridged peer offering `audio` (first preferred) to a browser:
+    /// its id and our offer.
+    pub async fn offer_to(&self, audio: Vec<AudioCodec>) -> Result<(PeerId, String), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::OfferTo { audio, reply })
+            .await
+            .map_err(|_| HandleError::Stopped)?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Applies a browser's answer to [`Self::offer_to`]'s offer: what it
+    /// negotiated.
+    pub async fn answer(&self, peer: PeerId, sdp: String) -> Result<Vec<PeerFormat>, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Answer { peer, sdp, reply })
             .await
             .map_err(|_| HandleError::Stopped)?;
         Ok(rx.await.map_err(|_| HandleError::Stopped)??)
@@ -215,6 +251,18 @@ async fn run(
                     if let Err(Ok((peer, _, _))) = reply.send(r) {
                         hub.close(peer);
                     }
+                }
+                Some(Cmd::OfferTo { audio, reply }) => {
+                    let r = hub.create_offer(Instant::now(), &audio);
+                    if let Err(Ok((peer, _))) = reply.send(r) {
+                        hub.close(peer);
+                    }
+                }
+                Some(Cmd::Answer { peer, sdp, reply }) => {
+                    let r = hub
+                        .accept_answer(Instant::now(), peer, &sdp)
+                        .map(|()| hub.formats(peer));
+                    let _ = reply.send(r);
                 }
                 Some(Cmd::Close(peer)) => hub.close(peer),
                 Some(Cmd::Attach(peer, sink)) => {

@@ -9,6 +9,11 @@
 //!
 //! Must not touch sockets or str0m: media is the WebRTC task's.
 
+mod incoming;
+mod tokens;
+
+pub use tokens::{Claims, TokenError, TokenKey, uuid};
+
 use super::ApiError;
 use crate::b2bua::CallEvent;
 use crate::config::{Config, IceServerConfig};
@@ -16,7 +21,7 @@ use crate::dialplan::{CallInfo, Protocol, Reach, Route, Routing};
 use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
-use crate::sip::digest::{constant_time_eq, hmac_sha256};
+use crate::sip::digest::constant_time_eq;
 use crate::webrtc::{PeerApp, PeerEvent, PeerFormat, PeerId, WebrtcError};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -25,128 +30,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use causeway_codecs::registry::AudioCodec;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc};
-
-/// What a token says: signed, so the gateway keeps no session table.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Claims {
-    /// The alias the token was issued for.
-    #[serde(rename = "a")]
-    pub alias: String,
-    /// The participant it identifies.
-    #[serde(rename = "p")]
-    pub participant: String,
-    /// Display name given at request time.
-    #[serde(rename = "n")]
-    pub display_name: String,
-    /// Expiry, unix seconds.
-    #[serde(rename = "e")]
-    pub expires: u64,
-}
-
-/// Signs and checks tokens.
-#[derive(Clone)]
-pub struct TokenKey([u8; 32]);
-
-impl std::fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenKey(..)")
-    }
-}
-
-/// Why a token was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    /// No token in the request.
-    Missing,
-    /// Not a token this gateway signed.
-    Invalid,
-    /// Past its expiry.
-    Expired,
-    /// Signed for another alias.
-    WrongAlias,
-    /// Released by its holder.
-    Released,
-}
-
-impl TokenError {
-    fn reason(self) -> &'static str {
-        match self {
-            TokenError::Missing => "a token is required (token header or Authorization: Bearer)",
-            TokenError::Invalid => "invalid token",
-            TokenError::Expired => "token expired",
-            TokenError::WrongAlias => "the token was issued for another alias",
-            TokenError::Released => "token released",
-        }
-    }
-}
-
-impl From<TokenError> for ApiError {
-    fn from(e: TokenError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, e.reason())
-    }
-}
-
-impl TokenKey {
-    /// A fresh random key: tokens do not survive a restart.
-    pub fn random() -> Self {
-        Self(rand::random())
-    }
-
-    fn tag(&self, body: &str) -> String {
-        B64.encode(hmac_sha256(&self.0, body.as_bytes()))
-    }
-
-    /// `base64url(claims JSON) "." base64url(HMAC-SHA256)`.
-    pub fn sign(&self, claims: &Claims) -> String {
-        let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let tag = self.tag(&body);
-        format!("{body}.{tag}")
-    }
-
-    /// Checks signature, expiry and alias.
-    pub fn verify(&self, token: &str, alias: &str, now: u64) -> Result<Claims, TokenError> {
-        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        if !constant_time_eq(tag, &self.tag(body)) {
-            return Err(TokenError::Invalid);
-        }
-        let claims: Claims = B64
-            .decode(body)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Invalid)?;
-        if claims.expires <= now {
-            return Err(TokenError::Expired);
-        }
-        if claims.alias != alias {
-            return Err(TokenError::WrongAlias);
-        }
-        Ok(claims)
-    }
-}
-
-/// A random version-4 UUID, as text.
-pub fn uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
 
 /// One server-sent event: its type and JSON data.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +71,36 @@ pub enum CallCmd {
         /// Checked digits.
         digits: String,
     },
+    /// A browser registered an alias (or refreshed its token): SIP calls
+    /// to the alias ring it until `until` (unix seconds).
+    Register {
+        /// The alias.
+        alias: String,
+        /// The registration's participant.
+        participant: String,
+        /// Expiry, unix seconds.
+        until: u64,
+    },
+    /// A browser's registration ended (token released).
+    Unregister {
+        /// The registration's participant.
+        participant: String,
+    },
+    /// What became of ringing a browser for an incoming call: its peer,
+    /// or the SIP status its fork failed with.
+    Offered {
+        /// The browser's call UUID.
+        fork: String,
+        /// The peer, or 480 (nobody listening), 503 (no peer free)...
+        result: Result<PeerId, u16>,
+    },
+    /// A browser answered an incoming call; its peer negotiated `formats`.
+    Answered {
+        /// The browser's call UUID.
+        fork: String,
+        /// What the peer negotiated.
+        formats: Vec<PeerFormat>,
+    },
     /// The browser side of a bridged call ended.
     Gone {
         /// The call UUID.
@@ -200,6 +119,8 @@ struct CallEntry {
     app: PeerApp,
     /// The latest media counters.
     counters: crate::webrtc::MediaCounters,
+    /// For a call to the browser: whether it answered.
+    incoming: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +139,8 @@ struct Participant {
     released: bool,
     /// The event stream, made when someone first listens.
     events: Option<broadcast::Sender<ClientEvent>>,
+    /// The alias it registered (a browser reachable by SIP calls).
+    registered: Option<String>,
 }
 
 /// Shared state of the client API and WHIP handlers.
@@ -233,6 +156,8 @@ pub struct ClientApi {
     queries: mpsc::Sender<super::Query>,
     calls: mpsc::UnboundedSender<CallCmd>,
     tables: Mutex<Tables>,
+    /// Checks the credentials of browser registrations.
+    auth: Mutex<crate::registrar::auth::Authenticator>,
 }
 
 impl ClientApi {
@@ -256,6 +181,7 @@ impl ClientApi {
             queries,
             calls,
             tables: Mutex::new(Tables::default()),
+            auth: Mutex::new(crate::registrar::auth::Authenticator::new(cfg)),
         })
     }
 
@@ -263,6 +189,25 @@ impl ClientApi {
         self.tables
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn auth(&self) -> MutexGuard<'_, crate::registrar::auth::Authenticator> {
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a participant as registered for `alias` until `until`, and
+    /// tells the call layer.
+    fn set_registered(&self, participant: &str, alias: &str, until: u64) {
+        if let Some(p) = self.tables().participants.get_mut(participant) {
+            p.registered = Some(alias.to_string());
+        }
+        let _ = self.calls.send(CallCmd::Register {
+            alias: alias.to_string(),
+            participant: participant.to_string(),
+            until,
+        });
     }
 
     /// Delivers WebRTC peer events to the participants' streams until the
@@ -563,6 +508,7 @@ impl ClientApi {
                 peer,
                 app,
                 counters: Default::default(),
+                incoming: None,
             },
         );
         drop(t);
@@ -665,8 +611,9 @@ pub fn router(state: Arc<ClientApi>) -> Router {
         )
         .route(
             "/api/client/v1/aliases/{alias}/calls/{call}/answer",
-            post(answer),
+            post(incoming::answer),
         )
+        .route("/api/client/v1/registrations", post(incoming::register))
         .route("/whip/{alias}", post(whip_post))
         .route(
             "/whip/{alias}/{call}",
@@ -729,7 +676,15 @@ async fn refresh_token(
     headers: HeaderMap,
 ) -> ApiResult {
     let claims = s.claims(&headers, None, &alias)?;
-    let (token, _) = s.issue(&alias, claims.participant, claims.display_name);
+    let (token, fresh) = s.issue(&alias, claims.participant, claims.display_name);
+    let registered = s
+        .tables()
+        .participants
+        .get(&fresh.participant)
+        .and_then(|p| p.registered.clone());
+    if let Some(reg) = registered {
+        s.set_registered(&fresh.participant, &reg, fresh.expires);
+    }
     ok(json!({"token": token, "expires": s.ttl}))
 }
 
@@ -745,6 +700,11 @@ async fn release_token(
             // Ends the event streams too.
             p.released = true;
             p.events = None;
+            if p.registered.take().is_some() {
+                let _ = s.calls.send(CallCmd::Unregister {
+                    participant: claims.participant.clone(),
+                });
+            }
         }
         t.calls
             .iter()
@@ -905,20 +865,6 @@ async fn disconnect(
     ok(json!(true))
 }
 
-async fn answer(
-    State(s): Shared,
-    Path((alias, call)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.claims(&headers, None, &alias)?;
-    // Incoming calls reach browsers through the call bridge, which offers
-    // them on the event stream; until then there is nothing to answer.
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no incoming call {call:?}"),
-    ))
-}
-
 async fn whip_post(
     State(s): Shared,
     Path(alias): Path<String>,
@@ -1018,55 +964,4 @@ async fn whip_delete(State(s): Shared, Path((alias, call)): Path<(String, String
 /// and its candidates are all in the answer (RFC 9725 section 4.3.1).
 async fn whip_patch() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "DELETE")]).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_verify_only_for_their_alias_and_lifetime() {
-        let k = TokenKey::random();
-        let claims = Claims {
-            alias: "echo".into(),
-            participant: uuid(),
-            display_name: "Ann".into(),
-            expires: 1000,
-        };
-        let t = k.sign(&claims);
-        assert_eq!(k.verify(&t, "echo", 999), Ok(claims));
-        assert_eq!(k.verify(&t, "echo", 1000), Err(TokenError::Expired));
-        assert_eq!(k.verify(&t, "room1", 999), Err(TokenError::WrongAlias));
-        assert_eq!(
-            TokenKey::random().verify(&t, "echo", 999),
-            Err(TokenError::Invalid)
-        );
-        // A changed claim breaks the signature.
-        let (body, tag) = t.split_once('.').unwrap();
-        let forged = B64.encode(
-            String::from_utf8(B64.decode(body).unwrap())
-                .unwrap()
-                .replace("1000", "9999"),
-        );
-        assert_eq!(
-            k.verify(&format!("{forged}.{tag}"), "echo", 999),
-            Err(TokenError::Invalid)
-        );
-        for junk in ["", ".", "a.b", "no-dot", "!!!.???"] {
-            assert_eq!(
-                k.verify(junk, "echo", 0),
-                Err(TokenError::Invalid),
-                "{junk:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn uuids_are_version_4() {
-        let u = uuid();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
-        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
-        assert_ne!(u, uuid());
-    }
 }
