@@ -3,7 +3,9 @@
 //! 1 kHz tone while Chromium sends 440 Hz. Each side's received audio is
 //! checked by its dominant frequency: what the browser heard (WebAudio FFT
 //! in the page) and what baresip recorded (its sndfile module). One test
-//! hangs up from the browser, one from baresip.
+//! hangs up from the browser, one from baresip. The other way round,
+//! baresip calls `bob`, registered by the page through the client API: the
+//! page answers from its `incoming_call` event, or declines.
 
 #![allow(clippy::unwrap_used)]
 
@@ -134,8 +136,14 @@ impl Baresip {
             dir.path(),
             "accounts",
             &format!(
-                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={codecs}\n",
-                gw.sip_port
+                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={}\n",
+                gw.sip_port,
+                // baresip names Opus by its rate and channels.
+                if codecs == "opus" {
+                    "opus/48000/2"
+                } else {
+                    codecs
+                },
             ),
         );
         let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
@@ -168,8 +176,8 @@ impl Baresip {
     }
 
     /// A ctrl_tcp command (netstring-framed JSON).
-    fn command(&self, command: &str) {
-        let body = format!("{{\"command\":\"{command}\",\"params\":\"\",\"token\":\"t\"}}");
+    fn command(&self, command: &str, params: &str) {
+        let body = format!("{{\"command\":\"{command}\",\"params\":\"{params}\",\"token\":\"t\"}}");
         let mut s = TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
         write!(s, "{}:{},", body.len(), body).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -346,7 +354,7 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
         || format!("{}\n{}", gw.log_text(), baresip.log()),
     );
     std::thread::sleep(Duration::from_secs(6));
-    baresip.command("hangup");
+    baresip.command("hangup", "");
     let out = node.join().unwrap();
     let r = parse_result(&out, &gw, &baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
@@ -368,4 +376,141 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
+}
+
+/// The page registers `bob` and answers (or declines, `mode`) the call
+/// baresip places to it; returns the page's result.
+fn baresip_calls_the_page(
+    gw: &Gw,
+    baresip: &Baresip,
+    mode: &str,
+    hangup_from_baresip: bool,
+) -> Value {
+    let wav = browser_tone(baresip.dir.path());
+    let ready = baresip.dir.path().join(format!("page-ready-{mode}"));
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir()).args([
+        "answer.mjs",
+        &format!("http://127.0.0.1:{}", gw.http_port),
+        "bob",
+        "hunter2",
+        "4",
+        mode,
+        &ready.display().to_string(),
+        &wav.display().to_string(),
+    ]);
+    let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    wait_for(
+        "the page to register",
+        40,
+        || ready.exists() || node.is_finished(),
+        || gw.log_text(),
+    );
+    baresip.command("dial", &format!("sip:bob@127.0.0.1:{}", gw.sip_port));
+    if hangup_from_baresip {
+        wait_for(
+            "the browser to answer",
+            40,
+            || gw.log_text().contains("browser answered"),
+            || format!("{}\n{}", gw.log_text(), baresip.log()),
+        );
+        std::thread::sleep(Duration::from_secs(6));
+        baresip.command("hangup", "");
+    }
+    let out = node.join().unwrap();
+    parse_result(&out, gw, baresip)
+}
+
+#[test]
+fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start(&gw, "PCMU");
+    let r = baresip_calls_the_page(&gw, &baresip, "browser", false);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    assert_eq!(r["registered"], true, "{}", context());
+    assert_eq!(
+        r["incoming"]["remote_display_name"],
+        "alice",
+        "{}",
+        context()
+    );
+    assert_eq!(r["incoming"]["offer_has_audio"], true, "{}", context());
+    assert_eq!(r["connected"], true, "{}", context());
+    // The browser hears baresip's 1 kHz, in PCMU: the caller's codec was
+    // offered first, so the audio is relayed untouched.
+    let f = r["frequency"].as_f64().unwrap();
+    assert!(
+        (f - 1000.0).abs() < 30.0,
+        "the browser heard {f} Hz\n{}",
+        context()
+    );
+    assert_eq!(
+        r["stats"]["audioIn"]["codec"],
+        "audio/PCMU",
+        "{}",
+        context()
+    );
+    assert!(
+        r["stats"]["audioIn"]["packets"].as_u64().unwrap() > 150,
+        "{}",
+        context()
+    );
+    assert!(
+        gw.log_text().contains("audio=\"passthrough\""),
+        "{}",
+        context()
+    );
+    // The page hung up: baresip got the BYE and heard the browser's 440 Hz.
+    assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
+    assert_eq!(r["ended"]["by"], "browser", "{}", context());
+    wait_for(
+        "baresip to close the call",
+        10,
+        || baresip.log().to_lowercase().contains("closed"),
+        context,
+    );
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+}
+
+#[test]
+fn baresip_hangs_up_an_opus_call_to_a_browser_and_a_declined_call_gets_603() {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start(&gw, "opus");
+    let r = baresip_calls_the_page(&gw, &baresip, "remote", true);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    assert_eq!(r["connected"], true, "{}", context());
+    let f = r["frequency"].as_f64().unwrap();
+    assert!(
+        (f - 1000.0).abs() < 30.0,
+        "the browser heard {f} Hz\n{}",
+        context()
+    );
+    assert_eq!(
+        r["stats"]["audioIn"]["codec"],
+        "audio/opus",
+        "{}",
+        context()
+    );
+    assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
+    assert_eq!(r["ended"]["by"], "caller", "{}", context());
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+
+    // A second page declines: baresip's call fails with 603 Decline.
+    let r = baresip_calls_the_page(&gw, &baresip, "decline", false);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    assert!(!r["incoming"].is_null(), "{}", context());
+    wait_for(
+        "baresip to hear 603",
+        15,
+        || baresip.log().contains("603"),
+        context,
+    );
+    assert!(gw.log_text().contains("browser declined"), "{}", context());
 }

@@ -7,13 +7,17 @@
 const $ = (id) => document.getElementById(id);
 const api = (alias, path) => `/api/client/v1/aliases/${encodeURIComponent(alias)}/${path}`;
 
+/** A token and its event stream: one for calls placed, one for the registration. */
+function session() {
+  return { alias: null, token: null, participant: null, iceServers: [], refreshTimer: null, events: null };
+}
+
 const app = {
-  alias: null,
-  token: null,
-  participant: null,
-  iceServers: [],
-  refreshTimer: null,
-  events: null,
+  out: session(), // calls this page places
+  reg: session(), // the registration that lets SIP endpoints call this page
+  active: null, // the session of the current call
+  incoming: null, // the incoming_call being offered
+  ringer: null,
   pc: null,
   local: null,
   call: null,
@@ -45,9 +49,9 @@ function setState(state, label) {
   $("placeholder").hidden = state === "connected";
 }
 
-async function post(url, body) {
+async function post(url, body, s = app.active || app.out) {
   const headers = { "Content-Type": "application/json" };
-  if (app.token) headers.token = app.token;
+  if (s && s.token) headers.token = s.token;
   const res = await fetch(url, { method: "POST", headers, body: JSON.stringify(body ?? {}) });
   let json = null;
   try { json = await res.json(); } catch (_) { /* empty body */ }
@@ -60,44 +64,75 @@ async function post(url, body) {
   return json.result;
 }
 
+function started(s, alias, r) {
+  s.alias = alias;
+  s.token = r.token;
+  s.participant = r.participant_uuid;
+  s.iceServers = r.ice_servers || [];
+  scheduleRefresh(s, r.expires);
+  openEvents(s);
+}
+
 async function requestToken(alias, name, pin) {
   const body = { display_name: name || "Guest" };
   if (pin) body.pin = pin;
-  const r = await post(api(alias, "request_token"), body);
-  app.alias = alias;
-  app.token = r.token;
-  app.participant = r.participant_uuid;
-  app.iceServers = r.ice_servers || [];
-  scheduleRefresh(r.expires);
-  openEvents();
+  started(app.out, alias, await post(api(alias, "request_token"), body, null));
 }
 
-function scheduleRefresh(expires) {
-  clearTimeout(app.refreshTimer);
-  app.refreshTimer = setTimeout(async () => {
+/** Registers the alias with the user's SIP credentials: calls to it ring here. */
+async function register(alias, password) {
+  const status = $("reg-status");
+  status.hidden = false;
+  status.className = "hint";
+  status.textContent = "Registering…";
+  try {
+    const r = await post("/api/client/v1/registrations", { alias, password }, null);
+    started(app.reg, r.alias, r);
+    status.className = "hint registered";
+    status.textContent = `Registered as ${r.alias}: calls to it ring here.`;
+    log(`registered as ${r.alias}`);
+  } catch (e) {
+    status.className = "hint";
+    status.textContent = `Not registered: ${e.message}`;
+    log(`registration failed: ${e.message}`, true);
+  }
+}
+
+function scheduleRefresh(s, expires) {
+  clearTimeout(s.refreshTimer);
+  s.refreshTimer = setTimeout(async () => {
     try {
-      const r = await post(api(app.alias, "refresh_token"));
-      app.token = r.token;
-      scheduleRefresh(r.expires);
+      const r = await post(api(s.alias, "refresh_token"), {}, s);
+      s.token = r.token;
+      scheduleRefresh(s, r.expires);
       // The stream's URL carries the token: a reconnect must not use an expired one.
-      openEvents();
+      openEvents(s);
     } catch (e) {
       log(`token refresh failed: ${e.message}`, true);
     }
   }, Math.max(1, expires / 2) * 1000);
 }
 
-function openEvents() {
-  if (app.events) app.events.close();
-  const url = `${api(app.alias, "events")}?token=${encodeURIComponent(app.token)}`;
-  app.events = new EventSource(url);
+function openEvents(s) {
+  if (s.events) s.events.close();
+  const url = `${api(s.alias, "events")}?token=${encodeURIComponent(s.token)}`;
+  s.events = new EventSource(url);
   for (const name of ["call_state", "dtmf", "stats", "incoming_call"]) {
-    app.events.addEventListener(name, (e) => onEvent(name, JSON.parse(e.data)));
+    s.events.addEventListener(name, (e) => onEvent(name, JSON.parse(e.data)));
   }
 }
 
 function onEvent(name, data) {
   app.received.push({ name, data });
+  if (name === "incoming_call") {
+    onIncoming(data);
+    return;
+  }
+  if (name === "call_state" && app.incoming && data.call_uuid === app.incoming.call_uuid &&
+      (data.state === "disconnected" || data.state === "failed")) {
+    log(`missed call from ${app.incoming.remote_display_name || "unknown"}`);
+    stopRinging();
+  }
   if (name === "call_state" && data.call_uuid) {
     // A bridged call may ring or answer before the POST that placed it returns.
     app.states[data.call_uuid] = data;
@@ -143,28 +178,119 @@ function gathered(pc, ms = 2000) {
   });
 }
 
+/** A peer connection wired to the page: remote media shown, failure hangs up. */
+function newPeer(iceServers) {
+  const pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+  app.pc = pc;
+  const remote = new MediaStream();
+  pc.ontrack = (e) => {
+    remote.addTrack(e.track);
+    $("remote").srcObject = remote;
+    $("remote-audio").srcObject = remote;
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "failed") {
+      log("media connection failed", true);
+      hangup();
+    }
+  };
+  return pc;
+}
+
+function onIncoming(data) {
+  if (app.call || app.incoming) {
+    // Busy here: decline the second call.
+    post(api(app.reg.alias, `calls/${data.call_uuid}/disconnect`), {}, app.reg).catch(() => {});
+    return;
+  }
+  app.incoming = data;
+  $("ring-from").textContent = data.remote_display_name || "unknown caller";
+  $("ring").hidden = false;
+  setState("calling", "Incoming call");
+  startRinging();
+  log(`incoming call from ${data.remote_display_name || "unknown caller"}`);
+}
+
+/** A soft two-tone ring (WebAudio, no sound file). */
+function startRinging() {
+  try {
+    const ctx = new AudioContext();
+    const gain = ctx.createGain();
+    gain.gain.value = 0;
+    gain.connect(ctx.destination);
+    for (const f of [440, 480]) {
+      const o = ctx.createOscillator();
+      o.frequency.value = f;
+      o.connect(gain);
+      o.start();
+    }
+    const burst = () => {
+      const t = ctx.currentTime;
+      gain.gain.setValueAtTime(0.08, t);
+      gain.gain.setValueAtTime(0, t + 1.5);
+    };
+    burst();
+    app.ringer = { ctx, timer: setInterval(burst, 4000) };
+  } catch (_) { /* no audio output: the banner still shows */ }
+}
+
+function stopRinging() {
+  $("ring").hidden = true;
+  app.incoming = null;
+  if (app.ringer) {
+    clearInterval(app.ringer.timer);
+    app.ringer.ctx.close();
+    app.ringer = null;
+  }
+  if (!app.call && app.state === "calling") setState("idle", "Ready");
+}
+
+async function answerIncoming() {
+  const offer = app.incoming;
+  if (!offer) return;
+  stopRinging();
+  app.active = app.reg;
+  app.call = offer.call_uuid;
+  setState("calling", "Connecting…");
+  try {
+    // The gateway offers audio (video is not bridged to SIP yet).
+    app.local = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, autoGainControl: false, noiseSuppression: false },
+    });
+    const pc = newPeer(app.reg.iceServers);
+    await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+    for (const track of app.local.getTracks()) pc.addTrack(track, app.local);
+    await pc.setLocalDescription(await pc.createAnswer());
+    await gathered(pc);
+    await post(api(app.reg.alias, `calls/${offer.call_uuid}/answer`), { sdp: pc.localDescription.sdp });
+    log(`answered ${offer.remote_display_name || "the call"}`);
+    if (app.states[app.call]) onCallState(app.states[app.call]);
+    app.statsTimer = setInterval(updateStats, 1000);
+  } catch (e) {
+    log(`answer failed: ${e.message}`, true);
+    hangup();
+  }
+}
+
+async function declineIncoming() {
+  const offer = app.incoming;
+  stopRinging();
+  if (offer) {
+    try { await post(api(app.reg.alias, `calls/${offer.call_uuid}/disconnect`), {}, app.reg); } catch (_) { /* gone */ }
+    log("call declined");
+  }
+}
+
 async function startCall(alias, name, pin) {
   setState("calling", `Calling ${alias}…`);
   try {
-    if (!app.token || app.alias !== alias) await requestToken(alias, name, pin);
+    if (!app.out.token || app.out.alias !== alias) await requestToken(alias, name, pin);
+    app.active = app.out;
     app.local = await getMedia();
     $("local").srcObject = app.local;
-    const pc = new RTCPeerConnection({ iceServers: app.iceServers, bundlePolicy: "max-bundle" });
-    app.pc = pc;
+    const pc = newPeer(app.out.iceServers);
     for (const track of app.local.getTracks()) pc.addTrack(track, app.local);
     if (!app.local.getVideoTracks().length) pc.addTransceiver("video", { direction: "recvonly" });
-    const remote = new MediaStream();
-    pc.ontrack = (e) => {
-      remote.addTrack(e.track);
-      $("remote").srcObject = remote;
-      $("remote-audio").srcObject = remote;
-    };
-    pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed") {
-        log("media connection failed", true);
-        hangup();
-      }
-    };
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
     const r = await post(api(alias, "calls"), { sdp: pc.localDescription.sdp });
@@ -175,7 +301,7 @@ async function startCall(alias, name, pin) {
     app.statsTimer = setInterval(updateStats, 1000);
   } catch (e) {
     log(`call failed: ${e.message}`, true);
-    if (e.status === 401 || e.status === 403) app.token = null;
+    if (e.status === 401 || e.status === 403) app.out.token = null;
     teardown();
     setState("failed", e.status === 404 ? "No such alias" : "Call failed");
   }
@@ -183,8 +309,8 @@ async function startCall(alias, name, pin) {
 
 async function hangup() {
   const call = app.call;
-  if (call) {
-    try { await post(api(app.alias, `calls/${call}/disconnect`)); } catch (_) { /* gone already */ }
+  if (call && app.active) {
+    try { await post(api(app.active.alias, `calls/${call}/disconnect`)); } catch (_) { /* gone already */ }
   }
   teardown();
 }
@@ -196,6 +322,7 @@ function teardown() {
   app.pc = null;
   app.local = null;
   app.call = null;
+  app.active = null;
   $("remote").srcObject = null;
   $("local").srcObject = null;
   for (const b of ["mute-audio", "mute-video"]) $(b).setAttribute("aria-pressed", "false");
@@ -213,7 +340,7 @@ function toggle(kind, button) {
 async function sendDigit(digit) {
   if (!app.call) return;
   try {
-    await post(api(app.alias, `calls/${app.call}/dtmf`), { digits: digit });
+    await post(api(app.active.alias, `calls/${app.call}/dtmf`), { digits: digit });
   } catch (e) {
     log(`DTMF failed: ${e.message}`, true);
   }
@@ -275,6 +402,13 @@ $("dial").addEventListener("submit", (e) => {
   if (alias) startCall(alias, $("name").value.trim(), $("pin").value.trim());
 });
 $("hangup").addEventListener("click", hangup);
+$("register").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const alias = $("reg-alias").value.trim();
+  if (alias) register(alias, $("reg-password").value);
+});
+$("answer").addEventListener("click", answerIncoming);
+$("decline").addEventListener("click", declineIncoming);
 $("mute-audio").addEventListener("click", (e) => toggle("audio", e.currentTarget));
 $("mute-video").addEventListener("click", (e) => toggle("video", e.currentTarget));
 $("keypad").addEventListener("click", (e) => {
@@ -287,6 +421,10 @@ window.addEventListener("beforeunload", () => {
 const params = new URLSearchParams(location.search);
 if (params.get("alias")) $("alias").value = params.get("alias");
 if (params.get("name")) $("name").value = params.get("name");
+if (params.get("register")) {
+  $("reg-alias").value = params.get("register");
+  $("reg-box").open = true;
+}
 // A link such as /?alias=room1&autocall=1 dials as soon as the page opens.
 if (params.get("autocall") === "1" && $("alias").value) {
   startCall($("alias").value.trim(), $("name").value.trim(), params.get("pin") || "");

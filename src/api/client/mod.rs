@@ -290,7 +290,14 @@ impl ClientApi {
                 );
                 ClientEvent {
                     name: "call_state",
-                    data: json!({"call_uuid": call_uuid, "state": "disconnected", "reason": reason.as_str()}),
+                    // The call layer reports calls it ends itself; this one
+                    // ended on the browser's side (hang-up, ICE timeout).
+                    data: json!({
+                        "call_uuid": call_uuid,
+                        "state": "disconnected",
+                        "reason": reason.as_str(),
+                        "by": "browser",
+                    }),
                 }
             }
         };

@@ -1,0 +1,53 @@
+// Headless Chromium registers an alias from the built-in page (the user's
+// SIP credentials through the client API), touches READY_FILE once its
+// event stream is open, and waits for a call. It answers from the
+// `incoming_call` event, measures what it hears (as call.mjs does), then
+// hangs up (`browser`) or waits for the caller to (`remote`); `decline`
+// declines the call instead. Prints one JSON object; the Rust test asserts on it.
+//
+// Usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline READY_FILE [FAKE_AUDIO.wav]
+import { writeFileSync } from "node:fs";
+import { launch } from "./launch.mjs";
+import { audioStats, ended, listen } from "./measure.mjs";
+
+const [base, alias, password, secondsArg, mode, ready, wav] = process.argv.slice(2);
+const seconds = Number(secondsArg || 4);
+if (!base || !alias || !ready || !["browser", "remote", "decline"].includes(mode)) {
+  console.error("usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline READY_FILE [FAKE_AUDIO.wav]");
+  process.exit(2);
+}
+
+const browser = await launch(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []);
+
+const result = { registered: false, incoming: null, connected: false, frequency: null, stats: null, ended: null, errors: [] };
+try {
+  const page = await (await browser.newContext()).newPage();
+  page.on("pageerror", (e) => result.errors.push(`page error: ${e.message}`));
+  await page.goto(`${base}/?register=${encodeURIComponent(alias)}`);
+  await page.fill("#reg-password", password);
+  await page.click("#reg-submit");
+  await page.waitForFunction(() => window.causeway.reg.events?.readyState === EventSource.OPEN, null, { timeout: 10000 });
+  result.registered = true;
+  writeFileSync(ready, "registered\n");
+  await page.waitForFunction(() => window.causeway.incoming !== null, null, { timeout: 30000 });
+  result.incoming = await page.evaluate(() => {
+    const { call_uuid, remote_display_name, sdp } = window.causeway.incoming;
+    return { call_uuid, remote_display_name, offer_has_audio: sdp.includes("m=audio") };
+  });
+  if (mode === "decline") {
+    await page.click("#decline");
+  } else {
+    await page.click("#answer");
+    await page.waitForFunction(() => window.causeway.state === "connected", null, { timeout: 20000 });
+    result.connected = true;
+    result.frequency = await listen(page, seconds);
+    result.stats = await audioStats(page);
+    if (mode === "browser") await page.click("#hangup");
+    result.ended = await ended(page);
+  }
+} catch (e) {
+  result.errors.push(String(e));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
