@@ -8,6 +8,7 @@
 
 mod common;
 
+use base64::Engine;
 use common::{Gw, http_raw, require, run_bounded};
 use serde_json::Value;
 use std::path::Path;
@@ -290,4 +291,67 @@ fn client_api_and_whip_errors_are_json_and_the_gateway_keeps_serving() {
     for asset in ["/app.js", "/style.css"] {
         assert_eq!(http_raw(port, "GET", asset, &[], "").0, 200, "{asset}");
     }
+}
+
+#[test]
+fn browser_registrations_check_credentials_and_answers_need_an_incoming_call() {
+    let gw = Gw::start("");
+    let port = gw.http_port;
+    let register = |body: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/json")];
+        h.extend_from_slice(headers);
+        let (status, _, body) = http_raw(port, "POST", "/api/client/v1/registrations", &h, body);
+        (status, body)
+    };
+    // No credentials: 401; a wrong password or an unknown user: 403, alike.
+    let (status, body) = register(r#"{"alias":"bob"}"#, &[]);
+    failed(status, &body, 401, "credentials");
+    let (status, body) = register(r#"{"alias":"bob","password":"guess"}"#, &[]);
+    failed(status, &body, 403, "wrong credentials");
+    let (status, body) = register(r#"{"alias":"mallory","password":"hunter2"}"#, &[]);
+    failed(status, &body, 403, "wrong credentials");
+    // alice's credentials do not register bob.
+    let (status, body) = register(
+        r#"{"alias":"bob","username":"alice","password":"secret"}"#,
+        &[],
+    );
+    failed(status, &body, 403, "only its own alias");
+    // Malformed JSON: 400.
+    let (status, body) = register("{nope", &[]);
+    failed(status, &body, 400, "JSON");
+
+    // The right password, as JSON or as Basic credentials.
+    let (status, body) = register(r#"{"alias":"bob","password":"hunter2"}"#, &[]);
+    assert_eq!(status, 200, "{body}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bob:hunter2")
+    );
+    let (status, body) = register("", &[("Authorization", &basic)]);
+    assert_eq!(status, 200, "{body}");
+    let r = json(&body);
+    assert_eq!(r["result"]["alias"], "bob");
+    let token = r["result"]["token"].as_str().unwrap().to_string();
+
+    // Answering a call that is not ringing here: 404.
+    let answer = "/api/client/v1/aliases/bob/calls/nope/answer";
+    let (status, _, body) = http_raw(
+        port,
+        "POST",
+        answer,
+        &[("token", &token)],
+        r#"{"sdp":"v=0"}"#,
+    );
+    failed(status, &body, 404, "no such call");
+    // Releasing the token ends the registration; the gateway keeps serving.
+    let (status, _, body) = http_raw(
+        port,
+        "POST",
+        "/api/client/v1/aliases/bob/release_token",
+        &[("token", &token)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request_token(port, "echo");
+    assert_eq!(status, 200, "{body}");
 }
