@@ -473,6 +473,12 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
     );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
+    // The keypad's 5 reached the caller as an RFC 4733 telephone-event.
+    assert!(
+        baresip.log().contains("received event: '5' (end=1)"),
+        "{}",
+        context()
+    );
 }
 
 #[test]

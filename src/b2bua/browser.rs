@@ -21,6 +21,12 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 impl B2bua {
+    /// The call a browser fork belongs to (its media runs under the
+    /// call's id).
+    pub fn call_of_fork(&self, fork: &str) -> Option<&str> {
+        self.by_fork.get(fork).map(|(call, _)| call.as_str())
+    }
+
     /// Asks the runtime to ring the browser forks of a new call.
     pub(super) fn ring_browsers(&mut self, call_id: &str, from: &str) {
         let Some(call) = self.calls.get(call_id) else {

@@ -422,6 +422,12 @@ impl Gateway {
         self.pump(now, wall);
     }
 
+    /// The id a browser's call runs its media under: the call's own for
+    /// calls browsers place, the SIP call's for calls they answered.
+    pub fn media_call<'a>(&'a self, id: &'a str) -> &'a str {
+        self.b2bua.call_of_fork(id).unwrap_or(id)
+    }
+
     /// A browser call's browser side ended (hang-up or peer gone).
     pub fn browser_gone(&mut self, now: Instant, wall: u64, call: &str, reason: &str) {
         self.b2bua.browser_gone(now, call, reason);

@@ -490,7 +490,7 @@ fn on_call_cmd(
         CallCmd::Offered { fork, result } => gw.browser_offered(now, wall, &fork, result),
         CallCmd::Answered { fork, formats } => gw.browser_answered(now, wall, &fork, formats),
         CallCmd::Dtmf { id, digits } => {
-            if !bridges.play_digits(&id, digits) {
+            if !bridges.play_digits(gw.media_call(&id), digits) {
                 tracing::info!(call = %id, "digits for a call not answered yet dropped");
             }
         }

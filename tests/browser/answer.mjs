@@ -2,7 +2,7 @@
 // SIP credentials through the client API), touches READY_FILE once its
 // event stream is open, and waits for a call. It answers from the
 // `incoming_call` event, measures what it hears (as call.mjs does), then
-// hangs up (`browser`) or waits for the caller to (`remote`); `decline`
+// presses keypad 5 and hangs up (`browser`) or waits for the caller to (`remote`); `decline`
 // declines the call instead. Prints one JSON object; the Rust test asserts on it.
 //
 // Usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline READY_FILE [FAKE_AUDIO.wav]
@@ -42,7 +42,12 @@ try {
     result.connected = true;
     result.frequency = await listen(page, seconds);
     result.stats = await audioStats(page);
-    if (mode === "browser") await page.click("#hangup");
+    if (mode === "browser") {
+      // A keypad digit reaches the caller as an RFC 4733 event.
+      await page.click("#keypad button:nth-child(5)");
+      await page.waitForTimeout(1000);
+      await page.click("#hangup");
+    }
     result.ended = await ended(page);
   }
 } catch (e) {
