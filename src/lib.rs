@@ -19,12 +19,14 @@
 //!  browser --api::client (CallCmd::Dial)--> webrtc hub (PeerApp::Bridge) + Gateway::dial --> b2bua
 //!  b2bua StartMedia --runtime::bridge--> SIP RTP <-> media::bridge (relay | transcode) <-> hub peer
 //!                                        or SIP RTP (callee) <-> media::bridge <-> SIP RTP (caller)
+//!  b2bua RingBrowser --api::client (incoming_call on SSE)--> browser answer --> Gateway::browser_answered
+//!  GwOutput::CallStarted + notices + bridge counters --> cdr::Records --> cdr::store (SQLite) <-- api (cdrs)
 //!  dialplans/*.toml --runtime::routing (watch, reload)--> dialplan::Routing <-- api (aliases)
 //!  operator --HTTP--> api (axum) --query--> gateway
 //! ```
 //!
 //! Protocol cores ([`sip::msg`], [`sip::transaction`], [`sip::dialog`],
-//! [`sip::uac`], [`registrar`], [`gateway`], [`b2bua`], [`dialplan`], [`sdp`], [`media`],
+//! [`sip::uac`], [`registrar`], [`gateway`], [`b2bua`], [`cdr`], [`dialplan`], [`sdp`], [`media`],
 //! [`webrtc`]) are sans-IO: time is a parameter, bytes come
 //! out of `poll_output`. [`runtime`] is the one thin tokio shell that drives
 //! them.
@@ -34,6 +36,7 @@
 
 pub mod api;
 pub mod b2bua;
+pub mod cdr;
 pub mod config;
 pub mod dialplan;
 pub mod gateway;

@@ -194,7 +194,10 @@ fn rfc4475_torture_messages() {
                 GwOutput::BridgeMedia { call, .. } => {
                     gw.bridge_ready(Instant::now(), 0, &call, Ok((40000, 40002)));
                 }
-                GwOutput::Store(_) | GwOutput::CloseMedia { .. } | GwOutput::Call(_) => {}
+                GwOutput::Store(_)
+                | GwOutput::CloseMedia { .. }
+                | GwOutput::Call(_)
+                | GwOutput::CallStarted { .. } => {}
             }
         }
         let got = last.or(provisional);

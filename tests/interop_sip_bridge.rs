@@ -121,10 +121,25 @@ fn audio(rows: &[Row], from: impl Fn(u16) -> bool) -> Vec<String> {
         .collect()
 }
 
+/// The one call record the gateway kept (once written).
+fn only_cdr(gw: &Gw) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = gw.admin_get("/api/admin/v1/cdrs?since=0");
+        assert_eq!(status, 200, "{body}");
+        if let Some([r]) = body["result"].as_array().map(Vec::as_slice) {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no single record: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A call through the bridge, hung up by `uac_scenario`'s or
-/// `uas_scenario`'s side; asserts both dialogs completed and that the
-/// speech each SIPp sent reached the other untouched.
-fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str) {
+/// `uas_scenario`'s side (`ended_by`, as the call record says); asserts
+/// both dialogs completed and that the speech each SIPp sent reached the
+/// other untouched.
+fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str, ended_by: &str) {
     require("sipp");
     require("tshark");
     let uas_port = free_port();
@@ -186,6 +201,20 @@ fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str) {
         sent_by_callee.len()
     );
 
+    // The call record says who called whom, who hung up, and what moved.
+    let cdr = only_cdr(&gw);
+    assert_eq!(cdr["to"], "bob", "{cdr}");
+    assert_eq!(cdr["rule"], "to-uas", "{cdr}");
+    assert_eq!(cdr["caller_leg"], "sip", "{cdr}");
+    assert_eq!(cdr["ended_by"], ended_by, "{cdr}");
+    assert_eq!(cdr["media"]["audio"], "passthrough", "{cdr}");
+    assert_eq!(cdr["media"]["caller_codec"], "PCMA/8000", "{cdr}");
+    assert!(cdr["answered_at"].as_u64() >= cdr["started_at"].as_u64());
+    assert!(cdr["ended_at"].as_u64() >= cdr["answered_at"].as_u64());
+    for way in ["to_callee_out", "to_caller_out"] {
+        assert_eq!(cdr["totals"][way], 236, "{way}: {cdr}");
+    }
+
     gw.stop();
     let log = gw.log_text();
     assert!(log.contains("audio=\"passthrough\""), "{log}");
@@ -194,7 +223,12 @@ fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str) {
 
 #[test]
 fn sipp_calls_sipp_through_the_bridge_with_relayed_g711_and_the_caller_hangs_up() {
-    bridged_call("bridge_uac.xml", "bridge_uas.xml", "SIP caller hung up");
+    bridged_call(
+        "bridge_uac.xml",
+        "bridge_uas.xml",
+        "SIP caller hung up",
+        "caller",
+    );
 }
 
 #[test]
@@ -203,7 +237,59 @@ fn the_callees_bye_reaches_the_caller() {
         "bridge_uac_wait_bye.xml",
         "bridge_uas_bye.xml",
         "SIP side hung up",
+        "sip",
     );
+}
+
+#[test]
+fn an_administrator_lists_and_hangs_up_a_call_and_both_sides_get_a_bye() {
+    require("sipp");
+    let uas_port = free_port();
+    let gw = gateway(uas_port);
+    let (caller, callee) = (Side::new(), Side::new());
+    let mut server = uas(&callee, "bridge_uas.xml", uas_port);
+    let mut cmd = sipp_command(caller.dir.path(), "bridge_uac_wait_bye.xml", free_port());
+    cmd.args(["-mp", &caller.media.to_string(), "-mi", "127.0.0.1"])
+        .arg(gw.sip_target());
+    let client = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(40)));
+    // The call shows up as connected.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let call = loop {
+        let (status, body) = gw.admin_get("/api/admin/v1/calls");
+        assert_eq!(status, 200, "{body}");
+        if let Some(c) = body["result"]
+            .as_array()
+            .and_then(|a| a.first())
+            .filter(|c| c["state"] == "connected")
+        {
+            assert_eq!(c["to"], "bob", "{c}");
+            assert_eq!(c["media"]["audio"], "passthrough", "{c}");
+            break c["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connected call: {body}\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let path = format!("/api/admin/v1/calls/{call}");
+    let (status, body) = gw.admin("DELETE", &path, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = gw.admin("DELETE", &path, None);
+    assert_eq!(status, 404, "once: {body}");
+    // Both SIPps got their BYE and finished cleanly.
+    let out = client.join().unwrap();
+    let uas_status = finish(&mut server.0);
+    let ctx = || context(&gw, &caller, &callee);
+    assert_eq!(out.status.code(), Some(0), "the caller failed\n{}", ctx());
+    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    let cdr = only_cdr(&gw);
+    assert_eq!(cdr["ended_by"], "gateway", "{cdr}");
+    assert_eq!(cdr["reason"], "hung up by an administrator", "{cdr}");
+    let (_, body) = gw.admin_get("/api/admin/v1/calls");
+    assert_eq!(body["result"], serde_json::json!([]), "{body}");
 }
 
 /// A call whose outcome is a status: runs the pair of scenarios and

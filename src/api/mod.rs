@@ -36,6 +36,10 @@ pub enum Query {
     Trunks(oneshot::Sender<Vec<crate::trunks::TrunkStatus>>),
     /// Whether anyone is registered under an alias (a user part, or `user@host`).
     Registered(String, oneshot::Sender<bool>),
+    /// Bridged calls in progress.
+    Calls(oneshot::Sender<Vec<crate::cdr::CallRecord>>),
+    /// Hang up a bridged call; false when there is none by that id.
+    HangUp(String, oneshot::Sender<bool>),
 }
 
 /// Shared state of the HTTP handlers.
@@ -55,6 +59,8 @@ pub struct ApiState {
     pub routing: Arc<Routing>,
     /// Ephemeral alias writes.
     pub aliases: Arc<AliasService>,
+    /// Records of ended calls.
+    pub cdrs: Arc<crate::cdr::store::CdrStore>,
 }
 
 /// An API error as JSON: `{"status": "failed", "reason": ...}`, plus
@@ -134,6 +140,12 @@ pub fn router(state: ApiState, client: Arc<client::ClientApi>) -> Router {
         .route("/api/admin/v1/health", get(health))
         .route("/api/admin/v1/registrations", get(registrations))
         .route("/api/admin/v1/trunks", get(trunks))
+        .route("/api/admin/v1/calls", get(calls))
+        .route(
+            "/api/admin/v1/calls/{call}",
+            axum::routing::delete(hang_up_call),
+        )
+        .route("/api/admin/v1/cdrs", get(cdrs))
         .route("/api/admin/v1/dialplan", get(dialplan_status))
         .route("/api/admin/v1/dialplan/reload", post(dialplan_reload))
         .route("/api/admin/v1/dialplan/route", post(dialplan_route))
@@ -257,6 +269,56 @@ async fn trunks(State(s): State<ApiState>) -> ApiResult {
         StatusCode::OK,
         rx.await.map_err(|_| ApiError::unavailable())?,
     )
+}
+
+async fn calls(State(s): State<ApiState>) -> ApiResult {
+    let (tx, rx) = oneshot::channel();
+    s.queries
+        .send(Query::Calls(tx))
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    success(
+        StatusCode::OK,
+        rx.await.map_err(|_| ApiError::unavailable())?,
+    )
+}
+
+async fn hang_up_call(
+    State(s): State<ApiState>,
+    axum::extract::Path(call): axum::extract::Path<String>,
+) -> ApiResult {
+    let (tx, rx) = oneshot::channel();
+    s.queries
+        .send(Query::HangUp(call.clone(), tx))
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    if rx.await.map_err(|_| ApiError::unavailable())? {
+        success(StatusCode::OK, json!({"call": call, "hung_up": true}))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no call {call:?} in progress"),
+        ))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CdrQuery {
+    /// Unix seconds: calls that ended at or after it.
+    since: Option<u64>,
+}
+
+async fn cdrs(
+    State(s): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<CdrQuery>,
+) -> ApiResult {
+    let since_ms = q.since.unwrap_or(0).saturating_mul(1000);
+    let store = s.cdrs.clone();
+    let rows = tokio::task::spawn_blocking(move || store.since(since_ms))
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    success(StatusCode::OK, rows)
 }
 
 async fn dialplan_status(State(s): State<ApiState>) -> ApiResult {

@@ -986,6 +986,29 @@ impl B2bua {
         self.end(now, call_id, Side::Browser, None, reason);
     }
 
+    /// Hangs up a call on an administrator's order: both sides are ended
+    /// (BYE, CANCEL, or a final response to a SIP caller still ringing).
+    /// False when no such call is in progress.
+    pub fn hang_up(&mut self, now: Instant, call_id: &str) -> bool {
+        if !self
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.state != State::Ended)
+        {
+            return false;
+        }
+        tracing::info!(call = %call_id, "hung up by an administrator");
+        self.hang_up_sip(call_id);
+        self.end(
+            now,
+            call_id,
+            Side::Gateway,
+            None,
+            "hung up by an administrator",
+        );
+        true
+    }
+
     /// Ends the SIP side of a call: BYE to the winner, CANCEL to forks
     /// still ringing.
     fn hang_up_sip(&mut self, call_id: &str) {

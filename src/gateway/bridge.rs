@@ -32,6 +32,8 @@ pub(super) struct PendingBridge {
     from: String,
     /// The called alias (our Contact's user part toward the caller).
     to: String,
+    /// The rule that routed it.
+    rule: String,
 }
 
 /// Who a routed call rings.
@@ -58,6 +60,8 @@ pub struct BrowserDial {
     pub peer: crate::webrtc::PeerId,
     /// Who is called (the route's alias).
     pub alias: String,
+    /// The rule that routed it.
+    pub rule: String,
     /// The caller's display name.
     pub display_name: String,
     /// What the SIP side is offered.
@@ -152,6 +156,15 @@ impl Gateway {
     /// Places a browser's call to every contact registered for its alias
     /// (outcomes come back as [`GwOutput::Call`]).
     pub fn dial(&mut self, now: Instant, wall: u64, d: BrowserDial) {
+        self.out.push_back(GwOutput::CallStarted {
+            call: d.id.clone(),
+            parties: crate::cdr::CallParties {
+                from: d.display_name.clone(),
+                to: d.alias.clone(),
+                rule: d.rule.clone(),
+                caller_leg: "webrtc".into(),
+            },
+        });
         let dial = Dial {
             id: d.id,
             peer: d.peer,
@@ -317,6 +330,7 @@ impl Gateway {
                 callees,
                 from: route.from.clone(),
                 to: route.to.clone(),
+                rule: route.rule.clone(),
             },
         );
         self.out.push_back(GwOutput::BridgeMedia { call, ip });
@@ -372,6 +386,15 @@ impl Gateway {
             crate::sip::msg::escape_user(&p.to),
             self.advertised(&p.flow)
         );
+        self.out.push_back(GwOutput::CallStarted {
+            call: call.to_string(),
+            parties: crate::cdr::CallParties {
+                from: p.from.clone(),
+                to: p.to.clone(),
+                rule: p.rule.clone(),
+                caller_leg: "sip".into(),
+            },
+        });
         let dial = crate::b2bua::SipDial {
             id: call.to_string(),
             key: p.key,
@@ -426,6 +449,13 @@ impl Gateway {
     /// calls browsers place, the SIP call's for calls they answered.
     pub fn media_call<'a>(&'a self, id: &'a str) -> &'a str {
         self.b2bua.call_of_fork(id).unwrap_or(id)
+    }
+
+    /// Hangs up a bridged call (the admin API); false when there is none.
+    pub fn hang_up_call(&mut self, now: Instant, wall: u64, call: &str) -> bool {
+        let done = self.b2bua.hang_up(now, call);
+        self.pump(now, wall);
+        done
     }
 
     /// A browser call's browser side ended (hang-up or peer gone).

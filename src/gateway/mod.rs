@@ -148,6 +148,13 @@ pub enum GwOutput {
         /// Our media address.
         ip: IpAddr,
     },
+    /// A bridged call starts (before any notice about it): for its record.
+    CallStarted {
+        /// The call's id.
+        call: String,
+        /// Who calls whom, through which rule.
+        parties: crate::cdr::CallParties,
+    },
 }
 
 /// The signalling core.

@@ -13,6 +13,7 @@
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
 use super::webrtc::WebrtcHandle;
 use crate::b2bua::{CalleeMedia, CallerMedia};
+use crate::cdr::{MediaPlan, MediaTotals};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::session::{Inbound, RtpSession, SessionConfig};
 use crate::sdp::Negotiated;
@@ -50,10 +51,13 @@ enum CallerPorts {
     Sip(Ports),
 }
 
+/// Where media tasks report their counters when they stop.
+pub type Totals = mpsc::UnboundedSender<(String, MediaTotals)>;
+
 /// The media of every bridged call.
-#[derive(Default)]
 pub struct Bridges {
     calls: HashMap<String, Slot>,
+    done: Totals,
 }
 
 impl std::fmt::Debug for Bridges {
@@ -65,6 +69,15 @@ impl std::fmt::Debug for Bridges {
 }
 
 impl Bridges {
+    /// No calls yet; each call's task reports its counters to `done` when
+    /// it stops.
+    pub fn new(done: Totals) -> Self {
+        Self {
+            calls: HashMap::new(),
+            done,
+        }
+    }
+
     /// Binds the SIP-side RTP port for a call (and RTCP above it, in case
     /// the answer declines rtcp-mux); returns the RTP port.
     pub fn reserve(
@@ -112,14 +125,14 @@ impl Bridges {
 
     /// Starts moving media once a callee answered: between a browser and
     /// a SIP endpoint (either may have called), or between two SIP
-    /// endpoints.
+    /// endpoints. Returns what runs, for the call's record.
     pub fn start(
         &mut self,
         call: &str,
         caller: CallerMedia,
         callee: CalleeMedia,
         webrtc: &WebrtcHandle,
-    ) -> Result<(), String> {
+    ) -> Result<MediaPlan, String> {
         let Some(Slot::Reserved {
             ports,
             caller: reserved,
@@ -129,18 +142,17 @@ impl Bridges {
         };
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
         let (digits_tx, digits) = mpsc::unbounded_channel();
-        let ends = Ends { digits, stop };
-        let task = match (caller, callee, reserved) {
+        let ends = Ends {
+            digits,
+            stop,
+            done: self.done.clone(),
+        };
+        let (task, plan) = match (caller, callee, reserved) {
             (CallerMedia::Browser(peer), CalleeMedia::Sip(n), CallerPorts::Browser(formats)) => {
-                Legs::spawn(
-                    call,
-                    RtpEnd::open(ports, &n, call)?,
-                    &n,
-                    peer,
-                    &formats,
-                    webrtc,
-                    ends,
-                )?
+                let sip = RtpEnd::open(ports, &n, call)?;
+                let (task, browser, sip_end) =
+                    Legs::spawn(call, sip, &n, peer, &formats, webrtc, ends, true)?;
+                (task, plan("sip", browser, sip_end))
             }
             (
                 CallerMedia::Sip(agreed),
@@ -149,7 +161,9 @@ impl Bridges {
             ) => {
                 // The ports reserved toward SIP callees go unused.
                 let sip = RtpEnd::open(caller, &agreed, call)?;
-                Legs::spawn(call, sip, &agreed, peer, &formats, webrtc, ends)?
+                let (task, browser, sip_end) =
+                    Legs::spawn(call, sip, &agreed, peer, &formats, webrtc, ends, false)?;
+                (task, plan("webrtc", sip_end, browser))
             }
             (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller)) => {
                 let caller_end = sip_audio(&agreed)?;
@@ -164,7 +178,8 @@ impl Bridges {
                     to_caller,
                 };
                 let call_id = call.to_string();
-                tokio::spawn(async move { relay.run(&call_id, ends).await })
+                let task = tokio::spawn(async move { relay.run(&call_id, ends).await });
+                (task, plan("sip", caller_end, sip_end))
             }
             _ => return Err("the call's media does not match what was reserved".into()),
         };
@@ -176,7 +191,7 @@ impl Bridges {
                 digits: digits_tx,
             },
         );
-        Ok(())
+        Ok(plan)
     }
 
     /// Plays digits toward the SIP side as RFC 4733 events; false when the
@@ -202,6 +217,25 @@ impl Bridges {
                 task.abort();
             }
         }
+    }
+}
+
+/// A call's media for its record: the callee's leg, and each side's codec.
+fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
+    let name = |e: AudioEnd| {
+        let k = e.codec.key();
+        format!("{}/{}", k.name, k.clock_rate)
+    };
+    MediaPlan {
+        callee_leg: callee_leg.into(),
+        caller_codec: name(caller),
+        callee_codec: name(callee),
+        audio: if caller.codec == callee.codec {
+            "passthrough"
+        } else {
+            "transcoded"
+        }
+        .into(),
     }
 }
 
@@ -304,11 +338,12 @@ impl RtpEnd {
     }
 }
 
-/// What every media task listens to besides its sockets: digits to play
-/// toward the SIP side, and the order to stop.
+/// What every media task deals with besides its sockets: digits to play
+/// toward the SIP side, the order to stop, and where its counters go then.
 struct Ends {
     digits: mpsc::UnboundedReceiver<String>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    done: Totals,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -318,11 +353,15 @@ struct Legs {
     to_browser: Direction,
     webrtc: WebrtcHandle,
     peer: PeerId,
+    /// Whether the browser placed the call (else the SIP side did).
+    browser_called: bool,
 }
 
 impl Legs {
     /// Starts the task between a browser's `peer` (with the `formats` it
     /// negotiated) and a SIP endpoint's `sip` media (agreed as `n`).
+    /// Returns the task and what the browser and the SIP side send.
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         call: &str,
         sip: RtpEnd,
@@ -331,7 +370,8 @@ impl Legs {
         formats: &[PeerFormat],
         webrtc: &WebrtcHandle,
         ends: Ends,
-    ) -> Result<JoinHandle<()>, String> {
+        browser_called: bool,
+    ) -> Result<(JoinHandle<()>, AudioEnd, AudioEnd), String> {
         let sip_end = sip_audio(n)?;
         let browser =
             crate::b2bua::browser_audio(formats).ok_or("the browser has no audio codec")?;
@@ -341,7 +381,7 @@ impl Legs {
         let (sink, from_browser) = mpsc::channel(256);
         let webrtc = webrtc.clone();
         let call = call.to_string();
-        Ok(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             webrtc.attach(peer, sink).await;
             let legs = Legs {
                 sip,
@@ -349,9 +389,11 @@ impl Legs {
                 to_browser,
                 webrtc,
                 peer,
+                browser_called,
             };
             legs.run(&call, from_browser, ends).await;
-        }))
+        });
+        Ok((task, browser, sip_end))
     }
 
     async fn run(
@@ -361,6 +403,7 @@ impl Legs {
         Ends {
             mut digits,
             mut stop,
+            done,
         }: Ends,
     ) {
         // Packets ready for each side, flushed once per wakeup.
@@ -407,6 +450,26 @@ impl Legs {
             self.sip.flush(now, &mut to_sip).await;
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
+        let (to_callee, to_caller) = if self.browser_called {
+            (&self.to_sip, &self.to_browser)
+        } else {
+            (&self.to_browser, &self.to_sip)
+        };
+        let _ = done.send((
+            call.to_string(),
+            totals(to_callee, to_caller, &self.sip.session),
+        ));
+    }
+}
+
+/// A call's counters for its record.
+fn totals(to_callee: &Direction, to_caller: &Direction, sip: &RtpSession) -> MediaTotals {
+    MediaTotals {
+        to_callee_in: to_callee.stats.packets_in,
+        to_callee_out: to_callee.stats.packets_out,
+        to_caller_in: to_caller.stats.packets_in,
+        to_caller_out: to_caller.stats.packets_out,
+        lost: u64::try_from(sip.stats.lost).unwrap_or(0),
     }
 }
 
@@ -425,6 +488,7 @@ impl Relay {
         Ends {
             mut digits,
             mut stop,
+            done,
         }: Ends,
     ) {
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
@@ -473,6 +537,10 @@ impl Relay {
             caller_lost = self.caller.session.stats.lost,
             "caller media"
         );
+        let _ = done.send((
+            call.to_string(),
+            totals(&self.to_callee, &self.to_caller, &self.callee.session),
+        ));
     }
 }
 

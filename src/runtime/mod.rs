@@ -36,6 +36,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Current unix time in milliseconds (call records).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Current unix time in seconds, signed (routing and alias times).
 pub fn wall_i64() -> i64 {
     i64::try_from(unix_now()).unwrap_or(i64::MAX)
@@ -186,6 +193,9 @@ pub async fn run(
             StartError::Storage(cfg.storage.data_dir.display().to_string(), e.to_string())
         })?,
     );
+    let cdrs = Arc::new(crate::cdr::store::CdrStore::open(&db).map_err(|e| {
+        StartError::Storage(cfg.storage.data_dir.display().to_string(), e.to_string())
+    })?);
     let policy = Arc::new(PolicyClient::new(&cfg.policy, ctx));
     let (decided_tx, mut decided) = mpsc::channel::<(TxKey, Decision)>(1024);
     let watcher = (cfg.dialplan.watch && plan_source.watchable()).then(|| {
@@ -233,6 +243,7 @@ pub async fn run(
         plan: plan_source.clone(),
         routing: routing.clone(),
         aliases: aliases.clone(),
+        cdrs: cdrs.clone(),
     };
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let http_client = client.clone();
@@ -261,14 +272,33 @@ pub async fn run(
         *cfg.media.port_max.get_ref(),
         silent_tx,
     );
-    let mut bridges = bridge::Bridges::default();
+    let (media_done_tx, mut media_done) = mpsc::unbounded_channel();
+    let mut bridges = bridge::Bridges::new(media_done_tx);
+    let mut records = crate::cdr::Records::default();
+    let keep = move |r: crate::cdr::CallRecord| {
+        let store = cdrs.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put(&r) {
+                tracing::error!(call = %r.id, error = %e, "could not keep the call record");
+            }
+        });
+    };
     let flush = |gw: &mut Gateway,
                  transports: &Transports,
                  media: &mut MediaCalls,
-                 bridges: &mut bridge::Bridges| {
+                 bridges: &mut bridge::Bridges,
+                 records: &mut crate::cdr::Records| {
         while let Some(o) = gw.poll_output() {
             match o {
-                GwOutput::Call(o) => on_call_output(o, &client, &webrtc, bridges),
+                GwOutput::Call(o) => {
+                    if let Some(done) = records.on_notice(unix_ms(), &o) {
+                        keep(done);
+                    }
+                    if let Some((call, plan)) = on_call_output(o, &client, &webrtc, bridges) {
+                        records.media(&call, plan);
+                    }
+                }
+                GwOutput::CallStarted { call, parties } => records.start(unix_ms(), &call, parties),
                 GwOutput::OpenMedia { dialog, answer } => {
                     let ip = gw.media_address(dialog);
                     let ports = ip
@@ -311,7 +341,7 @@ pub async fn run(
             Err(e) => tracing::error!(trunk = %t.name, error = %e, "trunk unusable"),
         }
     }
-    flush(&mut gw, &transports, &mut media, &mut bridges);
+    flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
 
     let keepalive = u64::from(cfg.registrar.keepalive_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -343,6 +373,11 @@ pub async fn run(
             Some(cmd) = call_cmds.recv() => {
                 on_call_cmd(&mut gw, cmd, &mut media, &mut bridges);
             }
+            Some((call, totals)) = media_done.recv() => {
+                if let Some(done) = records.media_stopped(&call, totals) {
+                    keep(done);
+                }
+            }
             Some(dialog) = silent.recv() => {
                 gw.media_timeout(Instant::now(), unix_now(), dialog);
             }
@@ -356,6 +391,12 @@ pub async fn run(
                     }
                     Some(Query::Registered(alias, reply)) => {
                         let _ = reply.send(gw.is_registered(&alias, unix_now()));
+                    }
+                    Some(Query::Calls(reply)) => {
+                        let _ = reply.send(records.active());
+                    }
+                    Some(Query::HangUp(call, reply)) => {
+                        let _ = reply.send(gw.hang_up_call(Instant::now(), unix_now(), &call));
                     }
                     None => {}
                 }
@@ -375,7 +416,7 @@ pub async fn run(
             }
             () = &mut shutdown => break,
         }
-        flush(&mut gw, &transports, &mut media, &mut bridges);
+        flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
     }
 
     tracing::info!("shutting down: no new requests");
@@ -388,12 +429,12 @@ pub async fn run(
     let grace = Instant::now() + Duration::from_millis(500);
     while let Ok(ev) = events.try_recv() {
         handle_event(&mut gw, ev);
-        flush(&mut gw, &transports, &mut media, &mut bridges);
+        flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
         if Instant::now() > grace {
             break;
         }
     }
-    flush(&mut gw, &transports, &mut media, &mut bridges);
+    flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
     media.close_all();
     bridges.close_all();
     webrtc_task.abort();
@@ -407,13 +448,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Carries out what the call layer decided about a bridged call.
+/// Carries out what the call layer decided about a bridged call; returns
+/// the media started, if any, for the call's record.
 fn on_call_output(
     n: crate::b2bua::Notice,
     client: &Arc<api::client::ClientApi>,
     webrtc: &webrtc::WebrtcHandle,
     bridges: &mut bridge::Bridges,
-) {
+) -> Option<(String, crate::cdr::MediaPlan)> {
     use crate::b2bua::Notice;
     match n {
         Notice::Event(call, ev) => client.call_event(&call, &ev),
@@ -421,11 +463,12 @@ fn on_call_output(
             call,
             caller,
             callee,
-        } => {
-            if let Err(e) = bridges.start(&call, caller, callee, webrtc) {
+        } => match bridges.start(&call, caller, callee, webrtc) {
+            Ok(plan) => return Some((call, plan)),
+            Err(e) => {
                 tracing::warn!(call = %call, error = %e, "cannot bridge media");
             }
-        }
+        },
         Notice::RingBrowser {
             fork,
             participant,
@@ -440,6 +483,7 @@ fn on_call_output(
             }
         }
     }
+    None
 }
 
 /// A request from the client API about a bridged call.
@@ -456,6 +500,7 @@ fn on_call_cmd(
             id,
             peer,
             alias,
+            rule,
             display_name,
             codecs,
             formats,
@@ -474,6 +519,7 @@ fn on_call_cmd(
                     id,
                     peer,
                     alias,
+                    rule,
                     display_name,
                     offer: crate::sdp::Offer::audio(&codecs, true),
                     media_port,

@@ -57,6 +57,8 @@ pub enum CallCmd {
         peer: PeerId,
         /// The called alias (after the dialplan's transforms).
         alias: String,
+        /// The rule that routed it.
+        rule: String,
         /// The caller's display name.
         display_name: String,
         /// Audio codecs to offer the SIP side, first preferred.
@@ -524,6 +526,7 @@ impl ClientApi {
                 id: call_uuid.clone(),
                 peer,
                 alias: route.to.clone(),
+                rule: route.rule.clone(),
                 display_name: from.to_string(),
                 codecs,
                 formats,

@@ -1,0 +1,262 @@
+//! Call records: what the admin API shows of calls in progress and what
+//! is kept of every bridged call once it ends (a CDR).
+//!
+//! [`Records`] builds each record from the call layer's notices (who
+//! calls whom, through which rule; ringing, answer, end: who ended it and
+//! why), what the media bridge decided (codecs each way, relayed or
+//! transcoded) and the bridge's final counters. Sans-IO: wall-clock times
+//! come in with each input; [`store`] keeps finished records in the
+//! embedded database. Must not touch sockets or make call decisions.
+
+pub mod store;
+
+use crate::b2bua::{CallEvent, Notice};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Who called whom, as routed (reported when a bridged call starts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallParties {
+    /// The caller (its alias or display name).
+    pub from: String,
+    /// The alias called (after the dialplan's transforms).
+    pub to: String,
+    /// The dialplan rule that routed it.
+    pub rule: String,
+    /// The caller's leg: `sip` or `webrtc`.
+    pub caller_leg: String,
+}
+
+/// What the media bridge runs for a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaPlan {
+    /// The callee's leg: `sip` or `webrtc`.
+    pub callee_leg: String,
+    /// The caller's codec (`PCMU/8000`).
+    pub caller_codec: String,
+    /// The callee's codec.
+    pub callee_codec: String,
+    /// `passthrough` (relayed untouched) or `transcoded`.
+    pub audio: String,
+}
+
+/// A bridged call's media counters when it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaTotals {
+    /// Packets received from the caller, and sent on to the callee.
+    pub to_callee_in: u64,
+    /// Packets sent to the callee.
+    pub to_callee_out: u64,
+    /// Packets received from the callee.
+    pub to_caller_in: u64,
+    /// Packets sent to the caller.
+    pub to_caller_out: u64,
+    /// Packets lost (sequence gaps) on the SIP side's RTP.
+    pub lost: u64,
+}
+
+/// One call: in progress (no `ended_at` yet) or over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The call's id.
+    pub id: String,
+    /// Who called whom.
+    #[serde(flatten)]
+    pub parties: CallParties,
+    /// `calling`, `ringing`, `connected` or `ended`.
+    pub state: String,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    /// When a callee answered (unix ms).
+    pub answered_at: Option<u64>,
+    /// When it ended (unix ms).
+    pub ended_at: Option<u64>,
+    /// Codecs and relaying, once media runs.
+    pub media: Option<MediaPlan>,
+    /// Who ended it: `browser`, `sip` (the callee), `caller` (a SIP
+    /// caller), `gateway`.
+    pub ended_by: Option<String>,
+    /// The SIP status of a failed call (486, 408, 487...).
+    pub status: Option<u16>,
+    /// Why it ended.
+    pub reason: Option<String>,
+    /// Media counters when it stopped.
+    pub totals: Option<MediaTotals>,
+}
+
+/// Calls in progress, and ended calls waiting for their media counters.
+#[derive(Debug, Default)]
+pub struct Records {
+    live: HashMap<String, CallRecord>,
+}
+
+impl Records {
+    /// A bridged call starts (before any of its notices).
+    pub fn start(&mut self, wall_ms: u64, call: &str, parties: CallParties) {
+        self.live.insert(
+            call.to_string(),
+            CallRecord {
+                id: call.to_string(),
+                parties,
+                state: "calling".into(),
+                started_at: wall_ms,
+                answered_at: None,
+                ended_at: None,
+                media: None,
+                ended_by: None,
+                status: None,
+                reason: None,
+                totals: None,
+            },
+        );
+    }
+
+    /// Follows a call's notice. Returns the finished record when the call
+    /// ended without media (nothing more will come for it).
+    pub fn on_notice(&mut self, wall_ms: u64, n: &Notice) -> Option<CallRecord> {
+        match n {
+            Notice::Event(call, ev) => {
+                let r = self.live.get_mut(call)?;
+                match ev {
+                    CallEvent::Ringing => r.state = "ringing".into(),
+                    CallEvent::Connected { .. } => {
+                        r.state = "connected".into();
+                        r.answered_at.get_or_insert(wall_ms);
+                    }
+                    CallEvent::Ended { by, status, reason } => {
+                        r.state = "ended".into();
+                        r.ended_at = Some(wall_ms);
+                        r.ended_by = Some(by.as_str().to_string());
+                        r.status = *status;
+                        r.reason = Some(reason.clone());
+                    }
+                }
+                None
+            }
+            Notice::Release { call, .. } => {
+                let media = self.live.get(call).map(|r| r.media.is_some())?;
+                // Media counters come when the bridge stops.
+                if media { None } else { self.live.remove(call) }
+            }
+            Notice::StartMedia { .. } | Notice::RingBrowser { .. } => None,
+        }
+    }
+
+    /// What the bridge runs for a call.
+    pub fn media(&mut self, call: &str, plan: MediaPlan) {
+        if let Some(r) = self.live.get_mut(call) {
+            r.media = Some(plan);
+        }
+    }
+
+    /// A call's media stopped with these counters: its record is finished
+    /// when the call has ended too.
+    pub fn media_stopped(&mut self, call: &str, totals: MediaTotals) -> Option<CallRecord> {
+        let r = self.live.get_mut(call)?;
+        r.totals = Some(totals);
+        if r.ended_at.is_some() {
+            self.live.remove(call)
+        } else {
+            None
+        }
+    }
+
+    /// Calls in progress, oldest first.
+    pub fn active(&self) -> Vec<CallRecord> {
+        let mut v: Vec<CallRecord> = self
+            .live
+            .values()
+            .filter(|r| r.ended_at.is_none())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::b2bua::Side;
+
+    fn parties() -> CallParties {
+        CallParties {
+            from: "carol".into(),
+            to: "alice".into(),
+            rule: "local".into(),
+            caller_leg: "sip".into(),
+        }
+    }
+
+    fn event(call: &str, ev: CallEvent) -> Notice {
+        Notice::Event(call.into(), ev)
+    }
+
+    fn release(call: &str) -> Notice {
+        Notice::Release {
+            call: call.into(),
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn an_answered_call_is_recorded_once_its_media_counters_are_in() {
+        let mut r = Records::default();
+        r.start(1_000, "c1", parties());
+        assert_eq!(r.on_notice(1_100, &event("c1", CallEvent::Ringing)), None);
+        assert_eq!(r.active()[0].state, "ringing");
+        let connected = CallEvent::Connected {
+            codec: "PCMU/8000".into(),
+        };
+        assert_eq!(r.on_notice(2_000, &event("c1", connected)), None);
+        r.media(
+            "c1",
+            MediaPlan {
+                callee_leg: "sip".into(),
+                caller_codec: "PCMU/8000".into(),
+                callee_codec: "PCMU/8000".into(),
+                audio: "passthrough".into(),
+            },
+        );
+        let ended = CallEvent::Ended {
+            by: Side::Caller,
+            status: None,
+            reason: "hangup".into(),
+        };
+        assert_eq!(r.on_notice(9_000, &event("c1", ended)), None);
+        assert_eq!(r.on_notice(9_000, &release("c1")), None);
+        assert!(r.active().is_empty(), "ended calls are not active");
+        let totals = MediaTotals {
+            to_callee_in: 350,
+            to_callee_out: 350,
+            ..Default::default()
+        };
+        let done = r.media_stopped("c1", totals).expect("finished");
+        assert_eq!(
+            (done.started_at, done.answered_at, done.ended_at),
+            (1_000, Some(2_000), Some(9_000))
+        );
+        assert_eq!(done.ended_by.as_deref(), Some("caller"));
+        assert_eq!(done.totals, Some(totals));
+        assert_eq!(r.media_stopped("c1", totals), None, "recorded once");
+    }
+
+    #[test]
+    fn a_call_that_never_connected_is_recorded_at_its_release() {
+        let mut r = Records::default();
+        r.start(0, "c2", parties());
+        let busy = CallEvent::Ended {
+            by: Side::Sip,
+            status: Some(486),
+            reason: "486 Busy Here".into(),
+        };
+        assert_eq!(r.on_notice(500, &event("c2", busy)), None);
+        let done = r.on_notice(500, &release("c2")).expect("finished");
+        assert_eq!(
+            (done.status, done.ended_by.as_deref(), done.answered_at),
+            (Some(486), Some("sip"), None)
+        );
+        // Notices of calls never started here (echo, browser forks) are ignored.
+        assert_eq!(r.on_notice(0, &release("other")), None);
+    }
+}
