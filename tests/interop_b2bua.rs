@@ -248,6 +248,20 @@ fn assert_heard(what: &str, samples: &[i16], rate: u32, want: f64) {
     );
 }
 
+/// The one call record the gateway kept, once written.
+fn only_cdr(gw: &Gw) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = gw.admin_get("/api/admin/v1/cdrs");
+        assert_eq!(status, 200, "{body}");
+        if let Some([r]) = body["result"].as_array().map(Vec::as_slice) {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no single record: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A counter from the gateway's "bridge media stopped" log line.
 fn counter(log: &str, name: &str) -> u64 {
     let line = log
@@ -336,6 +350,21 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         "{}",
         context()
     );
+    // The call record says the browser hung up, and what was bridged.
+    let cdr = only_cdr(&gw);
+    assert_eq!(
+        (&cdr["caller_leg"], &cdr["to"], &cdr["ended_by"]),
+        (&"webrtc".into(), &"alice".into(), &"browser".into()),
+        "{cdr}"
+    );
+    assert_eq!(cdr["media"]["callee_leg"], "sip", "{cdr}");
+    assert_eq!(cdr["media"]["audio"], "transcoded", "{cdr}");
+    assert_eq!(cdr["media"]["caller_codec"], "opus/48000", "{cdr}");
+    assert_eq!(cdr["media"]["callee_codec"], "PCMU/8000", "{cdr}");
+    assert!(
+        cdr["totals"]["to_caller_out"].as_u64().unwrap() > 150,
+        "{cdr}"
+    );
 }
 
 #[test]
@@ -376,6 +405,10 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     );
     let (samples, rate) = baresip.received();
     assert_heard("baresip", &samples, rate, 440.0);
+    // The call record says the SIP side hung up.
+    let cdr = only_cdr(&gw);
+    assert_eq!(cdr["ended_by"], "sip", "{cdr}");
+    assert_eq!(cdr["media"]["audio"], "passthrough", "{cdr}");
 }
 
 /// The page registers `bob` and answers (or declines, `mode`) the call
@@ -479,6 +512,13 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
         "{}",
         context()
     );
+    let cdr = only_cdr(&gw);
+    assert_eq!(
+        (&cdr["caller_leg"], &cdr["to"], &cdr["ended_by"]),
+        (&"sip".into(), &"bob".into(), &"browser".into()),
+        "{cdr}"
+    );
+    assert_eq!(cdr["media"]["callee_leg"], "webrtc", "{cdr}");
 }
 
 #[test]
