@@ -2,8 +2,10 @@
 //! peer, or a SIP endpoint whose INVITE we answer as a UAS) and a SIP leg
 //! the gateway places as a UAC, sans-IO.
 //!
-//! Flows implemented so far: browser -> SIP, and SIP -> SIP (registered
-//! endpoints, SIP URIs, trunks). A browser's offer is answered at once (the
+//! Flows implemented so far: browser -> SIP, SIP -> SIP (registered
+//! endpoints, SIP URIs, trunks) and SIP -> browser (browsers registered
+//! through the client API ring as forks beside SIP contacts: `browser`).
+//! A browser's offer is answered at once (the
 //! hub terminates its media); a SIP caller gets 180 when a callee rings and
 //! the 200 (with our answer, in the codec the callee chose when the caller
 //! offered it, else the caller's first, transcoded) once a callee answers;

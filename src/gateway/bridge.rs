@@ -1,6 +1,7 @@
 //! Bridged calls, seen from the signalling core: a browser's call placed
 //! toward the contacts registered for an alias ([`Gateway::dial`]), and a
-//! routed SIP call placed toward registered contacts, a SIP URI or a trunk
+//! routed SIP call placed toward registered contacts (SIP ones and browsers
+//! registered through the client API), a SIP URI or a trunk
 //! (the caller's offer read and re-offered, media ports asked of the shell
 //! with [`GwOutput::BridgeMedia`], the callees rung once
 //! [`Gateway::bridge_ready`] has them). The call itself is run by

@@ -1,10 +1,12 @@
 //! Media of bridged calls: the SIP side's RTP socket (bound before the
 //! INVITE, so the offer can name it) and, once the SIP side answers, one
-//! task per call that moves audio between that socket and the caller: a
-//! browser's peer in the WebRTC task (SIP RTP -> [`RtpSession`] ->
-//! [`Direction`] -> hub, and back), or a SIP caller's own RTP socket (the
-//! gateway anchors media between the two SIP endpoints). Each direction
-//! relays or transcodes on its own ([`audio_direction`]).
+//! task per call that moves audio between a SIP endpoint and the other
+//! side: a browser's peer in the WebRTC task (SIP RTP -> [`RtpSession`] ->
+//! [`Direction`] -> hub, and back; the browser may have called or been
+//! called), or a SIP caller's own RTP socket (the gateway anchors media
+//! between the two SIP endpoints). Each direction relays or transcodes on
+//! its own ([`audio_direction`]). A task reports its counters when it stops
+//! (for the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when

@@ -1,8 +1,9 @@
 //! The client API (browsers, modelled on Pexip's) and WHIP (RFC 9725).
 //!
-//! Owns tokens (HMAC-signed, short-lived, bound to one alias and one
-//! participant), the calls browsers hold, and the per-participant event
-//! streams (Server-Sent Events). Calls are routed through the dialplan and
+//! Owns tokens (`tokens`: HMAC-signed, short-lived, bound to one alias
+//! and one participant), the calls browsers hold, browser registrations
+//! and the calls offered to them (`incoming`), and the per-participant
+//! event streams (Server-Sent Events). Calls are routed through the dialplan and
 //! the policy server like SIP calls; the peers themselves live in the
 //! WebRTC task, reached through [`WebrtcHandle`]. Replies are
 //! `{"status": "success", "result": ...}` or `{"status": "failed", "reason": ...}`.
