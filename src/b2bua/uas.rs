@@ -1,0 +1,202 @@
+//! The SIP side of calls as a UAS: our responses to a SIP caller's INVITE,
+//! our SDP answers to its offers, and re-INVITEs from either SIP side of a
+//! connected call (hold and resume, answered here and passed on).
+//! Must not touch forks' transactions beyond asking their legs for a
+//! re-INVITE.
+
+use super::{B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
+use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
+use crate::sip::dialog::Dialogs;
+use crate::sip::msg::{Message, response_to};
+use bytes::Bytes;
+use causeway_codecs::registry::AudioCodec;
+use std::net::IpAddr;
+
+impl B2bua {
+    /// A re-INVITE from a SIP side of a connected call (hold, resume):
+    /// answered here in the codec already agreed, its direction mirrored
+    /// (a hold is never answered sendrecv), and the same direction offered
+    /// to the other side when that is SIP too. Returns our 200, or why the
+    /// offer cannot be taken (488; the session goes on unchanged).
+    pub(super) fn reoffer(
+        &mut self,
+        call_id: &str,
+        leg: Leg,
+        msg: &Message,
+    ) -> Result<Message, String> {
+        let call = self.calls.get_mut(call_id).ok_or("no such call")?;
+        if call.state != State::Connected {
+            return Err("the call is not connected".into());
+        }
+        let offer = crate::sdp::parse(std::str::from_utf8(&msg.body).unwrap_or_default())
+            .map_err(|e| format!("a re-INVITE needs an SDP offer ({e})"))?;
+        let m = offer
+            .media
+            .iter()
+            .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)
+            .ok_or("the offer has no audio")?;
+        // c=0.0.0.0 is the old way to put a call on hold (RFC 2543).
+        let held = if offer.rtp_addr(m).is_some_and(|a| a.ip().is_unspecified()) {
+            crate::sdp::Direction::Inactive
+        } else {
+            m.direction
+        };
+        let winner = call.winner.ok_or("no callee")?;
+        let (ok, forward) = match (leg, &mut call.caller) {
+            (Leg::Caller, Caller::Sip(sc)) => {
+                let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
+                sc.origin.1 += 1;
+                let (body, _) = answer_audio(
+                    &offer,
+                    agreed.format.codec.as_ref(),
+                    false,
+                    sc.media,
+                    sc.origin,
+                )
+                .map_err(|e| e.to_string())?;
+                let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
+                // A browser callee is not told (its media keeps flowing).
+                let forward = match (winner, call.callee.as_mut()) {
+                    (Winner::Sip(w), Some((callee, ip, port, origin))) => {
+                        origin.1 += 1;
+                        let sdp = Offer::agreed(callee).to_sdp_with(*ip, *port, *origin, held);
+                        let fork = &mut call.forks[w];
+                        fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow))
+                    }
+                    _ => None,
+                };
+                (ok, forward)
+            }
+            (Leg::Fork(i), caller) if winner == Winner::Sip(i) => {
+                let (callee, ip, port, origin) = call.callee.as_mut().ok_or("no callee media")?;
+                origin.1 += 1;
+                let (body, _) = answer_audio(
+                    &offer,
+                    callee.format.codec.as_ref(),
+                    false,
+                    (*ip, *port),
+                    *origin,
+                )
+                .map_err(|e| e.to_string())?;
+                let fork = &call.forks[i];
+                let mut ok = response_to(msg, 200, "OK", None, Some(fork.leg.flow.remote));
+                ok.push_header("Contact", fork.leg.contact());
+                ok.push_header("Content-Type", "application/sdp");
+                ok.body = Bytes::from(body);
+                let forward = match caller {
+                    Caller::Sip(sc) => {
+                        let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
+                        sc.origin.1 += 1;
+                        let sdp = Offer::agreed(agreed)
+                            .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
+                        self.dialogs.request(
+                            sc.dialog,
+                            "INVITE",
+                            &sc.via_host,
+                            &sc.user_agent,
+                            Some(&sdp),
+                        )
+                    }
+                    // The browser side is not told (its media keeps flowing).
+                    Caller::Browser(_) => None,
+                };
+                (ok, forward)
+            }
+            _ => return Err("not a leg of this call".into()),
+        };
+        tracing::info!(call = %call_id, direction = held.name(), "session renegotiated");
+        if let Some((req, flow)) = forward {
+            self.out.push_back(CallOutput::Request(req, flow));
+        }
+        Ok(ok)
+    }
+}
+
+/// A response of ours to a SIP caller's INVITE: our tag, and for 1xx/2xx
+/// our Contact (it makes a dialog). `None` when the dialog is gone.
+pub(super) fn caller_response(
+    dialogs: &Dialogs,
+    sc: &SipCaller,
+    code: u16,
+    reason: &str,
+) -> Option<Message> {
+    let d = dialogs.get(sc.dialog)?;
+    let mut r = response_to(
+        &d.invite,
+        code,
+        reason,
+        Some(&d.local_tag),
+        Some(d.flow.remote),
+    );
+    if code < 300 {
+        r.push_header("Contact", sc.contact.clone());
+    }
+    r.push_header("Server", sc.user_agent.clone());
+    Some(r)
+}
+
+/// Answers an offer's first audio section we can take, with the codecs in
+/// `prefer` if the offer has one, else (when `fallback`) any we can
+/// transcode to; every other section is declined. Returns our SDP (at
+/// `addr`:`port`, with `origin` in `o=`) and what it agreed.
+pub(super) fn answer_audio(
+    offer: &SessionDesc,
+    prefer: Option<&causeway_codecs::CodecKey>,
+    fallback: bool,
+    (addr, port): (IpAddr, u16),
+    origin: (u64, u64),
+) -> Result<(String, Negotiated), crate::sdp::SdpError> {
+    let answer_with = |codecs: Vec<causeway_codecs::CodecKey>| {
+        crate::sdp::answer(offer, &AnswerConfig { codecs, dtmf: true })
+    };
+    let mut answer = answer_with(prefer.into_iter().cloned().collect());
+    if fallback && answer.is_err() {
+        answer = answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect());
+    }
+    let mut answer = answer?;
+    let first = answer
+        .streams
+        .iter()
+        .position(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.kind == crate::sdp::MediaKind::Audio)
+        })
+        .ok_or(crate::sdp::SdpError::NoCommonMedia(
+            "no audio codec in common",
+        ))?;
+    for (i, n) in answer.streams.iter_mut().enumerate() {
+        if i != first {
+            *n = None;
+        }
+    }
+    let agreed = answer.streams[first]
+        .clone()
+        .ok_or(crate::sdp::SdpError::NoCommonMedia(
+            "no audio codec in common",
+        ))?;
+    let mut ports = vec![0; answer.streams.len()];
+    ports[first] = port;
+    Ok((answer.to_sdp(addr, &ports, origin.0, origin.1), agreed))
+}
+
+/// Our 200 to a SIP caller's offer (the first, or a re-INVITE's): `body`
+/// is our SDP.
+pub(super) fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Option<Message> {
+    let d = dialogs.get(sc.dialog)?;
+    let mut ok = caller_response(dialogs, sc, 200, "OK")?;
+    // A UAS keeps the route set (RFC 3261 12.1.1).
+    for rr in d.invite.headers_named("Record-Route") {
+        ok.push_header("Record-Route", rr.to_string());
+    }
+    ok.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
+    ok.push_header("Content-Type", "application/sdp");
+    ok.body = Bytes::from(body);
+    Some(ok)
+}
+
+/// The address, port and `o=` origin of an SDP offer we sent.
+pub(super) fn our_offer_origin(body: &[u8]) -> Option<(IpAddr, u16, (u64, u64))> {
+    let sd = crate::sdp::parse(std::str::from_utf8(body).ok()?).ok()?;
+    let addr = sd.rtp_addr(sd.media.first()?)?;
+    Some((addr.ip(), addr.port(), (sd.session_id, sd.version)))
+}
