@@ -134,9 +134,14 @@ impl Records {
                 None
             }
             Notice::Release { call, .. } => {
-                let media = self.live.get(call).map(|r| r.media.is_some())?;
-                // Media counters come when the bridge stops.
-                if media { None } else { self.live.remove(call) }
+                let r = self.live.get(call)?;
+                // Media counters come when the bridge stops (which may have
+                // happened already: a browser's peer closing ends it).
+                if r.media.is_some() && r.totals.is_none() {
+                    None
+                } else {
+                    self.live.remove(call)
+                }
             }
             Notice::StartMedia { .. } | Notice::RingBrowser { .. } => None,
         }
@@ -239,6 +244,32 @@ mod tests {
         assert_eq!(done.ended_by.as_deref(), Some("caller"));
         assert_eq!(done.totals, Some(totals));
         assert_eq!(r.media_stopped("c1", totals), None, "recorded once");
+    }
+
+    #[test]
+    fn media_that_stopped_before_the_call_ended_is_recorded_at_the_release() {
+        let mut r = Records::default();
+        r.start(0, "c3", parties());
+        r.media(
+            "c3",
+            MediaPlan {
+                callee_leg: "webrtc".into(),
+                caller_codec: "PCMU/8000".into(),
+                callee_codec: "PCMU/8000".into(),
+                audio: "passthrough".into(),
+            },
+        );
+        // The browser's peer closed: its media task stopped first.
+        assert_eq!(r.media_stopped("c3", MediaTotals::default()), None);
+        let ended = CallEvent::Ended {
+            by: Side::Browser,
+            status: None,
+            reason: "hangup".into(),
+        };
+        assert_eq!(r.on_notice(700, &event("c3", ended)), None);
+        let done = r.on_notice(700, &release("c3")).expect("finished");
+        assert_eq!(done.ended_by.as_deref(), Some("browser"));
+        assert_eq!(done.totals, Some(MediaTotals::default()));
     }
 
     #[test]
