@@ -19,9 +19,10 @@ if (!base || !alias || !ready || !["browser", "remote", "decline"].includes(mode
 
 const browser = await launch(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []);
 
-const result = { registered: false, incoming: null, connected: false, frequency: null, stats: null, ended: null, errors: [] };
+let page = null;
+const result = { page_log: [], registered: false, incoming: null, connected: false, frequency: null, stats: null, ended: null, errors: [] };
 try {
-  const page = await (await browser.newContext()).newPage();
+  page = await (await browser.newContext()).newPage();
   page.on("pageerror", (e) => result.errors.push(`page error: ${e.message}`));
   await page.goto(`${base}/?register=${encodeURIComponent(alias)}`);
   await page.fill("#reg-password", password);
@@ -52,6 +53,9 @@ try {
   }
 } catch (e) {
   result.errors.push(String(e));
+  // The page's own log says what it saw (answer refused, media failed...).
+  result.page_log = await page?.evaluate(() => [...document.querySelectorAll("#log li")]
+    .map((li) => li.textContent)).catch(() => []) ?? [];
 } finally {
   await browser.close();
 }
