@@ -212,13 +212,15 @@ fn baresip_registers_refreshes_and_unregisters() {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                gw.log_text()
+                "timed out waiting for {what}:\n{}\n--- baresip\n{}",
+                gw.log_text(),
+                std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let first = wait_for("baresip to register", &|r| r.len() == 1, 15);
+    // Generous: baresip starts beside Chromium-driven tests on 2 cores.
+    let first = wait_for("baresip to register", &|r| r.len() == 1, 30);
     assert_eq!(first[0]["aor"], "sip:alice@test.local");
     assert!(
         first[0]["user_agent"].as_str().unwrap().contains("baresip"),
