@@ -12,6 +12,9 @@
 //!   echo calls through the client API with 5 s of audio; the gateway's CPU
 //!   time (`/proc/PID/stat`) and resident memory per peer.
 
+// A measuring harness, not the gateway: when its setup fails (no
+// certificate, a peer refusing our offer, the gateway binary not starting)
+// there is nothing to measure, so it stops at once with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/load/webrtc_client.rs"]

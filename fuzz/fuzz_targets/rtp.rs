@@ -26,8 +26,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for suite in Suite::ALL {
-        let key = MasterKey::new(suite, &[7; 16], &[9; 14][..suite.salt_len()]).expect("key");
-        let mut ctx = Context::new(&key).expect("context");
+        let key = MasterKey::new(suite, &[7; 16], &[9; 14][..suite.salt_len()])
+            .expect("a 16-byte key and the suite's own salt length are valid");
+        let mut ctx = Context::new(&key).expect("a valid master key makes a context");
         let _ = ctx.unprotect_rtp(&mut data.to_vec());
         let _ = ctx.unprotect_rtcp(&mut data.to_vec());
     }

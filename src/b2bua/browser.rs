@@ -56,24 +56,20 @@ impl B2bua {
     /// or the status that fork failed with. A peer for a call that ended
     /// meanwhile is released.
     pub fn browser_offered(&mut self, now: Instant, fork: &str, result: Result<PeerId, u16>) {
-        let found = self.by_fork.get(fork).cloned();
-        let Some(b) = found.as_ref().and_then(|(call, j)| {
+        let call_id = self.by_fork.get(fork).map(|(call, _)| call.clone());
+        let b = self.by_fork.get(fork).and_then(|(call, j)| {
             self.calls
                 .get_mut(call)
                 .and_then(|c| c.browsers.get_mut(*j))
-        }) else {
+        });
+        let (Some(call_id), Some(b)) = (call_id, b.filter(|b| b.state == BrowserState::Offering))
+        else {
+            // The call ended (or this fork stopped) while the peer was made.
             if let Ok(peer) = result {
                 self.release_peer(fork, peer);
             }
             return;
         };
-        if b.state != BrowserState::Offering {
-            if let Ok(peer) = result {
-                self.release_peer(fork, peer);
-            }
-            return;
-        }
-        let Some((call_id, _)) = found else { return };
         match result {
             Ok(peer) => {
                 b.peer = Some(peer);

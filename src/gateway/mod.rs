@@ -302,6 +302,11 @@ impl Gateway {
     /// Once a second or so: drop expired bindings and stale auth state.
     pub fn tick(&mut self, wall: u64) {
         self.registrar.expire(wall);
+        // Browsers whose token lapsed without a release (a closed tab).
+        for regs in self.browsers.values_mut() {
+            regs.retain(|(_, until)| *until > wall);
+        }
+        self.browsers.retain(|_, regs| !regs.is_empty());
     }
 
     /// When [`Gateway::handle_timeout`] next needs calling.

@@ -362,3 +362,23 @@ fn malformed_gets_400_when_answerable_and_is_counted() {
     );
     assert_eq!(g.counters.malformed.load(Relaxed), 3);
 }
+
+#[test]
+fn browser_registrations_reach_an_alias_until_they_lapse_or_are_released() {
+    let mut g = gw();
+    g.register_browser("Bob", "p-1", 100);
+    g.register_browser("bob", "p-2", 200);
+    assert!(g.is_registered("bob", 50), "case does not matter");
+    assert_eq!(g.registered_browsers("bob", 150).len(), 1, "p-1 lapsed");
+    // A refresh moves the expiry, it does not add a second entry.
+    g.register_browser("bob", "p-2", 300);
+    assert_eq!(g.registered_browsers("bob", 250).len(), 1);
+    g.unregister_browser("p-2");
+    assert!(!g.is_registered("bob", 150));
+    // Closed tabs' registrations are dropped once their tokens lapse.
+    g.register_browser("carol", "p-3", 10);
+    g.tick(11);
+    assert!(!g.browsers.contains_key("carol"));
+    g.tick(101);
+    assert!(g.browsers.is_empty(), "bob's p-1 lapsed at 100");
+}
