@@ -248,6 +248,18 @@ fn assert_heard(what: &str, samples: &[i16], rate: u32, want: f64) {
     );
 }
 
+/// The page's call went through and it heard baresip's 1 kHz tone.
+fn assert_page_heard_baresip(r: &Value, context: &dyn Fn() -> String) {
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    assert_eq!(r["connected"], true, "{}", context());
+    let f = r["frequency"].as_f64().unwrap();
+    assert!(
+        (f - 1000.0).abs() < 30.0,
+        "the browser heard {f} Hz\n{}",
+        context()
+    );
+}
+
 /// The one call record the gateway kept, once written.
 fn only_cdr(gw: &Gw) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -288,14 +300,7 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     );
     let r = parse_result(&out, &gw, &baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
-    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
-    assert_eq!(r["connected"], true, "{}", context());
-    let f = r["frequency"].as_f64().unwrap();
-    assert!(
-        (f - 1000.0).abs() < 30.0,
-        "the browser heard {f} Hz\n{}",
-        context()
-    );
+    assert_page_heard_baresip(&r, &context);
     assert_eq!(
         r["stats"]["audioIn"]["codec"],
         "audio/opus",
@@ -387,13 +392,7 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
     let out = node.join().unwrap();
     let r = parse_result(&out, &gw, &baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
-    assert_eq!(r["connected"], true, "{}", context());
-    let f = r["frequency"].as_f64().unwrap();
-    assert!(
-        (f - 1000.0).abs() < 30.0,
-        "the browser heard {f} Hz\n{}",
-        context()
-    );
+    assert_page_heard_baresip(&r, &context);
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "sip", "{}", context());
     assert!(gw.log_text().contains("opus/48000"), "{}", context());
@@ -470,15 +469,9 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
         context()
     );
     assert_eq!(r["incoming"]["offer_has_audio"], true, "{}", context());
-    assert_eq!(r["connected"], true, "{}", context());
     // The browser hears baresip's 1 kHz, in PCMU: the caller's codec was
     // offered first, so the audio is relayed untouched.
-    let f = r["frequency"].as_f64().unwrap();
-    assert!(
-        (f - 1000.0).abs() < 30.0,
-        "the browser heard {f} Hz\n{}",
-        context()
-    );
+    assert_page_heard_baresip(&r, &context);
     assert_eq!(
         r["stats"]["audioIn"]["codec"],
         "audio/PCMU",
@@ -528,14 +521,7 @@ fn baresip_hangs_up_an_opus_call_to_a_browser_and_a_declined_call_gets_603() {
     let baresip = Baresip::start(&gw, "opus");
     let r = baresip_calls_the_page(&gw, &baresip, "remote", true);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
-    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
-    assert_eq!(r["connected"], true, "{}", context());
-    let f = r["frequency"].as_f64().unwrap();
-    assert!(
-        (f - 1000.0).abs() < 30.0,
-        "the browser heard {f} Hz\n{}",
-        context()
-    );
+    assert_page_heard_baresip(&r, &context);
     assert_eq!(
         r["stats"]["audioIn"]["codec"],
         "audio/opus",
