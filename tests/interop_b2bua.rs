@@ -5,7 +5,10 @@
 //! in the page) and what baresip recorded (its sndfile module). One test
 //! hangs up from the browser, one from baresip. The other way round,
 //! baresip calls `bob`, registered by the page through the client API: the
-//! page answers from its `incoming_call` event, or declines.
+//! page answers from its `incoming_call` event, or declines. With video,
+//! baresip takes H.264 only (its avcodec module, a fakevideo camera):
+//! the page's VP8 is transcoded both ways, and the page's H.264 relayed
+//! untouched; each side must decode the other's pictures.
 
 #![allow(clippy::unwrap_used)]
 
@@ -94,7 +97,9 @@ impl Drop for Kill {
 
 /// A baresip registered as alice with one audio codec (`PCMU` or `opus`):
 /// auto-answers, sends `tone.wav`, records what it receives into its
-/// directory.
+/// directory. With video, it sends and decodes H.264 (avcodec: the only
+/// video module it loads, so the only video codec it takes; its account's
+/// `video_codecs=H264` made it refuse the video section altogether).
 struct Baresip {
     dir: tempfile::TempDir,
     ctrl: u16,
@@ -103,6 +108,10 @@ struct Baresip {
 
 impl Baresip {
     fn start(gw: &Gw, codecs: &str) -> Baresip {
+        Self::start_with_video(gw, codecs, false)
+    }
+
+    fn start_with_video(gw: &Gw, codecs: &str, video: bool) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
         let sip_port = free_port();
         let ctrl = free_port();
@@ -127,9 +136,17 @@ impl Baresip {
                  module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\n\
                  module aufile.so\nmodule alsa.so\nmodule sndfile.so\nsnd_path {}\n\
                  module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n\
-                 audio_source aufile,{}\naudio_player alsa,null\naudio_alert alsa,null\n",
+                 audio_source aufile,{}\naudio_player alsa,null\naudio_alert alsa,null\n{}",
                 dir.path().display(),
                 wav.display(),
+                if video {
+                    "module avcodec.so\nmodule fakevideo.so\nmodule snapshot.so\n\
+                     video_source fakevideo,nil\nvideo_display fakevideo,nil\n\
+                     video_size 352x288\nvideo_fps 15\nvideo_bitrate 500000\n\
+                     avcodec_h264enc libx264\navcodec_h264dec h264\n"
+                } else {
+                    ""
+                },
             ),
         );
         write(
@@ -149,6 +166,7 @@ impl Baresip {
         let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
         let child = Kill(
             Command::new("baresip")
+                .current_dir(dir.path())
                 .arg("-f")
                 .arg(dir.path())
                 .stdin(Stdio::null())
@@ -185,6 +203,31 @@ impl Baresip {
         let _ = s.read(&mut buf);
     }
 
+    /// Saves the next picture baresip decodes (snapshot module) and
+    /// returns its width and height, read from the PNG header.
+    fn decoded_picture(&self) -> (u32, u32) {
+        let path = self.dir.path().join("recv.png");
+        self.command("snapshot_recv", &path.display().to_string());
+        let png = || {
+            std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "png"))
+                .and_then(|p| std::fs::read(p).ok())
+                .filter(|b| b.len() > 24)
+        };
+        wait_for(
+            "baresip's snapshot of a decoded picture",
+            10,
+            || png().is_some(),
+            || self.log(),
+        );
+        let b = png().unwrap();
+        let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        // IHDR follows the 8-byte signature and the chunk's length and type.
+        (be(16), be(20))
+    }
+
     /// What baresip received and decoded (sndfile's `-dec` dump).
     fn received(&self) -> (Vec<i16>, u32) {
         let dump = std::fs::read_dir(self.dir.path())
@@ -198,6 +241,7 @@ impl Baresip {
 
 fn node_call(gw: &Gw, seconds: u32, hangup: &str, wav: &Path) -> Command {
     let mut cmd = Command::new("node");
+    cmd.env_remove("VIDEO_CODEC");
     cmd.current_dir(browser_dir()).args([
         "call.mjs",
         &format!("http://127.0.0.1:{}", gw.http_port),
@@ -545,4 +589,80 @@ fn baresip_hangs_up_an_opus_call_to_a_browser_and_a_declined_call_gets_603() {
         context,
     );
     assert!(gw.log_text().contains("browser declined"), "{}", context());
+}
+
+/// Chromium calls baresip (H.264 only) with its video limited to `codec`;
+/// checks that each side decoded the other's pictures and returns the
+/// call's record.
+fn video_call(codec: &str) -> Value {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start_with_video(&gw, "PCMU", true);
+    let wav = browser_tone(baresip.dir.path());
+    let mut cmd = node_call(&gw, 6, "browser", &wav);
+    cmd.env("VIDEO_CODEC", codec);
+    let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    wait_for(
+        "the answer",
+        40,
+        || gw.log_text().contains("bridging video"),
+        || format!("{}\n{}", gw.log_text(), baresip.log()),
+    );
+    // Give the first keyframes time to cross, then keep what baresip decodes.
+    std::thread::sleep(Duration::from_secs(3));
+    let (width, height) = baresip.decoded_picture();
+    let out = node.join().unwrap();
+    let r = parse_result(&out, &gw, &baresip);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert_page_heard_baresip(&r, &context);
+    // baresip decoded the page's camera (640x360, as the page asks).
+    assert_eq!((width, height), (640, 360), "{}", context());
+    // The page decoded baresip's fakevideo pictures (352x288).
+    let v = &r["video"];
+    assert_eq!(
+        v["videoIn"]["codec"].as_str().map(str::to_lowercase),
+        Some(format!("video/{}", codec.to_lowercase())),
+        "{}",
+        context()
+    );
+    assert!(
+        v["videoIn"]["framesDecoded"].as_u64().unwrap_or(0) > 30,
+        "{}",
+        context()
+    );
+    assert_eq!(
+        (&v["videoIn"]["width"], &v["videoIn"]["height"]),
+        (&352.into(), &288.into()),
+        "{}",
+        context()
+    );
+    let cdr = only_cdr(&gw);
+    for dir in ["video_to_sip_out", "video_to_browser_out"] {
+        assert!(
+            cdr["totals"][dir].as_u64().unwrap_or(0) > 30,
+            "{dir}: {cdr}\n{}",
+            context()
+        );
+    }
+    cdr
+}
+
+#[test]
+fn chromium_vp8_and_baresip_h264_are_transcoded_both_ways() {
+    let cdr = video_call("VP8");
+    let video = &cdr["media"]["video"];
+    assert_eq!(video["browser_codec"], "VP8/90000", "{cdr}");
+    assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["to_sip"], "transcoded", "{cdr}");
+    assert_eq!(video["to_browser"], "transcoded", "{cdr}");
+}
+
+#[test]
+fn chromium_h264_and_baresip_h264_are_relayed_untouched() {
+    let cdr = video_call("H264");
+    let video = &cdr["media"]["video"];
+    assert_eq!(video["browser_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["to_sip"], "passthrough", "{cdr}");
+    assert_eq!(video["to_browser"], "passthrough", "{cdr}");
 }

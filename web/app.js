@@ -12,6 +12,8 @@ function session() {
   return { alias: null, token: null, participant: null, iceServers: [], refreshTimer: null, events: null };
 }
 
+const params = new URLSearchParams(location.search);
+
 const app = {
   out: session(), // calls this page places
   reg: session(), // the registration that lets SIP endpoints call this page
@@ -291,6 +293,7 @@ async function startCall(alias, name, pin) {
     const pc = newPeer(app.out.iceServers);
     for (const track of app.local.getTracks()) pc.addTrack(track, app.local);
     if (!app.local.getVideoTracks().length) pc.addTransceiver("video", { direction: "recvonly" });
+    preferVideoCodec(pc, params.get("video_codec"));
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
     const r = await post(api(alias, "calls"), { sdp: pc.localDescription.sdp });
@@ -304,6 +307,24 @@ async function startCall(alias, name, pin) {
     if (e.status === 401 || e.status === 403) app.out.token = null;
     teardown();
     setState("failed", e.status === 404 ? "No such alias" : "Call failed");
+  }
+}
+
+/**
+ * Offers only one video codec (`/?video_codec=H264` or `VP8`): a call to a
+ * SIP endpoint that has that codec is then relayed without transcoding.
+ */
+function preferVideoCodec(pc, name) {
+  if (!name || !RTCRtpReceiver.getCapabilities) return;
+  const mime = `video/${name}`.toLowerCase();
+  const codecs = RTCRtpReceiver.getCapabilities("video").codecs
+    .filter((c) => c.mimeType.toLowerCase() === mime);
+  if (!codecs.length) {
+    log(`this browser cannot send ${name}; offering its default video codecs`, true);
+    return;
+  }
+  for (const t of pc.getTransceivers()) {
+    if (t.receiver.track.kind === "video") t.setCodecPreferences(codecs);
   }
 }
 
@@ -418,7 +439,6 @@ window.addEventListener("beforeunload", () => {
   if (app.call) hangup();
 });
 
-const params = new URLSearchParams(location.search);
 if (params.get("alias")) $("alias").value = params.get("alias");
 if (params.get("name")) $("name").value = params.get("name");
 if (params.get("register")) {

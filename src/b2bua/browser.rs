@@ -129,6 +129,7 @@ impl B2bua {
                     true,
                     sc.media,
                     sc.origin,
+                    None,
                 )
                 .map_err(|e| e.to_string())
                 .and_then(|(body, agreed)| {

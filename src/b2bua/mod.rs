@@ -36,7 +36,7 @@ use uas::{answer_audio, caller_ok, caller_response, our_offer_origin};
 
 use crate::dialplan::reason_phrase;
 use crate::media::bridge::AudioEnd;
-use crate::sdp::{Negotiated, Offer, SessionDesc};
+use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, response_to};
@@ -45,6 +45,7 @@ use crate::sip::uac::{InviteParams, UacLeg};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -166,7 +167,7 @@ pub enum CallerMedia {
 #[derive(Debug)]
 pub enum CalleeMedia {
     /// A SIP endpoint, as its answer to our offer agreed.
-    Sip(Box<Negotiated>),
+    Sip(Box<Agreed>),
     /// A browser's peer that answered our offer, with what it negotiated.
     Browser(PeerId, Vec<PeerFormat>),
 }
@@ -324,13 +325,23 @@ enum State {
     Ended,
 }
 
+/// What a SIP callee agreed, and the address, ports and `o=` origin of our
+/// SDP toward it (re-offers reuse them).
+#[derive(Debug)]
+struct CalleeSession {
+    agreed: Agreed,
+    ip: IpAddr,
+    port: u16,
+    video_port: Option<u16>,
+    origin: (u64, u64),
+}
+
 #[derive(Debug)]
 struct Call {
     caller: Caller,
     offer: Offer,
-    /// What the answering callee agreed, and the address, port and `o=`
-    /// origin of our SDP toward it (re-offers reuse them).
-    callee: Option<(Negotiated, IpAddr, u16, (u64, u64))>,
+    /// What the answering SIP callee agreed, and our side of it.
+    callee: Option<CalleeSession>,
     forks: Vec<Fork>,
     /// Browsers rung (SIP callers only).
     browsers: Vec<BrowserFork>,
@@ -393,6 +404,28 @@ pub fn browser_codecs(formats: &[PeerFormat]) -> Vec<AudioCodec> {
         {
             v.push(c);
         }
+    }
+    v
+}
+
+/// The video codecs to offer the SIP side for a browser's call: the one
+/// the browser sends first (relayed when the SIP side takes it), then,
+/// when `transcode`, the other one we can transcode to.
+pub fn browser_video_codecs(formats: &[PeerFormat], transcode: bool) -> Vec<VideoCodec> {
+    let Some(first) = formats
+        .iter()
+        .filter(|f| f.kind == StreamKind::Video)
+        .find_map(|f| causeway_codecs::registry::video_codec(&f.codec))
+    else {
+        return Vec::new();
+    };
+    let mut v = vec![first];
+    if transcode {
+        v.extend(
+            [VideoCodec::H264, VideoCodec::Vp8]
+                .into_iter()
+                .filter(|c| *c != first),
+        );
     }
     v
 }
@@ -715,8 +748,9 @@ impl B2bua {
         }
         fork.state = ForkState::Done;
         call.winner = Some(Winner::Sip(i));
-        let negotiated = crate::sdp::parse(&String::from_utf8_lossy(&ok.body))
-            .and_then(|sd| call.offer.read_answer(&sd));
+        let body = String::from_utf8_lossy(&ok.body);
+        tracing::debug!(call = %call_id, sdp = %body, "SIP side's answer");
+        let negotiated = crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd));
         // Everyone else stops ringing.
         for (j, f) in call.forks.iter_mut().enumerate() {
             if j != i {
@@ -733,10 +767,11 @@ impl B2bua {
                     sc.origin.1 += 1;
                     let (body, agreed) = answer_audio(
                         &sc.caller_offer,
-                        n.format.codec.as_ref(),
+                        n.audio.format.codec.as_ref(),
                         true,
                         sc.media,
                         sc.origin,
+                        None,
                     )?;
                     let ok = caller_ok(&self.dialogs, sc, body)
                         .ok_or(crate::sdp::SdpError::Invalid("the caller's dialog is gone"))?;
@@ -753,13 +788,26 @@ impl B2bua {
         match negotiated {
             Ok((n, caller)) => {
                 call.state = State::Connected;
-                call.callee = our_offer_origin(call.forks[i].leg.offered())
-                    .map(|(ip, port, origin)| (n.clone(), ip, port, origin));
-                let codec = n.format.codec.as_ref().map_or_else(
-                    || n.format.pt.to_string(),
+                call.callee = our_offer_origin(call.forks[i].leg.offered()).map(
+                    |(ip, port, video_port, origin)| CalleeSession {
+                        agreed: n.clone(),
+                        ip,
+                        port,
+                        video_port,
+                        origin,
+                    },
+                );
+                let codec = n.audio.format.codec.as_ref().map_or_else(
+                    || n.audio.format.pt.to_string(),
                     |c| format!("{}/{}", c.name, c.clock_rate),
                 );
-                tracing::info!(call = %call_id, %codec, "SIP side answered");
+                let video = n.video.as_ref().and_then(|v| v.format.codec.as_ref());
+                tracing::info!(
+                    call = %call_id,
+                    %codec,
+                    video = video.map_or("none", |c| c.name.as_str()),
+                    "SIP side answered"
+                );
                 self.notify(Notice::StartMedia {
                     call: call_id.to_string(),
                     caller,

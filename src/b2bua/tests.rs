@@ -141,7 +141,7 @@ fn forks_ring_the_first_answer_wins_and_the_rest_are_cancelled() {
         panic!()
     };
     assert!(matches!(caller, CallerMedia::Browser(PeerId(7))));
-    assert_eq!(sip.format.pt, 0);
+    assert_eq!(sip.audio.format.pt, 0);
     // The 200 retransmitted: ACKed again, nothing else.
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
     assert_eq!(methods(&drain(&mut b)), ["ACK"]);
@@ -416,7 +416,7 @@ fn a_sip_caller_hears_ringing_gets_the_callees_codec_and_hangs_up() {
     let CallerMedia::Sip(agreed) = caller else {
         panic!("{caller:?}")
     };
-    assert_eq!((agreed.format.pt, sip.format.pt), (0, 0));
+    assert_eq!((agreed.format.pt, sip.audio.format.pt), (0, 0));
     assert_eq!(agreed.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
 
     // Our 200 is resent until the ACK.
@@ -778,4 +778,68 @@ fn a_caller_cancelling_stops_the_ringing_browser_and_a_late_offer_is_released() 
         panic!("{out:?}")
     };
     assert_eq!(*peer, Some(PeerId(5)));
+}
+
+#[test]
+fn a_browser_calls_video_survives_the_callees_hold() {
+    use causeway_codecs::video::VideoCodec;
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let offer = Offer::audio(&[AudioCodec::Pcmu], true)
+        .with_video(&[VideoCodec::Vp8, VideoCodec::H264], 40004);
+    let mut t = target(5070);
+    t.sdp = offer.to_sdp("127.0.0.1".parse().unwrap(), 40002, 77, 1);
+    b.dial(
+        t0,
+        Dial {
+            id: "call-1".into(),
+            peer: PeerId(7),
+            offer,
+        },
+        vec![t],
+    );
+    let Some(CallOutput::Request(inv, _)) = b.poll_output() else {
+        panic!()
+    };
+    b.sent(
+        inv.call_id(),
+        TxKey::server(&inv).unwrap().for_method(Method::Invite),
+    );
+    assert!(body(&inv).contains("m=video 40004 RTP/AVP 100 99\r\n"));
+    // The room system takes H.264 only.
+    let video = "m=video 40010 RTP/AVP 126\r\na=rtpmap:126 H264/90000\r\n\
+                 a=fmtp:126 packetization-mode=1\r\n";
+    let answer = format!("{ANSWER_PCMU}{video}");
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK", "media", "connected"]);
+    let CallOutput::Notice(Notice::StartMedia {
+        callee: CalleeMedia::Sip(sip),
+        ..
+    }) = &out[1]
+    else {
+        panic!()
+    };
+    let v = sip.video.as_ref().expect("video agreed");
+    assert_eq!(v.format.pt, 126);
+    assert_eq!(v.remote_rtp, Some("127.0.0.1:40010".parse().unwrap()));
+
+    // The room system holds both streams: each is answered recvonly, video
+    // on our video port in its codec (not refused).
+    let mut hold = bye_from_callee(&inv, &from_tag(&inv), "a");
+    hold.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:causeway@127.0.0.1".into(),
+    };
+    let held = format!("{ANSWER_PCMU}a=sendonly\r\n{video}a=sendonly\r\n");
+    let hold = with_sdp(hold, &held);
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["200"]);
+    let CallOutput::Respond(_, ok) = &out[0] else {
+        panic!()
+    };
+    let sdp = body(ok);
+    assert!(sdp.contains("m=video 40004 RTP/AVP 126\r\n"), "{sdp}");
+    assert_eq!(sdp.matches("a=recvonly").count(), 2, "{sdp}");
 }

@@ -52,14 +52,16 @@ impl B2bua {
                     false,
                     sc.media,
                     sc.origin,
+                    None,
                 )
                 .map_err(|e| e.to_string())?;
                 let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
                 // A browser callee is not told (its media keeps flowing).
                 let forward = match (winner, call.callee.as_mut()) {
-                    (Winner::Sip(w), Some((callee, ip, port, origin))) => {
-                        origin.1 += 1;
-                        let sdp = Offer::agreed(callee).to_sdp_with(*ip, *port, *origin, held);
+                    (Winner::Sip(w), Some(c)) => {
+                        c.origin.1 += 1;
+                        let sdp = Offer::agreed(&c.agreed, c.video_port)
+                            .to_sdp_with(c.ip, c.port, c.origin, held);
                         let fork = &mut call.forks[w];
                         fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow))
                     }
@@ -68,14 +70,21 @@ impl B2bua {
                 (ok, forward)
             }
             (Leg::Fork(i), caller) if winner == Winner::Sip(i) => {
-                let (callee, ip, port, origin) = call.callee.as_mut().ok_or("no callee media")?;
-                origin.1 += 1;
+                let c = call.callee.as_mut().ok_or("no callee media")?;
+                c.origin.1 += 1;
+                let video = c
+                    .agreed
+                    .video
+                    .as_ref()
+                    .and_then(|v| v.format.codec.as_ref())
+                    .zip(c.video_port);
                 let (body, _) = answer_audio(
                     &offer,
-                    callee.format.codec.as_ref(),
+                    c.agreed.audio.format.codec.as_ref(),
                     false,
-                    (*ip, *port),
-                    *origin,
+                    (c.ip, c.port),
+                    c.origin,
+                    video,
                 )
                 .map_err(|e| e.to_string())?;
                 let fork = &call.forks[i];
@@ -87,7 +96,11 @@ impl B2bua {
                     Caller::Sip(sc) => {
                         let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
                         sc.origin.1 += 1;
-                        let sdp = Offer::agreed(agreed)
+                        let audio_only = crate::sdp::Agreed {
+                            audio: agreed.clone(),
+                            video: None,
+                        };
+                        let sdp = Offer::agreed(&audio_only, None)
                             .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
                         self.dialogs.request(
                             sc.dialog,
@@ -137,45 +150,52 @@ pub(super) fn caller_response(
 
 /// Answers an offer's first audio section we can take, with the codecs in
 /// `prefer` if the offer has one, else (when `fallback`) any we can
-/// transcode to; every other section is declined. Returns our SDP (at
-/// `addr`:`port`, with `origin` in `o=`) and what it agreed.
+/// transcode to; and, when `video` names a codec and our port for it, the
+/// first video section offering that codec. Every other section is
+/// declined. Returns our SDP (at `addr`:`port`, with `origin` in `o=`) and
+/// what it agreed for audio.
 pub(super) fn answer_audio(
     offer: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
     fallback: bool,
     (addr, port): (IpAddr, u16),
     origin: (u64, u64),
+    video: Option<(&causeway_codecs::CodecKey, u16)>,
 ) -> Result<(String, Negotiated), crate::sdp::SdpError> {
-    let answer_with = |codecs: Vec<causeway_codecs::CodecKey>| {
+    use crate::sdp::MediaKind;
+    let answer_with = |mut codecs: Vec<causeway_codecs::CodecKey>| {
+        codecs.extend(video.map(|(c, _)| c.clone()));
         crate::sdp::answer(offer, &AnswerConfig { codecs, dtmf: true })
     };
     let mut answer = answer_with(prefer.into_iter().cloned().collect());
-    if fallback && answer.is_err() {
+    let has_audio = |a: &crate::sdp::Answer| {
+        a.streams
+            .iter()
+            .any(|n| n.as_ref().is_some_and(|n| n.kind == MediaKind::Audio))
+    };
+    if fallback && !answer.as_ref().is_ok_and(has_audio) {
         answer = answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect());
     }
     let mut answer = answer?;
-    let first = answer
-        .streams
-        .iter()
-        .position(|n| {
-            n.as_ref()
-                .is_some_and(|n| n.kind == crate::sdp::MediaKind::Audio)
-        })
-        .ok_or(crate::sdp::SdpError::NoCommonMedia(
-            "no audio codec in common",
-        ))?;
+    let first_of = |a: &crate::sdp::Answer, kind| {
+        a.streams
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.kind == kind))
+    };
+    let no_audio = crate::sdp::SdpError::NoCommonMedia("no audio codec in common");
+    let first = first_of(&answer, MediaKind::Audio).ok_or(no_audio.clone())?;
+    let first_video = video.and_then(|_| first_of(&answer, MediaKind::Video));
+    let mut ports = vec![0; answer.streams.len()];
     for (i, n) in answer.streams.iter_mut().enumerate() {
-        if i != first {
+        if i == first {
+            ports[i] = port;
+        } else if Some(i) == first_video {
+            ports[i] = video.map_or(0, |(_, p)| p);
+        } else {
             *n = None;
         }
     }
-    let agreed = answer.streams[first]
-        .clone()
-        .ok_or(crate::sdp::SdpError::NoCommonMedia(
-            "no audio codec in common",
-        ))?;
-    let mut ports = vec![0; answer.streams.len()];
-    ports[first] = port;
+    let agreed = answer.streams[first].clone().ok_or(no_audio)?;
     Ok((answer.to_sdp(addr, &ports, origin.0, origin.1), agreed))
 }
 
@@ -194,9 +214,11 @@ pub(super) fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Opti
     Some(ok)
 }
 
-/// The address, port and `o=` origin of an SDP offer we sent.
-pub(super) fn our_offer_origin(body: &[u8]) -> Option<(IpAddr, u16, (u64, u64))> {
+/// The address, audio port, video port (when there is a video section)
+/// and `o=` origin of an SDP offer we sent.
+pub(super) fn our_offer_origin(body: &[u8]) -> Option<(IpAddr, u16, Option<u16>, (u64, u64))> {
     let sd = crate::sdp::parse(std::str::from_utf8(body).ok()?).ok()?;
     let addr = sd.rtp_addr(sd.media.first()?)?;
-    Some((addr.ip(), addr.port(), (sd.session_id, sd.version)))
+    let video = sd.media.get(1).map(|m| m.port);
+    Some((addr.ip(), addr.port(), video, (sd.session_id, sd.version)))
 }

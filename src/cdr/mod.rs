@@ -38,6 +38,22 @@ pub struct MediaPlan {
     pub callee_codec: String,
     /// `passthrough` (relayed untouched) or `transcoded`.
     pub audio: String,
+    /// The video, when both sides have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoPlan>,
+}
+
+/// The video of a call between a browser and a SIP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoPlan {
+    /// What the browser sends (`VP8/90000`).
+    pub browser_codec: String,
+    /// What the SIP side sends.
+    pub sip_codec: String,
+    /// Toward the SIP side: `passthrough` or `transcoded`.
+    pub to_sip: String,
+    /// Toward the browser: `passthrough` or `transcoded`.
+    pub to_browser: String,
 }
 
 /// A bridged call's media counters when it stopped.
@@ -53,6 +69,18 @@ pub struct MediaTotals {
     pub to_caller_out: u64,
     /// Packets lost (sequence gaps) on the SIP side's RTP.
     pub lost: u64,
+    /// Video packets received from the browser, and sent to the SIP side.
+    #[serde(default)]
+    pub video_to_sip_in: u64,
+    /// Video packets sent to the SIP side.
+    #[serde(default)]
+    pub video_to_sip_out: u64,
+    /// Video packets received from the SIP side.
+    #[serde(default)]
+    pub video_to_browser_in: u64,
+    /// Video packets sent to the browser.
+    #[serde(default)]
+    pub video_to_browser_out: u64,
 }
 
 /// One call: in progress (no `ended_at` yet) or over.
@@ -221,6 +249,7 @@ mod tests {
                 caller_codec: "PCMU/8000".into(),
                 callee_codec: "PCMU/8000".into(),
                 audio: "passthrough".into(),
+                video: None,
             },
         );
         let ended = CallEvent::Ended {
@@ -257,6 +286,7 @@ mod tests {
                 caller_codec: "PCMU/8000".into(),
                 callee_codec: "PCMU/8000".into(),
                 audio: "passthrough".into(),
+                video: None,
             },
         );
         // The browser's peer closed: its media task stopped first.

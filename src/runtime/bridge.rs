@@ -5,19 +5,22 @@
 //! [`Direction`] -> hub, and back; the browser may have called or been
 //! called), or a SIP caller's own RTP socket (the gateway anchors media
 //! between the two SIP endpoints). Each direction relays or transcodes on
-//! its own ([`audio_direction`]). A task reports its counters when it stops
-//! (for the call's record).
+//! its own ([`audio_direction`]). Video between a browser and a SIP
+//! endpoint runs beside the audio ([`super::video`]). A task reports its
+//! counters when it stops (for the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
-//! a call starts or ends by [`crate::b2bua`]. Video is not bridged yet.
+//! a call starts or ends by [`crate::b2bua`]. Video between two SIP
+//! endpoints is not bridged yet.
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
-use super::webrtc::WebrtcHandle;
+use super::video::{VideoIn, VideoLegs};
+use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia};
 use crate::cdr::{MediaPlan, MediaTotals};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
-use crate::media::session::{Inbound, RtpSession, SessionConfig};
+use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig};
 use crate::sdp::Negotiated;
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::AudioCodec;
@@ -36,6 +39,8 @@ enum Slot {
     Reserved {
         /// Toward the SIP callee.
         ports: Ports,
+        /// Video toward the SIP callee (browser callers with video).
+        video: Option<Ports>,
         caller: CallerPorts,
     },
     Running {
@@ -80,25 +85,33 @@ impl Bridges {
         }
     }
 
-    /// Binds the SIP-side RTP port for a call (and RTCP above it, in case
-    /// the answer declines rtcp-mux); returns the RTP port.
+    /// Binds the SIP-side RTP port for a browser's call (and RTCP above
+    /// it, in case the answer declines rtcp-mux), and another pair for
+    /// video when `video`; returns the RTP ports.
     pub fn reserve(
         &mut self,
         media: &mut MediaCalls,
         call: &str,
         ip: IpAddr,
         browser: Vec<PeerFormat>,
-    ) -> std::io::Result<u16> {
+        video: bool,
+    ) -> std::io::Result<(u16, Option<u16>)> {
         let ports = media.bind(ip, true)?;
         let port = ports.rtp.local_addr()?.port();
+        let video = video.then(|| media.bind(ip, true)).transpose()?;
+        let video_port = video
+            .as_ref()
+            .map(|v| v.rtp.local_addr().map(|a| a.port()))
+            .transpose()?;
         self.calls.insert(
             call.to_string(),
             Slot::Reserved {
                 ports,
+                video,
                 caller: CallerPorts::Browser(browser),
             },
         );
-        Ok(port)
+        Ok((port, video_port))
     }
 
     /// Binds RTP ports (and RTCP above each) toward a SIP caller and toward
@@ -119,6 +132,7 @@ impl Bridges {
             call.to_string(),
             Slot::Reserved {
                 ports,
+                video: None,
                 caller: CallerPorts::Sip(caller),
             },
         );
@@ -137,6 +151,7 @@ impl Bridges {
     ) -> Result<MediaPlan, String> {
         let Some(Slot::Reserved {
             ports,
+            video,
             caller: reserved,
         }) = self.calls.remove(call)
         else {
@@ -150,11 +165,21 @@ impl Bridges {
             done: self.done.clone(),
         };
         let (task, plan) = match (caller, callee, reserved) {
-            (CallerMedia::Browser(peer), CalleeMedia::Sip(n), CallerPorts::Browser(formats)) => {
-                let sip = RtpEnd::open(ports, &n, call)?;
-                let (task, browser, sip_end) =
-                    Legs::spawn(call, sip, &n, peer, &formats, webrtc, ends, true)?;
-                (task, plan("sip", browser, sip_end))
+            (CallerMedia::Browser(peer), CalleeMedia::Sip(a), CallerPorts::Browser(formats)) => {
+                let sip = RtpEnd::open(ports, &a.audio, call)?;
+                let video = match (&a.video, video) {
+                    (Some(n), Some(ports)) => {
+                        VideoLegs::new(call, RtpEnd::open(ports, n, call)?, n, peer, &formats)?
+                    }
+                    _ => None,
+                };
+                let (video, video_plan) = video.unzip();
+                let (task, browser, sip_end) = Legs::spawn(
+                    call, sip, &a.audio, peer, &formats, webrtc, ends, true, video,
+                )?;
+                let mut plan = plan("sip", browser, sip_end);
+                plan.video = video_plan;
+                (task, plan)
             }
             (
                 CallerMedia::Sip(agreed),
@@ -163,19 +188,20 @@ impl Bridges {
             ) => {
                 // The ports reserved toward SIP callees go unused.
                 let sip = RtpEnd::open(caller, &agreed, call)?;
-                let (task, browser, sip_end) =
-                    Legs::spawn(call, sip, &agreed, peer, &formats, webrtc, ends, false)?;
+                let (task, browser, sip_end) = Legs::spawn(
+                    call, sip, &agreed, peer, &formats, webrtc, ends, false, None,
+                )?;
                 (task, plan("webrtc", sip_end, browser))
             }
             (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller)) => {
                 let caller_end = sip_audio(&agreed)?;
-                let sip_end = sip_audio(&n)?;
+                let sip_end = sip_audio(&n.audio)?;
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
                 let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
                 log_start(call, caller_end, sip_end);
                 let relay = Relay {
                     caller: RtpEnd::open(caller, &agreed, call)?,
-                    callee: RtpEnd::open(ports, &n, call)?,
+                    callee: RtpEnd::open(ports, &n.audio, call)?,
                     to_callee,
                     to_caller,
                 };
@@ -238,6 +264,7 @@ fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
             "transcoded"
         }
         .into(),
+        video: None,
     }
 }
 
@@ -265,18 +292,29 @@ fn log_start(call: &str, caller: AudioEnd, sip: AudioEnd) {
     );
 }
 
+/// What one datagram on a SIP endpoint's sockets was.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Got {
+    /// An RTP packet, left in [`RtpEnd::buf`].
+    Rtp,
+    /// RTCP feedback the media path acts on (keyframe requests).
+    Feedback(Vec<Feedback>),
+    /// Nothing for the media path.
+    Nothing,
+}
+
 /// One SIP endpoint's media: its RTP (and RTCP) socket and session.
-struct RtpEnd {
+pub(super) struct RtpEnd {
     rtp: UdpSocket,
     rtcp: Option<UdpSocket>,
-    session: RtpSession,
+    pub session: RtpSession,
     /// Receive buffers for RTP and RTCP, reused.
-    buf: Vec<u8>,
+    pub buf: Vec<u8>,
     rbuf: Vec<u8>,
 }
 
 impl RtpEnd {
-    fn open(ports: Ports, n: &Negotiated, call: &str) -> Result<Self, String> {
+    pub fn open(ports: Ports, n: &Negotiated, call: &str) -> Result<Self, String> {
         let session = RtpSession::new(
             Instant::now(),
             SessionConfig {
@@ -304,22 +342,36 @@ impl RtpEnd {
     }
 
     /// Waits for the next datagram on either socket; an RTP packet is left
-    /// in `buf` (decrypted, checked) and reported as true.
-    async fn recv(&mut self) -> bool {
+    /// in `buf` (decrypted, checked).
+    pub async fn recv(&mut self) -> Got {
         self.buf.clear();
         self.rbuf.clear();
-        tokio::select! {
+        let inbound = tokio::select! {
             r = self.rtp.recv_buf_from(&mut self.buf) => {
-                let Ok((_, from)) = r else { return false };
-                self.session.on_rtp_port(Instant::now(), from, &mut self.buf) == Inbound::Rtp
+                let Ok((_, from)) = r else { return Got::Nothing };
+                self.session.on_rtp_port(Instant::now(), from, &mut self.buf)
             }
             r = recv_opt(self.rtcp.as_ref(), &mut self.rbuf) => {
-                if let Ok((_, from)) = r {
-                    self.session.on_rtcp_port(Instant::now(), from, &mut self.rbuf);
-                }
-                false
+                let Ok((_, from)) = r else { return Got::Nothing };
+                self.session.on_rtcp_port(Instant::now(), from, &mut self.rbuf)
             }
+        };
+        match inbound {
+            Inbound::Rtp => Got::Rtp,
+            Inbound::Rtcp(fb) if !fb.is_empty() => Got::Feedback(fb),
+            _ => Got::Nothing,
         }
+    }
+
+    /// Sends RTCP (a keyframe request) on the RTCP socket, or the RTP one
+    /// with rtcp-mux.
+    pub async fn send_rtcp(&self, (dest, p): (std::net::SocketAddr, Vec<u8>)) {
+        let _ = self
+            .rtcp
+            .as_ref()
+            .unwrap_or(&self.rtp)
+            .send_to(&p, dest)
+            .await;
     }
 
     /// Sends `packets` (emptied) and any RTCP report due.
@@ -329,13 +381,8 @@ impl RtpEnd {
                 let _ = self.rtp.send_to(&p, dest).await;
             }
         }
-        if let Some((dest, report)) = self.session.poll_rtcp(now, ntp_now()) {
-            let _ = self
-                .rtcp
-                .as_ref()
-                .unwrap_or(&self.rtp)
-                .send_to(&report, dest)
-                .await;
+        if let Some(report) = self.session.poll_rtcp(now, ntp_now()) {
+            self.send_rtcp(report).await;
         }
     }
 }
@@ -357,6 +404,8 @@ struct Legs {
     peer: PeerId,
     /// Whether the browser placed the call (else the SIP side did).
     browser_called: bool,
+    /// Video, when both sides have it.
+    video: Option<VideoLegs>,
 }
 
 impl Legs {
@@ -373,6 +422,7 @@ impl Legs {
         webrtc: &WebrtcHandle,
         ends: Ends,
         browser_called: bool,
+        video: Option<VideoLegs>,
     ) -> Result<(JoinHandle<()>, AudioEnd, AudioEnd), String> {
         let sip_end = sip_audio(n)?;
         let browser =
@@ -392,6 +442,7 @@ impl Legs {
                 webrtc,
                 peer,
                 browser_called,
+                video,
             };
             legs.run(&call, from_browser, ends).await;
         });
@@ -401,7 +452,7 @@ impl Legs {
     async fn run(
         mut self,
         call: &str,
-        mut from_browser: mpsc::Receiver<(StreamKind, Vec<u8>)>,
+        mut from_browser: mpsc::Receiver<FromPeer>,
         Ends {
             mut digits,
             mut stop,
@@ -410,9 +461,13 @@ impl Legs {
     ) {
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
+        let mut video_to_sip = Vec::new();
         loop {
             let due = [
                 self.sip.session.next_timeout(),
+                self.video
+                    .as_ref()
+                    .and_then(|v| v.sip.session.next_timeout()),
                 self.to_sip.next_due(),
                 self.to_sip.next_event_due(Instant::now()),
                 self.to_browser.next_due(),
@@ -420,12 +475,19 @@ impl Legs {
             .into_iter()
             .flatten()
             .min();
+            // RTCP for the SIP side's video (keyframe requests).
+            let mut video_rtcp = None;
             tokio::select! {
-                rtp = self.sip.recv() => {
-                    if rtp {
+                got = self.sip.recv() => {
+                    if got == Got::Rtp {
                         self.to_browser.on_packet(Instant::now(), &self.sip.buf, &mut to_browser);
                         // Recognised digits are not reported yet (SSE, SIP INFO).
                         self.to_browser.take_digits();
+                    }
+                }
+                input = next_video(self.video.as_mut()) => {
+                    if let Some(v) = self.video.as_mut() {
+                        video_rtcp = v.handle(input, &self.webrtc, &mut video_to_sip);
                     }
                 }
                 _ = &mut stop => break,
@@ -434,13 +496,21 @@ impl Legs {
                         tracing::info!(call, error = %e, "digits not sent");
                     }
                 }
-                m = from_browser.recv() => {
-                    let Some((kind, p)) = m else { break };
-                    if kind == StreamKind::Audio {
+                m = from_browser.recv() => match m {
+                    None => break,
+                    Some(FromPeer::Rtp(StreamKind::Audio, p)) => {
                         self.to_sip.on_packet(Instant::now(), &p, &mut to_sip);
                         self.to_sip.take_digits();
                     }
-                }
+                    Some(FromPeer::Rtp(StreamKind::Video, p)) => {
+                        if let Some(v) = self.video.as_mut() {
+                            v.from_browser(Instant::now(), p, &mut video_to_sip);
+                        }
+                    }
+                    Some(FromPeer::Keyframe) => {
+                        video_rtcp = self.video.as_mut().and_then(VideoLegs::browser_asked);
+                    }
+                },
                 () = sleep_until(due) => {}
             }
             let now = Instant::now();
@@ -450,17 +520,47 @@ impl Legs {
             }
             self.to_sip.poll(now, &mut to_sip);
             self.sip.flush(now, &mut to_sip).await;
+            if let Some(v) = self.video.as_mut() {
+                if let Some(rtcp) = video_rtcp {
+                    v.sip.send_rtcp(rtcp).await;
+                }
+                v.sip.flush(now, &mut video_to_sip).await;
+            }
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
-        let (to_callee, to_caller) = if self.browser_called {
-            (&self.to_sip, &self.to_browser)
+        let mut totals = if self.browser_called {
+            totals(&self.to_sip, &self.to_browser, &self.sip.session)
         } else {
-            (&self.to_browser, &self.to_sip)
+            totals(&self.to_browser, &self.to_sip, &self.sip.session)
         };
-        let _ = done.send((
-            call.to_string(),
-            totals(to_callee, to_caller, &self.sip.session),
-        ));
+        if let Some(v) = self.video.take() {
+            let (to_sip, to_browser) = v.stop().await;
+            tracing::info!(
+                call,
+                to_sip_in = to_sip.packets_in,
+                to_sip_out = to_sip.packets_out,
+                to_sip_dropped = to_sip.dropped_pt,
+                to_sip_lost = to_sip.lost,
+                to_browser_in = to_browser.packets_in,
+                to_browser_out = to_browser.packets_out,
+                to_browser_dropped = to_browser.dropped_pt,
+                to_browser_lost = to_browser.lost,
+                "bridge video stopped"
+            );
+            totals.video_to_sip_in = to_sip.packets_in;
+            totals.video_to_sip_out = to_sip.packets_out;
+            totals.video_to_browser_in = to_browser.packets_in;
+            totals.video_to_browser_out = to_browser.packets_out;
+        }
+        let _ = done.send((call.to_string(), totals));
+    }
+}
+
+/// What next wakes a call's video (never, without video).
+async fn next_video(video: Option<&mut VideoLegs>) -> VideoIn {
+    match video {
+        Some(v) => v.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -472,6 +572,7 @@ fn totals(to_callee: &Direction, to_caller: &Direction, sip: &RtpSession) -> Med
         to_caller_in: to_caller.stats.packets_in,
         to_caller_out: to_caller.stats.packets_out,
         lost: u64::try_from(sip.stats.lost).unwrap_or(0),
+        ..MediaTotals::default()
     }
 }
 
@@ -506,14 +607,14 @@ impl Relay {
             .flatten()
             .min();
             tokio::select! {
-                rtp = self.caller.recv() => {
-                    if rtp {
+                got = self.caller.recv() => {
+                    if got == Got::Rtp {
                         self.to_callee.on_packet(Instant::now(), &self.caller.buf, &mut to_callee);
                         self.to_callee.take_digits();
                     }
                 }
-                rtp = self.callee.recv() => {
-                    if rtp {
+                got = self.callee.recv() => {
+                    if got == Got::Rtp {
                         self.to_caller.on_packet(Instant::now(), &self.callee.buf, &mut to_caller);
                         self.to_caller.take_digits();
                     }

@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod media;
 pub mod routing;
+mod video;
 pub mod webrtc;
 
 use crate::api::{self, ApiState, Query};
@@ -503,15 +504,20 @@ fn on_call_cmd(
             rule,
             display_name,
             codecs,
+            video,
             formats,
         } => {
             let ip = gw.media_ip();
-            let media_port = bridges
-                .reserve(media, &id, ip, formats)
+            let ports = bridges
+                .reserve(media, &id, ip, formats, !video.is_empty())
                 .map_err(
                     |e| tracing::warn!(call = %id, error = %e, "no media port for a bridged call"),
                 )
                 .ok();
+            let mut offer = crate::sdp::Offer::audio(&codecs, true);
+            if let Some((_, Some(port))) = ports {
+                offer = offer.with_video(&video, port);
+            }
             gw.dial(
                 now,
                 wall,
@@ -521,8 +527,8 @@ fn on_call_cmd(
                     alias,
                     rule,
                     display_name,
-                    offer: crate::sdp::Offer::audio(&codecs, true),
-                    media_port,
+                    offer,
+                    media_port: ports.map(|(audio, _)| audio),
                 },
             );
         }

@@ -20,8 +20,17 @@ use tokio::sync::{mpsc, oneshot};
 /// A peer the hub answered: its id, the answer SDP and what it negotiated.
 pub type Answered = (PeerId, String, Vec<PeerFormat>);
 
-/// Where a bridged peer's RTP goes.
-pub type RtpSink = mpsc::Sender<(StreamKind, Vec<u8>)>;
+/// What a bridged peer hands to its call's media task.
+#[derive(Debug)]
+pub enum FromPeer {
+    /// An RTP packet of one of its sections.
+    Rtp(StreamKind, Vec<u8>),
+    /// It wants a keyframe of the video we send it.
+    Keyframe,
+}
+
+/// Where a bridged peer's RTP and keyframe requests go.
+pub type RtpSink = mpsc::Sender<FromPeer>;
 
 enum Cmd {
     Offer {
@@ -42,6 +51,7 @@ enum Cmd {
     },
     Close(PeerId),
     Attach(PeerId, RtpSink),
+    Keyframe(PeerId),
 }
 
 /// How the HTTP side and the call media ask for peers.
@@ -59,6 +69,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Answer { peer, .. } => write!(f, "Answer({peer:?})"),
             Cmd::Close(p) => write!(f, "Close({p:?})"),
             Cmd::Attach(p, _) => write!(f, "Attach({p:?})"),
+            Cmd::Keyframe(p) => write!(f, "Keyframe({p:?})"),
         }
     }
 }
@@ -115,6 +126,12 @@ impl WebrtcHandle {
     /// Sends a bridged peer's RTP to `sink` from now on (until it closes).
     pub async fn attach(&self, peer: PeerId, sink: RtpSink) {
         let _ = self.cmds.send(Cmd::Attach(peer, sink)).await;
+    }
+
+    /// Asks a bridged peer for a keyframe of its video (dropped when the
+    /// WebRTC task is that far behind: the next request will do).
+    pub fn request_keyframe(&self, peer: PeerId) {
+        let _ = self.cmds.try_send(Cmd::Keyframe(peer));
     }
 
     /// Queues an RTP packet for a bridged peer; dropped when the WebRTC
@@ -268,6 +285,7 @@ async fn run(
                 Some(Cmd::Attach(peer, sink)) => {
                     sinks.insert(peer, sink);
                 }
+                Some(Cmd::Keyframe(peer)) => hub.request_keyframe(peer),
                 None => break,
             },
             Some((peer, kind, packet)) = rtp.recv() => {
@@ -298,7 +316,12 @@ async fn run(
                 }
                 HubOutput::Rtp(peer, kind, packet) => {
                     if let Some(sink) = sinks.get(&peer) {
-                        let _ = sink.try_send((kind, packet));
+                        let _ = sink.try_send(FromPeer::Rtp(kind, packet));
+                    }
+                }
+                HubOutput::KeyframeRequest(peer) => {
+                    if let Some(sink) = sinks.get(&peer) {
+                        let _ = sink.try_send(FromPeer::Keyframe);
                     }
                 }
             }

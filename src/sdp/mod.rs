@@ -12,14 +12,14 @@ mod answer;
 mod offer;
 
 pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer};
-pub use offer::Offer;
+pub use offer::{Agreed, Offer, VideoOffer, video_format};
 
 use crate::media::srtp::Suite;
 use causeway_codecs::CodecKey;
 use std::net::{IpAddr, SocketAddr};
 
 /// Why an SDP body was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SdpError {
     /// The body does not follow the SDP grammar.
     #[error("SDP does not parse: {0}")]

@@ -1,27 +1,76 @@
 //! RFC 3264 offers for SIP legs the gateway calls out on, and reading the
 //! answer that comes back: one audio section over RTP/AVP with the codecs
 //! the call layer allows (static payload types where RFC 3551 assigns one,
-//! dynamic ones from 96 otherwise), telephone-event at 8 kHz and rtcp-mux.
-//! The answer is read into the same [`Negotiated`] an answer we write yields,
-//! so the media layer cannot tell who offered.
+//! dynamic ones from 96 otherwise), telephone-event at 8 kHz and rtcp-mux;
+//! optionally a video section (H.264 packetization-mode 1, VP8) on its own
+//! port, asking for keyframes over RTCP (PLI, FIR). The answer is read into
+//! the same [`Negotiated`] an answer we write yields, so the media layer
+//! cannot tell who offered.
 
-use super::{Direction, Format, MediaKind, Proto, SdpError, SessionDesc};
+use super::{Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
 use crate::sdp::answer::{Negotiated, same_codec};
 use causeway_codecs::CodecKey;
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Payload type of telephone-event/8000 in our offers.
 const DTMF_PT: u8 = 101;
 
-/// An offer we send: the formats of its one audio section.
+/// Payload types of our video formats (clear of the audio ones and 101).
+const H264_PT: u8 = 99;
+const VP8_PT: u8 = 100;
+
+/// The H.264 we offer: constrained baseline 3.1, FU-A allowed.
+const H264_FMTP: &str = "profile-level-id=42e01f;packetization-mode=1";
+
+/// An offer we send: the formats of its audio section and, optionally,
+/// of a video section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
     /// Audio formats in preference order.
     pub audio: Vec<Format>,
     /// telephone-event/8000, when offered.
     pub dtmf: Option<Format>,
+    /// The video section, when offered.
+    pub video: Option<VideoOffer>,
+}
+
+/// The video section of an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoOffer {
+    /// Our RTP port for video.
+    pub port: u16,
+    /// Formats in preference order.
+    pub formats: Vec<Format>,
+}
+
+/// What the answer to one of our offers agreed: audio, and video when the
+/// offer had it and the answer accepted it.
+#[derive(Debug, Clone)]
+pub struct Agreed {
+    /// The audio section.
+    pub audio: Negotiated,
+    /// The video section.
+    pub video: Option<Negotiated>,
+}
+
+/// The SDP format of a video codec in our offers.
+pub fn video_format(codec: VideoCodec) -> Format {
+    let (pt, name, fmtp) = match codec {
+        VideoCodec::H264 => (H264_PT, "H264", Some(H264_FMTP.to_string())),
+        VideoCodec::Vp8 => (VP8_PT, "VP8", None),
+    };
+    Format {
+        pt,
+        codec: Some(CodecKey {
+            name: name.into(),
+            clock_rate: 90000,
+            channels: 1,
+        }),
+        fmtp,
+    }
 }
 
 impl Offer {
@@ -52,15 +101,37 @@ impl Offer {
             }),
             fmtp: Some("0-16".into()),
         });
-        Self { audio, dtmf }
+        Self {
+            audio,
+            dtmf,
+            video: None,
+        }
     }
 
-    /// A re-offer of what a session already agreed: its codec and
-    /// telephone-event only.
-    pub fn agreed(n: &Negotiated) -> Self {
+    /// Adds a video section on our RTP `port` with `codecs`, first
+    /// preferred (none: no section).
+    pub fn with_video(mut self, codecs: &[VideoCodec], port: u16) -> Self {
+        self.video = (!codecs.is_empty()).then(|| VideoOffer {
+            port,
+            formats: codecs.iter().map(|c| video_format(*c)).collect(),
+        });
+        self
+    }
+
+    /// A re-offer of what a session already agreed: its codecs and
+    /// telephone-event only, video on `video_port` when it was agreed (a
+    /// refused video section stays in, refused, as RFC 3264 8 wants).
+    pub fn agreed(a: &Agreed, video_port: Option<u16>) -> Self {
         Self {
-            audio: vec![n.format.clone()],
-            dtmf: n.dtmf.clone(),
+            audio: vec![a.audio.format.clone()],
+            dtmf: a.audio.dtmf.clone(),
+            video: video_port.map(|port| VideoOffer {
+                port: if a.video.is_some() { port } else { 0 },
+                formats: a.video.as_ref().map_or_else(
+                    || vec![video_format(VideoCodec::H264)],
+                    |v| vec![v.format.clone()],
+                ),
+            }),
         }
     }
 
@@ -80,40 +151,36 @@ impl Offer {
     ) -> String {
         let (session_id, version) = origin;
         let ip = if address.is_ipv4() { "IP4" } else { "IP6" };
-        let formats: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
         let mut s = format!(
             "v=0\r\no=causeway {session_id} {version} IN {ip} {address}\r\ns=causeway\r\n\
-             c=IN {ip} {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP"
+             c=IN {ip} {address}\r\nt=0 0\r\n"
         );
-        for f in &formats {
-            let _ = write!(s, " {}", f.pt);
-        }
-        s.push_str("\r\n");
-        for f in &formats {
-            if let Some(c) = &f.codec {
-                let channels = if c.channels > 1 {
-                    format!("/{}", c.channels)
-                } else {
-                    String::new()
-                };
-                let _ = write!(
-                    s,
-                    "a=rtpmap:{} {}/{}{channels}\r\n",
-                    f.pt, c.name, c.clock_rate
-                );
-            }
-            if let Some(fmtp) = &f.fmtp {
-                let _ = write!(s, "a=fmtp:{} {fmtp}\r\n", f.pt);
-            }
-        }
+        let audio: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
+        section(&mut s, "audio", port, &audio);
         let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
+        if let Some(v) = &self.video {
+            let formats: Vec<&Format> = v.formats.iter().collect();
+            section(&mut s, "video", v.port, &formats);
+            if v.port != 0 {
+                for f in &formats {
+                    let _ = write!(
+                        s,
+                        "a=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n",
+                        pt = f.pt
+                    );
+                }
+                let _ = write!(s, "a=rtcp-mux\r\na={}\r\n", direction.name());
+            }
+        }
         s
     }
 
     /// Reads the answer to this offer: what was agreed for the audio
-    /// section. A rejected section, a codec we did not offer or a changed
-    /// profile is [`SdpError::NoCommonMedia`] (the call cannot go on).
-    pub fn read_answer(&self, answer: &SessionDesc) -> Result<Negotiated, SdpError> {
+    /// section and, when offered, the video one. A rejected audio section,
+    /// a codec we did not offer or a changed profile is
+    /// [`SdpError::NoCommonMedia`] (the call cannot go on); the same about
+    /// video leaves the call without video.
+    pub fn read_answer(&self, answer: &SessionDesc) -> Result<Agreed, SdpError> {
         let m = answer
             .media
             .first()
@@ -121,26 +188,7 @@ impl Offer {
         if m.kind != MediaKind::Audio || m.port == 0 {
             return Err(SdpError::NoCommonMedia("the answer rejected audio"));
         }
-        if m.proto != Proto::RtpAvp && m.proto != Proto::RtpAvpf {
-            return Err(SdpError::NoCommonMedia(
-                "the answer changed the RTP profile",
-            ));
-        }
-        let offered = |f: &Format| {
-            f.codec.as_ref().is_some_and(|c| {
-                self.audio
-                    .iter()
-                    .any(|o| o.codec.as_ref().is_some_and(|oc| same_codec(oc, c)))
-            })
-        };
-        let format =
-            m.formats
-                .iter()
-                .find(|f| offered(f))
-                .cloned()
-                .ok_or(SdpError::NoCommonMedia(
-                    "the answer names no codec we offered",
-                ))?;
+        let format = answered_format(m, &self.audio)?;
         let dtmf = self
             .dtmf
             .as_ref()
@@ -154,19 +202,88 @@ impl Offer {
                 })
             })
             .cloned();
-        let remote_rtp = answer.rtp_addr(m).filter(|a| !a.ip().is_unspecified());
-        Ok(Negotiated {
-            kind: MediaKind::Audio,
-            format,
-            dtmf,
-            // The answerer's direction seen from our side.
-            direction: m.direction.answer(),
-            rtcp_mux: m.rtcp_mux,
-            remote_rtp,
-            remote_rtcp: remote_rtp.and(answer.rtcp_addr(m, m.rtcp_mux)),
-            srtp: None,
-            ptime: m.ptime,
+        let video = self.video.as_ref().and_then(|v| {
+            let m = answer
+                .media
+                .get(1)
+                .filter(|m| m.kind == MediaKind::Video && m.port != 0)?;
+            let format = answered_format(m, &v.formats).ok()?;
+            Some(agreed_section(answer, m, format, None))
+        });
+        Ok(Agreed {
+            audio: agreed_section(answer, m, format, dtmf),
+            video,
         })
+    }
+}
+
+/// The first format of an answer's section that we offered in `ours`.
+fn answered_format(m: &MediaDesc, ours: &[Format]) -> Result<Format, SdpError> {
+    if m.proto != Proto::RtpAvp && m.proto != Proto::RtpAvpf {
+        return Err(SdpError::NoCommonMedia(
+            "the answer changed the RTP profile",
+        ));
+    }
+    let offered = |f: &Format| {
+        f.codec.as_ref().is_some_and(|c| {
+            ours.iter()
+                .any(|o| o.codec.as_ref().is_some_and(|oc| same_codec(oc, c)))
+        })
+    };
+    m.formats
+        .iter()
+        .find(|f| offered(f))
+        .cloned()
+        .ok_or(SdpError::NoCommonMedia(
+            "the answer names no codec we offered",
+        ))
+}
+
+/// One answered section as the media layer takes it.
+fn agreed_section(
+    answer: &SessionDesc,
+    m: &MediaDesc,
+    format: Format,
+    dtmf: Option<Format>,
+) -> Negotiated {
+    let remote_rtp = answer.rtp_addr(m).filter(|a| !a.ip().is_unspecified());
+    Negotiated {
+        kind: m.kind,
+        format,
+        dtmf,
+        // The answerer's direction seen from our side.
+        direction: m.direction.answer(),
+        rtcp_mux: m.rtcp_mux,
+        remote_rtp,
+        remote_rtcp: remote_rtp.and(answer.rtcp_addr(m, m.rtcp_mux)),
+        srtp: None,
+        ptime: m.ptime,
+    }
+}
+
+/// Prints an `m=` line and the `rtpmap`/`fmtp` of its formats.
+fn section(s: &mut String, kind: &str, port: u16, formats: &[&Format]) {
+    let _ = write!(s, "m={kind} {port} RTP/AVP");
+    for f in formats {
+        let _ = write!(s, " {}", f.pt);
+    }
+    s.push_str("\r\n");
+    for f in formats {
+        if let Some(c) = &f.codec {
+            let channels = if c.channels > 1 {
+                format!("/{}", c.channels)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                s,
+                "a=rtpmap:{} {}/{}{channels}\r\n",
+                f.pt, c.name, c.clock_rate
+            );
+        }
+        if let Some(fmtp) = &f.fmtp {
+            let _ = write!(s, "a=fmtp:{} {fmtp}\r\n", f.pt);
+        }
     }
 }
 
@@ -198,12 +315,65 @@ mod tests {
                       a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
         let n = offer
             .read_answer(&super::super::parse(answer).unwrap())
-            .unwrap();
+            .unwrap()
+            .audio;
         assert_eq!(n.format.pt, 0);
         assert_eq!(n.dtmf.map(|d| d.pt), Some(101));
         assert_eq!(n.remote_rtp, Some("192.0.2.9:5004".parse().unwrap()));
         assert_eq!(n.remote_rtcp, Some("192.0.2.9:5005".parse().unwrap()));
         assert_eq!(n.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn video_is_offered_on_its_own_port_and_read_back() {
+        let offer = Offer::audio(&[AudioCodec::Pcmu], true)
+            .with_video(&[VideoCodec::H264, VideoCodec::Vp8], 4002);
+        let text = offer.to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 1);
+        assert!(text.contains("m=video 4002 RTP/AVP 99 100\r\n"), "{text}");
+        assert!(text.contains("a=fmtp:99 profile-level-id=42e01f;packetization-mode=1\r\n"));
+        assert!(text.contains("a=rtcp-fb:100 ccm fir\r\n"));
+        let parsed = super::super::parse(&text).unwrap();
+        assert_eq!(parsed.media[1].kind, MediaKind::Video);
+
+        // A room system that takes H.264 only, answered with its own type.
+        let answer = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                      m=audio 5004 RTP/AVP 0\r\nm=video 5006 RTP/AVP 126\r\n\
+                      a=rtpmap:126 H264/90000\r\na=fmtp:126 packetization-mode=0\r\n";
+        let a = offer
+            .read_answer(&super::super::parse(answer).unwrap())
+            .unwrap();
+        let v = a.video.as_ref().unwrap();
+        assert_eq!(v.format.pt, 126);
+        assert_eq!(v.remote_rtp, Some("192.0.2.9:5006".parse().unwrap()));
+        assert_eq!(v.format.fmtp.as_deref(), Some("packetization-mode=0"));
+
+        // A re-offer keeps both sections; one without agreed video keeps
+        // the section, refused.
+        let again = Offer::agreed(&a, Some(4002)).to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 2);
+        assert!(again.contains("m=video 4002 RTP/AVP 126\r\n"), "{again}");
+        let audio_only = Agreed {
+            video: None,
+            ..a.clone()
+        };
+        let again =
+            Offer::agreed(&audio_only, Some(4002)).to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 3);
+        assert!(again.contains("m=video 0 RTP/AVP 99\r\n"), "{again}");
+
+        // Video refused, or in a codec we did not offer: audio goes on alone.
+        for m in [
+            "m=video 0 RTP/AVP 99\r\n",
+            "m=video 5006 RTP/AVP 98\r\na=rtpmap:98 VP9/90000\r\n",
+        ] {
+            let answer = format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/AVP 0\r\n{m}"
+            );
+            let a = offer
+                .read_answer(&super::super::parse(&answer).unwrap())
+                .unwrap();
+            assert!(a.video.is_none(), "{m}");
+            assert_eq!(a.audio.format.pt, 0);
+        }
     }
 
     #[test]
@@ -228,7 +398,8 @@ mod tests {
                     m=audio 5004 RTP/AVP 0\r\na=sendonly\r\n";
         let n = offer
             .read_answer(&super::super::parse(held).unwrap())
-            .unwrap();
+            .unwrap()
+            .audio;
         assert_eq!(n.direction, Direction::RecvOnly);
         assert!(n.dtmf.is_none());
     }

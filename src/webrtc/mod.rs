@@ -181,6 +181,9 @@ pub enum HubOutput {
     /// An RTP packet from a bridged peer, rebuilt as bytes (str0m's SSRC,
     /// the browser's payload type, sequence number and timestamp).
     Rtp(PeerId, StreamKind, Vec<u8>),
+    /// A bridged peer asked for a keyframe of the video we send it (PLI or
+    /// FIR): the call layer gets one from the other leg.
+    KeyframeRequest(PeerId),
 }
 
 /// The codecs browsers may negotiate with the gateway: Opus (no RED),
@@ -710,6 +713,26 @@ impl Hub {
         self.reap(id);
     }
 
+    /// Asks a bridged peer for a keyframe of the video it sends (PLI).
+    pub fn request_keyframe(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some((mid, _)) = peer
+            .mids
+            .iter()
+            .find(|(_, k)| *k == StreamKind::Video)
+            .copied()
+        else {
+            return;
+        };
+        if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        drain(id, peer, &mut self.out);
+        self.reap(id);
+    }
+
     /// Counters of a live peer.
     pub fn counters(&self, id: PeerId) -> Option<MediaCounters> {
         self.peers.get(&id).map(|p| p.counters)
@@ -817,8 +840,7 @@ fn on_event(id: PeerId, peer: &mut Peer, e: Event, out: &mut VecDeque<HubOutput>
         }
         Event::RtpPacket(pkt) => on_rtp(id, peer, pkt, out),
         Event::KeyframeRequest(req) => match peer.app {
-            // Keyframes across a bridge are the call layer's (video is not bridged yet).
-            PeerApp::Bridge => {}
+            PeerApp::Bridge => out.push_back(HubOutput::KeyframeRequest(id)),
             // The browser wants a keyframe of what we send it, which is its
             // own video: ask it for one.
             PeerApp::Echo => {

@@ -27,6 +27,8 @@ struct Client {
     events: Vec<Event>,
     /// What the hub handed the call layer from this client (bridged peers).
     bridged: Vec<(StreamKind, Vec<u8>)>,
+    /// Keyframe requests the hub handed the call layer for this client.
+    keyframe_requests: usize,
 }
 
 impl Client {
@@ -39,6 +41,7 @@ impl Client {
             rtc,
             events: Vec::new(),
             bridged: Vec::new(),
+            keyframe_requests: 0,
         }
     }
 
@@ -97,6 +100,7 @@ fn run(
                 }
                 HubOutput::Event(id, e) => hub_events.push((id, e)),
                 HubOutput::Rtp(_, kind, p) => client.bridged.push((kind, p)),
+                HubOutput::KeyframeRequest(_) => client.keyframe_requests += 1,
             }
         }
         if done(client, hub_events) {
@@ -368,6 +372,84 @@ fn a_keyframe_request_from_the_browser_reaches_its_own_sender() {
 }
 
 #[test]
+fn keyframe_requests_cross_a_bridged_peer_both_ways() {
+    let mut now = Instant::now();
+    let mut hub = hub();
+    let (mut client, id, _, video, mut events) = connect_app(&mut hub, &mut now, PeerApp::Bridge);
+    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
+    // Video each way, so both directions' streams exist.
+    for i in 0..5u64 {
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
+        let frame = vec![0x10, 0, 0, 0];
+        tx.write_rtp(
+            RtpWrite::new(
+                vp8,
+                SeqNo::from(i + 1),
+                (i * 3000) as u32,
+                now,
+                frame.clone(),
+            )
+            .marker(true),
+        );
+        let mut packet = Vec::new();
+        crate::media::rtp::write(
+            &mut packet,
+            &crate::media::rtp::RtpHeader::new(*vp8, i as u16, (i * 3000) as u32, 7, true),
+            &frame,
+        );
+        hub.write_rtp(now, id, StreamKind::Video, &packet);
+        run(
+            &mut hub,
+            &mut client,
+            &mut events,
+            &mut now,
+            Duration::from_millis(33),
+            |_, _| false,
+        );
+    }
+    // The browser asks for a keyframe of what we send it: the call layer hears.
+    client
+        .rtc
+        .direct_api()
+        .stream_rx_by_mid(video, None)
+        .expect("bridged video stream")
+        .request_keyframe(KeyframeRequestKind::Pli);
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_millis(500),
+        |c, _| c.keyframe_requests > 0,
+    );
+    assert_eq!(client.keyframe_requests, 1);
+    // The call layer asks the browser for one of its own video.
+    client.events.clear();
+    hub.request_keyframe(id);
+    run(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        Duration::from_millis(500),
+        |c, _| {
+            c.events
+                .iter()
+                .any(|e| matches!(e, Event::KeyframeRequest(_)))
+        },
+    );
+    assert!(
+        client
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::KeyframeRequest(r) if r.mid == video)),
+        "{:?}",
+        client.events
+    );
+}
+
+#[test]
 fn a_peer_that_vanishes_is_reaped_by_ice_consent() {
     let mut now = Instant::now();
     let mut hub = hub();
@@ -538,6 +620,7 @@ fn the_timer_never_asks_for_a_wakeup_it_will_not_use() {
         rtc: config.build(start),
         events: Vec::new(),
         bridged: Vec::new(),
+        keyframe_requests: 0,
     };
     let (offer, ..) = client.offer();
     hub.accept_offer(start, &offer, PeerApp::Echo)

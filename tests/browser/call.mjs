@@ -4,8 +4,9 @@
 // the far end to hang up (`remote`). Prints one JSON object; the Rust test asserts on it.
 //
 // Usage: node call.mjs BASE_URL ALIAS SECONDS browser|remote [FAKE_AUDIO.wav]
+// With VIDEO_CODEC=H264 or VP8 set, the page offers only that video codec.
 import { launch } from "./launch.mjs";
-import { audioStats, ended, listen } from "./measure.mjs";
+import { audioStats, ended, listen, videoStats } from "./measure.mjs";
 
 const [base, alias, secondsArg, hangup, wav] = process.argv.slice(2);
 const seconds = Number(secondsArg || 4);
@@ -16,16 +17,18 @@ if (!base || !alias || !["browser", "remote"].includes(hangup)) {
 
 const browser = await launch(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []);
 
-const result = { connected: false, frequency: null, stats: null, ended: null, events: [], errors: [] };
+const result = { connected: false, frequency: null, stats: null, video: null, ended: null, events: [], errors: [] };
 try {
   const page = await (await browser.newContext()).newPage();
   page.on("pageerror", (e) => result.errors.push(`page error: ${e.message}`));
-  await page.goto(`${base}/?alias=${encodeURIComponent(alias)}&name=Chromium`);
+  const video = process.env.VIDEO_CODEC ? `&video_codec=${process.env.VIDEO_CODEC}` : "";
+  await page.goto(`${base}/?alias=${encodeURIComponent(alias)}&name=Chromium${video}`);
   await page.click("#call");
   await page.waitForFunction(() => window.causeway.state === "connected", null, { timeout: 20000 });
   result.connected = true;
   result.frequency = await listen(page, seconds);
   result.stats = await audioStats(page);
+  result.video = await videoStats(page);
   if (hangup === "browser") {
     // A keypad digit goes through the client API to the far end (RFC 4733).
     await page.click("#keypad button:nth-child(5)");

@@ -45,6 +45,32 @@ export function audioStats(page) {
   });
 }
 
+/** Video in and out as getStats reports them (null when none). */
+export function videoStats(page) {
+  return page.evaluate(async () => {
+    const out = { videoIn: null, videoOut: null };
+    const report = await window.causeway.pc.getStats();
+    const codecs = {};
+    report.forEach((s) => { if (s.type === "codec") codecs[s.id] = s.mimeType; });
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        out.videoIn = {
+          codec: codecs[s.codecId], packets: s.packetsReceived, framesDecoded: s.framesDecoded,
+          keyFramesDecoded: s.keyFramesDecoded, width: s.frameWidth, height: s.frameHeight,
+          pli: s.pliCount, fir: s.firCount,
+        };
+      }
+      if (s.type === "outbound-rtp" && s.kind === "video") {
+        out.videoOut = {
+          codec: codecs[s.codecId], packets: s.packetsSent, framesEncoded: s.framesEncoded,
+          width: s.frameWidth, height: s.frameHeight, pli: s.pliCount, fir: s.firCount,
+        };
+      }
+    });
+    return out;
+  });
+}
+
 /** The first call_state event that ends a call, or null after `ms`. */
 export function ended(page, ms = 15000) {
   return page.waitForFunction(

@@ -35,6 +35,8 @@ const RUN_PACKAGES: &[&str] = &[
 const TEST_PACKAGES: &[&str] = &[
     "sip-tester",
     "baresip",
+    // baresip's H.264 (avcodec module) for the video interop tests.
+    "baresip-ffmpeg",
     "tshark",
     "procps",
     "openssl",

@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -64,6 +65,9 @@ pub enum CallCmd {
         display_name: String,
         /// Audio codecs to offer the SIP side, first preferred.
         codecs: Vec<AudioCodec>,
+        /// Video codecs to offer the SIP side, first preferred (none: no
+        /// video).
+        video: Vec<VideoCodec>,
         /// What the browser negotiated.
         formats: Vec<PeerFormat>,
     },
@@ -507,6 +511,11 @@ impl ClientApi {
         } else {
             Vec::new()
         };
+        let video = if route.media.video {
+            crate::b2bua::browser_video_codecs(&formats, route.media.transcode)
+        } else {
+            Vec::new()
+        };
         tracing::info!(call = %call_uuid, alias, from, rule = %route.rule, "browser call answered");
         let mut t = self.tables();
         t.by_peer.insert(peer, call_uuid.clone());
@@ -530,6 +539,7 @@ impl ClientApi {
                 rule: route.rule.clone(),
                 display_name: from.to_string(),
                 codecs,
+                video,
                 formats,
             });
         }

@@ -1,0 +1,463 @@
+//! Video of a bridged call between a browser and a SIP endpoint: the SIP
+//! side's video RTP socket, one path per direction (relayed in the call's
+//! task, or transcoded on a thread of its own so an encoder never stalls
+//! the runtime) and keyframe requests across the legs.
+//!
+//! Keyframes: a request from the side that receives (the browser's PLI or
+//! FIR, RTCP PLI/FIR from the SIP endpoint) forces our encoder when that
+//! direction is transcoded, else goes on to the side that sends (PLI to the
+//! browser, PLI + FIR to the SIP endpoint). A transcoder that lost frames
+//! asks its sender the same way. Requests are rate-limited per side
+//! ([`KeyframeRequests`]). SIP INFO `picture_fast_update` is not sent yet:
+//! SIP endpoints here get RTCP feedback.
+//!
+//! Owns sockets, threads and channels; what to relay or transcode comes
+//! from [`crate::media`], what was agreed from [`crate::sdp`].
+
+use super::bridge::{Got, RtpEnd};
+use super::webrtc::WebrtcHandle;
+use crate::cdr::VideoPlan;
+use crate::media::bridge::{Direction, DirectionStats, Mode, Passthrough};
+use crate::media::h264;
+use crate::media::keyframe::{KeyframeAction, KeyframeRequests, VideoPath};
+use crate::media::session::Feedback;
+use crate::media::video::{VideoOutput, VideoTranscoder};
+use crate::sdp::{Format, Negotiated};
+use crate::webrtc::{PeerFormat, PeerId, StreamKind};
+use causeway_codecs::registry::video_codec;
+use causeway_codecs::video::{VideoCodec, VideoConfig};
+use std::collections::HashMap;
+use std::sync::mpsc as sync_mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Largest RTP payload we packetize video into (room for SRTP and a
+/// tunnel's headers under a 1,500-byte MTU).
+const VIDEO_MTU: usize = 1200;
+
+/// Packets a transcoding thread may have queued before new ones are
+/// dropped (it is behind; the loss makes it ask for a keyframe).
+const WORKER_QUEUE: usize = 256;
+
+/// Bitrate of the video we encode.
+const VIDEO_BITRATE: u32 = 1_000_000;
+
+/// Keyframe requests closer together than this are one request.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Which way a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Toward {
+    Sip,
+    Browser,
+}
+
+/// What woke a call's video up.
+pub(super) enum VideoIn {
+    /// A datagram on the SIP video socket.
+    Sip(Got),
+    /// Output of a transcoding thread.
+    Work(Toward, Work),
+}
+
+/// What a transcoding thread reports.
+pub(super) enum Work {
+    /// A packet for the other side.
+    Packet(Vec<u8>),
+    /// It lost frames: ask the sending side for a keyframe.
+    AskUpstream,
+    /// It stopped; its counters.
+    Stopped(DirectionStats),
+}
+
+/// What a transcoding thread takes.
+enum WorkIn {
+    Packet(Vec<u8>),
+    Keyframe,
+}
+
+/// One direction's path.
+enum Path {
+    /// Relayed in the call's task.
+    Relay(Box<Direction>),
+    /// Transcoded on a thread (dropping the sender ends it).
+    Worker(sync_mpsc::SyncSender<WorkIn>),
+}
+
+impl Path {
+    fn video_path(&self) -> VideoPath {
+        match self {
+            Path::Relay(_) => VideoPath::RelayedRtcpFeedback,
+            Path::Worker(_) => VideoPath::Transcoded,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Path::Relay(_) => "passthrough",
+            Path::Worker(_) => "transcoded",
+        }
+    }
+}
+
+/// One side's video format, as the media layer takes it.
+#[derive(Debug, Clone, Copy)]
+struct VideoEnd {
+    pt: u8,
+    codec: VideoCodec,
+    /// H.264 packetization mode 1 (FU-A, STAP-A) allowed.
+    fu_a: bool,
+}
+
+impl VideoEnd {
+    fn of_sip(f: &Format) -> Option<Self> {
+        let codec = video_codec(f.codec.as_ref()?)?;
+        // RFC 6184: packetization-mode absent means 0.
+        let fu_a = f.fmtp.as_deref().is_some_and(|p| {
+            p.split(';')
+                .any(|kv| kv.trim().eq_ignore_ascii_case("packetization-mode=1"))
+        });
+        Some(Self {
+            pt: f.pt,
+            codec,
+            fu_a,
+        })
+    }
+
+    /// The browser's formats of a codec (the hub negotiates H.264 in
+    /// packetization-mode 1 only).
+    fn of_browser(f: &PeerFormat) -> Option<Self> {
+        (f.kind == StreamKind::Video).then_some(())?;
+        Some(Self {
+            pt: f.pt,
+            codec: video_codec(&f.codec)?,
+            fu_a: true,
+        })
+    }
+
+    fn name(self) -> String {
+        match self.codec {
+            VideoCodec::H264 => "H264/90000",
+            VideoCodec::Vp8 => "VP8/90000",
+        }
+        .into()
+    }
+}
+
+/// The running video of a call.
+pub(super) struct VideoLegs {
+    /// The SIP endpoint's video socket and session.
+    pub sip: RtpEnd,
+    to_sip: Path,
+    to_browser: Path,
+    /// Requests about the video each side receives.
+    sip_asks: KeyframeRequests,
+    browser_asks: KeyframeRequests,
+    /// Requests our transcoders make of each sending side.
+    ask_browser: KeyframeRequests,
+    ask_sip: KeyframeRequests,
+    work: mpsc::UnboundedReceiver<(Toward, Work)>,
+    /// Counters of each direction, relayed or reported by its thread.
+    pub to_sip_stats: DirectionStats,
+    pub to_browser_stats: DirectionStats,
+    peer: PeerId,
+}
+
+impl VideoLegs {
+    /// The paths between a browser's video (`formats`, the first video one
+    /// what it sends) and the SIP side's (`n`, on `sip`). `None` when the
+    /// browser has no video section.
+    pub fn new(
+        call: &str,
+        sip: RtpEnd,
+        n: &Negotiated,
+        peer: PeerId,
+        formats: &[PeerFormat],
+    ) -> Result<Option<(Self, VideoPlan)>, String> {
+        let theirs = VideoEnd::of_sip(&n.format).ok_or("the SIP side's video codec")?;
+        let browser: Vec<VideoEnd> = formats.iter().filter_map(VideoEnd::of_browser).collect();
+        let Some(&sends) = browser.first() else {
+            return Ok(None);
+        };
+        // Toward the browser: relayed when it negotiated the SIP side's
+        // codec, else transcoded to what it sends.
+        let to_browser_end = browser
+            .iter()
+            .find(|b| b.codec == theirs.codec)
+            .copied()
+            .unwrap_or(sends);
+        let (work_tx, work) = mpsc::unbounded_channel();
+        let to_sip = path(call, sends, theirs, Toward::Sip, &work_tx)?;
+        let to_browser = path(call, theirs, to_browser_end, Toward::Browser, &work_tx)?;
+        let plan = VideoPlan {
+            browser_codec: sends.name(),
+            sip_codec: theirs.name(),
+            to_sip: to_sip.label().into(),
+            to_browser: to_browser.label().into(),
+        };
+        tracing::info!(
+            call,
+            browser = %plan.browser_codec,
+            sip = %plan.sip_codec,
+            to_sip = %plan.to_sip,
+            to_browser = %plan.to_browser,
+            "bridging video"
+        );
+        Ok(Some((
+            Self {
+                sip,
+                sip_asks: KeyframeRequests::new(to_sip.video_path(), KEYFRAME_INTERVAL),
+                browser_asks: KeyframeRequests::new(to_browser.video_path(), KEYFRAME_INTERVAL),
+                ask_browser: KeyframeRequests::new(
+                    VideoPath::RelayedRtcpFeedback,
+                    KEYFRAME_INTERVAL,
+                ),
+                ask_sip: KeyframeRequests::new(VideoPath::RelayedRtcpFeedback, KEYFRAME_INTERVAL),
+                to_sip,
+                to_browser,
+                work,
+                to_sip_stats: DirectionStats::default(),
+                to_browser_stats: DirectionStats::default(),
+                peer,
+            },
+            plan,
+        )))
+    }
+
+    /// A video packet from the browser.
+    pub fn from_browser(&mut self, now: Instant, packet: Vec<u8>, out: &mut Vec<Vec<u8>>) {
+        match &mut self.to_sip {
+            Path::Relay(d) => {
+                d.on_packet(now, &packet, out);
+                self.to_sip_stats = d.stats;
+            }
+            Path::Worker(tx) => {
+                if tx.try_send(WorkIn::Packet(packet)).is_err() {
+                    self.to_sip_stats.dropped_pt += 1;
+                }
+            }
+        }
+    }
+
+    /// Waits for the SIP video socket or a transcoding thread.
+    pub async fn next(&mut self) -> VideoIn {
+        tokio::select! {
+            got = self.sip.recv() => VideoIn::Sip(got),
+            Some((toward, work)) = self.work.recv() => VideoIn::Work(toward, work),
+        }
+    }
+
+    /// Acts on what [`Self::next`] returned: packets for the browser are
+    /// sent, packets for the SIP side appended to `to_sip`; RTCP for the
+    /// SIP side (a keyframe request) is returned, to send.
+    pub fn handle(
+        &mut self,
+        input: VideoIn,
+        webrtc: &WebrtcHandle,
+        to_sip: &mut Vec<Vec<u8>>,
+    ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        match input {
+            VideoIn::Sip(got) => {
+                let mut out = Vec::new();
+                self.from_sip(got, webrtc, &mut out);
+                for p in out {
+                    webrtc.send_rtp(self.peer, StreamKind::Video, p);
+                }
+                None
+            }
+            VideoIn::Work(toward, work) => self.from_worker(toward, work, webrtc, to_sip),
+        }
+    }
+
+    /// What arrived on the SIP video socket: RTP is relayed (into `out`)
+    /// or handed to its thread; RTCP keyframe requests are acted on.
+    fn from_sip(&mut self, got: Got, webrtc: &WebrtcHandle, out: &mut Vec<Vec<u8>>) {
+        match got {
+            Got::Rtp => match &mut self.to_browser {
+                Path::Relay(d) => {
+                    d.on_packet(Instant::now(), &self.sip.buf, out);
+                    self.to_browser_stats = d.stats;
+                }
+                Path::Worker(tx) => {
+                    if tx.try_send(WorkIn::Packet(self.sip.buf.clone())).is_err() {
+                        self.to_browser_stats.dropped_pt += 1;
+                    }
+                }
+            },
+            Got::Feedback(fb) => {
+                let asked = fb
+                    .iter()
+                    .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }));
+                if asked {
+                    self.sip_asked(webrtc);
+                }
+            }
+            Got::Nothing => {}
+        }
+    }
+
+    /// The SIP endpoint wants a keyframe of the video we send it.
+    fn sip_asked(&mut self, webrtc: &WebrtcHandle) {
+        match self.sip_asks.on_request(Instant::now()) {
+            Some(KeyframeAction::ForceKeyframe) => {
+                if let Path::Worker(tx) = &self.to_sip {
+                    let _ = tx.try_send(WorkIn::Keyframe);
+                }
+            }
+            Some(_) => webrtc.request_keyframe(self.peer),
+            None => {}
+        }
+    }
+
+    /// The browser wants a keyframe of the video we send it; RTCP for the
+    /// SIP side is returned, to send.
+    pub fn browser_asked(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        match self.browser_asks.on_request(Instant::now())? {
+            KeyframeAction::ForceKeyframe => {
+                if let Path::Worker(tx) = &self.to_browser {
+                    let _ = tx.try_send(WorkIn::Keyframe);
+                }
+                None
+            }
+            _ => self.sip.session.request_keyframe(),
+        }
+    }
+
+    /// What a transcoding thread produced: a packet for the browser (sent
+    /// here) or for the SIP side (appended to `to_sip`), or a request for a
+    /// keyframe upstream (RTCP for the SIP side is returned, to send).
+    fn from_worker(
+        &mut self,
+        toward: Toward,
+        work: Work,
+        webrtc: &WebrtcHandle,
+        to_sip: &mut Vec<Vec<u8>>,
+    ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        match (toward, work) {
+            (Toward::Browser, Work::Packet(p)) => {
+                webrtc.send_rtp(self.peer, StreamKind::Video, p);
+            }
+            (Toward::Sip, Work::Packet(p)) => to_sip.push(p),
+            // The transcoder toward the SIP side lost frames from the browser.
+            (Toward::Sip, Work::AskUpstream) => {
+                if self.ask_browser.on_request(Instant::now()).is_some() {
+                    webrtc.request_keyframe(self.peer);
+                }
+            }
+            (Toward::Browser, Work::AskUpstream) => {
+                if self.ask_sip.on_request(Instant::now()).is_some() {
+                    return self.sip.session.request_keyframe();
+                }
+            }
+            (Toward::Sip, Work::Stopped(s)) => self.to_sip_stats = s,
+            (Toward::Browser, Work::Stopped(s)) => self.to_browser_stats = s,
+        }
+        None
+    }
+
+    /// Stops the transcoding threads and waits briefly for their final
+    /// counters. Returns the counters toward the SIP side and toward the
+    /// browser.
+    pub async fn stop(self) -> (DirectionStats, DirectionStats) {
+        let Self {
+            to_sip,
+            to_browser,
+            mut work,
+            mut to_sip_stats,
+            mut to_browser_stats,
+            ..
+        } = self;
+        let workers = [&to_sip, &to_browser]
+            .into_iter()
+            .filter(|p| matches!(p, Path::Worker(_)))
+            .count();
+        // Dropping the senders ends the threads.
+        drop((to_sip, to_browser));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut stopped = 0;
+        while stopped < workers {
+            match tokio::time::timeout_at(deadline, work.recv()).await {
+                Ok(Some((t, Work::Stopped(s)))) => {
+                    stopped += 1;
+                    match t {
+                        Toward::Sip => to_sip_stats = s,
+                        Toward::Browser => to_browser_stats = s,
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (to_sip_stats, to_browser_stats)
+    }
+}
+
+/// A passthrough video direction mapping payload type `from` to `to`.
+fn relay_direction(from: u8, to: u8) -> Direction {
+    Direction::new(
+        Mode::Passthrough(Passthrough::new(HashMap::from([(from, to)]))),
+        90000,
+    )
+}
+
+/// The path from `from` to `to`: relayed when both use the same codec (for
+/// H.264, packetization mode 1 on both), else a transcoding thread.
+fn path(
+    call: &str,
+    from: VideoEnd,
+    to: VideoEnd,
+    toward: Toward,
+    work: &mpsc::UnboundedSender<(Toward, Work)>,
+) -> Result<Path, String> {
+    let same = from.codec == to.codec && (from.codec == VideoCodec::Vp8 || from.fu_a == to.fu_a);
+    if same {
+        return Ok(Path::Relay(Box::new(relay_direction(from.pt, to.pt))));
+    }
+    let mut config = VideoConfig::new(to.codec);
+    config.bitrate = VIDEO_BITRATE;
+    let transcoder = VideoTranscoder::new(
+        from.codec,
+        VideoOutput {
+            config,
+            h264_mode: if to.fu_a {
+                h264::Mode::NonInterleaved
+            } else {
+                h264::Mode::SingleNal
+            },
+            mtu: VIDEO_MTU,
+            pt: to.pt,
+        },
+    )
+    .map_err(|e| format!("no video transcoder: {e}"))?;
+    let direction = Direction::new(Mode::Video(Box::new(transcoder)), 90000);
+    let (tx, rx) = sync_mpsc::sync_channel(WORKER_QUEUE);
+    let work = work.clone();
+    std::thread::Builder::new()
+        .name(format!("video-{toward:?}-{call}"))
+        .spawn(move || transcode(direction, rx, toward, work))
+        .map_err(|e| format!("no video thread: {e}"))?;
+    Ok(Path::Worker(tx))
+}
+
+/// A transcoding thread: runs until its sender is dropped.
+fn transcode(
+    mut d: Direction,
+    rx: sync_mpsc::Receiver<WorkIn>,
+    toward: Toward,
+    work: mpsc::UnboundedSender<(Toward, Work)>,
+) {
+    let mut out = Vec::new();
+    while let Ok(m) = rx.recv() {
+        match m {
+            WorkIn::Packet(p) => d.on_packet(Instant::now(), &p, &mut out),
+            WorkIn::Keyframe => d.request_keyframe(),
+        }
+        for p in out.drain(..) {
+            let _ = work.send((toward, Work::Packet(p)));
+        }
+        if d.take_upstream_keyframe_request() {
+            let _ = work.send((toward, Work::AskUpstream));
+        }
+    }
+    let _ = work.send((toward, Work::Stopped(d.stats)));
+}
