@@ -431,12 +431,16 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
         || gw.log_text().contains("SIP side answered"),
         || format!("{}\n{}", gw.log_text(), baresip.log()),
     );
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(5));
+    // A key pressed on baresip reaches the page as an SSE `dtmf` event.
+    baresip.command("sndcode", "7");
+    std::thread::sleep(Duration::from_secs(1));
     baresip.command("hangup", "");
     let out = node.join().unwrap();
     let r = parse_result(&out, &gw, &baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
     assert_page_heard_baresip(&r, &context);
+    assert_eq!(r["dtmf"], serde_json::json!(["7"]), "{}", context());
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "sip", "{}", context());
     assert!(gw.log_text().contains("opus/48000"), "{}", context());

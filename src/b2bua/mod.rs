@@ -391,7 +391,7 @@ pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
     let dtmf = audio
         .filter(|f| f.codec.name.eq_ignore_ascii_case("telephone-event"))
         .find(|f| f.codec.clock_rate == clock)
-        .map(|f| f.pt);
+        .map(|f| (f.pt, clock));
     Some(AudioEnd { pt, codec, dtmf })
 }
 

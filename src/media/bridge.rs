@@ -365,6 +365,7 @@ pub struct DtmfRoute {
     /// digits then only reach the call layer, e.g. for SIP INFO).
     pub out_pt: Option<u8>,
     in_clock: u32,
+    out_clock: u32,
     remap: Remapper,
     receiver: dtmf::Receiver,
     /// Incoming event timestamp -> outgoing one, for the event in progress.
@@ -378,6 +379,7 @@ impl DtmfRoute {
             in_pt,
             out_pt,
             in_clock,
+            out_clock,
             remap: Remapper::new(in_clock, out_clock),
             receiver: dtmf::Receiver::default(),
             current: None,
@@ -416,10 +418,10 @@ impl Direction {
         }
     }
 
-    /// Lets [`Self::play_digits`] send telephone-events with `pt` on the
-    /// output line (at its clock).
-    pub fn enable_injection(&mut self, pt: u8) {
-        self.inject = Some((pt, dtmf::Sender::new(self.stream.clock_rate)));
+    /// Lets [`Self::play_digits`] send telephone-events with `pt` at
+    /// `clock` on the output line.
+    pub fn enable_injection(&mut self, pt: u8, clock: u32) {
+        self.inject = Some((pt, dtmf::Sender::new(clock)));
     }
 
     /// Queues digits to play as RFC 4733 events; refused when the other
@@ -497,9 +499,10 @@ impl Direction {
         {
             self.digits.push(d);
         }
-        // Passthrough relays events with the audio's own offsets (same clock);
-        // transcoding puts them on our output line at its clock.
-        if matches!(self.mode, Mode::Passthrough(_)) {
+        // Passthrough relays events with the audio's own offsets when both
+        // sides count them at the same clock; otherwise (and when
+        // transcoding) they go on our output line at the other side's clock.
+        if matches!(self.mode, Mode::Passthrough(_)) && route.in_clock == route.out_clock {
             return false;
         }
         let (Some(out_pt), Some(ev)) = (route.out_pt, EventPayload::parse(payload)) else {
@@ -606,15 +609,16 @@ impl Direction {
 }
 
 /// One side of an audio path: payload type, codec, and telephone-event
-/// payload type at that codec's clock, if negotiated.
+/// payload type and clock, if negotiated (the codec's clock, as RFC 4733
+/// wants, or 8 kHz beside Opus, as many SIP phones send it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioEnd {
     /// Payload type of the codec.
     pub pt: u8,
     /// The codec.
     pub codec: AudioCodec,
-    /// telephone-event payload type.
-    pub dtmf: Option<u8>,
+    /// telephone-event payload type and clock rate.
+    pub dtmf: Option<(u8, u32)>,
 }
 
 impl AudioEnd {
@@ -629,7 +633,11 @@ impl AudioEnd {
 pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecError> {
     let mode = if from.codec == to.codec {
         let mut map = HashMap::from([(from.pt, to.pt)]);
-        if let (Some(a), Some(b)) = (from.dtmf, to.dtmf) {
+        // Events are relayed as they are only at the same clock; else they
+        // are re-sent at the other side's (see `Direction::on_event`).
+        if let (Some((a, ca)), Some((b, cb))) = (from.dtmf, to.dtmf)
+            && ca == cb
+        {
             map.insert(a, b);
         }
         Mode::Passthrough(Passthrough::new(map))
@@ -657,11 +665,12 @@ pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecE
         )))
     };
     let mut d = Direction::new(mode, to.clock());
+    let out_clock = to.dtmf.map_or(to.clock(), |(_, c)| c);
     d.dtmf = from
         .dtmf
-        .map(|pt| DtmfRoute::new(pt, from.clock(), to.dtmf, to.clock()));
-    if let Some(pt) = to.dtmf {
-        d.enable_injection(pt);
+        .map(|(pt, clock)| DtmfRoute::new(pt, clock, to.dtmf.map(|(pt, _)| pt), out_clock));
+    if let Some((pt, clock)) = to.dtmf {
+        d.enable_injection(pt, clock);
     }
     Ok(d)
 }
@@ -905,6 +914,46 @@ mod tests {
     }
 
     #[test]
+    fn relayed_opus_with_8k_events_has_them_re_sent_at_the_other_sides_clock() {
+        // A phone sends Opus with telephone-event/8000; the browser counts
+        // events at 48 kHz. The audio is relayed, the events are not.
+        let sip = AudioEnd {
+            pt: 96,
+            codec: AudioCodec::Opus,
+            dtmf: Some((101, 8000)),
+        };
+        let browser = AudioEnd {
+            pt: 111,
+            codec: AudioCodec::Opus,
+            dtmf: Some((110, 48000)),
+        };
+        let mut d = audio_direction(sip, browser).unwrap();
+        assert!(matches!(d.mode, Mode::Passthrough(_)));
+        let ev = |end, duration| EventPayload {
+            event: 5,
+            end,
+            volume: 10,
+            duration,
+        };
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for (i, p) in [
+            event(1, 8000, true, ev(false, 400)),
+            event(2, 8000, false, ev(true, 800)),
+        ]
+        .iter()
+        .enumerate()
+        {
+            d.on_packet(t0 + MS * (50 * i as u32), p, &mut out);
+        }
+        assert_eq!(d.take_digits().first().map(|d| d.digit), Some('5'));
+        let hs: Vec<RtpHeader> = out.iter().map(|p| RtpHeader::parse(p).unwrap()).collect();
+        assert!(hs.iter().all(|h| h.payload_type == 110), "{hs:?}");
+        let last = EventPayload::parse(hs[1].payload(&out[1])).unwrap();
+        assert_eq!(last.duration, 4800);
+    }
+
+    #[test]
     fn switching_from_passthrough_to_transcoding_keeps_ssrc_and_sequence() {
         let mut d = Direction::new(
             Mode::Passthrough(Passthrough::new(HashMap::from([(0, 0)]))),
@@ -944,7 +993,7 @@ mod tests {
         let to = AudioEnd {
             pt: 0,
             codec: AudioCodec::Pcmu,
-            dtmf: Some(101),
+            dtmf: Some((101, 8000)),
         };
         let mut d = audio_direction(from, to).unwrap();
         let mut out = Vec::new();

@@ -20,6 +20,7 @@ use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia};
 use crate::cdr::{MediaPlan, MediaTotals};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
+use crate::media::dtmf::Digit;
 use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig};
 use crate::sdp::Negotiated;
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
@@ -58,13 +59,23 @@ enum CallerPorts {
     Sip(Ports),
 }
 
-/// Where media tasks report their counters when they stop.
-pub type Totals = mpsc::UnboundedSender<(String, MediaTotals)>;
+/// What media tasks report to the signalling loop.
+#[derive(Debug)]
+pub enum MediaReport {
+    /// A call's media stopped; its counters.
+    Stopped(String, MediaTotals),
+    /// A digit from the SIP side of a browser's call (RFC 4733), for the
+    /// browser's event stream.
+    Digit(PeerId, Digit),
+}
+
+/// Where media tasks report.
+pub type Reports = mpsc::UnboundedSender<MediaReport>;
 
 /// The media of every bridged call.
 pub struct Bridges {
     calls: HashMap<String, Slot>,
-    done: Totals,
+    done: Reports,
 }
 
 impl std::fmt::Debug for Bridges {
@@ -76,9 +87,9 @@ impl std::fmt::Debug for Bridges {
 }
 
 impl Bridges {
-    /// No calls yet; each call's task reports its counters to `done` when
-    /// it stops.
-    pub fn new(done: Totals) -> Self {
+    /// No calls yet; each call's task reports to `done` (digits while it
+    /// runs, its counters when it stops).
+    pub fn new(done: Reports) -> Self {
         Self {
             calls: HashMap::new(),
             done,
@@ -278,7 +289,10 @@ fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
             .as_ref()
             .and_then(AudioCodec::from_key)
             .ok_or("the SIP side's codec cannot be bridged")?,
-        dtmf: n.dtmf.as_ref().map(|f| f.pt),
+        dtmf: n
+            .dtmf
+            .as_ref()
+            .map(|f| (f.pt, f.codec.as_ref().map_or(8000, |c| c.clock_rate))),
     })
 }
 
@@ -388,11 +402,11 @@ impl RtpEnd {
 }
 
 /// What every media task deals with besides its sockets: digits to play
-/// toward the SIP side, the order to stop, and where its counters go then.
+/// toward the SIP side, the order to stop, and where it reports.
 struct Ends {
     digits: mpsc::UnboundedReceiver<String>,
     stop: tokio::sync::oneshot::Receiver<()>,
-    done: Totals,
+    done: Reports,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -481,8 +495,10 @@ impl Legs {
                 got = self.sip.recv() => {
                     if got == Got::Rtp {
                         self.to_browser.on_packet(Instant::now(), &self.sip.buf, &mut to_browser);
-                        // Recognised digits are not reported yet (SSE, SIP INFO).
-                        self.to_browser.take_digits();
+                        for d in self.to_browser.take_digits() {
+                            tracing::info!(call, digit = %d.digit, ms = d.duration_ms, "DTMF from the SIP side");
+                            let _ = done.send(MediaReport::Digit(self.peer, d));
+                        }
                     }
                 }
                 input = next_video(self.video.as_mut()) => {
@@ -552,7 +568,7 @@ impl Legs {
             totals.video_to_browser_in = to_browser.packets_in;
             totals.video_to_browser_out = to_browser.packets_out;
         }
-        let _ = done.send((call.to_string(), totals));
+        let _ = done.send(MediaReport::Stopped(call.to_string(), totals));
     }
 }
 
@@ -640,7 +656,7 @@ impl Relay {
             caller_lost = self.caller.session.stats.lost,
             "caller media"
         );
-        let _ = done.send((
+        let _ = done.send(MediaReport::Stopped(
             call.to_string(),
             totals(&self.to_callee, &self.to_caller, &self.callee.session),
         ));

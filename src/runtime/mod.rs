@@ -374,11 +374,14 @@ pub async fn run(
             Some(cmd) = call_cmds.recv() => {
                 on_call_cmd(&mut gw, cmd, &mut media, &mut bridges);
             }
-            Some((call, totals)) = media_done.recv() => {
-                if let Some(done) = records.media_stopped(&call, totals) {
-                    keep(done);
+            Some(report) = media_done.recv() => match report {
+                bridge::MediaReport::Stopped(call, totals) => {
+                    if let Some(done) = records.media_stopped(&call, totals) {
+                        keep(done);
+                    }
                 }
-            }
+                bridge::MediaReport::Digit(peer, d) => client.far_end_dtmf(peer, d),
+            },
             Some(dialog) = silent.recv() => {
                 gw.media_timeout(Instant::now(), unix_now(), dialog);
             }

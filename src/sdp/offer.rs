@@ -189,19 +189,16 @@ impl Offer {
             return Err(SdpError::NoCommonMedia("the answer rejected audio"));
         }
         let format = answered_format(m, &self.audio)?;
-        let dtmf = self
-            .dtmf
-            .as_ref()
-            .and_then(|_| {
-                m.formats.iter().find(|f| {
-                    f.is_telephone_event()
-                        && f.codec
-                            .as_ref()
-                            .zip(format.codec.as_ref())
-                            .is_some_and(|(t, c)| t.clock_rate == c.clock_rate)
-                })
-            })
-            .cloned();
+        // telephone-event at the codec's clock (RFC 4733), else at the
+        // 8 kHz we offered (what many phones send beside Opus).
+        let dtmf = self.dtmf.as_ref().and_then(|ours| {
+            let events = || m.formats.iter().filter(|f| f.is_telephone_event());
+            let clock = |f: &Format| f.codec.as_ref().map(|c| c.clock_rate);
+            events()
+                .find(|f| clock(f) == clock(&format))
+                .or_else(|| events().find(|f| clock(f) == clock(ours)))
+                .cloned()
+        });
         let video = self.video.as_ref().and_then(|v| {
             let m = answer
                 .media

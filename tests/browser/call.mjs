@@ -17,7 +17,7 @@ if (!base || !alias || !["browser", "remote"].includes(hangup)) {
 
 const browser = await launch(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []);
 
-const result = { connected: false, frequency: null, stats: null, video: null, ended: null, events: [], errors: [] };
+const result = { connected: false, frequency: null, stats: null, video: null, ended: null, events: [], dtmf: [], errors: [] };
 try {
   const page = await (await browser.newContext()).newPage();
   page.on("pageerror", (e) => result.errors.push(`page error: ${e.message}`));
@@ -39,6 +39,10 @@ try {
   result.events = await page.evaluate(() => window.causeway.received
     .filter((e) => e.name === "call_state")
     .map((e) => e.data.state));
+  // Digits the far end sent, as the page's event stream reported them.
+  result.dtmf = await page.evaluate(() => window.causeway.received
+    .filter((e) => e.name === "dtmf")
+    .map((e) => e.data.digit));
 } catch (e) {
   result.errors.push(String(e));
 } finally {

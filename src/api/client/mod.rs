@@ -314,6 +314,30 @@ impl ClientApi {
         }
     }
 
+    /// A digit the far end of a browser's bridged call sent (RFC 4733 from
+    /// a SIP endpoint): an SSE `dtmf` event for the browser.
+    pub fn far_end_dtmf(&self, peer: PeerId, d: crate::media::dtmf::Digit) {
+        let t = self.tables();
+        let Some(call_uuid) = t.by_peer.get(&peer).cloned() else {
+            return;
+        };
+        let Some(participant) = t.calls.get(&call_uuid).and_then(|c| c.participant.clone()) else {
+            return;
+        };
+        drop(t);
+        self.publish(
+            &participant,
+            ClientEvent {
+                name: "dtmf",
+                data: json!({
+                    "call_uuid": call_uuid,
+                    "digit": d.digit.to_string(),
+                    "duration_ms": d.duration_ms,
+                }),
+            },
+        );
+    }
+
     /// What the call layer reports about a bridged call.
     pub fn call_event(&self, call_uuid: &str, ev: &CallEvent) {
         let mut t = self.tables();
