@@ -788,15 +788,14 @@ impl B2bua {
         match negotiated {
             Ok((n, caller)) => {
                 call.state = State::Connected;
-                call.callee = our_offer_origin(call.forks[i].leg.offered()).map(
-                    |(ip, port, video_port, origin)| CalleeSession {
+                call.callee =
+                    our_offer_origin(call.forks[i].leg.offered()).map(|o| CalleeSession {
                         agreed: n.clone(),
-                        ip,
-                        port,
-                        video_port,
-                        origin,
-                    },
-                );
+                        ip: o.ip,
+                        port: o.port,
+                        video_port: o.video_port,
+                        origin: o.origin,
+                    });
                 let codec = n.audio.format.codec.as_ref().map_or_else(
                     || n.audio.format.pt.to_string(),
                     |c| format!("{}/{}", c.name, c.clock_rate),

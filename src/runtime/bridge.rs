@@ -6,7 +6,7 @@
 //! called), or a SIP caller's own RTP socket (the gateway anchors media
 //! between the two SIP endpoints). Each direction relays or transcodes on
 //! its own ([`audio_direction`]). Video between a browser and a SIP
-//! endpoint runs beside the audio ([`super::video`]). A task reports its
+//! endpoint runs beside the audio (`runtime::video`). A task reports its
 //! counters when it stops (for the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
@@ -520,7 +520,7 @@ impl Legs {
                     }
                     Some(FromPeer::Rtp(StreamKind::Video, p)) => {
                         if let Some(v) = self.video.as_mut() {
-                            v.from_browser(Instant::now(), p, &mut video_to_sip);
+                            v.on_browser_packet(Instant::now(), p, &mut video_to_sip);
                         }
                     }
                     Some(FromPeer::Keyframe) => {

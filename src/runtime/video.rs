@@ -225,7 +225,7 @@ impl VideoLegs {
     }
 
     /// A video packet from the browser.
-    pub fn from_browser(&mut self, now: Instant, packet: Vec<u8>, out: &mut Vec<Vec<u8>>) {
+    pub fn on_browser_packet(&mut self, now: Instant, packet: Vec<u8>, out: &mut Vec<Vec<u8>>) {
         match &mut self.to_sip {
             Path::Relay(d) => {
                 d.on_packet(now, &packet, out);
@@ -259,19 +259,19 @@ impl VideoLegs {
         match input {
             VideoIn::Sip(got) => {
                 let mut out = Vec::new();
-                self.from_sip(got, webrtc, &mut out);
+                self.on_sip(got, webrtc, &mut out);
                 for p in out {
                     webrtc.send_rtp(self.peer, StreamKind::Video, p);
                 }
                 None
             }
-            VideoIn::Work(toward, work) => self.from_worker(toward, work, webrtc, to_sip),
+            VideoIn::Work(toward, work) => self.on_worker(toward, work, webrtc, to_sip),
         }
     }
 
     /// What arrived on the SIP video socket: RTP is relayed (into `out`)
     /// or handed to its thread; RTCP keyframe requests are acted on.
-    fn from_sip(&mut self, got: Got, webrtc: &WebrtcHandle, out: &mut Vec<Vec<u8>>) {
+    fn on_sip(&mut self, got: Got, webrtc: &WebrtcHandle, out: &mut Vec<Vec<u8>>) {
         match got {
             Got::Rtp => match &mut self.to_browser {
                 Path::Relay(d) => {
@@ -326,7 +326,7 @@ impl VideoLegs {
     /// What a transcoding thread produced: a packet for the browser (sent
     /// here) or for the SIP side (appended to `to_sip`), or a request for a
     /// keyframe upstream (RTCP for the SIP side is returned, to send).
-    fn from_worker(
+    fn on_worker(
         &mut self,
         toward: Toward,
         work: Work,
