@@ -550,7 +550,7 @@ impl Legs {
             totals(&self.to_browser, &self.to_sip, &self.sip.session)
         };
         if let Some(v) = self.video.take() {
-            let (to_sip, to_browser) = v.stop().await;
+            let (to_sip, to_browser, overruns) = v.stop().await;
             tracing::info!(
                 call,
                 to_sip_in = to_sip.packets_in,
@@ -561,6 +561,7 @@ impl Legs {
                 to_browser_out = to_browser.packets_out,
                 to_browser_dropped = to_browser.dropped_pt,
                 to_browser_lost = to_browser.lost,
+                overruns,
                 "bridge video stopped"
             );
             totals.video_to_sip_in = to_sip.packets_in;

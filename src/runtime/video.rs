@@ -158,8 +158,10 @@ pub(super) struct VideoLegs {
     ask_sip: KeyframeRequests,
     work: mpsc::UnboundedReceiver<(Toward, Work)>,
     /// Counters of each direction, relayed or reported by its thread.
-    pub to_sip_stats: DirectionStats,
-    pub to_browser_stats: DirectionStats,
+    to_sip_stats: DirectionStats,
+    to_browser_stats: DirectionStats,
+    /// Packets dropped because a transcoding thread was behind.
+    overruns: u64,
     peer: PeerId,
 }
 
@@ -174,7 +176,8 @@ impl VideoLegs {
         peer: PeerId,
         formats: &[PeerFormat],
     ) -> Result<Option<(Self, VideoPlan)>, String> {
-        let theirs = VideoEnd::of_sip(&n.format).ok_or("the SIP side's video codec")?;
+        let theirs =
+            VideoEnd::of_sip(&n.format).ok_or("the SIP side's video codec cannot be bridged")?;
         let browser: Vec<VideoEnd> = formats.iter().filter_map(VideoEnd::of_browser).collect();
         let Some(&sends) = browser.first() else {
             return Ok(None);
@@ -218,6 +221,7 @@ impl VideoLegs {
                 work,
                 to_sip_stats: DirectionStats::default(),
                 to_browser_stats: DirectionStats::default(),
+                overruns: 0,
                 peer,
             },
             plan,
@@ -233,7 +237,7 @@ impl VideoLegs {
             }
             Path::Worker(tx) => {
                 if tx.try_send(WorkIn::Packet(packet)).is_err() {
-                    self.to_sip_stats.dropped_pt += 1;
+                    self.overruns += 1;
                 }
             }
         }
@@ -280,7 +284,7 @@ impl VideoLegs {
                 }
                 Path::Worker(tx) => {
                     if tx.try_send(WorkIn::Packet(self.sip.buf.clone())).is_err() {
-                        self.to_browser_stats.dropped_pt += 1;
+                        self.overruns += 1;
                     }
                 }
             },
@@ -357,14 +361,15 @@ impl VideoLegs {
 
     /// Stops the transcoding threads and waits briefly for their final
     /// counters. Returns the counters toward the SIP side and toward the
-    /// browser.
-    pub async fn stop(self) -> (DirectionStats, DirectionStats) {
+    /// browser, and the packets dropped because a thread was behind.
+    pub async fn stop(self) -> (DirectionStats, DirectionStats, u64) {
         let Self {
             to_sip,
             to_browser,
             mut work,
             mut to_sip_stats,
             mut to_browser_stats,
+            overruns,
             ..
         } = self;
         let workers = [&to_sip, &to_browser]
@@ -388,7 +393,7 @@ impl VideoLegs {
                 Ok(None) | Err(_) => break,
             }
         }
-        (to_sip_stats, to_browser_stats)
+        (to_sip_stats, to_browser_stats, overruns)
     }
 }
 
