@@ -37,6 +37,10 @@ try {
   });
   if (mode === "decline") {
     await page.click("#decline");
+    // The decline is a request: closing the browser before it is sent
+    // would leave the call ringing.
+    await page.waitForFunction(() => [...document.querySelectorAll("#log li")]
+      .some((li) => li.textContent.includes("call declined")), null, { timeout: 10000 });
   } else {
     await page.click("#answer");
     await page.waitForFunction(() => window.causeway.state === "connected", null, { timeout: 20000 });
