@@ -99,14 +99,16 @@ impl Timed {
 fn client(i: usize, now: Instant) -> (Client, String, str0m::change::SdpPendingOffer) {
     let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
         .parse()
-        .unwrap();
+        .expect("an IPv4 literal and a port");
     let mut cfg = RtcConfig::new();
     *cfg.codec_config() = codec_config();
     let mut rtc = cfg.build(now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    rtc.add_local_candidate(
+        Candidate::host(addr, "udp").expect("a UDP host candidate on an address"),
+    );
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-    let (offer, pending) = api.apply().unwrap();
+    let (offer, pending) = api.apply().expect("one audio section was added");
     let c = Client {
         rtc,
         addr,
@@ -121,7 +123,7 @@ fn client(i: usize, now: Instant) -> (Client, String, str0m::change::SdpPendingO
 /// handing its datagrams to the hub.
 fn drain_client(hub: &mut Timed, c: &mut Client, now: Instant) {
     loop {
-        match c.rtc.poll_output().unwrap() {
+        match c.rtc.poll_output().expect("a bench client peer failed") {
             Output::Timeout(_) => break,
             Output::Transmit(t) => {
                 hub.call(|h| h.handle_receive(now, t.source, t.destination, &t.contents));
@@ -140,7 +142,7 @@ fn pump(
     now: &mut Instant,
     done: impl Fn(&[Client]) -> bool,
 ) {
-    let hub_addr: SocketAddr = HUB.parse().unwrap();
+    let hub_addr: SocketAddr = HUB.parse().expect("HUB is an address literal");
     let deadline = *now + Duration::from_secs(30);
     while !done(clients) && *now < deadline {
         for c in clients.iter_mut() {
@@ -150,7 +152,11 @@ fn pump(
             if let HubOutput::Transmit(d) = o
                 && let Some(c) = clients.iter_mut().find(|c| c.addr == d.destination)
             {
-                let contents = d.contents.as_slice().try_into().unwrap();
+                let contents = d
+                    .contents
+                    .as_slice()
+                    .try_into()
+                    .expect("the hub sends datagrams under str0m's size limit");
                 c.rtc
                     .handle_input(Input::Receive(
                         *now,
@@ -161,13 +167,15 @@ fn pump(
                             contents,
                         },
                     ))
-                    .unwrap();
+                    .expect("a bench client refused the hub's datagram");
                 drain_client(hub, c, *now);
             }
         }
         *now += Duration::from_millis(1);
         for c in clients.iter_mut() {
-            c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+            c.rtc
+                .handle_input(Input::Timeout(*now))
+                .expect("a bench client failed on its timer");
             drain_client(hub, c, *now);
         }
         let t = *now;
@@ -179,7 +187,10 @@ fn setup(peers: usize) {
     let mut now = Instant::now();
     let base = LIVE.load(Ordering::Relaxed);
     let mut hub = Timed {
-        hub: Hub::new(generate_certificate().unwrap(), vec![HUB.parse().unwrap()]),
+        hub: Hub::new(
+            generate_certificate().expect("AWS-LC makes a P-256 certificate"),
+            vec![HUB.parse().expect("HUB is an address literal")],
+        ),
         cpu: Duration::ZERO,
     };
     let mut clients = Vec::new();
@@ -191,26 +202,36 @@ fn setup(peers: usize) {
             let t = now;
             let (_, answer) = hub
                 .call(|h| h.accept_offer(t, &offer, PeerApp::Echo))
-                .unwrap();
+                .expect("the hub answers a str0m offer with our codecs");
             c.rtc
                 .sdp_api()
-                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-                .unwrap();
+                .accept_answer(
+                    pending,
+                    SdpAnswer::from_sdp_string(&answer).expect("the hub's answer parses"),
+                )
+                .expect("the client takes the hub's answer");
             clients.push(c);
         }
         pump(&mut hub, &mut clients[start..], &mut now, |cs| {
             cs.iter().all(|c| c.connected)
         });
         for c in &mut clients[start..] {
-            let w = c.rtc.writer(c.mid).unwrap();
-            let pt = w.payload_params().next().unwrap().pt();
+            let w = c
+                .rtc
+                .writer(c.mid)
+                .expect("a connected client has its audio writer");
+            let pt = w
+                .payload_params()
+                .next()
+                .expect("the answer kept an audio codec")
+                .pt();
             w.write(
                 pt,
                 now,
                 MediaTime::new(0, Frequency::FORTY_EIGHT_KHZ),
                 vec![0xf8u8; 60],
             )
-            .unwrap();
+            .expect("a connected client writes a frame");
         }
         pump(&mut hub, &mut clients[start..], &mut now, |cs| {
             cs.iter().all(|c| c.echoed)
@@ -254,12 +275,11 @@ fn setup(peers: usize) {
 
 fn gateway_load(peers: usize) {
     let dir = std::env::temp_dir().join(format!("causeway-bench-webrtc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
     let free = || {
         std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+            .and_then(|s| s.local_addr())
+            .expect("a free loopback port")
             .port()
     };
     let (http, webrtc, sip) = (free(), free(), free());
@@ -272,13 +292,13 @@ fn gateway_load(peers: usize) {
             dir.join("data").display()
         ),
     )
-    .unwrap();
+    .expect("the config file is writable");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_causeway"))
         .args(["run", "--config"])
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("the gateway binary cargo built starts");
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
         assert!(
