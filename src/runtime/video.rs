@@ -92,6 +92,15 @@ impl Path {
         }
     }
 
+    /// A relayed direction's counters (a thread reports its own when it
+    /// stops).
+    fn stats(&self) -> DirectionStats {
+        match self {
+            Path::Relay(d) => d.stats,
+            Path::Worker(_) => DirectionStats::default(),
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Path::Relay(_) => "passthrough",
@@ -157,9 +166,8 @@ pub(super) struct VideoLegs {
     ask_browser: KeyframeRequests,
     ask_sip: KeyframeRequests,
     work: mpsc::UnboundedReceiver<(Toward, Work)>,
-    /// Counters of each direction, relayed or reported by its thread.
-    to_sip_stats: DirectionStats,
-    to_browser_stats: DirectionStats,
+    /// Relayed packets for the browser, reused.
+    scratch: Vec<Vec<u8>>,
     /// Packets dropped because a transcoding thread was behind.
     overruns: u64,
     peer: PeerId,
@@ -219,8 +227,7 @@ impl VideoLegs {
                 to_sip,
                 to_browser,
                 work,
-                to_sip_stats: DirectionStats::default(),
-                to_browser_stats: DirectionStats::default(),
+                scratch: Vec::new(),
                 overruns: 0,
                 peer,
             },
@@ -231,10 +238,7 @@ impl VideoLegs {
     /// A video packet from the browser.
     pub fn on_browser_packet(&mut self, now: Instant, packet: Vec<u8>, out: &mut Vec<Vec<u8>>) {
         match &mut self.to_sip {
-            Path::Relay(d) => {
-                d.on_packet(now, &packet, out);
-                self.to_sip_stats = d.stats;
-            }
+            Path::Relay(d) => d.on_packet(now, &packet, out),
             Path::Worker(tx) => {
                 if tx.try_send(WorkIn::Packet(packet)).is_err() {
                     self.overruns += 1;
@@ -262,9 +266,8 @@ impl VideoLegs {
     ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
         match input {
             VideoIn::Sip(got) => {
-                let mut out = Vec::new();
-                self.on_sip(got, webrtc, &mut out);
-                for p in out {
+                self.on_sip(got, webrtc);
+                for p in self.scratch.drain(..) {
                     webrtc.send_rtp(self.peer, StreamKind::Video, p);
                 }
                 None
@@ -273,15 +276,13 @@ impl VideoLegs {
         }
     }
 
-    /// What arrived on the SIP video socket: RTP is relayed (into `out`)
-    /// or handed to its thread; RTCP keyframe requests are acted on.
-    fn on_sip(&mut self, got: Got, webrtc: &WebrtcHandle, out: &mut Vec<Vec<u8>>) {
+    /// What arrived on the SIP video socket: RTP is relayed (into
+    /// `scratch`) or handed to its thread; RTCP keyframe requests are acted
+    /// on.
+    fn on_sip(&mut self, got: Got, webrtc: &WebrtcHandle) {
         match got {
             Got::Rtp => match &mut self.to_browser {
-                Path::Relay(d) => {
-                    d.on_packet(Instant::now(), &self.sip.buf, out);
-                    self.to_browser_stats = d.stats;
-                }
+                Path::Relay(d) => d.on_packet(Instant::now(), &self.sip.buf, &mut self.scratch),
                 Path::Worker(tx) => {
                     if tx.try_send(WorkIn::Packet(self.sip.buf.clone())).is_err() {
                         self.overruns += 1;
@@ -353,8 +354,8 @@ impl VideoLegs {
                     return self.sip.session.request_keyframe();
                 }
             }
-            (Toward::Sip, Work::Stopped(s)) => self.to_sip_stats = s,
-            (Toward::Browser, Work::Stopped(s)) => self.to_browser_stats = s,
+            // Threads stop only once `stop` dropped their senders.
+            (_, Work::Stopped(_)) => {}
         }
         None
     }
@@ -367,11 +368,11 @@ impl VideoLegs {
             to_sip,
             to_browser,
             mut work,
-            mut to_sip_stats,
-            mut to_browser_stats,
             overruns,
             ..
         } = self;
+        // Relayed directions keep their counters here; threads report theirs.
+        let (mut to_sip_stats, mut to_browser_stats) = (to_sip.stats(), to_browser.stats());
         let workers = [&to_sip, &to_browser]
             .into_iter()
             .filter(|p| matches!(p, Path::Worker(_)))

@@ -313,59 +313,86 @@ fn telephone_events_become_digits_and_come_back() {
     assert_eq!(echoed, 5, "telephone-events are echoed too");
 }
 
+/// Five VP8 frames from the client on its `video` section (and, with
+/// `bridged`, five from the hub to that peer), so both directions' video
+/// streams exist.
+fn exchange_video(
+    hub: &mut Hub,
+    client: &mut Client,
+    events: &mut Vec<(PeerId, PeerEvent)>,
+    now: &mut Instant,
+    video: Mid,
+    bridged: Option<PeerId>,
+) {
+    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
+    for i in 0..5u64 {
+        let frame = vec![0x10, 0, 0, 0];
+        let ts = (i * 3000) as u32;
+        let mut api = client.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
+        tx.write_rtp(RtpWrite::new(vp8, SeqNo::from(i + 1), ts, *now, frame.clone()).marker(true));
+        if let Some(id) = bridged {
+            let mut packet = Vec::new();
+            let h = crate::media::rtp::RtpHeader::new(*vp8, i as u16, ts, 7, true);
+            crate::media::rtp::write(&mut packet, &h, &frame);
+            hub.write_rtp(*now, id, StreamKind::Video, &packet);
+        }
+        run(
+            hub,
+            client,
+            events,
+            now,
+            Duration::from_millis(33),
+            |_, _| false,
+        );
+    }
+}
+
+/// Runs until the client is asked for a keyframe of its `video`; whether
+/// it was.
+fn client_asked_for_keyframe(
+    hub: &mut Hub,
+    client: &mut Client,
+    events: &mut Vec<(PeerId, PeerEvent)>,
+    now: &mut Instant,
+    video: Mid,
+) -> bool {
+    let asked = |c: &Client| {
+        c.events
+            .iter()
+            .any(|e| matches!(e, Event::KeyframeRequest(r) if r.mid == video))
+    };
+    run(
+        hub,
+        client,
+        events,
+        now,
+        Duration::from_millis(500),
+        |c, _| asked(c),
+    );
+    asked(client)
+}
+
+/// The client asks for a keyframe of the video the hub sends it.
+fn client_requests_keyframe(client: &mut Client, video: Mid) {
+    client
+        .rtc
+        .direct_api()
+        .stream_rx_by_mid(video, None)
+        .expect("video from the hub")
+        .request_keyframe(KeyframeRequestKind::Pli);
+}
+
 #[test]
 fn a_keyframe_request_from_the_browser_reaches_its_own_sender() {
     let mut now = Instant::now();
     let mut hub = hub();
     let (mut client, _, _, video, mut events) = connect(&mut hub, &mut now);
-    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
-    // Some video first, so both directions' streams exist.
-    for i in 0..5u64 {
-        let mut api = client.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
-        tx.write_rtp(
-            RtpWrite::new(
-                vp8,
-                SeqNo::from(i + 1),
-                (i * 3000) as u32,
-                now,
-                vec![0x10, 0, 0, 0],
-            )
-            .marker(true),
-        );
-        run(
-            &mut hub,
-            &mut client,
-            &mut events,
-            &mut now,
-            Duration::from_millis(33),
-            |_, _| false,
-        );
-    }
+    exchange_video(&mut hub, &mut client, &mut events, &mut now, video, None);
     client.events.clear();
-    client
-        .rtc
-        .direct_api()
-        .stream_rx_by_mid(video, None)
-        .expect("echoed video stream")
-        .request_keyframe(KeyframeRequestKind::Pli);
-    run(
-        &mut hub,
-        &mut client,
-        &mut events,
-        &mut now,
-        Duration::from_millis(500),
-        |c, _| {
-            c.events
-                .iter()
-                .any(|e| matches!(e, Event::KeyframeRequest(_)))
-        },
-    );
+    client_requests_keyframe(&mut client, video);
     assert!(
-        client
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::KeyframeRequest(r) if r.mid == video)),
+        client_asked_for_keyframe(&mut hub, &mut client, &mut events, &mut now, video),
         "the PLI for the echoed stream came back to the sender: {:?}",
         client.events
     );
@@ -376,45 +403,16 @@ fn keyframe_requests_cross_a_bridged_peer_both_ways() {
     let mut now = Instant::now();
     let mut hub = hub();
     let (mut client, id, _, video, mut events) = connect_app(&mut hub, &mut now, PeerApp::Bridge);
-    let vp8 = pt_of(&client.rtc, Codec::Vp8, 90_000);
-    // Video each way, so both directions' streams exist.
-    for i in 0..5u64 {
-        let mut api = client.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(video, None).expect("video stream");
-        let frame = vec![0x10, 0, 0, 0];
-        tx.write_rtp(
-            RtpWrite::new(
-                vp8,
-                SeqNo::from(i + 1),
-                (i * 3000) as u32,
-                now,
-                frame.clone(),
-            )
-            .marker(true),
-        );
-        let mut packet = Vec::new();
-        crate::media::rtp::write(
-            &mut packet,
-            &crate::media::rtp::RtpHeader::new(*vp8, i as u16, (i * 3000) as u32, 7, true),
-            &frame,
-        );
-        hub.write_rtp(now, id, StreamKind::Video, &packet);
-        run(
-            &mut hub,
-            &mut client,
-            &mut events,
-            &mut now,
-            Duration::from_millis(33),
-            |_, _| false,
-        );
-    }
+    exchange_video(
+        &mut hub,
+        &mut client,
+        &mut events,
+        &mut now,
+        video,
+        Some(id),
+    );
     // The browser asks for a keyframe of what we send it: the call layer hears.
-    client
-        .rtc
-        .direct_api()
-        .stream_rx_by_mid(video, None)
-        .expect("bridged video stream")
-        .request_keyframe(KeyframeRequestKind::Pli);
+    client_requests_keyframe(&mut client, video);
     run(
         &mut hub,
         &mut client,
@@ -427,23 +425,8 @@ fn keyframe_requests_cross_a_bridged_peer_both_ways() {
     // The call layer asks the browser for one of its own video.
     client.events.clear();
     hub.request_keyframe(id);
-    run(
-        &mut hub,
-        &mut client,
-        &mut events,
-        &mut now,
-        Duration::from_millis(500),
-        |c, _| {
-            c.events
-                .iter()
-                .any(|e| matches!(e, Event::KeyframeRequest(_)))
-        },
-    );
     assert!(
-        client
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::KeyframeRequest(r) if r.mid == video)),
+        client_asked_for_keyframe(&mut hub, &mut client, &mut events, &mut now, video),
         "{:?}",
         client.events
     );

@@ -253,10 +253,7 @@ impl ClientApi {
             }
             PeerEvent::Dtmf(d) => {
                 tracing::info!(call = %call_uuid, digit = %d, "DTMF received from a browser");
-                ClientEvent {
-                    name: "dtmf",
-                    data: json!({"call_uuid": call_uuid, "digit": d.to_string()}),
-                }
+                dtmf_event(&call_uuid, d, None)
             }
             PeerEvent::Stats(c) => {
                 if let Some(call) = t.calls.get_mut(&call_uuid) {
@@ -327,14 +324,7 @@ impl ClientApi {
         drop(t);
         self.publish(
             &participant,
-            ClientEvent {
-                name: "dtmf",
-                data: json!({
-                    "call_uuid": call_uuid,
-                    "digit": d.digit.to_string(),
-                    "duration_ms": d.duration_ms,
-                }),
-            },
+            dtmf_event(&call_uuid, d.digit, Some(d.duration_ms)),
         );
     }
 
@@ -585,6 +575,16 @@ impl ClientApi {
             self.webrtc.close(peer).await;
         }
     }
+}
+
+/// The SSE `dtmf` event: a digit received in a call (with how long it was
+/// held, when known).
+fn dtmf_event(call_uuid: &str, digit: char, duration_ms: Option<u32>) -> ClientEvent {
+    let mut data = json!({"call_uuid": call_uuid, "digit": digit.to_string()});
+    if let Some(ms) = duration_ms {
+        data["duration_ms"] = ms.into();
+    }
+    ClientEvent { name: "dtmf", data }
 }
 
 /// The codecs to offer the SIP side: the browser's, in the rule's order
@@ -887,13 +887,7 @@ async fn send_dtmf(
     // The echo service sends digits straight back, as it does with media.
     if entry.app == PeerApp::Echo {
         for d in req.digits.chars() {
-            s.publish(
-                &claims.participant,
-                ClientEvent {
-                    name: "dtmf",
-                    data: json!({"call_uuid": call, "digit": d.to_string()}),
-                },
-            );
+            s.publish(&claims.participant, dtmf_event(&call, d, None));
         }
     }
     ok(json!(true))
