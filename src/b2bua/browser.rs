@@ -12,7 +12,7 @@
 
 use super::{
     B2bua, BrowserFork, BrowserState, CallEvent, CallOutput, CalleeMedia, Caller, CallerMedia,
-    Notice, Side, State, Winner, answer_audio, browser_audio, caller_ok, cancel_fork,
+    Notice, Party, Side, State, Winner, accept_caller, browser_audio, cancel_fork,
 };
 use crate::sip::msg::{Message, NameAddr};
 use crate::webrtc::{PeerFormat, PeerId};
@@ -121,32 +121,20 @@ impl B2bua {
         }
         stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
         let answered = match &mut call.caller {
-            Caller::Sip(sc) => {
-                sc.origin.1 += 1;
-                answer_audio(
-                    &sc.caller_offer,
-                    Some(&theirs.codec.key()),
-                    true,
-                    sc.media,
-                    sc.origin,
-                    None,
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|(body, agreed)| {
-                    let ok = caller_ok(&self.dialogs, sc, body)
-                        .ok_or_else(|| "the caller's dialog is gone".to_string())?;
-                    sc.answered = true;
-                    sc.agreed = Some(agreed.clone());
-                    self.dialogs.accepted(now, sc.dialog, ok.to_bytes());
-                    self.out.push_back(CallOutput::Respond(sc.key.clone(), ok));
-                    Ok(agreed)
-                })
-            }
+            Caller::Sip(sc) => accept_caller(
+                &mut self.dialogs,
+                &mut self.out,
+                now,
+                sc,
+                Some(&theirs.codec.key()),
+                call.dtmf,
+            ),
             Caller::Browser(_) => Err("browsers do not call browsers".to_string()),
         };
         match answered {
             Ok(agreed) => {
                 call.state = State::Connected;
+                call.info[Party::Caller as usize].on = super::info::takes_info(call.dtmf, &agreed);
                 let codec = agreed.format.codec.as_ref().map_or_else(
                     || agreed.format.pt.to_string(),
                     |c| format!("{}/{}", c.name, c.clock_rate),

@@ -27,15 +27,18 @@
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
 mod browser;
+mod info;
 #[cfg(test)]
 mod tests;
 mod uas;
 
 use browser::{caller_name, stop_browsers};
-use uas::{answer_audio, caller_ok, caller_response, our_offer_origin};
+use info::InfoLeg;
+use uas::{accept_caller, caller_response, our_offer_origin};
 
-use crate::dialplan::reason_phrase;
+use crate::dialplan::{DtmfMode, reason_phrase};
 use crate::media::bridge::AudioEnd;
+use crate::media::dtmf::Digit;
 use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
@@ -49,6 +52,9 @@ use causeway_codecs::video::VideoCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+/// What the call layer answers in-dialog (Allow of our 200s and 405s).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
 
 /// How long a call may ring before it is given up (408).
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
@@ -144,6 +150,29 @@ pub enum Notice {
         /// Audio codecs to offer, first preferred.
         audio: Vec<AudioCodec>,
     },
+    /// A digit for a browser's event stream, from the SIP side (its RTP
+    /// or its SIP INFO).
+    DtmfToBrowser {
+        /// The browser's peer.
+        peer: PeerId,
+        /// The digit.
+        digit: Digit,
+    },
+    /// A digit a SIP side sent by SIP INFO, to play as an RFC 4733 event
+    /// on the media toward `to` (a SIP side that agreed telephone-events).
+    PlayDigit {
+        /// The call.
+        call: String,
+        /// Whose media plays it.
+        to: Party,
+        /// The digit.
+        digit: Digit,
+    },
+    /// A SIP side asked for a keyframe by SIP INFO (`picture_fast_update`).
+    KeyframeWanted {
+        /// The call.
+        call: String,
+    },
     /// The call is over: stop its media and close its peer, if any.
     Release {
         /// The call.
@@ -151,6 +180,25 @@ pub enum Notice {
         /// Its browser peer.
         peer: Option<PeerId>,
     },
+}
+
+/// One side of a call, for digits and keyframes that cross it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// Who placed the call (a browser or a SIP endpoint).
+    Caller,
+    /// Who answered it.
+    Callee,
+}
+
+impl Party {
+    /// The other side.
+    pub fn other(self) -> Party {
+        match self {
+            Party::Caller => Party::Callee,
+            Party::Callee => Party::Caller,
+        }
+    }
 }
 
 /// The caller's end of a call's media.
@@ -188,6 +236,8 @@ pub struct Dial {
     pub peer: PeerId,
     /// What the SIP side is offered.
     pub offer: Offer,
+    /// How digits reach the SIP side (the rule's `media.dtmf`).
+    pub dtmf: DtmfMode,
 }
 
 /// A call from a SIP endpoint to place: its INVITE (already answered 100)
@@ -206,6 +256,8 @@ pub struct SipDial {
     pub caller_offer: SessionDesc,
     /// What the callees are offered.
     pub offer: Offer,
+    /// How digits reach the SIP legs (the rule's `media.dtmf`).
+    pub dtmf: DtmfMode,
     /// Our media address and RTP port toward the caller (bound already).
     pub media: (IpAddr, u16),
     /// Our Contact toward the caller (`<sip:...>`).
@@ -349,6 +401,28 @@ struct Call {
     state: State,
     /// No answer by then: 408. Once ended: forget the forks still open.
     give_up: Instant,
+    /// How digits reach the SIP legs.
+    dtmf: DtmfMode,
+    /// SIP INFO toward the caller and the callee ([`Party`] order).
+    info: [InfoLeg; 2],
+}
+
+impl Call {
+    /// A call not placed yet.
+    fn new(caller: Caller, offer: Offer, dtmf: DtmfMode, give_up: Instant) -> Self {
+        Call {
+            caller,
+            offer,
+            callee: None,
+            forks: Vec::new(),
+            browsers: Vec::new(),
+            winner: None,
+            state: State::Calling,
+            give_up,
+            dtmf,
+            info: Default::default(),
+        }
+    }
 }
 
 /// How long an ended call waits for its cancelled forks to settle (64*T1).
@@ -460,14 +534,13 @@ impl B2bua {
     /// with its offer printed for its flow: the media address may differ).
     /// No target ends the call at once (480).
     pub fn dial(&mut self, now: Instant, dial: Dial, targets: Vec<InviteParams>) {
-        self.place(
-            now,
-            &dial.id,
+        let call = Call::new(
             Caller::Browser(dial.peer),
             dial.offer,
-            targets,
-            Vec::new(),
+            dial.dtmf,
+            now + NO_ANSWER,
         );
+        self.place(now, &dial.id, call, targets, Vec::new());
     }
 
     /// Places a SIP endpoint's call (see [`SipDial`]) to SIP `targets` and
@@ -510,7 +583,8 @@ impl B2bua {
             origin: (u64::from(rand::random::<u32>()), 0),
         }));
         let from = caller_name(&dial.invite);
-        self.place(now, &dial.id, caller, dial.offer, targets, browsers);
+        let call = Call::new(caller, dial.offer, dial.dtmf, now + NO_ANSWER);
+        self.place(now, &dial.id, call, targets, browsers);
         self.ring_browsers(&dial.id, &from);
     }
 
@@ -519,8 +593,7 @@ impl B2bua {
         &mut self,
         now: Instant,
         id: &str,
-        caller: Caller,
-        offer: Offer,
+        mut call: Call,
         targets: Vec<InviteParams>,
         browsers: Vec<BrowserTarget>,
     ) {
@@ -560,19 +633,9 @@ impl B2bua {
         if !empty {
             tracing::info!(call = %id, forks = forks.len(), browsers = browsers.len(), "calling");
         }
-        self.calls.insert(
-            id.to_string(),
-            Call {
-                caller,
-                offer,
-                callee: None,
-                forks,
-                browsers,
-                winner: None,
-                state: State::Calling,
-                give_up: now + NO_ANSWER,
-            },
-        );
+        call.forks = forks;
+        call.browsers = browsers;
+        self.calls.insert(id.to_string(), call);
         if empty {
             self.end(now, id, Side::Gateway, Some(480), "no reachable contact");
         }
@@ -581,25 +644,19 @@ impl B2bua {
     /// Refuses a browser's call the gateway cannot place (no media
     /// port): reported and released like any other ending.
     pub fn refuse(&mut self, now: Instant, dial: Dial, status: u16, reason: &str) {
-        self.calls.insert(
-            dial.id.clone(),
-            Call {
-                caller: Caller::Browser(dial.peer),
-                offer: dial.offer,
-                callee: None,
-                forks: Vec::new(),
-                browsers: Vec::new(),
-                winner: None,
-                state: State::Calling,
-                give_up: now,
-            },
-        );
+        let call = Call::new(Caller::Browser(dial.peer), dial.offer, dial.dtmf, now);
+        self.calls.insert(dial.id.clone(), call);
         self.end(now, &dial.id, Side::Gateway, Some(status), reason);
     }
 
-    /// The transaction key the layer gave an INVITE we sent (so a timeout
-    /// can be matched to its fork).
-    pub fn sent(&mut self, call_id: &str, key: TxKey) {
+    /// The transaction key the layer gave a request we sent (so a
+    /// timeout can be matched to its fork or INFO).
+    pub fn sent(&mut self, msg: &Message, key: TxKey) {
+        let call_id = msg.call_id();
+        if msg.method() == Some(Method::Info) {
+            self.info_sent(call_id, key);
+            return;
+        }
         if let Some((call, Leg::Fork(i))) = self.by_call_id.get(call_id)
             && let Some(f) = self.calls.get_mut(call).and_then(|c| c.forks.get_mut(*i))
             && f.key.is_none()
@@ -615,9 +672,14 @@ impl B2bua {
             return;
         };
         let Some(code) = msg.status() else { return };
-        let Some(cseq) = msg.cseq().filter(|c| c.method == Method::Invite) else {
+        let Some(cseq) = msg.cseq() else { return };
+        if cseq.method == Method::Info && code >= 200 {
+            self.info_answered(&call_id, leg.party());
             return;
-        };
+        }
+        if cseq.method != Method::Invite {
+            return;
+        }
         let Leg::Fork(i) = leg else {
             // Our re-INVITE to the SIP caller: a 2xx gets its ACK.
             if (200..300).contains(&code)
@@ -758,31 +820,25 @@ impl B2bua {
             }
         }
         stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
-        let negotiated = negotiated.and_then(|n| {
+        let negotiated = negotiated.map_err(|e| e.to_string()).and_then(|n| {
             let caller = match &mut call.caller {
                 Caller::Browser(peer) => CallerMedia::Browser(*peer),
                 Caller::Sip(sc) => {
                     // The callee's codec when the caller has it (relayed),
                     // else any we can transcode to.
-                    sc.origin.1 += 1;
-                    let (body, agreed) = answer_audio(
-                        &sc.caller_offer,
+                    let agreed = accept_caller(
+                        &mut self.dialogs,
+                        &mut self.out,
+                        now,
+                        sc,
                         n.audio.format.codec.as_ref(),
-                        true,
-                        sc.media,
-                        sc.origin,
-                        None,
+                        call.dtmf,
                     )?;
-                    let ok = caller_ok(&self.dialogs, sc, body)
-                        .ok_or(crate::sdp::SdpError::Invalid("the caller's dialog is gone"))?;
-                    sc.answered = true;
-                    sc.agreed = Some(agreed.clone());
-                    let sent = ok.to_bytes();
-                    self.dialogs.accepted(now, sc.dialog, sent);
-                    self.out.push_back(CallOutput::Respond(sc.key.clone(), ok));
+                    call.info[Party::Caller as usize].on = info::takes_info(call.dtmf, &agreed);
                     CallerMedia::Sip(Box::new(agreed))
                 }
             };
+            call.info[Party::Callee as usize].on = info::takes_info(call.dtmf, &n.audio);
             Ok((n, caller))
         });
         match negotiated {
@@ -820,7 +876,7 @@ impl B2bua {
             Err(e) => {
                 tracing::info!(call = %call_id, error = %e, "SIP answer unusable; hanging up");
                 self.hang_up_sip(call_id);
-                self.end(now, call_id, Side::Gateway, Some(488), &e.to_string());
+                self.end(now, call_id, Side::Gateway, Some(488), &e);
             }
         }
     }
@@ -828,6 +884,9 @@ impl B2bua {
     /// A client transaction got no final response (timer B): that fork is
     /// unreachable (408).
     pub fn on_timeout(&mut self, now: Instant, key: &TxKey) {
+        if self.info_timed_out(key) {
+            return;
+        }
         let found = self.calls.iter().find_map(|(id, c)| {
             let i = c.forks.iter().position(|f| f.key.as_ref() == Some(key))?;
             Some((id.clone(), i))
@@ -867,13 +926,18 @@ impl B2bua {
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }
+        if method == Some(Method::Info) {
+            let resp = self.on_info(&call_id, leg, msg, flow);
+            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            return true;
+        }
         let (code, reason) = match method {
             Some(Method::Bye) => (200, "OK"),
             _ => (405, "Method Not Allowed"),
         };
         let mut resp = response_to(msg, code, reason, None, Some(flow.remote));
         if code == 405 {
-            resp.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
+            resp.push_header("Allow", ALLOW);
         }
         self.out.push_back(CallOutput::Respond(key.clone(), resp));
         if method == Some(Method::Bye) && call.state != State::Ended {

@@ -2,6 +2,8 @@
 //! no answer, hang-ups from both sides, stray answers; browser and SIP
 //! callers.
 
+mod info;
+
 use super::*;
 use crate::sdp::Offer;
 use crate::sip::Transport;
@@ -42,12 +44,18 @@ const ANSWER_G729: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 12
 
 /// A call to `ports.len()` contacts; returns the INVITEs sent.
 fn dial(b: &mut B2bua, now: Instant, ports: &[u16]) -> Vec<Message> {
+    dial_with(b, now, ports, DtmfMode::Auto)
+}
+
+/// [`dial`], with digits sent to the SIP side as `dtmf` says.
+fn dial_with(b: &mut B2bua, now: Instant, ports: &[u16], dtmf: DtmfMode) -> Vec<Message> {
     b.dial(
         now,
         Dial {
             id: "call-1".into(),
             peer: PeerId(7),
             offer: Offer::audio(&[AudioCodec::Opus, AudioCodec::Pcmu], true),
+            dtmf,
         },
         ports.iter().map(|p| target(*p)).collect(),
     );
@@ -57,7 +65,7 @@ fn dial(b: &mut B2bua, now: Instant, ports: &[u16]) -> Vec<Message> {
             CallOutput::Request(m, _) => {
                 let key = TxKey::server(&m).unwrap();
                 let key = key.for_method(Method::Invite);
-                b.sent(m.call_id(), key);
+                b.sent(&m, key);
                 invites.push(m);
             }
             o => panic!("unexpected {o:?}"),
@@ -94,6 +102,13 @@ fn methods(out: &[CallOutput]) -> Vec<String> {
             CallOutput::Notice(Notice::StartMedia { .. }) => "media".into(),
             CallOutput::Notice(Notice::Release { .. }) => "release".into(),
             CallOutput::Notice(Notice::RingBrowser { .. }) => "ring".into(),
+            CallOutput::Notice(Notice::DtmfToBrowser { digit, .. }) => {
+                format!("dtmf-to-browser:{}", digit.digit)
+            }
+            CallOutput::Notice(Notice::PlayDigit { to, digit, .. }) => {
+                format!("play-to-{to:?}:{}", digit.digit)
+            }
+            CallOutput::Notice(Notice::KeyframeWanted { .. }) => "keyframe".into(),
             CallOutput::Abandon(_) => "abandon".into(),
         })
         .collect()
@@ -278,6 +293,7 @@ fn no_contact_ends_the_call_at_once() {
         id: "call-1".into(),
         peer: PeerId(7),
         offer: Offer::audio(&[AudioCodec::Pcmu], true),
+        dtmf: DtmfMode::Auto,
     };
     b.dial(t0, dial.clone(), vec![]);
     assert_eq!(methods(&drain(&mut b)), ["ended:gateway:480", "release"]);
@@ -322,6 +338,17 @@ fn dial_from_sip_to(
     ports: &[u16],
     participants: &[&str],
 ) -> (TxKey, Vec<Message>, Vec<Rung>) {
+    dial_from_sip_with(b, now, ports, participants, DtmfMode::Auto)
+}
+
+/// [`dial_from_sip_to`], with digits sent to the SIP sides as `dtmf` says.
+fn dial_from_sip_with(
+    b: &mut B2bua,
+    now: Instant,
+    ports: &[u16],
+    participants: &[&str],
+    dtmf: DtmfMode,
+) -> (TxKey, Vec<Message>, Vec<Rung>) {
     let invite = caller_invite();
     let key = TxKey::server(&invite).unwrap();
     b.dial_sip(
@@ -332,6 +359,7 @@ fn dial_from_sip_to(
             flow: flow(5080),
             caller_offer: crate::sdp::parse(CALLER_OFFER).unwrap(),
             offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
+            dtmf,
             media: ("127.0.0.1".parse().unwrap(), 20000),
             contact: "<sip:bob@127.0.0.1:5060>".into(),
             via_host: "127.0.0.1:5060".into(),
@@ -350,7 +378,7 @@ fn dial_from_sip_to(
     for o in drain(b) {
         match o {
             CallOutput::Request(m, _) => {
-                b.sent(m.call_id(), TxKey::server(&m).unwrap());
+                b.sent(&m, TxKey::server(&m).unwrap());
                 invites.push(m);
             }
             CallOutput::Notice(Notice::RingBrowser {
@@ -795,6 +823,7 @@ fn a_browser_calls_video_survives_the_callees_hold() {
             id: "call-1".into(),
             peer: PeerId(7),
             offer,
+            dtmf: DtmfMode::Auto,
         },
         vec![t],
     );
@@ -802,7 +831,7 @@ fn a_browser_calls_video_survives_the_callees_hold() {
         panic!()
     };
     b.sent(
-        inv.call_id(),
+        &inv,
         TxKey::server(&inv).unwrap().for_method(Method::Invite),
     );
     assert!(body(&inv).contains("m=video 40004 RTP/AVP 100 99\r\n"));

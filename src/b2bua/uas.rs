@@ -4,13 +4,16 @@
 //! Must not touch forks' transactions beyond asking their legs for a
 //! re-INVITE.
 
-use super::{B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
+use super::{ALLOW, B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
+use crate::dialplan::DtmfMode;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::dialog::Dialogs;
 use crate::sip::msg::{Message, response_to};
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
+use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Instant;
 
 impl B2bua {
     /// A re-INVITE from a SIP side of a connected call (hold, resume):
@@ -53,6 +56,7 @@ impl B2bua {
                     sc.media,
                     sc.origin,
                     None,
+                    call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
                 let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
@@ -85,6 +89,7 @@ impl B2bua {
                     (c.ip, c.port),
                     c.origin,
                     video,
+                    call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
                 let fork = &call.forks[i];
@@ -107,7 +112,7 @@ impl B2bua {
                             "INVITE",
                             &sc.via_host,
                             &sc.user_agent,
-                            Some(&sdp),
+                            Some(("application/sdp", &sdp)),
                         )
                     }
                     // The browser side is not told (its media keeps flowing).
@@ -152,8 +157,8 @@ pub(super) fn caller_response(
 /// `prefer` if the offer has one, else (when `fallback`) any we can
 /// transcode to; and, when `video` names a codec and our port for it, the
 /// first video section offering that codec. Every other section is
-/// declined. Returns our SDP (at `addr`:`port`, with `origin` in `o=`) and
-/// what it agreed for audio.
+/// declined; telephone-events are accepted when `events`. Returns our SDP
+/// (at `addr`:`port`, with `origin` in `o=`) and what it agreed for audio.
 pub(super) fn answer_audio(
     offer: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
@@ -161,11 +166,18 @@ pub(super) fn answer_audio(
     (addr, port): (IpAddr, u16),
     origin: (u64, u64),
     video: Option<(&causeway_codecs::CodecKey, u16)>,
+    events: bool,
 ) -> Result<(String, Negotiated), crate::sdp::SdpError> {
     use crate::sdp::MediaKind;
     let answer_with = |mut codecs: Vec<causeway_codecs::CodecKey>| {
         codecs.extend(video.map(|(c, _)| c.clone()));
-        crate::sdp::answer(offer, &AnswerConfig { codecs, dtmf: true })
+        crate::sdp::answer(
+            offer,
+            &AnswerConfig {
+                codecs,
+                dtmf: events,
+            },
+        )
     };
     let mut answer = answer_with(prefer.into_iter().cloned().collect());
     let has_audio = |a: &crate::sdp::Answer| {
@@ -208,10 +220,42 @@ pub(super) fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Opti
     for rr in d.invite.headers_named("Record-Route") {
         ok.push_header("Record-Route", rr.to_string());
     }
-    ok.push_header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS");
+    ok.push_header("Allow", ALLOW);
     ok.push_header("Content-Type", "application/sdp");
     ok.body = Bytes::from(body);
     Some(ok)
+}
+
+/// Answers a SIP caller's offer once a callee answered: 200 with our SDP
+/// in the `prefer`red codec when the caller offered it (relayed), else
+/// any we can transcode to; telephone-events unless digits go by SIP INFO
+/// only. Queues the 200 (retransmitted until the ACK) and returns what it
+/// agreed.
+pub(super) fn accept_caller(
+    dialogs: &mut Dialogs,
+    out: &mut VecDeque<CallOutput>,
+    now: Instant,
+    sc: &mut SipCaller,
+    prefer: Option<&causeway_codecs::CodecKey>,
+    dtmf: DtmfMode,
+) -> Result<Negotiated, String> {
+    sc.origin.1 += 1;
+    let (body, agreed) = answer_audio(
+        &sc.caller_offer,
+        prefer,
+        true,
+        sc.media,
+        sc.origin,
+        None,
+        dtmf != DtmfMode::Info,
+    )
+    .map_err(|e| e.to_string())?;
+    let ok = caller_ok(dialogs, sc, body).ok_or("the caller's dialog is gone")?;
+    sc.answered = true;
+    sc.agreed = Some(agreed.clone());
+    dialogs.accepted(now, sc.dialog, ok.to_bytes());
+    out.push_back(CallOutput::Respond(sc.key.clone(), ok));
+    Ok(agreed)
 }
 
 /// Where an SDP offer we sent put our media, and its `o=` origin.

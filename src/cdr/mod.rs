@@ -171,7 +171,11 @@ impl Records {
                     self.live.remove(call)
                 }
             }
-            Notice::StartMedia { .. } | Notice::RingBrowser { .. } => None,
+            Notice::StartMedia { .. }
+            | Notice::RingBrowser { .. }
+            | Notice::DtmfToBrowser { .. }
+            | Notice::PlayDigit { .. }
+            | Notice::KeyframeWanted { .. } => None,
         }
     }
 

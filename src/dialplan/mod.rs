@@ -303,6 +303,21 @@ pub enum Srtp {
     Off,
 }
 
+/// How digits reach a SIP leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events when the SIP side agreed them, else SIP
+    /// INFO (`application/dtmf-relay`).
+    #[default]
+    Auto,
+    /// Telephone-events only (digits are dropped toward a SIP side that
+    /// agreed none).
+    Rfc4733,
+    /// SIP INFO only, even where telephone-events were agreed.
+    Info,
+}
+
 /// Per-rule media options, handed to the call layer with the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -318,6 +333,8 @@ pub struct MediaOptions {
     pub max_bitrate_kbps: Option<u32>,
     /// SRTP on the SIP leg.
     pub srtp: Srtp,
+    /// How digits are sent to the SIP legs (received either way).
+    pub dtmf: DtmfMode,
 }
 
 impl Default for MediaOptions {
@@ -328,6 +345,7 @@ impl Default for MediaOptions {
             transcode: true,
             max_bitrate_kbps: None,
             srtp: Srtp::Optional,
+            dtmf: DtmfMode::Auto,
         }
     }
 }

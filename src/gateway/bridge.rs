@@ -9,7 +9,8 @@
 //! its inputs. It must not touch sockets or clocks.
 
 use super::{Gateway, GwOutput, echo};
-use crate::b2bua::{BrowserTarget, Dial, Notice};
+use crate::b2bua::{BrowserTarget, Dial, Notice, Party};
+use crate::media::dtmf::Digit;
 use crate::sdp::Offer;
 use crate::sip::Flow;
 use crate::sip::msg::{Message, NameAddr, Uri, random_token, response_to};
@@ -35,6 +36,8 @@ pub(super) struct PendingBridge {
     to: String,
     /// The rule that routed it.
     rule: String,
+    /// How digits reach the SIP legs.
+    dtmf: crate::dialplan::DtmfMode,
 }
 
 /// Who a routed call rings.
@@ -67,6 +70,8 @@ pub struct BrowserDial {
     pub display_name: String,
     /// What the SIP side is offered.
     pub offer: Offer,
+    /// How digits reach the SIP side.
+    pub dtmf: crate::dialplan::DtmfMode,
     /// Our RTP port for the SIP side (already bound); `None` when no
     /// port was free (the call is refused with 503).
     pub media_port: Option<u16>,
@@ -170,6 +175,7 @@ impl Gateway {
             id: d.id,
             peer: d.peer,
             offer: d.offer,
+            dtmf: d.dtmf,
         };
         let Some(media_port) = d.media_port else {
             self.b2bua.refuse(now, dial, 503, "no media port free");
@@ -332,6 +338,7 @@ impl Gateway {
                 from: route.from.clone(),
                 to: route.to.clone(),
                 rule: route.rule.clone(),
+                dtmf: route.media.dtmf,
             },
         );
         self.out.push_back(GwOutput::BridgeMedia { call, ip });
@@ -406,6 +413,7 @@ impl Gateway {
             flow: p.flow,
             caller_offer: p.caller_offer,
             offer: p.offer,
+            dtmf: p.dtmf,
             contact,
         };
         self.b2bua.dial_sip(now, dial, targets, p.callees.browsers);
@@ -457,6 +465,29 @@ impl Gateway {
         let done = self.b2bua.hang_up(now, call);
         self.pump(now, wall);
         done
+    }
+
+    /// Digits a browser sent through the client API, each played for
+    /// `duration_ms`; true when they went by SIP INFO (else the media path
+    /// plays them as RFC 4733 events).
+    pub fn browser_digits(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        id: &str,
+        digits: &str,
+        duration_ms: u32,
+    ) -> bool {
+        let call = self.media_call(id).to_string();
+        let sent = self.b2bua.browser_digits(&call, digits, duration_ms);
+        self.pump(now, wall);
+        sent
+    }
+
+    /// A digit a call's media recognised on side `from`'s RTP.
+    pub fn media_digit(&mut self, now: Instant, wall: u64, call: &str, from: Party, digit: Digit) {
+        self.b2bua.media_digit(call, from, digit);
+        self.pump(now, wall);
     }
 
     /// A browser call's browser side ended (hang-up or peer gone).
@@ -512,6 +543,10 @@ fn callee_offer(
             return None;
         }
     }
-    let dtmf = m.formats.iter().any(crate::sdp::Format::is_telephone_event);
-    Some(Offer::audio(&codecs, dtmf))
+    // Telephone-events unless digits go by SIP INFO only: digits the
+    // caller sends by INFO are played to the callee as events.
+    Some(Offer::audio(
+        &codecs,
+        media.dtmf != crate::dialplan::DtmfMode::Info,
+    ))
 }

@@ -17,7 +17,7 @@
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
 use super::video::{VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
-use crate::b2bua::{CalleeMedia, CallerMedia};
+use crate::b2bua::{CalleeMedia, CallerMedia, Party};
 use crate::cdr::{MediaPlan, MediaTotals};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::dtmf::Digit;
@@ -33,7 +33,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long each digit from the client API plays.
-const DIGIT_MS: u32 = 120;
+pub const DIGIT_MS: u32 = 120;
+
+/// What the signalling loop asks of a running call's media.
+#[derive(Debug)]
+enum Control {
+    /// Play digits as RFC 4733 events toward side `to`, each for `ms`.
+    Digits { to: Party, digits: String, ms: u32 },
+    /// The SIP side asked for a keyframe by SIP INFO.
+    Keyframe,
+}
 
 /// A bridged call's media: sockets waiting for the answer, then a task.
 enum Slot {
@@ -47,7 +56,7 @@ enum Slot {
     Running {
         task: JoinHandle<()>,
         stop: tokio::sync::oneshot::Sender<()>,
-        digits: mpsc::UnboundedSender<String>,
+        control: mpsc::UnboundedSender<Control>,
     },
 }
 
@@ -64,9 +73,16 @@ enum CallerPorts {
 pub enum MediaReport {
     /// A call's media stopped; its counters.
     Stopped(String, MediaTotals),
-    /// A digit from the SIP side of a browser's call (RFC 4733), for the
-    /// browser's event stream.
-    Digit(PeerId, Digit),
+    /// A digit (RFC 4733) recognised on side `from`'s RTP, for the call
+    /// layer (the browser's event stream, SIP INFO).
+    Digit {
+        /// The call.
+        call: String,
+        /// Whose RTP carried it.
+        from: Party,
+        /// The digit.
+        digit: Digit,
+    },
 }
 
 /// Where media tasks report.
@@ -169,9 +185,9 @@ impl Bridges {
             return Err("no media reserved for the call".into());
         };
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
-        let (digits_tx, digits) = mpsc::unbounded_channel();
+        let (control_tx, control) = mpsc::unbounded_channel();
         let ends = Ends {
-            digits,
+            control,
             stop,
             done: self.done.clone(),
         };
@@ -227,17 +243,28 @@ impl Bridges {
             Slot::Running {
                 task,
                 stop: stop_tx,
-                digits: digits_tx,
+                control: control_tx,
             },
         );
         Ok(plan)
     }
 
-    /// Plays digits toward the SIP side as RFC 4733 events; false when the
-    /// call has no media running.
-    pub fn play_digits(&self, call: &str, digits: String) -> bool {
+    /// Plays digits as RFC 4733 events toward side `to` (between a
+    /// browser and a SIP endpoint, always the SIP side), each for `ms`;
+    /// false when the call has no media running.
+    pub fn play_digits(&self, call: &str, to: Party, digits: String, ms: u32) -> bool {
+        self.control(call, Control::Digits { to, digits, ms })
+    }
+
+    /// The SIP side of a call asked for a keyframe by SIP INFO; false when
+    /// the call has no media running.
+    pub fn keyframe_wanted(&self, call: &str) -> bool {
+        self.control(call, Control::Keyframe)
+    }
+
+    fn control(&self, call: &str, c: Control) -> bool {
         match self.calls.get(call) {
-            Some(Slot::Running { digits: tx, .. }) => tx.send(digits).is_ok(),
+            Some(Slot::Running { control, .. }) => control.send(c).is_ok(),
             _ => false,
         }
     }
@@ -401,10 +428,11 @@ impl RtpEnd {
     }
 }
 
-/// What every media task deals with besides its sockets: digits to play
-/// toward the SIP side, the order to stop, and where it reports.
+/// What every media task deals with besides its sockets: orders from the
+/// signalling loop (digits, keyframes), the order to stop, and where it
+/// reports.
 struct Ends {
-    digits: mpsc::UnboundedReceiver<String>,
+    control: mpsc::UnboundedReceiver<Control>,
     stop: tokio::sync::oneshot::Receiver<()>,
     done: Reports,
 }
@@ -468,11 +496,23 @@ impl Legs {
         call: &str,
         mut from_browser: mpsc::Receiver<FromPeer>,
         Ends {
-            mut digits,
+            mut control,
             mut stop,
             done,
         }: Ends,
     ) {
+        let (browser, sip) = if self.browser_called {
+            (Party::Caller, Party::Callee)
+        } else {
+            (Party::Callee, Party::Caller)
+        };
+        let report = |from, digit: Digit| {
+            let _ = done.send(MediaReport::Digit {
+                call: call.to_string(),
+                from,
+                digit,
+            });
+        };
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         let mut video_to_sip = Vec::new();
@@ -497,7 +537,7 @@ impl Legs {
                         self.to_browser.on_packet(Instant::now(), &self.sip.buf, &mut to_browser);
                         for d in self.to_browser.take_digits() {
                             tracing::info!(call, digit = %d.digit, ms = d.duration_ms, "DTMF from the SIP side");
-                            let _ = done.send(MediaReport::Digit(self.peer, d));
+                            report(sip, d);
                         }
                     }
                 }
@@ -507,16 +547,21 @@ impl Legs {
                     }
                 }
                 _ = &mut stop => break,
-                Some(d) = digits.recv() => {
-                    if let Err(e) = self.to_sip.play_digits(&d, DIGIT_MS) {
-                        tracing::info!(call, error = %e, "digits not sent");
+                Some(c) = control.recv() => match c {
+                    Control::Digits { digits, ms, .. } => play(call, &mut self.to_sip, &digits, ms),
+                    Control::Keyframe => {
+                        if let Some(v) = self.video.as_mut() {
+                            v.sip_asked(&self.webrtc);
+                        }
                     }
-                }
+                },
                 m = from_browser.recv() => match m {
                     None => break,
                     Some(FromPeer::Rtp(StreamKind::Audio, p)) => {
                         self.to_sip.on_packet(Instant::now(), &p, &mut to_sip);
-                        self.to_sip.take_digits();
+                        for d in self.to_sip.take_digits() {
+                            report(browser, d);
+                        }
                     }
                     Some(FromPeer::Rtp(StreamKind::Video, p)) => {
                         if let Some(v) = self.video.as_mut() {
@@ -606,11 +651,20 @@ impl Relay {
         mut self,
         call: &str,
         Ends {
-            mut digits,
+            mut control,
             mut stop,
             done,
         }: Ends,
     ) {
+        let report = |from, digits: Vec<Digit>| {
+            for digit in digits {
+                let _ = done.send(MediaReport::Digit {
+                    call: call.to_string(),
+                    from,
+                    digit,
+                });
+            }
+        };
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
         loop {
             let due = [
@@ -627,21 +681,21 @@ impl Relay {
                 got = self.caller.recv() => {
                     if got == Got::Rtp {
                         self.to_callee.on_packet(Instant::now(), &self.caller.buf, &mut to_callee);
-                        self.to_callee.take_digits();
+                        report(Party::Caller, self.to_callee.take_digits());
                     }
                 }
                 got = self.callee.recv() => {
                     if got == Got::Rtp {
                         self.to_caller.on_packet(Instant::now(), &self.callee.buf, &mut to_caller);
-                        self.to_caller.take_digits();
+                        report(Party::Callee, self.to_caller.take_digits());
                     }
                 }
                 _ = &mut stop => break,
-                Some(d) = digits.recv() => {
-                    if let Err(e) = self.to_callee.play_digits(&d, DIGIT_MS) {
-                        tracing::info!(call, error = %e, "digits not sent");
-                    }
-                }
+                Some(c) = control.recv() => match c {
+                    Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
+                    Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
+                    Control::Keyframe => {}
+                },
                 () = sleep_until(due) => {}
             }
             let now = Instant::now();
@@ -686,6 +740,13 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
         sip_lost = sip.stats.lost,
         "bridge media stopped"
     );
+}
+
+/// Plays digits on a direction's output line as RFC 4733 events.
+fn play(call: &str, direction: &mut Direction, digits: &str, ms: u32) {
+    if let Err(e) = direction.play_digits(digits, ms) {
+        tracing::info!(call, error = %e, "digits not sent");
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

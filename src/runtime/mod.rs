@@ -380,7 +380,9 @@ pub async fn run(
                         keep(done);
                     }
                 }
-                bridge::MediaReport::Digit(peer, d) => client.far_end_dtmf(peer, d),
+                bridge::MediaReport::Digit { call, from, digit } => {
+                    gw.media_digit(Instant::now(), unix_now(), &call, from, digit);
+                }
             },
             Some(dialog) = silent.recv() => {
                 gw.media_timeout(Instant::now(), unix_now(), dialog);
@@ -479,6 +481,15 @@ fn on_call_output(
             from,
             audio,
         } => client.ring(fork, participant, from, audio),
+        Notice::DtmfToBrowser { peer, digit } => client.far_end_dtmf(peer, digit),
+        Notice::PlayDigit { call, to, digit } => {
+            if !bridges.play_digits(&call, to, digit.digit.to_string(), digit.duration_ms) {
+                tracing::info!(call = %call, "a digit for a call without media dropped");
+            }
+        }
+        Notice::KeyframeWanted { call } => {
+            bridges.keyframe_wanted(&call);
+        }
         Notice::Release { call, peer } => {
             bridges.close(&call);
             if let Some(peer) = peer {
@@ -509,6 +520,7 @@ fn on_call_cmd(
             codecs,
             video,
             formats,
+            dtmf,
         } => {
             let ip = gw.media_ip();
             let ports = bridges
@@ -517,7 +529,8 @@ fn on_call_cmd(
                     |e| tracing::warn!(call = %id, error = %e, "no media port for a bridged call"),
                 )
                 .ok();
-            let mut offer = crate::sdp::Offer::audio(&codecs, true);
+            let mut offer =
+                crate::sdp::Offer::audio(&codecs, dtmf != crate::dialplan::DtmfMode::Info);
             if let Some((_, Some(port))) = ports {
                 offer = offer.with_video(&video, port);
             }
@@ -531,6 +544,7 @@ fn on_call_cmd(
                     rule,
                     display_name,
                     offer,
+                    dtmf,
                     media_port: ports.map(|(audio, _)| audio),
                 },
             );
@@ -545,7 +559,14 @@ fn on_call_cmd(
         CallCmd::Offered { fork, result } => gw.browser_offered(now, wall, &fork, result),
         CallCmd::Answered { fork, formats } => gw.browser_answered(now, wall, &fork, formats),
         CallCmd::Dtmf { id, digits } => {
-            if !bridges.play_digits(gw.media_call(&id), digits) {
+            if !gw.browser_digits(now, wall, &id, &digits, bridge::DIGIT_MS)
+                && !bridges.play_digits(
+                    gw.media_call(&id),
+                    crate::b2bua::Party::Callee,
+                    digits,
+                    bridge::DIGIT_MS,
+                )
+            {
                 tracing::info!(call = %id, "digits for a call not answered yet dropped");
             }
         }

@@ -301,8 +301,9 @@ impl VideoLegs {
         }
     }
 
-    /// The SIP endpoint wants a keyframe of the video we send it.
-    fn sip_asked(&mut self, webrtc: &WebrtcHandle) {
+    /// The SIP endpoint wants a keyframe of the video we send it (RTCP,
+    /// or SIP INFO).
+    pub fn sip_asked(&mut self, webrtc: &WebrtcHandle) {
         match self.sip_asks.on_request(Instant::now()) {
             Some(KeyframeAction::ForceKeyframe) => {
                 if let Path::Worker(tx) = &self.to_sip {

@@ -187,16 +187,16 @@ impl Dialogs {
         bye
     }
 
-    /// A request of ours within a dialog (BYE, a re-INVITE with an SDP
-    /// `body`), to the caller's Contact along its Record-Route set, with
-    /// the next CSeq; and its flow.
+    /// A request of ours within a dialog (BYE, a re-INVITE or an INFO with
+    /// a `body`: content type and text), to the caller's Contact along its
+    /// Record-Route set, with the next CSeq; and its flow.
     pub fn request(
         &mut self,
         id: DialogId,
         method: &str,
         via_host: &str,
         user_agent: &str,
-        body: Option<&str>,
+        body: Option<(&str, &str)>,
     ) -> Option<(Message, Flow)> {
         let d = self.map.get_mut(&id)?;
         d.local_cseq += 1;
@@ -263,7 +263,7 @@ fn in_dialog_request(
     cseq: u32,
     via_host: &str,
     user_agent: &str,
-    body: Option<&str>,
+    body: Option<(&str, &str)>,
 ) -> Option<String> {
     let inv = &d.invite;
     let target = inv
@@ -286,9 +286,9 @@ fn in_dialog_request(
         text.push_str(&format!("Route: {route}\r\n"));
     }
     match body {
-        Some(sdp) => text.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
+        Some((content_type, body)) => text.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
         )),
         None => text.push_str("Content-Length: 0\r\n\r\n"),
     }

@@ -95,7 +95,7 @@ impl UacLeg {
             "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: {}\r\n\
-             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\nUser-Agent: {}\r\n\
+             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO\r\nUser-Agent: {}\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
             p.request_uri,
             p.via_host,
@@ -173,13 +173,14 @@ impl UacLeg {
     }
 
     /// A request within the dialog (to the remote target, along the route
-    /// set, with a To tag), with a fresh branch.
+    /// set, with a To tag), with a fresh branch; `body` is its content type
+    /// and text.
     fn in_dialog(
         &self,
         method: &str,
         cseq: u32,
         remote_tag: &str,
-        body: Option<&str>,
+        body: Option<(&str, &str)>,
     ) -> Option<Message> {
         let target = self.remote_target.as_ref().unwrap_or(&self.request_uri);
         let mut text = format!(
@@ -198,12 +199,13 @@ impl UacLeg {
         for r in &self.route_set {
             text.push_str(&format!("Route: {r}\r\n"));
         }
+        if method == "INVITE" {
+            text.push_str(&format!("Contact: {}\r\n", self.contact()));
+        }
         match body {
-            Some(sdp) => text.push_str(&format!(
-                "Contact: {}\r\nContent-Type: application/sdp\r\n\
-                 Content-Length: {}\r\n\r\n{sdp}",
-                self.contact(),
-                sdp.len()
+            Some((content_type, body)) => text.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
             )),
             None => text.push_str("Content-Length: 0\r\n\r\n"),
         }
@@ -228,9 +230,15 @@ impl UacLeg {
 
     /// A re-INVITE carrying a new SDP offer (hold, resume).
     pub fn reinvite(&mut self, sdp: &str) -> Option<Message> {
+        self.request("INVITE", ("application/sdp", sdp))
+    }
+
+    /// A request with a body (`content_type`, text) in the dialog, with
+    /// the next CSeq: a re-INVITE, an INFO.
+    pub fn request(&mut self, method: &str, body: (&str, &str)) -> Option<Message> {
         let tag = self.remote_tag.clone()?;
         self.cseq += 1;
-        self.in_dialog("INVITE", self.cseq, &tag, Some(sdp))
+        self.in_dialog(method, self.cseq, &tag, Some(body))
     }
 
     /// BYE for a 2xx that lost the race to another fork (same leg, other tag).

@@ -70,6 +70,8 @@ pub enum CallCmd {
         video: Vec<VideoCodec>,
         /// What the browser negotiated.
         formats: Vec<PeerFormat>,
+        /// How digits reach the SIP side (the rule's `media.dtmf`).
+        dtmf: crate::dialplan::DtmfMode,
     },
     /// Digits to play toward the far side of a bridged call.
     Dtmf {
@@ -555,6 +557,7 @@ impl ClientApi {
                 codecs,
                 video,
                 formats,
+                dtmf: route.media.dtmf,
             });
         }
         Ok((call_uuid, answer))
