@@ -8,14 +8,16 @@
 //! page answers from its `incoming_call` event, or declines. With video,
 //! baresip takes H.264 only (its avcodec module, a fakevideo camera):
 //! the page's VP8 is transcoded both ways, and the page's H.264 relayed
-//! untouched; each side must decode the other's pictures.
+//! untouched; each side must decode the other's pictures. With a rule
+//! that sends digits by SIP INFO, the page's keypad reaches a SIPp callee
+//! as an INFO and SIPp's INFO reaches the page as an SSE `dtmf` event.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use causeway_codecs::analysis::{dominant_frequency, tone};
-use common::{Gw, free_port, require, run_bounded, write};
+use common::{Guard, Gw, free_port, require, run_bounded, sipp_command, write};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -669,4 +671,73 @@ fn chromium_h264_and_baresip_h264_are_relayed_untouched() {
     assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
     assert_eq!(video["to_sip"], "passthrough", "{cdr}");
     assert_eq!(video["to_browser"], "passthrough", "{cdr}");
+}
+
+#[test]
+fn the_pages_keypad_reaches_sipp_by_sip_info_and_sipps_info_reaches_the_page() {
+    prerequisites();
+    require("sipp");
+    let sipp_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "/usr/share/sip-tester/g711a.pcap",
+        sipp_dir.path().join("g711a.pcap"),
+    )
+    .unwrap();
+    let uas_port = free_port();
+    let plan = write(
+        sipp_dir.path(),
+        "plan.toml",
+        &format!(
+            r#"
+[[rule]]
+name = "alice-by-info"
+priority = 10
+match.to = 'alice'
+target = {{ type = "sip", uri = "sip:127.0.0.1:{uas_port}" }}
+media.dtmf = "info"
+"#
+        ),
+    );
+    let gw = Gw::start(&format!("[dialplan]\npath = \"{}\"\n", plan.display()));
+    let mut uas = sipp_command(sipp_dir.path(), "bridge_uas_info.xml", uas_port);
+    let media = free_port() & !1;
+    uas.args(["-mp", &media.to_string(), "-mi", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut uas = Guard(uas.spawn().unwrap());
+    let wav = browser_tone(sipp_dir.path());
+    // The page presses 5 after listening, waits a second and hangs up.
+    let out = run_bounded(
+        &mut node_call(&gw, 3, "browser", &wav),
+        Duration::from_secs(90),
+    );
+    let messages =
+        || std::fs::read_to_string(sipp_dir.path().join("messages.log")).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context = || format!("{stdout}\n{}\n{}", messages(), gw.log_text());
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no JSON from call.mjs ({e})\n{}", context()));
+    assert_eq!(r["connected"], true, "{}", context());
+    // SIPp's scenario checked the INFO's content type and got a digit; it
+    // is the keypad's 5, and there was one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uas.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        uas.0.try_wait().unwrap().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        context()
+    );
+    let received: Vec<&str> = messages()
+        .split("message received")
+        .filter(|m| m.contains("INFO sip:"))
+        .map(|m| if m.contains("Signal=5") { "5" } else { "?" })
+        .collect();
+    assert_eq!(received, ["5"], "{}", context());
+    // The offer said nothing of telephone-events: digits go by INFO only.
+    assert!(!messages().contains("telephone-event"), "{}", context());
+    // SIPp's INFO (2) reached the page as one SSE dtmf event.
+    assert_eq!(r["dtmf"], serde_json::json!(["2"]), "{}", context());
 }

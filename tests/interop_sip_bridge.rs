@@ -23,6 +23,11 @@ const PCAPS: &str = "/usr/share/sip-tester";
 /// A gateway routing `bob` to a SIPp UAS on `uas_port`, with its own media
 /// port range.
 fn gateway(uas_port: u16) -> Gw {
+    gateway_with(uas_port, "")
+}
+
+/// [`gateway`], with more of the rule's TOML (`media.dtmf = "info"`).
+fn gateway_with(uas_port: u16, rule: &str) -> Gw {
     let plan_dir = tempfile::tempdir().unwrap();
     let plan = common::write(
         plan_dir.path(),
@@ -34,6 +39,7 @@ name = "to-uas"
 priority = 10
 match.to = 'bob'
 target = {{ type = "sip", uri = "sip:127.0.0.1:{uas_port}" }}
+{rule}
 "#
         ),
     );
@@ -57,11 +63,9 @@ struct Side {
 impl Side {
     fn new() -> Side {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            Path::new(PCAPS).join("g711a.pcap"),
-            dir.path().join("g711a.pcap"),
-        )
-        .unwrap();
+        for pcap in ["g711a.pcap", "dtmf_2833_1.pcap"] {
+            std::fs::copy(Path::new(PCAPS).join(pcap), dir.path().join(pcap)).unwrap();
+        }
         Side {
             dir,
             media: free_port() & !1,
@@ -381,4 +385,58 @@ fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
         "the callee's offers\n{callee}"
     );
     assert!(log.contains("session renegotiated"), "{log}");
+}
+
+#[test]
+fn digits_cross_between_rfc_4733_and_sip_info() {
+    require("sipp");
+    require("tshark");
+    let uas_port = free_port();
+    // `auto`: INFO toward the callee, which agreed no telephone-event;
+    // events toward the caller, which did.
+    let gw = gateway_with(uas_port, "media.dtmf = \"auto\"");
+    let (caller, callee) = (Side::new(), Side::new());
+    let tshark = capture(caller.dir.path(), &format!("udp port {}", caller.media));
+    let mut server = uas(&callee, "bridge_uas_info.xml", uas_port);
+    let out = uac(&caller, "bridge_uac_dtmf.xml", &gw);
+    let uas_status = finish(&mut server.0);
+    stop(tshark);
+    let ctx = || context(&gw, &caller, &callee);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the caller failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctx()
+    );
+    // The callee checked that the caller's RFC 4733 "1" came as an INFO
+    // (its scenario fails otherwise).
+    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    let info = callee.messages();
+    let at = info.find("INFO sip:").expect("an INFO");
+    assert!(info[at..].contains("Signal=1"), "{}", ctx());
+    // The callee's INFO "2" reached the caller as telephone-events (PT
+    // 101, event 2) from the gateway's port.
+    let rows = tshark_rows(&caller.dir.path().join("capture.pcap"), caller.media);
+    let events: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.pt == 101 && r.src != caller.media)
+        .map(|r| r.payload.as_str())
+        .collect();
+    assert!(events.len() >= 3, "{events:?}\n{}", ctx());
+    assert!(
+        events.iter().all(|p| p.starts_with("02")),
+        "{events:?}\n{}",
+        ctx()
+    );
+    // The last packets mark the end of the event (E bit).
+    assert!(
+        events
+            .last()
+            .is_some_and(|p| p[2..].trim_start_matches(':').starts_with('8')),
+        "{events:?}"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("DTMF sent by SIP INFO"), "{log}");
+    assert!(log.contains("DTMF received by SIP INFO"), "{log}");
 }

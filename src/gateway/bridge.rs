@@ -64,6 +64,8 @@ pub struct BrowserDial {
     pub peer: crate::webrtc::PeerId,
     /// Who is called (the route's alias).
     pub alias: String,
+    /// Where the rule sends it.
+    pub target: crate::dialplan::Target,
     /// The rule that routed it.
     pub rule: String,
     /// The caller's display name.
@@ -193,7 +195,15 @@ impl Gateway {
         } else {
             &from_user
         };
-        let callees = self.registered_callees(&d.alias, wall);
+        let callees = match self.sip_callees(&d.alias, &d.target, wall) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(call = %dial.id, error = %e, "browser call not placed");
+                self.b2bua.refuse(now, dial, 503, &e);
+                self.pump(now, wall);
+                return;
+            }
+        };
         let targets =
             self.invite_params(callees, from_user, &d.display_name, &dial.offer, media_port);
         self.b2bua.dial(now, dial, targets);
@@ -207,25 +217,29 @@ impl Gateway {
         target: &crate::dialplan::Target,
         wall: u64,
     ) -> Result<Callees, String> {
-        self.sip_callees(route, target, wall).map(|sip| Callees {
-            sip,
-            browsers: match target {
-                crate::dialplan::Target::Registered => self.registered_browsers(&route.to, wall),
-                _ => Vec::new(),
-            },
-        })
+        self.sip_callees(&route.to, target, wall)
+            .map(|sip| Callees {
+                sip,
+                browsers: match target {
+                    crate::dialplan::Target::Registered => {
+                        self.registered_browsers(&route.to, wall)
+                    }
+                    _ => Vec::new(),
+                },
+            })
     }
 
-    /// The SIP callees of a bridge target: (Request-URI, To, flow) each.
+    /// The SIP callees of a bridge target for alias `to`: (Request-URI,
+    /// To, flow) each.
     fn sip_callees(
         &self,
-        route: &crate::dialplan::Route,
+        to: &str,
         target: &crate::dialplan::Target,
         wall: u64,
     ) -> Result<Vec<(String, String, Flow)>, String> {
         use crate::dialplan::Target;
         match target {
-            Target::Registered => Ok(self.registered_callees(&route.to, wall)),
+            Target::Registered => Ok(self.registered_callees(to, wall)),
             Target::Sip {
                 trunk: Some(name), ..
             } => {
@@ -236,7 +250,7 @@ impl Gateway {
                 let transport = t.transport.uri_param();
                 let uri = format!(
                     "sip:{}@{}{transport}",
-                    crate::sip::msg::escape_user(&route.to),
+                    crate::sip::msg::escape_user(to),
                     t.host
                 );
                 let flow = Flow {
@@ -267,7 +281,7 @@ impl Gateway {
                 let uri = if parsed.user.is_some() {
                     u.clone()
                 } else {
-                    let user = crate::sip::msg::escape_user(&route.to);
+                    let user = crate::sip::msg::escape_user(to);
                     match u.split_once(':') {
                         Some((scheme, rest)) => format!("{scheme}:{user}@{rest}"),
                         None => u.clone(),

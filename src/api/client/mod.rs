@@ -18,7 +18,7 @@ pub use tokens::{Claims, TokenError, TokenKey, uuid};
 use super::ApiError;
 use crate::b2bua::CallEvent;
 use crate::config::{Config, IceServerConfig};
-use crate::dialplan::{CallInfo, Protocol, Reach, Route, Routing};
+use crate::dialplan::{CallInfo, Protocol, Reach, Route, Routing, Target};
 use crate::policy::{Decision, PolicyClient};
 use crate::runtime::unix_now;
 use crate::runtime::webrtc::{HandleError, WebrtcHandle};
@@ -59,6 +59,9 @@ pub enum CallCmd {
         peer: PeerId,
         /// The called alias (after the dialplan's transforms).
         alias: String,
+        /// Where the rule sends it (registered contacts, a SIP URI, a
+        /// trunk).
+        target: Target,
         /// The rule that routed it.
         rule: String,
         /// The caller's display name.
@@ -447,13 +450,13 @@ impl ClientApi {
     }
 
     /// Routes a call or token request for `alias` to where it would go:
-    /// the route, and the kind of target when it needs the call bridge
-    /// (`None`: the echo service).
+    /// the route, and the target when it needs the call bridge (`None`:
+    /// the echo service).
     async fn resolve(
         &self,
         alias: &str,
         from: &str,
-    ) -> Result<(Box<Route>, Option<&'static str>), ApiError> {
+    ) -> Result<(Box<Route>, Option<Target>), ApiError> {
         let route = match self.route(alias, from).await {
             Decision::Route(r) => r,
             Decision::Reject { status, reason, .. } => return Err(rejected(status, reason)),
@@ -462,7 +465,7 @@ impl ClientApi {
         let registered = route.has_registered_target() && self.registered(&route.to).await;
         match route.reach(|| registered) {
             Reach::Echo => Ok((route, None)),
-            Reach::Bridge(target) => Ok((route, Some(target.kind()))),
+            Reach::Bridge(target) => Ok((route, Some(target))),
             Reach::Reject(status, reason) => Err(rejected(status, reason)),
             Reach::Nobody => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -489,14 +492,15 @@ impl ClientApi {
                 "this alias needs a PIN: join through the client API",
             ));
         }
-        match bridge {
-            None | Some("registered") => {}
-            Some(kind) => {
+        match &bridge {
+            None | Some(Target::Registered | Target::Sip { .. }) => {}
+            Some(other) => {
                 return Err(ApiError::new(
                     StatusCode::NOT_IMPLEMENTED,
                     format!(
-                        "rule {:?} routes to a {kind} target; browser calls reach registered SIP endpoints and the echo service so far",
+                        "rule {:?} routes to a {} target; browser calls reach SIP endpoints (registered, by URI or through a trunk) and the echo service so far",
                         route.rule,
+                        other.kind(),
                     ),
                 ));
             }
@@ -547,11 +551,12 @@ impl ClientApi {
             },
         );
         drop(t);
-        if app == PeerApp::Bridge {
+        if let Some(target) = bridge {
             let _ = self.calls.send(CallCmd::Dial {
                 id: call_uuid.clone(),
                 peer,
                 alias: route.to.clone(),
+                target,
                 rule: route.rule.clone(),
                 display_name: from.to_string(),
                 codecs,
