@@ -565,7 +565,7 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
 }
 
 #[test]
-fn baresip_hangs_up_an_opus_call_to_a_browser_and_a_declined_call_gets_603() {
+fn baresip_hangs_up_an_opus_call_to_a_browser_a_declined_call_gets_603_and_a_vanished_one_480() {
     prerequisites();
     let gw = Gw::start("");
     let baresip = Baresip::start(&gw, "opus");
@@ -595,6 +595,23 @@ fn baresip_hangs_up_an_opus_call_to_a_browser_and_a_declined_call_gets_603() {
         context,
     );
     assert!(gw.log_text().contains("browser declined"), "{}", context());
+
+    // A third page goes away while it rings: its closed event stream
+    // fails the call with 480 long before the 60 s no-answer timeout.
+    let r = baresip_calls_the_page(&gw, &baresip, "vanish", false);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(!r["incoming"].is_null(), "{}", context());
+    wait_for(
+        "baresip to hear 480",
+        25,
+        || baresip.log().contains("480"),
+        context,
+    );
+    assert!(
+        gw.log_text().contains("browser went away while ringing"),
+        "{}",
+        context()
+    );
 }
 
 /// Chromium calls baresip (H.264 only) with its video limited to `codec`;

@@ -8,7 +8,8 @@
 //! answer ([`B2bua::browser_answered`]) wins the call like a 2xx: the other
 //! forks stop, the SIP caller gets our 200 in the browser's codec when it
 //! offered it (relayed), else transcoded. A browser that hangs up before
-//! answering declines (603).
+//! answering declines (603); one that goes away (its peer times out, its
+//! event stream closes) is unavailable (480).
 
 use super::{
     B2bua, BrowserFork, BrowserState, CallEvent, CallOutput, CalleeMedia, Caller, CallerMedia,
@@ -162,8 +163,9 @@ impl B2bua {
     }
 
     /// A browser fork's peer closed or its browser hung up: before it
-    /// answered, it declined (603); after, the call is over. Returns false
-    /// when `fork` is no browser fork.
+    /// answered, it declined (603 for a `hangup`; 480 when it went away);
+    /// after, the call is over. Returns false when `fork` is no browser
+    /// fork.
     pub(super) fn browser_fork_gone(&mut self, now: Instant, fork: &str, reason: &str) -> bool {
         let Some((call_id, j)) = self.by_fork.get(fork).cloned() else {
             return false;
@@ -176,10 +178,19 @@ impl B2bua {
         };
         match b.state {
             BrowserState::Offering | BrowserState::Ringing => {
-                tracing::info!(call = %call_id, fork, reason, "browser declined");
+                // Only a hang-up is a refusal; a browser that went away
+                // (its peer timed out, its event stream closed) is not
+                // available.
+                let (code, phrase) = if reason == "hangup" {
+                    tracing::info!(call = %call_id, fork, "browser declined");
+                    (603, "Decline")
+                } else {
+                    tracing::info!(call = %call_id, fork, reason, "browser went away while ringing");
+                    (480, "Temporarily Unavailable")
+                };
                 b.state = BrowserState::Done;
-                b.failure = Some(603);
-                self.all_failed(now, &call_id, Side::Browser, 603, "Decline");
+                b.failure = Some(code);
+                self.all_failed(now, &call_id, Side::Browser, code, phrase);
                 self.reap(&call_id);
             }
             BrowserState::Answered => {

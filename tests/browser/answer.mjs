@@ -3,17 +3,18 @@
 // event stream is open, and waits for a call. It answers from the
 // `incoming_call` event, measures what it hears (as call.mjs does), then
 // presses keypad 5 and hangs up (`browser`) or waits for the caller to (`remote`); `decline`
-// declines the call instead. Prints one JSON object; the Rust test asserts on it.
+// declines the call instead, and `vanish` closes the browser while it rings.
+// Prints one JSON object; the Rust test asserts on it.
 //
-// Usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline READY_FILE [FAKE_AUDIO.wav]
+// Usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline|vanish READY_FILE [FAKE_AUDIO.wav]
 import { writeFileSync } from "node:fs";
 import { launch } from "./launch.mjs";
 import { audioStats, ended, listen } from "./measure.mjs";
 
 const [base, alias, password, secondsArg, mode, ready, wav] = process.argv.slice(2);
 const seconds = Number(secondsArg || 4);
-if (!base || !alias || !ready || !["browser", "remote", "decline"].includes(mode)) {
-  console.error("usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline READY_FILE [FAKE_AUDIO.wav]");
+if (!base || !alias || !ready || !["browser", "remote", "decline", "vanish"].includes(mode)) {
+  console.error("usage: node answer.mjs BASE_URL ALIAS PASSWORD SECONDS browser|remote|decline|vanish READY_FILE [FAKE_AUDIO.wav]");
   process.exit(2);
 }
 
@@ -35,7 +36,9 @@ try {
     const { call_uuid, remote_display_name, sdp } = window.causeway.incoming;
     return { call_uuid, remote_display_name, offer_has_audio: sdp.includes("m=audio") };
   });
-  if (mode === "decline") {
+  if (mode === "vanish") {
+    // Closing the browser (below) is all it does.
+  } else if (mode === "decline") {
     await page.click("#decline");
     // The decline is a request: closing the browser before it is sent
     // would leave the call ringing.

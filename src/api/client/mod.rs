@@ -797,24 +797,65 @@ async fn events(
         .event("hello")
         .json_data(json!({"participant_uuid": claims.participant, "alias": alias}))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let stream = futures_util::stream::unfold((Some(hello), rx), |(first, mut rx)| async move {
-        if let Some(h) = first {
-            return Some((Ok::<_, std::convert::Infallible>(h), (None, rx)));
-        }
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let e = Event::default().event(ev.name).data(ev.data.to_string());
-                    return Some((Ok(e), (None, rx)));
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+    // Dropped with the stream (the browser went away): after `rx`, so the
+    // stream no longer counts as a listener.
+    let guard = Listening {
+        api: s.clone(),
+        participant: claims.participant.clone(),
+    };
+    let stream = futures_util::stream::unfold(
+        (Some(hello), rx, guard),
+        |(first, mut rx, guard)| async move {
+            if let Some(h) = first {
+                return Some((Ok::<_, std::convert::Infallible>(h), (None, rx, guard)));
             }
-        }
-    });
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let e = Event::default().event(ev.name).data(ev.data.to_string());
+                        return Some((Ok(e), (None, rx, guard)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A participant's open event stream; when the last one closes, calls
+/// still ringing that participant's browser fail (480): nobody is there to
+/// answer them.
+struct Listening {
+    api: Arc<ClientApi>,
+    participant: String,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let t = self.api.tables();
+        let listened = t
+            .participants
+            .get(&self.participant)
+            .and_then(|p| p.events.as_ref())
+            .is_some_and(|tx| tx.receiver_count() > 0);
+        if listened {
+            return;
+        }
+        for (id, call) in &t.calls {
+            if call.incoming == Some(false) && call.participant.as_ref() == Some(&self.participant)
+            {
+                tracing::info!(call = %id, "the browser's event stream closed while its call rang");
+                let _ = self.api.calls.send(CallCmd::Gone {
+                    id: id.clone(),
+                    reason: "event_stream_closed",
+                });
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
