@@ -150,6 +150,15 @@ pub enum Notice {
         /// Audio codecs to offer, first preferred.
         audio: Vec<AudioCodec>,
     },
+    /// The media of a call already bridged (early media) now goes to
+    /// another SIP answer: the winner's 2xx, where it differs from the
+    /// 183 that started the media, or came from another fork.
+    UpdateMedia {
+        /// The call.
+        call: String,
+        /// The SIP side's audio, as its answer agreed.
+        callee: Box<Negotiated>,
+    },
     /// A digit for a browser's event stream, from the SIP side (its RTP
     /// or its SIP INFO).
     DtmfToBrowser {
@@ -405,6 +414,9 @@ struct Call {
     dtmf: DtmfMode,
     /// SIP INFO toward the caller and the callee ([`Party`] order).
     info: [InfoLeg; 2],
+    /// The fork whose 18x answer started the media before the call was
+    /// answered (early media), and what it agreed.
+    early: Option<(usize, Agreed)>,
 }
 
 impl Call {
@@ -421,6 +433,7 @@ impl Call {
             give_up,
             dtmf,
             info: Default::default(),
+            early: None,
         }
     }
 }
@@ -452,6 +465,21 @@ fn best_failure(codes: impl Iterator<Item = u16>) -> u16 {
         .or(codes.first())
         .copied()
         .unwrap_or(480)
+}
+
+/// Whether two answers agree the same codec and payload types at the same
+/// addresses (the media path needs no change).
+fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
+    let key = |n: &Negotiated| {
+        (
+            n.format.clone(),
+            n.dtmf.as_ref().map(|f| f.pt),
+            n.remote_rtp,
+            n.remote_rtcp,
+            n.rtcp_mux,
+        )
+    };
+    key(a) == key(b)
 }
 
 /// What the browser sends on audio: its first audio codec, and its
@@ -722,7 +750,38 @@ impl B2bua {
         }
         if matches!(code, 180 | 183) {
             self.ringing(call_id);
+            self.early_media(call_id, i, msg);
         }
+    }
+
+    /// An 18x with an SDP answer from a callee, to a browser caller: its
+    /// media (ringback, announcements) is bridged at once, from the first
+    /// fork that sends one. The 2xx then keeps it or moves it.
+    fn early_media(&mut self, call_id: &str, i: usize, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Caller::Browser(peer) = call.caller else {
+            return;
+        };
+        if msg.body.is_empty() || call.early.is_some() || call.state == State::Ended {
+            return;
+        }
+        let body = String::from_utf8_lossy(&msg.body);
+        let agreed = match crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd)) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "early media refused");
+                return;
+            }
+        };
+        tracing::info!(call = %call_id, fork = i, "early media from the SIP side");
+        call.early = Some((i, agreed.clone()));
+        self.notify(Notice::StartMedia {
+            call: call_id.to_string(),
+            caller: CallerMedia::Browser(peer),
+            callee: CalleeMedia::Sip(Box::new(agreed)),
+        });
     }
 
     /// A callee alerts: the call rings (180 to a SIP caller), once.
@@ -863,11 +922,23 @@ impl B2bua {
                     video = video.map_or("none", |c| c.name.as_str()),
                     "SIP side answered"
                 );
-                self.notify(Notice::StartMedia {
-                    call: call_id.to_string(),
-                    caller,
-                    callee: CalleeMedia::Sip(Box::new(n)),
-                });
+                match self.calls.get_mut(call_id).and_then(|c| c.early.take()) {
+                    // Early media runs: it stays, or moves to this answer.
+                    Some((j, early)) => {
+                        if j != i || !same_media(&early.audio, &n.audio) {
+                            tracing::info!(call = %call_id, "the answer moves the early media");
+                            self.notify(Notice::UpdateMedia {
+                                call: call_id.to_string(),
+                                callee: Box::new(n.audio),
+                            });
+                        }
+                    }
+                    None => self.notify(Notice::StartMedia {
+                        call: call_id.to_string(),
+                        caller,
+                        callee: CalleeMedia::Sip(Box::new(n)),
+                    }),
+                }
                 self.notify(Notice::Event(
                     call_id.to_string(),
                     CallEvent::Connected { codec },

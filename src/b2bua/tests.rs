@@ -2,6 +2,7 @@
 //! no answer, hang-ups from both sides, stray answers; browser and SIP
 //! callers.
 
+mod early;
 mod info;
 
 use super::*;
@@ -109,6 +110,7 @@ fn methods(out: &[CallOutput]) -> Vec<String> {
                 format!("play-to-{to:?}:{}", digit.digit)
             }
             CallOutput::Notice(Notice::KeyframeWanted { .. }) => "keyframe".into(),
+            CallOutput::Notice(Notice::UpdateMedia { .. }) => "update-media".into(),
             CallOutput::Abandon(_) => "abandon".into(),
         })
         .collect()

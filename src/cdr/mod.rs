@@ -175,7 +175,8 @@ impl Records {
             | Notice::RingBrowser { .. }
             | Notice::DtmfToBrowser { .. }
             | Notice::PlayDigit { .. }
-            | Notice::KeyframeWanted { .. } => None,
+            | Notice::KeyframeWanted { .. }
+            | Notice::UpdateMedia { .. } => None,
         }
     }
 

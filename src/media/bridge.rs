@@ -532,11 +532,18 @@ impl Direction {
         true
     }
 
-    /// Switches mode (after a renegotiation); the other leg sees the same
-    /// SSRC with sequence numbers and timestamps that continue.
-    pub fn switch(&mut self, mode: Mode, out_clock: u32) {
-        self.stream.clock_rate = out_clock;
-        self.mode = mode;
+    /// Takes `new`'s plan (after a renegotiation: another codec, other
+    /// payload types or events) and keeps this direction's outgoing stream
+    /// and counters, so the other leg sees one stream go on.
+    pub fn replace(&mut self, new: Direction) {
+        let mut stream = std::mem::replace(&mut self.stream, new.stream);
+        stream.clock_rate = self.stream.clock_rate;
+        let stats = self.stats;
+        *self = Direction {
+            stream,
+            stats,
+            ..new
+        };
     }
 
     /// Handles one incoming packet; passthrough output is appended to `out`
@@ -954,19 +961,27 @@ mod tests {
     }
 
     #[test]
-    fn switching_from_passthrough_to_transcoding_keeps_ssrc_and_sequence() {
-        let mut d = Direction::new(
-            Mode::Passthrough(Passthrough::new(HashMap::from([(0, 0)]))),
-            8000,
-        );
+    fn replacing_passthrough_by_transcoding_keeps_ssrc_and_sequence() {
+        let end = |pt, codec| AudioEnd {
+            pt,
+            codec,
+            dtmf: None,
+        };
+        let pcmu = end(0, AudioCodec::Pcmu);
+        let mut d = audio_direction(pcmu, pcmu).unwrap();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let input = pcmu_packets(20, 9, 100, 0);
         for (i, p) in input[..10].iter().enumerate() {
             d.on_packet(t0 + MS * (20 * i as u32), p, &mut out);
         }
-        // Renegotiated: the other leg now wants Opus.
-        d.switch(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
+        // Renegotiated: the other leg now wants Opus, with events.
+        let opus = AudioEnd {
+            dtmf: Some((101, 48000)),
+            ..end(111, AudioCodec::Opus)
+        };
+        d.replace(audio_direction(pcmu, opus).unwrap());
+        assert_eq!(d.stats.packets_out, 10, "counters go on");
         for (i, p) in input[10..].iter().enumerate() {
             let now = t0 + MS * (200 + 20 * i as u32);
             d.on_packet(now, p, &mut out);
@@ -980,6 +995,7 @@ mod tests {
             assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
         }
         assert_eq!((hs[9].payload_type, hs[10].payload_type), (0, 111));
+        assert!(d.play_digits("1", 100).is_ok(), "the new plan's events");
     }
 
     #[test]

@@ -42,6 +42,8 @@ enum Control {
     Digits { to: Party, digits: String, ms: u32 },
     /// The SIP side asked for a keyframe by SIP INFO.
     Keyframe,
+    /// The SIP callee's answer changed (early media moved to the 2xx).
+    Renegotiate(Box<Negotiated>),
 }
 
 /// A bridged call's media: sockets waiting for the answer, then a task.
@@ -228,6 +230,7 @@ impl Bridges {
                 log_start(call, caller_end, sip_end);
                 let relay = Relay {
                     caller: RtpEnd::open(caller, &agreed, call)?,
+                    caller_end,
                     callee: RtpEnd::open(ports, &n.audio, call)?,
                     to_callee,
                     to_caller,
@@ -254,6 +257,12 @@ impl Bridges {
     /// false when the call has no media running.
     pub fn play_digits(&self, call: &str, to: Party, digits: String, ms: u32) -> bool {
         self.control(call, Control::Digits { to, digits, ms })
+    }
+
+    /// Moves a call's media to the SIP callee's new answer (another codec,
+    /// another address); false when the call has no media running.
+    pub fn update(&self, call: &str, callee: Negotiated) -> bool {
+        self.control(call, Control::Renegotiate(Box::new(callee)))
     }
 
     /// The SIP side of a call asked for a keyframe by SIP INFO; false when
@@ -440,6 +449,8 @@ struct Ends {
 /// The running media between a browser and a SIP endpoint.
 struct Legs {
     sip: RtpEnd,
+    /// What the browser sends and takes.
+    browser_end: AudioEnd,
     to_sip: Direction,
     to_browser: Direction,
     webrtc: WebrtcHandle,
@@ -479,6 +490,7 @@ impl Legs {
             webrtc.attach(peer, sink).await;
             let legs = Legs {
                 sip,
+                browser_end: browser,
                 to_sip,
                 to_browser,
                 webrtc,
@@ -553,6 +565,10 @@ impl Legs {
                         if let Some(v) = self.video.as_mut() {
                             v.sip_asked(&self.webrtc);
                         }
+                    }
+                    Control::Renegotiate(n) => {
+                        let browser = self.browser_end;
+                        renegotiate(call, &mut self.sip, &n, browser, &mut self.to_sip, &mut self.to_browser);
                     }
                 },
                 m = from_browser.recv() => match m {
@@ -641,6 +657,8 @@ fn totals(to_callee: &Direction, to_caller: &Direction, sip: &RtpSession) -> Med
 /// The running media of a call between two SIP endpoints, anchored here.
 struct Relay {
     caller: RtpEnd,
+    /// What the SIP caller sends and takes.
+    caller_end: AudioEnd,
     callee: RtpEnd,
     to_callee: Direction,
     to_caller: Direction,
@@ -695,6 +713,10 @@ impl Relay {
                     Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
                     Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
                     Control::Keyframe => {}
+                    Control::Renegotiate(n) => {
+                        let caller = self.caller_end;
+                        renegotiate(call, &mut self.callee, &n, caller, &mut self.to_callee, &mut self.to_caller);
+                    }
                 },
                 () = sleep_until(due) => {}
             }
@@ -740,6 +762,36 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
         sip_lost = sip.stats.lost,
         "bridge media stopped"
     );
+}
+
+/// Moves the SIP side `sip` of a call to its new answer `n`: the remote's
+/// addresses, and each direction between it and `other` re-planned
+/// (relayed or transcoded anew); on an answer the media cannot take, the
+/// old plan stays.
+fn renegotiate(
+    call: &str,
+    sip: &mut RtpEnd,
+    n: &Negotiated,
+    other: AudioEnd,
+    to_sip: &mut Direction,
+    from_sip: &mut Direction,
+) {
+    let plan = sip_audio(n).and_then(|end| {
+        let to = audio_direction(other, end).map_err(|e| e.to_string())?;
+        let from = audio_direction(end, other).map_err(|e| e.to_string())?;
+        Ok((end, to, from))
+    });
+    match plan {
+        Ok((end, to, from)) => {
+            to_sip.replace(to);
+            from_sip.replace(from);
+            sip.session.relatch(n.remote_rtp, n.remote_rtcp);
+            log_start(call, other, end);
+        }
+        Err(e) => {
+            tracing::warn!(call, error = %e, "the new answer cannot be bridged; media unchanged")
+        }
+    }
 }
 
 /// Plays digits on a direction's output line as RFC 4733 events.

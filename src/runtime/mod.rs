@@ -487,6 +487,11 @@ fn on_call_output(
                 tracing::info!(call = %call, "a digit for a call without media dropped");
             }
         }
+        Notice::UpdateMedia { call, callee } => {
+            if !bridges.update(&call, *callee) {
+                tracing::warn!(call = %call, "no media to move to the answer");
+            }
+        }
         Notice::KeyframeWanted { call } => {
             bridges.keyframe_wanted(&call);
         }
