@@ -177,7 +177,14 @@ fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str, ended_
         .and_then(|l| l.split(' ').next())
         .and_then(|p| p.parse().ok())
         .unwrap();
-    assert!(msgs[ok..].contains("RTP/AVP 8 101"), "{}", ctx());
+    // A-law first (an answer to the caller's offer, or our offer to a
+    // caller that made none), with telephone-events.
+    assert!(msgs[ok..].contains("RTP/AVP 8 "), "{}", ctx());
+    assert!(
+        msgs[ok..].contains("a=rtpmap:101 telephone-event/8000"),
+        "{}",
+        ctx()
+    );
 
     // tshark's view of both legs.
     let cap = caller.dir.path().join("capture.pcap");
@@ -231,6 +238,16 @@ fn sipp_calls_sipp_through_the_bridge_with_relayed_g711_and_the_caller_hangs_up(
         "bridge_uac.xml",
         "bridge_uas.xml",
         "SIP caller hung up",
+        "caller",
+    );
+}
+
+#[test]
+fn a_late_offer_is_answered_in_the_ack_and_the_call_bridged() {
+    bridged_call(
+        "bridge_uac_late.xml",
+        "bridge_uas.xml",
+        "the caller answered our offer in its ACK",
         "caller",
     );
 }

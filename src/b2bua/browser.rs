@@ -128,24 +128,32 @@ impl B2bua {
                 now,
                 sc,
                 Some(&theirs.codec.key()),
-                call.dtmf,
+                (&call.offer, call.dtmf),
             ),
             Caller::Browser(_) => Err("browsers do not call browsers".to_string()),
         };
         match answered {
             Ok(agreed) => {
                 call.state = State::Connected;
-                call.info[Party::Caller as usize].on = super::info::takes_info(call.dtmf, &agreed);
-                let codec = agreed.format.codec.as_ref().map_or_else(
-                    || agreed.format.pt.to_string(),
-                    |c| format!("{}/{}", c.name, c.clock_rate),
-                );
+                // The caller's codec (else, until its ACK answers our
+                // offer, the browser's).
+                let key = agreed.as_ref().and_then(|a| a.format.codec.clone());
+                let key = key.unwrap_or_else(|| theirs.codec.key());
+                let codec = format!("{}/{}", key.name, key.clock_rate);
                 tracing::info!(call = %call_id, fork, %codec, "browser answered");
-                self.notify(Notice::StartMedia {
-                    call: call_id.clone(),
-                    caller: CallerMedia::Sip(Box::new(agreed)),
-                    callee: CalleeMedia::Browser(peer, formats),
-                });
+                let callee = CalleeMedia::Browser(peer, formats);
+                match agreed {
+                    Some(agreed) => {
+                        call.info[Party::Caller as usize].on =
+                            super::info::takes_info(call.dtmf, &agreed);
+                        self.notify(Notice::StartMedia {
+                            call: call_id.clone(),
+                            caller: CallerMedia::Sip(Box::new(agreed)),
+                            callee,
+                        });
+                    }
+                    None => call.held = Some(callee),
+                }
                 for id in [call_id.as_str(), fork] {
                     self.notify(Notice::Event(
                         id.to_string(),

@@ -13,7 +13,9 @@
 //! ACK ([`Dialogs`]). The call rings every target in parallel
 //! (RFC 3261 forking done by the B2BUA: one [`UacLeg`] per contact), the
 //! first 2xx wins and the other forks are cancelled (a late 2xx is ACKed
-//! and sent a BYE). 180/183 become `ringing`, a failure of every fork ends
+//! and sent a BYE). 180/183 become `ringing` (with SDP, early media:
+//! `early`, which also handles a SIP caller's INVITE without SDP), SIP INFO
+//! carries digits and keyframe requests (`info`), a failure of every fork ends
 //! the call with the most telling status (6xx, then 486, then the first),
 //! no answer within [`NO_ANSWER`] cancels everything (408). A hang-up from
 //! either side ends the other: CANCEL before the answer (sent only after a
@@ -27,6 +29,7 @@
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
 mod browser;
+mod early;
 mod info;
 #[cfg(test)]
 mod tests;
@@ -261,8 +264,9 @@ pub struct SipDial {
     pub invite: Message,
     /// Where it came from.
     pub flow: Flow,
-    /// The caller's SDP offer.
-    pub caller_offer: SessionDesc,
+    /// The caller's SDP offer (None: it made none; our 200 will, and its
+    /// ACK answers).
+    pub caller_offer: Option<SessionDesc>,
     /// What the callees are offered.
     pub offer: Offer,
     /// How digits reach the SIP legs (the rule's `media.dtmf`).
@@ -283,7 +287,9 @@ struct SipCaller {
     call_id: String,
     key: TxKey,
     dialog: DialogId,
-    caller_offer: SessionDesc,
+    caller_offer: Option<SessionDesc>,
+    /// Our offer in the 200, to a caller that made none (its ACK answers).
+    late: Option<Offer>,
     media: (IpAddr, u16),
     contact: String,
     via_host: String,
@@ -417,6 +423,9 @@ struct Call {
     /// The fork whose 18x answer started the media before the call was
     /// answered (early media), and what it agreed.
     early: Option<(usize, Agreed)>,
+    /// The callee's media, held until a SIP caller that made no offer
+    /// answers ours in its ACK.
+    held: Option<CalleeMedia>,
 }
 
 impl Call {
@@ -434,6 +443,7 @@ impl Call {
             dtmf,
             info: Default::default(),
             early: None,
+            held: None,
         }
     }
 }
@@ -465,21 +475,6 @@ fn best_failure(codes: impl Iterator<Item = u16>) -> u16 {
         .or(codes.first())
         .copied()
         .unwrap_or(480)
-}
-
-/// Whether two answers agree the same codec and payload types at the same
-/// addresses (the media path needs no change).
-fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
-    let key = |n: &Negotiated| {
-        (
-            n.format.clone(),
-            n.dtmf.as_ref().map(|f| f.pt),
-            n.remote_rtp,
-            n.remote_rtcp,
-            n.rtcp_mux,
-        )
-    };
-    key(a) == key(b)
 }
 
 /// What the browser sends on audio: its first audio codec, and its
@@ -601,6 +596,7 @@ impl B2bua {
             key: dial.key,
             dialog,
             caller_offer: dial.caller_offer,
+            late: None,
             media: dial.media,
             contact: dial.contact,
             via_host: dial.via_host,
@@ -754,36 +750,6 @@ impl B2bua {
         }
     }
 
-    /// An 18x with an SDP answer from a callee, to a browser caller: its
-    /// media (ringback, announcements) is bridged at once, from the first
-    /// fork that sends one. The 2xx then keeps it or moves it.
-    fn early_media(&mut self, call_id: &str, i: usize, msg: &Message) {
-        let Some(call) = self.calls.get_mut(call_id) else {
-            return;
-        };
-        let Caller::Browser(peer) = call.caller else {
-            return;
-        };
-        if msg.body.is_empty() || call.early.is_some() || call.state == State::Ended {
-            return;
-        }
-        let body = String::from_utf8_lossy(&msg.body);
-        let agreed = match crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd)) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::info!(call = %call_id, error = %e, "early media refused");
-                return;
-            }
-        };
-        tracing::info!(call = %call_id, fork = i, "early media from the SIP side");
-        call.early = Some((i, agreed.clone()));
-        self.notify(Notice::StartMedia {
-            call: call_id.to_string(),
-            caller: CallerMedia::Browser(peer),
-            callee: CalleeMedia::Sip(Box::new(agreed)),
-        });
-    }
-
     /// A callee alerts: the call rings (180 to a SIP caller), once.
     fn ringing(&mut self, call_id: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
@@ -881,20 +847,23 @@ impl B2bua {
         stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
         let negotiated = negotiated.map_err(|e| e.to_string()).and_then(|n| {
             let caller = match &mut call.caller {
-                Caller::Browser(peer) => CallerMedia::Browser(*peer),
+                Caller::Browser(peer) => Some(CallerMedia::Browser(*peer)),
                 Caller::Sip(sc) => {
                     // The callee's codec when the caller has it (relayed),
-                    // else any we can transcode to.
+                    // else any we can transcode to; a caller that made no
+                    // offer gets ours and answers in its ACK.
                     let agreed = accept_caller(
                         &mut self.dialogs,
                         &mut self.out,
                         now,
                         sc,
                         n.audio.format.codec.as_ref(),
-                        call.dtmf,
+                        (&call.offer, call.dtmf),
                     )?;
-                    call.info[Party::Caller as usize].on = info::takes_info(call.dtmf, &agreed);
-                    CallerMedia::Sip(Box::new(agreed))
+                    agreed.map(|a| {
+                        call.info[Party::Caller as usize].on = info::takes_info(call.dtmf, &a);
+                        CallerMedia::Sip(Box::new(a))
+                    })
                 }
             };
             call.info[Party::Callee as usize].on = info::takes_info(call.dtmf, &n.audio);
@@ -922,23 +891,7 @@ impl B2bua {
                     video = video.map_or("none", |c| c.name.as_str()),
                     "SIP side answered"
                 );
-                match self.calls.get_mut(call_id).and_then(|c| c.early.take()) {
-                    // Early media runs: it stays, or moves to this answer.
-                    Some((j, early)) => {
-                        if j != i || !same_media(&early.audio, &n.audio) {
-                            tracing::info!(call = %call_id, "the answer moves the early media");
-                            self.notify(Notice::UpdateMedia {
-                                call: call_id.to_string(),
-                                callee: Box::new(n.audio),
-                            });
-                        }
-                    }
-                    None => self.notify(Notice::StartMedia {
-                        call: call_id.to_string(),
-                        caller,
-                        callee: CalleeMedia::Sip(Box::new(n)),
-                    }),
-                }
+                self.answered_media(call_id, i, caller, n);
                 self.notify(Notice::Event(
                     call_id.to_string(),
                     CallEvent::Connected { codec },
@@ -1027,12 +980,13 @@ impl B2bua {
         true
     }
 
-    /// The ACK of our 2xx to a SIP caller; false when it is not for a call
-    /// here.
-    pub fn on_ack(&mut self, msg: &Message) -> bool {
+    /// The ACK of our 2xx to a SIP caller (with its answer, when our 2xx
+    /// made the offer); false when it is not for a call here.
+    pub fn on_ack(&mut self, now: Instant, msg: &Message) -> bool {
         match self.dialogs.matching(msg) {
             Some(id) if self.by_call_id.contains_key(msg.call_id()) => {
                 self.dialogs.on_ack(id);
+                self.late_answer(now, msg);
                 true
             }
             _ => false,

@@ -359,7 +359,7 @@ fn dial_from_sip_with(
             id: "sip-1".into(),
             key: key.clone(),
             flow: flow(5080),
-            caller_offer: crate::sdp::parse(CALLER_OFFER).unwrap(),
+            caller_offer: Some(crate::sdp::parse(CALLER_OFFER).unwrap()),
             offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
             dtmf,
             media: ("127.0.0.1".parse().unwrap(), 20000),
@@ -452,7 +452,7 @@ fn a_sip_caller_hears_ringing_gets_the_callees_codec_and_hangs_up() {
     // Our 200 is resent until the ACK.
     b.handle_timeout(t0 + Duration::from_millis(500));
     assert_eq!(methods(&drain(&mut b)), ["ACK"], "a 2xx retransmission");
-    assert!(b.on_ack(&from_caller("ACK", &our_tag, 1)));
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
     b.handle_timeout(t0 + Duration::from_secs(2));
     assert!(drain(&mut b).is_empty());
 
@@ -557,7 +557,7 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
         panic!()
     };
     let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
-    assert!(b.on_ack(&from_caller("ACK", &our_tag, 1)));
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
 
     // The caller holds: answered recvonly (never sendrecv), and the callee
     // is re-offered sendonly in the codec it agreed.
@@ -712,7 +712,7 @@ fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
     assert_eq!(methods(&drain(&mut b)), ["CANCEL"]);
 
     // The caller hangs up: the browser's call ends and its peer closes.
-    b.on_ack(&from_caller("ACK", &tag_of_ok(ok), 1));
+    b.on_ack(t0, &from_caller("ACK", &tag_of_ok(ok), 1));
     let bye = from_caller("BYE", &tag_of_ok(ok), 2);
     assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5080)));
     let out = drain(&mut b);

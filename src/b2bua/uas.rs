@@ -226,33 +226,54 @@ pub(super) fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Opti
     Some(ok)
 }
 
-/// Answers a SIP caller's offer once a callee answered: 200 with our SDP
-/// in the `prefer`red codec when the caller offered it (relayed), else
-/// any we can transcode to; telephone-events unless digits go by SIP INFO
-/// only. Queues the 200 (retransmitted until the ACK) and returns what it
-/// agreed.
+/// Accepts a SIP caller's call once a callee answered: 200 with our SDP.
+/// To the caller's offer, we answer in the `prefer`red codec when it
+/// offered it (relayed), else any we can transcode to, with
+/// telephone-events unless digits go by SIP INFO only (`dtmf`); returns
+/// what that agreed. A caller that made no offer gets ours (`offered`,
+/// what the callees were offered, the `prefer`red codec first); its ACK
+/// answers, so nothing is agreed yet (None). Queues the 200
+/// (retransmitted until the ACK).
 pub(super) fn accept_caller(
     dialogs: &mut Dialogs,
     out: &mut VecDeque<CallOutput>,
     now: Instant,
     sc: &mut SipCaller,
     prefer: Option<&causeway_codecs::CodecKey>,
-    dtmf: DtmfMode,
-) -> Result<Negotiated, String> {
+    (offered, dtmf): (&Offer, DtmfMode),
+) -> Result<Option<Negotiated>, String> {
     sc.origin.1 += 1;
-    let (body, agreed) = answer_audio(
-        &sc.caller_offer,
-        prefer,
-        true,
-        sc.media,
-        sc.origin,
-        None,
-        dtmf != DtmfMode::Info,
-    )
-    .map_err(|e| e.to_string())?;
+    let (body, agreed) = match &sc.caller_offer {
+        Some(theirs) => {
+            let (body, agreed) = answer_audio(
+                theirs,
+                prefer,
+                true,
+                sc.media,
+                sc.origin,
+                None,
+                dtmf != DtmfMode::Info,
+            )
+            .map_err(|e| e.to_string())?;
+            (body, Some(agreed))
+        }
+        None => {
+            let mut ours = Offer {
+                video: None,
+                ..offered.clone()
+            };
+            if let Some(i) = ours.audio.iter().position(|f| f.codec.as_ref() == prefer) {
+                let first = ours.audio.remove(i);
+                ours.audio.insert(0, first);
+            }
+            let body = ours.to_sdp(sc.media.0, sc.media.1, sc.origin.0, sc.origin.1);
+            sc.late = Some(ours);
+            (body, None)
+        }
+    };
     let ok = caller_ok(dialogs, sc, body).ok_or("the caller's dialog is gone")?;
     sc.answered = true;
-    sc.agreed = Some(agreed.clone());
+    sc.agreed.clone_from(&agreed);
     dialogs.accepted(now, sc.dialog, ok.to_bytes());
     out.push_back(CallOutput::Respond(sc.key.clone(), ok));
     Ok(agreed)

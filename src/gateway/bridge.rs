@@ -26,7 +26,8 @@ pub(super) struct PendingBridge {
     key: TxKey,
     invite: Message,
     flow: Flow,
-    caller_offer: crate::sdp::SessionDesc,
+    /// None: a late offer (our 200 makes the offer).
+    caller_offer: Option<crate::sdp::SessionDesc>,
     offer: Offer,
     /// Who to ring.
     callees: Callees,
@@ -319,23 +320,18 @@ impl Gateway {
             tracing::info!(code, why, "bridged call refused");
             this.respond(now, key, &invite, flow, code, reason, Some(warning));
         };
-        let Some(body) = echo::sdp_body(&invite) else {
-            return refuse(
-                self,
-                488,
-                "Not Acceptable Here",
-                "an INVITE without an SDP offer (late offer) is not bridged yet",
-            );
-        };
-        let caller_offer = match crate::sdp::parse(body) {
-            Ok(sd) => sd,
-            Err(e) => {
+        // An INVITE without SDP (late offer): the callees get our full
+        // offer, and our 200 to the caller makes one.
+        let caller_offer = match echo::sdp_body(&invite).map(crate::sdp::parse) {
+            None => None,
+            Some(Ok(sd)) => Some(sd),
+            Some(Err(e)) => {
                 let (code, reason, warning) = e.status();
                 tracing::info!(code, warning, "bridged call refused");
                 return self.respond(now, key, &invite, flow, code, reason, Some(warning));
             }
         };
-        let Some(offer) = callee_offer(&caller_offer, &route.media) else {
+        let Some(offer) = callee_offer(caller_offer.as_ref(), &route.media) else {
             return refuse(self, 488, "Not Acceptable Here", "no audio codec in common");
         };
         let call = random_token(16);
@@ -513,19 +509,26 @@ impl Gateway {
 
 /// What callees are offered for a SIP caller's offer: the caller's audio
 /// codecs we can handle, in its order (or the rule's), then, when the rule
-/// allows transcoding, the others we can transcode to; telephone-event
-/// when the caller offered it. `None` when the caller offered no audio
-/// codec we can handle.
+/// allows transcoding, the others we can transcode to (every codec we
+/// handle for a caller that made no offer); telephone-event unless digits
+/// go by SIP INFO only. `None` when the caller offered no audio codec we
+/// can handle.
 fn callee_offer(
-    caller: &crate::sdp::SessionDesc,
+    caller: Option<&crate::sdp::SessionDesc>,
     media: &crate::dialplan::MediaOptions,
 ) -> Option<Offer> {
     use causeway_codecs::registry::AudioCodec;
+    let mut theirs: Vec<AudioCodec> = Vec::new();
+    let Some(caller) = caller else {
+        return Some(Offer::audio(
+            &rule_order(AudioCodec::ALL.to_vec(), media)?,
+            media.dtmf != crate::dialplan::DtmfMode::Info,
+        ));
+    };
     let m = caller
         .media
         .iter()
         .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
-    let mut theirs: Vec<AudioCodec> = Vec::new();
     for c in m
         .formats
         .iter()
@@ -542,25 +545,32 @@ fn callee_offer(
     if media.transcode {
         codecs.extend(AudioCodec::ALL.iter().filter(|c| !theirs.contains(c)));
     }
-    if !media.codecs.is_empty() {
-        codecs = media
-            .codecs
-            .iter()
-            .filter_map(|name| {
-                codecs
-                    .iter()
-                    .copied()
-                    .find(|c| c.key().name.eq_ignore_ascii_case(name))
-            })
-            .collect();
-        if codecs.is_empty() {
-            return None;
-        }
-    }
     // Telephone-events unless digits go by SIP INFO only: digits the
     // caller sends by INFO are played to the callee as events.
     Some(Offer::audio(
-        &codecs,
+        &rule_order(codecs, media)?,
         media.dtmf != crate::dialplan::DtmfMode::Info,
     ))
+}
+
+/// `codecs` in the rule's order, when it names one (only those it names);
+/// `None` when that leaves none.
+fn rule_order(
+    codecs: Vec<causeway_codecs::registry::AudioCodec>,
+    media: &crate::dialplan::MediaOptions,
+) -> Option<Vec<causeway_codecs::registry::AudioCodec>> {
+    if media.codecs.is_empty() {
+        return Some(codecs);
+    }
+    let ordered: Vec<_> = media
+        .codecs
+        .iter()
+        .filter_map(|name| {
+            codecs
+                .iter()
+                .copied()
+                .find(|c| c.key().name.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    (!ordered.is_empty()).then_some(ordered)
 }

@@ -440,7 +440,7 @@ impl Gateway {
                     if let Some(id) = self.dialogs.matching(&msg) {
                         self.dialogs.on_ack(id);
                     } else {
-                        self.b2bua.on_ack(&msg);
+                        self.b2bua.on_ack(now, &msg);
                     }
                 }
                 Output::Event(TxEvent::Response { msg, .. }) if self.b2bua.owns(msg.call_id()) => {

@@ -81,3 +81,101 @@ fn early_media_ends_with_a_failure_and_bad_early_sdp_is_ignored() {
     b.on_response(t0, &reply(&inv[0], 486, "a", None));
     assert_eq!(methods(&drain(&mut b)), ["ended:sip:486", "release"]);
 }
+
+/// A SIP caller's INVITE without SDP to one callee on 5070; the INVITE
+/// sent to it.
+fn dial_late_offer(b: &mut B2bua, now: Instant) -> Message {
+    let invite = caller_invite();
+    b.dial_sip(
+        now,
+        SipDial {
+            id: "sip-1".into(),
+            key: TxKey::server(&invite).unwrap(),
+            flow: flow(5080),
+            caller_offer: None,
+            offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
+            dtmf: DtmfMode::Auto,
+            media: ("127.0.0.1".parse().unwrap(), 20000),
+            contact: "<sip:bob@127.0.0.1:5060>".into(),
+            via_host: "127.0.0.1:5060".into(),
+            user_agent: "causeway".into(),
+            invite,
+        },
+        vec![target(5070)],
+        vec![],
+    );
+    let out = drain(b);
+    let [CallOutput::Request(inv, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    inv.clone()
+}
+
+/// The caller's ACK to our 200 `ok`, carrying `sdp`.
+fn ack_with(ok: &Message, sdp: Option<&str>) -> Message {
+    let ack = from_caller("ACK", &tag_of_ok(ok), 1);
+    match sdp {
+        Some(sdp) => with_sdp(ack, sdp),
+        None => ack,
+    }
+}
+
+#[test]
+fn a_late_offer_gets_ours_in_the_200_and_its_ack_answer_starts_the_media() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_late_offer(&mut b, t0);
+    b.on_response(t0, &reply(&inv, 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    // The callee is ACKed, the caller gets our offer: the callee's PCMU
+    // first, then the rest we offered; no media until the caller answers.
+    assert_eq!(methods(&out), ["ACK", "200", "connected"]);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!()
+    };
+    assert!(
+        body(ok).contains("m=audio 20000 RTP/AVP 0 8 101\r\n"),
+        "{}",
+        body(ok)
+    );
+    // Its ACK answers PCMU: caller and callee media start.
+    let answer = ANSWER_PCMU.replace("40000", "30000");
+    assert!(b.on_ack(t0, &ack_with(ok, Some(&answer))));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["media"]);
+    let CallOutput::Notice(Notice::StartMedia {
+        caller: CallerMedia::Sip(caller),
+        callee: CalleeMedia::Sip(callee),
+        ..
+    }) = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(caller.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
+    assert_eq!((caller.format.pt, callee.audio.format.pt), (0, 0));
+    // A retransmitted ACK starts nothing more.
+    b.on_ack(t0, &ack_with(ok, Some(&answer)));
+    assert!(drain(&mut b).is_empty());
+}
+
+#[test]
+fn a_late_offer_whose_ack_has_no_answer_is_hung_up_both_ways() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_late_offer(&mut b, t0);
+    b.on_response(t0, &reply(&inv, 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!()
+    };
+    assert!(b.on_ack(t0, &ack_with(ok, None)));
+    let out = drain(&mut b);
+    assert_eq!(
+        methods(&out),
+        ["BYE", "BYE", "ended:gateway:488", "release"]
+    );
+    let CallOutput::Request(bye, _) = &out[1] else {
+        panic!()
+    };
+    assert_eq!(bye.call_id(), "caller-call");
+}

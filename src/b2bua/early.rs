@@ -1,0 +1,131 @@
+//! Media negotiated outside the plain offer-in-INVITE, answer-in-2xx
+//! exchange: early media (a callee's 180/183 with SDP, bridged to a
+//! browser caller before the answer; the 2xx keeps or moves it) and late
+//! offers (a SIP caller's INVITE without SDP: our 2xx carries the offer,
+//! its ACK the answer, and the media waits for it).
+//!
+//! Owns when a call's media starts, moves or waits; what an answer agrees
+//! is read by [`crate::sdp`], and media is moved by the runtime.
+
+use super::{B2bua, CalleeMedia, Caller, CallerMedia, Notice, Party, Side, State, info};
+use crate::sdp::{Agreed, Negotiated};
+use crate::sip::msg::Message;
+use std::time::Instant;
+
+impl B2bua {
+    /// An 18x with an SDP answer from a callee, to a browser caller: its
+    /// media (ringback, announcements) is bridged at once, from the first
+    /// fork that sends one. The 2xx then keeps it or moves it.
+    pub(super) fn early_media(&mut self, call_id: &str, i: usize, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Caller::Browser(peer) = call.caller else {
+            return;
+        };
+        if msg.body.is_empty() || call.early.is_some() || call.state == State::Ended {
+            return;
+        }
+        let body = String::from_utf8_lossy(&msg.body);
+        let agreed = match crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd)) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "early media refused");
+                return;
+            }
+        };
+        tracing::info!(call = %call_id, fork = i, "early media from the SIP side");
+        call.early = Some((i, agreed.clone()));
+        self.notify(Notice::StartMedia {
+            call: call_id.to_string(),
+            caller: CallerMedia::Browser(peer),
+            callee: CalleeMedia::Sip(Box::new(agreed)),
+        });
+    }
+
+    /// A SIP callee answered (`n`; fork `i`): its media starts, or the
+    /// early media stays or moves to it. Toward a SIP `caller` that made no
+    /// offer (None), it waits for the caller's answer in its ACK.
+    pub(super) fn answered_media(
+        &mut self,
+        call_id: &str,
+        i: usize,
+        caller: Option<CallerMedia>,
+        n: Agreed,
+    ) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        match (call.early.take(), caller) {
+            // Early media runs: it stays, or moves to this answer.
+            (Some((j, early)), _) => {
+                if j != i || !same_media(&early.audio, &n.audio) {
+                    tracing::info!(call = %call_id, "the answer moves the early media");
+                    self.notify(Notice::UpdateMedia {
+                        call: call_id.to_string(),
+                        callee: Box::new(n.audio),
+                    });
+                }
+            }
+            (None, Some(caller)) => self.notify(Notice::StartMedia {
+                call: call_id.to_string(),
+                caller,
+                callee: CalleeMedia::Sip(Box::new(n)),
+            }),
+            (None, None) => call.held = Some(CalleeMedia::Sip(Box::new(n))),
+        }
+    }
+
+    /// The ACK of a SIP caller that made no offer: its answer to ours
+    /// starts the media held for it; without a usable one the call ends
+    /// (BYE both ways).
+    pub(super) fn late_answer(&mut self, now: Instant, ack: &Message) {
+        let Some((call_id, _)) = self.by_call_id.get(ack.call_id()).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Caller::Sip(sc) = &mut call.caller else {
+            return;
+        };
+        let (Some(ours), None) = (&sc.late, &sc.agreed) else {
+            return;
+        };
+        let body = String::from_utf8_lossy(&ack.body);
+        match crate::sdp::parse(&body).and_then(|sd| ours.read_answer(&sd)) {
+            Ok(a) => {
+                tracing::info!(call = %call_id, "the caller answered our offer in its ACK");
+                sc.agreed = Some(a.audio.clone());
+                call.info[Party::Caller as usize].on = info::takes_info(call.dtmf, &a.audio);
+                if let Some(callee) = call.held.take() {
+                    self.notify(Notice::StartMedia {
+                        call: call_id,
+                        caller: CallerMedia::Sip(Box::new(a.audio)),
+                        callee,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "no usable answer in the caller's ACK; hanging up");
+                self.hang_up_sip(&call_id);
+                self.end(now, &call_id, Side::Gateway, Some(488), &e.to_string());
+            }
+        }
+    }
+}
+
+/// Whether two answers agree the same codec and payload types at the same
+/// addresses (the media path needs no change).
+fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
+    let key = |n: &Negotiated| {
+        (
+            n.format.clone(),
+            n.dtmf.as_ref().map(|f| f.pt),
+            n.remote_rtp,
+            n.remote_rtcp,
+            n.rtcp_mux,
+        )
+    };
+    key(a) == key(b)
+}
