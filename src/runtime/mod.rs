@@ -566,6 +566,8 @@ fn on_call_cmd(
         CallCmd::Offered { fork, result } => gw.browser_offered(now, wall, &fork, result),
         CallCmd::Answered { fork, formats } => gw.browser_answered(now, wall, &fork, formats),
         CallCmd::Dtmf { id, digits } => {
+            // By SIP INFO, else as events on the media toward the SIP side
+            // (a browser's call has one: `to` is not looked at).
             if !gw.browser_digits(now, wall, &id, &digits, bridge::DIGIT_MS)
                 && !bridges.play_digits(
                     gw.media_call(&id),
