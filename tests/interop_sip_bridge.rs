@@ -106,6 +106,31 @@ fn finish(child: &mut Child) -> Option<i32> {
     None
 }
 
+/// Runs a call from a SIPp UAC (`uac_scenario`) through the gateway to a
+/// SIPp UAS (`uas_scenario` on `uas_port`) while tshark captures both
+/// sides' media; both SIPps must succeed. Returns (caller, callee).
+fn captured_call(gw: &Gw, uac_scenario: &str, uas_scenario: &str, uas_port: u16) -> (Side, Side) {
+    let (caller, callee) = (Side::new(), Side::new());
+    let tshark = capture(
+        caller.dir.path(),
+        &format!("udp port {} or udp port {}", caller.media, callee.media),
+    );
+    let mut server = uas(&callee, uas_scenario, uas_port);
+    let out = uac(&caller, uac_scenario, gw);
+    let uas_status = finish(&mut server.0);
+    stop(tshark);
+    let ctx = || context(gw, &caller, &callee);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the caller failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctx()
+    );
+    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    (caller, callee)
+}
+
 /// Everything both sides and the gateway said, for failure messages.
 fn context(gw: &Gw, caller: &Side, callee: &Side) -> String {
     format!(
@@ -148,24 +173,8 @@ fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str, ended_
     require("tshark");
     let uas_port = free_port();
     let mut gw = gateway(uas_port);
-    let (caller, callee) = (Side::new(), Side::new());
-    let tshark = capture(
-        caller.dir.path(),
-        &format!("udp port {} or udp port {}", caller.media, callee.media),
-    );
-    let mut server = uas(&callee, uas_scenario, uas_port);
-    let out = uac(&caller, uac_scenario, &gw);
-    let uas_status = finish(&mut server.0);
-    stop(tshark);
+    let (caller, callee) = captured_call(&gw, uac_scenario, uas_scenario, uas_port);
     let ctx = || context(&gw, &caller, &callee);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the caller failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        ctx()
-    );
-    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
 
     // The caller heard ringing, and the 200 came from the gateway's ports.
     let msgs = caller.messages();
@@ -412,23 +421,11 @@ fn digits_cross_between_rfc_4733_and_sip_info() {
     // `auto`: INFO toward the callee, which agreed no telephone-event;
     // events toward the caller, which did.
     let gw = gateway_with(uas_port, "media.dtmf = \"auto\"");
-    let (caller, callee) = (Side::new(), Side::new());
-    let tshark = capture(caller.dir.path(), &format!("udp port {}", caller.media));
-    let mut server = uas(&callee, "bridge_uas_info.xml", uas_port);
-    let out = uac(&caller, "bridge_uac_dtmf.xml", &gw);
-    let uas_status = finish(&mut server.0);
-    stop(tshark);
-    let ctx = || context(&gw, &caller, &callee);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the caller failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        ctx()
-    );
-    // The callee checked that the caller's RFC 4733 "1" came as an INFO
+    // The callee checks that the caller's RFC 4733 "1" comes as an INFO
     // (its scenario fails otherwise).
-    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    let (caller, callee) =
+        captured_call(&gw, "bridge_uac_dtmf.xml", "bridge_uas_info.xml", uas_port);
+    let ctx = || context(&gw, &caller, &callee);
     let info = callee.messages();
     let at = info.find("INFO sip:").expect("an INFO");
     assert!(info[at..].contains("Signal=1"), "{}", ctx());

@@ -144,8 +144,7 @@ impl B2bua {
                 let callee = CalleeMedia::Browser(peer, formats);
                 match agreed {
                     Some(agreed) => {
-                        call.info[Party::Caller as usize].on =
-                            super::info::takes_info(call.dtmf, &agreed);
+                        call.agreed_by(Party::Caller, &agreed);
                         self.notify(Notice::StartMedia {
                             call: call_id.clone(),
                             caller: CallerMedia::Sip(Box::new(agreed)),
@@ -189,7 +188,7 @@ impl B2bua {
                 // Only a hang-up is a refusal; a browser that went away
                 // (its peer timed out, its event stream closed) is not
                 // available.
-                let (code, phrase) = if reason == "hangup" {
+                let (code, phrase) = if reason == crate::webrtc::CloseReason::Local.as_str() {
                     tracing::info!(call = %call_id, fork, "browser declined");
                     (603, "Decline")
                 } else {

@@ -7,7 +7,7 @@
 //! Owns when a call's media starts, moves or waits; what an answer agrees
 //! is read by [`crate::sdp`], and media is moved by the runtime.
 
-use super::{B2bua, CalleeMedia, Caller, CallerMedia, Notice, Party, Side, State, info};
+use super::{B2bua, CalleeMedia, Caller, CallerMedia, Notice, Party, Side, State};
 use crate::sdp::{Agreed, Negotiated};
 use crate::sip::msg::Message;
 use std::time::Instant;
@@ -97,7 +97,7 @@ impl B2bua {
             Ok(a) => {
                 tracing::info!(call = %call_id, "the caller answered our offer in its ACK");
                 sc.agreed = Some(a.audio.clone());
-                call.info[Party::Caller as usize].on = info::takes_info(call.dtmf, &a.audio);
+                call.agreed_by(Party::Caller, &a.audio);
                 if let Some(callee) = call.held.take() {
                     self.notify(Notice::StartMedia {
                         call: call_id,

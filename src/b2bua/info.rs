@@ -35,7 +35,7 @@ pub(super) struct InfoLeg {
 }
 
 /// Whether a SIP side that agreed `n` takes digits by INFO under `mode`.
-pub(super) fn takes_info(mode: DtmfMode, n: &Negotiated) -> bool {
+fn takes_info(mode: DtmfMode, n: &Negotiated) -> bool {
     match mode {
         DtmfMode::Info => true,
         DtmfMode::Rfc4733 => false,
@@ -43,16 +43,17 @@ pub(super) fn takes_info(mode: DtmfMode, n: &Negotiated) -> bool {
     }
 }
 
-impl Leg {
-    pub(super) fn party(self) -> Party {
-        match self {
-            Leg::Caller => Party::Caller,
-            Leg::Fork(_) => Party::Callee,
-        }
-    }
-}
-
 impl Call {
+    /// INFO toward side `p`.
+    fn info(&mut self, p: Party) -> &mut InfoLeg {
+        &mut self.info[p as usize]
+    }
+
+    /// Side `p` (SIP) agreed `n`: whether it takes digits by INFO follows.
+    pub(super) fn agreed_by(&mut self, p: Party, n: &Negotiated) {
+        self.info(p).on = takes_info(self.dtmf, n);
+    }
+
     /// The browser on side `p`, if a browser is there.
     fn browser_at(&self, p: Party) -> Option<crate::webrtc::PeerId> {
         match (p, &self.caller, self.winner) {
@@ -105,8 +106,8 @@ impl B2bua {
         };
         if let Some(peer) = call.browser_at(to) {
             self.notify(Notice::DtmfToBrowser { peer, digit });
-        } else if call.info[to as usize].on {
-            call.info[to as usize].queue.push_back(digit);
+        } else if call.info(to).on {
+            call.info(to).queue.push_back(digit);
             self.send_next_info(call_id, to);
         } else if !relayed {
             self.notify(Notice::PlayDigit {
@@ -122,7 +123,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let leg = &mut call.info[to as usize];
+        let leg = call.info(to);
         if leg.pending.is_some() {
             return;
         }
@@ -144,7 +145,7 @@ impl B2bua {
         };
         if let Some((msg, flow)) = request {
             tracing::info!(call = %call_id, digit = %digit.digit, ms = digit.duration_ms, "DTMF sent by SIP INFO");
-            call.info[to as usize].pending = Some(None);
+            call.info(to).pending = Some(None);
             self.out.push_back(CallOutput::Request(msg, flow));
         }
     }
@@ -153,7 +154,7 @@ impl B2bua {
     pub(super) fn info_sent(&mut self, sip_call_id: &str, key: TxKey) {
         if let Some((call_id, leg)) = self.by_call_id.get(sip_call_id)
             && let Some(call) = self.calls.get_mut(call_id)
-            && let Some(pending) = &mut call.info[leg.party() as usize].pending
+            && let Some(pending) = &mut call.info(leg.party()).pending
         {
             *pending = Some(key);
         }
@@ -163,7 +164,7 @@ impl B2bua {
     /// resent): the next one may go.
     pub(super) fn info_answered(&mut self, call_id: &str, to: Party) {
         if let Some(call) = self.calls.get_mut(call_id) {
-            call.info[to as usize].pending = None;
+            call.info(to).pending = None;
         }
         self.send_next_info(call_id, to);
     }
@@ -171,21 +172,19 @@ impl B2bua {
     /// An INFO of ours got no final response; true when `key` was one.
     pub(super) fn info_timed_out(&mut self, key: &TxKey) -> bool {
         let found = self.calls.iter().find_map(|(id, c)| {
-            let p = c
-                .info
-                .iter()
-                .position(|l| l.pending.as_ref().and_then(Option::as_ref) == Some(key))?;
-            Some((id.clone(), p))
+            let to = [Party::Caller, Party::Callee].into_iter().find(|p| {
+                c.info[*p as usize]
+                    .pending
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    == Some(key)
+            })?;
+            Some((id.clone(), to))
         });
-        let Some((call_id, p)) = found else {
+        let Some((call_id, to)) = found else {
             return false;
         };
         tracing::info!(call = %call_id, "an INFO got no answer");
-        let to = if p == Party::Caller as usize {
-            Party::Caller
-        } else {
-            Party::Callee
-        };
         self.info_answered(&call_id, to);
         true
     }

@@ -518,7 +518,6 @@ fn callee_offer(
     media: &crate::dialplan::MediaOptions,
 ) -> Option<Offer> {
     use causeway_codecs::registry::AudioCodec;
-    let mut theirs: Vec<AudioCodec> = Vec::new();
     let Some(caller) = caller else {
         return Some(Offer::audio(
             &rule_order(AudioCodec::ALL.to_vec(), media)?,
@@ -529,6 +528,7 @@ fn callee_offer(
         .media
         .iter()
         .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+    let mut theirs: Vec<AudioCodec> = Vec::new();
     for c in m
         .formats
         .iter()

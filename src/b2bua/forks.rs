@@ -1,0 +1,296 @@
+//! The callee side as a UAC: what our forks' responses mean for a call.
+//! A 1xx rings (and may bring early media), a 2xx wins the call (the
+//! others are cancelled, a late one is ACKed and sent a BYE) and answers
+//! the caller, failures of every callee end the call with the most telling
+//! status, and a fork that never answers is unreachable (408).
+//!
+//! Owns fork states and the answer's consequences; INVITEs, CANCELs and
+//! ACKs are built by [`crate::sip::uac`], and the transaction layer
+//! retransmits them.
+
+use super::*;
+
+impl B2bua {
+    /// The transaction key the layer gave a request we sent (so a
+    /// timeout can be matched to its fork or INFO).
+    pub fn sent(&mut self, msg: &Message, key: TxKey) {
+        let call_id = msg.call_id();
+        if msg.method() == Some(Method::Info) {
+            self.info_sent(call_id, key);
+            return;
+        }
+        if let Some((call, Leg::Fork(i))) = self.by_call_id.get(call_id)
+            && let Some(f) = self.calls.get_mut(call).and_then(|c| c.forks.get_mut(*i))
+            && f.key.is_none()
+        {
+            f.key = Some(key);
+        }
+    }
+
+    /// A response to one of our requests (responses to CANCEL and BYE
+    /// need nothing).
+    pub fn on_response(&mut self, now: Instant, msg: &Message) {
+        let Some((call_id, leg)) = self.by_call_id.get(msg.call_id()).cloned() else {
+            return;
+        };
+        let Some(code) = msg.status() else { return };
+        let Some(cseq) = msg.cseq() else { return };
+        if cseq.method == Method::Info && code >= 200 {
+            self.info_answered(&call_id, leg.party());
+            return;
+        }
+        if cseq.method != Method::Invite {
+            return;
+        }
+        let Leg::Fork(i) = leg else {
+            // Our re-INVITE to the SIP caller: a 2xx gets its ACK.
+            if (200..300).contains(&code)
+                && let Some(Caller::Sip(sc)) = self.calls.get(&call_id).map(|c| &c.caller)
+                && let Some(flow) = self.dialogs.get(sc.dialog).map(|d| d.flow)
+                && let Some(ack) =
+                    self.dialogs
+                        .ack(sc.dialog, cseq.seq, &sc.via_host, &sc.user_agent)
+            {
+                self.out.push_back(CallOutput::Transmit(flow, ack));
+            }
+            return;
+        };
+        match code {
+            100 => {}
+            101..=199 => self.on_provisional(&call_id, i, code, msg),
+            200..=299 => self.on_answer(now, &call_id, i, msg),
+            _ => self.on_failure(now, &call_id, i, code, msg.reason().unwrap_or_default()),
+        }
+        self.reap(&call_id);
+    }
+
+    fn on_provisional(&mut self, call_id: &str, i: usize, code: u16, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        fork.leg.on_response(msg);
+        match fork.state {
+            ForkState::Calling => fork.state = ForkState::Proceeding,
+            ForkState::CancelPending => {
+                fork.state = ForkState::Cancelled;
+                if let Some(c) = fork.leg.cancel() {
+                    self.out.push_back(CallOutput::Request(c, fork.leg.flow));
+                }
+            }
+            _ => {}
+        }
+        if matches!(code, 180 | 183) {
+            self.ringing(call_id);
+            self.early_media(call_id, i, msg);
+        }
+    }
+
+    /// A callee alerts: the call rings (180 to a SIP caller), once.
+    pub(super) fn ringing(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.state != State::Calling {
+            return;
+        }
+        call.state = State::Ringing;
+        if let Caller::Sip(sc) = &mut call.caller
+            && !sc.ringing
+        {
+            sc.ringing = true;
+            let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
+            if let Some(r) = ringing {
+                self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
+            }
+        }
+        self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
+    }
+
+    fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, phrase: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        fork.state = ForkState::Done;
+        fork.failure = Some(code);
+        self.all_failed(now, call_id, Side::Sip, code, phrase);
+    }
+
+    /// Ends a ringing call once every callee (SIP or browser) failed, with
+    /// the most telling status; `by`, `code` and `phrase` are the latest
+    /// failure's.
+    pub(super) fn all_failed(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        by: Side,
+        code: u16,
+        phrase: &str,
+    ) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let live = matches!(call.state, State::Calling | State::Ringing);
+        let done = call.forks.iter().all(|f| f.state == ForkState::Done)
+            && call.browsers.iter().all(|b| b.state == BrowserState::Done);
+        if live && done {
+            let status = best_failure(
+                call.forks
+                    .iter()
+                    .filter_map(|f| f.failure)
+                    .chain(call.browsers.iter().filter_map(|b| b.failure)),
+            );
+            let reason = if status == code && !phrase.is_empty() {
+                format!("{status} {phrase}")
+            } else {
+                format!("SIP {status}")
+            };
+            self.end(now, call_id, by, Some(status), &reason);
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, call_id: &str, i: usize, ok: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        let ours = fork.leg.on_response(ok);
+        if let Some(ack) = fork.leg.ack(ok) {
+            self.out.push_back(CallOutput::Transmit(fork.leg.flow, ack));
+        }
+        let is_winner = call.winner == Some(Winner::Sip(i)) && ours;
+        if is_winner {
+            // The winner's 2xx again: the ACK above was all it needed.
+            return;
+        }
+        if call.winner.is_some() || call.state == State::Ended {
+            // Another fork, or the call is over: that dialog ends at once.
+            fork.state = ForkState::Done;
+            if let Some(bye) = fork.leg.bye_stray(ok) {
+                self.out.push_back(CallOutput::Request(bye, fork.leg.flow));
+            }
+            return;
+        }
+        fork.state = ForkState::Done;
+        call.winner = Some(Winner::Sip(i));
+        let body = String::from_utf8_lossy(&ok.body);
+        tracing::debug!(call = %call_id, sdp = %body, "SIP side's answer");
+        let negotiated = crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd));
+        // Everyone else stops ringing.
+        for (j, f) in call.forks.iter_mut().enumerate() {
+            if j != i {
+                cancel_fork(f, &mut self.out);
+            }
+        }
+        stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
+        let negotiated = negotiated.map_err(|e| e.to_string()).and_then(|n| {
+            let caller = match &mut call.caller {
+                Caller::Browser(peer) => Some(CallerMedia::Browser(*peer)),
+                Caller::Sip(sc) => {
+                    // The callee's codec when the caller has it (relayed),
+                    // else any we can transcode to; a caller that made no
+                    // offer gets ours and answers in its ACK.
+                    let agreed = accept_caller(
+                        &mut self.dialogs,
+                        &mut self.out,
+                        now,
+                        sc,
+                        n.audio.format.codec.as_ref(),
+                        (&call.offer, call.dtmf),
+                    )?;
+                    agreed.map(|a| {
+                        call.agreed_by(Party::Caller, &a);
+                        CallerMedia::Sip(Box::new(a))
+                    })
+                }
+            };
+            call.agreed_by(Party::Callee, &n.audio);
+            Ok((n, caller))
+        });
+        match negotiated {
+            Ok((n, caller)) => {
+                call.state = State::Connected;
+                call.callee =
+                    our_offer_origin(call.forks[i].leg.offered()).map(|o| CalleeSession {
+                        agreed: n.clone(),
+                        ip: o.ip,
+                        port: o.port,
+                        video_port: o.video_port,
+                        origin: o.origin,
+                    });
+                let codec = n.audio.format.codec.as_ref().map_or_else(
+                    || n.audio.format.pt.to_string(),
+                    |c| format!("{}/{}", c.name, c.clock_rate),
+                );
+                let video = n.video.as_ref().and_then(|v| v.format.codec.as_ref());
+                tracing::info!(
+                    call = %call_id,
+                    %codec,
+                    video = video.map_or("none", |c| c.name.as_str()),
+                    "SIP side answered"
+                );
+                self.answered_media(call_id, i, caller, n);
+                self.notify(Notice::Event(
+                    call_id.to_string(),
+                    CallEvent::Connected { codec },
+                ));
+            }
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "SIP answer unusable; hanging up");
+                self.hang_up_sip(call_id);
+                self.end(now, call_id, Side::Gateway, Some(488), &e);
+            }
+        }
+    }
+
+    /// A client transaction got no final response (timer B): that fork is
+    /// unreachable (408).
+    pub fn on_timeout(&mut self, now: Instant, key: &TxKey) {
+        if self.info_timed_out(key) {
+            return;
+        }
+        let found = self.calls.iter().find_map(|(id, c)| {
+            let i = c.forks.iter().position(|f| f.key.as_ref() == Some(key))?;
+            Some((id.clone(), i))
+        });
+        if let Some((call_id, i)) = found {
+            self.on_failure(now, &call_id, i, 408, "Request Timeout");
+            self.reap(&call_id);
+        }
+    }
+}
+
+/// The status that tells a caller most about forks that all failed: a 6xx,
+/// else busy, else the first failure (RFC 3261 16.7 in spirit).
+pub(super) fn best_failure(codes: impl Iterator<Item = u16>) -> u16 {
+    let codes: Vec<u16> = codes.collect();
+    codes
+        .iter()
+        .find(|c| **c >= 600)
+        .or_else(|| codes.iter().find(|c| **c == 486))
+        .or(codes.first())
+        .copied()
+        .unwrap_or(480)
+}
+
+/// Stops a fork that is still ringing: CANCEL once it has sent a
+/// provisional response, else as soon as it does (RFC 3261 9.1).
+pub(super) fn cancel_fork(f: &mut Fork, out: &mut VecDeque<CallOutput>) {
+    match f.state {
+        ForkState::Proceeding => {
+            f.state = ForkState::Cancelled;
+            if let Some(c) = f.leg.cancel() {
+                out.push_back(CallOutput::Request(c, f.leg.flow));
+            }
+        }
+        ForkState::Calling => f.state = ForkState::CancelPending,
+        _ => {}
+    }
+}
