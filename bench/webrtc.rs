@@ -274,50 +274,24 @@ fn setup(peers: usize) {
 }
 
 fn gateway_load(peers: usize) {
-    let dir = std::env::temp_dir().join(format!("causeway-bench-webrtc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
-    let free = || {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free loopback port")
-            .port()
-    };
-    let (http, webrtc, sip) = (free(), free(), free());
-    let cfg = dir.join("causeway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[sip]\nudp = [\"127.0.0.1:{sip}\"]\ntcp = []\n[webrtc]\nbind = \"127.0.0.1:{webrtc}\"\n\
-             [http]\nbind = \"127.0.0.1:{http}\"\n[storage]\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("the config file is writable");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_causeway"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("the gateway binary cargo built starts");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = child.id();
+    let gw = load::Gateway::start(env!("CARGO_BIN_EXE_causeway"), "bench-webrtc", None);
+    let pid = gw.pid();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
     let mut setup_cpu = Duration::ZERO;
-    let report = load::run(http, peers, Duration::from_secs(5), || {
-        setup_cpu = load::process_cpu(pid) - cpu0;
-    });
-    let (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.echoed.iter().sum());
+    let mut rss1 = 0;
+    let report = load::run(
+        gw.http,
+        "echo",
+        peers,
+        Duration::from_secs(5),
+        |phase| match phase {
+            load::Phase::Connected => setup_cpu = load::process_cpu(pid) - cpu0,
+            load::Phase::MediaDone => rss1 = load::process_rss(pid),
+        },
+    );
+    let cpu1 = load::process_cpu(pid);
+    drop(gw);
+    let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.received.iter().sum());
     let mut first: Vec<Duration> = report.first_media.clone();
     first.sort();
     let cpu = cpu1 - cpu0;

@@ -1,6 +1,6 @@
 //! Scale: a Rust load client (str0m peers) opens 200 concurrent echo calls
-//! against the gateway's single WebRTC port, sends audio on all of them and
-//! checks every call echoes it back. Prints the gateway's CPU and memory per
+//! against the gateway's single WebRTC port, sends audio (a 440 Hz tone in
+//! Opus) on all of them and checks every call echoes it back. Prints the gateway's CPU and memory per
 //! peer (the release-build figures are in bench/RESULTS.md, from
 //! `cargo bench --bench webrtc`).
 
@@ -10,6 +10,7 @@ mod common;
 #[path = "load/webrtc_client.rs"]
 mod load;
 
+use causeway_codecs::analysis::dominant_frequency;
 use common::Gw;
 use std::time::Duration;
 
@@ -20,10 +21,10 @@ fn two_hundred_concurrent_echo_calls_on_one_port() {
     let gw = Gw::start("");
     let pid = gw.pid().unwrap();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
-    let report = load::run(gw.http_port, PEERS, Duration::from_secs(3), || {});
+    let report = load::run(gw.http_port, "echo", PEERS, Duration::from_secs(3), |_| {});
     let (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
 
-    let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.echoed.iter().sum());
+    let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.received.iter().sum());
     eprintln!("frames: {sent} sent, {echoed} echoed");
     let per_peer_cpu = (cpu1 - cpu0) / PEERS as u32;
     let per_peer_rss = rss1.saturating_sub(rss0) / PEERS as u64;
@@ -45,7 +46,14 @@ fn two_hundred_concurrent_echo_calls_on_one_port() {
         echoed * 100 >= sent * 99,
         "{echoed} of {sent} frames came back"
     );
-    for (i, (&sent, &echoed)) in report.sent.iter().zip(&report.echoed).enumerate() {
+    // Real Opus went out and came back: the first peer decodes its own tone.
+    let heard = &report.first_peer_heard;
+    let freq = dominant_frequency(&heard[heard.len().saturating_sub(48_000)..], 48_000);
+    assert!(
+        (freq - 440.0).abs() < 10.0,
+        "the echo carries 440 Hz: {freq}"
+    );
+    for (i, (&sent, &echoed)) in report.sent.iter().zip(&report.received).enumerate() {
         assert!(sent >= 100, "peer {i} sent only {sent} frames");
         assert!(
             echoed * 10 >= sent * 9,

@@ -25,7 +25,7 @@
 //! transaction layer retransmits them, [`crate::sip::uac`] builds them, and
 //! the runtime moves media and tells the browser ([`Notice`]). Also says
 //! what a browser's negotiated formats mean for the SIP side
-//! ([`browser_codecs`], [`browser_audio`]). It must not touch
+//! ([`sip_offer_codecs`], [`browser_audio`]). It must not touch
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
 mod browser;
@@ -491,13 +491,41 @@ pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
     Some(AudioEnd { pt, codec, dtmf })
 }
 
-/// The browser's audio codecs in its order (what to offer the SIP side).
-pub fn browser_codecs(formats: &[PeerFormat]) -> Vec<AudioCodec> {
-    let mut v = Vec::new();
+/// The audio codecs to offer the SIP side for a browser's call: the
+/// browser's own first (relayed untouched when the SIP side picks one), then,
+/// when the rule allows transcoding, the others we transcode to (a WebRTC
+/// client offering only Opus still reaches a G.711 phone). Where the rule
+/// names codecs, only those, each group in the rule's order; else the
+/// browser's order, then the gateway's.
+pub fn sip_offer_codecs(
+    formats: &[PeerFormat],
+    rule: &[String],
+    transcode: bool,
+) -> Vec<AudioCodec> {
+    let mut browser = Vec::new();
     for f in formats.iter().filter(|f| f.kind == StreamKind::Audio) {
         if let Some(c) = AudioCodec::from_key(&f.codec)
-            && !v.contains(&c)
+            && !browser.contains(&c)
         {
+            browser.push(c);
+        }
+    }
+    let allowed: Vec<AudioCodec> = if rule.is_empty() {
+        browser.iter().chain(&AudioCodec::ALL).copied().collect()
+    } else {
+        rule.iter()
+            .filter_map(|name| {
+                AudioCodec::ALL
+                    .into_iter()
+                    .find(|c| c.key().name.eq_ignore_ascii_case(name))
+            })
+            .collect()
+    };
+    let mut v: Vec<AudioCodec> = Vec::new();
+    let own = allowed.iter().filter(|c| browser.contains(c));
+    let others = allowed.iter().filter(|c| transcode && !browser.contains(c));
+    for &c in own.chain(others) {
+        if !v.contains(&c) {
             v.push(c);
         }
     }

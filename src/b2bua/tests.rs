@@ -658,6 +658,33 @@ fn browser_formats(codec: &str, clock: u32, pt: u8) -> Vec<PeerFormat> {
 }
 
 #[test]
+fn the_sip_side_is_offered_the_browsers_codecs_first_then_what_we_transcode_to() {
+    use AudioCodec::*;
+    let opus_only = browser_formats("opus", 48000, 111);
+    // An Opus-only WebRTC client still reaches a G.711 phone.
+    assert_eq!(
+        sip_offer_codecs(&opus_only, &[], true),
+        [Opus, G722, Pcmu, Pcma]
+    );
+    // Passthrough only: nothing the browser lacks.
+    assert_eq!(sip_offer_codecs(&opus_only, &[], false), [Opus]);
+    // The rule's list limits and orders each group; the browser's own
+    // codecs (relayable) come first whatever the rule's order.
+    let rule = ["PCMA".to_string(), "opus".to_string()];
+    assert_eq!(sip_offer_codecs(&opus_only, &rule, true), [Opus, Pcma]);
+    let mut chrome = browser_formats("opus", 48000, 111);
+    chrome.extend(browser_formats("PCMU", 8000, 0));
+    chrome.extend(browser_formats("PCMA", 8000, 8));
+    assert_eq!(sip_offer_codecs(&chrome, &rule, true), [Pcma, Opus]);
+    assert_eq!(
+        sip_offer_codecs(&chrome, &[], true),
+        [Opus, Pcmu, Pcma, G722]
+    );
+    // A rule naming nothing the gateway has leaves nothing to offer.
+    assert!(sip_offer_codecs(&chrome, &["G729".to_string()], true).is_empty());
+}
+
+#[test]
 fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
     let t0 = Instant::now();
     let mut b = B2bua::default();

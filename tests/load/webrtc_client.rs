@@ -1,13 +1,19 @@
 //! A WebRTC load client: many str0m peers, each on its own loopback UDP
-//! socket, that call `echo` through the client API of a running gateway,
-//! send Opus-sized audio frames every 20 ms and count what comes back.
-//! Shared by `tests/interop_webrtc_scale.rs` and `bench/webrtc.rs`.
+//! socket, that call an alias (`echo`, or one the dialplan sends to a SIP
+//! endpoint) through the client API of a running gateway, send real Opus
+//! frames (a 440 Hz tone, 20 ms each) and count what comes back; at the end
+//! they hang up through the client API. Shared by
+//! `tests/interop_webrtc_scale.rs`, `bench/webrtc.rs` and
+//! `bench/transcode.rs`.
 //!
 //! One thread drives every peer (sans-IO str0m, non-blocking sockets), so
 //! the client costs one core at most and the gateway keeps the other.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use causeway_codecs::analysis::tone;
+use causeway_codecs::opus::{OpusConfig, OpusDecoder, OpusEncoder};
+use causeway_codecs::{AudioDecoder, AudioEncoder, Pcm};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
@@ -23,35 +29,65 @@ pub struct LoadReport {
     pub connected: usize,
     /// Frames each peer sent.
     pub sent: Vec<u64>,
-    /// Frames each peer got back from the echo.
-    pub echoed: Vec<u64>,
-    /// From a peer's first frame sent to its first frame echoed back.
+    /// Frames each peer received (the echo's, or the far end's).
+    pub received: Vec<u64>,
+    /// From a peer's first frame sent to its first frame received.
     pub first_media: Vec<Duration>,
     /// Wall time of the setup phase (all offers posted until all connected).
     pub setup_wall: Duration,
+    /// Calls still up at the end, that the client hung up.
+    pub still_up: usize,
+    /// What the first peer received, decoded (48 kHz mono): whether the far
+    /// end's audio really came through.
+    pub first_peer_heard: Vec<i16>,
+}
+
+/// Where a load run is: the caller reads the gateway's CPU time at each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Every peer is connected; media starts.
+    Connected,
+    /// The media phase is over; the calls are still up.
+    MediaDone,
 }
 
 struct Peer {
+    /// The client API's call id (to hang up).
+    call: String,
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
     mid: Option<Mid>,
     connected: bool,
     sent: u64,
-    echoed: u64,
+    received: u64,
     first_write: Option<Instant>,
     first_media: Option<Duration>,
     samples: u64,
     /// When str0m next wants time.
     next: Instant,
+    /// Decodes what arrives (the first peer only: decoding costs the client).
+    listen: Option<(OpusDecoder, Vec<i16>)>,
 }
 
 /// Minimal HTTP/1.1 POST of JSON on loopback; returns status and body.
 pub fn post_json(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    http(port, "POST", path, headers, body)
+}
+
+/// Minimal HTTP/1.1 request on loopback; returns the status and the JSON
+/// of the body (object or array).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -68,9 +104,9 @@ pub fn post_json(port: u16, path: &str, headers: &[(&str, &str)], body: &str) ->
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // The body may be chunked: take the JSON object.
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    // The body may be chunked: take the JSON.
+    let start = body.find(['{', '[']).unwrap_or(0);
+    let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
     (status, body[start..end.max(start)].to_string())
 }
 
@@ -93,11 +129,13 @@ fn new_peer(now: Instant) -> (Peer, String, SdpPendingOffer) {
         mid: Some(mid),
         connected: false,
         sent: 0,
-        echoed: 0,
+        received: 0,
         first_write: None,
         first_media: None,
         samples: 0,
         next: now,
+        call: String::new(),
+        listen: None,
     };
     (peer, offer.to_sdp_string(), pending)
 }
@@ -145,8 +183,18 @@ fn drive_outputs(p: &mut Peer) {
             }
             Ok(Output::Event(e)) => match e {
                 Event::Connected => p.connected = true,
-                Event::MediaData(_) => {
-                    p.echoed += 1;
+                Event::MediaData(data) => {
+                    p.received += 1;
+                    if let Some((decoder, heard)) = &mut p.listen {
+                        let mut pcm = Pcm {
+                            sample_rate: 48_000,
+                            channels: 1,
+                            samples: Vec::new(),
+                        };
+                        if decoder.decode(&data.data, &mut pcm).is_ok() {
+                            heard.extend_from_slice(&pcm.samples);
+                        }
+                    }
                     if let Some(w) = p.first_write {
                         p.first_media.get_or_insert_with(|| w.elapsed());
                     }
@@ -157,13 +205,45 @@ fn drive_outputs(p: &mut Peer) {
     }
 }
 
-/// Opens `n` echo calls against the gateway's HTTP port, sends `media`
-/// worth of 20 ms frames on each, and reports. `connected` runs once every
-/// peer is connected, before media starts (to read the gateway's CPU time).
-pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) -> LoadReport {
+/// One second of a 440 Hz tone as 20 ms Opus frames, as a browser sends
+/// it (48 kHz mono, 32 kbit/s), sent in a loop.
+fn tone_frames() -> Vec<Vec<u8>> {
+    let mut enc = OpusEncoder::new(OpusConfig {
+        dtx: false,
+        ..OpusConfig::webrtc()
+    })
+    .unwrap();
+    let pcm = tone(440.0, -12.0, 48_000, 48_000);
+    pcm.chunks(960)
+        .map(|chunk| {
+            let mut out = Vec::new();
+            let frame = Pcm {
+                sample_rate: 48_000,
+                channels: 1,
+                samples: chunk.to_vec(),
+            };
+            enc.encode(&frame, &mut out).unwrap();
+            out
+        })
+        .collect()
+}
+
+/// Opens `n` calls to `alias` against the gateway's HTTP port, sends
+/// `media` worth of 20 ms frames on each, hangs them up and reports.
+/// `phase` runs when every peer is connected, before media starts, and
+/// when the media phase ends, before the hang-ups (to read the gateway's
+/// CPU time).
+pub fn run(
+    http_port: u16,
+    alias: &str,
+    n: usize,
+    media: Duration,
+    mut phase: impl FnMut(Phase),
+) -> LoadReport {
+    let api = format!("/api/client/v1/aliases/{alias}");
     let (status, body) = post_json(
         http_port,
-        "/api/client/v1/aliases/echo/request_token",
+        &format!("{api}/request_token"),
         &[],
         r#"{"display_name":"load"}"#,
     );
@@ -179,12 +259,16 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
         let body = serde_json::json!({ "sdp": offer }).to_string();
         let (status, resp) = post_json(
             http_port,
-            "/api/client/v1/aliases/echo/calls",
+            &format!("{api}/calls"),
             &[("token", &token)],
             &body,
         );
         assert_eq!(status, 200, "calls: {resp}");
         let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        peer.call = v["result"]["call_uuid"].as_str().unwrap().to_string();
+        if peers.is_empty() {
+            peer.listen = Some((OpusDecoder::new(48_000, 1).unwrap(), Vec::new()));
+        }
         let answer = SdpAnswer::from_sdp_string(v["result"]["sdp"].as_str().unwrap()).unwrap();
         peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         drive_outputs(&mut peer);
@@ -205,10 +289,10 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
         }
     }
     let setup_wall = setup_start.elapsed();
-    connected();
+    phase(Phase::Connected);
 
-    // Media: one 60-byte Opus-sized frame per peer every 20 ms.
-    let frame = vec![0xf8u8; 60];
+    // Media: one Opus frame per peer every 20 ms.
+    let frames = tone_frames();
     let end = Instant::now() + media;
     let mut next = Instant::now();
     while Instant::now() < end {
@@ -222,7 +306,8 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
                     continue;
                 };
                 let time = MediaTime::new(p.samples, str0m::media::Frequency::FORTY_EIGHT_KHZ);
-                if w.write(pt, now, time, frame.clone()).is_ok() {
+                let frame = frames[(p.sent as usize) % frames.len()].clone();
+                if w.write(pt, now, time, frame).is_ok() {
                     p.sent += 1;
                     p.first_write.get_or_insert(now);
                 }
@@ -238,6 +323,7 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
             std::thread::sleep(Duration::from_micros(500));
         }
     }
+    phase(Phase::MediaDone);
     // Let the last echoes arrive: until nothing comes for 500 ms (a
     // loaded gateway may be behind), at most 5 s.
     let give_up = Instant::now() + Duration::from_secs(5);
@@ -253,10 +339,25 @@ pub fn run(http_port: u16, n: usize, media: Duration, connected: impl FnOnce()) 
             std::thread::sleep(Duration::from_micros(500));
         }
     }
+    // A call the far end or the gateway ended first is no longer there.
+    let still_up = peers
+        .iter()
+        .filter(|p| {
+            let path = format!("{api}/calls/{}/disconnect", p.call);
+            post_json(http_port, &path, &[("token", &token)], "").0 == 200
+        })
+        .count();
+    let first_peer_heard = peers
+        .first_mut()
+        .and_then(|p| p.listen.take())
+        .map(|(_, heard)| heard)
+        .unwrap_or_default();
     LoadReport {
+        still_up,
+        first_peer_heard,
         connected: peers.iter().filter(|p| p.connected).count(),
         sent: peers.iter().map(|p| p.sent).collect(),
-        echoed: peers.iter().map(|p| p.echoed).collect(),
+        received: peers.iter().map(|p| p.received).collect(),
         first_media: peers.iter().filter_map(|p| p.first_media).collect(),
         setup_wall,
     }
@@ -283,4 +384,90 @@ pub fn process_rss(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The admin API token of a [`Gateway`].
+pub const ADMIN_TOKEN: &str = "bench";
+
+/// A release gateway binary started for a benchmark, on free loopback
+/// ports, with a throwaway data directory; killed on drop.
+pub struct Gateway {
+    child: std::process::Child,
+    pub dir: std::path::PathBuf,
+    pub http: u16,
+    pub sip: u16,
+}
+
+/// A free loopback UDP port.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Gateway {
+    /// Starts `binary` with `dialplan` (TOML; `None`: the embedded default
+    /// plan) and waits for its HTTP port.
+    pub fn start(binary: &str, name: &str, dialplan: Option<&str>) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("causeway-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+        let (http, webrtc, sip) = (free_port(), free_port(), free_port());
+        let plan = match dialplan {
+            Some(text) => {
+                let plan = dir.join("plan.toml");
+                std::fs::write(&plan, text).expect("the dialplan file is writable");
+                format!("[dialplan]\npath = \"{}\"\n", plan.display())
+            }
+            None => String::new(),
+        };
+        let cfg = dir.join("causeway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[sip]\nudp = [\"127.0.0.1:{sip}\"]\ntcp = []\n[webrtc]\nbind = \"127.0.0.1:{webrtc}\"\n\
+                 [http]\nbind = \"127.0.0.1:{http}\"\n[storage]\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n\
+                 [admin]\ntoken = \"{ADMIN_TOKEN}\"\n[media]\nport_min = 30000\nport_max = 60000\n{plan}",
+                dir.join("data").display(),
+            ),
+        )
+        .expect("the config file is writable");
+        let child = std::process::Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::fs::File::create(dir.join("gateway.log")).expect("log file"))
+            .spawn()
+            .expect("the gateway binary cargo built starts");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "gateway did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gateway {
+            child,
+            dir,
+            http,
+            sip,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the gateway logged (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -519,7 +519,11 @@ impl ClientApi {
         })?;
         let call_uuid = uuid();
         let codecs = if app == PeerApp::Bridge {
-            let codecs = offer_order(crate::b2bua::browser_codecs(&formats), &route.media.codecs);
+            let codecs = crate::b2bua::sip_offer_codecs(
+                &formats,
+                &route.media.codecs,
+                route.media.transcode,
+            );
             if codecs.is_empty() {
                 self.webrtc.close(peer).await;
                 return Err(ApiError::new(
@@ -593,22 +597,6 @@ fn dtmf_event(call_uuid: &str, digit: char, duration_ms: Option<u32>) -> ClientE
         data["duration_ms"] = ms.into();
     }
     ClientEvent { name: "dtmf", data }
-}
-
-/// The codecs to offer the SIP side: the browser's, in the rule's order
-/// when the rule lists codecs (others left out), else in the browser's.
-fn offer_order(browser: Vec<AudioCodec>, rule: &[String]) -> Vec<AudioCodec> {
-    if rule.is_empty() {
-        return browser;
-    }
-    rule.iter()
-        .filter_map(|name| {
-            browser
-                .iter()
-                .copied()
-                .find(|c| c.key().name.eq_ignore_ascii_case(name))
-        })
-        .collect()
 }
 
 /// The credentials of an `Authorization: Bearer` header (the scheme is

@@ -1,0 +1,232 @@
+//! Concurrent G.711 <-> Opus transcoded calls through the B2BUA:
+//! `cargo bench --bench transcode [CALLS] [SECONDS]` (defaults 200 and 10).
+//!
+//! The WebRTC side is the load client of `tests/load/webrtc_client.rs`:
+//! CALLS str0m peers offer Opus only and call `bob` through the client API,
+//! each sending a 440 Hz tone as 20 ms Opus frames. The dialplan sends `bob`
+//! to a SIPp UAS (`bench/sipp/uas_pcap_loop.xml`) that answers G.711 A-law
+//! only and plays a pcap in a loop until the BYE: 10 s of a 1 kHz tone in
+//! A-law, one packet every 20 ms without gaps (written by this bench;
+//! Debian's speech pcap has silence gaps, 33 packets/s, which would
+//! flatter the figure). So every
+//! call is transcoded both ways: Opus decode + A-law encode toward SIPp,
+//! A-law decode + Opus encode toward the browser, with SRTP and str0m on
+//! the WebRTC leg and plain RTP on the SIP leg.
+//!
+//! The figure is the gateway's CPU time (user + system, `/proc/PID/stat`)
+//! over the media phase, while every call is up and carrying audio both
+//! ways: calls per core = CALLS x SECONDS / CPU-seconds. The call records
+//! afterwards say whether each call was really transcoded and how many
+//! packets went each way, and the first browser's decoded audio must be the
+//! 1 kHz tone. Requires `sipp` (`cargo xtask deps`).
+
+// A measuring harness, not the gateway: when its setup fails (no SIPp, the
+// gateway binary not starting) there is nothing to measure, so it stops at
+// once with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/load/webrtc_client.rs"]
+mod load;
+
+use causeway_codecs::analysis::{dominant_frequency, level_db, tone};
+use causeway_codecs::g711::alaw_encode;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Packets in the pcap SIPp plays (10 s; the scenario restarts it then).
+const PACKETS: u32 = 500;
+
+/// A pcap (Ethernet, IPv4, UDP, RTP) of `PACKETS` A-law packets of a 1 kHz
+/// tone at -12 dBFS, 20 ms apart: what SIPp's `play_pcap_audio` reads.
+fn tone_pcap() -> Vec<u8> {
+    let pcm = tone(1000.0, -12.0, 8000, 160 * PACKETS as usize);
+    let mut out = Vec::new();
+    // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65_535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, samples) in pcm.chunks(160).enumerate() {
+        let i = i as u32;
+        let mut rtp = vec![0x80, 8];
+        rtp.extend_from_slice(&(i as u16).to_be_bytes());
+        rtp.extend_from_slice(&(i * 160).to_be_bytes());
+        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        rtp.extend(samples.iter().map(|&x| alaw_encode(x)));
+        let udp_len = 8 + rtp.len() as u16;
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        // IPv4 (SIPp reads the UDP payload; the checksums are not checked).
+        frame.extend_from_slice(&[0x45, 0]);
+        frame.extend_from_slice(&(20 + udp_len).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&udp_len.to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&rtp);
+        let micros = i * 20_000;
+        for v in [
+            micros / 1_000_000,
+            micros % 1_000_000,
+            frame.len() as u32,
+            frame.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let calls: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+
+    let work = std::env::temp_dir().join(format!("causeway-bench-sipp-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("the temporary directory is writable");
+    std::fs::write(work.join("tone.pcap"), tone_pcap()).expect("the pcap is writable");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sipp/uas_pcap_loop.xml");
+    let (uas_port, media_port) = (load::free_port(), load::free_port());
+    let mut uas = Command::new("sipp")
+        .current_dir(&work)
+        .arg("-sf")
+        .arg(&scenario)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .args(["-p", &uas_port.to_string(), "-mp", &media_port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sipp runs (cargo xtask deps)");
+
+    let plan = format!(
+        "[[rule]]\nname = \"bench\"\npriority = 1\nmatch.to = 'bob'\n\
+         target = {{ type = \"sip\", uri = \"sip:127.0.0.1:{uas_port}\" }}\n"
+    );
+    let gw = load::Gateway::start(
+        env!("CARGO_BIN_EXE_causeway"),
+        "bench-transcode",
+        Some(&plan),
+    );
+    let pid = gw.pid();
+    let mut media_start = (Duration::ZERO, Instant::now());
+    let mut media_end = media_start;
+    let report = load::run(
+        gw.http,
+        "bob",
+        calls,
+        Duration::from_secs(seconds),
+        |phase| {
+            let mark = (load::process_cpu(pid), Instant::now());
+            match phase {
+                load::Phase::Connected => media_start = mark,
+                load::Phase::MediaDone => media_end = mark,
+            }
+        },
+    );
+
+    // The records are written when each call's media stops.
+    let auth = format!("Bearer {}", load::ADMIN_TOKEN);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let records = loop {
+        let (status, body) = load::http(
+            gw.http,
+            "GET",
+            "/api/admin/v1/cdrs",
+            &[("Authorization", &auth)],
+            "",
+        );
+        assert_eq!(status, 200, "cdrs: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rows = v["result"].as_array().cloned().unwrap_or_default();
+        let ended = rows.iter().filter(|r| r["totals"].is_object()).count();
+        if ended >= calls || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = gw.log();
+    drop(gw);
+    let _ = uas.kill();
+    let _ = uas.wait();
+    let _ = std::fs::remove_dir_all(&work);
+
+    if report.still_up < calls {
+        println!(
+            "{} calls ended before the client hung up; the gateway's log:\n{log}",
+            calls - report.still_up
+        );
+        if let Some(r) = records.first() {
+            println!("the first call's record: {r}");
+        }
+    }
+    let transcoded = records
+        .iter()
+        .filter(|r| r["media"]["audio"] == "transcoded")
+        .count();
+    let total = |k: &str| -> u64 {
+        records
+            .iter()
+            .map(|r| r["totals"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let cpu = media_end.0 - media_start.0;
+    let wall = media_end.1 - media_start.1;
+    let call_seconds = calls as f64 * wall.as_secs_f64();
+    let (sent, received): (u64, u64) = (report.sent.iter().sum(), report.received.iter().sum());
+    let fewest = report.received.iter().min().copied().unwrap_or(0);
+    println!(
+        "calls: {}/{calls} connected in {:?}; {transcoded} of {} records say transcoded ({})",
+        report.connected,
+        report.setup_wall,
+        records.len(),
+        records
+            .first()
+            .map(|r| format!(
+                "{} <-> {}",
+                r["media"]["caller_codec"], r["media"]["callee_codec"]
+            ))
+            .unwrap_or_default()
+    );
+    println!(
+        "packets: browser -> gateway {sent} sent, gateway -> SIPp {} of {} received; \
+         SIPp -> gateway {}, gateway -> browser {} sent, {received} received (fewest on one call {fewest}); \
+         SIP-side loss {}",
+        total("to_callee_out"),
+        total("to_callee_in"),
+        total("to_caller_in"),
+        total("to_caller_out"),
+        total("lost"),
+    );
+    let heard = &report.first_peer_heard;
+    // The last second before the hang-up: the stream has settled.
+    let tail = &heard[heard.len().saturating_sub(48_000)..];
+    println!(
+        "audio at the first browser: {:.0} Hz at {:.1} dBFS (SIPp's 1 kHz tone at -12 dBFS, \
+         A-law -> Opus)",
+        dominant_frequency(tail, 48_000),
+        level_db(tail)
+    );
+    println!(
+        "gateway CPU over the media phase: {:.2} s in {:.2} s of wall time with {calls} calls up \
+         ({:.2} cores); {:.2} ms per call-second; {:.0} calls per core",
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0 / call_seconds,
+        call_seconds / cpu.as_secs_f64().max(1e-9),
+    );
+}
