@@ -167,12 +167,28 @@ fn only_cdr(gw: &Gw) -> serde_json::Value {
 /// A call through the bridge, hung up by `uac_scenario`'s or
 /// `uas_scenario`'s side (`ended_by`, as the call record says); asserts
 /// both dialogs completed and that the speech each SIPp sent reached the
-/// other untouched.
-fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str, ended_by: &str) {
+/// other untouched. Returns what the caller and the callee received.
+fn bridged_call(
+    uac_scenario: &str,
+    uas_scenario: &str,
+    hung_up_by: &str,
+    ended_by: &str,
+) -> (String, String) {
+    bridged_call_with("", uac_scenario, uas_scenario, hung_up_by, ended_by)
+}
+
+/// [`bridged_call`] with more of the rule's TOML.
+fn bridged_call_with(
+    rule: &str,
+    uac_scenario: &str,
+    uas_scenario: &str,
+    hung_up_by: &str,
+    ended_by: &str,
+) -> (String, String) {
     require("sipp");
     require("tshark");
     let uas_port = free_port();
-    let mut gw = gateway(uas_port);
+    let mut gw = gateway_with(uas_port, rule);
     let (caller, callee) = captured_call(&gw, uac_scenario, uas_scenario, uas_port);
     let ctx = || context(&gw, &caller, &callee);
 
@@ -239,6 +255,7 @@ fn bridged_call(uac_scenario: &str, uas_scenario: &str, hung_up_by: &str, ended_
     let log = gw.log_text();
     assert!(log.contains("audio=\"passthrough\""), "{log}");
     assert!(log.contains(hung_up_by), "{log}");
+    (caller.messages(), callee.messages())
 }
 
 #[test]
@@ -259,6 +276,39 @@ fn a_late_offer_is_answered_in_the_ack_and_the_call_bridged() {
         "the caller answered our offer in its ACK",
         "caller",
     );
+}
+
+#[test]
+fn an_unregistered_caller_authenticates_where_the_rule_says_so_and_a_wrong_password_gets_403() {
+    // Alice is not registered: her first INVITE is challenged, the second
+    // (digest credentials computed by SIPp) is bridged with its media.
+    let (caller, callee) = bridged_call_with(
+        "auth = true",
+        "bridge_uac_auth.xml",
+        "bridge_uas.xml",
+        "SIP caller hung up",
+        "caller",
+    );
+    let challenge = caller
+        .find("SIP/2.0 407 Proxy Authentication Required")
+        .expect("a 407 first");
+    assert!(
+        caller[challenge..].contains("Proxy-Authenticate: Digest realm=\"test.local\""),
+        "{caller}"
+    );
+    assert!(
+        caller.find("SIP/2.0 200 OK").unwrap() > challenge,
+        "{caller}"
+    );
+    // The callee was called once, and never sees the caller's credentials.
+    assert_eq!(callee.matches("INVITE sip:").count(), 1, "{callee}");
+    assert!(!callee.contains("Proxy-Authorization"), "{callee}");
+
+    // A wrong password: 403, and nobody is called.
+    let (caller, callee, _) = call_outcome_with("auth = true", "bridge_uac_auth_wrong.xml", None);
+    assert!(caller.contains("SIP/2.0 407 "), "{caller}");
+    assert!(caller.contains("SIP/2.0 403 Forbidden"), "{caller}");
+    assert!(callee.is_empty(), "{callee}");
 }
 
 #[test]
@@ -325,9 +375,18 @@ fn an_administrator_lists_and_hangs_up_a_call_and_both_sides_get_a_bye() {
 /// A call whose outcome is a status: runs the pair of scenarios and
 /// returns both message traces.
 fn call_outcome(uac_scenario: &str, uas_scenario: Option<&str>) -> (String, String, String) {
+    call_outcome_with("", uac_scenario, uas_scenario)
+}
+
+/// [`call_outcome`] with more of the rule's TOML.
+fn call_outcome_with(
+    rule: &str,
+    uac_scenario: &str,
+    uas_scenario: Option<&str>,
+) -> (String, String, String) {
     require("sipp");
     let uas_port = free_port();
-    let gw = gateway(uas_port);
+    let gw = gateway_with(uas_port, rule);
     let (caller, callee) = (Side::new(), Side::new());
     let mut server = uas_scenario.map(|s| uas(&callee, s, uas_port));
     let out = uac(&caller, uac_scenario, &gw);

@@ -92,6 +92,9 @@ struct RawRule {
     transform: RawTransform,
     target: Spanned<Target>,
     media: Option<Spanned<MediaOptions>>,
+    /// SIP callers not registered from their source must authenticate.
+    #[serde(default)]
+    auth: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -696,6 +699,7 @@ fn compile_rule(
             from_rewrite,
             target: r.target.get_ref().clone(),
             media: media.unwrap_or_default(),
+            auth: r.auth,
         },
         to_pattern,
     ))

@@ -384,6 +384,10 @@ pub struct Route {
     pub target: Target,
     /// Media options of the rule.
     pub media: MediaOptions,
+    /// Whether a SIP caller not registered from its source must first
+    /// authenticate as a local user (digest, 407 challenge).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auth: bool,
     /// PIN the caller must present (ephemeral aliases).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
@@ -522,6 +526,7 @@ struct Rule {
     from_rewrite: Option<Rewrite>,
     target: Target,
     media: MediaOptions,
+    auth: bool,
 }
 
 impl Rule {
@@ -590,6 +595,7 @@ impl Rule {
             from,
             target: self.target.clone(),
             media: self.media.clone(),
+            auth: self.auth,
             pin: None,
             next_rule: Some(index + 1),
         }
@@ -782,6 +788,7 @@ pub fn route(plan: &Dialplan, aliases: &AliasTable, call: &CallInfo) -> Verdict 
             from: call.from.clone(),
             target: a.target.clone(),
             media: MediaOptions::default(),
+            auth: false,
             pin: a.pin.clone(),
             next_rule: None,
         }));

@@ -377,6 +377,7 @@ fn route_to(target: Target) -> Route {
         from: "bob".into(),
         target,
         media: MediaOptions::default(),
+        auth: false,
         pin: None,
         next_rule: None,
     }

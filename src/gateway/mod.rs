@@ -37,6 +37,7 @@ use crate::b2bua::{B2bua, CallOutput, Notice};
 use crate::config::Config;
 use crate::dialplan::{CallInfo, Protocol, Reach};
 use crate::policy::Decision;
+use crate::registrar::auth::AuthResult;
 use crate::registrar::store::StoreOp;
 use crate::registrar::{Binding, Registrar};
 use crate::sdp::Answer;
@@ -169,7 +170,7 @@ pub struct Gateway {
     out: VecDeque<GwOutput>,
     counters: Arc<Counters>,
     /// INVITEs waiting for a routing decision.
-    routing: HashMap<TxKey, (Message, Flow)>,
+    routing: HashMap<TxKey, Pending>,
     /// Registrations to trunks.
     trunks: Vec<OutboundRegistration>,
     /// Dialogs answered here.
@@ -543,15 +544,27 @@ impl Gateway {
                 let mut trying = reply(100, "Trying");
                 trying.push_header("Server", self.user_agent.clone());
                 self.tx.respond(now, &key, &trying);
-                let call = self.call_info(&msg, &flow, wall);
+                let mut call = self.call_info(&msg, &flow, wall);
+                let credentials = self.credentials(&msg, &flow, wall, &mut call);
                 self.counters.calls_routed.fetch_add(1, Relaxed);
-                self.routing.insert(key.clone(), (msg, flow));
+                let pending = Pending {
+                    msg,
+                    flow,
+                    known: call.registered,
+                    credentials,
+                };
+                self.routing.insert(key.clone(), pending);
                 self.out.push_back(GwOutput::Route { key, call });
                 return;
             }
             Method::Cancel => {
                 let invite = key.for_method(Method::Invite);
-                if let Some((inv, inv_flow)) = self.routing.remove(&invite) {
+                if let Some(Pending {
+                    msg: inv,
+                    flow: inv_flow,
+                    ..
+                }) = self.routing.remove(&invite)
+                {
                     let mut terminated = response_to(
                         &inv,
                         487,
@@ -638,6 +651,37 @@ impl Gateway {
         }
     }
 
+    /// Checks the credentials of an INVITE whose caller is not registered
+    /// from its source, when it brings some: an authenticated caller counts
+    /// as registered for the dialplan. The From user must be the user who
+    /// authenticated.
+    fn credentials(
+        &mut self,
+        msg: &Message,
+        flow: &Flow,
+        wall: u64,
+        call: &mut CallInfo,
+    ) -> Option<AuthResult> {
+        if call.registered
+            || (msg.header("Proxy-Authorization").is_none()
+                && msg.header("Authorization").is_none())
+        {
+            return None;
+        }
+        let user = msg
+            .header("From")
+            .and_then(|f| NameAddr::parse(f).ok())
+            .and_then(|n| n.uri.user)
+            .map(|u| crate::sip::msg::unescape(&u))
+            .unwrap_or_default();
+        let verdict =
+            self.registrar
+                .authenticator()
+                .authenticate_call(wall, msg, flow.remote.ip(), &user);
+        call.registered = matches!(verdict, AuthResult::Ok(_));
+        Some(verdict)
+    }
+
     /// The alias a SIP URI stands for: the user part when the host is this
     /// gateway (its domain, `localhost` or any IP literal: devices dial
     /// `sip:1234@<gateway IP>`), else `user@host`; the host alone without a user.
@@ -656,7 +700,13 @@ impl Gateway {
     /// The routing decision for an INVITE announced by [`GwOutput::Route`].
     /// A decision for a call cancelled meanwhile is dropped.
     pub fn routed(&mut self, now: Instant, wall: u64, key: &TxKey, decision: Decision) {
-        let Some((msg, flow)) = self.routing.remove(key) else {
+        let Some(Pending {
+            msg,
+            flow,
+            known,
+            credentials,
+        }) = self.routing.remove(key)
+        else {
             return;
         };
         let reached = match decision {
@@ -685,6 +735,19 @@ impl Gateway {
                     )),
                 )
             }
+            Decision::Route(route) if route.auth && !known => {
+                tracing::info!(rule = route.rule, "the rule wants an authenticated caller");
+                match credentials {
+                    Some(AuthResult::Forbidden) => Reached::Respond(403, "Forbidden".into(), None),
+                    Some(AuthResult::Malformed) => {
+                        Reached::Respond(400, "Malformed Proxy-Authorization".into(), None)
+                    }
+                    Some(AuthResult::Challenge(values)) => Reached::Challenge(values),
+                    Some(AuthResult::Ok(_)) | None => Reached::Challenge(
+                        self.registrar.authenticator().challenge_values(wall, false),
+                    ),
+                }
+            }
             Decision::Route(route) => self.reached(&route, wall),
         };
         match reached {
@@ -692,6 +755,20 @@ impl Gateway {
             Reached::Bridge { route, callees } => self.bridge(now, key, msg, flow, &route, callees),
             Reached::Respond(code, reason, warning) => {
                 self.respond(now, key, &msg, flow, code, &reason, warning)
+            }
+            Reached::Challenge(values) => {
+                let mut resp = response_to(
+                    &msg,
+                    407,
+                    "Proxy Authentication Required",
+                    Some(&self.tag),
+                    Some(flow.remote),
+                );
+                for v in values {
+                    resp.push_header("Proxy-Authenticate", v);
+                }
+                resp.push_header("Server", self.user_agent.clone());
+                self.tx.respond(now, key, &resp);
             }
         }
         self.pump(now, wall);
@@ -785,10 +862,25 @@ impl Gateway {
     }
 }
 
+/// An INVITE waiting for its routing decision.
+#[derive(Debug)]
+struct Pending {
+    msg: Message,
+    flow: Flow,
+    /// The caller is registered from this source, or authenticated.
+    known: bool,
+    /// What its credentials were worth, when it brought some and was not
+    /// registered.
+    credentials: Option<AuthResult>,
+}
+
 /// Where a routed call goes.
 enum Reached {
     /// A final response: status, reason, Warning.
     Respond(u16, String, Option<String>),
+    /// 407 with these `Proxy-Authenticate` values: the rule wants a
+    /// registered or authenticated caller.
+    Challenge(Vec<String>),
     /// The built-in echo service answers (the rule that sent it there).
     Echo(String),
     /// The B2BUA calls these callees.

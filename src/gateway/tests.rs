@@ -382,3 +382,86 @@ fn browser_registrations_reach_an_alias_until_they_lapse_or_are_released() {
     g.tick(101);
     assert!(g.browsers.is_empty(), "bob's p-1 lapsed at 100");
 }
+
+/// An INVITE from alice (not registered) with optional extra headers.
+fn alice_invite(g: &mut Gateway, branch: &str, cseq: u32, extra: &str) -> Vec<GwOutput> {
+    let text = format!(
+        "INVITE sip:9000@causeway.local SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@causeway.local>;tag=x\r\nTo: <sip:9000@causeway.local>\r\n\
+         Call-ID: auth-1\r\nCSeq: {cseq} INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+    );
+    g.handle_datagram(Instant::now(), 1000, flow(), text.as_bytes());
+    std::iter::from_fn(|| g.poll_output()).collect()
+}
+
+#[test]
+fn a_rule_with_auth_challenges_unregistered_callers_and_routes_authenticated_ones() {
+    let cfg = "[[users]]\nname = \"alice\"\npassword = \"secret\"\n";
+    let mut g = Gateway::new(&Config::parse(cfg, "t").unwrap(), Arc::default());
+    let plan = crate::dialplan::load::from_sources(
+        &[(
+            "p.toml".into(),
+            "[[rule]]\nname = \"out\"\npriority = 1\nmatch.to = '9.*'\nauth = true\n\
+             target = { type = \"reject\", status = 486 }\n"
+                .into(),
+        )],
+        &Default::default(),
+    )
+    .unwrap();
+    let route = |g: &mut Gateway, out: Vec<GwOutput>| -> Vec<Message> {
+        let (key, call) = out
+            .into_iter()
+            .find_map(|o| match o {
+                GwOutput::Route { key, call } => Some((key, call)),
+                _ => None,
+            })
+            .expect("routed");
+        let decision = match plan.route(&call) {
+            crate::dialplan::Verdict::Route(r) => Decision::Route(r),
+            v => panic!("{v:?}"),
+        };
+        g.routed(Instant::now(), 1000, &key, decision);
+        sent(g)
+    };
+
+    // No credentials: 407 with a fresh digest challenge.
+    let out = alice_invite(&mut g, "z9hG4bKa1", 1, "");
+    let r = route(&mut g, out);
+    assert_eq!(r[0].status(), Some(407));
+    let challenge = r[0].header("Proxy-Authenticate").expect("a challenge");
+    let c = crate::sip::digest::Challenge::parse(challenge).unwrap();
+    assert_eq!(c.realm, "causeway.local");
+
+    // The right password: routed, as a registered caller (the rule's own
+    // target decides: 486 here).
+    let uri = "sip:9000@causeway.local";
+    let good = c.authorize("INVITE", uri, "alice", "secret", 1, "abc");
+    let out = alice_invite(
+        &mut g,
+        "z9hG4bKa2",
+        2,
+        &format!("Proxy-Authorization: {good}\r\n"),
+    );
+    let r = route(&mut g, out);
+    assert_eq!(r[0].status(), Some(486), "{:?}", r[0]);
+
+    // A wrong password: 403, no new challenge.
+    let bad = c.authorize("INVITE", uri, "alice", "guess", 2, "abc");
+    let out = alice_invite(
+        &mut g,
+        "z9hG4bKa3",
+        3,
+        &format!("Proxy-Authorization: {bad}\r\n"),
+    );
+    assert_eq!(route(&mut g, out)[0].status(), Some(403));
+
+    // Credentials of another user than the From user: 403 as well.
+    let mallory = c.authorize("INVITE", uri, "bob", "secret", 3, "abc");
+    let out = alice_invite(
+        &mut g,
+        "z9hG4bKa4",
+        4,
+        &format!("Proxy-Authorization: {mallory}\r\n"),
+    );
+    assert_eq!(route(&mut g, out)[0].status(), Some(403));
+}

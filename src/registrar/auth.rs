@@ -1,8 +1,8 @@
 //! Digest authentication policy for requests from local users: challenge,
 //! verify, nonce-count replay protection and failure rate limiting.
 //!
-//! Owns the user table's secrets and the nonce state; shared by REGISTER now
-//! and INVITE later. An unknown user takes exactly the same path as a known
+//! Owns the user table's secrets and the nonce state; shared by REGISTER
+//! and by INVITEs that a dialplan rule makes authenticate (`auth = true`). An unknown user takes exactly the same path as a known
 //! user with a wrong password (same challenge, same hashing work, same 403), so
 //! responses never reveal which accounts exist. Pure: time is passed in.
 
@@ -91,13 +91,16 @@ impl Authenticator {
     }
 
     fn challenge(&self, now: u64, stale: bool) -> AuthResult {
+        AuthResult::Challenge(self.challenge_values(now, stale))
+    }
+
+    /// A fresh challenge: one header value per digest algorithm offered.
+    pub fn challenge_values(&self, now: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonces.mint(now);
-        AuthResult::Challenge(
-            self.algorithms
-                .iter()
-                .map(|a| challenge(&self.realm, &nonce, *a, stale))
-                .collect(),
-        )
+        self.algorithms
+            .iter()
+            .map(|a| challenge(&self.realm, &nonce, *a, stale))
+            .collect()
     }
 
     /// Authenticates `req` from `source`; `expected_user` is the user the
@@ -109,8 +112,35 @@ impl Authenticator {
         source: IpAddr,
         expected_user: &str,
     ) -> AuthResult {
+        self.verify(now, req.header("Authorization"), req, source, expected_user)
+    }
+
+    /// Authenticates a call (an INVITE) from `source` acting for
+    /// `expected_user` (its From user): `Proxy-Authorization`, the answer to
+    /// our 407, or `Authorization`, which some devices send instead.
+    pub fn authenticate_call(
+        &mut self,
+        now: u64,
+        req: &Message,
+        source: IpAddr,
+        expected_user: &str,
+    ) -> AuthResult {
+        let header = req
+            .header("Proxy-Authorization")
+            .or_else(|| req.header("Authorization"));
+        self.verify(now, header, req, source, expected_user)
+    }
+
+    fn verify(
+        &mut self,
+        now: u64,
+        header: Option<&str>,
+        req: &Message,
+        source: IpAddr,
+        expected_user: &str,
+    ) -> AuthResult {
         let ip_key = format!("ip:{source}");
-        let Some(header) = req.header("Authorization") else {
+        let Some(header) = header else {
             if self.limiter.is_blocked(&ip_key, now) {
                 return AuthResult::Forbidden;
             }

@@ -108,6 +108,11 @@ impl Registrar {
         }
     }
 
+    /// The local users' digest authentication (calls use it too).
+    pub fn authenticator(&mut self) -> &mut Authenticator {
+        &mut self.auth
+    }
+
     /// Loads persisted bindings (at start).
     pub fn restore(&mut self, bindings: Vec<Binding>) {
         for b in bindings {
