@@ -577,6 +577,9 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
         "{}",
         body(ok)
     );
+    // It answers the re-INVITE, not the dialog's first INVITE.
+    assert_eq!(ok.cseq().unwrap().seq, 2);
+    assert_eq!(ok.header("Via"), hold.header("Via"));
     assert_eq!(f.remote.port(), 5070);
     assert_eq!(reinvite.call_id(), inv[0].call_id());
     assert!(body(reinvite).contains("a=sendonly"), "{}", body(reinvite));

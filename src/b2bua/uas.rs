@@ -59,7 +59,8 @@ impl B2bua {
                     call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
-                let ok = caller_ok(&self.dialogs, sc, body).ok_or("the dialog is gone")?;
+                let ok =
+                    caller_ok(&self.dialogs, sc, Some(msg), body).ok_or("the dialog is gone")?;
                 // A browser callee is not told (its media keeps flowing).
                 let forward = match (winner, call.callee.as_mut()) {
                     (Winner::Sip(w), Some(c)) => {
@@ -138,9 +139,21 @@ pub(super) fn caller_response(
     code: u16,
     reason: &str,
 ) -> Option<Message> {
+    caller_response_to(dialogs, sc, None, code, reason)
+}
+
+/// [`caller_response`] to a request of the caller's dialog (a re-INVITE,
+/// an UPDATE); `None`: its INVITE.
+fn caller_response_to(
+    dialogs: &Dialogs,
+    sc: &SipCaller,
+    request: Option<&Message>,
+    code: u16,
+    reason: &str,
+) -> Option<Message> {
     let d = dialogs.get(sc.dialog)?;
     let mut r = response_to(
-        &d.invite,
+        request.unwrap_or(&d.invite),
         code,
         reason,
         Some(&d.local_tag),
@@ -211,11 +224,16 @@ pub(super) fn answer_audio(
     Ok((answer.to_sdp(addr, &ports, origin.0, origin.1), agreed))
 }
 
-/// Our 200 to a SIP caller's offer (the first, or a re-INVITE's): `body`
-/// is our SDP.
-pub(super) fn caller_ok(dialogs: &Dialogs, sc: &SipCaller, body: String) -> Option<Message> {
+/// Our 200 to a SIP caller's offer, in its INVITE (`request` None) or in
+/// a later request (a re-INVITE, an UPDATE): `body` is our SDP.
+pub(super) fn caller_ok(
+    dialogs: &Dialogs,
+    sc: &SipCaller,
+    request: Option<&Message>,
+    body: String,
+) -> Option<Message> {
     let d = dialogs.get(sc.dialog)?;
-    let mut ok = caller_response(dialogs, sc, 200, "OK")?;
+    let mut ok = caller_response_to(dialogs, sc, request, 200, "OK")?;
     // A UAS keeps the route set (RFC 3261 12.1.1).
     for rr in d.invite.headers_named("Record-Route") {
         ok.push_header("Record-Route", rr.to_string());
@@ -271,7 +289,7 @@ pub(super) fn accept_caller(
             (body, None)
         }
     };
-    let ok = caller_ok(dialogs, sc, body).ok_or("the caller's dialog is gone")?;
+    let ok = caller_ok(dialogs, sc, None, body).ok_or("the caller's dialog is gone")?;
     sc.answered = true;
     sc.agreed.clone_from(&agreed);
     dialogs.accepted(now, sc.dialog, ok.to_bytes());
