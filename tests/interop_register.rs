@@ -132,7 +132,7 @@ fn options_keepalive_and_unsupported_methods_over_udp() {
     let r = ask("PUBLISH");
     assert!(r.starts_with("SIP/2.0 405 "), "{r}");
     assert!(
-        r.contains("\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER\r\n"),
+        r.contains("\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER\r\n"),
         "{r}"
     );
     // An INVITE is routed by the default dialplan: nobody has that alias.

@@ -437,7 +437,29 @@ fn an_offer_without_a_codec_the_gateway_handles_gets_488_with_a_warning() {
 
 #[test]
 fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
-    let (caller, callee, log) = call_outcome("bridge_uac_hold.xml", Some("bridge_uas_hold.xml"));
+    held_and_resumed("bridge_uac_hold.xml");
+}
+
+#[test]
+fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites() {
+    let caller = held_and_resumed("bridge_uac_update.xml");
+    // The bodiless refresh got a 200 of its own, without SDP.
+    let refreshed = caller
+        .split("-----------------------------------------------")
+        .find(|m| {
+            m.contains("message received")
+                && m.contains("SIP/2.0 200 OK")
+                && m.contains("CSeq: 2 UPDATE")
+        })
+        .expect("a 200 to the refresh");
+    assert!(refreshed.contains("Content-Length: 0"), "{refreshed}");
+}
+
+/// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to
+/// `bridge_uas_hold.xml`: the caller's answers and the callee's offers
+/// mirror each other. Returns what the caller received.
+fn held_and_resumed(uac_scenario: &str) -> String {
+    let (caller, callee, log) = call_outcome(uac_scenario, Some("bridge_uas_hold.xml"));
     // What each side got, in order: the caller's 200s (initial, hold,
     // resume) and the callee's INVITEs (initial, hold, resume).
     let sdp_dirs = |trace: &str, start: &str| -> Vec<String> {
@@ -470,6 +492,7 @@ fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
         "the callee's offers\n{callee}"
     );
     assert!(log.contains("session renegotiated"), "{log}");
+    caller
 }
 
 #[test]

@@ -59,7 +59,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// What the call layer answers in-dialog (Allow of our 200s and 405s).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 /// How long a call may ring before it is given up (408).
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
@@ -703,10 +703,18 @@ impl B2bua {
             return false;
         }
         let method = msg.method();
-        if method == Some(Method::Invite) {
+        // An UPDATE without a body refreshes the session (RFC 3311, RFC
+        // 4028): nothing changes.
+        if method == Some(Method::Update) && msg.body.is_empty() {
+            let resp = self.refreshed(&call_id, leg, msg, flow);
+            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            return true;
+        }
+        if matches!(method, Some(Method::Invite | Method::Update)) {
             let resp = self.reoffer(&call_id, leg, msg).unwrap_or_else(|why| {
-                // The session goes on unchanged (RFC 3261 14.2: 488 keeps it).
-                tracing::info!(call = %call_id, why, "re-INVITE refused");
+                // The session goes on unchanged (RFC 3261 14.2, RFC 3311
+                // 5.2: 488 keeps it).
+                tracing::info!(call = %call_id, why, "session change refused");
                 let mut r = response_to(msg, 488, "Not Acceptable Here", None, Some(flow.remote));
                 r.push_header("Warning", format!("399 causeway \"{why}\""));
                 r

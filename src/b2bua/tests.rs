@@ -638,6 +638,62 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     assert!(!b.is_empty());
 }
 
+#[test]
+fn an_update_refreshes_or_holds_the_session_like_a_re_invite() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!()
+    };
+    assert!(ok.header("Allow").unwrap().contains("UPDATE"));
+    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+
+    // A session refresh (no body): 200 to the UPDATE itself, nothing sent on.
+    let refresh = from_caller("UPDATE", &our_tag, 2);
+    assert!(b.on_request(t0, &TxKey::server(&refresh).unwrap(), &refresh, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["200"]);
+    let CallOutput::Respond(_, ok) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(ok.cseq().unwrap().method, Method::Update);
+    assert_eq!(
+        crate::sip::dialog::tag_of(ok, "To").as_deref(),
+        Some(our_tag.as_str())
+    );
+
+    // An UPDATE holding the call: answered recvonly, the callee re-offered
+    // sendonly (by re-INVITE).
+    let hold = with_sdp(
+        from_caller("UPDATE", &our_tag, 3),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "200"]);
+    let (CallOutput::Request(reinvite, _), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+        panic!()
+    };
+    assert!(body(ok).contains("a=recvonly"), "{}", body(ok));
+    assert_eq!(ok.cseq().unwrap().seq, 3);
+    assert!(body(reinvite).contains("a=sendonly"), "{}", body(reinvite));
+
+    // The callee refreshes its side by UPDATE too.
+    let bye = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a").to_bytes();
+    let text = String::from_utf8_lossy(&bye)
+        .replace("BYE sip:", "UPDATE sip:")
+        .replace("CSeq: 5 BYE", "CSeq: 9 UPDATE");
+    let from_callee = Message::parse(text.as_bytes()).unwrap();
+    let key = TxKey::server(&from_callee).unwrap();
+    assert!(b.on_request(t0, &key, &from_callee, flow(5070)));
+    assert_eq!(methods(&drain(&mut b)), ["200"]);
+    assert!(!b.is_empty());
+}
+
 /// What a browser negotiates when it answers in `codec` (with
 /// telephone-event at 8 kHz).
 fn browser_formats(codec: &str, clock: u32, pt: u8) -> Vec<PeerFormat> {

@@ -1,6 +1,7 @@
 //! The SIP side of calls as a UAS: our responses to a SIP caller's INVITE,
-//! our SDP answers to its offers, and re-INVITEs from either SIP side of a
-//! connected call (hold and resume, answered here and passed on).
+//! our SDP answers to its offers, and re-INVITEs and UPDATEs from either
+//! SIP side of a connected call (hold and resume, answered here and passed
+//! on as a re-INVITE; a bodiless UPDATE only refreshes the session).
 //! Must not touch forks' transactions beyond asking their legs for a
 //! re-INVITE.
 
@@ -16,7 +17,8 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 impl B2bua {
-    /// A re-INVITE from a SIP side of a connected call (hold, resume):
+    /// A re-INVITE or an UPDATE with an offer from a SIP side of a connected
+    /// call (hold, resume):
     /// answered here in the codec already agreed, its direction mirrored
     /// (a hold is never answered sendrecv), and the same direction offered
     /// to the other side when that is SIP too. Returns our 200, or why the
@@ -128,6 +130,40 @@ impl B2bua {
             self.out.push_back(CallOutput::Request(req, flow));
         }
         Ok(ok)
+    }
+}
+
+impl B2bua {
+    /// Our 200 to a request of a SIP side's dialog that changes nothing (a
+    /// bodiless UPDATE refreshing the session).
+    pub(super) fn refreshed(
+        &self,
+        call_id: &str,
+        leg: Leg,
+        msg: &Message,
+        flow: crate::sip::Flow,
+    ) -> Message {
+        let call = self.calls.get(call_id);
+        let ours = match (leg, call.map(|c| &c.caller)) {
+            (Leg::Caller, Some(Caller::Sip(sc))) => {
+                caller_response_to(&self.dialogs, sc, Some(msg), 200, "OK")
+            }
+            (Leg::Fork(i), _) => call.and_then(|c| c.forks.get(i)).map(|f| {
+                let mut ok = response_to(msg, 200, "OK", None, Some(f.leg.flow.remote));
+                ok.push_header("Contact", f.leg.contact());
+                ok
+            }),
+            _ => None,
+        };
+        ours.unwrap_or_else(|| {
+            response_to(
+                msg,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                Some(flow.remote),
+            )
+        })
     }
 }
 

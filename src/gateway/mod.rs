@@ -79,7 +79,7 @@ fn accepts_sdp(msg: &Message) -> bool {
 }
 
 /// Methods the gateway handles, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
 
 /// Signalling counters, readable from any thread.
 #[derive(Debug, Default, Serialize)]
@@ -607,6 +607,17 @@ impl Gateway {
             // calls took theirs above.
             Method::Info => match self.dialogs.matching(&msg) {
                 Some(_) => reply(200, "OK"),
+                None => reply(481, "Call/Transaction Does Not Exist"),
+            },
+            // UPDATE in an echo call: a session refresh is fine, an offer
+            // is refused as the echo's re-INVITEs are.
+            Method::Update => match self.dialogs.matching(&msg) {
+                Some(_) if msg.body.is_empty() => reply(200, "OK"),
+                Some(_) => with(
+                    reply(488, "Not Acceptable Here"),
+                    "Warning",
+                    "399 causeway \"the echo service does not renegotiate\"",
+                ),
                 None => reply(481, "Call/Transaction Does Not Exist"),
             },
             // A method we have never heard of (RFC 3261 21.5.2).
