@@ -8,6 +8,7 @@
 use super::{ALLOW, B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
+use crate::sip::Flow;
 use crate::sip::dialog::Dialogs;
 use crate::sip::msg::{Message, response_to};
 use bytes::Bytes;
@@ -131,18 +132,10 @@ impl B2bua {
         }
         Ok(ok)
     }
-}
 
-impl B2bua {
     /// Our 200 to a request of a SIP side's dialog that changes nothing (a
     /// bodiless UPDATE refreshing the session).
-    pub(super) fn refreshed(
-        &self,
-        call_id: &str,
-        leg: Leg,
-        msg: &Message,
-        flow: crate::sip::Flow,
-    ) -> Message {
+    pub(super) fn refreshed(&self, call_id: &str, leg: Leg, msg: &Message, flow: Flow) -> Message {
         let call = self.calls.get(call_id);
         let ours = match (leg, call.map(|c| &c.caller)) {
             (Leg::Caller, Some(Caller::Sip(sc))) => {
