@@ -550,7 +550,6 @@ impl Gateway {
                 let pending = Pending {
                     msg,
                     flow,
-                    known: call.registered,
                     credentials,
                 };
                 self.routing.insert(key.clone(), pending);
@@ -662,10 +661,11 @@ impl Gateway {
         }
     }
 
-    /// Checks the credentials of an INVITE whose caller is not registered
-    /// from its source, when it brings some: an authenticated caller counts
-    /// as registered for the dialplan. The From user must be the user who
-    /// authenticated.
+    /// Authenticates an INVITE whose caller is not registered from its
+    /// source (`None` when it is): without credentials that is the
+    /// challenge to send should its rule want `auth`; an authenticated
+    /// caller counts as registered for the dialplan. The From user must be
+    /// the user who authenticated.
     fn credentials(
         &mut self,
         msg: &Message,
@@ -673,10 +673,7 @@ impl Gateway {
         wall: u64,
         call: &mut CallInfo,
     ) -> Option<AuthResult> {
-        if call.registered
-            || (msg.header("Proxy-Authorization").is_none()
-                && msg.header("Authorization").is_none())
-        {
+        if call.registered {
             return None;
         }
         let user = msg
@@ -688,7 +685,7 @@ impl Gateway {
         let verdict =
             self.registrar
                 .authenticator()
-                .authenticate_call(wall, msg, flow.remote.ip(), &user);
+                .authenticate(wall, msg, flow.remote.ip(), &user);
         call.registered = matches!(verdict, AuthResult::Ok(_));
         Some(verdict)
     }
@@ -714,7 +711,6 @@ impl Gateway {
         let Some(Pending {
             msg,
             flow,
-            known,
             credentials,
         }) = self.routing.remove(key)
         else {
@@ -746,17 +742,19 @@ impl Gateway {
                     )),
                 )
             }
-            Decision::Route(route) if route.auth && !known => {
+            Decision::Route(route)
+                if route.auth
+                    && credentials
+                        .as_ref()
+                        .is_some_and(|c| !matches!(c, AuthResult::Ok(_))) =>
+            {
                 tracing::info!(rule = route.rule, "the rule wants an authenticated caller");
                 match credentials {
-                    Some(AuthResult::Forbidden) => Reached::Respond(403, "Forbidden".into(), None),
+                    Some(AuthResult::Challenge(values)) => Reached::Challenge(values),
                     Some(AuthResult::Malformed) => {
                         Reached::Respond(400, "Malformed Proxy-Authorization".into(), None)
                     }
-                    Some(AuthResult::Challenge(values)) => Reached::Challenge(values),
-                    Some(AuthResult::Ok(_)) | None => Reached::Challenge(
-                        self.registrar.authenticator().challenge_values(wall, false),
-                    ),
+                    _ => Reached::Respond(403, "Forbidden".into(), None),
                 }
             }
             Decision::Route(route) => self.reached(&route, wall),
@@ -878,10 +876,7 @@ impl Gateway {
 struct Pending {
     msg: Message,
     flow: Flow,
-    /// The caller is registered from this source, or authenticated.
-    known: bool,
-    /// What its credentials were worth, when it brought some and was not
-    /// registered.
+    /// Its caller's authentication; `None`: registered from this source.
     credentials: Option<AuthResult>,
 }
 

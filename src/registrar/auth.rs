@@ -11,7 +11,7 @@ use crate::config::{Config, UserConfig};
 use crate::sip::digest::{
     Algorithm, Credentials, CredentialsError, NonceFactory, NonceState, challenge, constant_time_eq,
 };
-use crate::sip::msg::Message;
+use crate::sip::msg::{Message, Method};
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -91,20 +91,20 @@ impl Authenticator {
     }
 
     fn challenge(&self, now: u64, stale: bool) -> AuthResult {
-        AuthResult::Challenge(self.challenge_values(now, stale))
-    }
-
-    /// A fresh challenge: one header value per digest algorithm offered.
-    pub fn challenge_values(&self, now: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonces.mint(now);
-        self.algorithms
-            .iter()
-            .map(|a| challenge(&self.realm, &nonce, *a, stale))
-            .collect()
+        AuthResult::Challenge(
+            self.algorithms
+                .iter()
+                .map(|a| challenge(&self.realm, &nonce, *a, stale))
+                .collect(),
+        )
     }
 
     /// Authenticates `req` from `source`; `expected_user` is the user the
-    /// request acts for (the To user of a REGISTER), which must match.
+    /// request acts for (the To user of a REGISTER, the From user of a
+    /// call), which must match. A REGISTER answers our 401 in
+    /// `Authorization`; a call answers our 407 in `Proxy-Authorization`
+    /// (some devices use `Authorization` there too).
     pub fn authenticate(
         &mut self,
         now: u64,
@@ -112,22 +112,12 @@ impl Authenticator {
         source: IpAddr,
         expected_user: &str,
     ) -> AuthResult {
-        self.verify(now, req.header("Authorization"), req, source, expected_user)
-    }
-
-    /// Authenticates a call (an INVITE) from `source` acting for
-    /// `expected_user` (its From user): `Proxy-Authorization`, the answer to
-    /// our 407, or `Authorization`, which some devices send instead.
-    pub fn authenticate_call(
-        &mut self,
-        now: u64,
-        req: &Message,
-        source: IpAddr,
-        expected_user: &str,
-    ) -> AuthResult {
-        let header = req
-            .header("Proxy-Authorization")
-            .or_else(|| req.header("Authorization"));
+        let header = match req.method() {
+            Some(Method::Register) => req.header("Authorization"),
+            _ => req
+                .header("Proxy-Authorization")
+                .or_else(|| req.header("Authorization")),
+        };
         self.verify(now, header, req, source, expected_user)
     }
 

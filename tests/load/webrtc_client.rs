@@ -9,6 +9,10 @@
 //! One thread drives every peer (sans-IO str0m, non-blocking sockets), so
 //! the client costs one core at most and the gateway keeps the other.
 
+// A load harness, not the gateway: when a step fails (the gateway refuses a
+// call, a socket cannot be bound) there is nothing left to measure or test,
+// so it stops at once with the reason. Each user (test or bench) takes only
+// some of these helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use causeway_codecs::analysis::tone;
