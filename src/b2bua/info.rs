@@ -14,6 +14,7 @@
 use super::{B2bua, Call, CallOutput, Caller, Leg, Notice, Party, Winner};
 use crate::dialplan::DtmfMode;
 use crate::media::dtmf::{Digit, format_info, parse_info};
+use crate::media::keyframe::{MEDIA_CONTROL_TYPE, is_picture_fast_update};
 use crate::sdp::Negotiated;
 use crate::sip::Flow;
 use crate::sip::msg::{Message, response_to};
@@ -22,6 +23,14 @@ use std::collections::VecDeque;
 
 /// What INFO bodies we read (the `Accept` of a 415).
 const ACCEPT: &str = "application/dtmf-relay, application/dtmf, application/media_control+xml";
+
+/// Whether a Content-Type header names `media_type` (parameters aside).
+fn content_type_is(content_type: &str, media_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type))
+}
 
 /// SIP INFO toward one SIP side of a call.
 #[derive(Debug, Default)]
@@ -205,19 +214,13 @@ impl B2bua {
             return respond(200, "OK");
         }
         let content_type = msg.header("Content-Type").unwrap_or_default();
-        let kind = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
         let body = String::from_utf8_lossy(&msg.body);
         let live = self.calls.get(call_id).is_some_and(|c| match leg {
             Leg::Caller => c.winner.is_some(),
             Leg::Fork(i) => c.winner == Some(Winner::Sip(i)),
         });
-        if kind == "application/media_control+xml" {
-            if live && body.contains("picture_fast_update") {
+        if content_type_is(content_type, MEDIA_CONTROL_TYPE) {
+            if live && is_picture_fast_update(content_type, &body) {
                 tracing::info!(call = %call_id, "keyframe asked by SIP INFO");
                 self.notify(Notice::KeyframeWanted {
                     call: call_id.to_string(),
@@ -233,7 +236,10 @@ impl B2bua {
                 }
                 respond(200, "OK")
             }
-            Err(e) if kind.starts_with("application/dtmf") => {
+            Err(e)
+                if content_type_is(content_type, "application/dtmf-relay")
+                    || content_type_is(content_type, "application/dtmf") =>
+            {
                 let mut r = respond(400, "Bad Request");
                 r.push_header("Warning", format!("399 causeway \"{e}\""));
                 r

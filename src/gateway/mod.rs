@@ -462,7 +462,11 @@ impl Gateway {
                         }
                     }
                 }
-                Output::Event(TxEvent::Timeout { key }) if *key.method() == Method::Invite => {
+                // Our INVITEs (forks) and INFOs (digits, one in flight per
+                // side) are the call layer's.
+                Output::Event(TxEvent::Timeout { key })
+                    if matches!(key.method(), Method::Invite | Method::Info) =>
+                {
                     self.b2bua.on_timeout(now, &key);
                 }
                 Output::Event(TxEvent::Timeout { key }) => {
