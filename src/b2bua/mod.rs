@@ -59,7 +59,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// What the call layer answers in-dialog (Allow of our 200s and 405s).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = crate::sip::ALLOW_IN_DIALOG;
 
 /// How long a call may ring before it is given up (408).
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
@@ -491,27 +491,30 @@ pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
     Some(AudioEnd { pt, codec, dtmf })
 }
 
-/// The audio codecs to offer the SIP side for a browser's call: the
-/// browser's own first (relayed untouched when the SIP side picks one), then,
-/// when the rule allows transcoding, the others we transcode to (a WebRTC
-/// client offering only Opus still reaches a G.711 phone). Where the rule
-/// names codecs, only those, each group in the rule's order; else the
-/// browser's order, then the gateway's.
+/// The audio codecs to offer the SIP side for a browser's call: see
+/// [`offer_codecs`], with the browser's audio codecs as `theirs` (a WebRTC
+/// client offering only Opus still reaches a G.711 phone).
 pub fn sip_offer_codecs(
     formats: &[PeerFormat],
     rule: &[String],
     transcode: bool,
 ) -> Vec<AudioCodec> {
-    let mut browser = Vec::new();
-    for f in formats.iter().filter(|f| f.kind == StreamKind::Audio) {
-        if let Some(c) = AudioCodec::from_key(&f.codec)
-            && !browser.contains(&c)
-        {
-            browser.push(c);
-        }
-    }
+    let browser: Vec<AudioCodec> = formats
+        .iter()
+        .filter(|f| f.kind == StreamKind::Audio)
+        .filter_map(|f| AudioCodec::from_key(&f.codec))
+        .collect();
+    offer_codecs(&browser, rule, transcode)
+}
+
+/// The audio codecs to offer a callee for a caller that sends `theirs`:
+/// the caller's own first (relayed untouched when the callee picks one),
+/// then, when the rule allows transcoding, the others we transcode to.
+/// Where the rule names codecs, only those, each group in the rule's
+/// order; else the caller's order, then the gateway's.
+pub fn offer_codecs(theirs: &[AudioCodec], rule: &[String], transcode: bool) -> Vec<AudioCodec> {
     let allowed: Vec<AudioCodec> = if rule.is_empty() {
-        browser.iter().chain(&AudioCodec::ALL).copied().collect()
+        theirs.iter().chain(&AudioCodec::ALL).copied().collect()
     } else {
         rule.iter()
             .filter_map(|name| {
@@ -521,9 +524,9 @@ pub fn sip_offer_codecs(
             })
             .collect()
     };
+    let own = allowed.iter().filter(|c| theirs.contains(c));
+    let others = allowed.iter().filter(|c| transcode && !theirs.contains(c));
     let mut v: Vec<AudioCodec> = Vec::new();
-    let own = allowed.iter().filter(|c| browser.contains(c));
-    let others = allowed.iter().filter(|c| transcode && !browser.contains(c));
     for &c in own.chain(others) {
         if !v.contains(&c) {
             v.push(c);

@@ -507,70 +507,36 @@ impl Gateway {
     }
 }
 
-/// What callees are offered for a SIP caller's offer: the caller's audio
-/// codecs we can handle, in its order (or the rule's), then, when the rule
-/// allows transcoding, the others we can transcode to (every codec we
-/// handle for a caller that made no offer); telephone-event unless digits
-/// go by SIP INFO only. `None` when the caller offered no audio codec we
-/// can handle.
+/// What callees are offered for a SIP caller's offer: the codecs of
+/// [`crate::b2bua::offer_codecs`] (every codec we handle, in the rule's
+/// order, for a caller that made no offer); telephone-event unless digits
+/// go by SIP INFO only. `None` when nothing is left to offer (the caller
+/// offered no audio codec we can handle, or the rule allows none).
 fn callee_offer(
     caller: Option<&crate::sdp::SessionDesc>,
     media: &crate::dialplan::MediaOptions,
 ) -> Option<Offer> {
     use causeway_codecs::registry::AudioCodec;
-    let Some(caller) = caller else {
-        return Some(Offer::audio(
-            &rule_order(AudioCodec::ALL.to_vec(), media)?,
-            media.dtmf != crate::dialplan::DtmfMode::Info,
-        ));
-    };
-    let m = caller
-        .media
-        .iter()
-        .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
-    let mut theirs: Vec<AudioCodec> = Vec::new();
-    for c in m
-        .formats
-        .iter()
-        .filter_map(|f| f.codec.as_ref().and_then(AudioCodec::from_key))
-    {
-        if !theirs.contains(&c) {
-            theirs.push(c);
+    let codecs = match caller {
+        None => crate::b2bua::offer_codecs(&AudioCodec::ALL, &media.codecs, true),
+        Some(caller) => {
+            let m = caller
+                .media
+                .iter()
+                .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+            let theirs: Vec<AudioCodec> = m
+                .formats
+                .iter()
+                .filter_map(|f| f.codec.as_ref().and_then(AudioCodec::from_key))
+                .collect();
+            if theirs.is_empty() {
+                return None;
+            }
+            crate::b2bua::offer_codecs(&theirs, &media.codecs, media.transcode)
         }
-    }
-    if theirs.is_empty() {
-        return None;
-    }
-    let mut codecs = theirs.clone();
-    if media.transcode {
-        codecs.extend(AudioCodec::ALL.iter().filter(|c| !theirs.contains(c)));
-    }
+    };
     // Telephone-events unless digits go by SIP INFO only: digits the
     // caller sends by INFO are played to the callee as events.
-    Some(Offer::audio(
-        &rule_order(codecs, media)?,
-        media.dtmf != crate::dialplan::DtmfMode::Info,
-    ))
-}
-
-/// `codecs` in the rule's order, when it names one (only those it names);
-/// `None` when that leaves none.
-fn rule_order(
-    codecs: Vec<causeway_codecs::registry::AudioCodec>,
-    media: &crate::dialplan::MediaOptions,
-) -> Option<Vec<causeway_codecs::registry::AudioCodec>> {
-    if media.codecs.is_empty() {
-        return Some(codecs);
-    }
-    let ordered: Vec<_> = media
-        .codecs
-        .iter()
-        .filter_map(|name| {
-            codecs
-                .iter()
-                .copied()
-                .find(|c| c.key().name.eq_ignore_ascii_case(name))
-        })
-        .collect();
-    (!ordered.is_empty()).then_some(ordered)
+    (!codecs.is_empty())
+        .then(|| Offer::audio(&codecs, media.dtmf != crate::dialplan::DtmfMode::Info))
 }

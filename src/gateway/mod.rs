@@ -79,7 +79,7 @@ fn accepts_sdp(msg: &Message) -> bool {
 }
 
 /// Methods the gateway handles, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+pub const ALLOW: &str = concat!(crate::allow_in_dialog!(), ", REGISTER");
 
 /// Signalling counters, readable from any thread.
 #[derive(Debug, Default, Serialize)]

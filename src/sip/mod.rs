@@ -6,6 +6,19 @@
 //! is the only place that owns sockets. This module must not know about
 //! registrations, routing or calls.
 
+/// The methods a dialog of ours takes (the Allow of our INVITEs, 200s and
+/// 405s), as a literal so that `concat!` can extend it (the gateway adds
+/// REGISTER).
+#[macro_export]
+macro_rules! allow_in_dialog {
+    () => {
+        "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+    };
+}
+
+/// The methods a dialog of ours takes, as a constant.
+pub const ALLOW_IN_DIALOG: &str = allow_in_dialog!();
+
 pub mod dialog;
 pub mod digest;
 pub mod framing;

@@ -95,7 +95,7 @@ impl UacLeg {
             "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: {}\r\n\
-             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\nUser-Agent: {}\r\n\
+             Allow: {allow}\r\nUser-Agent: {}\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
             p.request_uri,
             p.via_host,
@@ -104,6 +104,7 @@ impl UacLeg {
             p.user_agent,
             p.sdp.len(),
             p.sdp,
+            allow = super::ALLOW_IN_DIALOG,
         );
         let invite = Message::parse(text.as_bytes()).ok()?;
         Some((
