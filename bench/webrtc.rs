@@ -278,7 +278,7 @@ fn gateway_load(peers: usize) {
     let pid = gw.pid();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
     let mut setup_cpu = Duration::ZERO;
-    let mut rss1 = 0;
+    let (mut cpu1, mut rss1) = (Duration::ZERO, 0);
     let report = load::run(
         gw.http,
         "echo",
@@ -286,10 +286,12 @@ fn gateway_load(peers: usize) {
         Duration::from_secs(5),
         |phase| match phase {
             load::Phase::Connected => setup_cpu = load::process_cpu(pid) - cpu0,
-            load::Phase::MediaDone => rss1 = load::process_rss(pid),
+            // Before the hang-ups, which are not part of the figure.
+            load::Phase::MediaDone => {
+                (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid))
+            }
         },
     );
-    let cpu1 = load::process_cpu(pid);
     drop(gw);
     let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.received.iter().sum());
     let mut first: Vec<Duration> = report.first_media.clone();

@@ -352,6 +352,15 @@ fn browser_registrations_check_credentials_and_answers_need_an_incoming_call() {
         "",
     );
     assert_eq!(status, 200, "{body}");
+    // A SIP call to bob now rings nobody.
+    let answer = common::sip_invite(&gw, "bob", Duration::from_secs(10));
+    assert!(
+        matches!(answer.status, 404 | 480),
+        "{} {}\n{}",
+        answer.status,
+        answer.reason,
+        gw.log_text()
+    );
     let (status, body) = request_token(port, "echo");
     assert_eq!(status, 200, "{body}");
 }

@@ -21,8 +21,19 @@ fn two_hundred_concurrent_echo_calls_on_one_port() {
     let gw = Gw::start("");
     let pid = gw.pid().unwrap();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
-    let report = load::run(gw.http_port, "echo", PEERS, Duration::from_secs(3), |_| {});
-    let (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
+    // Read while every call is still up, before the hang-ups.
+    let (mut cpu1, mut rss1) = (cpu0, rss0);
+    let report = load::run(
+        gw.http_port,
+        "echo",
+        PEERS,
+        Duration::from_secs(3),
+        |phase| {
+            if phase == load::Phase::MediaDone {
+                (cpu1, rss1) = (load::process_cpu(pid), load::process_rss(pid));
+            }
+        },
+    );
 
     let (sent, echoed): (u64, u64) = (report.sent.iter().sum(), report.received.iter().sum());
     eprintln!("frames: {sent} sent, {echoed} echoed");
@@ -42,6 +53,7 @@ fn two_hundred_concurrent_echo_calls_on_one_port() {
         "every peer connects:\n{}",
         gw.log_text()
     );
+    assert_eq!(report.still_up, PEERS, "every call lasts until hung up");
     assert!(
         echoed * 100 >= sent * 99,
         "{echoed} of {sent} frames came back"

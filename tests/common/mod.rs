@@ -194,6 +194,20 @@ password = "hunter2"
         http_get(self.http_port, path, Some(&self.token))
     }
 
+    /// The one call record the gateway kept, once written (within 10 s).
+    pub fn only_cdr(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.admin_get("/api/admin/v1/cdrs");
+            assert_eq!(status, 200, "{body}");
+            if let Some([r]) = body["result"].as_array().map(Vec::as_slice) {
+                return r.clone();
+            }
+            assert!(Instant::now() < deadline, "no single record: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Any admin API request with the token; returns (status, body).
     pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         http_request(self.http_port, method, path, Some(&self.token), body)

@@ -402,12 +402,20 @@ pub struct Gateway {
     pub sip: u16,
 }
 
-/// A free loopback UDP port.
+/// A loopback port free for both UDP and TCP (the gateway's HTTP port is
+/// TCP, its SIP and WebRTC ports UDP).
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
+    (0..100)
+        .find_map(|_| {
+            let port = UdpSocket::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some(port)
+        })
         .expect("a free loopback port")
-        .port()
 }
 
 impl Gateway {
