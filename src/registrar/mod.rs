@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use store::StoreOp;
 
 /// One contact bound to an address of record.
@@ -83,7 +84,9 @@ pub struct Registrar {
     max_expires: u32,
     default_expires: u32,
     max_contacts: usize,
-    auth: Authenticator,
+    /// Shared with the client API (browser registrations check passwords
+    /// against the same users, failure counts and blocks).
+    auth: Arc<Mutex<Authenticator>>,
     bindings: HashMap<String, Vec<Binding>>,
     to_tag: String,
 }
@@ -102,15 +105,20 @@ impl Registrar {
             max_expires: r.max_expires,
             default_expires: r.default_expires,
             max_contacts: r.max_contacts.max(1),
-            auth: Authenticator::new(cfg),
+            auth: Arc::new(Mutex::new(Authenticator::new(cfg))),
             bindings: HashMap::new(),
             to_tag: crate::sip::msg::random_token(10),
         }
     }
 
-    /// The local users' digest authentication (calls use it too).
-    pub fn authenticator(&mut self) -> &mut Authenticator {
-        &mut self.auth
+    /// The local users' authentication (calls use it too).
+    pub fn authenticator(&self) -> MutexGuard<'_, Authenticator> {
+        self.auth.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The same authentication, for the client API's threads.
+    pub fn shared_authenticator(&self) -> Arc<Mutex<Authenticator>> {
+        self.auth.clone()
     }
 
     /// Loads persisted bindings (at start).
@@ -161,7 +169,7 @@ impl Registrar {
             v.retain(|b| b.expires_at > now);
             !v.is_empty()
         });
-        self.auth.prune(now);
+        self.authenticator().prune(now);
     }
 
     /// Decides one REGISTER that arrived on `flow` at `now` (unix seconds).
@@ -202,7 +210,10 @@ impl Registrar {
         let Some(user) = to.uri.user.as_deref().map(crate::sip::msg::unescape) else {
             return fail(400, "To Has No User");
         };
-        match self.auth.authenticate(now, req, flow.remote.ip(), &user) {
+        let verdict = self
+            .authenticator()
+            .authenticate(now, req, flow.remote.ip(), &user);
+        match verdict {
             AuthResult::Ok(_) => {}
             AuthResult::Challenge(values) => {
                 let mut resp = reply(req, 401, "Unauthorized", &tag, flow);

@@ -230,6 +230,7 @@ pub async fn run(
         policy.clone(),
         query_tx.clone(),
         call_tx,
+        gw.registrar().shared_authenticator(),
     );
     let dispatcher = tokio::spawn(client.clone().dispatch(peer_events));
     let http = tokio::net::TcpListener::bind(cfg.http.bind)

@@ -169,7 +169,8 @@ pub struct ClientApi {
     calls: mpsc::UnboundedSender<CallCmd>,
     tables: Mutex<Tables>,
     /// Checks the credentials of browser registrations.
-    auth: Mutex<crate::registrar::auth::Authenticator>,
+    /// The registrar's, shared: one set of failure counts and blocks.
+    auth: Arc<Mutex<crate::registrar::auth::Authenticator>>,
 }
 
 impl ClientApi {
@@ -181,6 +182,7 @@ impl ClientApi {
         policy: Arc<PolicyClient>,
         queries: mpsc::Sender<super::Query>,
         calls: mpsc::UnboundedSender<CallCmd>,
+        auth: Arc<Mutex<crate::registrar::auth::Authenticator>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             key: TokenKey::random(),
@@ -193,7 +195,7 @@ impl ClientApi {
             queries,
             calls,
             tables: Mutex::new(Tables::default()),
-            auth: Mutex::new(crate::registrar::auth::Authenticator::new(cfg)),
+            auth,
         })
     }
 
