@@ -122,10 +122,9 @@ impl VideoEnd {
     fn of_sip(f: &Format) -> Option<Self> {
         let codec = video_codec(f.codec.as_ref()?)?;
         // RFC 6184: packetization-mode absent means 0.
-        let fu_a = f.fmtp.as_deref().is_some_and(|p| {
-            p.split(';')
-                .any(|kv| kv.trim().eq_ignore_ascii_case("packetization-mode=1"))
-        });
+        let fu_a =
+            causeway_codecs::registry::H264Params::from_fmtp(f.fmtp.as_deref().unwrap_or(""))
+                .is_ok_and(|p| p.packetization_mode == 1);
         Some(Self {
             pt: f.pt,
             codec,
