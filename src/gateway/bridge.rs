@@ -13,7 +13,7 @@ use crate::b2bua::{BrowserTarget, Dial, Notice, Party};
 use crate::media::dtmf::Digit;
 use crate::sdp::Offer;
 use crate::sip::Flow;
-use crate::sip::msg::{Message, NameAddr, Uri, random_token, response_to};
+use crate::sip::msg::{Message, NameAddr, Uri, random_token};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::InviteParams;
 use crate::trunks::TrunkTarget;
@@ -318,7 +318,15 @@ impl Gateway {
         let refuse = |this: &mut Self, code, reason: &str, why: &str| {
             let warning = format!("399 causeway \"{why}\"");
             tracing::info!(code, why, "bridged call refused");
-            this.respond(now, key, &invite, flow, code, reason, Some(warning));
+            this.respond(
+                now,
+                key,
+                &invite,
+                flow,
+                code,
+                reason,
+                vec![("Warning", warning)],
+            );
         };
         // An INVITE without SDP (late offer): the callees get our full
         // offer, and our 200 to the caller makes one.
@@ -328,7 +336,15 @@ impl Gateway {
             Some(Err(e)) => {
                 let (code, reason, warning) = e.status();
                 tracing::info!(code, warning, "bridged call refused");
-                return self.respond(now, key, &invite, flow, code, reason, Some(warning));
+                return self.respond(
+                    now,
+                    key,
+                    &invite,
+                    flow,
+                    code,
+                    reason,
+                    vec![("Warning", warning)],
+                );
             }
         };
         let Some(offer) = callee_offer(caller_offer.as_ref(), &route.media) else {
@@ -375,17 +391,21 @@ impl Gateway {
             Ok(ports) => ports,
             Err(e) => {
                 tracing::warn!(error = %e, "no media ports for a bridged call");
-                let mut busy = response_to(
+                self.respond(
+                    now,
+                    &p.key,
                     &p.invite,
+                    p.flow,
                     503,
                     "Service Unavailable",
-                    Some(&self.tag),
-                    Some(p.flow.remote),
+                    vec![
+                        ("Retry-After", "5".into()),
+                        (
+                            "Warning",
+                            "399 causeway \"no media ports available\"".into(),
+                        ),
+                    ],
                 );
-                busy.push_header("Retry-After", "5");
-                busy.push_header("Warning", "399 causeway \"no media ports available\"");
-                busy.push_header("Server", self.user_agent.clone());
-                self.tx.respond(now, &p.key, &busy);
                 self.pump(now, wall);
                 return;
             }

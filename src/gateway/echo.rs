@@ -36,7 +36,15 @@ impl Gateway {
                 1,
             );
             tracing::info!(code, warning, "echo call refused");
-            this.respond(now, key, msg, flow, code, reason, Some(warning));
+            this.respond(
+                now,
+                key,
+                msg,
+                flow,
+                code,
+                reason,
+                vec![("Warning", warning)],
+            );
         };
         let Some(body) = sdp_body(msg) else {
             // A late offer would need our offer in the 200 and the answer in the ACK.

@@ -731,7 +731,7 @@ impl Gateway {
                     status,
                     "call rejected by the dialplan"
                 );
-                Reached::Respond(status, reason, None)
+                Reached::Respond(status, reason, vec![])
             }
             // PIN entry over SIP (an IVR) does not exist yet: a PIN-protected
             // alias must not be reachable without one.
@@ -740,10 +740,13 @@ impl Gateway {
                 Reached::Respond(
                     403,
                     "Forbidden".into(),
-                    Some(format!(
-                        "399 causeway \"rule {} needs a PIN; PIN entry over SIP is not supported yet\"",
-                        route.rule
-                    )),
+                    vec![(
+                        "Warning",
+                        format!(
+                            "399 causeway \"rule {} needs a PIN; PIN entry over SIP is not supported yet\"",
+                            route.rule
+                        ),
+                    )],
                 )
             }
             Decision::Route(route)
@@ -754,11 +757,18 @@ impl Gateway {
             {
                 tracing::info!(rule = route.rule, "the rule wants an authenticated caller");
                 match credentials {
-                    Some(AuthResult::Challenge(values)) => Reached::Challenge(values),
+                    Some(AuthResult::Challenge(values)) => Reached::Respond(
+                        407,
+                        "Proxy Authentication Required".into(),
+                        values
+                            .into_iter()
+                            .map(|v| ("Proxy-Authenticate", v))
+                            .collect(),
+                    ),
                     Some(AuthResult::Malformed) => {
-                        Reached::Respond(400, "Malformed Proxy-Authorization".into(), None)
+                        Reached::Respond(400, "Malformed Proxy-Authorization".into(), vec![])
                     }
-                    _ => Reached::Respond(403, "Forbidden".into(), None),
+                    _ => Reached::Respond(403, "Forbidden".into(), vec![]),
                 }
             }
             Decision::Route(route) => self.reached(&route, wall),
@@ -766,22 +776,8 @@ impl Gateway {
         match reached {
             Reached::Echo(rule) => self.answer_echo(now, key, &msg, flow, &rule),
             Reached::Bridge { route, callees } => self.bridge(now, key, msg, flow, &route, callees),
-            Reached::Respond(code, reason, warning) => {
-                self.respond(now, key, &msg, flow, code, &reason, warning)
-            }
-            Reached::Challenge(values) => {
-                let mut resp = response_to(
-                    &msg,
-                    407,
-                    "Proxy Authentication Required",
-                    Some(&self.tag),
-                    Some(flow.remote),
-                );
-                for v in values {
-                    resp.push_header("Proxy-Authenticate", v);
-                }
-                resp.push_header("Server", self.user_agent.clone());
-                self.tx.respond(now, key, &resp);
+            Reached::Respond(code, reason, headers) => {
+                self.respond(now, key, &msg, flow, code, &reason, headers)
             }
         }
         self.pump(now, wall);
@@ -797,14 +793,16 @@ impl Gateway {
         flow: Flow,
         code: u16,
         reason: &str,
-        warning: Option<String>,
+        headers: Vec<(&'static str, String)>,
     ) {
-        if code >= 400 {
+        // A challenge is the first half of an authenticated call, not a
+        // refusal.
+        if code >= 400 && code != 407 {
             self.counters.calls_rejected.fetch_add(1, Relaxed);
         }
         let mut resp = response_to(msg, code, reason, Some(&self.tag), Some(flow.remote));
-        if let Some(w) = warning {
-            resp.push_header("Warning", w);
+        for (name, value) in headers {
+            resp.push_header(name, value);
         }
         resp.push_header("Server", self.user_agent.clone());
         self.tx.respond(now, key, &resp);
@@ -832,7 +830,7 @@ impl Gateway {
     fn reached(&self, route: &crate::dialplan::Route, wall: u64) -> Reached {
         let rule = route.rule.as_str();
         match route.reach(|| self.is_registered(&route.to, wall)) {
-            Reach::Reject(status, reason) => Reached::Respond(status, reason, None),
+            Reach::Reject(status, reason) => Reached::Respond(status, reason, vec![]),
             Reach::Echo => {
                 tracing::info!(rule, "call routed to the echo service");
                 Reached::Echo(rule.to_string())
@@ -858,12 +856,16 @@ impl Gateway {
                         "call routed; cannot bridge it"
                     );
                     let warning = format!("399 causeway \"rule {rule}: {why}\"");
-                    Reached::Respond(480, "Temporarily Unavailable".into(), Some(warning))
+                    Reached::Respond(
+                        480,
+                        "Temporarily Unavailable".into(),
+                        vec![("Warning", warning)],
+                    )
                 }
             },
             Reach::Nobody => {
                 tracing::info!(rule, "no target of the route is reachable");
-                Reached::Respond(480, "Temporarily Unavailable".into(), None)
+                Reached::Respond(480, "Temporarily Unavailable".into(), vec![])
             }
         }
     }
@@ -886,11 +888,8 @@ struct Pending {
 
 /// Where a routed call goes.
 enum Reached {
-    /// A final response: status, reason, Warning.
-    Respond(u16, String, Option<String>),
-    /// 407 with these `Proxy-Authenticate` values: the rule wants a
-    /// registered or authenticated caller.
-    Challenge(Vec<String>),
+    /// A final response: status, reason, headers (a Warning, a challenge).
+    Respond(u16, String, Vec<(&'static str, String)>),
     /// The built-in echo service answers (the rule that sent it there).
     Echo(String),
     /// The B2BUA calls these callees.
