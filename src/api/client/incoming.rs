@@ -88,6 +88,7 @@ impl ClientApi {
                 app: PeerApp::Bridge,
                 counters: Default::default(),
                 incoming: Some(false),
+                hung_up: false,
             },
         );
         drop(t);

@@ -133,6 +133,9 @@ struct CallEntry {
     counters: crate::webrtc::MediaCounters,
     /// For a call to the browser: whether it answered.
     incoming: Option<bool>,
+    /// Hung up through the API: gone for every later request, though the
+    /// entry stays until the peer's close is reported.
+    hung_up: bool,
 }
 
 #[derive(Debug, Default)]
@@ -554,6 +557,7 @@ impl ClientApi {
                 app,
                 counters: Default::default(),
                 incoming: None,
+                hung_up: false,
             },
         );
         drop(t);
@@ -578,16 +582,31 @@ impl ClientApi {
         self.tables()
             .calls
             .get(call_uuid)
-            .filter(|c| c.participant.as_deref() == Some(claims.participant.as_str()))
+            .filter(|c| !c.hung_up && c.participant.as_deref() == Some(claims.participant.as_str()))
             .cloned()
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such call"))
     }
 
     async fn hang_up(&self, call_uuid: &str) {
-        let peer = self.tables().calls.get(call_uuid).map(|c| c.peer);
+        self.hang_up_if(call_uuid, |_| true).await;
+    }
+
+    /// Hangs up a call not hung up yet for which `ok` holds; whether it did
+    /// (checked and marked under one lock: of two racing requests, one wins).
+    async fn hang_up_if(&self, call_uuid: &str, ok: impl Fn(&CallEntry) -> bool) -> bool {
+        let peer = self
+            .tables()
+            .calls
+            .get_mut(call_uuid)
+            .filter(|c| !c.hung_up && ok(c))
+            .map(|c| {
+                c.hung_up = true;
+                c.peer
+            });
         if let Some(peer) = peer {
             self.webrtc.close(peer).await;
         }
+        peer.is_some()
     }
 }
 
@@ -1023,18 +1042,13 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn whip_delete(State(s): Shared, Path((alias, call)): Path<(String, String)>) -> Response {
-    let known = s
-        .tables()
-        .calls
-        .get(&call)
-        .is_some_and(|c| c.participant.is_none() && c.alias == alias);
-    if !known {
+    let whip = |c: &CallEntry| c.participant.is_none() && c.alias == alias;
+    if !s.hang_up_if(&call, whip).await {
         return ApiError::into_response(ApiError::new(
             StatusCode::NOT_FOUND,
             "no such WHIP session",
         ));
     }
-    s.hang_up(&call).await;
     StatusCode::OK.into_response()
 }
 
