@@ -453,6 +453,83 @@ fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites
     assert!(refreshed.contains("Content-Length: 0"), "{refreshed}");
 }
 
+#[test]
+fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing_is_hung_up() {
+    require("sipp");
+    let uas_port = free_port();
+    let gw = gateway(uas_port);
+    let (caller, callee) = (Side::new(), Side::new());
+    // Both SIPps outlive their usual 15 s limit (the last -timeout wins).
+    let long = ["-timeout", "85"];
+    let mut server = sipp_command(callee.dir.path(), "bridge_uas_timer.xml", uas_port);
+    server
+        .args(long)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = Guard(server.spawn().unwrap());
+    let start = Instant::now();
+    let mut cmd = sipp_command(caller.dir.path(), "bridge_uac_timer.xml", free_port());
+    cmd.args(["-mp", &caller.media.to_string(), "-mi", "127.0.0.1"])
+        .args(long)
+        .arg(gw.sip_target());
+    // The caller refreshes once, ~1 s in; its session then lapses 60 s later.
+    let out = run_bounded(&mut cmd, Duration::from_secs(90));
+    let lasted = start.elapsed();
+    let uas_status = finish(&mut server.0);
+    let ctx = || context(&gw, &caller, &callee);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the caller failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctx()
+    );
+    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    // Not before the session's expiry less a third (60 s after the refresh),
+    // and not long after.
+    assert!(
+        lasted >= Duration::from_secs(60) && lasted < Duration::from_secs(75),
+        "the BYE came after {lasted:?}\n{}",
+        ctx()
+    );
+    let (caller_trace, callee_trace) = (caller.messages(), callee.messages());
+    let received = |trace: &str, start: &str| -> Vec<String> {
+        trace
+            .split("-----------------------------------------------")
+            .filter(|m| m.contains("message received"))
+            .filter_map(|m| m.find(start).map(|i| m[i..].to_string()))
+            .collect()
+    };
+    // The caller's 200 grants its timer and requires it to refresh.
+    let ok = &received(&caller_trace, "SIP/2.0 200 OK")[0];
+    assert!(
+        ok.contains("Session-Expires: 90;refresher=uac") && ok.contains("Require: timer"),
+        "{ok}"
+    );
+    // The callee was asked for ours, and refreshed by UPDATE as it asked.
+    let invite = &received(&callee_trace, "INVITE sip:")[0];
+    assert!(
+        invite.contains("Session-Expires: 1800") && invite.contains("Supported: timer"),
+        "{invite}"
+    );
+    let update = received(&callee_trace, "UPDATE sip:");
+    assert_eq!(update.len(), 1, "{callee_trace}");
+    assert!(
+        update[0].contains("Session-Expires: 90;refresher=uac"),
+        "{}",
+        update[0]
+    );
+    let cdr = gw.only_cdr();
+    assert_eq!(
+        (&cdr["ended_by"], &cdr["reason"]),
+        (
+            &"gateway".into(),
+            &"session expired: no refresh from the caller".into()
+        ),
+        "{cdr}"
+    );
+}
+
 /// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to
 /// `bridge_uas_hold.xml`: the caller's answers and the callee's offers
 /// mirror each other. Returns what the caller received.

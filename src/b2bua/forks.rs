@@ -39,6 +39,10 @@ impl B2bua {
             self.info_answered(&call_id, leg.party());
             return;
         }
+        let in_dialog = leg == Leg::Caller || cseq.seq > 1;
+        if in_dialog && code >= 200 && matches!(cseq.method, Method::Invite | Method::Update) {
+            self.refresh_answered(now, &call_id, leg, msg);
+        }
         if cseq.method != Method::Invite {
             return;
         }
@@ -217,14 +221,20 @@ impl B2bua {
         match negotiated {
             Ok((n, caller)) => {
                 call.state = State::Connected;
-                call.callee =
-                    our_offer_origin(call.forks[i].leg.offered()).map(|o| CalleeSession {
-                        agreed: n.clone(),
-                        ip: o.ip,
-                        port: o.port,
-                        video_port: o.video_port,
-                        origin: o.origin,
-                    });
+                let offered = call.forks[i].leg.offered();
+                call.callee = our_offer_origin(offered).map(|o| CalleeSession {
+                    agreed: n.clone(),
+                    ip: o.ip,
+                    port: o.port,
+                    video_port: o.video_port,
+                    origin: o.origin,
+                    session: Session {
+                        // We sent the INVITE: refresher=uac is us.
+                        timer: SessionExpires::of(ok).map(|se| LegTimer::new(now, se, false)),
+                        update: refresh::allows_update(ok),
+                        sdp: String::from_utf8_lossy(offered).into_owned(),
+                    },
+                });
                 let codec = n.audio.format.codec.as_ref().map_or_else(
                     || n.audio.format.pt.to_string(),
                     |c| format!("{}/{}", c.name, c.clock_rate),

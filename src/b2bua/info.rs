@@ -148,7 +148,7 @@ impl B2bua {
             }
             (Party::Callee, _, Some(Winner::Sip(i))) => call.forks.get_mut(i).and_then(|f| {
                 let flow = f.leg.flow;
-                f.leg.request("INFO", body).map(|m| (m, flow))
+                f.leg.request("INFO", Some(body)).map(|m| (m, flow))
             }),
             _ => None,
         };

@@ -32,6 +32,7 @@ mod browser;
 mod early;
 mod forks;
 mod info;
+mod refresh;
 #[cfg(test)]
 mod tests;
 mod uas;
@@ -39,6 +40,7 @@ mod uas;
 use browser::{caller_name, stop_browsers};
 use forks::cancel_fork;
 use info::InfoLeg;
+use refresh::allows_update;
 use uas::{accept_caller, caller_response, our_offer_origin};
 
 use crate::dialplan::{DtmfMode, reason_phrase};
@@ -48,6 +50,7 @@ use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, response_to};
+use crate::sip::timer::{LegTimer, SessionExpires};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::{InviteParams, UacLeg};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
@@ -281,6 +284,8 @@ pub struct SipDial {
     pub via_host: String,
     /// Server / User-Agent.
     pub user_agent: String,
+    /// The session timer granted the caller (RFC 4028), if any.
+    pub session_timer: Option<SessionExpires>,
 }
 
 /// The UAS side of a call from a SIP endpoint.
@@ -302,8 +307,12 @@ struct SipCaller {
     answered: bool,
     /// What our answer agreed with the caller.
     agreed: Option<Negotiated>,
+    /// The session timer our 200 grants.
+    granted: Option<SessionExpires>,
     /// `o=` session id and version of our SDP toward the caller.
     origin: (u64, u64),
+    /// Its session: the timer granted, refreshes, our latest SDP.
+    session: Session,
 }
 
 /// Who placed a call.
@@ -413,6 +422,17 @@ struct CalleeSession {
     port: u16,
     video_port: Option<u16>,
     origin: (u64, u64),
+    session: Session,
+}
+
+/// A SIP side's session as RFC 4028 refreshes it: its timer, whether it
+/// takes UPDATE (else a refresh is a re-INVITE), and our latest SDP toward
+/// it (what a refresh re-INVITE carries, unchanged).
+#[derive(Debug, Default)]
+struct Session {
+    timer: Option<LegTimer>,
+    update: bool,
+    sdp: String,
 }
 
 #[derive(Debug)]
@@ -620,6 +640,12 @@ impl B2bua {
             answered: false,
             agreed: None,
             origin: (u64::from(rand::random::<u32>()), 0),
+            session: Session {
+                timer: None,
+                update: allows_update(&dial.invite),
+                sdp: String::new(),
+            },
+            granted: dial.session_timer,
         }));
         let from = caller_name(&dial.invite);
         let call = Call::new(caller, dial.offer, dial.dtmf, now + NO_ANSWER);
@@ -709,12 +735,13 @@ impl B2bua {
         // An UPDATE without a body refreshes the session (RFC 3311, RFC
         // 4028): nothing changes.
         if method == Some(Method::Update) && msg.body.is_empty() {
-            let resp = self.refreshed(&call_id, leg, msg, flow);
+            let mut resp = self.refreshed(&call_id, leg, msg, flow);
+            self.session_refreshed(now, &call_id, leg.party(), msg, &mut resp);
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }
         if matches!(method, Some(Method::Invite | Method::Update)) {
-            let resp = self.reoffer(&call_id, leg, msg).unwrap_or_else(|why| {
+            let mut resp = self.reoffer(&call_id, leg, msg).unwrap_or_else(|why| {
                 // The session goes on unchanged (RFC 3261 14.2, RFC 3311
                 // 5.2: 488 keeps it).
                 tracing::info!(call = %call_id, why, "session change refused");
@@ -722,6 +749,7 @@ impl B2bua {
                 r.push_header("Warning", format!("399 causeway \"{why}\""));
                 r
             });
+            self.session_refreshed(now, &call_id, leg.party(), msg, &mut resp);
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }
@@ -952,9 +980,11 @@ impl B2bua {
         open
     }
 
-    /// Gives up on calls nobody answered in time, and forgets ended calls
-    /// whose cancelled forks never settled (their transactions are dropped).
+    /// Gives up on calls nobody answered in time, runs session timers
+    /// ([`refresh`]), and forgets ended calls whose cancelled forks never
+    /// settled (their transactions are dropped).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.session_timers_due(now);
         for o in self.dialogs.handle_timeout(now) {
             match o {
                 DialogOutput::Retransmit(flow, data) => {
@@ -999,6 +1029,7 @@ impl B2bua {
             .filter(|c| c.state != State::Connected)
             .map(|c| c.give_up)
             .chain(self.dialogs.poll_timeout())
+            .chain(self.next_session_timer())
             .min()
     }
 

@@ -4,6 +4,7 @@
 
 mod early;
 mod info;
+mod timers;
 
 use super::*;
 use crate::sdp::Offer;
@@ -35,6 +36,7 @@ fn target(port: u16) -> InviteParams {
             77,
             1,
         ),
+        session_expires: Some(1800),
     }
 }
 
@@ -340,16 +342,18 @@ fn dial_from_sip_to(
     ports: &[u16],
     participants: &[&str],
 ) -> (TxKey, Vec<Message>, Vec<Rung>) {
-    dial_from_sip_with(b, now, ports, participants, DtmfMode::Auto)
+    dial_from_sip_with(b, now, ports, participants, DtmfMode::Auto, None)
 }
 
-/// [`dial_from_sip_to`], with digits sent to the SIP sides as `dtmf` says.
+/// [`dial_from_sip_to`], with digits sent to the SIP sides as `dtmf` says
+/// and the caller granted `session_timer`.
 fn dial_from_sip_with(
     b: &mut B2bua,
     now: Instant,
     ports: &[u16],
     participants: &[&str],
     dtmf: DtmfMode,
+    session_timer: Option<SessionExpires>,
 ) -> (TxKey, Vec<Message>, Vec<Rung>) {
     let invite = caller_invite();
     let key = TxKey::server(&invite).unwrap();
@@ -366,6 +370,7 @@ fn dial_from_sip_with(
             contact: "<sip:bob@127.0.0.1:5060>".into(),
             via_host: "127.0.0.1:5060".into(),
             user_agent: "causeway".into(),
+            session_timer,
             invite,
         },
         ports.iter().map(|p| target(*p)).collect(),

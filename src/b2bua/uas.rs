@@ -5,12 +5,14 @@
 //! Must not touch forks' transactions beyond asking their legs for a
 //! re-INVITE.
 
+use super::refresh::caller_request;
 use super::{ALLOW, B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::Dialogs;
 use crate::sip::msg::{Message, response_to};
+use crate::sip::timer::LegTimer;
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
 use std::collections::VecDeque;
@@ -62,8 +64,9 @@ impl B2bua {
                     call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
-                let ok =
-                    caller_ok(&self.dialogs, sc, Some(msg), body).ok_or("the dialog is gone")?;
+                let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
+                    .ok_or("the dialog is gone")?;
+                sc.session.sdp = body;
                 // A browser callee is not told (its media keeps flowing).
                 let forward = match (winner, call.callee.as_mut()) {
                     (Winner::Sip(w), Some(c)) => {
@@ -71,7 +74,9 @@ impl B2bua {
                         let sdp = Offer::agreed(&c.agreed, c.video_port)
                             .to_sdp_with(c.ip, c.port, c.origin, held);
                         let fork = &mut call.forks[w];
-                        fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow))
+                        let req = fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow));
+                        c.session.sdp = sdp;
+                        req
                     }
                     _ => None,
                 };
@@ -100,7 +105,8 @@ impl B2bua {
                 let mut ok = response_to(msg, 200, "OK", None, Some(fork.leg.flow.remote));
                 ok.push_header("Contact", fork.leg.contact());
                 ok.push_header("Content-Type", "application/sdp");
-                ok.body = Bytes::from(body);
+                ok.body = Bytes::from(body.clone());
+                c.session.sdp = body;
                 let forward = match caller {
                     Caller::Sip(sc) => {
                         let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
@@ -111,13 +117,14 @@ impl B2bua {
                         };
                         let sdp = Offer::agreed(&audio_only, None)
                             .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
-                        self.dialogs.request(
-                            sc.dialog,
+                        let req = caller_request(
+                            &mut self.dialogs,
+                            sc,
                             "INVITE",
-                            &sc.via_host,
-                            &sc.user_agent,
                             Some(("application/sdp", &sdp)),
-                        )
+                        );
+                        sc.session.sdp = sdp;
+                        req
                     }
                     // The browser side is not told (its media keeps flowing).
                     Caller::Browser(_) => None,
@@ -268,6 +275,7 @@ pub(super) fn caller_ok(
         ok.push_header("Record-Route", rr.to_string());
     }
     ok.push_header("Allow", ALLOW);
+    ok.push_header("Supported", crate::sip::timer::SUPPORTED);
     ok.push_header("Content-Type", "application/sdp");
     ok.body = Bytes::from(body);
     Some(ok)
@@ -318,7 +326,12 @@ pub(super) fn accept_caller(
             (body, None)
         }
     };
-    let ok = caller_ok(dialogs, sc, None, body).ok_or("the caller's dialog is gone")?;
+    let mut ok = caller_ok(dialogs, sc, None, body.clone()).ok_or("the caller's dialog is gone")?;
+    sc.session.sdp = body;
+    if let Some(se) = sc.granted {
+        crate::sip::timer::stamp_response(&mut ok, se);
+        sc.session.timer = Some(LegTimer::new(now, se, true));
+    }
     sc.answered = true;
     sc.agreed.clone_from(&agreed);
     dialogs.accepted(now, sc.dialog, ok.to_bytes());

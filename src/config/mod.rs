@@ -132,6 +132,21 @@ pub struct SipConfig {
     pub public_address: Option<IpAddr>,
     /// Server and User-Agent header value.
     pub user_agent: String,
+    /// Session timer (RFC 4028) we ask callees for and grant callers at
+    /// most, in seconds; 0 asks for none (callers that ask still get one).
+    pub session_expires: u32,
+    /// The shortest session timer we accept (`Min-SE`), at least 90.
+    pub min_se: u32,
+}
+
+impl SipConfig {
+    /// The session-timer settings.
+    pub fn session_timers(&self) -> crate::sip::timer::SessionTimers {
+        crate::sip::timer::SessionTimers {
+            expires: self.session_expires,
+            min_se: self.min_se,
+        }
+    }
 }
 
 impl Default for SipConfig {
@@ -148,6 +163,8 @@ impl Default for SipConfig {
             tls_key: None,
             public_address: None,
             user_agent: concat!("Causeway/", env!("CARGO_PKG_VERSION")).into(),
+            session_expires: 1800,
+            min_se: crate::sip::timer::MIN_SE,
         }
     }
 }
@@ -429,6 +446,16 @@ impl Config {
         }
         if self.sip.domain.trim().is_empty() {
             return Err((0, "sip.domain must not be empty".into()));
+        }
+        let (se, min_se) = (self.sip.session_expires, self.sip.min_se);
+        if min_se < crate::sip::timer::MIN_SE || (se != 0 && se < min_se) {
+            return Err((
+                0,
+                format!(
+                    "sip.min_se must be at least 90 (RFC 4028) and sip.session_expires \
+                     0 or at least min_se (got {se} and {min_se})"
+                ),
+            ));
         }
         let r = &self.registrar;
         if r.min_expires > r.max_expires {

@@ -157,6 +157,7 @@ impl Gateway {
                 via_host: self.advertised(&flow),
                 user_agent: self.user_agent.clone(),
                 sdp: offer.to_sdp(self.advertised_ip(&flow), port, session_id, 1),
+                session_expires: (self.timers.expires > 0).then_some(self.timers.expires),
                 flow,
             })
             .collect()
@@ -433,8 +434,13 @@ impl Gateway {
                 caller_leg: "sip".into(),
             },
         });
+        let session_timer = match self.timers.grant(&p.invite) {
+            crate::sip::timer::Grant::On(se) => Some(se),
+            _ => None,
+        };
         let dial = crate::b2bua::SipDial {
             id: call.to_string(),
+            session_timer,
             key: p.key,
             media: (self.advertised_ip(&p.flow), caller_port),
             via_host: self.advertised(&p.flow),

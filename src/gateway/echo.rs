@@ -2,7 +2,9 @@
 //! offer is negotiated ([`crate::sdp`]), [`GwOutput::OpenMedia`] asks the
 //! shell for ports, [`Gateway::media_ready`] sends the 200 (retransmitted
 //! by [`crate::sip::dialog`] until the ACK), and the call ends on BYE or
-//! when its media goes silent ([`Gateway::media_timeout`]). Signalling only:
+//! when its media goes silent ([`Gateway::media_timeout`]; a caller that
+//! supports session timers is granted one it refreshes, but the media
+//! timeout is what ends a vanished caller's call). Signalling only:
 //! the looping of media is the runtime's ([`crate::runtime::media`]).
 
 use super::{ALLOW, Gateway, GwOutput};
@@ -120,6 +122,18 @@ impl Gateway {
             format!("<sip:echo@{}{transport}>", self.advertised(&d.flow)),
         );
         ok.push_header("Allow", ALLOW);
+        ok.push_header("Supported", crate::sip::timer::SUPPORTED);
+        // A caller that refreshes gets its session timer; we refresh none
+        // here (the media timeout ends calls whose caller vanished).
+        if let crate::sip::timer::Grant::On(se) = self.timers.grant(&d.invite)
+            && crate::sip::timer::supports(&d.invite, "timer")
+        {
+            let se = crate::sip::timer::SessionExpires {
+                refresher: Some(crate::sip::timer::Refresher::Uac),
+                ..se
+            };
+            crate::sip::timer::stamp_response(&mut ok, se);
+        }
         ok.push_header("Content-Type", "application/sdp");
         ok.body = Bytes::from(body);
         self.counters.calls_answered.fetch_add(1, Relaxed);

@@ -43,6 +43,7 @@ use crate::registrar::{Binding, Registrar};
 use crate::sdp::Answer;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
 use crate::sip::msg::{Message, Method, NameAddr, StartLine, Uri, random_token, response_to};
+use crate::sip::timer::Grant;
 use crate::sip::transaction::{Output, TransactionLayer, TxEvent, TxKey};
 use crate::sip::{ConnId, Flow};
 use crate::trunks::{OutboundRegistration, TrunkStatus, TrunkTarget};
@@ -179,6 +180,8 @@ pub struct Gateway {
     opening: HashMap<DialogId, (TxKey, Answer)>,
     /// Bridged calls.
     b2bua: B2bua,
+    /// Session-timer settings (RFC 4028).
+    timers: crate::sip::timer::SessionTimers,
     /// SIP calls to bridge whose media ports are being bound.
     bridging: HashMap<String, bridge::PendingBridge>,
     /// Our listeners (new flows toward SIP URIs and trunks start there).
@@ -207,6 +210,7 @@ impl Gateway {
             dialogs: Dialogs::default(),
             opening: HashMap::new(),
             b2bua: B2bua::default(),
+            timers: cfg.sip.session_timers(),
             bridging: HashMap::new(),
             listeners: Vec::new(),
             trunk_peers: HashMap::new(),
@@ -498,6 +502,14 @@ impl Gateway {
             r.push_header(name, value);
             r
         };
+        let unsupported = crate::sip::timer::unsupported(&msg);
+        let too_small = match method {
+            Method::Invite if !has_to_tag(&msg) => match self.timers.grant(&msg) {
+                Grant::TooSmall(min) => Some(min),
+                _ => None,
+            },
+            _ => None,
+        };
         let mut resp = match method {
             Method::Register => {
                 let outcome = self.registrar.handle(wall, &msg, &flow);
@@ -512,14 +524,18 @@ impl Gateway {
                 }
                 outcome.response
             }
-            // We support no extension a request could require (RFC 3261 8.2.2.3).
-            Method::Options | Method::Invite | Method::Bye if msg.header("Require").is_some() => {
-                with(
-                    reply(420, "Bad Extension"),
-                    "Unsupported",
-                    msg.header("Require").unwrap_or_default(),
-                )
-            }
+            // Extensions we do not support (RFC 3261 8.2.2.3).
+            Method::Options | Method::Invite | Method::Bye if unsupported.is_some() => with(
+                reply(420, "Bad Extension"),
+                "Unsupported",
+                unsupported.as_deref().unwrap_or_default(),
+            ),
+            // A session timer shorter than we allow (RFC 4028 section 9).
+            Method::Invite if too_small.is_some() => with(
+                reply(422, "Session Interval Too Small"),
+                "Min-SE",
+                &too_small.unwrap_or_default().to_string(),
+            ),
             Method::Options => with(
                 with(reply(200, "OK"), "Allow", ALLOW),
                 "Accept",

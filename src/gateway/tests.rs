@@ -146,13 +146,18 @@ const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.
     m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
 
 fn echo_invite(g: &mut Gateway, t: Instant, branch: &str, body: &str) -> TxKey {
+    echo_invite_with(g, t, branch, body, "")
+}
+
+/// [`echo_invite`] with `extra` header lines.
+fn echo_invite_with(g: &mut Gateway, t: Instant, branch: &str, body: &str, extra: &str) -> TxKey {
     let text = request("INVITE", "INVITE")
         .replacen("sip:causeway.local", "sip:echo@127.0.0.1", 1)
         .replace("z9hG4bKINVITE", branch)
         .replace(
             "Content-Length: 0\r\n\r\n",
             &format!(
-                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                "{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             ),
         );
@@ -464,4 +469,62 @@ fn a_rule_with_auth_challenges_unregistered_callers_and_routes_authenticated_one
         &format!("Proxy-Authorization: {mallory}\r\n"),
     );
     assert_eq!(route(&mut g, out)[0].status(), Some(403));
+}
+
+#[test]
+fn session_timers_too_short_get_422_and_unknown_extensions_420() {
+    let mut g = gw();
+    let with = |extra: &str, branch: &str| {
+        request("INVITE", "INVITE")
+            .replacen("sip:causeway.local", "sip:echo@127.0.0.1", 1)
+            .replace("z9hG4bKINVITE", branch)
+            .replace("Content-Length: 0", &format!("{extra}Content-Length: 0"))
+    };
+    // Shorter than Min-SE from a UAC that can retry: 422 saying our minimum.
+    let r = answers(
+        &mut g,
+        &with("Supported: timer\r\nSession-Expires: 60\r\n", "z9hG4bKs1"),
+    );
+    assert_eq!(r[0].status(), Some(422));
+    assert_eq!(r[0].header("Min-SE"), Some("90"));
+    // Requiring an extension we lack: 420 naming it (timer is ours).
+    let r = answers(&mut g, &with("Require: timer, 100rel\r\n", "z9hG4bKs2"));
+    assert_eq!(r[0].status(), Some(420));
+    assert_eq!(r[0].header("Unsupported"), Some("100rel"));
+    // Requiring timers alone is fine: routed (100 Trying).
+    let r = answers(
+        &mut g,
+        &with("Require: timer\r\nSession-Expires: 600\r\n", "z9hG4bKs3"),
+    );
+    assert_eq!(r[0].status(), Some(100));
+}
+
+#[test]
+fn the_echo_service_grants_a_caller_that_refreshes_its_session_timer() {
+    let t0 = Instant::now();
+    let mut g = gw();
+    for (branch, extra, granted) in [
+        ("z9hG4bKst1", "", None),
+        (
+            "z9hG4bKst2",
+            "Supported: timer\r\nSession-Expires: 600\r\n",
+            Some("600;refresher=uac"),
+        ),
+    ] {
+        echo_invite_with(&mut g, t0, branch, OFFER, extra);
+        let (_, media) = outputs(&mut g);
+        let [GwOutput::OpenMedia { dialog, .. }] = media.as_slice() else {
+            panic!()
+        };
+        g.media_ready(t0, 1000, *dialog, Ok(vec![20000]));
+        let (msgs, _) = outputs(&mut g);
+        assert_eq!(msgs[0].status(), Some(200));
+        assert_eq!(msgs[0].header("Supported"), Some("timer"));
+        assert_eq!(msgs[0].header("Session-Expires"), granted, "{extra}");
+        assert_eq!(
+            msgs[0].header("Require"),
+            granted.map(|_| "timer"),
+            "{extra}"
+        );
+    }
 }

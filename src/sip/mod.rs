@@ -23,6 +23,7 @@ pub mod dialog;
 pub mod digest;
 pub mod framing;
 pub mod msg;
+pub mod timer;
 pub mod transaction;
 pub mod transport;
 pub mod uac;

@@ -31,6 +31,8 @@ pub struct InviteParams {
     pub user_agent: String,
     /// The SDP offer.
     pub sdp: String,
+    /// The session timer to ask for (RFC 4028 `Session-Expires`), if any.
+    pub session_expires: Option<u32>,
 }
 
 /// One outgoing call leg and, once answered, its dialog.
@@ -91,11 +93,15 @@ impl UacLeg {
         };
         let to = format!("<{}>", p.to);
         let transport = p.flow.transport.via_name();
+        let timer = p
+            .session_expires
+            .map(|s| format!("Session-Expires: {s}\r\n"))
+            .unwrap_or_default();
         let text = format!(
             "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: {}\r\n\
-             Allow: {allow}\r\nUser-Agent: {}\r\n\
+             Allow: {allow}\r\nSupported: {supported}\r\n{timer}User-Agent: {}\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
             p.request_uri,
             p.via_host,
@@ -105,6 +111,7 @@ impl UacLeg {
             p.sdp.len(),
             p.sdp,
             allow = super::ALLOW_IN_DIALOG,
+            supported = super::timer::SUPPORTED,
         );
         let invite = Message::parse(text.as_bytes()).ok()?;
         Some((
@@ -229,17 +236,17 @@ impl UacLeg {
         self.in_dialog("BYE", self.cseq, &tag, None)
     }
 
-    /// A re-INVITE carrying a new SDP offer (hold, resume).
+    /// A re-INVITE carrying an SDP offer (hold, resume, a session refresh).
     pub fn reinvite(&mut self, sdp: &str) -> Option<Message> {
-        self.request("INVITE", ("application/sdp", sdp))
+        self.request("INVITE", Some(("application/sdp", sdp)))
     }
 
-    /// A request with a body (`content_type`, text) in the dialog, with
-    /// the next CSeq: a re-INVITE, an INFO.
-    pub fn request(&mut self, method: &str, body: (&str, &str)) -> Option<Message> {
+    /// A request in the dialog with the next CSeq and, if any, a body
+    /// (`content_type`, text): a re-INVITE, an INFO, an UPDATE.
+    pub fn request(&mut self, method: &str, body: Option<(&str, &str)>) -> Option<Message> {
         let tag = self.remote_tag.clone()?;
         self.cseq += 1;
-        self.in_dialog(method, self.cseq, &tag, Some(body))
+        self.in_dialog(method, self.cseq, &tag, body)
     }
 
     /// BYE for a 2xx that lost the race to another fork (same leg, other tag).
@@ -287,6 +294,7 @@ mod tests {
             via_host: "127.0.0.1:5060".into(),
             user_agent: "causeway".into(),
             sdp: "v=0\r\n".into(),
+            session_expires: Some(1800),
         })
         .unwrap()
     }
@@ -303,6 +311,8 @@ mod tests {
         let (mut leg, inv) = leg();
         assert_eq!(inv.method(), Some(crate::sip::msg::Method::Invite));
         assert_eq!(inv.body.as_ref(), b"v=0\r\n");
+        assert_eq!(inv.header("Session-Expires"), Some("1800"));
+        assert_eq!(inv.header("Supported"), Some("timer"));
         assert!(
             inv.header("From")
                 .unwrap()

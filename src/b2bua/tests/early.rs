@@ -99,6 +99,7 @@ fn dial_late_offer(b: &mut B2bua, now: Instant) -> Message {
             contact: "<sip:bob@127.0.0.1:5060>".into(),
             via_host: "127.0.0.1:5060".into(),
             user_agent: "causeway".into(),
+            session_timer: None,
             invite,
         },
         vec![target(5070)],

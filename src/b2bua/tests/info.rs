@@ -168,7 +168,7 @@ fn auto_sends_info_only_toward_a_side_without_telephone_events() {
 fn info_mode_answers_the_sip_caller_without_events_and_sends_it_info() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let (_, inv, _) = dial_from_sip_with(&mut b, t0, &[5070], &[], DtmfMode::Info);
+    let (_, inv, _) = dial_from_sip_with(&mut b, t0, &[5070], &[], DtmfMode::Info, None);
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU_EVENTS)));
     let out = drain(&mut b);
     let ok = response(&out).clone();

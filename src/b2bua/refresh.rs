@@ -1,0 +1,240 @@
+//! Session timers (RFC 4028) on the SIP sides of connected calls. Each
+//! SIP side keeps its own timer, as its INVITE transaction set it: a
+//! refresh from that side (a re-INVITE or an UPDATE) restarts it, and our
+//! 2xx says what was granted. Where we refresh, an UPDATE goes out at half
+//! the interval (a re-INVITE with our SDP unchanged to a side that does not
+//! take UPDATE). A side that stops refreshing, or leaves our refresh
+//! unanswered, ends the call: BYE to both sides before the session would
+//! expire anyway.
+//!
+//! The header rules are [`crate::sip::timer`]'s. Must not touch media or
+//! forks still ringing.
+
+use super::*;
+use crate::sip::timer::{self, Due, Grant, SessionTimers};
+
+/// Whether a message's Allow lists UPDATE (it takes our refreshes).
+pub(super) fn allows_update(msg: &Message) -> bool {
+    msg.header_list("Allow")
+        .any(|m| m.eq_ignore_ascii_case("UPDATE"))
+}
+
+impl Call {
+    /// A connected SIP side's session.
+    fn session_mut(&mut self, party: Party) -> Option<&mut Session> {
+        match party {
+            Party::Caller => match &mut self.caller {
+                Caller::Sip(sc) => Some(&mut sc.session),
+                Caller::Browser(_) => None,
+            },
+            Party::Callee => self.callee.as_mut().map(|c| &mut c.session),
+        }
+    }
+}
+
+/// A request of ours in a SIP caller's dialog; an INVITE carries our
+/// Contact (RFC 3261 14.1).
+pub(super) fn caller_request(
+    dialogs: &mut Dialogs,
+    sc: &SipCaller,
+    method: &str,
+    body: Option<(&str, &str)>,
+) -> Option<(Message, Flow)> {
+    let (mut req, flow) = dialogs.request(sc.dialog, method, &sc.via_host, &sc.user_agent, body)?;
+    if method == "INVITE" {
+        req.push_header("Contact", sc.contact.clone());
+    }
+    Some((req, flow))
+}
+
+impl B2bua {
+    /// `party` sent a session-refresh request (a re-INVITE, an UPDATE) and
+    /// we answer it `resp`: a 2xx restarts that side's timer, at the
+    /// interval the request asks for if it asks for one, and tells it what
+    /// holds. Refreshes need no answer from the other side.
+    pub(super) fn session_refreshed(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        party: Party,
+        req: &Message,
+        resp: &mut Message,
+    ) {
+        if !resp.status().is_some_and(|c| (200..300).contains(&c)) {
+            return;
+        }
+        let Some(s) = self
+            .calls
+            .get_mut(call_id)
+            .and_then(|c| c.session_mut(party))
+        else {
+            return;
+        };
+        // The interval the dialog already runs at is not ours to shorten.
+        let rules = SessionTimers {
+            expires: 0,
+            min_se: timer::MIN_SE,
+        };
+        match (timer::SessionExpires::of(req), rules.grant(req)) {
+            (Some(_), Grant::On(se)) => s.timer = Some(LegTimer::new(now, se, true)),
+            _ => {
+                if let Some(t) = &mut s.timer {
+                    t.refreshed(now);
+                }
+            }
+        }
+        if let Some(t) = &s.timer {
+            resp.push_header("Supported", timer::SUPPORTED);
+            timer::stamp_response(resp, t.as_uas());
+        }
+    }
+
+    /// A final response to a re-INVITE or UPDATE we sent `leg`'s side of a
+    /// connected call (a refresh, or a hold passed on): a 2xx refreshes
+    /// its session; 408 or 481 say the dialog is gone, which ends the call
+    /// (RFC 4028 section 10); a side that turns out not to take UPDATE is
+    /// refreshed by re-INVITE at once.
+    pub(super) fn refresh_answered(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        leg: Leg,
+        resp: &Message,
+    ) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.state != State::Connected
+            || matches!(leg, Leg::Fork(i) if call.winner != Some(Winner::Sip(i)))
+        {
+            return;
+        }
+        let party = leg.party();
+        let Some(s) = call.session_mut(party) else {
+            return;
+        };
+        let update = resp.cseq().is_some_and(|c| c.method == Method::Update);
+        match resp.status().unwrap_or_default() {
+            200..=299 => match timer::SessionExpires::of(resp) {
+                // The UAS of our request may set another interval.
+                Some(se) => s.timer = Some(LegTimer::new(now, se, false)),
+                None => {
+                    if let Some(t) = &mut s.timer {
+                        t.refreshed(now);
+                    }
+                }
+            },
+            code @ (408 | 481) => {
+                tracing::info!(call = %call_id, code, side = ?party, "session refresh failed");
+                self.hang_up_sip(call_id);
+                let reason = format!("session refresh failed ({code})");
+                self.end(now, call_id, Side::Gateway, None, &reason);
+            }
+            405 | 501 if update => {
+                s.update = false;
+                if let Some(t) = &mut s.timer {
+                    t.retry(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the session timers that fell due: sends our refreshes and ends
+    /// calls whose sessions expired.
+    pub(super) fn session_timers_due(&mut self, now: Instant) {
+        let due: Vec<(String, Party)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == State::Connected)
+            .flat_map(|(id, c)| {
+                [Party::Caller, Party::Callee]
+                    .into_iter()
+                    .filter(|p| c.session_due(*p).is_some_and(|d| d <= now))
+                    .map(|p| (id.clone(), p))
+            })
+            .collect();
+        for (id, party) in due {
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            let Some(t) = call.session_mut(party).and_then(|s| s.timer.as_mut()) else {
+                continue;
+            };
+            match t.on_due(now) {
+                Due::Refresh => self.send_refresh(&id, party),
+                Due::Expired => {
+                    let who = match party {
+                        Party::Caller => "the caller",
+                        Party::Callee => "the callee",
+                    };
+                    tracing::info!(call = %id, side = who, "session expired");
+                    self.hang_up_sip(&id);
+                    let reason = format!("session expired: no refresh from {who}");
+                    self.end(now, &id, Side::Gateway, None, &reason);
+                }
+            }
+        }
+    }
+
+    /// Our refresh of `party`'s session: an UPDATE, or a re-INVITE with
+    /// our SDP unchanged to a side that does not take UPDATE.
+    fn send_refresh(&mut self, call_id: &str, party: Party) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let winner = call.winner;
+        let Some(s) = call.session_mut(party) else {
+            return;
+        };
+        let Some(se) = s.timer.map(|t| t.as_uac()) else {
+            return;
+        };
+        let (method, body) = if s.update {
+            ("UPDATE", None)
+        } else {
+            ("INVITE", Some(s.sdp.clone()))
+        };
+        let body = body.as_deref().map(|b| ("application/sdp", b));
+        let req = match (party, &call.caller, winner) {
+            (Party::Caller, Caller::Sip(sc), _) => {
+                caller_request(&mut self.dialogs, sc, method, body)
+            }
+            (Party::Callee, _, Some(Winner::Sip(w))) => call
+                .forks
+                .get_mut(w)
+                .and_then(|f| Some((f.leg.request(method, body)?, f.leg.flow))),
+            _ => None,
+        };
+        if let Some((mut req, flow)) = req {
+            req.push_header("Supported", timer::SUPPORTED);
+            req.push_header("Session-Expires", se.value());
+            tracing::debug!(call = %call_id, side = ?party, method, "refreshing the session");
+            self.out.push_back(CallOutput::Request(req, flow));
+        }
+    }
+
+    /// When the next session timer of a connected call falls due.
+    pub(super) fn next_session_timer(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .filter(|c| c.state == State::Connected)
+            .flat_map(|c| [c.session_due(Party::Caller), c.session_due(Party::Callee)])
+            .flatten()
+            .min()
+    }
+}
+
+impl Call {
+    /// When `party`'s session timer falls due, if it has one.
+    fn session_due(&self, party: Party) -> Option<Instant> {
+        let s = match party {
+            Party::Caller => match &self.caller {
+                Caller::Sip(sc) => &sc.session,
+                Caller::Browser(_) => return None,
+            },
+            Party::Callee => &self.callee.as_ref()?.session,
+        };
+        s.timer.map(|t| t.due)
+    }
+}

@@ -1,0 +1,214 @@
+//! Session timers (RFC 4028) on simulated time: what our 200 grants, our
+//! refreshes (UPDATE, else a re-INVITE with our SDP unchanged), refreshes
+//! from either side, and the call ended when a side stops refreshing or
+//! its dialog is gone.
+
+use super::*;
+use crate::sip::timer::Refresher;
+use std::time::Duration;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn requests(out: &[CallOutput]) -> Vec<(&Message, Flow)> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Request(m, f) => Some((m, *f)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Dials from a SIP caller granted `granted`; the callee answers PCMU
+/// with `callee_headers`. Returns our 200 to the caller, our tag in it,
+/// and the INVITE the callee got.
+fn connected(
+    b: &mut B2bua,
+    t0: Instant,
+    granted: SessionExpires,
+    callee_headers: &[(&str, &str)],
+) -> (Message, String, Message) {
+    let (_, inv, _) = dial_from_sip_with(b, t0, &[5070], &[], DtmfMode::Auto, Some(granted));
+    // We ask the callee for our interval.
+    assert_eq!(inv[0].header("Session-Expires"), Some("1800"));
+    assert_eq!(inv[0].header("Supported"), Some("timer"));
+    let mut ok = reply(&inv[0], 200, "a", Some(ANSWER_PCMU));
+    for (k, v) in callee_headers {
+        ok.push_header(k, *v);
+    }
+    b.on_response(t0, &ok);
+    let out = drain(b);
+    let ours = out
+        .iter()
+        .find_map(|o| match o {
+            CallOutput::Respond(_, m) if m.status() == Some(200) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("our 200 to the caller");
+    let tag = crate::sip::dialog::tag_of(&ours, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &tag, 1)));
+    (ours, tag, inv[0].clone())
+}
+
+#[test]
+fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let caller_refreshes = SessionExpires {
+        interval: 90,
+        refresher: Some(Refresher::Uac),
+    };
+    let (ok, tag, inv) = connected(
+        &mut b,
+        t0,
+        caller_refreshes,
+        &[
+            ("Session-Expires", "90;refresher=uac"),
+            ("Allow", "INVITE, ACK, BYE, UPDATE"),
+        ],
+    );
+    // The caller is told it refreshes, and must.
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(ok.header("Require"), Some("timer"));
+    assert_eq!(ok.header("Supported"), Some("timer"));
+    assert_eq!(b.poll_timeout(), Some(t0 + secs(45)));
+
+    // The caller refreshes at 30 s: 200 saying the same.
+    let refresh = from_caller("UPDATE", &tag, 2);
+    let mut r = refresh.clone();
+    r.push_header("Session-Expires", "90;refresher=uac");
+    r.push_header("Supported", "timer");
+    assert!(b.on_request(t0 + secs(30), &TxKey::server(&r).unwrap(), &r, flow(5080)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, resp)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(resp.header("Session-Expires"), Some("90;refresher=uac"));
+
+    // At half the callee's interval we refresh it by UPDATE.
+    b.handle_timeout(t0 + secs(45));
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(update, f)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(update.method(), Some(Method::Update));
+    assert_eq!(update.call_id(), inv.call_id());
+    assert_eq!(f.remote.port(), 5070);
+    assert_eq!(update.header("Session-Expires"), Some("90;refresher=uac"));
+    assert!(update.body.is_empty());
+
+    // It does not take UPDATE after all: a re-INVITE with our offer, at once.
+    b.on_response(
+        t0 + secs(46),
+        &response_to(update, 501, "Not Implemented", Some("a"), None),
+    );
+    b.handle_timeout(t0 + secs(46));
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(reinvite, _)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(reinvite.method(), Some(Method::Invite));
+    assert_eq!(body(reinvite), body(&inv), "the SDP is unchanged");
+    b.on_response(t0 + secs(46), &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+
+    // The caller's next refresh was due by 30 + 60 s; it never comes:
+    // BYE to both sides before its session would expire.
+    b.handle_timeout(t0 + secs(89));
+    assert!(drain(&mut b).is_empty());
+    b.handle_timeout(t0 + secs(90));
+    let out = drain(&mut b);
+    let byes: Vec<u16> = requests(&out)
+        .iter()
+        .filter(|(m, _)| m.method() == Some(Method::Bye))
+        .map(|(_, f)| f.remote.port())
+        .collect();
+    assert_eq!(byes, [5070, 5080]);
+    assert!(methods(&out).contains(&"ended:gateway:0".to_string()));
+    let ended = out.iter().find_map(|o| match o {
+        CallOutput::Notice(Notice::Event(_, CallEvent::Ended { reason, .. })) => Some(reason),
+        _ => None,
+    });
+    assert_eq!(
+        ended.map(String::as_str),
+        Some("session expired: no refresh from the caller")
+    );
+}
+
+#[test]
+fn a_caller_that_cannot_refresh_is_refreshed_by_re_invite_and_a_481_ends_the_call() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let we_refresh = SessionExpires {
+        interval: 90,
+        refresher: Some(Refresher::Uas),
+    };
+    // The callee runs no timer (its 200 has no Session-Expires).
+    let (ok, _, _) = connected(&mut b, t0, we_refresh, &[]);
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    assert_eq!(ok.header("Require"), None, "the caller need not refresh");
+
+    // The caller's INVITE had no Allow: UPDATE, so the refresh re-INVITEs
+    // with the SDP of our 200, our Contact, and our timer.
+    b.handle_timeout(t0 + secs(45));
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(reinvite, f)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(reinvite.method(), Some(Method::Invite));
+    assert_eq!(reinvite.call_id(), "caller-call");
+    assert_eq!(f.remote.port(), 5080);
+    assert_eq!(body(reinvite), body(&ok));
+    assert_eq!(reinvite.header("Contact"), Some("<sip:bob@127.0.0.1:5060>"));
+    assert_eq!(reinvite.header("Session-Expires"), Some("90;refresher=uac"));
+
+    // Its 200 refreshes the session: next refresh 45 s on.
+    let mut theirs = response_to(reinvite, 200, "OK", None, None);
+    theirs.push_header("Content-Type", "application/sdp");
+    theirs.body = Bytes::from(CALLER_OFFER);
+    b.on_response(t0 + secs(46), &theirs);
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+    assert_eq!(b.poll_timeout(), Some(t0 + secs(91)));
+
+    // The next one finds the dialog gone: the call ends, the callee gets BYE.
+    b.handle_timeout(t0 + secs(91));
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(again, _)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    b.on_response(
+        t0 + secs(91),
+        &response_to(again, 481, "Call/Transaction Does Not Exist", None, None),
+    );
+    let out = drain(&mut b);
+    assert_eq!(requests(&out)[0].1.remote.port(), 5070);
+    assert_eq!(requests(&out)[0].0.method(), Some(Method::Bye));
+    assert!(methods(&out).contains(&"ended:gateway:0".to_string()));
+}
+
+#[test]
+fn an_unanswered_refresh_ends_the_call_when_the_session_would_expire() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let granted = SessionExpires {
+        interval: 90,
+        refresher: Some(Refresher::Uas),
+    };
+    connected(&mut b, t0, granted, &[]);
+    b.handle_timeout(t0 + secs(45));
+    assert_eq!(requests(&drain(&mut b)).len(), 1);
+    // No answer (a caller gone silent): nothing until 60 s, then BYE.
+    assert_eq!(b.poll_timeout(), Some(t0 + secs(60)));
+    b.handle_timeout(t0 + secs(60));
+    let out = drain(&mut b);
+    assert!(
+        methods(&out).contains(&"ended:gateway:0".to_string()),
+        "{out:?}"
+    );
+}
