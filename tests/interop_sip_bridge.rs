@@ -454,6 +454,19 @@ fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites
 }
 
 #[test]
+fn a_callee_requiring_100rel_gets_its_reliable_183_acknowledged_and_answers() {
+    let (caller, callee, _) = call_outcome("bridge_uac.xml", Some("bridge_uas_100rel.xml"));
+    // The UAS checked our INVITE supports 100rel and answered only after
+    // our PRACK (RAck 1 1 INVITE); it got exactly one.
+    let pracks = callee
+        .split("-----------------------------------------------")
+        .filter(|m| m.contains("message received") && m.contains("PRACK sip:"))
+        .count();
+    assert_eq!(pracks, 1, "{callee}");
+    assert!(caller.contains("SIP/2.0 200 OK"), "{caller}");
+}
+
+#[test]
 fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing_is_hung_up() {
     require("sipp");
     let uas_port = free_port();
@@ -509,7 +522,7 @@ fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing
     // The callee was asked for ours, and refreshed by UPDATE as it asked.
     let invite = &received(&callee_trace, "INVITE sip:")[0];
     assert!(
-        invite.contains("Session-Expires: 1800") && invite.contains("Supported: timer"),
+        invite.contains("Session-Expires: 1800") && invite.contains("Supported: 100rel, timer"),
         "{invite}"
     );
     let update = received(&callee_trace, "UPDATE sip:");

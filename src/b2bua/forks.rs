@@ -1,7 +1,7 @@
 //! The callee side as a UAC: what our forks' responses mean for a call.
-//! A 1xx rings (and may bring early media), a 2xx wins the call (the
-//! others are cancelled, a late one is ACKed and sent a BYE) and answers
-//! the caller, failures of every callee end the call with the most telling
+//! A 1xx rings (and may bring early media; a reliable one gets its PRACK,
+//! RFC 3262), a 2xx wins the call (the others are cancelled, a late one is
+//! ACKed and sent a BYE) and answers the caller, failures of every callee end the call with the most telling
 //! status, and a fork that never answers is unreachable (408).
 //!
 //! Owns fork states and the answer's consequences; INVITEs, CANCELs and
@@ -76,6 +76,11 @@ impl B2bua {
             return;
         };
         fork.leg.on_response(msg);
+        // A reliable 18x is acknowledged whatever becomes of the fork.
+        if let Some(prack) = fork.leg.prack(msg) {
+            self.out
+                .push_back(CallOutput::Request(prack, fork.leg.flow));
+        }
         match fork.state {
             ForkState::Calling => fork.state = ForkState::Proceeding,
             ForkState::CancelPending => {

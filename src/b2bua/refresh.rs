@@ -84,7 +84,7 @@ impl B2bua {
             }
         }
         if let Some(t) = &s.timer {
-            resp.push_header("Supported", timer::SUPPORTED);
+            resp.push_header("Supported", crate::sip::SUPPORTED);
             timer::stamp_response(resp, t.as_uas());
         }
     }
@@ -207,7 +207,7 @@ impl B2bua {
             _ => None,
         };
         if let Some((mut req, flow)) = req {
-            req.push_header("Supported", timer::SUPPORTED);
+            req.push_header("Supported", crate::sip::SUPPORTED);
             req.push_header("Session-Expires", se.value());
             tracing::debug!(call = %call_id, side = ?party, method, "refreshing the session");
             self.out.push_back(CallOutput::Request(req, flow));

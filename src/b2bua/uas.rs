@@ -275,7 +275,7 @@ pub(super) fn caller_ok(
         ok.push_header("Record-Route", rr.to_string());
     }
     ok.push_header("Allow", ALLOW);
-    ok.push_header("Supported", crate::sip::timer::SUPPORTED);
+    ok.push_header("Supported", crate::sip::SUPPORTED);
     ok.push_header("Content-Type", "application/sdp");
     ok.body = Bytes::from(body);
     Some(ok)

@@ -122,11 +122,11 @@ impl Gateway {
             format!("<sip:echo@{}{transport}>", self.advertised(&d.flow)),
         );
         ok.push_header("Allow", ALLOW);
-        ok.push_header("Supported", crate::sip::timer::SUPPORTED);
+        ok.push_header("Supported", crate::sip::SUPPORTED);
         // A caller that refreshes gets its session timer; we refresh none
         // here (the media timeout ends calls whose caller vanished).
         if let crate::sip::timer::Grant::On(se) = self.timers.grant(&d.invite)
-            && crate::sip::timer::supports(&d.invite, "timer")
+            && crate::sip::supports(&d.invite, "timer")
         {
             let se = crate::sip::timer::SessionExpires {
                 refresher: Some(crate::sip::timer::Refresher::Uac),

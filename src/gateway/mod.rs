@@ -502,7 +502,7 @@ impl Gateway {
             r.push_header(name, value);
             r
         };
-        let unsupported = crate::sip::timer::unsupported(&msg);
+        let unsupported = crate::sip::unsupported(&msg);
         let too_small = match method {
             Method::Invite if !has_to_tag(&msg) => match self.timers.grant(&msg) {
                 Grant::TooSmall(min) => Some(min),

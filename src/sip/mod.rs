@@ -19,6 +19,31 @@ macro_rules! allow_in_dialog {
 /// The methods a dialog of ours takes, as a constant.
 pub const ALLOW_IN_DIALOG: &str = allow_in_dialog!();
 
+/// The option tags we support as a UAS (the `Supported` of our 2xx and
+/// in-dialog requests; a request that `Require`s anything else gets 420).
+pub const SUPPORTED: &str = "timer";
+
+/// The option tags of our INVITEs: as a UAC we also acknowledge reliable
+/// provisional responses (RFC 3262).
+pub const SUPPORTED_AS_UAC: &str = "100rel, timer";
+
+/// Whether a message names `tag` in its `Supported` or `Require`.
+pub fn supports(msg: &msg::Message, tag: &str) -> bool {
+    msg.header_list("Supported")
+        .chain(msg.header_list("Require"))
+        .any(|t| t.eq_ignore_ascii_case(tag))
+}
+
+/// The option tags of a request's `Require` we do not support as a UAS
+/// (for 420's `Unsupported`), comma-separated; `None` when there are none.
+pub fn unsupported(msg: &msg::Message) -> Option<String> {
+    let missing: Vec<&str> = msg
+        .header_list("Require")
+        .filter(|t| !msg::split_list(SUPPORTED).any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 pub mod dialog;
 pub mod digest;
 pub mod framing;

@@ -8,16 +8,12 @@
 //! parameter. It must not touch dialogs, transactions or clocks.
 
 use super::msg::{Message, parse_params};
+#[cfg(test)]
+use super::{supports, unsupported};
 use std::time::{Duration, Instant};
 
 /// The smallest interval RFC 4028 allows anyone to ask for (section 4).
 pub const MIN_SE: u32 = 90;
-
-/// The option tags this gateway supports (the `Supported` of our INVITEs
-/// and 2xx; a `Require` naming anything else gets 420).
-pub const SUPPORTED: &str = "timer";
-
-const OPTION_TAGS: [&str; 1] = [SUPPORTED];
 
 /// The gateway's session-timer settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,23 +91,6 @@ pub fn min_se(msg: &Message) -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether a message names `tag` in its `Supported` or `Require`.
-pub fn supports(msg: &Message, tag: &str) -> bool {
-    msg.header_list("Supported")
-        .chain(msg.header_list("Require"))
-        .any(|t| t.eq_ignore_ascii_case(tag))
-}
-
-/// The option tags of a request's `Require` we do not support (for 420's
-/// `Unsupported`), comma-separated; `None` when there are none.
-pub fn unsupported(msg: &Message) -> Option<String> {
-    let missing: Vec<&str> = msg
-        .header_list("Require")
-        .filter(|t| !OPTION_TAGS.iter().any(|s| s.eq_ignore_ascii_case(t)))
-        .collect();
-    (!missing.is_empty()).then(|| missing.join(", "))
-}
-
 /// What a UAS makes of a session-refresh request (an INVITE, a
 /// re-INVITE, an UPDATE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +113,7 @@ impl SessionTimers {
     /// UAC that does not gets none. Where the request leaves the refresher
     /// open, the UAC refreshes if it can, else the UAS.
     pub fn grant(&self, req: &Message) -> Grant {
-        let timer = supports(req, "timer");
+        let timer = super::supports(req, "timer");
         let floor = self.min_se.max(min_se(req));
         let asked = match SessionExpires::of(req) {
             Some(se) if se.interval < self.min_se && timer => return Grant::TooSmall(floor),

@@ -57,6 +57,8 @@ pub struct UacLeg {
     /// Record-Route of the 2xx, reversed (RFC 3261 12.1.2).
     route_set: Vec<String>,
     cseq: u32,
+    /// The highest RSeq acknowledged per early dialog (To tag), RFC 3262.
+    acked_rseq: Vec<(String, u32)>,
 }
 
 /// A display name as a quoted-string body (RFC 3261 25.1): quotes and
@@ -111,7 +113,7 @@ impl UacLeg {
             p.sdp.len(),
             p.sdp,
             allow = super::ALLOW_IN_DIALOG,
-            supported = super::timer::SUPPORTED,
+            supported = super::SUPPORTED_AS_UAC,
         );
         let invite = Message::parse(text.as_bytes()).ok()?;
         Some((
@@ -129,6 +131,7 @@ impl UacLeg {
                 remote_target: None,
                 route_set: Vec::new(),
                 cseq: 1,
+                acked_rseq: Vec::new(),
             },
             invite,
         ))
@@ -191,6 +194,19 @@ impl UacLeg {
         body: Option<(&str, &str)>,
     ) -> Option<Message> {
         let target = self.remote_target.as_ref().unwrap_or(&self.request_uri);
+        self.request_to(method, cseq, remote_tag, (target, &self.route_set), body)
+    }
+
+    /// A request of ours to `target` along `routes`, in the dialog with
+    /// `remote_tag` (confirmed or early).
+    fn request_to(
+        &self,
+        method: &str,
+        cseq: u32,
+        remote_tag: &str,
+        (target, routes): (&str, &[String]),
+        body: Option<(&str, &str)>,
+    ) -> Option<Message> {
         let mut text = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: {};tag={}\r\nTo: {};tag={remote_tag}\r\nCall-ID: {}\r\n\
@@ -204,7 +220,7 @@ impl UacLeg {
             self.call_id,
             self.user_agent,
         );
-        for r in &self.route_set {
+        for r in routes {
             text.push_str(&format!("Route: {r}\r\n"));
         }
         if method == "INVITE" {
@@ -227,6 +243,42 @@ impl UacLeg {
         // The CSeq of the INVITE it answers (the first, or a re-INVITE).
         let cseq = ok.cseq().map_or(1, |c| c.seq);
         Some(self.in_dialog("ACK", cseq, &tag, None)?.to_bytes())
+    }
+
+    /// The PRACK a reliable provisional response asks for (RFC 3262: it
+    /// requires `100rel` and carries an RSeq), in its early dialog (the
+    /// response's tag, Contact and Record-Route); `None` for unreliable
+    /// ones and for retransmissions (the PRACK's own transaction
+    /// retransmits it).
+    pub fn prack(&mut self, resp: &Message) -> Option<Message> {
+        if !resp
+            .header_list("Require")
+            .any(|t| t.eq_ignore_ascii_case("100rel"))
+        {
+            return None;
+        }
+        let rseq: u32 = resp.header("RSeq")?.trim().parse().ok()?;
+        let tag = tag_of(resp, "To")?;
+        let invite_cseq = resp.cseq()?.seq;
+        match self.acked_rseq.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, last)) if rseq <= *last => return None,
+            Some((_, last)) => *last = rseq,
+            None => self.acked_rseq.push((tag.clone(), rseq)),
+        }
+        let target = resp
+            .header("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map_or_else(|| self.request_uri.clone(), |n| n.uri.to_string());
+        let mut routes: Vec<String> = resp
+            .headers_named("Record-Route")
+            .flat_map(super::msg::split_list)
+            .map(str::to_string)
+            .collect();
+        routes.reverse();
+        self.cseq += 1;
+        let mut prack = self.request_to("PRACK", self.cseq, &tag, (&target, &routes), None)?;
+        prack.push_header("RAck", format!("{rseq} {invite_cseq} INVITE"));
+        Some(prack)
     }
 
     /// BYE ending the dialog.
@@ -312,7 +364,7 @@ mod tests {
         assert_eq!(inv.method(), Some(crate::sip::msg::Method::Invite));
         assert_eq!(inv.body.as_ref(), b"v=0\r\n");
         assert_eq!(inv.header("Session-Expires"), Some("1800"));
-        assert_eq!(inv.header("Supported"), Some("timer"));
+        assert_eq!(inv.header("Supported"), Some("100rel, timer"));
         assert!(
             inv.header("From")
                 .unwrap()
@@ -341,6 +393,7 @@ mod tests {
         assert!(bye.header("To").unwrap().ends_with(";tag=t1"));
 
         // Another fork answering later is not our dialog.
+        assert!(leg.acked_rseq.is_empty());
         assert!(!leg.on_response(&answered(&inv, 200, "t2")));
         assert!(
             leg.bye_stray(&answered(&inv, 200, "t2"))
@@ -360,5 +413,39 @@ mod tests {
         assert!(leg.matches(&Message::parse(theirs.as_bytes()).unwrap()));
         let other = theirs.replace("tag=t1", "tag=t9");
         assert!(!leg.matches(&Message::parse(other.as_bytes()).unwrap()));
+    }
+
+    #[test]
+    fn a_reliable_provisional_gets_one_prack_in_its_early_dialog() {
+        let (mut leg, inv) = leg();
+        // Unreliable: nothing to acknowledge.
+        let ringing = answered(&inv, 180, "t1");
+        assert!(leg.prack(&ringing).is_none());
+        let mut reliable = answered(&inv, 183, "t1");
+        reliable.push_header("Require", "100rel");
+        reliable.push_header("RSeq", "4711");
+        let prack = leg.prack(&reliable).unwrap();
+        assert_eq!(prack.method(), Some(crate::sip::msg::Method::Prack));
+        assert_eq!(prack.header("RAck"), Some("4711 1 INVITE"));
+        assert_eq!(prack.cseq().unwrap().seq, 2);
+        assert!(prack.header("To").unwrap().ends_with(";tag=t1"));
+        let StartLine::Request { uri, .. } = &prack.start else {
+            panic!()
+        };
+        assert_eq!(uri, "sip:alice@127.0.0.1:5070;transport=udp");
+        let routes: Vec<_> = prack.headers_named("Route").collect();
+        assert_eq!(routes, ["<sip:p2;lr>", "<sip:p1;lr>"]);
+        // Its retransmission is not acknowledged again; the next one is.
+        assert!(leg.prack(&reliable).is_none());
+        let mut next = reliable.clone();
+        next.headers.retain(|h| !h.is("RSeq"));
+        next.push_header("RSeq", "4712");
+        assert_eq!(
+            leg.prack(&next).unwrap().header("RAck"),
+            Some("4712 1 INVITE")
+        );
+        // Our BYE after the answer follows the PRACKs' CSeqs.
+        assert!(leg.on_response(&answered(&inv, 200, "t1")));
+        assert_eq!(leg.bye().unwrap().cseq().unwrap().seq, 4);
     }
 }

@@ -32,7 +32,7 @@ fn connected(
     let (_, inv, _) = dial_from_sip_with(b, t0, &[5070], &[], DtmfMode::Auto, Some(granted));
     // We ask the callee for our interval.
     assert_eq!(inv[0].header("Session-Expires"), Some("1800"));
-    assert_eq!(inv[0].header("Supported"), Some("timer"));
+    assert_eq!(inv[0].header("Supported"), Some("100rel, timer"));
     let mut ok = reply(&inv[0], 200, "a", Some(ANSWER_PCMU));
     for (k, v) in callee_headers {
         ok.push_header(k, *v);
