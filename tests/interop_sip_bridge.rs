@@ -454,16 +454,28 @@ fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites
 }
 
 #[test]
-fn a_callee_requiring_100rel_gets_its_reliable_183_acknowledged_and_answers() {
-    let (caller, callee, _) = call_outcome("bridge_uac.xml", Some("bridge_uas_100rel.xml"));
-    // The UAS checked our INVITE supports 100rel and answered only after
-    // our PRACK (RAck 1 1 INVITE); it got exactly one.
-    let pracks = callee
-        .split("-----------------------------------------------")
-        .filter(|m| m.contains("message received") && m.contains("PRACK sip:"))
-        .count();
-    assert_eq!(pracks, 1, "{callee}");
-    assert!(caller.contains("SIP/2.0 200 OK"), "{caller}");
+fn reliable_provisionals_are_acknowledged_both_ways_where_required() {
+    // The caller requires 100rel of us; the callee requires it of us too.
+    let (caller, callee, _) = call_outcome("bridge_uac_100rel.xml", Some("bridge_uas_100rel.xml"));
+    let received = |trace: &str, start: &str| -> Vec<String> {
+        trace
+            .split("-----------------------------------------------")
+            .filter(|m| m.contains("message received"))
+            .filter_map(|m| m.find(start).map(|i| m[i..].to_string()))
+            .collect()
+    };
+    // The callee checked our INVITE supports 100rel and answered only after
+    // our one PRACK (RAck 1 1 INVITE, checked by the scenario).
+    assert_eq!(received(&callee, "PRACK sip:").len(), 1, "{callee}");
+    // The caller's 180 was reliable; its PRACK got a 200, then the answer.
+    let ringing = &received(&caller, "SIP/2.0 180")[0];
+    assert!(
+        ringing.contains("Require: 100rel") && ringing.contains("RSeq: 1"),
+        "{ringing}"
+    );
+    let oks = received(&caller, "SIP/2.0 200 OK");
+    assert!(oks[0].contains("CSeq: 2 PRACK"), "{caller}");
+    assert!(oks[1].contains("CSeq: 1 INVITE"), "{caller}");
 }
 
 #[test]

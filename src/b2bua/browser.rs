@@ -76,7 +76,7 @@ impl B2bua {
                 b.peer = Some(peer);
                 b.state = BrowserState::Ringing;
                 tracing::info!(call = %call_id, fork, "browser ringing");
-                self.ringing(&call_id);
+                self.ringing(now, &call_id);
             }
             Err(code) => {
                 b.state = BrowserState::Done;

@@ -61,14 +61,14 @@ impl B2bua {
         };
         match code {
             100 => {}
-            101..=199 => self.on_provisional(&call_id, i, code, msg),
+            101..=199 => self.on_provisional(now, &call_id, i, code, msg),
             200..=299 => self.on_answer(now, &call_id, i, msg),
             _ => self.on_failure(now, &call_id, i, code, msg.reason().unwrap_or_default()),
         }
         self.reap(&call_id);
     }
 
-    fn on_provisional(&mut self, call_id: &str, i: usize, code: u16, msg: &Message) {
+    fn on_provisional(&mut self, now: Instant, call_id: &str, i: usize, code: u16, msg: &Message) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -92,13 +92,14 @@ impl B2bua {
             _ => {}
         }
         if matches!(code, 180 | 183) {
-            self.ringing(call_id);
+            self.ringing(now, call_id);
             self.early_media(call_id, i, msg);
         }
     }
 
-    /// A callee alerts: the call rings (180 to a SIP caller), once.
-    pub(super) fn ringing(&mut self, call_id: &str) {
+    /// A callee alerts: the call rings (180 to a SIP caller, reliably to
+    /// one that requires 100rel), once.
+    pub(super) fn ringing(&mut self, now: Instant, call_id: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -111,7 +112,14 @@ impl B2bua {
         {
             sc.ringing = true;
             let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
-            if let Some(r) = ringing {
+            if let Some(mut r) = ringing {
+                if sc.reliable {
+                    let rseq = self.dialogs.next_rseq(sc.dialog);
+                    r.push_header("Require", "100rel");
+                    r.push_header("RSeq", rseq.to_string());
+                    self.dialogs
+                        .sent_reliably(now, sc.dialog, rseq, r.to_bytes());
+                }
                 self.out.push_back(CallOutput::Respond(sc.key.clone(), r));
             }
         }

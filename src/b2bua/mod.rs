@@ -303,6 +303,8 @@ struct SipCaller {
     user_agent: String,
     /// 180 sent.
     ringing: bool,
+    /// Its INVITE requires reliable provisional responses (RFC 3262).
+    reliable: bool,
     /// 200 sent.
     answered: bool,
     /// What our answer agreed with the caller.
@@ -637,6 +639,10 @@ impl B2bua {
             via_host: dial.via_host,
             user_agent: dial.user_agent,
             ringing: false,
+            reliable: dial
+                .invite
+                .header_list("Require")
+                .any(|t| t.eq_ignore_ascii_case("100rel")),
             answered: false,
             agreed: None,
             origin: (u64::from(rand::random::<u32>()), 0),
@@ -755,6 +761,11 @@ impl B2bua {
         }
         if method == Some(Method::Info) {
             let resp = self.on_info(&call_id, leg, msg, flow);
+            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            return true;
+        }
+        if method == Some(Method::Prack) {
+            let resp = self.on_prack(&call_id, msg, flow);
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }
@@ -990,16 +1001,20 @@ impl B2bua {
                 DialogOutput::Retransmit(flow, data) => {
                     self.out.push_back(CallOutput::Transmit(flow, data));
                 }
-                DialogOutput::AckTimeout(dialog) => {
+                DialogOutput::AckTimeout(dialog) | DialogOutput::PrackTimeout(dialog) => {
                     let found = self.calls.iter().find_map(|(id, c)| match &c.caller {
                         Caller::Sip(sc) if sc.dialog == dialog => Some(id.clone()),
                         _ => None,
                     });
-                    if let Some(id) = found {
-                        tracing::info!(call = %id, "the SIP caller never ACKed our 200");
-                        self.hang_up_sip(&id);
-                        self.end(now, &id, Side::Gateway, None, "no ACK from the caller");
-                    }
+                    let Some(id) = found else { continue };
+                    // No PRACK: the INVITE is refused (RFC 3262 section 3).
+                    let (status, reason) = match o {
+                        DialogOutput::PrackTimeout(_) => (Some(504), "no PRACK from the caller"),
+                        _ => (None, "no ACK from the caller"),
+                    };
+                    tracing::info!(call = %id, reason, "SIP caller unresponsive");
+                    self.hang_up_sip(&id);
+                    self.end(now, &id, Side::Gateway, status, reason);
                 }
             }
         }

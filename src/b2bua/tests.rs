@@ -4,6 +4,7 @@
 
 mod early;
 mod info;
+mod prack;
 mod timers;
 
 use super::*;

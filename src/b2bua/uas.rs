@@ -1,5 +1,5 @@
-//! The SIP side of calls as a UAS: our responses to a SIP caller's INVITE,
-//! our SDP answers to its offers, and re-INVITEs and UPDATEs from either
+//! The SIP side of calls as a UAS: our responses to a SIP caller's INVITE
+//! (and its PRACKs of our reliable 180), our SDP answers to its offers, and re-INVITEs and UPDATEs from either
 //! SIP side of a connected call (hold and resume, answered here and passed
 //! on as a re-INVITE; a bodiless UPDATE only refreshes the session).
 //! Must not touch forks' transactions beyond asking their legs for a
@@ -138,6 +138,27 @@ impl B2bua {
             self.out.push_back(CallOutput::Request(req, flow));
         }
         Ok(ok)
+    }
+
+    /// A SIP caller's PRACK: 200 when it acknowledges our reliable 180
+    /// (which is then no longer resent), else 481 (RFC 3262 section 3).
+    pub(super) fn on_prack(&mut self, call_id: &str, msg: &Message, flow: Flow) -> Message {
+        let rack = msg.header("RAck").unwrap_or_default();
+        let ok = match self.calls.get(call_id).map(|c| &c.caller) {
+            Some(Caller::Sip(sc)) if self.dialogs.on_prack(sc.dialog, rack) => {
+                caller_response_to(&self.dialogs, sc, Some(msg), 200, "OK")
+            }
+            _ => None,
+        };
+        ok.unwrap_or_else(|| {
+            response_to(
+                msg,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                Some(flow.remote),
+            )
+        })
     }
 
     /// Our 200 to a request of a SIP side's dialog that changes nothing (a

@@ -297,6 +297,8 @@ impl Gateway {
                 DialogOutput::Retransmit(flow, data) => self.emit(flow, data),
                 // RFC 3261 13.3.1.4: no ACK, so end the session with a BYE.
                 DialogOutput::AckTimeout(dialog) => self.hang_up(now, dialog, "no ACK for the 200"),
+                // The echo service sends no provisional response to acknowledge.
+                DialogOutput::PrackTimeout(_) => {}
             }
         }
         self.b2bua.handle_timeout(now);

@@ -488,9 +488,12 @@ fn session_timers_too_short_get_422_and_unknown_extensions_420() {
     assert_eq!(r[0].status(), Some(422));
     assert_eq!(r[0].header("Min-SE"), Some("90"));
     // Requiring an extension we lack: 420 naming it (timer is ours).
-    let r = answers(&mut g, &with("Require: timer, 100rel\r\n", "z9hG4bKs2"));
+    let r = answers(
+        &mut g,
+        &with("Require: timer, precondition\r\n", "z9hG4bKs2"),
+    );
     assert_eq!(r[0].status(), Some(420));
-    assert_eq!(r[0].header("Unsupported"), Some("100rel"));
+    assert_eq!(r[0].header("Unsupported"), Some("precondition"));
     // Requiring timers alone is fine: routed (100 Trying).
     let r = answers(
         &mut g,
@@ -519,7 +522,7 @@ fn the_echo_service_grants_a_caller_that_refreshes_its_session_timer() {
         g.media_ready(t0, 1000, *dialog, Ok(vec![20000]));
         let (msgs, _) = outputs(&mut g);
         assert_eq!(msgs[0].status(), Some(200));
-        assert_eq!(msgs[0].header("Supported"), Some("timer"));
+        assert_eq!(msgs[0].header("Supported"), Some("100rel, timer"));
         assert_eq!(msgs[0].header("Session-Expires"), granted, "{extra}");
         assert_eq!(
             msgs[0].header("Require"),

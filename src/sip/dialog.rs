@@ -5,7 +5,8 @@
 //! matching in-dialog requests (ACK, BYE, re-INVITE), retransmitting the
 //! 2xx until the ACK comes (RFC 6026: T1 doubling up to T2, for 64*T1 over
 //! unreliable transports; the INVITE's own retransmissions are absorbed by
-//! the transaction layer), and our BYE. It must not decide what to answer
+//! the transaction layer), a reliable provisional response until its PRACK
+//! (RFC 3262, the same schedule), and our BYE. It must not decide what to answer
 //! or touch media: that is the caller's job.
 
 use super::Flow;
@@ -18,22 +19,48 @@ use std::time::{Duration, Instant};
 /// Identifies a dialog inside the gateway (also names its media).
 pub type DialogId = u64;
 
+/// A response of ours resent until the caller acknowledges it: T1
+/// doubling up to T2 over unreliable transports, given up 64*T1 after the
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resend {
+    /// The response as sent.
+    pub bytes: Bytes,
+    /// Next retransmission.
+    pub next: Instant,
+    /// Current interval.
+    pub interval: Duration,
+    /// When to give up.
+    pub deadline: Instant,
+}
+
+impl Resend {
+    fn new(now: Instant, bytes: Bytes, reliable_transport: bool) -> Self {
+        // Over TCP/TLS/WS only the acknowledgement is awaited.
+        let first = if reliable_transport { 64 * T1 } else { T1 };
+        Self {
+            bytes,
+            next: now + first,
+            interval: first,
+            deadline: now + 64 * T1,
+        }
+    }
+}
+
 /// Where a dialog is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialogState {
     /// The INVITE is being answered (no final response yet).
     Early,
-    /// 2xx sent, waiting for ACK; retransmitted over unreliable transports.
-    Accepted {
-        /// The 2xx as sent.
-        ok: Bytes,
-        /// Next retransmission.
-        next: Instant,
-        /// Current interval.
-        interval: Duration,
-        /// When to give up (64*T1 after the first 2xx).
-        deadline: Instant,
+    /// A reliable provisional response (RFC 3262) sent, awaiting its PRACK.
+    Provisional {
+        /// The response.
+        resend: Resend,
+        /// Its RSeq.
+        rseq: u32,
     },
+    /// 2xx sent, waiting for ACK; retransmitted over unreliable transports.
+    Accepted(Resend),
     /// ACK received: the call is up.
     Confirmed,
 }
@@ -67,6 +94,9 @@ pub enum DialogOutput {
     /// No ACK arrived in 64*T1: the caller should end the dialog with
     /// [`Dialogs::bye`] (RFC 3261 13.3.1.4).
     AckTimeout(DialogId),
+    /// No PRACK for a reliable provisional response in 64*T1: the INVITE
+    /// should be refused with a 5xx (RFC 3262 section 3).
+    PrackTimeout(DialogId),
 }
 
 /// The gateway's UAS dialogs.
@@ -75,7 +105,8 @@ pub struct Dialogs {
     map: HashMap<DialogId, Dialog>,
     /// (Call-ID, remote tag) -> dialog, for matching requests.
     index: HashMap<(String, String), DialogId>,
-    /// Dialogs whose 2xx awaits its ACK (the only ones with timers).
+    /// Dialogs whose 2xx awaits its ACK, or a reliable provisional its
+    /// PRACK (the only ones with timers).
     unacked: HashSet<DialogId>,
     next_id: DialogId,
 }
@@ -145,22 +176,7 @@ impl Dialogs {
             return;
         };
         self.unacked.insert(id);
-        d.state = if d.flow.transport.is_reliable() {
-            // TCP/TLS/WS carry the 2xx reliably; only the ACK is awaited.
-            DialogState::Accepted {
-                ok,
-                next: now + 64 * T1,
-                interval: 64 * T1,
-                deadline: now + 64 * T1,
-            }
-        } else {
-            DialogState::Accepted {
-                ok,
-                next: now + T1,
-                interval: T1,
-                deadline: now + 64 * T1,
-            }
-        };
+        d.state = DialogState::Accepted(Resend::new(now, ok, d.flow.transport.is_reliable()));
     }
 
     /// The ACK arrived.
@@ -171,6 +187,53 @@ impl Dialogs {
             d.state = DialogState::Confirmed;
             self.unacked.remove(&id);
         }
+    }
+
+    /// Records a reliable provisional response just sent (RFC 3262, with
+    /// `rseq`): resent until [`Self::on_prack`] or a final response.
+    pub fn sent_reliably(&mut self, now: Instant, id: DialogId, rseq: u32, resp: Bytes) {
+        let Some(d) = self.map.get_mut(&id) else {
+            return;
+        };
+        if matches!(
+            d.state,
+            DialogState::Early | DialogState::Provisional { .. }
+        ) {
+            self.unacked.insert(id);
+            let resend = Resend::new(now, resp, d.flow.transport.is_reliable());
+            d.state = DialogState::Provisional { resend, rseq };
+        }
+    }
+
+    /// The next RSeq for a reliable provisional response in a dialog.
+    pub fn next_rseq(&self, id: DialogId) -> u32 {
+        match self.map.get(&id).map(|d| &d.state) {
+            Some(DialogState::Provisional { rseq, .. }) => rseq + 1,
+            _ => 1,
+        }
+    }
+
+    /// A PRACK with `rack` (`RAck: <rseq> <cseq> INVITE`): whether it
+    /// acknowledges the reliable provisional response sent last, which is
+    /// then no longer resent.
+    pub fn on_prack(&mut self, id: DialogId, rack: &str) -> bool {
+        let Some(d) = self.map.get_mut(&id) else {
+            return false;
+        };
+        let DialogState::Provisional { rseq, .. } = d.state else {
+            return false;
+        };
+        let mut parts = rack.split_whitespace();
+        let acked = parts.next().and_then(|r| r.parse::<u32>().ok()) == Some(rseq)
+            && parts.next().and_then(|c| c.parse::<u32>().ok()) == d.invite.cseq().map(|c| c.seq)
+            && parts
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
+        if acked {
+            d.state = DialogState::Early;
+            self.unacked.remove(&id);
+        }
+        acked
     }
 
     /// Ends a dialog from our side: removes it and returns the BYE to send
@@ -216,7 +279,9 @@ impl Dialogs {
         self.unacked
             .iter()
             .filter_map(|id| match &self.map.get(id)?.state {
-                DialogState::Accepted { next, deadline, .. } => Some(*next.min(deadline)),
+                DialogState::Accepted(r) | DialogState::Provisional { resend: r, .. } => {
+                    Some(r.next.min(r.deadline))
+                }
                 _ => None,
             })
             .min()
@@ -231,26 +296,26 @@ impl Dialogs {
             let Some(d) = self.map.get_mut(id) else {
                 continue;
             };
-            let DialogState::Accepted {
-                ok,
-                next,
-                interval,
-                deadline,
-            } = &mut d.state
-            else {
-                continue;
+            let (r, timeout) = match &mut d.state {
+                DialogState::Accepted(r) => (r, DialogOutput::AckTimeout(*id)),
+                DialogState::Provisional { resend, .. } => {
+                    (resend, DialogOutput::PrackTimeout(*id))
+                }
+                _ => continue,
             };
-            if now >= *deadline {
-                expired.push(*id);
-            } else if now >= *next {
-                out.push(DialogOutput::Retransmit(d.flow, ok.clone()));
-                *interval = (*interval * 2).min(T2);
-                *next = now + *interval;
+            if now >= r.deadline {
+                expired.push(timeout);
+            } else if now >= r.next {
+                out.push(DialogOutput::Retransmit(d.flow, r.bytes.clone()));
+                r.interval = (r.interval * 2).min(T2);
+                r.next = now + r.interval;
             }
         }
-        for id in expired {
-            self.unacked.remove(&id);
-            out.push(DialogOutput::AckTimeout(id));
+        for timeout in expired {
+            if let DialogOutput::AckTimeout(id) | DialogOutput::PrackTimeout(id) = &timeout {
+                self.unacked.remove(id);
+            }
+            out.push(timeout);
         }
         out
     }
@@ -357,6 +422,7 @@ mod tests {
                         assert_eq!(gone, id);
                         assert!(d.bye(gone, "127.0.0.1:5060", "causeway").is_some());
                     }
+                    DialogOutput::PrackTimeout(_) => panic!("no provisional was sent"),
                 }
             }
         }
@@ -416,5 +482,35 @@ mod tests {
             d.handle_timeout(t0 + 64 * T1),
             [DialogOutput::AckTimeout(id)]
         );
+    }
+
+    #[test]
+    fn a_reliable_provisional_is_resent_until_its_prack_and_given_up_without() {
+        let t0 = Instant::now();
+        let mut d = Dialogs::default();
+        let id = d
+            .create(&msg("INVITE", None, 1), flow(Transport::Udp))
+            .unwrap();
+        assert_eq!(d.next_rseq(id), 1);
+        d.sent_reliably(t0, id, 1, Bytes::from_static(b"180"));
+        assert_eq!(d.next_rseq(id), 2);
+        assert_eq!(d.poll_timeout(), Some(t0 + T1));
+        assert_eq!(
+            d.handle_timeout(t0 + T1),
+            [DialogOutput::Retransmit(
+                flow(Transport::Udp),
+                Bytes::from_static(b"180")
+            )]
+        );
+        // A PRACK for another response or request changes nothing.
+        assert!(!d.on_prack(id, "2 1 INVITE"));
+        assert!(!d.on_prack(id, "1 7 INVITE"));
+        assert!(d.on_prack(id, "1 1 INVITE"));
+        assert_eq!(d.poll_timeout(), None);
+        // Unacknowledged for 64*T1: given up.
+        d.sent_reliably(t0, id, 2, Bytes::from_static(b"180"));
+        let out = d.handle_timeout(t0 + 64 * T1);
+        assert_eq!(out, [DialogOutput::PrackTimeout(id)]);
+        assert_eq!(d.poll_timeout(), None);
     }
 }

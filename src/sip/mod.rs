@@ -19,13 +19,10 @@ macro_rules! allow_in_dialog {
 /// The methods a dialog of ours takes, as a constant.
 pub const ALLOW_IN_DIALOG: &str = allow_in_dialog!();
 
-/// The option tags we support as a UAS (the `Supported` of our 2xx and
-/// in-dialog requests; a request that `Require`s anything else gets 420).
-pub const SUPPORTED: &str = "timer";
-
-/// The option tags of our INVITEs: as a UAC we also acknowledge reliable
-/// provisional responses (RFC 3262).
-pub const SUPPORTED_AS_UAC: &str = "100rel, timer";
+/// The option tags we support (the `Supported` of our INVITEs, 2xx and
+/// in-dialog requests; a request that `Require`s anything else gets 420):
+/// reliable provisional responses (RFC 3262) and session timers (RFC 4028).
+pub const SUPPORTED: &str = "100rel, timer";
 
 /// Whether a message names `tag` in its `Supported` or `Require`.
 pub fn supports(msg: &msg::Message, tag: &str) -> bool {
@@ -34,8 +31,8 @@ pub fn supports(msg: &msg::Message, tag: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(tag))
 }
 
-/// The option tags of a request's `Require` we do not support as a UAS
-/// (for 420's `Unsupported`), comma-separated; `None` when there are none.
+/// The option tags of a request's `Require` we do not support (for 420's
+/// `Unsupported`), comma-separated; `None` when there are none.
 pub fn unsupported(msg: &msg::Message) -> Option<String> {
     let missing: Vec<&str> = msg
         .header_list("Require")

@@ -288,8 +288,8 @@ mod tests {
             None
         );
         assert_eq!(
-            unsupported(&invite("Require: timer, 100rel\r\n")).as_deref(),
-            Some("100rel")
+            unsupported(&invite("Require: timer, 100rel, precondition\r\n")).as_deref(),
+            Some("precondition")
         );
         assert_eq!(unsupported(&invite("Require: timer\r\n")), None);
     }

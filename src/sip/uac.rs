@@ -113,7 +113,7 @@ impl UacLeg {
             p.sdp.len(),
             p.sdp,
             allow = super::ALLOW_IN_DIALOG,
-            supported = super::SUPPORTED_AS_UAC,
+            supported = super::SUPPORTED,
         );
         let invite = Message::parse(text.as_bytes()).ok()?;
         Some((

@@ -71,7 +71,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
     // The caller is told it refreshes, and must.
     assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.header("Require"), Some("timer"));
-    assert_eq!(ok.header("Supported"), Some("timer"));
+    assert_eq!(ok.header("Supported"), Some("100rel, timer"));
     assert_eq!(b.poll_timeout(), Some(t0 + secs(45)));
 
     // The caller refreshes at 30 s: 200 saying the same.
