@@ -23,12 +23,14 @@
 //!
 //! Owns call and fork state and decides which SIP messages go out; the
 //! transaction layer retransmits them, [`crate::sip::uac`] builds them, and
-//! the runtime moves media and tells the browser ([`Notice`]). Also says
-//! what a browser's negotiated formats mean for the SIP side
-//! ([`sip_offer_codecs`], [`browser_audio`]). It must not touch
+//! the runtime moves media and tells the browser ([`Notice`]). What a
+//! browser's negotiated formats mean for the SIP side is `codecs`'s
+//! ([`sip_offer_codecs`], [`browser_audio`]); session timers and our
+//! refreshes are `refresh`'s. It must not touch
 //! sockets, clocks, the registrar or the dialplan: targets come in resolved.
 
 mod browser;
+mod codecs;
 mod early;
 mod forks;
 mod info;
@@ -37,6 +39,8 @@ mod refresh;
 mod tests;
 mod uas;
 
+pub use codecs::{browser_audio, browser_video_codecs, offer_codecs, sip_offer_codecs};
+
 use browser::{caller_name, stop_browsers};
 use forks::cancel_fork;
 use info::InfoLeg;
@@ -44,7 +48,6 @@ use refresh::allows_update;
 use uas::{accept_caller, caller_response, our_offer_origin};
 
 use crate::dialplan::{DtmfMode, reason_phrase};
-use crate::media::bridge::AudioEnd;
 use crate::media::dtmf::Digit;
 use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
@@ -53,10 +56,9 @@ use crate::sip::msg::{Message, Method, response_to};
 use crate::sip::timer::{LegTimer, SessionExpires};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::{InviteParams, UacLeg};
-use crate::webrtc::{PeerFormat, PeerId, StreamKind};
+use crate::webrtc::{PeerFormat, PeerId};
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
-use causeway_codecs::video::VideoCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -498,87 +500,6 @@ pub struct B2bua {
     out: VecDeque<CallOutput>,
 }
 
-/// What the browser sends on audio: its first audio codec, and its
-/// telephone-event at that codec's clock.
-pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
-    let audio = formats.iter().filter(|f| f.kind == StreamKind::Audio);
-    let (codec, pt) = audio
-        .clone()
-        .find_map(|f| AudioCodec::from_key(&f.codec).map(|c| (c, f.pt)))?;
-    let clock = codec.key().clock_rate;
-    let dtmf = audio
-        .filter(|f| f.codec.name.eq_ignore_ascii_case("telephone-event"))
-        .find(|f| f.codec.clock_rate == clock)
-        .map(|f| (f.pt, clock));
-    Some(AudioEnd { pt, codec, dtmf })
-}
-
-/// The audio codecs to offer the SIP side for a browser's call: see
-/// [`offer_codecs`], with the browser's audio codecs as `theirs` (a WebRTC
-/// client offering only Opus still reaches a G.711 phone).
-pub fn sip_offer_codecs(
-    formats: &[PeerFormat],
-    rule: &[String],
-    transcode: bool,
-) -> Vec<AudioCodec> {
-    let browser: Vec<AudioCodec> = formats
-        .iter()
-        .filter(|f| f.kind == StreamKind::Audio)
-        .filter_map(|f| AudioCodec::from_key(&f.codec))
-        .collect();
-    offer_codecs(&browser, rule, transcode)
-}
-
-/// The audio codecs to offer a callee for a caller that sends `theirs`:
-/// the caller's own first (relayed untouched when the callee picks one),
-/// then, when the rule allows transcoding, the others we transcode to.
-/// Where the rule names codecs, only those, each group in the rule's
-/// order; else the caller's order, then the gateway's.
-pub fn offer_codecs(theirs: &[AudioCodec], rule: &[String], transcode: bool) -> Vec<AudioCodec> {
-    let allowed: Vec<AudioCodec> = if rule.is_empty() {
-        theirs.iter().chain(&AudioCodec::ALL).copied().collect()
-    } else {
-        rule.iter()
-            .filter_map(|name| {
-                AudioCodec::ALL
-                    .into_iter()
-                    .find(|c| c.key().name.eq_ignore_ascii_case(name))
-            })
-            .collect()
-    };
-    let own = allowed.iter().filter(|c| theirs.contains(c));
-    let others = allowed.iter().filter(|c| transcode && !theirs.contains(c));
-    let mut v: Vec<AudioCodec> = Vec::new();
-    for &c in own.chain(others) {
-        if !v.contains(&c) {
-            v.push(c);
-        }
-    }
-    v
-}
-
-/// The video codecs to offer the SIP side for a browser's call: the one
-/// the browser sends first (relayed when the SIP side takes it), then,
-/// when `transcode`, the other one we can transcode to.
-pub fn browser_video_codecs(formats: &[PeerFormat], transcode: bool) -> Vec<VideoCodec> {
-    let Some(first) = formats
-        .iter()
-        .filter(|f| f.kind == StreamKind::Video)
-        .find_map(|f| causeway_codecs::registry::video_codec(&f.codec))
-    else {
-        return Vec::new();
-    };
-    let mut v = vec![first];
-    if transcode {
-        v.extend(
-            [VideoCodec::H264, VideoCodec::Vp8]
-                .into_iter()
-                .filter(|c| *c != first),
-        );
-    }
-    v
-}
-
 impl B2bua {
     /// Whether no call is in progress.
     pub fn is_empty(&self) -> bool {
@@ -992,7 +913,7 @@ impl B2bua {
     }
 
     /// Gives up on calls nobody answered in time, runs session timers
-    /// ([`refresh`]), and forgets ended calls whose cancelled forks never
+    /// (RFC 4028), and forgets ended calls whose cancelled forks never
     /// settled (their transactions are dropped).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.session_timers_due(now);

@@ -11,6 +11,7 @@ use super::*;
 use crate::sdp::Offer;
 use crate::sip::Transport;
 use crate::sip::msg::StartLine;
+use crate::webrtc::StreamKind;
 use causeway_codecs::registry::AudioCodec;
 
 fn flow(port: u16) -> Flow {
