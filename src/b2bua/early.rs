@@ -93,6 +93,7 @@ impl B2bua {
             return;
         };
         let body = String::from_utf8_lossy(&ack.body);
+        sc.session.theirs = ack.body.clone();
         match crate::sdp::parse(&body).and_then(|sd| ours.read_answer(&sd)) {
             Ok(a) => {
                 tracing::info!(call = %call_id, "the caller answered our offer in its ACK");

@@ -4,9 +4,9 @@
 //! ACKed and sent a BYE) and answers the caller, failures of every callee end the call with the most telling
 //! status, and a fork that never answers is unreachable (408).
 //!
-//! Owns fork states and the answer's consequences; INVITEs, CANCELs and
-//! ACKs are built by [`crate::sip::uac`], and the transaction layer
-//! retransmits them.
+//! Owns fork states and the answer's consequences; INVITEs, CANCELs,
+//! PRACKs and ACKs are built by [`crate::sip::uac`], and the transaction
+//! layer retransmits them.
 
 use super::*;
 
@@ -20,6 +20,7 @@ impl B2bua {
             return;
         }
         if let Some((call, Leg::Fork(i))) = self.by_call_id.get(call_id)
+            && msg.method() == Some(Method::Invite)
             && let Some(f) = self.calls.get_mut(call).and_then(|c| c.forks.get_mut(*i))
             && f.key.is_none()
         {
@@ -63,6 +64,7 @@ impl B2bua {
             100 => {}
             101..=199 => self.on_provisional(now, &call_id, i, code, msg),
             200..=299 => self.on_answer(now, &call_id, i, msg),
+            422 if self.retry_fork(&call_id, i, msg) => {}
             _ => self.on_failure(now, &call_id, i, code, msg.reason().unwrap_or_default()),
         }
         self.reap(&call_id);
@@ -107,8 +109,11 @@ impl B2bua {
             return;
         }
         call.state = State::Ringing;
+        // A reliable 180 to a caller that made no offer would have to carry
+        // ours (RFC 3261 13.2.1); such a caller hears no ringing instead.
         if let Caller::Sip(sc) = &mut call.caller
             && !sc.ringing
+            && !(sc.reliable && sc.caller_offer.is_none())
         {
             sc.ringing = true;
             let ringing = caller_response(&self.dialogs, sc, 180, "Ringing");
@@ -126,6 +131,35 @@ impl B2bua {
         self.notify(Notice::Event(call_id.to_string(), CallEvent::Ringing));
     }
 
+    /// A callee's 422 (our session timer too short for it): the fork
+    /// INVITEs again asking for its `Min-SE` (RFC 4028 section 7.3), once
+    /// per larger interval. False when it cannot (no `Min-SE`, no longer
+    /// ringing, or asked for that already).
+    fn retry_fork(&mut self, call_id: &str, i: usize, resp: &Message) -> bool {
+        let min = crate::sip::timer::min_se(resp);
+        let Some(fork) = self
+            .calls
+            .get_mut(call_id)
+            .filter(|c| matches!(c.state, State::Calling | State::Ringing))
+            .and_then(|c| c.forks.get_mut(i))
+            .filter(|f| matches!(f.state, ForkState::Calling | ForkState::Proceeding))
+        else {
+            return false;
+        };
+        let Some(invite) = (min > 0)
+            .then(|| fork.leg.retry_with_interval(min))
+            .flatten()
+        else {
+            return false;
+        };
+        tracing::info!(call = %call_id, min_se = min, "callee wants a longer session timer; retrying");
+        fork.key = None;
+        fork.state = ForkState::Calling;
+        self.out
+            .push_back(CallOutput::Request(invite, fork.leg.flow));
+        true
+    }
+
     fn on_failure(&mut self, now: Instant, call_id: &str, i: usize, code: u16, phrase: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -133,6 +167,9 @@ impl B2bua {
         let Some(fork) = call.forks.get_mut(i) else {
             return;
         };
+        // A 422 concerns our INVITE's timer, not the caller's (which needs
+        // a Min-SE with it): the caller hears 500.
+        let code = if code == 422 { 500 } else { code };
         fork.state = ForkState::Done;
         fork.failure = Some(code);
         self.all_failed(now, call_id, Side::Sip, code, phrase);
@@ -197,7 +234,8 @@ impl B2bua {
         }
         fork.state = ForkState::Done;
         call.winner = Some(Winner::Sip(i));
-        let body = String::from_utf8_lossy(&ok.body);
+        let answer = fork.leg.answer_in(ok);
+        let body = String::from_utf8_lossy(&answer);
         tracing::debug!(call = %call_id, sdp = %body, "SIP side's answer");
         let negotiated = crate::sdp::parse(&body).and_then(|sd| call.offer.read_answer(&sd));
         // Everyone else stops ringing.
@@ -246,6 +284,7 @@ impl B2bua {
                         timer: SessionExpires::of(ok).map(|se| LegTimer::new(now, se, false)),
                         update: refresh::allows_update(ok),
                         sdp: String::from_utf8_lossy(offered).into_owned(),
+                        theirs: answer.clone(),
                     },
                 });
                 let codec = n.audio.format.codec.as_ref().map_or_else(

@@ -430,13 +430,15 @@ struct CalleeSession {
 }
 
 /// A SIP side's session as RFC 4028 refreshes it: its timer, whether it
-/// takes UPDATE (else a refresh is a re-INVITE), and our latest SDP toward
-/// it (what a refresh re-INVITE carries, unchanged).
+/// takes UPDATE (else a refresh is a re-INVITE), our latest SDP toward it
+/// (what a refresh re-INVITE carries, unchanged) and its latest SDP (an
+/// offer repeating it word for word changes nothing: a refresh).
 #[derive(Debug, Default)]
 struct Session {
     timer: Option<LegTimer>,
     update: bool,
     sdp: String,
+    theirs: Bytes,
 }
 
 #[derive(Debug)]
@@ -571,6 +573,7 @@ impl B2bua {
                 timer: None,
                 update: allows_update(&dial.invite),
                 sdp: String::new(),
+                theirs: dial.invite.body.clone(),
             },
             granted: dial.session_timer,
         }));
@@ -659,16 +662,17 @@ impl B2bua {
             return false;
         }
         let method = msg.method();
-        // An UPDATE without a body refreshes the session (RFC 3311, RFC
-        // 4028): nothing changes.
-        if method == Some(Method::Update) && msg.body.is_empty() {
+        // A bodiless UPDATE or re-INVITE refreshes the session (RFC 3311,
+        // RFC 4028); the re-INVITE's 200 offers our SDP unchanged.
+        if matches!(method, Some(Method::Update | Method::Invite)) && msg.body.is_empty() {
             let mut resp = self.refreshed(&call_id, leg, msg, flow);
             self.session_refreshed(now, &call_id, leg.party(), msg, &mut resp);
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }
         if matches!(method, Some(Method::Invite | Method::Update)) {
-            let mut resp = self.reoffer(&call_id, leg, msg).unwrap_or_else(|why| {
+            let offer = self.reoffer_unless_unchanged(&call_id, leg, msg, flow);
+            let mut resp = offer.unwrap_or_else(|why| {
                 // The session goes on unchanged (RFC 3261 14.2, RFC 3311
                 // 5.2: 488 keeps it).
                 tracing::info!(call = %call_id, why, "session change refused");
@@ -686,7 +690,7 @@ impl B2bua {
             return true;
         }
         if method == Some(Method::Prack) {
-            let resp = self.on_prack(&call_id, msg, flow);
+            let resp = self.on_prack(&call_id, leg, msg, flow);
             self.out.push_back(CallOutput::Respond(key.clone(), resp));
             return true;
         }

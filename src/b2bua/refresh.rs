@@ -12,6 +12,7 @@
 
 use super::*;
 use crate::sip::timer::{self, Due, Grant, SessionTimers};
+use std::time::Duration;
 
 /// Whether a message's Allow lists UPDATE (it takes our refreshes).
 pub(super) fn allows_update(msg: &Message) -> bool {
@@ -32,8 +33,9 @@ impl Call {
     }
 }
 
-/// A request of ours in a SIP caller's dialog; an INVITE carries our
-/// Contact (RFC 3261 14.1).
+/// A request of ours in a SIP caller's dialog; a target-refresh request
+/// (re-INVITE, UPDATE) carries our Contact (RFC 3261 12.2.1.1, RFC 3311)
+/// and, while the caller's session has a timer, its `Session-Expires`.
 pub(super) fn caller_request(
     dialogs: &mut Dialogs,
     sc: &SipCaller,
@@ -41,17 +43,30 @@ pub(super) fn caller_request(
     body: Option<(&str, &str)>,
 ) -> Option<(Message, Flow)> {
     let (mut req, flow) = dialogs.request(sc.dialog, method, &sc.via_host, &sc.user_agent, body)?;
-    if method == "INVITE" {
+    if matches!(method, "INVITE" | "UPDATE") {
         req.push_header("Contact", sc.contact.clone());
+        stamp_request(&mut req, &sc.session);
     }
     Some((req, flow))
 }
 
+/// A re-INVITE or UPDATE we send a side whose session has a timer keeps
+/// it running: without `Session-Expires`, the peer's 2xx would switch it
+/// off (RFC 4028 section 7.4).
+pub(super) fn stamp_request(req: &mut Message, s: &Session) {
+    if let Some(t) = &s.timer {
+        req.push_header("Supported", crate::sip::SUPPORTED);
+        req.push_header("Session-Expires", t.as_uac().value());
+    }
+}
+
 impl B2bua {
     /// `party` sent a session-refresh request (a re-INVITE, an UPDATE) and
-    /// we answer it `resp`: a 2xx restarts that side's timer, at the
-    /// interval the request asks for if it asks for one, and tells it what
-    /// holds. Refreshes need no answer from the other side.
+    /// we answer it `resp`: a 2xx restarts that side's timer (at the
+    /// interval the request asks for, when it asks for one we can take)
+    /// and tells it what holds; a side that does not support timers
+    /// cannot refresh, so we do (RFC 4028 section 9). Refreshes need no
+    /// answer from the other side.
     pub(super) fn session_refreshed(
         &mut self,
         now: Instant,
@@ -79,21 +94,26 @@ impl B2bua {
             (Some(_), Grant::On(se)) => s.timer = Some(LegTimer::new(now, se, true)),
             _ => {
                 if let Some(t) = &mut s.timer {
+                    t.we_refresh |= !crate::sip::supports(req, "timer");
                     t.refreshed(now);
                 }
             }
         }
         if let Some(t) = &s.timer {
-            resp.push_header("Supported", crate::sip::SUPPORTED);
+            if resp.header("Supported").is_none() {
+                resp.push_header("Supported", crate::sip::SUPPORTED);
+            }
             timer::stamp_response(resp, t.as_uas());
         }
     }
 
     /// A final response to a re-INVITE or UPDATE we sent `leg`'s side of a
     /// connected call (a refresh, or a hold passed on): a 2xx refreshes
-    /// its session; 408 or 481 say the dialog is gone, which ends the call
-    /// (RFC 4028 section 10); a side that turns out not to take UPDATE is
-    /// refreshed by re-INVITE at once.
+    /// its session (one without `Session-Expires` from a side that was to
+    /// refresh ends its timer, RFC 4028 section 7.2); 408 or 481 say the dialog is gone, which ends the call
+    /// (section 10); a side that turns out not to take UPDATE is refreshed
+    /// by re-INVITE at once, and glare or a passing failure (491, 5xx) is
+    /// retried 2 s on.
     pub(super) fn refresh_answered(
         &mut self,
         now: Instant,
@@ -115,14 +135,16 @@ impl B2bua {
         };
         let update = resp.cseq().is_some_and(|c| c.method == Method::Update);
         match resp.status().unwrap_or_default() {
+            // The UAS of our request may set another interval. A 2xx without
+            // one from a side that was to refresh switches its timer off
+            // (we could only hang up on a live peer); where we refresh, it
+            // answered, which is all a refresh asks.
             200..=299 => match timer::SessionExpires::of(resp) {
-                // The UAS of our request may set another interval.
                 Some(se) => s.timer = Some(LegTimer::new(now, se, false)),
-                None => {
-                    if let Some(t) = &mut s.timer {
-                        t.refreshed(now);
-                    }
-                }
+                None => match &mut s.timer {
+                    Some(t) if t.we_refresh => t.refreshed(now),
+                    _ => s.timer = None,
+                },
             },
             code @ (408 | 481) => {
                 tracing::info!(call = %call_id, code, side = ?party, "session refresh failed");
@@ -134,6 +156,11 @@ impl B2bua {
                 s.update = false;
                 if let Some(t) = &mut s.timer {
                     t.retry(now);
+                }
+            }
+            491 | 500..=599 => {
+                if let Some(t) = &mut s.timer {
+                    t.retry(now + Duration::from_secs(2));
                 }
             }
             _ => {}
@@ -187,9 +214,9 @@ impl B2bua {
         let Some(s) = call.session_mut(party) else {
             return;
         };
-        let Some(se) = s.timer.map(|t| t.as_uac()) else {
+        if s.timer.is_none() {
             return;
-        };
+        }
         let (method, body) = if s.update {
             ("UPDATE", None)
         } else {
@@ -200,15 +227,17 @@ impl B2bua {
             (Party::Caller, Caller::Sip(sc), _) => {
                 caller_request(&mut self.dialogs, sc, method, body)
             }
-            (Party::Callee, _, Some(Winner::Sip(w))) => call
-                .forks
-                .get_mut(w)
-                .and_then(|f| Some((f.leg.request(method, body)?, f.leg.flow))),
+            (Party::Callee, _, Some(Winner::Sip(w))) => {
+                let (fork, callee) = (call.forks.get_mut(w), call.callee.as_ref());
+                fork.zip(callee).and_then(|(f, c)| {
+                    let mut req = f.leg.request(method, body)?;
+                    stamp_request(&mut req, &c.session);
+                    Some((req, f.leg.flow))
+                })
+            }
             _ => None,
         };
-        if let Some((mut req, flow)) = req {
-            req.push_header("Supported", crate::sip::SUPPORTED);
-            req.push_header("Session-Expires", se.value());
+        if let Some((req, flow)) = req {
             tracing::debug!(call = %call_id, side = ?party, method, "refreshing the session");
             self.out.push_back(CallOutput::Request(req, flow));
         }

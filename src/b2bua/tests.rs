@@ -250,7 +250,7 @@ fn a_late_answer_after_hangup_is_acked_and_ended() {
 }
 
 #[test]
-fn the_callee_hangs_up_and_renegotiation_is_refused_without_ending_the_call() {
+fn the_callee_refreshes_hangs_up_and_renegotiation_is_refused_without_ending_the_call() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
     let inv = dial(&mut b, t0, &[5070]);
@@ -262,6 +262,16 @@ fn the_callee_hangs_up_and_renegotiation_is_refused_without_ending_the_call() {
         method: Method::Invite,
         uri: "sip:causeway@127.0.0.1".into(),
     };
+    // Without SDP it only refreshes: our 200 offers our SDP unchanged.
+    let key = TxKey::server(&reinvite).unwrap();
+    assert!(b.on_request(t0, &key, &reinvite, flow(5070)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, ok)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!((ok.status(), body(ok)), (Some(200), body(&inv[0])));
+    // An offer without our codec is refused; the call goes on.
+    let reinvite = with_sdp(reinvite, ANSWER_G729);
     let key = TxKey::server(&reinvite).unwrap();
     assert!(b.on_request(t0, &key, &reinvite, flow(5070)));
     assert_eq!(methods(&drain(&mut b)), ["488"]);
@@ -638,10 +648,16 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     b.on_response(t0, &caller_ok);
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["ACK"]);
-    // A re-INVITE without SDP is refused, and the call goes on.
+    // A re-INVITE without SDP refreshes the session: our 200 offers the
+    // SDP we last sent the caller, unchanged, and nothing is passed on.
     let bare = from_caller("INVITE", &our_tag, 3);
     assert!(b.on_request(t0, &TxKey::server(&bare).unwrap(), &bare, flow(5080)));
-    assert_eq!(methods(&drain(&mut b)), ["488"]);
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, ok)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(body(ok), body(to_caller));
     assert!(!b.is_empty());
 }
 

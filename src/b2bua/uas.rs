@@ -5,7 +5,7 @@
 //! Must not touch forks' transactions beyond asking their legs for a
 //! re-INVITE.
 
-use super::refresh::caller_request;
+use super::refresh::{caller_request, stamp_request};
 use super::{ALLOW, B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
@@ -20,6 +20,40 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 impl B2bua {
+    /// A re-INVITE or an UPDATE with an offer from a SIP side: one that
+    /// repeats the side's last SDP word for word only refreshes the session
+    /// and is answered with ours, unchanged and not passed on; any other is
+    /// a [`Self::reoffer`]. (RFC 3264 section 8 would let the `o=` version
+    /// alone tell, but phones that forget to raise it on hold exist.)
+    pub(super) fn reoffer_unless_unchanged(
+        &mut self,
+        call_id: &str,
+        leg: Leg,
+        msg: &Message,
+        flow: Flow,
+    ) -> Result<Message, String> {
+        if self
+            .side_session(call_id, leg)
+            .is_some_and(|s| s.theirs == msg.body)
+        {
+            return Ok(self.refreshed(call_id, leg, msg, flow));
+        }
+        self.reoffer(call_id, leg, msg)
+    }
+
+    /// The session of a connected call's SIP side: the caller's, or the
+    /// answering fork's.
+    fn side_session(&self, call_id: &str, leg: Leg) -> Option<&super::Session> {
+        let call = self.calls.get(call_id)?;
+        match (leg, &call.caller) {
+            (Leg::Caller, Caller::Sip(sc)) => Some(&sc.session),
+            (Leg::Fork(i), _) if call.winner == Some(Winner::Sip(i)) => {
+                call.callee.as_ref().map(|c| &c.session)
+            }
+            _ => None,
+        }
+    }
+
     /// A re-INVITE or an UPDATE with an offer from a SIP side of a connected
     /// call (hold, resume):
     /// answered here in the codec already agreed, its direction mirrored
@@ -67,6 +101,7 @@ impl B2bua {
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
                 sc.session.sdp = body;
+                sc.session.theirs = msg.body.clone();
                 // A browser callee is not told (its media keeps flowing).
                 let forward = match (winner, call.callee.as_mut()) {
                     (Winner::Sip(w), Some(c)) => {
@@ -74,7 +109,10 @@ impl B2bua {
                         let sdp = Offer::agreed(&c.agreed, c.video_port)
                             .to_sdp_with(c.ip, c.port, c.origin, held);
                         let fork = &mut call.forks[w];
-                        let req = fork.leg.reinvite(&sdp).map(|r| (r, fork.leg.flow));
+                        let req = fork.leg.reinvite(&sdp).map(|mut r| {
+                            stamp_request(&mut r, &c.session);
+                            (r, fork.leg.flow)
+                        });
                         c.session.sdp = sdp;
                         req
                     }
@@ -107,6 +145,7 @@ impl B2bua {
                 ok.push_header("Content-Type", "application/sdp");
                 ok.body = Bytes::from(body.clone());
                 c.session.sdp = body;
+                c.session.theirs = msg.body.clone();
                 let forward = match caller {
                     Caller::Sip(sc) => {
                         let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
@@ -142,10 +181,18 @@ impl B2bua {
 
     /// A SIP caller's PRACK: 200 when it acknowledges our reliable 180
     /// (which is then no longer resent), else 481 (RFC 3262 section 3).
-    pub(super) fn on_prack(&mut self, call_id: &str, msg: &Message, flow: Flow) -> Message {
+    pub(super) fn on_prack(
+        &mut self,
+        call_id: &str,
+        leg: Leg,
+        msg: &Message,
+        flow: Flow,
+    ) -> Message {
         let rack = msg.header("RAck").unwrap_or_default();
         let ok = match self.calls.get(call_id).map(|c| &c.caller) {
-            Some(Caller::Sip(sc)) if self.dialogs.on_prack(sc.dialog, rack) => {
+            Some(Caller::Sip(sc))
+                if leg == Leg::Caller && self.dialogs.on_prack(sc.dialog, rack) =>
+            {
                 caller_response_to(&self.dialogs, sc, Some(msg), 200, "OK")
             }
             _ => None,
@@ -162,7 +209,9 @@ impl B2bua {
     }
 
     /// Our 200 to a request of a SIP side's dialog that changes nothing (a
-    /// bodiless UPDATE refreshing the session).
+    /// session refresh): a bodiless UPDATE gets none, a re-INVITE or an
+    /// offer repeating the last one gets our SDP unchanged (as the offer or
+    /// the answer).
     pub(super) fn refreshed(&self, call_id: &str, leg: Leg, msg: &Message, flow: Flow) -> Message {
         let call = self.calls.get(call_id);
         let ours = match (leg, call.map(|c| &c.caller)) {
@@ -176,6 +225,19 @@ impl B2bua {
             }),
             _ => None,
         };
+        let with_sdp =
+            msg.method() == Some(crate::sip::msg::Method::Invite) || !msg.body.is_empty();
+        let sdp = self
+            .side_session(call_id, leg)
+            .map(|s| s.sdp.clone())
+            .filter(|sdp| with_sdp && !sdp.is_empty());
+        let ours = ours.map(|mut ok| {
+            if let Some(sdp) = sdp {
+                ok.push_header("Content-Type", "application/sdp");
+                ok.body = Bytes::from(sdp);
+            }
+            ok
+        });
         ours.unwrap_or_else(|| {
             response_to(
                 msg,

@@ -3,8 +3,9 @@
 //! shell for ports, [`Gateway::media_ready`] sends the 200 (retransmitted
 //! by [`crate::sip::dialog`] until the ACK), and the call ends on BYE or
 //! when its media goes silent ([`Gateway::media_timeout`]; a caller that
-//! supports session timers is granted one it refreshes, but the media
-//! timeout is what ends a vanished caller's call). Signalling only:
+//! refreshes is granted its session timer, but refreshes by re-INVITE get
+//! 488 like any re-INVITE here, and the media timeout is what ends a
+//! vanished caller's call). Signalling only:
 //! the looping of media is the runtime's ([`crate::runtime::media`]).
 
 use super::{ALLOW, Gateway, GwOutput};
@@ -124,14 +125,11 @@ impl Gateway {
         ok.push_header("Allow", ALLOW);
         ok.push_header("Supported", crate::sip::SUPPORTED);
         // A caller that refreshes gets its session timer; we refresh none
-        // here (the media timeout ends calls whose caller vanished).
+        // here (the media timeout ends calls whose caller vanished), so a
+        // timer we would have to refresh is not granted.
         if let crate::sip::timer::Grant::On(se) = self.timers.grant(&d.invite)
-            && crate::sip::supports(&d.invite, "timer")
+            && se.refresher == Some(crate::sip::timer::Refresher::Uac)
         {
-            let se = crate::sip::timer::SessionExpires {
-                refresher: Some(crate::sip::timer::Refresher::Uac),
-                ..se
-            };
             crate::sip::timer::stamp_response(&mut ok, se);
         }
         ok.push_header("Content-Type", "application/sdp");

@@ -84,6 +84,8 @@ pub struct Dialog {
     pub state: DialogState,
     /// CSeq of our last request in the dialog.
     pub local_cseq: u32,
+    /// RSeq of our last reliable provisional response (RFC 3262).
+    pub rseq: u32,
 }
 
 /// What [`Dialogs::handle_timeout`] wants done.
@@ -137,6 +139,7 @@ impl Dialogs {
                 invite: invite.clone(),
                 state: DialogState::Early,
                 local_cseq: 0,
+                rseq: 0,
             },
         );
         Some(id)
@@ -202,15 +205,13 @@ impl Dialogs {
             self.unacked.insert(id);
             let resend = Resend::new(now, resp, d.flow.transport.is_reliable());
             d.state = DialogState::Provisional { resend, rseq };
+            d.rseq = rseq;
         }
     }
 
     /// The next RSeq for a reliable provisional response in a dialog.
     pub fn next_rseq(&self, id: DialogId) -> u32 {
-        match self.map.get(&id).map(|d| &d.state) {
-            Some(DialogState::Provisional { rseq, .. }) => rseq + 1,
-            _ => 1,
-        }
+        self.map.get(&id).map_or(1, |d| d.rseq + 1)
     }
 
     /// A PRACK with `rack` (`RAck: <rseq> <cseq> INVITE`): whether it
@@ -287,8 +288,10 @@ impl Dialogs {
             .min()
     }
 
-    /// Retransmits due 2xx responses and reports dialogs never ACKed
-    /// (they stop retransmitting; the caller ends them with [`Self::bye`]).
+    /// Retransmits due 2xx responses and reliable provisional ones, and
+    /// reports dialogs whose 2xx was never ACKed (the caller ends them with
+    /// [`Self::bye`]) or whose provisional response was never PRACKed (the
+    /// caller refuses the INVITE); either stops retransmitting.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<DialogOutput> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
@@ -507,6 +510,7 @@ mod tests {
         assert!(!d.on_prack(id, "1 7 INVITE"));
         assert!(d.on_prack(id, "1 1 INVITE"));
         assert_eq!(d.poll_timeout(), None);
+        assert_eq!(d.next_rseq(id), 2, "RSeq goes on after a PRACK");
         // Unacknowledged for 64*T1: given up.
         d.sent_reliably(t0, id, 2, Bytes::from_static(b"180"));
         let out = d.handle_timeout(t0 + 64 * T1);

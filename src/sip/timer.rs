@@ -168,11 +168,12 @@ pub enum Due {
 impl LegTimer {
     /// A timer as `se` set it in a transaction of which we were the UAS
     /// (`we_were_uas`) or the UAC; `se` without a refresher makes the UAC
-    /// refresh.
+    /// refresh. An interval under [`MIN_SE`] (no peer may set one) is
+    /// taken as [`MIN_SE`].
     pub fn new(now: Instant, se: SessionExpires, we_were_uas: bool) -> Self {
         let uas_refreshes = se.refresher == Some(Refresher::Uas);
         let mut t = Self {
-            interval: Duration::from_secs(u64::from(se.interval.max(1))),
+            interval: Duration::from_secs(u64::from(se.interval.max(MIN_SE))),
             we_refresh: uas_refreshes == we_were_uas,
             due: now,
             waiting: false,
@@ -212,10 +213,13 @@ impl LegTimer {
         }
     }
 
-    /// Refresh at once (after a refresh the peer refused for its method).
-    pub fn retry(&mut self, now: Instant) {
-        self.waiting = false;
-        self.due = now;
+    /// Send our refresh again at `at` (the peer refused the last one for
+    /// its method, or for glare); only while one is awaited.
+    pub fn retry(&mut self, at: Instant) {
+        if self.waiting {
+            self.waiting = false;
+            self.due = at;
+        }
     }
 
     /// The `Session-Expires` of our response to a refresh request from the
@@ -231,12 +235,16 @@ impl LegTimer {
         }
     }
 
-    /// The `Session-Expires` of a refresh request we send (we are its
-    /// UAC and the refresher).
+    /// The `Session-Expires` of a re-INVITE or UPDATE we send (we are its
+    /// UAC): the interval as it stands, and who refreshes.
     pub fn as_uac(&self) -> SessionExpires {
         SessionExpires {
             interval: self.interval.as_secs() as u32,
-            refresher: Some(Refresher::Uac),
+            refresher: Some(if self.we_refresh {
+                Refresher::Uac
+            } else {
+                Refresher::Uas
+            }),
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct UacLeg {
     cseq: u32,
     /// The highest RSeq acknowledged per early dialog (To tag), RFC 3262.
     acked_rseq: Vec<(String, u32)>,
+    /// The SDP answer of a reliable provisional response, by To tag: the
+    /// answer of the offer exchange, which the 2xx need not repeat.
+    early_answer: Option<(String, Bytes)>,
 }
 
 /// A display name as a quoted-string body (RFC 3261 25.1): quotes and
@@ -132,6 +135,7 @@ impl UacLeg {
                 route_set: Vec::new(),
                 cseq: 1,
                 acked_rseq: Vec::new(),
+                early_answer: None,
             },
             invite,
         ))
@@ -164,6 +168,40 @@ impl UacLeg {
         true
     }
 
+    /// The INVITE again, asking for a `Session-Expires` of `interval`
+    /// (with that `Min-SE`) after a 422 (RFC 4028 section 7.3): same
+    /// Call-ID and tags, a new branch and the next CSeq. `None` when the
+    /// INVITE asked for that much already (a retry would loop).
+    pub fn retry_with_interval(&mut self, interval: u32) -> Option<Message> {
+        let asked = self
+            .invite
+            .header("Session-Expires")
+            .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok());
+        if asked.is_some_and(|a| a >= interval) {
+            return None;
+        }
+        self.cseq += 1;
+        let mut inv = self.invite.clone();
+        inv.headers
+            .retain(|h| !h.is("Min-SE") && !h.is("Session-Expires"));
+        for h in &mut inv.headers {
+            if h.is("Via") {
+                h.value = format!(
+                    "SIP/2.0/{} {};branch=z9hG4bK{};rport",
+                    self.flow.transport.via_name(),
+                    self.via_host,
+                    random_token(16)
+                );
+            } else if h.is("CSeq") {
+                h.value = format!("{} INVITE", self.cseq);
+            }
+        }
+        inv.push_header("Session-Expires", interval.to_string());
+        inv.push_header("Min-SE", interval.to_string());
+        self.invite = inv.clone();
+        Some(inv)
+    }
+
     /// CANCEL for the INVITE (RFC 3261 9.1): same Request-URI, top Via,
     /// From, To and Call-ID, CSeq number with method CANCEL.
     pub fn cancel(&self) -> Option<Message> {
@@ -173,11 +211,12 @@ impl UacLeg {
         };
         let text = format!(
             "CANCEL {uri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
-             Call-ID: {}\r\nCSeq: 1 CANCEL\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+             Call-ID: {}\r\nCSeq: {} CANCEL\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
             inv.header("Via")?,
             inv.header("From")?,
             inv.header("To")?,
             self.call_id,
+            inv.cseq()?.seq,
             self.user_agent,
         );
         Message::parse(text.as_bytes()).ok()
@@ -223,7 +262,8 @@ impl UacLeg {
         for r in routes {
             text.push_str(&format!("Route: {r}\r\n"));
         }
-        if method == "INVITE" {
+        // Target-refresh requests carry our Contact (RFC 3261 12.2.1.1).
+        if matches!(method, "INVITE" | "UPDATE") {
             text.push_str(&format!("Contact: {}\r\n", self.contact()));
         }
         match body {
@@ -260,10 +300,15 @@ impl UacLeg {
         let rseq: u32 = resp.header("RSeq")?.trim().parse().ok()?;
         let tag = tag_of(resp, "To")?;
         let invite_cseq = resp.cseq()?.seq;
+        // Only the next in sequence; a retransmission or one out of order
+        // is not acknowledged (RFC 3262 section 4).
         match self.acked_rseq.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, last)) if rseq <= *last => return None,
+            Some((_, last)) if rseq != *last + 1 => return None,
             Some((_, last)) => *last = rseq,
             None => self.acked_rseq.push((tag.clone(), rseq)),
+        }
+        if !resp.body.is_empty() && self.early_answer.is_none() {
+            self.early_answer = Some((tag.clone(), resp.body.clone()));
         }
         let target = resp
             .header("Contact")
@@ -279,6 +324,19 @@ impl UacLeg {
         let mut prack = self.request_to("PRACK", self.cseq, &tag, (&target, &routes), None)?;
         prack.push_header("RAck", format!("{rseq} {invite_cseq} INVITE"));
         Some(prack)
+    }
+
+    /// The SDP answer a 2xx settles on: its own body, or, when it has none,
+    /// the answer an acknowledged reliable 18x of the same dialog carried.
+    pub fn answer_in(&self, ok: &Message) -> Bytes {
+        if !ok.body.is_empty() {
+            return ok.body.clone();
+        }
+        let tag = tag_of(ok, "To");
+        match &self.early_answer {
+            Some((t, sdp)) if tag.as_deref() == Some(t.as_str()) => sdp.clone(),
+            _ => Bytes::new(),
+        }
     }
 
     /// BYE ending the dialog.
@@ -416,6 +474,27 @@ mod tests {
     }
 
     #[test]
+    fn a_422_is_retried_once_with_the_interval_it_asks_for() {
+        let (mut leg, inv) = leg();
+        let retry = leg.retry_with_interval(3600).unwrap();
+        assert_eq!(retry.call_id(), inv.call_id());
+        assert_eq!(retry.header("From"), inv.header("From"));
+        assert_eq!(retry.cseq().unwrap().seq, 2);
+        assert_ne!(
+            retry.top_via().unwrap().branch(),
+            inv.top_via().unwrap().branch()
+        );
+        assert_eq!(retry.header("Session-Expires"), Some("3600"));
+        assert_eq!(retry.header("Min-SE"), Some("3600"));
+        assert_eq!(retry.body, inv.body);
+        // Its CANCEL matches it; asking again for no more gets nothing.
+        let cancel = leg.cancel().unwrap();
+        assert_eq!(cancel.header("Via"), retry.header("Via"));
+        assert_eq!(cancel.cseq().unwrap().seq, 2);
+        assert!(leg.retry_with_interval(3600).is_none());
+    }
+
+    #[test]
     fn a_reliable_provisional_gets_one_prack_in_its_early_dialog() {
         let (mut leg, inv) = leg();
         // Unreliable: nothing to acknowledge.
@@ -435,17 +514,32 @@ mod tests {
         assert_eq!(uri, "sip:alice@127.0.0.1:5070;transport=udp");
         let routes: Vec<_> = prack.headers_named("Route").collect();
         assert_eq!(routes, ["<sip:p2;lr>", "<sip:p1;lr>"]);
-        // Its retransmission is not acknowledged again; the next one is.
+        // Its retransmission is not acknowledged again, nor one out of
+        // order; the next one is.
         assert!(leg.prack(&reliable).is_none());
-        let mut next = reliable.clone();
-        next.headers.retain(|h| !h.is("RSeq"));
-        next.push_header("RSeq", "4712");
+        let with_rseq = |n: &str| {
+            let mut next = reliable.clone();
+            next.headers.retain(|h| !h.is("RSeq"));
+            next.push_header("RSeq", n);
+            next
+        };
+        assert!(leg.prack(&with_rseq("4713")).is_none());
         assert_eq!(
-            leg.prack(&next).unwrap().header("RAck"),
+            leg.prack(&with_rseq("4712")).unwrap().header("RAck"),
             Some("4712 1 INVITE")
         );
         // Our BYE after the answer follows the PRACKs' CSeqs.
         assert!(leg.on_response(&answered(&inv, 200, "t1")));
         assert_eq!(leg.bye().unwrap().cseq().unwrap().seq, 4);
+        // A reliable 18x with an answer: a bodiless 2xx settles on it.
+        let (mut other, inv) = self::leg();
+        let mut early = answered(&inv, 183, "t1");
+        early.push_header("Require", "100rel");
+        early.push_header("RSeq", "1");
+        early.body = Bytes::from_static(b"v=0\r\n");
+        assert!(other.prack(&early).is_some());
+        let ok = answered(&inv, 200, "t1");
+        assert_eq!(other.answer_in(&ok).as_ref(), b"v=0\r\n");
+        assert!(other.answer_in(&answered(&inv, 200, "t2")).is_empty());
     }
 }

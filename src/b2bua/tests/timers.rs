@@ -59,7 +59,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
         interval: 90,
         refresher: Some(Refresher::Uac),
     };
-    let (ok, tag, inv) = connected(
+    let (ok_to_caller, tag, inv) = connected(
         &mut b,
         t0,
         caller_refreshes,
@@ -69,6 +69,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
         ],
     );
     // The caller is told it refreshes, and must.
+    let ok = &ok_to_caller;
     assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.header("Require"), Some("timer"));
     assert_eq!(ok.header("Supported"), Some("100rel, timer"));
@@ -113,14 +114,64 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
     };
     assert_eq!(reinvite.method(), Some(Method::Invite));
     assert_eq!(body(reinvite), body(&inv), "the SDP is unchanged");
-    b.on_response(t0 + secs(46), &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
+    let mut ok = reply(reinvite, 200, "a", Some(ANSWER_PCMU));
+    ok.push_header("Session-Expires", "90;refresher=uac");
+    b.on_response(t0 + secs(46), &ok);
     assert_eq!(methods(&drain(&mut b)), ["ACK"]);
 
-    // The caller's next refresh was due by 30 + 60 s; it never comes:
-    // BYE to both sides before its session would expire.
-    b.handle_timeout(t0 + secs(89));
-    assert!(drain(&mut b).is_empty());
-    b.handle_timeout(t0 + secs(90));
+    // The caller repeats its offer word for word (a refresh by re-INVITE):
+    // 200 with our SDP unchanged, nothing passed on.
+    // (A caller that supports timers says so in every request; one that
+    // does not would make us the refresher, RFC 4028 section 9.)
+    let mut again = with_sdp(from_caller("INVITE", &tag, 3), CALLER_OFFER);
+    again.push_header("Supported", "timer");
+    let key = TxKey::server(&again).unwrap();
+    assert!(b.on_request(t0 + secs(50), &key, &again, flow(5080)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, resp)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(body(resp), body(&ok_to_caller));
+
+    // A hold passed on to the callee keeps its timer running.
+    let mut hold = with_sdp(
+        from_caller("INVITE", &tag, 4),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    hold.push_header("Supported", "timer");
+    let key = TxKey::server(&hold).unwrap();
+    assert!(b.on_request(t0 + secs(55), &key, &hold, flow(5080)));
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(forwarded, _)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    // Our 200 to the caller says it still refreshes.
+    let caller_ok = out.iter().find_map(|o| match o {
+        CallOutput::Respond(_, m) => Some(m),
+        _ => None,
+    });
+    assert_eq!(
+        caller_ok.and_then(|m| m.header("Session-Expires")),
+        Some("90;refresher=uac")
+    );
+    assert_eq!(
+        forwarded.header("Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    assert_eq!(forwarded.header("Supported"), Some("100rel, timer"));
+
+    // The callee's next refresh (45 s after the last) is a re-INVITE.
+    b.handle_timeout(t0 + secs(114));
+    let out = drain(&mut b);
+    let methods_sent: Vec<_> = requests(&out)
+        .iter()
+        .map(|(m, f)| (m.method(), f.remote.port()))
+        .collect();
+    assert_eq!(methods_sent, [(Some(Method::Invite), 5070)]);
+    // The caller's last refresh was the hold at 55 s; the next never comes:
+    // BYE to both sides 60 s on, before its session would expire.
+    b.handle_timeout(t0 + secs(115));
     let out = drain(&mut b);
     let byes: Vec<u16> = requests(&out)
         .iter()
@@ -211,4 +262,51 @@ fn an_unanswered_refresh_ends_the_call_when_the_session_would_expire() {
         methods(&out).contains(&"ended:gateway:0".to_string()),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_callee_wanting_a_longer_timer_is_invited_again_with_its_min_se() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070]);
+    let mut too_short = reply(&inv[0], 422, "a", None);
+    too_short.push_header("Min-SE", "3600");
+    b.on_response(t0, &too_short);
+    let out = drain(&mut b);
+    let reqs = requests(&out);
+    let [(again, f)] = reqs.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(f.remote.port(), 5070);
+    assert_eq!(again.call_id(), inv[0].call_id());
+    assert_eq!(again.header("Session-Expires"), Some("3600"));
+    assert_eq!(again.cseq().unwrap().seq, 2);
+    b.sent(again, TxKey::server(again).unwrap());
+    // The same 422 again: the call fails (500: the 422 was about our timer).
+    let mut still = reply(again, 422, "a", None);
+    still.push_header("Min-SE", "3600");
+    b.on_response(t0, &still);
+    assert!(methods(&drain(&mut b)).contains(&"ended:sip:500".to_string()));
+}
+
+#[test]
+fn a_refresh_from_a_caller_without_timer_support_makes_us_the_refresher() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let caller_refreshes = SessionExpires {
+        interval: 90,
+        refresher: Some(Refresher::Uac),
+    };
+    let (_, tag, _) = connected(&mut b, t0, caller_refreshes, &[]);
+    // A bodiless UPDATE without Supported: timer (RFC 4028 section 9).
+    let refresh = from_caller("UPDATE", &tag, 2);
+    let key = TxKey::server(&refresh).unwrap();
+    assert!(b.on_request(t0 + secs(10), &key, &refresh, flow(5080)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, ok)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
+    assert_eq!(b.poll_timeout(), Some(t0 + secs(55)));
 }
