@@ -9,8 +9,9 @@
 //! hub terminates its media); a SIP caller gets 180 when a callee rings and
 //! the 200 (with our answer, in the codec the callee chose when the caller
 //! offered it, else the caller's first, transcoded) once a callee answers;
-//! its CANCEL, BYE and ACK come here, and our 2xx is retransmitted until the
-//! ACK ([`Dialogs`]). The call rings every target in parallel
+//! its CANCEL, BYE, PRACK and ACK come here, and our 2xx (and a 180 to a
+//! caller that requires 100rel) is retransmitted until the ACK (PRACK)
+//! ([`Dialogs`]); a callee's reliable 18x gets our PRACK. The call rings every target in parallel
 //! (RFC 3261 forking done by the B2BUA: one [`UacLeg`] per contact), the
 //! first 2xx wins and the other forks are cancelled (a late 2xx is ACKed
 //! and sent a BYE). 180/183 become `ringing` (with SDP, early media:
@@ -25,9 +26,9 @@
 //! transaction layer retransmits them, [`crate::sip::uac`] builds them, and
 //! the runtime moves media and tells the browser ([`Notice`]). What a
 //! browser's negotiated formats mean for the SIP side is `codecs`'s
-//! ([`sip_offer_codecs`], [`browser_audio`]); session timers and our
-//! refreshes are `refresh`'s. It must not touch
-//! sockets, clocks, the registrar or the dialplan: targets come in resolved.
+//! ([`sip_offer_codecs`], [`browser_audio`]); session timers (RFC 4028)
+//! and our refreshes are `refresh`'s. It must not touch sockets, clocks,
+//! the registrar or the dialplan: targets come in resolved.
 
 mod browser;
 mod codecs;
