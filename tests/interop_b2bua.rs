@@ -318,12 +318,59 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     let gw = Gw::start("");
     let baresip = Baresip::start(&gw, "PCMU");
     let wav = browser_tone(baresip.dir.path());
-    let out = run_bounded(
-        &mut node_call(&gw, 4, "browser", &wav),
-        Duration::from_secs(90),
-    );
+    let mut cmd = node_call(&gw, 4, "browser", &wav);
+    let page = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    // While it runs, the admin API lists both sides: the browser's ICE and
+    // DTLS state and SDPs, baresip's SDPs, and counters that move.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let c = gw.admin_get("/api/admin/v1/calls").1["result"][0].clone();
+        if c["legs"][0]["dtls"] == "connected"
+            && c["totals"]["to_callee_in"].as_u64().unwrap_or(0) > 0
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call never showed up connected with counters: {c}\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = page.join().unwrap();
     let r = parse_result(&out, &gw, &baresip);
-    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    let context = || format!("{r}\n{listed}\n{}\n{}", gw.log_text(), baresip.log());
+    let (browser, sip) = (&listed["legs"][0], &listed["legs"][1]);
+    assert_eq!(
+        (&browser["side"], &browser["leg"]),
+        (&"caller".into(), &"webrtc".into()),
+        "{}",
+        context()
+    );
+    assert!(
+        matches!(browser["ice"].as_str(), Some("connected" | "completed")),
+        "{}",
+        context()
+    );
+    let sdp = |leg: &Value, which: &str| leg[which].as_str().unwrap_or_default().to_string();
+    assert!(
+        sdp(browser, "local_sdp").contains("a=fingerprint:sha-256"),
+        "{}",
+        context()
+    );
+    assert!(
+        sdp(browser, "remote_sdp").contains("a=ice-ufrag"),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        (&sip["side"], &sip["leg"]),
+        (&"callee".into(), &"sip".into()),
+        "{}",
+        context()
+    );
+    assert!(sdp(sip, "local_sdp").contains("PCMU/8000"), "{}", context());
+    assert!(sdp(sip, "remote_sdp").contains("m=audio "), "{}", context());
     assert_page_heard_baresip(&r, &context);
     assert_eq!(
         r["stats"]["audioIn"]["codec"],

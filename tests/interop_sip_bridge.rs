@@ -351,7 +351,42 @@ fn an_administrator_lists_and_hangs_up_a_call_and_both_sides_get_a_bye() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    std::thread::sleep(Duration::from_secs(1));
+    // Each side's SDPs are listed, and the counters move while it runs
+    // (the callee plays speech toward the caller).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        let (_, body) = gw.admin_get("/api/admin/v1/calls");
+        let c = body["result"][0].clone();
+        if c["totals"]["to_caller_out"].as_u64().unwrap_or(0) > 0 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no counters: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let legs = c["legs"].as_array().expect("legs");
+    assert_eq!(legs.len(), 2, "{c}");
+    for (leg, side, theirs) in [
+        (&legs[0], "caller", caller.media),
+        (&legs[1], "callee", callee.media),
+    ] {
+        assert_eq!(
+            (&leg["side"], &leg["leg"]),
+            (&side.into(), &"sip".into()),
+            "{c}"
+        );
+        let remote = leg["remote_sdp"].as_str().unwrap_or_default();
+        assert!(
+            remote.contains(&format!("m=audio {theirs} ")),
+            "{side}: {c}"
+        );
+        let local = leg["local_sdp"].as_str().unwrap_or_default();
+        assert!(
+            local.contains("m=audio ") && !local.contains(&format!("m=audio {theirs} ")),
+            "{side}: {c}"
+        );
+        // Neither SIPp asked for a session timer.
+        assert!(leg.get("session_expires").is_none(), "{c}");
+    }
     let path = format!("/api/admin/v1/calls/{call}");
     let (status, body) = gw.admin("DELETE", &path, None);
     assert_eq!(status, 200, "{body}");

@@ -61,6 +61,8 @@ pub struct ApiState {
     pub aliases: Arc<AliasService>,
     /// Records of ended calls.
     pub cdrs: Arc<crate::cdr::store::CdrStore>,
+    /// The client API (what it knows of browser sides of calls).
+    pub client: Arc<client::ClientApi>,
 }
 
 /// An API error as JSON: `{"status": "failed", "reason": ...}`, plus
@@ -277,10 +279,11 @@ async fn calls(State(s): State<ApiState>) -> ApiResult {
         .send(Query::Calls(tx))
         .await
         .map_err(|_| ApiError::unavailable())?;
-    success(
-        StatusCode::OK,
-        rx.await.map_err(|_| ApiError::unavailable())?,
-    )
+    let mut calls = rx.await.map_err(|_| ApiError::unavailable())?;
+    for leg in calls.iter_mut().flat_map(|c| c.legs.iter_mut()) {
+        s.client.browser_leg(leg);
+    }
+    success(StatusCode::OK, calls)
 }
 
 async fn hang_up_call(

@@ -7,10 +7,12 @@
 //! unanswered, ends the call: BYE to both sides before the session would
 //! expire anyway.
 //!
+//! Also reports each side's session for the admin API ([`B2bua::legs`]).
 //! The header rules are [`crate::sip::timer`]'s. Must not touch media or
 //! forks still ringing.
 
 use super::*;
+use crate::cdr::LegState;
 use crate::sip::timer::{self, Due, Grant, SessionTimers};
 use std::time::Duration;
 
@@ -265,5 +267,53 @@ impl Call {
             Party::Callee => &self.callee.as_ref()?.session,
         };
         s.timer.map(|t| t.due)
+    }
+}
+
+impl Session {
+    /// What the admin API shows of a SIP side.
+    fn state(&self, side: &str) -> LegState {
+        LegState {
+            side: side.into(),
+            leg: "sip".into(),
+            local_sdp: self.sdp.clone(),
+            remote_sdp: String::from_utf8_lossy(&self.theirs).into_owned(),
+            session_expires: self.timer.map(|t| t.interval.as_secs() as u32),
+            refresher: self
+                .timer
+                .map(|t| if t.we_refresh { "gateway" } else { "peer" }.into()),
+            ..LegState::default()
+        }
+    }
+}
+
+impl B2bua {
+    /// Each side of a connected call: a SIP side's SDPs and session timer,
+    /// or a browser's call id in the client API (which knows its state).
+    /// Empty for calls not connected.
+    pub fn legs(&self, call_id: &str) -> Vec<LegState> {
+        let Some(call) = self
+            .calls
+            .get(call_id)
+            .filter(|c| c.state == State::Connected)
+        else {
+            return Vec::new();
+        };
+        let browser = |side: &str, id: &str| LegState {
+            side: side.into(),
+            leg: "webrtc".into(),
+            browser_call: Some(id.to_string()),
+            ..LegState::default()
+        };
+        let caller = match &call.caller {
+            Caller::Sip(sc) => sc.session.state("caller"),
+            Caller::Browser(_) => browser("caller", call_id),
+        };
+        let callee = match call.winner {
+            Some(Winner::Sip(_)) => call.callee.as_ref().map(|c| c.session.state("callee")),
+            Some(Winner::Browser(j)) => call.browsers.get(j).map(|b| browser("callee", &b.id)),
+            None => None,
+        };
+        std::iter::once(caller).chain(callee).collect()
     }
 }

@@ -83,8 +83,50 @@ pub struct MediaTotals {
     pub video_to_browser_out: u64,
 }
 
+/// One side of a call in progress, as the admin API shows it: its SDPs
+/// and, for a SIP side, its session timer; for a browser, its ICE and DTLS
+/// state and the peer's counters. Not kept in the CDR.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LegState {
+    /// `caller` or `callee`.
+    pub side: String,
+    /// `sip` or `webrtc`.
+    pub leg: String,
+    /// Our latest SDP toward it.
+    pub local_sdp: String,
+    /// Its latest SDP.
+    pub remote_sdp: String,
+    /// A SIP side's session timer (RFC 4028), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expires: Option<u32>,
+    /// Who refreshes it: `gateway` or `peer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresher: Option<String>,
+    /// A browser's ICE state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice: Option<String>,
+    /// A browser's DTLS state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtls: Option<String>,
+    /// RTP packets from the browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_in: Option<u64>,
+    /// RTP packets to the browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_out: Option<u64>,
+    /// The highest loss fraction the browser's RTCP reported (0-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_in: Option<f32>,
+    /// Round-trip time from RTCP, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
+    /// The browser's call id in the client API (where its state is).
+    #[serde(skip)]
+    pub browser_call: Option<String>,
+}
+
 /// One call: in progress (no `ended_at` yet) or over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// The call's id.
     pub id: String,
@@ -108,8 +150,12 @@ pub struct CallRecord {
     pub status: Option<u16>,
     /// Why it ended.
     pub reason: Option<String>,
-    /// Media counters when it stopped.
+    /// Media counters: every few seconds while the call runs, final once
+    /// it stopped.
     pub totals: Option<MediaTotals>,
+    /// Each side's state, in the list of calls in progress only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegState>,
 }
 
 /// Calls in progress, and ended calls waiting for their media counters.
@@ -135,6 +181,7 @@ impl Records {
                 status: None,
                 reason: None,
                 totals: None,
+                legs: Vec::new(),
             },
         );
     }
@@ -184,6 +231,13 @@ impl Records {
     pub fn media(&mut self, call: &str, plan: MediaPlan) {
         if let Some(r) = self.live.get_mut(call) {
             r.media = Some(plan);
+        }
+    }
+
+    /// A running call's media counters so far.
+    pub fn media_progress(&mut self, call: &str, totals: MediaTotals) {
+        if let Some(r) = self.live.get_mut(call).filter(|r| r.ended_at.is_none()) {
+            r.totals = Some(totals);
         }
     }
 

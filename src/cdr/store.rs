@@ -101,6 +101,7 @@ mod tests {
             status: Some(487),
             reason: Some("cancelled".into()),
             totals: None,
+            legs: Vec::new(),
         }
     }
 

@@ -496,6 +496,12 @@ impl Gateway {
         self.b2bua.call_of_fork(id).unwrap_or(id)
     }
 
+    /// Each side of a connected bridged call, for the admin API (see
+    /// [`crate::b2bua::B2bua::legs`]).
+    pub fn call_legs(&self, call: &str) -> Vec<crate::cdr::LegState> {
+        self.b2bua.legs(call)
+    }
+
     /// Hangs up a bridged call (the admin API); false when there is none.
     pub fn hang_up_call(&mut self, now: Instant, wall: u64, call: &str) -> bool {
         let done = self.b2bua.hang_up(now, call);

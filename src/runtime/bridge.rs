@@ -70,9 +70,15 @@ enum CallerPorts {
     Sip(Ports),
 }
 
+/// How often a running call reports its counters (the admin API's list).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What media tasks report to the signalling loop.
 #[derive(Debug)]
 pub enum MediaReport {
+    /// A running call's audio counters so far (every 2 s
+    /// while packets flow).
+    Progress(String, MediaTotals),
     /// A call's media stopped; its counters.
     Stopped(String, MediaTotals),
     /// A digit (RFC 4733) recognised on side `from`'s RTP, for the call
@@ -462,6 +468,15 @@ struct Legs {
 }
 
 impl Legs {
+    /// The audio counters so far, caller's side first.
+    fn totals(&self) -> MediaTotals {
+        if self.browser_called {
+            totals(&self.to_sip, &self.to_browser, &self.sip.session)
+        } else {
+            totals(&self.to_browser, &self.to_sip, &self.sip.session)
+        }
+    }
+
     /// Starts the task between a browser's `peer` (with the `formats` it
     /// negotiated) and a SIP endpoint's `sip` media (agreed as `n`).
     /// Returns the task and what the browser and the SIP side send.
@@ -528,6 +543,7 @@ impl Legs {
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         let mut video_to_sip = Vec::new();
+        let mut next_progress = Instant::now() + PROGRESS_EVERY;
         loop {
             let due = [
                 self.sip.session.next_timeout(),
@@ -603,13 +619,13 @@ impl Legs {
                 }
                 v.sip.flush(now, &mut video_to_sip).await;
             }
+            if now >= next_progress {
+                next_progress = now + PROGRESS_EVERY;
+                let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
+            }
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
-        let mut totals = if self.browser_called {
-            totals(&self.to_sip, &self.to_browser, &self.sip.session)
-        } else {
-            totals(&self.to_browser, &self.to_sip, &self.sip.session)
-        };
+        let mut totals = self.totals();
         if let Some(v) = self.video.take() {
             let (to_sip, to_browser, overruns) = v.stop().await;
             tracing::info!(
@@ -684,6 +700,7 @@ impl Relay {
             }
         };
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
+        let mut next_progress = Instant::now() + PROGRESS_EVERY;
         loop {
             let due = [
                 self.caller.session.next_timeout(),
@@ -725,6 +742,11 @@ impl Relay {
             self.caller.flush(now, &mut to_caller).await;
             self.to_callee.poll(now, &mut to_callee);
             self.callee.flush(now, &mut to_callee).await;
+            if now >= next_progress {
+                next_progress = now + PROGRESS_EVERY;
+                let totals = totals(&self.to_callee, &self.to_caller, &self.callee.session);
+                let _ = done.send(MediaReport::Progress(call.to_string(), totals));
+            }
         }
         log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);
         tracing::info!(

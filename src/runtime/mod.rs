@@ -246,6 +246,7 @@ pub async fn run(
         routing: routing.clone(),
         aliases: aliases.clone(),
         cdrs: cdrs.clone(),
+        client: client.clone(),
     };
     let (http_stop_tx, http_stop) = oneshot::channel::<()>();
     let http_client = client.clone();
@@ -376,6 +377,7 @@ pub async fn run(
                 on_call_cmd(&mut gw, cmd, &mut media, &mut bridges);
             }
             Some(report) = media_done.recv() => match report {
+                bridge::MediaReport::Progress(call, totals) => records.media_progress(&call, totals),
                 bridge::MediaReport::Stopped(call, totals) => {
                     if let Some(done) = records.media_stopped(&call, totals) {
                         keep(done);
@@ -400,7 +402,11 @@ pub async fn run(
                         let _ = reply.send(gw.is_registered(&alias, unix_now()));
                     }
                     Some(Query::Calls(reply)) => {
-                        let _ = reply.send(records.active());
+                        let mut calls = records.active();
+                        for c in &mut calls {
+                            c.legs = gw.call_legs(&c.id);
+                        }
+                        let _ = reply.send(calls);
                     }
                     Some(Query::HangUp(call, reply)) => {
                         let _ = reply.send(gw.hang_up_call(Instant::now(), unix_now(), &call));

@@ -147,6 +147,12 @@ pub struct MediaCounters {
     pub loss_in: f32,
     /// Round-trip time from RTCP, milliseconds.
     pub rtt_ms: Option<u32>,
+    /// ICE state (RFC 8445 terms as str0m reports them): `new`,
+    /// `checking`, `connected`, `completed`, `disconnected`.
+    pub ice: &'static str,
+    /// DTLS state: `connecting` until the handshake is done, then
+    /// `connected`.
+    pub dtls: &'static str,
 }
 
 /// Something a peer did that the call layer cares about.
@@ -389,7 +395,11 @@ impl Hub {
             connect_by,
             pending: None,
             connected: false,
-            counters: MediaCounters::default(),
+            counters: MediaCounters {
+                ice: "new",
+                dtls: "connecting",
+                ..MediaCounters::default()
+            },
             next_stats: now + STATS_INTERVAL,
             dtmf: dtmf::Receiver::default(),
             tele: Vec::new(),
@@ -825,18 +835,33 @@ fn drain(id: PeerId, peer: &mut Peer, out: &mut VecDeque<HubOutput>) {
     }
 }
 
+/// An ICE state's name.
+fn ice_state(s: IceConnectionState) -> &'static str {
+    match s {
+        IceConnectionState::New => "new",
+        IceConnectionState::Checking => "checking",
+        IceConnectionState::Connected => "connected",
+        IceConnectionState::Completed => "completed",
+        IceConnectionState::Disconnected => "disconnected",
+    }
+}
+
 fn on_event(id: PeerId, peer: &mut Peer, e: Event, out: &mut VecDeque<HubOutput>) {
     match e {
         Event::Connected => {
             peer.connected = true;
+            peer.counters.dtls = "connected";
             out.push_back(HubOutput::Event(id, PeerEvent::Connected));
         }
-        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-            peer.closed.get_or_insert(if peer.connected {
-                CloseReason::IceTimeout
-            } else {
-                CloseReason::NeverConnected
-            });
+        Event::IceConnectionStateChange(state) => {
+            peer.counters.ice = ice_state(state);
+            if state == IceConnectionState::Disconnected {
+                peer.closed.get_or_insert(if peer.connected {
+                    CloseReason::IceTimeout
+                } else {
+                    CloseReason::NeverConnected
+                });
+            }
         }
         Event::RtpPacket(pkt) => on_rtp(id, peer, pkt, out),
         Event::KeyframeRequest(req) => match peer.app {

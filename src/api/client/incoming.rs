@@ -87,6 +87,8 @@ impl ClientApi {
                 peer,
                 app: PeerApp::Bridge,
                 counters: Default::default(),
+                local_sdp: sdp.to_string(),
+                remote_sdp: String::new(),
                 incoming: Some(false),
                 hung_up: false,
             },
@@ -229,6 +231,7 @@ pub(super) async fn answer(
             "the body needs an \"sdp\" answer",
         ));
     }
+    let theirs = req.sdp.clone();
     let formats = s
         .webrtc
         .answer(entry.peer, req.sdp)
@@ -239,6 +242,7 @@ pub(super) async fn answer(
         })?;
     if let Some(c) = s.tables().calls.get_mut(&call) {
         c.incoming = Some(true);
+        c.remote_sdp = theirs;
     }
     let _ = s.calls.send(CallCmd::Answered {
         fork: call.clone(),

@@ -129,8 +129,11 @@ struct CallEntry {
     participant: Option<String>,
     peer: PeerId,
     app: PeerApp,
-    /// The latest media counters.
+    /// The latest media counters (and ICE and DTLS state).
     counters: crate::webrtc::MediaCounters,
+    /// Our SDP and the browser's (the offer and the answer).
+    local_sdp: String,
+    remote_sdp: String,
     /// For a call to the browser: whether it answered.
     incoming: Option<bool>,
     /// Hung up through the API: gone for every later request, though the
@@ -214,6 +217,24 @@ impl ClientApi {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A browser side of a call in progress, for the admin API: `leg` (its
+    /// side, with `browser_call` its id here) completed with its SDPs, ICE
+    /// and DTLS state and counters. Unchanged when the call is not known.
+    pub fn browser_leg(&self, leg: &mut crate::cdr::LegState) {
+        let t = self.tables();
+        let Some(c) = leg.browser_call.as_ref().and_then(|id| t.calls.get(id)) else {
+            return;
+        };
+        leg.local_sdp.clone_from(&c.local_sdp);
+        leg.remote_sdp.clone_from(&c.remote_sdp);
+        leg.ice = Some(c.counters.ice.to_string());
+        leg.dtls = Some(c.counters.dtls.to_string());
+        leg.packets_in = Some(c.counters.packets_in);
+        leg.packets_out = Some(c.counters.packets_out);
+        leg.loss_in = Some(c.counters.loss_in);
+        leg.rtt_ms = c.counters.rtt_ms;
+    }
+
     /// Marks a participant as registered for `alias` until `until`, and
     /// tells the call layer.
     fn set_registered(&self, participant: &str, alias: &str, until: u64) {
@@ -252,6 +273,10 @@ impl ClientApi {
             // A bridged call is connected when the far side answers.
             PeerEvent::Connected if bridged => {
                 tracing::debug!(call = %call_uuid, "browser media connected");
+                if let Some(call) = t.calls.get_mut(&call_uuid) {
+                    call.counters.ice = "connected";
+                    call.counters.dtls = "connected";
+                }
                 return;
             }
             PeerEvent::Connected => {
@@ -515,6 +540,7 @@ impl ClientApi {
         } else {
             PeerApp::Echo
         };
+        let offer = sdp.clone();
         let (peer, answer, formats) = self.webrtc.offer(sdp, app).await.map_err(|e| match e {
             HandleError::Refused(WebrtcError::Full(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -556,6 +582,8 @@ impl ClientApi {
                 peer,
                 app,
                 counters: Default::default(),
+                local_sdp: answer.clone(),
+                remote_sdp: offer,
                 incoming: None,
                 hung_up: false,
             },

@@ -310,3 +310,37 @@ fn a_refresh_from_a_caller_without_timer_support_makes_us_the_refresher() {
     assert_eq!(ok.header("Require"), None);
     assert_eq!(b.poll_timeout(), Some(t0 + secs(55)));
 }
+
+#[test]
+fn the_admin_api_sees_each_sides_sdps_and_session_timer() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let caller_refreshes = SessionExpires {
+        interval: 90,
+        refresher: Some(Refresher::Uac),
+    };
+    let (ok, _, inv) = connected(
+        &mut b,
+        t0,
+        caller_refreshes,
+        &[("Session-Expires", "600;refresher=uac")],
+    );
+    let legs = b.legs("sip-1");
+    let [caller, callee] = legs.as_slice() else {
+        panic!("{legs:?}")
+    };
+    assert_eq!(
+        (caller.side.as_str(), caller.leg.as_str()),
+        ("caller", "sip")
+    );
+    assert_eq!(caller.local_sdp, body(&ok));
+    assert_eq!(caller.remote_sdp, CALLER_OFFER);
+    assert_eq!(caller.session_expires, Some(90));
+    assert_eq!(caller.refresher.as_deref(), Some("peer"));
+    assert_eq!(callee.side, "callee");
+    assert_eq!(callee.local_sdp, body(&inv));
+    assert_eq!(callee.remote_sdp, ANSWER_PCMU);
+    assert_eq!(callee.session_expires, Some(600));
+    assert_eq!(callee.refresher.as_deref(), Some("gateway"));
+    assert!(b.legs("no-such-call").is_empty());
+}
