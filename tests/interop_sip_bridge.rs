@@ -28,6 +28,11 @@ fn gateway(uas_port: u16) -> Gw {
 
 /// [`gateway`], with more of the rule's TOML (`media.dtmf = "info"`).
 fn gateway_with(uas_port: u16, rule: &str) -> Gw {
+    gateway_configured(uas_port, rule, "")
+}
+
+/// [`gateway_with`], with more of the `[media]` configuration.
+fn gateway_configured(uas_port: u16, rule: &str, media: &str) -> Gw {
     let plan_dir = tempfile::tempdir().unwrap();
     let plan = common::write(
         plan_dir.path(),
@@ -45,7 +50,7 @@ target = {{ type = "sip", uri = "sip:127.0.0.1:{uas_port}" }}
     );
     let base = 43000 + 2 * (std::process::id() as u16 % 1000);
     let gw = Gw::start(&format!(
-        "[dialplan]\npath = \"{}\"\n[media]\nport_min = {base}\nport_max = {}\n",
+        "[dialplan]\npath = \"{}\"\n[media]\nport_min = {base}\nport_max = {}\n{media}\n",
         plan.display(),
         base + 40
     ));
@@ -405,6 +410,41 @@ fn an_administrator_lists_and_hangs_up_a_call_and_both_sides_get_a_bye() {
     assert_eq!(body["result"], serde_json::json!([]), "{body}");
 }
 
+#[test]
+fn a_call_whose_sides_fall_silent_is_hung_up_both_ways() {
+    require("sipp");
+    let uas_port = free_port();
+    let gw = gateway_configured(uas_port, "", "timeout = 4");
+    let (caller, callee) = (Side::new(), Side::new());
+    let mut server = uas(&callee, "bridge_uas.xml", uas_port);
+    let mut cmd = sipp_command(caller.dir.path(), "bridge_uac_wait_bye.xml", free_port());
+    cmd.args(["-mp", &caller.media.to_string(), "-mi", "127.0.0.1"])
+        .arg(gw.sip_target());
+    // Both play 7 s of speech, then send nothing (SIPp sends no RTCP) and
+    // wait for a BYE.
+    let start = Instant::now();
+    let out = run_bounded(&mut cmd, Duration::from_secs(40));
+    let lasted = start.elapsed();
+    let uas_status = finish(&mut server.0);
+    let ctx = || context(&gw, &caller, &callee);
+    assert_eq!(out.status.code(), Some(0), "the caller failed\n{}", ctx());
+    assert_eq!(uas_status, Some(0), "the callee failed\n{}", ctx());
+    // Not while the speech played; soon after it stopped.
+    assert!(
+        lasted >= Duration::from_secs(9) && lasted < Duration::from_secs(20),
+        "the BYEs came after {lasted:?}\n{}",
+        ctx()
+    );
+    let cdr = gw.only_cdr();
+    assert_eq!(cdr["ended_by"], "gateway", "{cdr}");
+    assert!(
+        cdr["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no media from the ")),
+        "{cdr}"
+    );
+}
+
 /// A call whose outcome is a status: runs the pair of scenarios and
 /// returns both message traces.
 fn call_outcome(uac_scenario: &str, uas_scenario: Option<&str>) -> (String, String, String) {
@@ -517,7 +557,9 @@ fn reliable_provisionals_are_acknowledged_both_ways_where_required() {
 fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing_is_hung_up() {
     require("sipp");
     let uas_port = free_port();
-    let gw = gateway(uas_port);
+    // Neither SIPp sends media: no media timeout, so only the session
+    // timer can end the call.
+    let gw = gateway_configured(uas_port, "", "timeout = 0");
     let (caller, callee) = (Side::new(), Side::new());
     // Both SIPps outlive their usual 15 s limit (the last -timeout wins).
     let long = ["-timeout", "85"];

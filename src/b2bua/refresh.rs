@@ -7,7 +7,9 @@
 //! unanswered, ends the call: BYE to both sides before the session would
 //! expire anyway.
 //!
-//! Also reports each side's session for the admin API ([`B2bua::legs`]).
+//! A side whose media went silent ([`B2bua::media_silent`]) ends the call
+//! the same way. Also reports each side's session for the admin API
+//! ([`B2bua::legs`]).
 //! The header rules are [`crate::sip::timer`]'s. Must not touch media or
 //! forks still ringing.
 
@@ -243,6 +245,27 @@ impl B2bua {
             tracing::debug!(call = %call_id, side = ?party, method, "refreshing the session");
             self.out.push_back(CallOutput::Request(req, flow));
         }
+    }
+
+    /// A SIP side of a connected call sent nothing (no RTP, no RTCP) for
+    /// the media timeout: it is gone without a BYE, so both sides are
+    /// hung up (the silent one gets its BYE too, in case it is only mute).
+    pub fn media_silent(&mut self, now: Instant, call_id: &str, from: Party) {
+        if !self
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.state == State::Connected)
+        {
+            return;
+        }
+        let who = match from {
+            Party::Caller => "the caller",
+            Party::Callee => "the callee",
+        };
+        tracing::info!(call = %call_id, side = who, "no media; hanging up");
+        self.hang_up_sip(call_id);
+        let reason = format!("no media from {who}");
+        self.end(now, call_id, Side::Gateway, None, &reason);
     }
 
     /// When the next session timer of a connected call falls due.

@@ -224,6 +224,21 @@ pub struct MediaConfig {
     pub port_min: Spanned<u16>,
     /// Last RTP port.
     pub port_max: Spanned<u16>,
+    /// Seconds a SIP side (or an echo caller) may send no RTP and no RTCP
+    /// before its call is hung up as gone; 0: never.
+    pub timeout: u32,
+}
+
+impl MediaConfig {
+    /// The media timeout (`timeout`, a year when 0).
+    pub fn silence(&self) -> std::time::Duration {
+        let secs = if self.timeout == 0 {
+            365 * 86_400
+        } else {
+            self.timeout
+        };
+        std::time::Duration::from_secs(u64::from(secs))
+    }
 }
 
 impl Default for MediaConfig {
@@ -231,6 +246,7 @@ impl Default for MediaConfig {
         Self {
             port_min: Spanned::new(0..0, 20000),
             port_max: Spanned::new(0..0, 30000),
+            timeout: 60,
         }
     }
 }

@@ -502,6 +502,13 @@ impl Gateway {
         self.b2bua.legs(call)
     }
 
+    /// A SIP side of a bridged call sent no media for the media timeout:
+    /// the call is hung up on both sides.
+    pub fn media_silent(&mut self, now: Instant, wall: u64, call: &str, from: crate::b2bua::Party) {
+        self.b2bua.media_silent(now, call, from);
+        self.pump(now, wall);
+    }
+
     /// Hangs up a bridged call (the admin API); false when there is none.
     pub fn hang_up_call(&mut self, now: Instant, wall: u64, call: &str) -> bool {
         let done = self.b2bua.hang_up(now, call);

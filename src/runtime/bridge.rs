@@ -27,7 +27,7 @@ use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::AudioCodec;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -81,6 +81,14 @@ pub enum MediaReport {
     Progress(String, MediaTotals),
     /// A call's media stopped; its counters.
     Stopped(String, MediaTotals),
+    /// Side `from` of a call sent nothing (no RTP, no RTCP) for the media
+    /// timeout: it is gone without a BYE. Reported once.
+    Silent {
+        /// The call.
+        call: String,
+        /// The silent SIP side.
+        from: Party,
+    },
     /// A digit (RFC 4733) recognised on side `from`'s RTP, for the call
     /// layer (the browser's event stream, SIP INFO).
     Digit {
@@ -100,6 +108,8 @@ pub type Reports = mpsc::UnboundedSender<MediaReport>;
 pub struct Bridges {
     calls: HashMap<String, Slot>,
     done: Reports,
+    /// How long a SIP side may send nothing before it counts as gone.
+    silence: Duration,
 }
 
 impl std::fmt::Debug for Bridges {
@@ -111,12 +121,14 @@ impl std::fmt::Debug for Bridges {
 }
 
 impl Bridges {
-    /// No calls yet; each call's task reports to `done` (digits while it
-    /// runs, its counters when it stops).
-    pub fn new(done: Reports) -> Self {
+    /// No calls yet; each call's task reports to `done` (digits and
+    /// counters while it runs, a SIP side silent for `silence`, its
+    /// counters when it stops).
+    pub fn new(done: Reports, silence: Duration) -> Self {
         Self {
             calls: HashMap::new(),
             done,
+            silence,
         }
     }
 
@@ -198,6 +210,7 @@ impl Bridges {
             control,
             stop,
             done: self.done.clone(),
+            silence: self.silence,
         };
         let (task, plan) = match (caller, callee, reserved) {
             (CallerMedia::Browser(peer), CalleeMedia::Sip(a), CallerPorts::Browser(formats)) => {
@@ -367,6 +380,10 @@ pub(super) struct RtpEnd {
     /// Receive buffers for RTP and RTCP, reused.
     pub buf: Vec<u8>,
     rbuf: Vec<u8>,
+    /// When its last RTP or RTCP came (or the media started).
+    heard: Instant,
+    /// Its silence was reported.
+    silent: bool,
 }
 
 impl RtpEnd {
@@ -394,7 +411,22 @@ impl RtpEnd {
             session,
             buf: Vec::with_capacity(2048),
             rbuf: Vec::with_capacity(2048),
+            heard: Instant::now(),
+            silent: false,
         })
+    }
+
+    /// When this side counts as gone if it stays silent (`None` once
+    /// reported).
+    fn silent_at(&self, limit: Duration) -> Option<Instant> {
+        (!self.silent).then(|| self.heard + limit)
+    }
+
+    /// Whether this side just went silent for `limit` (true once).
+    fn went_silent(&mut self, now: Instant, limit: Duration) -> bool {
+        let gone = self.silent_at(limit).is_some_and(|t| now >= t);
+        self.silent |= gone;
+        gone
     }
 
     /// Waits for the next datagram on either socket; an RTP packet is left
@@ -412,6 +444,9 @@ impl RtpEnd {
                 self.session.on_rtcp_port(Instant::now(), from, &mut self.rbuf)
             }
         };
+        if inbound != Inbound::Dropped {
+            self.heard = Instant::now();
+        }
         match inbound {
             Inbound::Rtp => Got::Rtp,
             Inbound::Rtcp(fb) if !fb.is_empty() => Got::Feedback(fb),
@@ -450,6 +485,8 @@ struct Ends {
     control: mpsc::UnboundedReceiver<Control>,
     stop: tokio::sync::oneshot::Receiver<()>,
     done: Reports,
+    /// The media timeout of a SIP side.
+    silence: Duration,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -526,6 +563,7 @@ impl Legs {
             mut control,
             mut stop,
             done,
+            silence,
         }: Ends,
     ) {
         let (browser, sip) = if self.browser_called {
@@ -553,6 +591,7 @@ impl Legs {
                 self.to_sip.next_due(),
                 self.to_sip.next_event_due(Instant::now()),
                 self.to_browser.next_due(),
+                self.sip.silent_at(silence),
             ]
             .into_iter()
             .flatten()
@@ -623,6 +662,13 @@ impl Legs {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
+            if self.sip.went_silent(now, silence) {
+                tracing::info!(call, side = ?sip, secs = silence.as_secs(), "no media from the SIP side");
+                let _ = done.send(MediaReport::Silent {
+                    call: call.to_string(),
+                    from: sip,
+                });
+            }
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
         let mut totals = self.totals();
@@ -688,6 +734,7 @@ impl Relay {
             mut control,
             mut stop,
             done,
+            silence,
         }: Ends,
     ) {
         let report = |from, digits: Vec<Digit>| {
@@ -708,6 +755,8 @@ impl Relay {
                 self.to_callee.next_due(),
                 self.to_callee.next_event_due(Instant::now()),
                 self.to_caller.next_due(),
+                self.caller.silent_at(silence),
+                self.callee.silent_at(silence),
             ]
             .into_iter()
             .flatten()
@@ -746,6 +795,18 @@ impl Relay {
                 next_progress = now + PROGRESS_EVERY;
                 let totals = totals(&self.to_callee, &self.to_caller, &self.callee.session);
                 let _ = done.send(MediaReport::Progress(call.to_string(), totals));
+            }
+            for (end, from) in [
+                (&mut self.caller, Party::Caller),
+                (&mut self.callee, Party::Callee),
+            ] {
+                if end.went_silent(now, silence) {
+                    tracing::info!(call, side = ?from, secs = silence.as_secs(), "no media from a SIP side");
+                    let _ = done.send(MediaReport::Silent {
+                        call: call.to_string(),
+                        from,
+                    });
+                }
             }
         }
         log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);

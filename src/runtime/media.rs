@@ -21,23 +21,23 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// A call whose streams all hear nothing (no RTP, no RTCP) for this long
-/// ends: the caller is gone without a BYE.
-const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// When any stream of a call last heard from the caller, shared by the
-/// call's stream tasks (a silent stream alone does not end the call).
+/// call's stream tasks (a silent stream alone does not end the call); a
+/// call whose streams all hear nothing (no RTP, no RTCP) for `timeout`
+/// ends: the caller is gone without a BYE.
 #[derive(Debug)]
 struct Heard {
     base: Instant,
     ms: AtomicU64,
+    timeout: Duration,
 }
 
 impl Heard {
-    fn new() -> Self {
+    fn new(timeout: Duration) -> Self {
         Self {
             base: Instant::now(),
             ms: AtomicU64::new(0),
+            timeout,
         }
     }
 
@@ -48,7 +48,7 @@ impl Heard {
 
     /// When the call counts as silent.
     fn silent_at(&self) -> Instant {
-        self.base + Duration::from_millis(self.ms.load(Ordering::Relaxed)) + MEDIA_TIMEOUT
+        self.base + Duration::from_millis(self.ms.load(Ordering::Relaxed)) + self.timeout
     }
 }
 
@@ -60,6 +60,8 @@ pub struct MediaCalls {
     calls: HashMap<DialogId, Vec<JoinHandle<()>>>,
     /// Where silent calls are reported.
     timeouts: mpsc::UnboundedSender<DialogId>,
+    /// How long a silent call lasts.
+    silence: Duration,
 }
 
 /// Sockets of one stream.
@@ -70,14 +72,21 @@ pub(super) struct Ports {
 
 impl MediaCalls {
     /// Ports are taken from `min..=max` (even RTP ports, RTCP one above);
-    /// calls whose media goes silent are reported on `timeouts`.
-    pub fn new(min: u16, max: u16, timeouts: mpsc::UnboundedSender<DialogId>) -> Self {
+    /// calls whose media stays silent for `silence` are reported on
+    /// `timeouts`.
+    pub fn new(
+        min: u16,
+        max: u16,
+        timeouts: mpsc::UnboundedSender<DialogId>,
+        silence: Duration,
+    ) -> Self {
         let span = (max.saturating_sub(min) / 2).max(1);
         Self {
             range: (min, max),
             next: min + 2 * (rand::random::<u16>() % span),
             calls: HashMap::new(),
             timeouts,
+            silence,
         }
     }
 
@@ -135,7 +144,7 @@ impl MediaCalls {
         }
         let mut ports = Vec::new();
         let mut tasks = Vec::new();
-        let heard = Arc::new(Heard::new());
+        let heard = Arc::new(Heard::new(self.silence));
         for b in bound {
             let Some((sockets, n)) = b else {
                 ports.push(0);
@@ -194,7 +203,7 @@ pub(super) fn ntp_now() -> u64 {
 }
 
 /// The loop of one echoed stream; it returns when the whole call has heard
-/// nothing for [`MEDIA_TIMEOUT`].
+/// nothing for the media timeout.
 fn echo_stream(
     sockets: Ports,
     n: Negotiated,
@@ -267,7 +276,7 @@ fn echo_stream(
                 () = tokio::time::sleep_until(due.into()) => {
                     let now = Instant::now();
                     if now >= heard.silent_at() {
-                        tracing::info!(cname = %session_name, "no media for {}s", MEDIA_TIMEOUT.as_secs());
+                        tracing::info!(cname = %session_name, "no media for {}s", heard.timeout.as_secs());
                         return;
                     }
                     control.extend(session.poll_rtcp(now, ntp_now()));

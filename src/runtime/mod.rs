@@ -274,9 +274,10 @@ pub async fn run(
         *cfg.media.port_min.get_ref(),
         *cfg.media.port_max.get_ref(),
         silent_tx,
+        cfg.media.silence(),
     );
     let (media_done_tx, mut media_done) = mpsc::unbounded_channel();
-    let mut bridges = bridge::Bridges::new(media_done_tx);
+    let mut bridges = bridge::Bridges::new(media_done_tx, cfg.media.silence());
     let mut records = crate::cdr::Records::default();
     let keep = move |r: crate::cdr::CallRecord| {
         let store = cdrs.clone();
@@ -382,6 +383,9 @@ pub async fn run(
                     if let Some(done) = records.media_stopped(&call, totals) {
                         keep(done);
                     }
+                }
+                bridge::MediaReport::Silent { call, from } => {
+                    gw.media_silent(Instant::now(), unix_now(), &call, from);
                 }
                 bridge::MediaReport::Digit { call, from, digit } => {
                     gw.media_digit(Instant::now(), unix_now(), &call, from, digit);

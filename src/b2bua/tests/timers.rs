@@ -344,3 +344,39 @@ fn the_admin_api_sees_each_sides_sdps_and_session_timer() {
     assert_eq!(callee.refresher.as_deref(), Some("gateway"));
     assert!(b.legs("no-such-call").is_empty());
 }
+
+#[test]
+fn a_silent_side_ends_the_call_both_ways() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let granted = SessionExpires {
+        interval: 1800,
+        refresher: Some(Refresher::Uac),
+    };
+    connected(&mut b, t0, granted, &[]);
+    b.media_silent(t0 + secs(60), "sip-1", Party::Callee);
+    let out = drain(&mut b);
+    let byes: Vec<u16> = requests(&out)
+        .iter()
+        .filter(|(m, _)| m.method() == Some(Method::Bye))
+        .map(|(_, f)| f.remote.port())
+        .collect();
+    assert_eq!(byes, [5070, 5080]);
+    let ended = out.iter().find_map(|o| match o {
+        CallOutput::Notice(Notice::Event(_, CallEvent::Ended { reason, by, .. })) => {
+            Some((*by, reason.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some((Side::Gateway, "no media from the callee".to_string()))
+    );
+    // Once is enough: a late report changes nothing.
+    b.media_silent(t0 + secs(61), "sip-1", Party::Caller);
+    assert!(
+        drain(&mut b)
+            .iter()
+            .all(|o| !matches!(o, CallOutput::Request(..)))
+    );
+}
