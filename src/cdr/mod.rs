@@ -162,6 +162,9 @@ pub struct CallRecord {
 #[derive(Debug, Default)]
 pub struct Records {
     live: HashMap<String, CallRecord>,
+    /// Counters of running calls so far (a record's `totals` are only
+    /// the final ones: they complete it).
+    progress: HashMap<String, MediaTotals>,
 }
 
 impl Records {
@@ -215,6 +218,7 @@ impl Records {
                 if r.media.is_some() && r.totals.is_none() {
                     None
                 } else {
+                    self.progress.remove(call);
                     self.live.remove(call)
                 }
             }
@@ -236,14 +240,15 @@ impl Records {
 
     /// A running call's media counters so far.
     pub fn media_progress(&mut self, call: &str, totals: MediaTotals) {
-        if let Some(r) = self.live.get_mut(call).filter(|r| r.ended_at.is_none()) {
-            r.totals = Some(totals);
+        if self.live.get(call).is_some_and(|r| r.ended_at.is_none()) {
+            self.progress.insert(call.to_string(), totals);
         }
     }
 
     /// A call's media stopped with these counters: its record is finished
     /// when the call has ended too.
     pub fn media_stopped(&mut self, call: &str, totals: MediaTotals) -> Option<CallRecord> {
+        self.progress.remove(call);
         let r = self.live.get_mut(call)?;
         r.totals = Some(totals);
         if r.ended_at.is_some() {
@@ -259,7 +264,10 @@ impl Records {
             .live
             .values()
             .filter(|r| r.ended_at.is_none())
-            .cloned()
+            .map(|r| CallRecord {
+                totals: r.totals.or_else(|| self.progress.get(&r.id).copied()),
+                ..r.clone()
+            })
             .collect();
         v.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         v
@@ -311,6 +319,13 @@ mod tests {
                 video: None,
             },
         );
+        // Counters so far show in the list but do not complete the record.
+        let so_far = MediaTotals {
+            to_callee_in: 100,
+            ..Default::default()
+        };
+        r.media_progress("c1", so_far);
+        assert_eq!(r.active()[0].totals, Some(so_far));
         let ended = CallEvent::Ended {
             by: Side::Caller,
             status: None,
