@@ -563,10 +563,7 @@ impl B2bua {
             via_host: dial.via_host,
             user_agent: dial.user_agent,
             ringing: false,
-            reliable: dial
-                .invite
-                .header_list("Require")
-                .any(|t| t.eq_ignore_ascii_case("100rel")),
+            reliable: crate::sip::requires(&dial.invite, "100rel"),
             answered: false,
             agreed: None,
             origin: (u64::from(rand::random::<u32>()), 0),

@@ -25,7 +25,18 @@ pub(super) fn allows_update(msg: &Message) -> bool {
 }
 
 impl Call {
-    /// A connected SIP side's session.
+    /// A SIP side's session: the caller's, or the answering callee's.
+    pub(super) fn session(&self, party: Party) -> Option<&Session> {
+        match party {
+            Party::Caller => match &self.caller {
+                Caller::Sip(sc) => Some(&sc.session),
+                Caller::Browser(_) => None,
+            },
+            Party::Callee => self.callee.as_ref().map(|c| &c.session),
+        }
+    }
+
+    /// [`Self::session`], to change.
     fn session_mut(&mut self, party: Party) -> Option<&mut Session> {
         match party {
             Party::Caller => match &mut self.caller {
@@ -34,6 +45,11 @@ impl Call {
             },
             Party::Callee => self.callee.as_mut().map(|c| &mut c.session),
         }
+    }
+
+    /// When `party`'s session timer falls due, if it has one.
+    fn session_due(&self, party: Party) -> Option<Instant> {
+        self.session(party)?.timer.map(|t| t.due)
     }
 }
 
@@ -276,20 +292,6 @@ impl B2bua {
             .flat_map(|c| [c.session_due(Party::Caller), c.session_due(Party::Callee)])
             .flatten()
             .min()
-    }
-}
-
-impl Call {
-    /// When `party`'s session timer falls due, if it has one.
-    fn session_due(&self, party: Party) -> Option<Instant> {
-        let s = match party {
-            Party::Caller => match &self.caller {
-                Caller::Sip(sc) => &sc.session,
-                Caller::Browser(_) => return None,
-            },
-            Party::Callee => &self.callee.as_ref()?.session,
-        };
-        s.timer.map(|t| t.due)
     }
 }
 

@@ -335,6 +335,29 @@ fn caller_invite() -> Message {
     Message::parse(text.as_bytes()).unwrap()
 }
 
+/// A SIP caller's call as the gateway hands it over: `invite` (with the
+/// caller's offer, if any) from port 5080, PCMA and PCMU offered on.
+fn sip_dial(invite: Message) -> SipDial {
+    let caller_offer = std::str::from_utf8(&invite.body)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|b| crate::sdp::parse(b).unwrap());
+    SipDial {
+        id: "sip-1".into(),
+        key: TxKey::server(&invite).unwrap(),
+        flow: flow(5080),
+        caller_offer,
+        offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
+        dtmf: DtmfMode::Auto,
+        media: ("127.0.0.1".parse().unwrap(), 20000),
+        contact: "<sip:bob@127.0.0.1:5060>".into(),
+        via_host: "127.0.0.1:5060".into(),
+        user_agent: "causeway".into(),
+        session_timer: None,
+        invite,
+    }
+}
+
 /// A call from a SIP caller (PCMA, PCMU, telephone-event) to one callee
 /// per port; returns the caller's INVITE transaction and the INVITEs sent.
 fn dial_from_sip(b: &mut B2bua, now: Instant, ports: &[u16]) -> (TxKey, Vec<Message>) {
@@ -367,24 +390,15 @@ fn dial_from_sip_with(
     dtmf: DtmfMode,
     session_timer: Option<SessionExpires>,
 ) -> (TxKey, Vec<Message>, Vec<Rung>) {
-    let invite = caller_invite();
-    let key = TxKey::server(&invite).unwrap();
+    let dial = SipDial {
+        dtmf,
+        session_timer,
+        ..sip_dial(caller_invite())
+    };
+    let key = dial.key.clone();
     b.dial_sip(
         now,
-        SipDial {
-            id: "sip-1".into(),
-            key: key.clone(),
-            flow: flow(5080),
-            caller_offer: Some(crate::sdp::parse(CALLER_OFFER).unwrap()),
-            offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
-            dtmf,
-            media: ("127.0.0.1".parse().unwrap(), 20000),
-            contact: "<sip:bob@127.0.0.1:5060>".into(),
-            via_host: "127.0.0.1:5060".into(),
-            user_agent: "causeway".into(),
-            session_timer,
-            invite,
-        },
+        dial,
         ports.iter().map(|p| target(*p)).collect(),
         participants
             .iter()

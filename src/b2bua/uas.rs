@@ -45,12 +45,9 @@ impl B2bua {
     /// answering fork's.
     fn side_session(&self, call_id: &str, leg: Leg) -> Option<&super::Session> {
         let call = self.calls.get(call_id)?;
-        match (leg, &call.caller) {
-            (Leg::Caller, Caller::Sip(sc)) => Some(&sc.session),
-            (Leg::Fork(i), _) if call.winner == Some(Winner::Sip(i)) => {
-                call.callee.as_ref().map(|c| &c.session)
-            }
-            _ => None,
+        match leg {
+            Leg::Fork(i) if call.winner != Some(Winner::Sip(i)) => None,
+            _ => call.session(leg.party()),
         }
     }
 
@@ -139,9 +136,7 @@ impl B2bua {
                     call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
-                let fork = &call.forks[i];
-                let mut ok = response_to(msg, 200, "OK", None, Some(fork.leg.flow.remote));
-                ok.push_header("Contact", fork.leg.contact());
+                let mut ok = fork_ok(&call.forks[i], msg);
                 ok.push_header("Content-Type", "application/sdp");
                 ok.body = Bytes::from(body.clone());
                 c.session.sdp = body;
@@ -197,15 +192,7 @@ impl B2bua {
             }
             _ => None,
         };
-        ok.unwrap_or_else(|| {
-            response_to(
-                msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                Some(flow.remote),
-            )
-        })
+        ok.unwrap_or_else(|| no_dialog(msg, flow))
     }
 
     /// Our 200 to a request of a SIP side's dialog that changes nothing (a
@@ -218,11 +205,7 @@ impl B2bua {
             (Leg::Caller, Some(Caller::Sip(sc))) => {
                 caller_response_to(&self.dialogs, sc, Some(msg), 200, "OK")
             }
-            (Leg::Fork(i), _) => call.and_then(|c| c.forks.get(i)).map(|f| {
-                let mut ok = response_to(msg, 200, "OK", None, Some(f.leg.flow.remote));
-                ok.push_header("Contact", f.leg.contact());
-                ok
-            }),
+            (Leg::Fork(i), _) => call.and_then(|c| c.forks.get(i)).map(|f| fork_ok(f, msg)),
             _ => None,
         };
         let with_sdp =
@@ -238,16 +221,21 @@ impl B2bua {
             }
             ok
         });
-        ours.unwrap_or_else(|| {
-            response_to(
-                msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                Some(flow.remote),
-            )
-        })
+        ours.unwrap_or_else(|| no_dialog(msg, flow))
     }
+}
+
+/// 481: a request for a dialog (or a response) we do not have.
+fn no_dialog(msg: &Message, flow: Flow) -> Message {
+    let no = "Call/Transaction Does Not Exist";
+    response_to(msg, 481, no, None, Some(flow.remote))
+}
+
+/// Our 200 to a request from a callee, in its dialog (with our Contact).
+fn fork_ok(fork: &super::Fork, msg: &Message) -> Message {
+    let mut ok = response_to(msg, 200, "OK", None, Some(fork.leg.flow.remote));
+    ok.push_header("Contact", fork.leg.contact());
+    ok
 }
 
 /// A response of ours to a SIP caller's INVITE: our tag, and for 1xx/2xx

@@ -316,9 +316,8 @@ impl Gateway {
         route: &crate::dialplan::Route,
         callees: Callees,
     ) {
-        let refuse = |this: &mut Self, code, reason: &str, why: &str| {
-            let warning = format!("399 causeway \"{why}\"");
-            tracing::info!(code, why, "bridged call refused");
+        let refuse = |this: &mut Self, code, reason: &str, warning: String| {
+            tracing::info!(code, warning, "bridged call refused");
             this.respond(
                 now,
                 key,
@@ -336,20 +335,12 @@ impl Gateway {
             Some(Ok(sd)) => Some(sd),
             Some(Err(e)) => {
                 let (code, reason, warning) = e.status();
-                tracing::info!(code, warning, "bridged call refused");
-                return self.respond(
-                    now,
-                    key,
-                    &invite,
-                    flow,
-                    code,
-                    reason,
-                    vec![("Warning", warning)],
-                );
+                return refuse(self, code, reason, warning);
             }
         };
         let Some(offer) = callee_offer(caller_offer.as_ref(), &route.media) else {
-            return refuse(self, 488, "Not Acceptable Here", "no audio codec in common");
+            let why = "399 causeway \"no audio codec in common\"".to_string();
+            return refuse(self, 488, "Not Acceptable Here", why);
         };
         let call = random_token(16);
         let ip = self.media_ip();

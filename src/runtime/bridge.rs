@@ -434,18 +434,20 @@ impl RtpEnd {
     pub async fn recv(&mut self) -> Got {
         self.buf.clear();
         self.rbuf.clear();
-        let inbound = tokio::select! {
+        let (now, inbound) = tokio::select! {
             r = self.rtp.recv_buf_from(&mut self.buf) => {
                 let Ok((_, from)) = r else { return Got::Nothing };
-                self.session.on_rtp_port(Instant::now(), from, &mut self.buf)
+                let now = Instant::now();
+                (now, self.session.on_rtp_port(now, from, &mut self.buf))
             }
             r = recv_opt(self.rtcp.as_ref(), &mut self.rbuf) => {
                 let Ok((_, from)) = r else { return Got::Nothing };
-                self.session.on_rtcp_port(Instant::now(), from, &mut self.rbuf)
+                let now = Instant::now();
+                (now, self.session.on_rtcp_port(now, from, &mut self.rbuf))
             }
         };
         if inbound != Inbound::Dropped {
-            self.heard = Instant::now();
+            self.heard = now;
         }
         match inbound {
             Inbound::Rtp => Got::Rtp,

@@ -24,11 +24,18 @@ pub const ALLOW_IN_DIALOG: &str = allow_in_dialog!();
 /// reliable provisional responses (RFC 3262) and session timers (RFC 4028).
 pub const SUPPORTED: &str = "100rel, timer";
 
+/// Whether a message names `tag` in its `Require`.
+pub fn requires(msg: &msg::Message, tag: &str) -> bool {
+    msg.header_list("Require")
+        .any(|t| t.eq_ignore_ascii_case(tag))
+}
+
 /// Whether a message names `tag` in its `Supported` or `Require`.
 pub fn supports(msg: &msg::Message, tag: &str) -> bool {
-    msg.header_list("Supported")
-        .chain(msg.header_list("Require"))
-        .any(|t| t.eq_ignore_ascii_case(tag))
+    requires(msg, tag)
+        || msg
+            .header_list("Supported")
+            .any(|t| t.eq_ignore_ascii_case(tag))
 }
 
 /// The option tags of a request's `Require` we do not support (for 420's

@@ -173,11 +173,8 @@ impl UacLeg {
     /// Call-ID and tags, a new branch and the next CSeq. `None` when the
     /// INVITE asked for that much already (a retry would loop).
     pub fn retry_with_interval(&mut self, interval: u32) -> Option<Message> {
-        let asked = self
-            .invite
-            .header("Session-Expires")
-            .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok());
-        if asked.is_some_and(|a| a >= interval) {
+        let asked = super::timer::SessionExpires::of(&self.invite);
+        if asked.is_some_and(|a| a.interval >= interval) {
             return None;
         }
         self.cseq += 1;
@@ -291,10 +288,7 @@ impl UacLeg {
     /// ones and for retransmissions (the PRACK's own transaction
     /// retransmits it).
     pub fn prack(&mut self, resp: &Message) -> Option<Message> {
-        if !resp
-            .header_list("Require")
-            .any(|t| t.eq_ignore_ascii_case("100rel"))
-        {
+        if !super::requires(resp, "100rel") {
             return None;
         }
         let rseq: u32 = resp.header("RSeq")?.trim().parse().ok()?;

@@ -4,6 +4,9 @@
 //! bounded time. Everything stays on 127.0.0.1; every process is killed on drop.
 
 #![allow(dead_code)]
+// unwrap/expect here are allowed by each test crate that includes this
+// module (`#![allow(clippy::unwrap_used)]`): a harness stops at the first
+// step that fails, and the panic names it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};

@@ -85,22 +85,11 @@ fn early_media_ends_with_a_failure_and_bad_early_sdp_is_ignored() {
 /// A SIP caller's INVITE without SDP to one callee on 5070; the INVITE
 /// sent to it.
 fn dial_late_offer(b: &mut B2bua, now: Instant) -> Message {
-    let invite = caller_invite();
     b.dial_sip(
         now,
         SipDial {
-            id: "sip-1".into(),
-            key: TxKey::server(&invite).unwrap(),
-            flow: flow(5080),
             caller_offer: None,
-            offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
-            dtmf: DtmfMode::Auto,
-            media: ("127.0.0.1".parse().unwrap(), 20000),
-            contact: "<sip:bob@127.0.0.1:5060>".into(),
-            via_host: "127.0.0.1:5060".into(),
-            user_agent: "causeway".into(),
-            session_timer: None,
-            invite,
+            ..sip_dial(caller_invite())
         },
         vec![target(5070)],
         vec![],

@@ -13,18 +13,8 @@ fn rung(b: &mut B2bua, t0: Instant) -> (Message, Message) {
     b.dial_sip(
         t0,
         SipDial {
-            id: "sip-1".into(),
-            key: TxKey::server(&invite).unwrap(),
-            flow: flow(5080),
-            caller_offer: Some(crate::sdp::parse(CALLER_OFFER).unwrap()),
             offer: Offer::audio(&[AudioCodec::Pcma], true),
-            dtmf: DtmfMode::Auto,
-            media: ("127.0.0.1".parse().unwrap(), 20000),
-            contact: "<sip:bob@127.0.0.1:5060>".into(),
-            via_host: "127.0.0.1:5060".into(),
-            user_agent: "causeway".into(),
-            session_timer: None,
-            invite,
+            ..sip_dial(invite)
         },
         vec![target(5070)],
         vec![],

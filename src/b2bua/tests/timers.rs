@@ -7,6 +7,13 @@ use super::*;
 use crate::sip::timer::Refresher;
 use std::time::Duration;
 
+fn se(interval: u32, refresher: Refresher) -> SessionExpires {
+    SessionExpires {
+        interval,
+        refresher: Some(refresher),
+    }
+}
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
@@ -55,10 +62,7 @@ fn connected(
 fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let caller_refreshes = SessionExpires {
-        interval: 90,
-        refresher: Some(Refresher::Uac),
-    };
+    let caller_refreshes = se(90, Refresher::Uac);
     let (ok_to_caller, tag, inv) = connected(
         &mut b,
         t0,
@@ -194,10 +198,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
 fn a_caller_that_cannot_refresh_is_refreshed_by_re_invite_and_a_481_ends_the_call() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let we_refresh = SessionExpires {
-        interval: 90,
-        refresher: Some(Refresher::Uas),
-    };
+    let we_refresh = se(90, Refresher::Uas);
     // The callee runs no timer (its 200 has no Session-Expires).
     let (ok, _, _) = connected(&mut b, t0, we_refresh, &[]);
     assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
@@ -247,10 +248,7 @@ fn a_caller_that_cannot_refresh_is_refreshed_by_re_invite_and_a_481_ends_the_cal
 fn an_unanswered_refresh_ends_the_call_when_the_session_would_expire() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let granted = SessionExpires {
-        interval: 90,
-        refresher: Some(Refresher::Uas),
-    };
+    let granted = se(90, Refresher::Uas);
     connected(&mut b, t0, granted, &[]);
     b.handle_timeout(t0 + secs(45));
     assert_eq!(requests(&drain(&mut b)).len(), 1);
@@ -293,10 +291,7 @@ fn a_callee_wanting_a_longer_timer_is_invited_again_with_its_min_se() {
 fn a_refresh_from_a_caller_without_timer_support_makes_us_the_refresher() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let caller_refreshes = SessionExpires {
-        interval: 90,
-        refresher: Some(Refresher::Uac),
-    };
+    let caller_refreshes = se(90, Refresher::Uac);
     let (_, tag, _) = connected(&mut b, t0, caller_refreshes, &[]);
     // A bodiless UPDATE without Supported: timer (RFC 4028 section 9).
     let refresh = from_caller("UPDATE", &tag, 2);
@@ -315,10 +310,7 @@ fn a_refresh_from_a_caller_without_timer_support_makes_us_the_refresher() {
 fn the_admin_api_sees_each_sides_sdps_and_session_timer() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let caller_refreshes = SessionExpires {
-        interval: 90,
-        refresher: Some(Refresher::Uac),
-    };
+    let caller_refreshes = se(90, Refresher::Uac);
     let (ok, _, inv) = connected(
         &mut b,
         t0,
@@ -349,10 +341,7 @@ fn the_admin_api_sees_each_sides_sdps_and_session_timer() {
 fn a_silent_side_ends_the_call_both_ways() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let granted = SessionExpires {
-        interval: 1800,
-        refresher: Some(Refresher::Uac),
-    };
+    let granted = se(1800, Refresher::Uac);
     connected(&mut b, t0, granted, &[]);
     b.media_silent(t0 + secs(60), "sip-1", Party::Callee);
     let out = drain(&mut b);
