@@ -20,8 +20,11 @@
 //! The runtime (`runtime::webrtc`) owns the socket and the clock. This module
 //! must not route calls, read clocks, touch sockets or speak HTTP.
 
+mod dtls;
 #[cfg(test)]
 mod tests;
+
+pub use dtls::crypto_provider;
 
 use crate::media::dtmf;
 use causeway_codecs::registry::AudioCodec;
@@ -372,6 +375,7 @@ impl Hub {
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            .set_crypto_provider(crypto_provider())
             .set_dtls_cert(self.cert.clone())
             .set_local_ice_credentials(creds.clone())
             .set_stats_interval(Some(STATS_INTERVAL));
