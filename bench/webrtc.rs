@@ -1,4 +1,4 @@
-//! WebRTC leg costs: `cargo bench --bench webrtc [setup|load|all] [PEERS]`.
+//! WebRTC leg costs: `cargo bench --bench webrtc -- [setup|load|all] [PEERS]`.
 //!
 //! - setup: the hub alone, sans-IO, against str0m client peers in the same
 //!   thread: offer -> answer -> ICE -> DTLS -> first echoed audio frame.

@@ -2,7 +2,8 @@
 //!
 //! Owns the peer table ([`Hub`]): one str0m [`Rtc`] per browser or WHIP
 //! client, ICE-lite with a host candidate per advertised address, DTLS-SRTP
-//! with one ECDSA P-256 certificate shared by every peer, BUNDLE and
+//! with one ECDSA P-256 certificate and one DTLS configuration shared by
+//! every peer (`dtls`: str0m's provider built it per peer), BUNDLE and
 //! rtcp-mux (str0m's only mode), and the codec set browsers may negotiate
 //! ([`codec_config`]). Datagrams are demultiplexed here: STUN by the ICE
 //! username (our ufrag is unique per peer), everything else by the source
