@@ -112,10 +112,21 @@ fn main() {
         .spawn()
         .expect("sipp runs (cargo xtask deps)");
 
+    // The rule names the SIP side's codecs (CODECS, default `pcma`), as an
+    // admin does for a G.711 trunk; `CODECS=any` leaves the list out, so the
+    // SIP side is offered Opus first and answers A-law.
+    let codecs = std::env::var("CODECS").unwrap_or_else(|_| "pcma".into());
+    let media = if codecs == "any" {
+        String::new()
+    } else {
+        let list: Vec<String> = codecs.split(',').map(|c| format!("{c:?}")).collect();
+        format!("media = {{ codecs = [{}] }}\n", list.join(", "))
+    };
     let plan = format!(
         "[[rule]]\nname = \"bench\"\npriority = 1\nmatch.to = 'bob'\n\
-         target = {{ type = \"sip\", uri = \"sip:127.0.0.1:{uas_port}\" }}\n"
+         target = {{ type = \"sip\", uri = \"sip:127.0.0.1:{uas_port}\" }}\n{media}"
     );
+    println!("rule codecs: {codecs}");
     let gw = load::Gateway::start(
         env!("CARGO_BIN_EXE_causeway"),
         "bench-transcode",

@@ -315,7 +315,18 @@ fn counter(log: &str, name: &str) -> u64 {
 #[test]
 fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     prerequisites();
-    let gw = Gw::start("");
+    // The rule names the SIP side's codec, as an admin does for a G.711
+    // phone: the call is sure to be transcoded, so the browser is asked for
+    // no wider Opus than the phone plays (maxplaybackrate=8000).
+    let plan_dir = tempfile::tempdir().unwrap();
+    let plan = plan_dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[rule]]\nname = \"alice-pcmu\"\npriority = 10\nmatch.to = 'alice'\n\
+         target = { type = \"registered\" }\nmedia = { codecs = [\"pcmu\"] }\n",
+    )
+    .unwrap();
+    let gw = Gw::start(&format!("[dialplan]\npath = \"{}\"\n", plan.display()));
     let baresip = Baresip::start(&gw, "PCMU");
     let wav = browser_tone(baresip.dir.path());
     let mut cmd = node_call(&gw, 4, "browser", &wav);
@@ -363,6 +374,11 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         "{}",
         context()
     );
+    assert!(
+        sdp(browser, "local_sdp").contains("maxplaybackrate=8000;sprop-maxcapturerate=8000"),
+        "{}",
+        context()
+    );
     assert_eq!(
         (&sip["side"], &sip["leg"]),
         (&"callee".into(), &"sip".into()),
@@ -388,6 +404,13 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
     assert!(gw.log_text().contains("PCMU/8000"), "{}", context());
     assert!(
         gw.log_text().contains("audio=\"transcoded\""),
+        "{}",
+        context()
+    );
+    // Chromium honoured it: every Opus packet it sent was narrowband.
+    assert_eq!(
+        counter(&gw.log_text(), "to_sip_bandwidth_in"),
+        8000,
         "{}",
         context()
     );

@@ -87,6 +87,13 @@ pub trait AudioDecoder: Send {
         samples: usize,
         out: &mut Pcm,
     ) -> Result<(), CodecError>;
+
+    /// The audio bandwidth `payload` carries, as the sample rate that holds
+    /// it, where the codec says so per packet (Opus: narrowband 8000 ...
+    /// full band 48000); `None` for codecs of one fixed bandwidth.
+    fn bandwidth(&self, _payload: &[u8]) -> Option<u32> {
+        None
+    }
 }
 
 /// Initialises FFmpeg once, with logging quietened: corrupt network input

@@ -161,6 +161,10 @@ impl AudioDecoder for Resampled {
         self.inner.conceal(next, native, &mut self.native)?;
         self.convert(out)
     }
+
+    fn bandwidth(&self, payload: &[u8]) -> Option<u32> {
+        self.inner.bandwidth(payload)
+    }
 }
 
 #[cfg(test)]

@@ -220,3 +220,40 @@ fn g722_round_trips_a_wideband_tone_and_opus_at_16k_bridges_it() {
         .is_err()
     );
 }
+
+#[test]
+fn an_opus_packet_tells_its_bandwidth() {
+    // An encoder fed at 8 kHz makes narrowband packets; one at 48 kHz with
+    // a browser's 32 kbit/s codes more than 8 kHz of audio.
+    let mut frames = Vec::new();
+    for (rate, bitrate) in [(8000, 12_000), (48_000, 32_000)] {
+        let mut enc = OpusEncoder::new(OpusConfig {
+            sample_rate: rate,
+            bitrate,
+            dtx: false,
+            ..OpusConfig::webrtc()
+        })
+        .unwrap();
+        let input = tone(440.0, -12.0, rate, rate as usize / 5);
+        let mut payload = Vec::new();
+        for chunk in input.chunks_exact(rate as usize / 50) {
+            enc.encode(&pcm(rate, chunk), &mut payload).unwrap();
+        }
+        frames.push(payload);
+    }
+    let dec = OpusDecoder::new(8000, 1).unwrap();
+    assert_eq!(dec.bandwidth(&frames[0]), Some(8000));
+    assert!(dec.bandwidth(&frames[1]).unwrap() > 8000);
+    // The TOC byte alone decides: config 0 is SILK narrowband, 31 CELT full band.
+    assert_eq!(causeway_codecs::opus::packet_bandwidth(&[0x00]), Some(8000));
+    assert_eq!(
+        causeway_codecs::opus::packet_bandwidth(&[0x48]),
+        Some(16000)
+    );
+    assert_eq!(
+        causeway_codecs::opus::packet_bandwidth(&[0xf8]),
+        Some(48000)
+    );
+    assert_eq!(causeway_codecs::opus::packet_bandwidth(&[]), None);
+    assert_eq!(G711::new(Law::Ulaw).bandwidth(&[0x00]), None);
+}

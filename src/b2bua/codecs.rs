@@ -23,6 +23,20 @@ pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
     Some(AudioEnd { pt, codec, dtmf })
 }
 
+/// A browser's call that is sure to be transcoded: the browser sends Opus
+/// and none of `sip` (the codecs offered to the SIP side) is Opus. Returns
+/// the Opus payload type and the highest audio rate among `sip`: what the
+/// browser's encoder need carry (SDP's `maxplaybackrate`). `None` when Opus
+/// may be relayed untouched or the browser does not send Opus.
+pub fn opus_rate_limit(formats: &[PeerFormat], sip: &[AudioCodec]) -> Option<(u8, u32)> {
+    let browser = browser_audio(formats)?;
+    if browser.codec != AudioCodec::Opus || sip.contains(&AudioCodec::Opus) {
+        return None;
+    }
+    let rate = sip.iter().map(|c| c.audio_rate()).max()?;
+    Some((browser.pt, rate))
+}
+
 /// The audio codecs to offer the SIP side for a browser's call: see
 /// [`offer_codecs`], with the browser's audio codecs as `theirs` (a WebRTC
 /// client offering only Opus still reaches a G.711 phone).

@@ -40,7 +40,9 @@ mod refresh;
 mod tests;
 mod uas;
 
-pub use codecs::{browser_audio, browser_video_codecs, offer_codecs, sip_offer_codecs};
+pub use codecs::{
+    browser_audio, browser_video_codecs, offer_codecs, opus_rate_limit, sip_offer_codecs,
+};
 
 use browser::{caller_name, stop_browsers};
 use forks::cancel_fork;

@@ -781,6 +781,24 @@ fn the_sip_side_is_offered_the_browsers_codecs_first_then_what_we_transcode_to()
 }
 
 #[test]
+fn a_browsers_opus_is_limited_only_where_the_sip_side_cannot_take_opus() {
+    use AudioCodec::*;
+    let opus_only = browser_formats("opus", 48000, 111);
+    // Sure to be transcoded: the SIP side's best rate (G.722 carries 16 kHz).
+    assert_eq!(opus_rate_limit(&opus_only, &[Pcma]), Some((111, 8000)));
+    assert_eq!(
+        opus_rate_limit(&opus_only, &[Pcmu, G722, Pcma]),
+        Some((111, 16000))
+    );
+    // The SIP side may answer Opus: relayed untouched, so no limit.
+    assert_eq!(opus_rate_limit(&opus_only, &[Opus, Pcma]), None);
+    // A browser sending G.711 has no Opus to limit.
+    let pcmu = browser_formats("PCMU", 8000, 0);
+    assert_eq!(opus_rate_limit(&pcmu, &[Pcma]), None);
+    assert_eq!(opus_rate_limit(&opus_only, &[]), None);
+}
+
+#[test]
 fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
     let t0 = Instant::now();
     let mut b = B2bua::default();

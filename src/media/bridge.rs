@@ -49,6 +49,10 @@ pub struct DirectionStats {
     pub jitter_dropped: u64,
     /// Time spent in decoders and encoders.
     pub codec_time: Duration,
+    /// The widest audio bandwidth the source's packets carried, as the
+    /// sample rate that holds it, where the codec says so per packet (Opus;
+    /// transcoding only): whether a browser honoured `maxplaybackrate`.
+    pub bandwidth_in: u32,
 }
 
 /// The stream we send on the other leg: one SSRC, continuous numbering.
@@ -293,7 +297,12 @@ impl AudioTranscoder {
         while let Some(slot) = self.jitter.pop(now) {
             let t = Instant::now();
             let decoded = match &slot {
-                Playout::Frame { payload, .. } => self.decoder.decode(payload, &mut self.pcm),
+                Playout::Frame { payload, .. } => {
+                    if let Some(b) = self.decoder.bandwidth(payload) {
+                        stats.bandwidth_in = stats.bandwidth_in.max(b);
+                    }
+                    self.decoder.decode(payload, &mut self.pcm)
+                }
                 Playout::Conceal { next } => {
                     stats.concealed += 1;
                     self.decoder

@@ -838,6 +838,7 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
         to_sip_lost = a.lost,
         to_sip_late = a.late,
         to_sip_jitter_dropped = a.jitter_dropped,
+        to_sip_bandwidth_in = a.bandwidth_in,
         to_caller_in = b.packets_in,
         to_caller_out = b.packets_out,
         to_caller_concealed = b.concealed,

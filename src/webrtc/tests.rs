@@ -931,3 +931,46 @@ fn an_offer_nobody_answers_is_dropped_after_the_offer_timeout() {
         .collect();
     assert_eq!(closed, [(id, CloseReason::NeverConnected)]);
 }
+
+#[test]
+fn opus_is_limited_to_the_far_ends_rate_in_its_format_parameters() {
+    let offer = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/sdp/chromium-156-offer.sdp"),
+    )
+    .expect("fixture");
+    let (_, answer) = hub()
+        .accept_offer(Instant::now(), &offer, PeerApp::Bridge)
+        .expect("answer");
+    let limited = limit_opus_rate(&answer, 111, 8000);
+    let fmtp: Vec<&str> = limited
+        .lines()
+        .filter(|l| l.starts_with("a=fmtp:111 "))
+        .collect();
+    assert_eq!(fmtp.len(), 1, "{limited}");
+    assert!(
+        fmtp[0].ends_with(";maxplaybackrate=8000;sprop-maxcapturerate=8000"),
+        "{}",
+        fmtp[0]
+    );
+    // Nothing else changed, and the line endings stayed CRLF.
+    assert_eq!(
+        limited.replace(";maxplaybackrate=8000;sprop-maxcapturerate=8000", ""),
+        answer
+    );
+    assert!(limited.contains("sprop-maxcapturerate=8000\r\n"));
+    // Still SDP a browser (and str0m) reads.
+    assert!(SdpAnswer::from_sdp_string(&limited).is_ok());
+
+    // Without an fmtp line for the payload type, one follows its rtpmap.
+    let bare =
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n";
+    assert_eq!(
+        limit_opus_rate(bare, 111, 16000),
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+         a=fmtp:111 maxplaybackrate=16000;sprop-maxcapturerate=16000\r\na=sendrecv\r\n"
+    );
+    // Another payload type's fmtp is left alone.
+    let other = "a=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n";
+    assert_eq!(limit_opus_rate(other, 111, 8000), other);
+}

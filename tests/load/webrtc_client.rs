@@ -73,6 +73,8 @@ struct Peer {
     next: Instant,
     /// Decodes what arrives (the first peer only: decoding costs the client).
     listen: Option<(OpusDecoder, Vec<i16>)>,
+    /// The answer's `maxplaybackrate` for Opus: how wide a stream to send.
+    max_playback_rate: Option<u32>,
 }
 
 /// Minimal HTTP/1.1 POST of JSON on loopback; returns status and body.
@@ -147,6 +149,7 @@ fn new_peer(now: Instant, cert: &DtlsCert) -> (Peer, String, SdpPendingOffer) {
         next: now,
         call: String::new(),
         listen: None,
+        max_playback_rate: None,
     };
     (peer, offer.to_sdp_string(), pending)
 }
@@ -216,20 +219,46 @@ fn drive_outputs(p: &mut Peer) {
     }
 }
 
+/// The `maxplaybackrate` an SDP answer sets on Opus (RFC 7587), if any.
+pub fn max_playback_rate(sdp: &str) -> Option<u32> {
+    let pt = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2"))?;
+    let fmtp = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("a=fmtp:{pt} ")))?;
+    fmtp.split(';')
+        .find_map(|p| p.trim().strip_prefix("maxplaybackrate="))?
+        .parse()
+        .ok()
+}
+
 /// One second of a 440 Hz tone as 20 ms Opus frames, as a browser sends
-/// it (48 kHz mono, 32 kbit/s), sent in a loop.
-fn tone_frames() -> Vec<Vec<u8>> {
+/// it, sent in a loop. Chromium's Opus encoder honours the answer's
+/// `maxplaybackrate`: at most 8 kHz it encodes narrowband at 12 kbit/s, at
+/// most 16 kHz wideband at 20 kbit/s, else full band at 32 kbit/s
+/// (WebRTC's `audio_encoder_opus`); the client does the same, feeding the
+/// encoder at that rate (the packets are what a 48 kHz encoder limited to
+/// that bandwidth makes).
+fn tone_frames(max_playback_rate: Option<u32>) -> Vec<Vec<u8>> {
+    let (rate, bitrate) = match max_playback_rate.unwrap_or(48_000) {
+        0..=8_000 => (8_000, 12_000),
+        8_001..=16_000 => (16_000, 20_000),
+        _ => (48_000, 32_000),
+    };
     let mut enc = OpusEncoder::new(OpusConfig {
         dtx: false,
+        sample_rate: rate,
+        bitrate,
         ..OpusConfig::webrtc()
     })
     .unwrap();
-    let pcm = tone(440.0, -12.0, 48_000, 48_000);
-    pcm.chunks(960)
+    let pcm = tone(440.0, -12.0, rate, rate as usize);
+    pcm.chunks(rate as usize / 50)
         .map(|chunk| {
             let mut out = Vec::new();
             let frame = Pcm {
-                sample_rate: 48_000,
+                sample_rate: rate,
                 channels: 1,
                 samples: chunk.to_vec(),
             };
@@ -281,7 +310,9 @@ pub fn run(
         if peers.is_empty() {
             peer.listen = Some((OpusDecoder::new(48_000, 1).unwrap(), Vec::new()));
         }
-        let answer = SdpAnswer::from_sdp_string(v["result"]["sdp"].as_str().unwrap()).unwrap();
+        let answer = v["result"]["sdp"].as_str().unwrap();
+        peer.max_playback_rate = max_playback_rate(answer);
+        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
         peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         drive_outputs(&mut peer);
         peers.push(peer);
@@ -304,7 +335,12 @@ pub fn run(
     phase(Phase::Connected);
 
     // Media: one Opus frame per peer every 20 ms.
-    let frames = tone_frames();
+    let mut frame_sets: std::collections::HashMap<Option<u32>, Vec<Vec<u8>>> = Default::default();
+    for p in &peers {
+        frame_sets
+            .entry(p.max_playback_rate)
+            .or_insert_with(|| tone_frames(p.max_playback_rate));
+    }
     let end = Instant::now() + media;
     let mut next = Instant::now();
     while Instant::now() < end {
@@ -318,6 +354,7 @@ pub fn run(
                     continue;
                 };
                 let time = MediaTime::new(p.samples, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                let frames = &frame_sets[&p.max_playback_rate];
                 let frame = frames[(p.sent as usize) % frames.len()].clone();
                 if w.write(pt, now, time, frame).is_ok() {
                     p.sent += 1;

@@ -566,6 +566,11 @@ impl ClientApi {
         } else {
             Vec::new()
         };
+        // A call sure to be transcoded needs no wider Opus than the SIP side plays.
+        let answer = match crate::b2bua::opus_rate_limit(&formats, &codecs) {
+            Some((pt, rate)) => crate::webrtc::limit_opus_rate(&answer, pt, rate),
+            None => answer,
+        };
         let video = if route.media.video {
             crate::b2bua::browser_video_codecs(&formats, route.media.transcode)
         } else {
