@@ -2,7 +2,7 @@
 //! `*.cases.toml` table, and the `causeway dialplan` commands are run on good
 //! and broken files (exit codes, messages with line and column).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -12,7 +12,7 @@
 //! that sends digits by SIP INFO, the page's keypad reaches a SIPp callee
 //! as an INFO and SIPp's INFO reaches the page as an SSE `dtmf` event.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! a page script. Without a browser: the client API's and WHIP's error
 //! answers (401, 404, 400, 415) are JSON and the gateway keeps serving.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

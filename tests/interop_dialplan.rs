@@ -3,7 +3,7 @@
 //! of the plan file, and ephemeral aliases through the admin API across a
 //! restart.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! the gateway's media session, and hangs up; tshark captures both
 //! directions and decodes them independently of our code.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

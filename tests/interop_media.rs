@@ -3,7 +3,7 @@
 //! and 0 and for VP8. Every picture FFmpeg decodes must equal the picture
 //! decoded from the same encoded frames without RTP in between: nothing was
 //! lost or altered on the wire.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

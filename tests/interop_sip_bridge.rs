@@ -7,7 +7,7 @@
 //! transcoded). Failures (busy, no common codec), CANCEL and BYE from either
 //! side are checked on the wire.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

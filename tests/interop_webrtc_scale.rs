@@ -4,7 +4,7 @@
 //! peer (the release-build figures are in bench/RESULTS.md, from
 //! `cargo bench --bench webrtc`).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 #[path = "load/webrtc_client.rs"]

@@ -69,13 +69,17 @@ impl AudioCodec {
         }
     }
 
-    /// Sample rates the codec can work at natively.
     /// The highest audio sample rate the codec carries (G.722: 16 kHz on
     /// an 8 kHz RTP clock).
     pub fn audio_rate(self) -> u32 {
-        self.rates().iter().copied().max().unwrap_or(8000)
+        match self {
+            Self::Pcmu | Self::Pcma => 8000,
+            Self::G722 => 16000,
+            Self::Opus => 48000,
+        }
     }
 
+    /// Sample rates the codec can work at natively.
     fn rates(self) -> &'static [u32] {
         match self {
             Self::Pcmu | Self::Pcma => &[8000],

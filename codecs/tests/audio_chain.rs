@@ -1,6 +1,6 @@
 //! Golden audio chains: a tone through real codecs keeps its frequency and
 //! level. These are the media engine's proof that transcoding is transparent.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use causeway_codecs::analysis::{dominant_frequency, level_db, tone};
 use causeway_codecs::g711::{G711, Law};

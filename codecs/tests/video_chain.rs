@@ -1,7 +1,7 @@
 //! Golden video chains on the system FFmpeg: the fixture H.264 clip
 //! transcoded to VP8 (and back) keeps its picture, keyframes come on
 //! request, and packetization-mode=0 slices stay under the MTU.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use causeway_codecs::video::{
     EncodedFrame, VideoCodec, VideoConfig, VideoDecoder, VideoEncoder, VideoFrame,

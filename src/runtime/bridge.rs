@@ -422,15 +422,27 @@ impl RtpEnd {
         (!self.silent).then(|| self.heard + limit)
     }
 
-    /// Whether this side just went silent for `limit` (true once).
-    fn went_silent(&mut self, now: Instant, limit: Duration) -> bool {
-        let gone = self.silent_at(limit).is_some_and(|t| now >= t);
-        self.silent |= gone;
-        gone
+    /// Tells the signalling loop, once, that this side (`from`) has been
+    /// silent for `limit`: the call is to be hung up.
+    fn report_silence(
+        &mut self,
+        now: Instant,
+        limit: Duration,
+        (call, from): (&str, Party),
+        done: &Reports,
+    ) {
+        if self.silent_at(limit).is_some_and(|t| now >= t) {
+            self.silent = true;
+            tracing::info!(call, side = ?from, secs = limit.as_secs(), "no media from a SIP side");
+            let _ = done.send(MediaReport::Silent {
+                call: call.to_string(),
+                from,
+            });
+        }
     }
 
     /// Waits for the next datagram on either socket; an RTP packet is left
-    /// in `buf` (decrypted, checked).
+    /// in `buf` (decrypted, checked), its arrival time in `heard`.
     pub async fn recv(&mut self) -> Got {
         self.buf.clear();
         self.rbuf.clear();
@@ -603,7 +615,7 @@ impl Legs {
             tokio::select! {
                 got = self.sip.recv() => {
                     if got == Got::Rtp {
-                        self.to_browser.on_packet(Instant::now(), &self.sip.buf, &mut to_browser);
+                        self.to_browser.on_packet(self.sip.heard, &self.sip.buf, &mut to_browser);
                         for d in self.to_browser.take_digits() {
                             tracing::info!(call, digit = %d.digit, ms = d.duration_ms, "DTMF from the SIP side");
                             report(sip, d);
@@ -664,13 +676,7 @@ impl Legs {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
-            if self.sip.went_silent(now, silence) {
-                tracing::info!(call, side = ?sip, secs = silence.as_secs(), "no media from the SIP side");
-                let _ = done.send(MediaReport::Silent {
-                    call: call.to_string(),
-                    from: sip,
-                });
-            }
+            self.sip.report_silence(now, silence, (call, sip), &done);
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
         let mut totals = self.totals();
@@ -766,13 +772,13 @@ impl Relay {
             tokio::select! {
                 got = self.caller.recv() => {
                     if got == Got::Rtp {
-                        self.to_callee.on_packet(Instant::now(), &self.caller.buf, &mut to_callee);
+                        self.to_callee.on_packet(self.caller.heard, &self.caller.buf, &mut to_callee);
                         report(Party::Caller, self.to_callee.take_digits());
                     }
                 }
                 got = self.callee.recv() => {
                     if got == Got::Rtp {
-                        self.to_caller.on_packet(Instant::now(), &self.callee.buf, &mut to_caller);
+                        self.to_caller.on_packet(self.callee.heard, &self.callee.buf, &mut to_caller);
                         report(Party::Callee, self.to_caller.take_digits());
                     }
                 }
@@ -798,18 +804,10 @@ impl Relay {
                 let totals = totals(&self.to_callee, &self.to_caller, &self.callee.session);
                 let _ = done.send(MediaReport::Progress(call.to_string(), totals));
             }
-            for (end, from) in [
-                (&mut self.caller, Party::Caller),
-                (&mut self.callee, Party::Callee),
-            ] {
-                if end.went_silent(now, silence) {
-                    tracing::info!(call, side = ?from, secs = silence.as_secs(), "no media from a SIP side");
-                    let _ = done.send(MediaReport::Silent {
-                        call: call.to_string(),
-                        from,
-                    });
-                }
-            }
+            self.caller
+                .report_silence(now, silence, (call, Party::Caller), &done);
+            self.callee
+                .report_silence(now, silence, (call, Party::Callee), &done);
         }
         log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);
         tracing::info!(

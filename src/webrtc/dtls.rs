@@ -57,24 +57,27 @@ fn build_config(mtu: Option<usize>) -> Result<Arc<dimpl::Config>, CryptoError> {
 }
 
 impl SharedConfigDtls {
+    /// The shared configuration when `mtu` is the one it was built for
+    /// (str0m asks every peer's with the same), else one built afresh.
     fn config(&self, mtu: Option<usize>) -> Result<Arc<dimpl::Config>, CryptoError> {
-        if let Some((cached_mtu, config)) = self.config.get() {
-            if *cached_mtu == mtu {
-                return Ok(config.clone());
-            }
-            // Every peer asks for str0m's one MTU; another is built afresh.
-            return build_config(mtu);
+        if let Some((cached_mtu, config)) = self.config.get()
+            && *cached_mtu == mtu
+        {
+            return Ok(config.clone());
         }
-        let config = build_config(mtu)?;
-        Ok(self.config.get_or_init(|| (mtu, config)).1.clone())
+        let built = build_config(mtu)?;
+        let (cached_mtu, cached) = self.config.get_or_init(|| (mtu, built.clone()));
+        Ok(if *cached_mtu == mtu {
+            cached.clone()
+        } else {
+            built
+        })
     }
 }
 
 impl DtlsProvider for SharedConfigDtls {
     fn generate_certificate(&self) -> Option<DtlsCert> {
-        str0m::crypto::from_feature_flags()
-            .dtls_provider
-            .generate_certificate()
+        super::generate_certificate()
     }
 
     fn new_dtls(

@@ -261,28 +261,26 @@ fn add_telephone_events(c: &mut CodecConfig) {
 /// `sdp`, str0m's SDP for a browser (which has no way to say it). The
 /// browser's encoder then spends no bits on audio the far end cannot play,
 /// and decoding its narrower stream costs us less; ours is no wider either.
-/// A payload type without an `a=fmtp` line gets one after its `a=rtpmap`.
+/// A payload type without an `a=fmtp` line gets one after its `a=rtpmap`;
+/// an fmtp that already limits the rate is left alone. Lines end in CRLF,
+/// as SDP's grammar has them.
 pub fn limit_opus_rate(sdp: &str, pt: u8, rate: u32) -> String {
     let params = format!("maxplaybackrate={rate};sprop-maxcapturerate={rate}");
     let fmtp = format!("a=fmtp:{pt} ");
     let rtpmap = format!("a=rtpmap:{pt} ");
     let has_fmtp = sdp.lines().any(|l| l.starts_with(&fmtp));
     let mut out = String::with_capacity(sdp.len() + 2 * params.len());
-    for line in sdp.split_inclusive('\n') {
-        let text = line.trim_end_matches(['\r', '\n']);
-        let end = &line[text.len()..];
-        if has_fmtp && text.starts_with(&fmtp) {
-            out.push_str(text);
+    for line in sdp.lines() {
+        out.push_str(line);
+        if line.starts_with(&fmtp) && !line.contains("maxplaybackrate=") {
             out.push(';');
             out.push_str(&params);
-            out.push_str(end);
-        } else {
-            out.push_str(line);
-            if !has_fmtp && text.starts_with(&rtpmap) {
-                out.push_str(&fmtp);
-                out.push_str(&params);
-                out.push_str(if end.is_empty() { "\r\n" } else { end });
-            }
+        }
+        out.push_str("\r\n");
+        if !has_fmtp && line.starts_with(&rtpmap) {
+            out.push_str(&fmtp);
+            out.push_str(&params);
+            out.push_str("\r\n");
         }
     }
     out

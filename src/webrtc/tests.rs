@@ -970,6 +970,13 @@ fn opus_is_limited_to_the_far_ends_rate_in_its_format_parameters() {
         "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
          a=fmtp:111 maxplaybackrate=16000;sprop-maxcapturerate=16000\r\na=sendrecv\r\n"
     );
+    // Applied twice, it says so once.
+    assert_eq!(limit_opus_rate(&limited, 111, 8000), limited);
+    // A last line without its CRLF still gets its own line after it.
+    assert_eq!(
+        limit_opus_rate("a=rtpmap:111 opus/48000/2", 111, 8000),
+        "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"
+    );
     // Another payload type's fmtp is left alone.
     let other = "a=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n";
     assert_eq!(limit_opus_rate(other, 111, 8000), other);
