@@ -268,6 +268,13 @@ fn caller_response_to(
     );
     if code < 300 {
         r.push_header("Contact", sc.contact.clone());
+        // Responses that make the dialog (a 1xx with our tag, the 2xx) keep
+        // the INVITE's route set (RFC 3261 12.1.1); in-dialog ones need not.
+        if request.is_none() {
+            for rr in d.invite.headers_named("Record-Route") {
+                r.push_header("Record-Route", rr.to_string());
+            }
+        }
     }
     r.push_header("Server", sc.user_agent.clone());
     Some(r)
@@ -339,12 +346,7 @@ pub(super) fn caller_ok(
     request: Option<&Message>,
     body: String,
 ) -> Option<Message> {
-    let d = dialogs.get(sc.dialog)?;
     let mut ok = caller_response_to(dialogs, sc, request, 200, "OK")?;
-    // A UAS keeps the route set (RFC 3261 12.1.1).
-    for rr in d.invite.headers_named("Record-Route") {
-        ok.push_header("Record-Route", rr.to_string());
-    }
     ok.push_header("Allow", ALLOW);
     ok.push_header("Supported", crate::sip::SUPPORTED);
     ok.push_header("Content-Type", "application/sdp");

@@ -52,13 +52,9 @@ impl Resend {
 pub enum DialogState {
     /// The INVITE is being answered (no final response yet).
     Early,
-    /// A reliable provisional response (RFC 3262) sent, awaiting its PRACK.
-    Provisional {
-        /// The response.
-        resend: Resend,
-        /// Its RSeq.
-        rseq: u32,
-    },
+    /// A reliable provisional response (RFC 3262) sent, resent until its
+    /// PRACK (its RSeq is the dialog's `rseq`).
+    Provisional(Resend),
     /// 2xx sent, waiting for ACK; retransmitted over unreliable transports.
     Accepted(Resend),
     /// ACK received: the call is up.
@@ -198,13 +194,10 @@ impl Dialogs {
         let Some(d) = self.map.get_mut(&id) else {
             return;
         };
-        if matches!(
-            d.state,
-            DialogState::Early | DialogState::Provisional { .. }
-        ) {
+        if matches!(d.state, DialogState::Early | DialogState::Provisional(_)) {
             self.unacked.insert(id);
             let resend = Resend::new(now, resp, d.flow.transport.is_reliable());
-            d.state = DialogState::Provisional { resend, rseq };
+            d.state = DialogState::Provisional(resend);
             d.rseq = rseq;
         }
     }
@@ -216,21 +209,20 @@ impl Dialogs {
 
     /// A PRACK with `rack` (`RAck: <rseq> <cseq> INVITE`): whether it
     /// acknowledges the reliable provisional response sent last, which is
-    /// then no longer resent.
+    /// then no longer resent. One that crosses our 2xx still acknowledges
+    /// it (RFC 3262 section 3: it gets a 2xx).
     pub fn on_prack(&mut self, id: DialogId, rack: &str) -> bool {
         let Some(d) = self.map.get_mut(&id) else {
             return false;
         };
-        let DialogState::Provisional { rseq, .. } = d.state else {
-            return false;
-        };
         let mut parts = rack.split_whitespace();
-        let acked = parts.next().and_then(|r| r.parse::<u32>().ok()) == Some(rseq)
+        let acked = d.rseq > 0
+            && parts.next().and_then(|r| r.parse::<u32>().ok()) == Some(d.rseq)
             && parts.next().and_then(|c| c.parse::<u32>().ok()) == d.invite.cseq().map(|c| c.seq)
             && parts
                 .next()
                 .is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
-        if acked {
+        if acked && matches!(d.state, DialogState::Provisional(_)) {
             d.state = DialogState::Early;
             self.unacked.remove(&id);
         }
@@ -280,7 +272,7 @@ impl Dialogs {
         self.unacked
             .iter()
             .filter_map(|id| match &self.map.get(id)?.state {
-                DialogState::Accepted(r) | DialogState::Provisional { resend: r, .. } => {
+                DialogState::Accepted(r) | DialogState::Provisional(r) => {
                     Some(r.next.min(r.deadline))
                 }
                 _ => None,
@@ -301,9 +293,7 @@ impl Dialogs {
             };
             let (r, timeout) = match &mut d.state {
                 DialogState::Accepted(r) => (r, DialogOutput::AckTimeout(*id)),
-                DialogState::Provisional { resend, .. } => {
-                    (resend, DialogOutput::PrackTimeout(*id))
-                }
+                DialogState::Provisional(resend) => (resend, DialogOutput::PrackTimeout(*id)),
                 _ => continue,
             };
             if now >= r.deadline {
@@ -516,5 +506,21 @@ mod tests {
         let out = d.handle_timeout(t0 + 64 * T1);
         assert_eq!(out, [DialogOutput::PrackTimeout(id)]);
         assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_prack_that_crosses_our_2xx_is_still_acknowledged() {
+        let t0 = Instant::now();
+        let mut d = Dialogs::default();
+        let id = d
+            .create(&msg("INVITE", None, 1), flow(Transport::Udp))
+            .unwrap();
+        assert!(!d.on_prack(id, "0 1 INVITE"), "nothing was sent reliably");
+        d.sent_reliably(t0, id, 1, Bytes::from_static(b"180"));
+        d.accepted(t0, id, Bytes::from_static(b"200"));
+        assert!(d.on_prack(id, "1 1 INVITE"));
+        assert!(!d.on_prack(id, "2 1 INVITE"));
+        // The 2xx is still resent until the ACK.
+        assert_eq!(d.poll_timeout(), Some(t0 + T1));
     }
 }

@@ -10,6 +10,7 @@ use crate::sip::transaction::T1;
 fn rung(b: &mut B2bua, t0: Instant) -> (Message, Message) {
     let mut invite = caller_invite();
     invite.push_header("Require", "100rel");
+    invite.push_header("Record-Route", "<sip:proxy.example;lr>");
     b.dial_sip(
         t0,
         SipDial {
@@ -43,6 +44,11 @@ fn our_180_is_resent_until_the_callers_prack() {
     let (ringing, _) = rung(&mut b, t0);
     assert_eq!(ringing.header("Require"), Some("100rel"));
     assert_eq!(ringing.header("RSeq"), Some("1"));
+    // It makes the early dialog the PRACK travels in: the route set comes back.
+    assert_eq!(
+        ringing.header("Record-Route"),
+        Some("<sip:proxy.example;lr>")
+    );
     let tag = crate::sip::dialog::tag_of(&ringing, "To").unwrap();
     // Unacknowledged: resent after T1, as it was.
     b.handle_timeout(t0 + T1);
