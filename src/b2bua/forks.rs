@@ -40,7 +40,14 @@ impl B2bua {
             self.info_answered(&call_id, leg.party());
             return;
         }
-        let in_dialog = leg == Leg::Caller || cseq.seq > 1;
+        let in_dialog = match leg {
+            Leg::Caller => true,
+            Leg::Fork(i) => self
+                .calls
+                .get(&call_id)
+                .and_then(|c| c.forks.get(i))
+                .is_some_and(|f| !f.leg.is_initial(cseq.seq)),
+        };
         if in_dialog && code >= 200 && matches!(cseq.method, Method::Invite | Method::Update) {
             self.refresh_answered(now, &call_id, leg, msg);
         }

@@ -168,6 +168,12 @@ impl UacLeg {
         true
     }
 
+    /// Whether CSeq number `seq` is one of our dialog-forming INVITE's
+    /// (a 422 retry numbers it 2), not a later request in the dialog.
+    pub fn is_initial(&self, seq: u32) -> bool {
+        self.invite.cseq().is_some_and(|c| seq <= c.seq)
+    }
+
     /// The INVITE again, asking for a `Session-Expires` of `interval`
     /// (with that `Min-SE`) after a 422 (RFC 4028 section 7.3): same
     /// Call-ID and tags, a new branch and the next CSeq. `None` when the
