@@ -493,6 +493,83 @@ fn call_outcome_with(
     (caller.messages(), callee.messages(), gw.log_text())
 }
 
+/// The `m=audio` port of the SIP message in `msgs` that starts with
+/// `start`.
+fn audio_port(msgs: &str, start: &str) -> Option<u16> {
+    let at = msgs.find(start)?;
+    msgs[at..]
+        .split("-----------------------------------------------")
+        .next()?
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+}
+
+#[test]
+fn a_callees_early_media_reaches_a_sip_caller_before_the_answer() {
+    require("sipp");
+    require("tshark");
+    let uas_port = free_port();
+    let mut gw = gateway(uas_port);
+    // The callee sends 183 with SDP and plays 7 s of speech at once; its
+    // 200 comes 5.5 s later. The caller takes only a 183 (with an A-law
+    // answer), then the 200.
+    let (caller, callee) = captured_call(
+        &gw,
+        "bridge_uac_early.xml",
+        "bridge_uas_early.xml",
+        uas_port,
+    );
+    let ctx = || context(&gw, &caller, &callee);
+    let msgs = caller.messages();
+    let early =
+        audio_port(&msgs, "SIP/2.0 183 Session Progress").unwrap_or_else(|| panic!("{}", ctx()));
+    let answered = audio_port(&msgs, "SIP/2.0 200 OK").unwrap_or_else(|| panic!("{}", ctx()));
+    assert_eq!(
+        early,
+        answered,
+        "the 200 repeats the 183's answer\n{}",
+        ctx()
+    );
+
+    // Every packet the callee sent reached the caller, untouched, each
+    // within half a second: those sent before the 200 too.
+    let cap = caller.dir.path().join("capture.pcap");
+    let at_caller = tshark_rows(&cap, caller.media);
+    let at_callee = tshark_rows(&cap, callee.media);
+    let sent: Vec<&Row> = at_callee
+        .iter()
+        .filter(|r| r.pt == 8 && r.src == callee.media)
+        .collect();
+    let relayed: Vec<&Row> = at_caller
+        .iter()
+        .filter(|r| r.pt == 8 && r.src == early)
+        .collect();
+    assert_eq!(sent.len(), 236, "the pcap holds 236 packets");
+    let payloads = |rows: &[&Row]| rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>();
+    assert_eq!(payloads(&relayed), payloads(&sent), "callee -> caller");
+    let late = sent
+        .iter()
+        .zip(&relayed)
+        .map(|(s, r)| r.time - s.time)
+        .fold(0.0f64, f64::max);
+    assert!(late < 0.5, "a packet took {late:.2} s to reach the caller");
+    let before_answer = sent.iter().filter(|r| r.time - sent[0].time < 5.0).count();
+    assert!(
+        before_answer > 150,
+        "{before_answer} packets before the 200"
+    );
+    // And the caller's own speech, after the 200, reached the callee.
+    let from_caller = audio(&at_caller, |src| src == caller.media);
+    assert_eq!(audio(&at_callee, |src| src != callee.media), from_caller);
+
+    let cdr = gw.only_cdr();
+    assert_eq!(cdr["media"]["audio"], "passthrough", "{cdr}");
+    assert_eq!(cdr["ended_by"], "caller", "{cdr}");
+    gw.stop();
+}
+
 #[test]
 fn a_busy_callee_makes_the_caller_hear_486() {
     let (caller, _, _) = call_outcome("bridge_uac_busy.xml", Some("bridge_uas_busy.xml"));

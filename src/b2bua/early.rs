@@ -1,26 +1,28 @@
 //! Media negotiated outside the plain offer-in-INVITE, answer-in-2xx
-//! exchange: early media (a callee's 180/183 with SDP, bridged to a
-//! browser caller before the answer; the 2xx keeps or moves it) and late
+//! exchange: early media (a callee's 180/183 with SDP, bridged to the
+//! caller before the answer, a browser or a SIP endpoint that gets our
+//! 183 with SDP; the 2xx keeps or moves it) and late
 //! offers (a SIP caller's INVITE without SDP: our 2xx carries the offer,
 //! its ACK the answer, and the media waits for it).
 //!
 //! Owns when a call's media starts, moves or waits; what an answer agrees
 //! is read by [`crate::sdp`], and media is moved by the runtime.
 
-use super::{B2bua, CalleeMedia, Caller, CallerMedia, Notice, Party, Side, State};
+use super::uas::early_answer;
+use super::{B2bua, CallOutput, CalleeMedia, Caller, CallerMedia, Notice, Party, Side, State};
 use crate::sdp::{Agreed, Negotiated};
 use crate::sip::msg::Message;
 use std::time::Instant;
 
 impl B2bua {
-    /// An 18x with an SDP answer from a callee, to a browser caller: its
-    /// media (ringback, announcements) is bridged at once, from the first
-    /// fork that sends one. The 2xx then keeps it or moves it.
+    /// An 18x with an SDP answer from a callee: its media (ringback,
+    /// announcements) is bridged at once, from the first fork that sends
+    /// one, to a browser caller, or to a SIP caller with our 183 and
+    /// answer ([`early_answer`]; not while browsers ring too, whose answer
+    /// would need the caller's media moved off this relay). The 2xx then
+    /// keeps it or moves it.
     pub(super) fn early_media(&mut self, call_id: &str, i: usize, msg: &Message) {
         let Some(call) = self.calls.get_mut(call_id) else {
-            return;
-        };
-        let Caller::Browser(peer) = call.caller else {
             return;
         };
         if msg.body.is_empty() || call.early.is_some() || call.state == State::Ended {
@@ -34,11 +36,35 @@ impl B2bua {
                 return;
             }
         };
+        let caller = match &mut call.caller {
+            Caller::Browser(peer) => CallerMedia::Browser(*peer),
+            Caller::Sip(_) if !call.browsers.is_empty() => {
+                tracing::info!(call = %call_id, "no early media to the SIP caller while browsers ring");
+                return;
+            }
+            Caller::Sip(sc) => {
+                let prefer = agreed.audio.format.codec.as_ref();
+                match early_answer(&self.dialogs, sc, prefer, call.dtmf) {
+                    Ok((progress, ours)) => {
+                        self.out
+                            .push_back(CallOutput::Respond(sc.key.clone(), progress));
+                        CallerMedia::Sip(Box::new(ours))
+                    }
+                    Err(e) => {
+                        tracing::info!(call = %call_id, reason = %e, "no early media to the SIP caller");
+                        return;
+                    }
+                }
+            }
+        };
+        if let CallerMedia::Sip(ours) = &caller {
+            call.agreed_by(Party::Caller, ours);
+        }
         tracing::info!(call = %call_id, fork = i, "early media from the SIP side");
         call.early = Some((i, agreed.clone()));
         self.notify(Notice::StartMedia {
             call: call_id.to_string(),
-            caller: CallerMedia::Browser(peer),
+            caller,
             callee: CalleeMedia::Sip(Box::new(agreed)),
         });
     }

@@ -101,13 +101,16 @@ impl B2bua {
             _ => {}
         }
         if matches!(code, 180 | 183) {
-            self.ringing(now, call_id);
+            // Early media first: a SIP caller that gets it hears our 183
+            // with SDP instead of a 180.
             self.early_media(call_id, i, msg);
+            self.ringing(now, call_id);
         }
     }
 
     /// A callee alerts: the call rings (180 to a SIP caller, reliably to
-    /// one that requires 100rel), once.
+    /// one that requires 100rel, unless a 183 with early media went
+    /// instead), once.
     pub(super) fn ringing(&mut self, now: Instant, call_id: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;

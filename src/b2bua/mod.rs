@@ -306,7 +306,7 @@ struct SipCaller {
     contact: String,
     via_host: String,
     user_agent: String,
-    /// 180 sent.
+    /// 180, or 183 with early media, sent.
     ringing: bool,
     /// Its INVITE requires reliable provisional responses (RFC 3262).
     reliable: bool,
@@ -314,6 +314,9 @@ struct SipCaller {
     answered: bool,
     /// What our answer agreed with the caller.
     agreed: Option<Negotiated>,
+    /// Our answer in a 183 (early media) and what it agreed: the 200
+    /// repeats it.
+    early_answer: Option<(String, Negotiated)>,
     /// The session timer our 200 grants.
     granted: Option<SessionExpires>,
     /// `o=` session id and version of our SDP toward the caller.
@@ -568,6 +571,7 @@ impl B2bua {
             reliable: crate::sip::requires(&dial.invite, "100rel"),
             answered: false,
             agreed: None,
+            early_answer: None,
             origin: (u64::from(rand::random::<u32>()), 0),
             session: Session {
                 timer: None,

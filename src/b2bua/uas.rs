@@ -354,13 +354,64 @@ pub(super) fn caller_ok(
     Some(ok)
 }
 
+/// Our answer to a SIP caller's offer `theirs`, in the `prefer`red codec
+/// when it offered it (relayed), else any we can transcode to, with
+/// telephone-events unless digits go by SIP INFO only (`dtmf`): the SDP (a
+/// new `o=` version) and what it agreed.
+fn answer_caller(
+    sc: &mut SipCaller,
+    theirs: &SessionDesc,
+    prefer: Option<&causeway_codecs::CodecKey>,
+    dtmf: DtmfMode,
+) -> Result<(String, Negotiated), String> {
+    sc.origin.1 += 1;
+    answer_audio(
+        theirs,
+        prefer,
+        true,
+        sc.media,
+        sc.origin,
+        None,
+        dtmf != DtmfMode::Info,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Our 183 Session Progress to a SIP caller while a callee sends early
+/// media in `prefer` (its codec): it carries our answer, which the 200
+/// repeats (RFC 3261 13.2.1: the answer may not change), and returns what
+/// that agreed. The 183 is sent unreliably; a caller that requires 100rel
+/// gets no early media (our 2xx could not wait for its PRACK), nor does
+/// one that made no offer (the 183 would have to carry ours reliably).
+pub(super) fn early_answer(
+    dialogs: &Dialogs,
+    sc: &mut SipCaller,
+    prefer: Option<&causeway_codecs::CodecKey>,
+    dtmf: DtmfMode,
+) -> Result<(Message, Negotiated), String> {
+    if sc.answered || sc.early_answer.is_some() {
+        return Err("the caller has its answer already".into());
+    }
+    if sc.reliable {
+        return Err("the caller requires reliable provisional responses".into());
+    }
+    let theirs = sc.caller_offer.clone().ok_or("the caller made no offer")?;
+    let (body, agreed) = answer_caller(sc, &theirs, prefer, dtmf)?;
+    let mut progress = caller_response(dialogs, sc, 183, "Session Progress")
+        .ok_or("the caller's dialog is gone")?;
+    progress.push_header("Content-Type", "application/sdp");
+    progress.body = Bytes::from(body.clone());
+    sc.ringing = true;
+    sc.early_answer = Some((body, agreed.clone()));
+    Ok((progress, agreed))
+}
+
 /// Accepts a SIP caller's call once a callee answered: 200 with our SDP.
-/// To the caller's offer, we answer in the `prefer`red codec when it
-/// offered it (relayed), else any we can transcode to, with
-/// telephone-events unless digits go by SIP INFO only (`dtmf`); returns
-/// what that agreed. A caller that made no offer gets ours (`offered`,
-/// what the callees were offered, the `prefer`red codec first); its ACK
-/// answers, so nothing is agreed yet (None). Queues the 200
+/// It repeats the answer of our 183 if early media went before; else, to
+/// the caller's offer, we answer in the `prefer`red codec ([`answer_caller`])
+/// and return what that agreed. A caller that made no offer gets ours
+/// (`offered`, what the callees were offered, the `prefer`red codec first);
+/// its ACK answers, so nothing is agreed yet (None). Queues the 200
 /// (retransmitted until the ACK).
 pub(super) fn accept_caller(
     dialogs: &mut Dialogs,
@@ -370,22 +421,14 @@ pub(super) fn accept_caller(
     prefer: Option<&causeway_codecs::CodecKey>,
     (offered, dtmf): (&Offer, DtmfMode),
 ) -> Result<Option<Negotiated>, String> {
-    sc.origin.1 += 1;
-    let (body, agreed) = match &sc.caller_offer {
-        Some(theirs) => {
-            let (body, agreed) = answer_audio(
-                theirs,
-                prefer,
-                true,
-                sc.media,
-                sc.origin,
-                None,
-                dtmf != DtmfMode::Info,
-            )
-            .map_err(|e| e.to_string())?;
+    let (body, agreed) = match (sc.early_answer.take(), sc.caller_offer.clone()) {
+        (Some((body, agreed)), _) => (body, Some(agreed)),
+        (None, Some(theirs)) => {
+            let (body, agreed) = answer_caller(sc, &theirs, prefer, dtmf)?;
             (body, Some(agreed))
         }
-        None => {
+        (None, None) => {
+            sc.origin.1 += 1;
             let mut ours = Offer {
                 video: None,
                 ..offered.clone()

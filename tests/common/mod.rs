@@ -507,6 +507,8 @@ pub struct Row {
     pub seq: u16,
     pub ssrc: String,
     pub payload: String,
+    /// Seconds since the capture's first packet.
+    pub time: f64,
 }
 
 pub fn tshark_rows(capture: &Path, rtp_port: u16) -> Vec<Row> {
@@ -522,6 +524,7 @@ pub fn tshark_rows(capture: &Path, rtp_port: u16) -> Vec<Row> {
         ])
         .args(["-T", "fields", "-e", "udp.srcport", "-e", "rtp.p_type"])
         .args(["-e", "rtp.seq", "-e", "rtp.ssrc", "-e", "rtp.payload"])
+        .args(["-e", "frame.time_relative"])
         .output()
         .unwrap();
     assert!(
@@ -540,6 +543,7 @@ pub fn tshark_rows(capture: &Path, rtp_port: u16) -> Vec<Row> {
                 seq: f[2].parse().unwrap(),
                 ssrc: f[3].to_string(),
                 payload: f[4].to_string(),
+                time: f[5].parse().unwrap(),
             }
         })
         .collect()

@@ -42,7 +42,7 @@ fn the_answer_moves_early_media_to_another_fork_or_address() {
     let mut b = B2bua::default();
     let inv = dial(&mut b, t0, &[5070, 5072]);
     b.on_response(t0, &reply(&inv[0], 183, "a", Some(ANSWER_PCMU)));
-    assert_eq!(methods(&drain(&mut b)), ["ringing", "media"]);
+    assert_eq!(methods(&drain(&mut b)), ["media", "ringing"]);
     // The second fork answers: the media moves to its address.
     b.on_response(t0, &reply(&inv[1], 200, "b", Some(&answer_pcmu_at(40010))));
     let out = drain(&mut b);
@@ -168,4 +168,84 @@ fn a_late_offer_whose_ack_has_no_answer_is_hung_up_both_ways() {
         panic!()
     };
     assert_eq!(bye.call_id(), "caller-call");
+}
+
+#[test]
+fn a_sip_caller_gets_a_183_with_our_answer_and_the_200_repeats_it() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (key, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    // The callee's 183 with PCMU: the caller gets our 183 with an answer
+    // in PCMU (it offered it) instead of a 180, and the relay starts.
+    b.on_response(t0, &reply(&inv[0], 183, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["183", "media", "ringing"]);
+    let CallOutput::Respond(k, progress) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*k, key);
+    assert_eq!(progress.header("Content-Type"), Some("application/sdp"));
+    assert!(
+        body(progress).contains("m=audio 20000 RTP/AVP 0 101"),
+        "{}",
+        body(progress)
+    );
+    let CallOutput::Notice(Notice::StartMedia {
+        caller: CallerMedia::Sip(caller),
+        callee: CalleeMedia::Sip(callee),
+        ..
+    }) = &out[1]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(caller.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
+    assert_eq!((caller.format.pt, callee.audio.format.pt), (0, 0));
+    // A 180 afterwards sends nothing more to the caller.
+    b.on_response(t0, &reply(&inv[0], 180, "a", None));
+    assert!(drain(&mut b).is_empty());
+
+    // The callee answers PCMA from another address: our 200 repeats the
+    // 183's SDP word for word (the caller's answer may not change) and
+    // only the callee's side of the media moves.
+    let pcma = ANSWER_PCMU
+        .replace("RTP/AVP 0", "RTP/AVP 8")
+        .replace("0 PCMU", "8 PCMA")
+        .replace("m=audio 40000", "m=audio 40010");
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(&pcma)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["ACK", "200", "update-media", "connected"]);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(body(ok), body(progress));
+    let Some(CallOutput::Notice(Notice::UpdateMedia { callee, .. })) = out.get(2) else {
+        panic!("{out:?}")
+    };
+    assert_eq!(callee.format.pt, 8);
+}
+
+#[test]
+fn no_early_media_to_a_sip_caller_requiring_100rel_or_while_browsers_ring() {
+    let t0 = Instant::now();
+    // A caller that requires reliable provisionals keeps its reliable 180.
+    let mut b = B2bua::default();
+    let mut invite = caller_invite();
+    invite.push_header("Require", "100rel");
+    b.dial_sip(t0, sip_dial(invite), vec![target(5070)], vec![]);
+    let out = drain(&mut b);
+    let [CallOutput::Request(inv, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    b.sent(inv, TxKey::server(inv).unwrap());
+    b.on_response(t0, &reply(inv, 183, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["180", "ringing"]);
+
+    // A call that also rings a browser: the browser's answer would have
+    // to take the caller's media off the relay, so the caller hears 180.
+    let mut b = B2bua::default();
+    let (_, inv, rung) = dial_from_sip_to(&mut b, t0, &[5070], &["alice"]);
+    assert_eq!(rung.len(), 1);
+    b.on_response(t0, &reply(&inv[0], 183, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["180", "ringing"]);
 }
