@@ -27,60 +27,16 @@
 
 #[path = "../tests/load/webrtc_client.rs"]
 mod load;
+#[path = "../tests/common/pcap.rs"]
+mod pcap;
 
-use causeway_codecs::analysis::{dominant_frequency, level_db, tone};
-use causeway_codecs::g711::alaw_encode;
+use causeway_codecs::analysis::{dominant_frequency, level_db};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Packets in the pcap SIPp plays (10 s; the scenario restarts it then).
 const PACKETS: u32 = 500;
-
-/// A pcap (Ethernet, IPv4, UDP, RTP) of `PACKETS` A-law packets of a 1 kHz
-/// tone at -12 dBFS, 20 ms apart: what SIPp's `play_pcap_audio` reads.
-fn tone_pcap() -> Vec<u8> {
-    let pcm = tone(1000.0, -12.0, 8000, 160 * PACKETS as usize);
-    let mut out = Vec::new();
-    // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    for v in [0u32, 0, 65_535, 1] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for (i, samples) in pcm.chunks(160).enumerate() {
-        let i = i as u32;
-        let mut rtp = vec![0x80, 8];
-        rtp.extend_from_slice(&(i as u16).to_be_bytes());
-        rtp.extend_from_slice(&(i * 160).to_be_bytes());
-        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        rtp.extend(samples.iter().map(|&x| alaw_encode(x)));
-        let udp_len = 8 + rtp.len() as u16;
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        // IPv4 (SIPp reads the UDP payload; the checksums are not checked).
-        frame.extend_from_slice(&[0x45, 0]);
-        frame.extend_from_slice(&(20 + udp_len).to_be_bytes());
-        frame.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
-        frame.extend_from_slice(&6000u16.to_be_bytes());
-        frame.extend_from_slice(&6000u16.to_be_bytes());
-        frame.extend_from_slice(&udp_len.to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.extend_from_slice(&rtp);
-        let micros = i * 20_000;
-        for v in [
-            micros / 1_000_000,
-            micros % 1_000_000,
-            frame.len() as u32,
-            frame.len() as u32,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&frame);
-    }
-    out
-}
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -92,7 +48,8 @@ fn main() {
 
     let work = std::env::temp_dir().join(format!("causeway-bench-sipp-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("the temporary directory is writable");
-    std::fs::write(work.join("tone.pcap"), tone_pcap()).expect("the pcap is writable");
+    std::fs::write(work.join("tone.pcap"), pcap::tone_pcap(8, PACKETS))
+        .expect("the pcap is writable");
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sipp/uas_pcap_loop.xml");
     let (uas_port, media_port) = (load::free_port(), load::free_port());
     let mut uas = Command::new("sipp")

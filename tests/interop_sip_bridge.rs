@@ -11,6 +11,9 @@
 
 mod common;
 
+use causeway_codecs::analysis::dominant_frequency;
+use causeway_codecs::g711::alaw_decode;
+use common::pcap::tone_pcap;
 use common::{
     Guard, Gw, Row, capture, free_port, require, run_bounded, sipp_command, stop, tshark_rows,
 };
@@ -71,6 +74,8 @@ impl Side {
         for pcap in ["g711a.pcap", "dtmf_2833_1.pcap"] {
             std::fs::copy(Path::new(PCAPS).join(pcap), dir.path().join(pcap)).unwrap();
         }
+        // 2 s of a 1 kHz tone in µ-law.
+        std::fs::write(dir.path().join("tone_pcmu.pcap"), tone_pcap(0, 100)).unwrap();
         Side {
             dir,
             media: free_port() & !1,
@@ -568,6 +573,78 @@ fn a_callees_early_media_reaches_a_sip_caller_before_the_answer() {
     assert_eq!(cdr["media"]["audio"], "passthrough", "{cdr}");
     assert_eq!(cdr["ended_by"], "caller", "{cdr}");
     gw.stop();
+}
+
+#[test]
+fn a_re_invite_to_another_codec_switches_the_call_from_relayed_to_transcoded() {
+    require("sipp");
+    require("tshark");
+    let uas_port = free_port();
+    let mut gw = gateway(uas_port);
+    // Both sides answer A-law (relayed); after 1 s the caller re-INVITEs
+    // with µ-law only and plays a 1 kHz µ-law tone; the callee keeps
+    // sending A-law speech throughout.
+    let (caller, callee) = captured_call(
+        &gw,
+        "bridge_uac_recodec.xml",
+        "bridge_uas_reinvite.xml",
+        uas_port,
+    );
+    let ctx = || context(&gw, &caller, &callee);
+    let msgs = caller.messages();
+    let reanswer = msgs
+        .split("-----------------------------------------------")
+        .find(|m| m.contains("SIP/2.0 200 OK") && m.contains("CSeq: 2 INVITE"))
+        .unwrap_or_else(|| panic!("no 200 to the re-INVITE\n{}", ctx()));
+    assert!(reanswer.contains("RTP/AVP 0 "), "{reanswer}");
+    let leg = audio_port(&msgs, "SIP/2.0 200 OK").unwrap();
+
+    let cap = caller.dir.path().join("capture.pcap");
+    // The callee got the caller's µ-law tone as A-law (transcoded), all of
+    // it (and the few frames concealment plays once the tone stops), still
+    // 1 kHz.
+    let at_callee = tshark_rows(&cap, callee.media);
+    let to_callee: Vec<&Row> = at_callee.iter().filter(|r| r.src != callee.media).collect();
+    assert!(to_callee.iter().all(|r| r.pt == 8), "{}", ctx());
+    assert!(
+        (100..=110).contains(&to_callee.len()),
+        "{} packets to the callee",
+        to_callee.len()
+    );
+    let pcm: Vec<i16> = to_callee
+        .iter()
+        .flat_map(|r| {
+            let hex = r.payload.replace(':', "");
+            (0..hex.len() / 2)
+                .map(|i| alaw_decode(u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let f = dominant_frequency(&pcm, 8000);
+    assert!((f - 1000.0).abs() < 20.0, "the callee heard {f:.0} Hz");
+
+    // The caller got the callee's speech relayed as A-law until its
+    // re-INVITE, µ-law (transcoded) after it, and never A-law again.
+    let at_caller = tshark_rows(&cap, caller.media);
+    let to_caller: Vec<&Row> = at_caller.iter().filter(|r| r.src == leg).collect();
+    let (alaw, ulaw): (Vec<&Row>, Vec<&Row>) = to_caller.iter().partition(|r| r.pt == 8);
+    assert!(
+        alaw.len() > 10 && ulaw.len() > 100,
+        "{} A-law, {} µ-law",
+        alaw.len(),
+        ulaw.len()
+    );
+    assert!(ulaw.iter().all(|r| r.pt == 0));
+    let last_alaw = alaw.iter().map(|r| r.time).fold(0.0, f64::max);
+    assert!(
+        ulaw.iter().all(|r| r.time > last_alaw),
+        "A-law after the switch"
+    );
+
+    gw.stop();
+    let log = gw.log_text();
+    let relayed = log.find("audio=\"passthrough\"").expect("relayed at first");
+    assert!(log[relayed..].contains("audio=\"transcoded\""), "{log}");
 }
 
 #[test]

@@ -89,7 +89,8 @@ impl B2bua {
                     tracing::info!(call = %call_id, "the answer moves the early media");
                     self.notify(Notice::UpdateMedia {
                         call: call_id.to_string(),
-                        callee: Box::new(n.audio),
+                        party: Party::Callee,
+                        media: Box::new(n.audio),
                     });
                 }
             }
@@ -144,7 +145,7 @@ impl B2bua {
 
 /// Whether two answers agree the same codec and payload types at the same
 /// addresses (the media path needs no change).
-fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
+pub(super) fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
     let key = |n: &Negotiated| {
         (
             n.format.clone(),

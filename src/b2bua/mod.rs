@@ -14,8 +14,11 @@
 //! ([`Dialogs`]); a callee's reliable 18x gets our PRACK. The call rings every target in parallel
 //! (RFC 3261 forking done by the B2BUA: one [`UacLeg`] per contact), the
 //! first 2xx wins and the other forks are cancelled (a late 2xx is ACKed
-//! and sent a BYE). 180/183 become `ringing` (with SDP, early media:
-//! `early`, which also handles a SIP caller's INVITE without SDP), SIP INFO
+//! and sent a BYE). 180/183 become `ringing` (with SDP, early media to
+//! either kind of caller: `early`, which also handles a SIP caller's
+//! INVITE without SDP); a re-INVITE or UPDATE is answered on its side and
+//! mirrored to the other (`uas`), moving the side's media when its codec
+//! or address changed; SIP INFO
 //! carries digits and keyframe requests (`info`), a failure of every fork ends
 //! the call with the most telling status (6xx, then 486, then the first),
 //! no answer within [`NO_ANSWER`] cancels everything (408). A hang-up from
@@ -163,14 +166,17 @@ pub enum Notice {
         /// Audio codecs to offer, first preferred.
         audio: Vec<AudioCodec>,
     },
-    /// The media of a call already bridged (early media) now goes to
-    /// another SIP answer: the winner's 2xx, where it differs from the
-    /// 183 that started the media, or came from another fork.
+    /// The media of a call already bridged moves with a SIP side's new
+    /// answer: the winner's 2xx where it differs from the 183 that started
+    /// early media (or came from another fork), or a re-INVITE or UPDATE
+    /// that changed the side's codec or address.
     UpdateMedia {
         /// The call.
         call: String,
-        /// The SIP side's audio, as its answer agreed.
-        callee: Box<Negotiated>,
+        /// The SIP side whose media moved.
+        party: Party,
+        /// Its audio, as the new answer agreed.
+        media: Box<Negotiated>,
     },
     /// A digit for a browser's event stream, from the SIP side (its RTP
     /// or its SIP INFO).

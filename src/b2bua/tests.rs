@@ -5,6 +5,7 @@
 mod early;
 mod info;
 mod prack;
+mod reoffer;
 mod timers;
 
 use super::*;

@@ -6,7 +6,7 @@
 //! re-INVITE.
 
 use super::refresh::{caller_request, stamp_request};
-use super::{ALLOW, B2bua, CallOutput, Caller, Leg, SipCaller, State, Winner};
+use super::{ALLOW, B2bua, CallOutput, Caller, Leg, Notice, Party, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
@@ -52,11 +52,14 @@ impl B2bua {
     }
 
     /// A re-INVITE or an UPDATE with an offer from a SIP side of a connected
-    /// call (hold, resume):
-    /// answered here in the codec already agreed, its direction mirrored
-    /// (a hold is never answered sendrecv), and the same direction offered
-    /// to the other side when that is SIP too. Returns our 200, or why the
-    /// offer cannot be taken (488; the session goes on unchanged).
+    /// call (hold, resume, a new codec or address): answered here in the
+    /// codec already agreed when offered again, else in any we can
+    /// transcode to; its direction mirrored (a hold is never answered
+    /// sendrecv), and the same direction offered to the other side when
+    /// that is SIP too, in that side's codec. A new codec or address moves
+    /// the side's media (relayed or transcoded anew); the other side is not
+    /// disturbed. Returns our 200, or why the offer cannot be taken (488;
+    /// the session goes on unchanged).
     pub(super) fn reoffer(
         &mut self,
         call_id: &str,
@@ -81,14 +84,16 @@ impl B2bua {
             m.direction
         };
         let winner = call.winner.ok_or("no callee")?;
+        // The side's media, when the offer moved its codec or address.
+        let moved;
         let (ok, forward) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
                 let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
                 sc.origin.1 += 1;
-                let (body, _) = answer_audio(
+                let (body, now) = answer_audio(
                     &offer,
                     agreed.format.codec.as_ref(),
-                    false,
+                    true,
                     sc.media,
                     sc.origin,
                     None,
@@ -97,6 +102,10 @@ impl B2bua {
                 .map_err(|e| e.to_string())?;
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
+                moved = media_moved(agreed, now).map(|n| (Party::Caller, n));
+                if let Some((_, n)) = &moved {
+                    sc.agreed = Some(n.clone());
+                }
                 sc.session.sdp = body;
                 sc.session.theirs = msg.body.clone();
                 // A browser callee is not told (its media keeps flowing).
@@ -126,16 +135,20 @@ impl B2bua {
                     .as_ref()
                     .and_then(|v| v.format.codec.as_ref())
                     .zip(c.video_port);
-                let (body, _) = answer_audio(
+                let (body, now) = answer_audio(
                     &offer,
                     c.agreed.audio.format.codec.as_ref(),
-                    false,
+                    true,
                     (c.ip, c.port),
                     c.origin,
                     video,
                     call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
+                moved = media_moved(&c.agreed.audio, now).map(|n| (Party::Callee, n));
+                if let Some((_, n)) = &moved {
+                    c.agreed.audio = n.clone();
+                }
                 let mut ok = fork_ok(&call.forks[i], msg);
                 ok.push_header("Content-Type", "application/sdp");
                 ok.body = Bytes::from(body.clone());
@@ -168,8 +181,20 @@ impl B2bua {
             _ => return Err("not a leg of this call".into()),
         };
         tracing::info!(call = %call_id, direction = held.name(), "session renegotiated");
+        if let Some((party, n)) = &moved {
+            call.agreed_by(*party, n);
+        }
         if let Some((req, flow)) = forward {
             self.out.push_back(CallOutput::Request(req, flow));
+        }
+        if let Some((party, media)) = moved {
+            let codec = media.format.codec.as_ref().map(|c| c.name.clone());
+            tracing::info!(call = %call_id, side = ?party, codec, "the side's media moved");
+            self.notify(Notice::UpdateMedia {
+                call: call_id.to_string(),
+                party,
+                media: Box::new(media),
+            });
         }
         Ok(ok)
     }
@@ -223,6 +248,14 @@ impl B2bua {
         });
         ours.unwrap_or_else(|| no_dialog(msg, flow))
     }
+}
+
+/// A side's media after a re-offer's answer `now`, when it differs from
+/// what was agreed (`old`) in codec, payload types or address; an answer
+/// to a hold by `c=0.0.0.0` moves nothing.
+fn media_moved(old: &Negotiated, now: Negotiated) -> Option<Negotiated> {
+    let held = now.remote_rtp.is_none_or(|a| a.ip().is_unspecified());
+    (!held && !super::early::same_media(old, &now)).then_some(now)
 }
 
 /// 481: a request for a dialog (or a response) we do not have.

@@ -5,9 +5,11 @@
 //! [`Direction`] -> hub, and back; the browser may have called or been
 //! called), or a SIP caller's own RTP socket (the gateway anchors media
 //! between the two SIP endpoints). Each direction relays or transcodes on
-//! its own ([`audio_direction`]). Video between a browser and a SIP
-//! endpoint runs beside the audio (`runtime::video`). A task reports its
-//! counters when it stops (for the call's record).
+//! its own ([`audio_direction`]), and is planned anew when a SIP side's
+//! answer changes (early media moved to the 2xx, a re-INVITE's new codec or
+//! address). Video between a browser and a SIP endpoint runs beside the
+//! audio (`runtime::video`). A task reports its counters when it stops (for
+//! the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
@@ -42,8 +44,9 @@ enum Control {
     Digits { to: Party, digits: String, ms: u32 },
     /// The SIP side asked for a keyframe by SIP INFO.
     Keyframe,
-    /// The SIP callee's answer changed (early media moved to the 2xx).
-    Renegotiate(Box<Negotiated>),
+    /// A SIP side's media changed: the callee's answer (early media moved
+    /// to the 2xx), or either side's re-INVITE or UPDATE.
+    Renegotiate(Party, Box<Negotiated>),
 }
 
 /// A bridged call's media: sockets waiting for the answer, then a task.
@@ -251,6 +254,7 @@ impl Bridges {
                     caller: RtpEnd::open(caller, &agreed, call)?,
                     caller_end,
                     callee: RtpEnd::open(ports, &n.audio, call)?,
+                    callee_end: sip_end,
                     to_callee,
                     to_caller,
                 };
@@ -278,10 +282,10 @@ impl Bridges {
         self.control(call, Control::Digits { to, digits, ms })
     }
 
-    /// Moves a call's media to the SIP callee's new answer (another codec,
-    /// another address); false when the call has no media running.
-    pub fn update(&self, call: &str, callee: Negotiated) -> bool {
-        self.control(call, Control::Renegotiate(Box::new(callee)))
+    /// Moves side `party` of a call's media to its new answer (another
+    /// codec, another address); false when the call has no media running.
+    pub fn update(&self, call: &str, party: Party, media: Negotiated) -> bool {
+        self.control(call, Control::Renegotiate(party, Box::new(media)))
     }
 
     /// The SIP side of a call asked for a keyframe by SIP INFO; false when
@@ -635,9 +639,12 @@ impl Legs {
                             v.sip_asked(&self.webrtc);
                         }
                     }
-                    Control::Renegotiate(n) => {
+                    Control::Renegotiate(party, n) if party == sip => {
                         let browser = self.browser_end;
                         renegotiate(call, &mut self.sip, &n, browser, &mut self.to_sip, &mut self.to_browser);
+                    }
+                    Control::Renegotiate(..) => {
+                        tracing::warn!(call, "a browser's media cannot be renegotiated by SIP");
                     }
                 },
                 m = from_browser.recv() => match m {
@@ -730,6 +737,8 @@ struct Relay {
     /// What the SIP caller sends and takes.
     caller_end: AudioEnd,
     callee: RtpEnd,
+    /// What the SIP callee sends and takes.
+    callee_end: AudioEnd,
     to_callee: Direction,
     to_caller: Direction,
 }
@@ -787,9 +796,15 @@ impl Relay {
                     Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
                     Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
                     Control::Keyframe => {}
-                    Control::Renegotiate(n) => {
-                        let caller = self.caller_end;
-                        renegotiate(call, &mut self.callee, &n, caller, &mut self.to_callee, &mut self.to_caller);
+                    Control::Renegotiate(Party::Callee, n) => {
+                        if let Some(end) = renegotiate(call, &mut self.callee, &n, self.caller_end, &mut self.to_callee, &mut self.to_caller) {
+                            self.callee_end = end;
+                        }
+                    }
+                    Control::Renegotiate(Party::Caller, n) => {
+                        if let Some(end) = renegotiate(call, &mut self.caller, &n, self.callee_end, &mut self.to_caller, &mut self.to_callee) {
+                            self.caller_end = end;
+                        }
                     }
                 },
                 () = sleep_until(due) => {}
@@ -850,8 +865,8 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
 
 /// Moves the SIP side `sip` of a call to its new answer `n`: the remote's
 /// addresses, and each direction between it and `other` re-planned
-/// (relayed or transcoded anew); on an answer the media cannot take, the
-/// old plan stays.
+/// (relayed or transcoded anew); returns what the side now sends and
+/// takes. On an answer the media cannot take, the old plan stays (None).
 fn renegotiate(
     call: &str,
     sip: &mut RtpEnd,
@@ -859,7 +874,7 @@ fn renegotiate(
     other: AudioEnd,
     to_sip: &mut Direction,
     from_sip: &mut Direction,
-) {
+) -> Option<AudioEnd> {
     let plan = sip_audio(n).and_then(|end| {
         let to = audio_direction(other, end).map_err(|e| e.to_string())?;
         let from = audio_direction(end, other).map_err(|e| e.to_string())?;
@@ -871,9 +886,11 @@ fn renegotiate(
             from_sip.replace(from);
             sip.session.relatch(n.remote_rtp, n.remote_rtcp);
             log_start(call, other, end);
+            Some(end)
         }
         Err(e) => {
-            tracing::warn!(call, error = %e, "the new answer cannot be bridged; media unchanged")
+            tracing::warn!(call, error = %e, "the new answer cannot be bridged; media unchanged");
+            None
         }
     }
 }

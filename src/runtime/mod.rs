@@ -498,8 +498,8 @@ fn on_call_output(
                 tracing::info!(call = %call, "a digit for a call without media dropped");
             }
         }
-        Notice::UpdateMedia { call, callee } => {
-            if !bridges.update(&call, *callee) {
+        Notice::UpdateMedia { call, party, media } => {
+            if !bridges.update(&call, party, *media) {
                 tracing::warn!(call = %call, "no media to move to the answer");
             }
         }

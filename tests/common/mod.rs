@@ -8,6 +8,8 @@
 // module (`#![allow(clippy::unwrap_used)]`): a harness stops at the first
 // step that fails, and the panic names it.
 
+pub mod pcap;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

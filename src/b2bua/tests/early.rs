@@ -50,7 +50,7 @@ fn the_answer_moves_early_media_to_another_fork_or_address() {
         methods(&out),
         ["ACK", "CANCEL", "update-media", "connected"]
     );
-    let Some(CallOutput::Notice(Notice::UpdateMedia { callee, .. })) = out.get(2) else {
+    let Some(CallOutput::Notice(Notice::UpdateMedia { media: callee, .. })) = out.get(2) else {
         panic!("{out:?}")
     };
     assert_eq!(callee.remote_rtp, Some("127.0.0.1:40010".parse().unwrap()));
@@ -218,7 +218,7 @@ fn a_sip_caller_gets_a_183_with_our_answer_and_the_200_repeats_it() {
         panic!("{out:?}")
     };
     assert_eq!(body(ok), body(progress));
-    let Some(CallOutput::Notice(Notice::UpdateMedia { callee, .. })) = out.get(2) else {
+    let Some(CallOutput::Notice(Notice::UpdateMedia { media: callee, .. })) = out.get(2) else {
         panic!("{out:?}")
     };
     assert_eq!(callee.format.pt, 8);

@@ -1,0 +1,107 @@
+//! A SIP side's re-offer that changes its codec or address, on simulated
+//! time: answered in the new codec, the side's media moved, the other side
+//! left in its own codec.
+
+use super::*;
+
+#[test]
+fn a_re_invite_in_another_codec_moves_that_sides_media_and_back() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!("{out:?}")
+    };
+    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+
+    // The caller now offers A-law only, from another port: answered in
+    // A-law, its media moves; the callee is re-offered its own PCMU.
+    let pcma_only = CALLER_OFFER
+        .replace(
+            "m=audio 30000 RTP/AVP 8 0 101",
+            "m=audio 30010 RTP/AVP 8 101",
+        )
+        .replace("a=rtpmap:0 PCMU/8000\r\n", "");
+    let reinvite = with_sdp(from_caller("INVITE", &our_tag, 2), &pcma_only);
+    assert!(b.on_request(
+        t0,
+        &TxKey::server(&reinvite).unwrap(),
+        &reinvite,
+        flow(5080)
+    ));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "update-media", "200"]);
+    let CallOutput::Request(to_callee, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        body(to_callee).contains("RTP/AVP 0\r\n"),
+        "{}",
+        body(to_callee)
+    );
+    let CallOutput::Notice(Notice::UpdateMedia { party, media, .. }) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*party, Party::Caller);
+    assert_eq!(media.format.pt, 8);
+    assert_eq!(media.remote_rtp, Some("127.0.0.1:30010".parse().unwrap()));
+    let CallOutput::Respond(_, ok) = &out[2] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        body(ok).contains("m=audio 20000 RTP/AVP 8 101"),
+        "{}",
+        body(ok)
+    );
+    b.on_response(t0, &reply(to_callee, 200, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+
+    // The same offer again moves nothing (a refresh); PCMU again moves it
+    // back.
+    let again = with_sdp(from_caller("INVITE", &our_tag, 3), &pcma_only);
+    assert!(b.on_request(t0, &TxKey::server(&again).unwrap(), &again, flow(5080)));
+    assert_eq!(methods(&drain(&mut b)), ["200"]);
+    let pcmu = CALLER_OFFER.replace("RTP/AVP 8 0 101", "RTP/AVP 0 101");
+    let back = with_sdp(from_caller("INVITE", &our_tag, 4), &pcmu);
+    assert!(b.on_request(t0, &TxKey::server(&back).unwrap(), &back, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "update-media", "200"]);
+    let CallOutput::Notice(Notice::UpdateMedia { media, .. }) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(media.format.pt, 0);
+}
+
+#[test]
+fn a_callee_moving_its_media_is_followed_and_a_hold_moves_nothing() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial(&mut b, t0, &[5070]);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    drain(&mut b);
+    let from_callee = |sdp: &str| {
+        let mut m = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a");
+        m.start = StartLine::Request {
+            method: Method::Invite,
+            uri: "sip:causeway@127.0.0.1".into(),
+        };
+        with_sdp(m, sdp)
+    };
+    // Held by c=0.0.0.0: answered, nothing moves.
+    let hold = from_callee(&ANSWER_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"));
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    assert_eq!(methods(&drain(&mut b)), ["200"]);
+    // Moved to another port: its media follows.
+    let moved = from_callee(&ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100"));
+    assert!(b.on_request(t0, &TxKey::server(&moved).unwrap(), &moved, flow(5070)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["update-media", "200"]);
+    let CallOutput::Notice(Notice::UpdateMedia { party, media, .. }) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*party, Party::Callee);
+    assert_eq!(media.remote_rtp, Some("127.0.0.1:40100".parse().unwrap()));
+}
