@@ -641,6 +641,11 @@ fn a_re_invite_to_another_codec_switches_the_call_from_relayed_to_transcoded() {
         "A-law after the switch"
     );
 
+    // The record says how the call ended up: transcoded, µ-law to A-law.
+    let cdr = gw.only_cdr();
+    assert_eq!(cdr["media"]["audio"], "transcoded", "{cdr}");
+    assert_eq!(cdr["media"]["caller_codec"], "PCMU/8000", "{cdr}");
+    assert_eq!(cdr["media"]["callee_codec"], "PCMA/8000", "{cdr}");
     gw.stop();
     let log = gw.log_text();
     let relayed = log.find("audio=\"passthrough\"").expect("relayed at first");

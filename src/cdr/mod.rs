@@ -238,6 +238,15 @@ impl Records {
         }
     }
 
+    /// A running call's audio was planned anew (a side changed codec): the
+    /// record takes its codecs and mode; its video stays.
+    pub fn media_replanned(&mut self, call: &str, plan: MediaPlan) {
+        if let Some(r) = self.live.get_mut(call) {
+            let video = r.media.take().and_then(|m| m.video);
+            r.media = Some(MediaPlan { video, ..plan });
+        }
+    }
+
     /// A running call's media counters so far.
     pub fn media_progress(&mut self, call: &str, totals: MediaTotals) {
         if self.live.get(call).is_some_and(|r| r.ended_at.is_none()) {
@@ -347,6 +356,31 @@ mod tests {
         assert_eq!(done.ended_by.as_deref(), Some("caller"));
         assert_eq!(done.totals, Some(totals));
         assert_eq!(r.media_stopped("c1", totals), None, "recorded once");
+    }
+
+    #[test]
+    fn a_replanned_call_records_its_new_audio_and_keeps_its_video() {
+        let mut r = Records::default();
+        r.start(0, "c4", parties());
+        let video = VideoPlan {
+            browser_codec: "VP8/90000".into(),
+            sip_codec: "H264/90000".into(),
+            to_sip: "transcoded".into(),
+            to_browser: "transcoded".into(),
+        };
+        let plan = |codec: &str, audio: &str, video| MediaPlan {
+            callee_leg: "sip".into(),
+            caller_codec: "PCMU/8000".into(),
+            callee_codec: codec.into(),
+            audio: audio.into(),
+            video,
+        };
+        r.media("c4", plan("PCMU/8000", "passthrough", Some(video.clone())));
+        r.media_replanned("c4", plan("PCMA/8000", "transcoded", None));
+        assert_eq!(
+            r.active()[0].media,
+            Some(plan("PCMA/8000", "transcoded", Some(video)))
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub enum MediaReport {
     Progress(String, MediaTotals),
     /// A call's media stopped; its counters.
     Stopped(String, MediaTotals),
+    /// A running call's audio was planned anew (a SIP side changed codec):
+    /// the codecs each side now uses, relayed or transcoded.
+    Replanned(String, MediaPlan),
     /// Side `from` of a call sent nothing (no RTP, no RTCP) for the media
     /// timeout: it is gone without a BYE. Reported once.
     Silent {
@@ -641,7 +644,14 @@ impl Legs {
                     }
                     Control::Renegotiate(party, n) if party == sip => {
                         let browser = self.browser_end;
-                        renegotiate(call, &mut self.sip, &n, browser, &mut self.to_sip, &mut self.to_browser);
+                        if let Some(end) = renegotiate(call, &mut self.sip, &n, browser, &mut self.to_sip, &mut self.to_browser) {
+                            let plan = if self.browser_called {
+                                plan("sip", browser, end)
+                            } else {
+                                plan("webrtc", end, browser)
+                            };
+                            let _ = done.send(MediaReport::Replanned(call.to_string(), plan));
+                        }
                     }
                     Control::Renegotiate(..) => {
                         tracing::warn!(call, "a browser's media cannot be renegotiated by SIP");
@@ -796,14 +806,16 @@ impl Relay {
                     Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
                     Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
                     Control::Keyframe => {}
-                    Control::Renegotiate(Party::Callee, n) => {
-                        if let Some(end) = renegotiate(call, &mut self.callee, &n, self.caller_end, &mut self.to_callee, &mut self.to_caller) {
-                            self.callee_end = end;
-                        }
-                    }
-                    Control::Renegotiate(Party::Caller, n) => {
-                        if let Some(end) = renegotiate(call, &mut self.caller, &n, self.callee_end, &mut self.to_caller, &mut self.to_callee) {
-                            self.caller_end = end;
+                    Control::Renegotiate(party, n) => {
+                        let moved = match party {
+                            Party::Callee => renegotiate(call, &mut self.callee, &n, self.caller_end, &mut self.to_callee, &mut self.to_caller)
+                                .map(|end| self.callee_end = end),
+                            Party::Caller => renegotiate(call, &mut self.caller, &n, self.callee_end, &mut self.to_caller, &mut self.to_callee)
+                                .map(|end| self.caller_end = end),
+                        };
+                        if moved.is_some() {
+                            let plan = plan("sip", self.caller_end, self.callee_end);
+                            let _ = done.send(MediaReport::Replanned(call.to_string(), plan));
                         }
                     }
                 },

@@ -384,6 +384,7 @@ pub async fn run(
                         keep(done);
                     }
                 }
+                bridge::MediaReport::Replanned(call, plan) => records.media_replanned(&call, plan),
                 bridge::MediaReport::Silent { call, from } => {
                     gw.media_silent(Instant::now(), unix_now(), &call, from);
                 }
