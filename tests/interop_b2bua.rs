@@ -106,6 +106,11 @@ impl Baresip {
     }
 
     fn start_with_video(gw: &Gw, codecs: &str, video: bool) -> Baresip {
+        Self::start_with(gw, codecs, video, None)
+    }
+
+    /// With `mediaenc` (`srtp-mand`: SDES over RTP/SAVP, nothing else).
+    fn start_with(gw: &Gw, codecs: &str, video: bool, mediaenc: Option<&str>) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
         let sip_port = free_port();
         let ctrl = free_port();
@@ -130,9 +135,14 @@ impl Baresip {
                  module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\n\
                  module aufile.so\nmodule alsa.so\nmodule sndfile.so\nsnd_path {}\n\
                  module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n\
-                 audio_source aufile,{}\naudio_player alsa,null\naudio_alert alsa,null\n{}",
+                 audio_source aufile,{}\naudio_player alsa,null\naudio_alert alsa,null\n{}{}",
                 dir.path().display(),
                 wav.display(),
+                if mediaenc.is_some() {
+                    "module srtp.so\n"
+                } else {
+                    ""
+                },
                 if video {
                     "module avcodec.so\nmodule fakevideo.so\nmodule snapshot.so\n\
                      video_source fakevideo,nil\nvideo_display fakevideo,nil\n\
@@ -147,7 +157,7 @@ impl Baresip {
             dir.path(),
             "accounts",
             &format!(
-                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={}\n",
+                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={}{}\n",
                 gw.sip_port,
                 // baresip names Opus by its rate and channels.
                 if codecs == "opus" {
@@ -155,6 +165,9 @@ impl Baresip {
                 } else {
                     codecs
                 },
+                mediaenc
+                    .map(|m| format!(";mediaenc={m}"))
+                    .unwrap_or_default(),
             ),
         );
         let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
@@ -610,6 +623,29 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
         "{cdr}"
     );
     assert_eq!(cdr["media"]["callee_leg"], "webrtc", "{cdr}");
+}
+
+#[test]
+fn baresip_calls_a_browser_over_sdes_srtp_and_each_hears_the_other() {
+    prerequisites();
+    let gw = Gw::start("");
+    // baresip offers RTP/SAVP with an SDES key and takes nothing else.
+    let baresip = Baresip::start_with(&gw, "PCMU", false, Some("srtp-mand"));
+    let r = baresip_calls_the_page(&gw, &baresip, "browser", false);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
+    // The page heard baresip's 1 kHz: we decrypted its SRTP.
+    assert_page_heard_baresip(&r, &context);
+    // baresip heard the page's 440 Hz: it decrypted ours.
+    wait_for(
+        "baresip to close the call",
+        10,
+        || baresip.log().to_lowercase().contains("closed"),
+        context,
+    );
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+    assert!(baresip.log().contains("srtp"), "{}", context());
 }
 
 #[test]

@@ -144,7 +144,7 @@ impl B2bua {
 }
 
 /// Whether two answers agree the same codec and payload types at the same
-/// addresses (the media path needs no change).
+/// addresses with the same SRTP keys (the media path needs no change).
 pub(super) fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
     let key = |n: &Negotiated| {
         (
@@ -153,6 +153,9 @@ pub(super) fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
             n.remote_rtp,
             n.remote_rtcp,
             n.rtcp_mux,
+            n.srtp
+                .as_ref()
+                .map(|s| (s.remote.to_inline(), s.local.to_inline())),
         )
     };
     key(a) == key(b)

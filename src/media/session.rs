@@ -130,14 +130,11 @@ fn randomised(interval: Duration) -> Duration {
 impl RtpSession {
     /// A session; fails only when an SRTP key cannot make a context.
     pub fn new(now: Instant, cfg: SessionConfig) -> Result<Self, super::srtp::SrtpError> {
-        let (inbound, outbound) = match &cfg.srtp {
-            Some((remote, local)) => (Some(Context::new(remote)?), Some(Context::new(local)?)),
-            None => (None, None),
-        };
-        Ok(Self {
+        let srtp = cfg.srtp.clone();
+        let mut session = Self {
             cfg,
-            inbound,
-            outbound,
+            inbound: None,
+            outbound: None,
             latched: None,
             latched_rtcp: None,
             source: None,
@@ -148,7 +145,9 @@ impl RtpSession {
             // The first report goes out after half an interval (RFC 3550 6.2).
             next_report: Some(now + randomised(RTCP_INTERVAL / 2)),
             stats: SessionStats::default(),
-        })
+        };
+        session.rekey(srtp)?;
+        Ok(session)
     }
 
     /// Where RTP goes: the latched source, else the signalled address.
@@ -175,6 +174,21 @@ impl RtpSession {
         self.cfg.remote_rtcp = remote_rtcp;
         self.latched = None;
         self.latched_rtcp = None;
+    }
+
+    /// Takes new SRTP keys (remote's, ours) after a re-offer; `None` for
+    /// plain RTP. Fails, keeping the old contexts, when a key cannot make
+    /// one.
+    pub fn rekey(
+        &mut self,
+        srtp: Option<(MasterKey, MasterKey)>,
+    ) -> Result<(), super::srtp::SrtpError> {
+        let (inbound, outbound) = match &srtp {
+            Some((remote, local)) => (Some(Context::new(remote)?), Some(Context::new(local)?)),
+            None => (None, None),
+        };
+        (self.inbound, self.outbound, self.cfg.srtp) = (inbound, outbound, srtp);
+        Ok(())
     }
 
     /// A datagram on the RTP port. With rtcp-mux it may be RTCP. The
@@ -513,6 +527,37 @@ mod tests {
             rtcp::packets(&sr).next(),
             Some(Ok(Packet::SenderReport { ssrc: 99, .. }))
         ));
+    }
+
+    #[test]
+    fn new_keys_from_a_re_offer_replace_the_old_ones() {
+        let t0 = Instant::now();
+        let key = || MasterKey::generate(Suite::AesCm128HmacSha1_80);
+        let (old, ours) = (key(), key());
+        let mut c = cfg();
+        c.srtp = Some((old.clone(), ours));
+        let mut s = RtpSession::new(t0, c).unwrap();
+        let (new, ours) = (key(), key());
+        s.rekey(Some((new.clone(), ours.clone()))).unwrap();
+        let peer: SocketAddr = "192.0.2.5:5000".parse().unwrap();
+        // The old key no longer authenticates; the new one does.
+        let mut p = packet(1, 0, 7);
+        Context::new(&old).unwrap().protect_rtp(&mut p).unwrap();
+        assert_eq!(s.on_rtp_port(t0, peer, &mut p), Inbound::Dropped);
+        let mut p = packet(2, 160, 7);
+        Context::new(&new).unwrap().protect_rtp(&mut p).unwrap();
+        assert_eq!(s.on_rtp_port(t0, peer, &mut p), Inbound::Rtp);
+        // We protect with our new key; plain RTP again without keys.
+        let mut out = packet(100, 0, 99);
+        s.send_rtp(t0, &mut out).unwrap();
+        Context::new(&ours)
+            .unwrap()
+            .unprotect_rtp(&mut out)
+            .unwrap();
+        s.rekey(None).unwrap();
+        let mut out = packet(101, 160, 99);
+        s.send_rtp(t0, &mut out).unwrap();
+        assert_eq!(out, packet(101, 160, 99));
     }
 
     #[test]

@@ -401,7 +401,8 @@ impl RtpEnd {
                 remote_rtp: n.remote_rtp,
                 remote_rtcp: n.remote_rtcp,
                 rtcp_mux: n.rtcp_mux,
-                srtp: None,
+                // SDES keys when the side's profile is RTP/SAVP.
+                srtp: n.srtp.as_ref().map(crate::sdp::Srtp::keys),
                 clock_rate: n.format.codec.as_ref().map_or(8000, |c| c.clock_rate),
                 cname: format!("causeway-{call}"),
             },
@@ -897,6 +898,13 @@ fn renegotiate(
             to_sip.replace(to);
             from_sip.replace(from);
             sip.session.relatch(n.remote_rtp, n.remote_rtcp);
+            // An SDES re-offer brings new keys (each answer makes ours anew).
+            if let Err(e) = sip
+                .session
+                .rekey(n.srtp.as_ref().map(crate::sdp::Srtp::keys))
+            {
+                tracing::warn!(call, error = %e, "the new SRTP keys cannot be used");
+            }
             log_start(call, other, end);
             Some(end)
         }

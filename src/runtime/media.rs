@@ -215,7 +215,7 @@ fn echo_stream(
         remote_rtp: n.remote_rtp,
         remote_rtcp: n.remote_rtcp,
         rtcp_mux: n.rtcp_mux,
-        srtp: n.srtp.as_ref().map(|s| (s.remote.clone(), s.local.clone())),
+        srtp: n.srtp.as_ref().map(crate::sdp::Srtp::keys),
         clock_rate: clock,
         cname,
     };

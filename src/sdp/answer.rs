@@ -34,6 +34,13 @@ pub struct Srtp {
     pub local: MasterKey,
 }
 
+impl Srtp {
+    /// The keys an RTP session takes: (the remote's, ours).
+    pub fn keys(&self) -> (MasterKey, MasterKey) {
+        (self.remote.clone(), self.local.clone())
+    }
+}
+
 /// What was agreed for one accepted `m=` section.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
