@@ -649,6 +649,39 @@ fn baresip_calls_a_browser_over_sdes_srtp_and_each_hears_the_other() {
 }
 
 #[test]
+fn chromium_calls_baresip_over_sdes_srtp_where_the_rule_requires_it() {
+    prerequisites();
+    let plan_dir = tempfile::tempdir().unwrap();
+    let plan = plan_dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[rule]]\nname = \"alice-srtp\"\npriority = 10\nmatch.to = 'alice'\n\
+         target = { type = \"registered\" }\nmedia = { srtp = \"required\" }\n",
+    )
+    .unwrap();
+    let gw = Gw::start(&format!("[dialplan]\npath = \"{}\"\n", plan.display()));
+    // baresip takes RTP/SAVP with an SDES key and nothing else.
+    let baresip = Baresip::start_with(&gw, "PCMU", false, Some("srtp-mand"));
+    let wav = browser_tone(baresip.dir.path());
+    let mut cmd = node_call(&gw, 4, "browser", &wav);
+    let out = run_bounded(&mut cmd, Duration::from_secs(90));
+    let r = parse_result(&out, &gw, &baresip);
+    let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    // Each side heard the other through SRTP on the SIP leg.
+    assert_page_heard_baresip(&r, &context);
+    wait_for(
+        "baresip to close the call",
+        10,
+        || baresip.log().to_lowercase().contains("closed"),
+        context,
+    );
+    let (samples, rate) = baresip.received();
+    assert_heard("baresip", &samples, rate, 440.0);
+    let cdr = gw.only_cdr();
+    assert_eq!(cdr["rule"], "alice-srtp", "{cdr}");
+}
+
+#[test]
 fn baresip_hangs_up_an_opus_call_to_a_browser_a_declined_call_gets_603_and_a_vanished_one_480() {
     prerequisites();
     let gw = Gw::start("");

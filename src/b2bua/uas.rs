@@ -462,8 +462,10 @@ pub(super) fn accept_caller(
         }
         (None, None) => {
             sc.origin.1 += 1;
+            // Audio only, and plain RTP: the caller asked for nothing more.
             let mut ours = Offer {
                 video: None,
+                srtp: None,
                 ..offered.clone()
             };
             if let Some(i) = ours.audio.iter().position(|f| f.codec.as_ref() == prefer) {

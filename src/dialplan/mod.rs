@@ -294,12 +294,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Srtp {
-    /// Offer SDES-SRTP, accept plain RTP.
+    /// Callees are offered plain RTP; a caller's SDES offer is answered
+    /// with SRTP.
     #[default]
     Optional,
-    /// Refuse the call without SRTP.
+    /// Callees are offered RTP/SAVP with an SDES key only (an answer
+    /// without one ends the call with 488).
     Required,
-    /// Plain RTP only.
+    /// Callees are offered plain RTP, as with `optional` (refusing a
+    /// caller's SDES offer is not done yet).
     Off,
 }
 

@@ -567,6 +567,8 @@ fn callee_offer(
     };
     // Telephone-events unless digits go by SIP INFO only: digits the
     // caller sends by INFO are played to the callee as events.
-    (!codecs.is_empty())
-        .then(|| Offer::audio(&codecs, media.dtmf != crate::dialplan::DtmfMode::Info))
+    (!codecs.is_empty()).then(|| {
+        Offer::audio(&codecs, media.dtmf != crate::dialplan::DtmfMode::Info)
+            .with_srtp_if(media.srtp)
+    })
 }

@@ -539,6 +539,7 @@ fn on_call_cmd(
             video,
             formats,
             dtmf,
+            srtp,
         } => {
             let ip = gw.media_ip();
             let ports = bridges
@@ -548,7 +549,8 @@ fn on_call_cmd(
                 )
                 .ok();
             let mut offer =
-                crate::sdp::Offer::audio(&codecs, dtmf != crate::dialplan::DtmfMode::Info);
+                crate::sdp::Offer::audio(&codecs, dtmf != crate::dialplan::DtmfMode::Info)
+                    .with_srtp_if(srtp);
             if let Some((_, Some(port))) = ports {
                 offer = offer.with_video(&video, port);
             }

@@ -8,7 +8,8 @@
 //! cannot tell who offered.
 
 use super::{Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
-use crate::sdp::answer::{Negotiated, same_codec};
+use crate::media::srtp::{MasterKey, Suite};
+use crate::sdp::answer::{Negotiated, Srtp, same_codec};
 use causeway_codecs::CodecKey;
 use causeway_codecs::registry::AudioCodec;
 use causeway_codecs::video::VideoCodec;
@@ -35,6 +36,9 @@ pub struct Offer {
     pub dtmf: Option<Format>,
     /// The video section, when offered.
     pub video: Option<VideoOffer>,
+    /// Our SDES key: the audio section is RTP/SAVP with it (`a=crypto:1`)
+    /// and the answer must be too.
+    pub srtp: Option<MasterKey>,
 }
 
 /// The video section of an offer.
@@ -105,6 +109,24 @@ impl Offer {
             audio,
             dtmf,
             video: None,
+            srtp: None,
+        }
+    }
+
+    /// Makes the audio section RTP/SAVP with a new SDES key of `suite`.
+    pub fn with_srtp(mut self, suite: Suite) -> Self {
+        self.srtp = Some(MasterKey::generate(suite));
+        self
+    }
+
+    /// RTP/SAVP (AES_CM_128_HMAC_SHA1_80, the suite every SDES peer has)
+    /// where a rule's `media.srtp` requires it; plain RTP otherwise (an
+    /// RTP/SAVP offer would cost the call with every peer that lacks SRTP,
+    /// and SDP has no fallback without capability negotiation, RFC 5939).
+    pub fn with_srtp_if(self, policy: crate::dialplan::Srtp) -> Self {
+        match policy {
+            crate::dialplan::Srtp::Required => self.with_srtp(Suite::AesCm128HmacSha1_80),
+            crate::dialplan::Srtp::Optional | crate::dialplan::Srtp::Off => self,
         }
     }
 
@@ -132,6 +154,8 @@ impl Offer {
                     |v| vec![v.format.clone()],
                 ),
             }),
+            // The session's own key again: a re-offer does not rekey.
+            srtp: a.audio.srtp.as_ref().map(|s| s.local.clone()),
         }
     }
 
@@ -156,11 +180,19 @@ impl Offer {
              c=IN {ip} {address}\r\nt=0 0\r\n"
         );
         let audio: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
-        section(&mut s, "audio", port, &audio);
+        let profile = if self.srtp.is_some() {
+            "RTP/SAVP"
+        } else {
+            "RTP/AVP"
+        };
+        section(&mut s, "audio", (port, profile), &audio);
+        if let Some(k) = &self.srtp {
+            let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
+        }
         let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
         if let Some(v) = &self.video {
             let formats: Vec<&Format> = v.formats.iter().collect();
-            section(&mut s, "video", v.port, &formats);
+            section(&mut s, "video", (v.port, "RTP/AVP"), &formats);
             if v.port != 0 {
                 for f in &formats {
                     let _ = write!(
@@ -188,7 +220,11 @@ impl Offer {
         if m.kind != MediaKind::Audio || m.port == 0 {
             return Err(SdpError::NoCommonMedia("the answer rejected audio"));
         }
-        let format = answered_format(m, &self.audio)?;
+        let format = answered_format(m, &self.audio, self.srtp.is_some())?;
+        let srtp = match &self.srtp {
+            Some(ours) => Some(answered_key(m, ours)?),
+            None => None,
+        };
         // telephone-event at the codec's clock (RFC 4733), else at the
         // 8 kHz we offered (what many phones send beside Opus).
         let dtmf = self.dtmf.as_ref().and_then(|ours| {
@@ -204,19 +240,40 @@ impl Offer {
                 .media
                 .get(1)
                 .filter(|m| m.kind == MediaKind::Video && m.port != 0)?;
-            let format = answered_format(m, &v.formats).ok()?;
+            let format = answered_format(m, &v.formats, false).ok()?;
             Some(agreed_section(answer, m, format, None))
         });
         Ok(Agreed {
-            audio: agreed_section(answer, m, format, dtmf),
+            audio: Negotiated {
+                srtp,
+                ..agreed_section(answer, m, format, dtmf)
+            },
             video,
         })
     }
 }
 
-/// The first format of an answer's section that we offered in `ours`.
-fn answered_format(m: &MediaDesc, ours: &[Format]) -> Result<Format, SdpError> {
-    if m.proto != Proto::RtpAvp && m.proto != Proto::RtpAvpf {
+/// The SDES keys of an answer to our RTP/SAVP section with key `ours`:
+/// its `a=crypto:1` must name our suite.
+fn answered_key(m: &MediaDesc, ours: &MasterKey) -> Result<Srtp, SdpError> {
+    let no_key = SdpError::NoCommonMedia("the answer has no SDES key for our suite");
+    let c = m
+        .crypto
+        .iter()
+        .find(|c| c.tag == 1 && c.suite == ours.suite)
+        .ok_or(no_key.clone())?;
+    let remote = MasterKey::from_inline(c.suite, &c.key_params).map_err(|_| no_key)?;
+    Ok(Srtp {
+        tag: 1,
+        remote,
+        local: ours.clone(),
+    })
+}
+
+/// The first format of an answer's section that we offered in `ours`, in
+/// the profile we offered (RTP/SAVP when `secure`).
+fn answered_format(m: &MediaDesc, ours: &[Format], secure: bool) -> Result<Format, SdpError> {
+    if m.proto == Proto::Other || m.proto.secure() != secure {
         return Err(SdpError::NoCommonMedia(
             "the answer changed the RTP profile",
         ));
@@ -258,9 +315,10 @@ fn agreed_section(
     }
 }
 
-/// Prints an `m=` line and the `rtpmap`/`fmtp` of its formats.
-fn section(s: &mut String, kind: &str, port: u16, formats: &[&Format]) {
-    let _ = write!(s, "m={kind} {port} RTP/AVP");
+/// Prints an `m=` line (on `port` with `profile`) and the `rtpmap`/`fmtp`
+/// of its formats.
+fn section(s: &mut String, kind: &str, (port, profile): (u16, &str), formats: &[&Format]) {
+    let _ = write!(s, "m={kind} {port} {profile}");
     for f in formats {
         let _ = write!(s, " {}", f.pt);
     }
@@ -288,6 +346,47 @@ fn section(s: &mut String, kind: &str, port: u16, formats: &[&Format]) {
 mod tests {
     use super::*;
     use crate::sdp::Direction;
+
+    #[test]
+    fn an_sdes_offer_is_rtp_savp_with_our_key_and_takes_only_a_keyed_answer() {
+        let offer = Offer::audio(&[AudioCodec::Pcmu], false).with_srtp(Suite::AesCm128HmacSha1_80);
+        let ours = offer.srtp.clone().unwrap();
+        let text = offer.to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 1);
+        assert!(text.contains("m=audio 4000 RTP/SAVP 0\r\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n",
+                ours.to_inline()
+            )),
+            "{text}"
+        );
+        let theirs = MasterKey::generate(Suite::AesCm128HmacSha1_80);
+        let answer = |proto: &str, crypto: &str| {
+            crate::sdp::parse(&format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5000 {proto} 0\r\na=rtpmap:0 PCMU/8000\r\n{crypto}"
+            ))
+            .unwrap()
+        };
+        let keyed = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n",
+            theirs.to_inline()
+        );
+        let a = offer.read_answer(&answer("RTP/SAVP", &keyed)).unwrap();
+        let srtp = a.audio.srtp.clone().unwrap();
+        assert!(srtp.remote == theirs && srtp.local == ours);
+        // A plain answer, or one without our suite's key, cannot be taken.
+        assert!(offer.read_answer(&answer("RTP/AVP", "")).is_err());
+        assert!(offer.read_answer(&answer("RTP/SAVP", "")).is_err());
+        assert!(
+            Offer::audio(&[AudioCodec::Pcmu], false)
+                .read_answer(&answer("RTP/SAVP", &keyed))
+                .is_err()
+        );
+        // A re-offer of the session keeps our key.
+        let again = Offer::agreed(&a, None).to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 2);
+        assert!(again.contains(&ours.to_inline()), "{again}");
+    }
 
     #[test]
     fn offer_prints_and_reads_its_answer() {

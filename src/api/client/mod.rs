@@ -75,6 +75,8 @@ pub enum CallCmd {
         formats: Vec<PeerFormat>,
         /// How digits reach the SIP side (the rule's `media.dtmf`).
         dtmf: crate::dialplan::DtmfMode,
+        /// Whether the SIP side must be offered SDES-SRTP (`media.srtp`).
+        srtp: crate::dialplan::Srtp,
     },
     /// Digits to play toward the far side of a bridged call.
     Dtmf {
@@ -606,6 +608,7 @@ impl ClientApi {
                 video,
                 formats,
                 dtmf: route.media.dtmf,
+                srtp: route.media.srtp,
             });
         }
         Ok((call_uuid, answer))
