@@ -15,7 +15,7 @@
 // A measuring harness, not the gateway: when its setup fails (no
 // certificate, a peer refusing our offer, the gateway binary not starting)
 // there is nothing to measure, so it stops at once with the reason.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 #[path = "../tests/load/webrtc_client.rs"]
 mod load;

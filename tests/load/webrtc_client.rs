@@ -13,7 +13,7 @@
 // call, a socket cannot be bound) there is nothing left to measure or test,
 // so it stops at once with the reason. Each user (test or bench) takes only
 // some of these helpers.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::expect_used)]
 
 use causeway_codecs::analysis::tone;
 use causeway_codecs::opus::{OpusConfig, OpusDecoder, OpusEncoder};
@@ -92,7 +92,8 @@ pub fn http(
     body: &str,
 ) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a non-zero timeout is accepted");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -102,9 +103,11 @@ pub fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())
+        .expect("the gateway reads the request");
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.read_to_string(&mut resp)
+        .expect("the gateway answers within the timeout");
     let status = resp
         .split(' ')
         .nth(1)
@@ -122,19 +125,23 @@ pub fn http(
 /// certificate: the client's own setup cost stays out of the way of the
 /// gateway it measures.
 fn new_peer(now: Instant, cert: &DtlsCert) -> (Peer, String, SdpPendingOffer) {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let local = socket.local_addr().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("a free loopback UDP port");
+    socket
+        .set_nonblocking(true)
+        .expect("a UDP socket can be non-blocking");
+    let local = socket.local_addr().expect("a bound socket has an address");
     let mut rtc = RtcConfig::new()
         .set_crypto_provider(causeway::webrtc::crypto_provider())
         .set_dtls_cert(cert.clone())
         .clear_codecs()
         .enable_opus(true, false)
         .build(now);
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    rtc.add_local_candidate(
+        Candidate::host(local, "udp").expect("a UDP host candidate on an address"),
+    );
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-    let (offer, pending) = api.apply().unwrap();
+    let (offer, pending) = api.apply().expect("one audio section was added");
     let peer = Peer {
         rtc,
         socket,
@@ -252,7 +259,7 @@ fn tone_frames(max_playback_rate: Option<u32>) -> Vec<Vec<u8>> {
         bitrate,
         ..OpusConfig::webrtc()
     })
-    .unwrap();
+    .expect("a supported Opus rate and bitrate");
     let pcm = tone(440.0, -12.0, rate, rate as usize);
     pcm.chunks(rate as usize / 50)
         .map(|chunk| {
@@ -262,7 +269,8 @@ fn tone_frames(max_playback_rate: Option<u32>) -> Vec<Vec<u8>> {
                 channels: 1,
                 samples: chunk.to_vec(),
             };
-            enc.encode(&frame, &mut out).unwrap();
+            enc.encode(&frame, &mut out)
+                .expect("20 ms at the encoder's own rate");
             out
         })
         .collect()
@@ -288,8 +296,11 @@ pub fn run(
         r#"{"display_name":"load"}"#,
     );
     assert_eq!(status, 200, "request_token: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let token = v["result"]["token"].as_str().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&body).expect("a 200 carries JSON");
+    let token = v["result"]["token"]
+        .as_str()
+        .expect("request_token returns a token")
+        .to_string();
 
     let mut peers = Vec::with_capacity(n);
     let mut buf = vec![0u8; 2048];
@@ -305,15 +316,26 @@ pub fn run(
             &body,
         );
         assert_eq!(status, 200, "calls: {resp}");
-        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
-        peer.call = v["result"]["call_uuid"].as_str().unwrap().to_string();
+        let v: serde_json::Value = serde_json::from_str(&resp).expect("a 200 carries JSON");
+        peer.call = v["result"]["call_uuid"]
+            .as_str()
+            .expect("a placed call has a call_uuid")
+            .to_string();
         if peers.is_empty() {
-            peer.listen = Some((OpusDecoder::new(48_000, 1).unwrap(), Vec::new()));
+            peer.listen = Some((
+                OpusDecoder::new(48_000, 1).expect("48 kHz mono is an Opus rate"),
+                Vec::new(),
+            ));
         }
-        let answer = v["result"]["sdp"].as_str().unwrap();
+        let answer = v["result"]["sdp"]
+            .as_str()
+            .expect("a placed call has an answer");
         peer.max_playback_rate = max_playback_rate(answer);
-        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
-        peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        let answer = SdpAnswer::from_sdp_string(answer).expect("the gateway's answer parses");
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the answer matches our offer");
         drive_outputs(&mut peer);
         peers.push(peer);
         // Keep the earlier peers' handshakes moving while posting.
