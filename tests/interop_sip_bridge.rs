@@ -116,21 +116,26 @@ fn finish(child: &mut Child) -> Option<i32> {
     None
 }
 
-/// Runs a call from a SIPp UAC (`uac_scenario`) through the gateway to a
-/// SIPp UAS (`uas_scenario` on `uas_port`) while tshark captures both
-/// sides' media; both SIPps must succeed. Returns (caller, callee).
-fn captured_call(gw: &Gw, uac_scenario: &str, uas_scenario: &str, uas_port: u16) -> (Side, Side) {
+/// Runs a call from a SIPp UAC (`uac_scenario`) through a gateway (with
+/// `rule`'s TOML, see [`gateway_with`]) to a SIPp UAS (`uas_scenario`)
+/// while tshark captures both sides' media; both SIPps must succeed.
+/// Returns the gateway, the caller and the callee.
+fn captured_call(rule: &str, uac_scenario: &str, uas_scenario: &str) -> (Gw, Side, Side) {
+    require("sipp");
+    require("tshark");
+    let uas_port = free_port();
+    let gw = gateway_with(uas_port, rule);
     let (caller, callee) = (Side::new(), Side::new());
     let tshark = capture(
         caller.dir.path(),
         &format!("udp port {} or udp port {}", caller.media, callee.media),
     );
     let mut server = uas(&callee, uas_scenario, uas_port);
-    let out = uac(&caller, uac_scenario, gw);
+    let out = uac(&caller, uac_scenario, &gw);
     let uas_status = finish(&mut server.0);
     stop(tshark);
-    both_done(gw, &caller, &callee, &out, uas_status);
-    (caller, callee)
+    both_done(&gw, &caller, &callee, &out, uas_status);
+    (gw, caller, callee)
 }
 
 /// Both SIPps finished cleanly: the caller's run `out`, the callee's exit
@@ -197,29 +202,16 @@ fn bridged_call_with(
     hung_up_by: &str,
     ended_by: &str,
 ) -> (String, String) {
-    require("sipp");
-    require("tshark");
-    let uas_port = free_port();
-    let mut gw = gateway_with(uas_port, rule);
-    let (caller, callee) = captured_call(&gw, uac_scenario, uas_scenario, uas_port);
+    let (mut gw, caller, callee) = captured_call(rule, uac_scenario, uas_scenario);
     let ctx = || context(&gw, &caller, &callee);
 
     // The caller heard ringing, and the 200 came from the gateway's ports.
     let msgs = caller.messages();
     assert!(msgs.contains("SIP/2.0 180 Ringing"), "{}", ctx());
-    // The 200 alone: SIPp's trace separates messages with dashes (a
-    // late-offer caller's ACK, further on, carries SDP too).
-    let ok = msgs.find("SIP/2.0 200 OK").unwrap();
-    let ok = msgs[ok..]
-        .split("-----------------------------------------------")
-        .next()
-        .unwrap_or_default();
-    let caller_leg: u16 = ok
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    // The 200 alone (a late-offer caller's ACK, further on, carries SDP
+    // too).
+    let ok = received(&msgs, "SIP/2.0 200 OK").swap_remove(0);
+    let caller_leg = audio_port(&ok).unwrap();
     // A-law first (an answer to the caller's offer, or our offer to a
     // caller that made none), with telephone-events.
     assert!(ok.contains("RTP/AVP 8 "), "{}", ctx());
@@ -498,39 +490,32 @@ fn call_outcome_with(
     (caller.messages(), callee.messages(), gw.log_text())
 }
 
-/// The `m=audio` port of the SIP message in `msgs` that starts with
-/// `start`.
-fn audio_port(msgs: &str, start: &str) -> Option<u16> {
-    let at = msgs.find(start)?;
-    msgs[at..]
-        .split("-----------------------------------------------")
-        .next()?
-        .lines()
+/// The `m=audio` port of a SIP message's SDP.
+fn audio_port(msg: &str) -> Option<u16> {
+    msg.lines()
         .find_map(|l| l.strip_prefix("m=audio "))
         .and_then(|l| l.split(' ').next())
         .and_then(|p| p.parse().ok())
 }
 
+/// The `m=audio` port of the first message the caller received that
+/// starts with `start`.
+fn first_audio_port(msgs: &str, start: &str) -> Option<u16> {
+    audio_port(received(msgs, start).first()?)
+}
+
 #[test]
 fn a_callees_early_media_reaches_a_sip_caller_before_the_answer() {
-    require("sipp");
-    require("tshark");
-    let uas_port = free_port();
-    let mut gw = gateway(uas_port);
     // The callee sends 183 with SDP and plays 7 s of speech at once; its
     // 200 comes 5.5 s later. The caller takes only a 183 (with an A-law
     // answer), then the 200.
-    let (caller, callee) = captured_call(
-        &gw,
-        "bridge_uac_early.xml",
-        "bridge_uas_early.xml",
-        uas_port,
-    );
+    let (mut gw, caller, callee) =
+        captured_call("", "bridge_uac_early.xml", "bridge_uas_early.xml");
     let ctx = || context(&gw, &caller, &callee);
     let msgs = caller.messages();
-    let early =
-        audio_port(&msgs, "SIP/2.0 183 Session Progress").unwrap_or_else(|| panic!("{}", ctx()));
-    let answered = audio_port(&msgs, "SIP/2.0 200 OK").unwrap_or_else(|| panic!("{}", ctx()));
+    let early = first_audio_port(&msgs, "SIP/2.0 183 Session Progress")
+        .unwrap_or_else(|| panic!("{}", ctx()));
+    let answered = first_audio_port(&msgs, "SIP/2.0 200 OK").unwrap_or_else(|| panic!("{}", ctx()));
     assert_eq!(
         early,
         answered,
@@ -577,27 +562,19 @@ fn a_callees_early_media_reaches_a_sip_caller_before_the_answer() {
 
 #[test]
 fn a_re_invite_to_another_codec_switches_the_call_from_relayed_to_transcoded() {
-    require("sipp");
-    require("tshark");
-    let uas_port = free_port();
-    let mut gw = gateway(uas_port);
     // Both sides answer A-law (relayed); after 1 s the caller re-INVITEs
     // with µ-law only and plays a 1 kHz µ-law tone; the callee keeps
     // sending A-law speech throughout.
-    let (caller, callee) = captured_call(
-        &gw,
-        "bridge_uac_recodec.xml",
-        "bridge_uas_reinvite.xml",
-        uas_port,
-    );
+    let (mut gw, caller, callee) =
+        captured_call("", "bridge_uac_recodec.xml", "bridge_uas_reinvite.xml");
     let ctx = || context(&gw, &caller, &callee);
     let msgs = caller.messages();
-    let reanswer = msgs
-        .split("-----------------------------------------------")
-        .find(|m| m.contains("SIP/2.0 200 OK") && m.contains("CSeq: 2 INVITE"))
+    let reanswer = received(&msgs, "SIP/2.0 200 OK")
+        .into_iter()
+        .find(|m| m.contains("CSeq: 2 INVITE"))
         .unwrap_or_else(|| panic!("no 200 to the re-INVITE\n{}", ctx()));
     assert!(reanswer.contains("RTP/AVP 0 "), "{reanswer}");
-    let leg = audio_port(&msgs, "SIP/2.0 200 OK").unwrap();
+    let leg = first_audio_port(&msgs, "SIP/2.0 200 OK").unwrap();
 
     let cap = caller.dir.path().join("capture.pcap");
     // The callee got the caller's µ-law tone as A-law (transcoded), all of
@@ -692,13 +669,9 @@ fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
 fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites() {
     let caller = held_and_resumed("bridge_uac_update.xml");
     // The bodiless refresh got a 200 of its own, without SDP.
-    let refreshed = caller
-        .split("-----------------------------------------------")
-        .find(|m| {
-            m.contains("message received")
-                && m.contains("SIP/2.0 200 OK")
-                && m.contains("CSeq: 2 UPDATE")
-        })
+    let refreshed = received(&caller, "SIP/2.0 200 OK")
+        .into_iter()
+        .find(|m| m.contains("CSeq: 2 UPDATE"))
         .expect("a 200 to the refresh");
     assert!(refreshed.contains("Content-Length: 0"), "{refreshed}");
 }
@@ -828,16 +801,14 @@ fn held_and_resumed(uac_scenario: &str) -> String {
 
 #[test]
 fn digits_cross_between_rfc_4733_and_sip_info() {
-    require("sipp");
-    require("tshark");
-    let uas_port = free_port();
     // `auto`: INFO toward the callee, which agreed no telephone-event;
-    // events toward the caller, which did.
-    let gw = gateway_with(uas_port, "media.dtmf = \"auto\"");
-    // The callee checks that the caller's RFC 4733 "1" comes as an INFO
-    // (its scenario fails otherwise).
-    let (caller, callee) =
-        captured_call(&gw, "bridge_uac_dtmf.xml", "bridge_uas_info.xml", uas_port);
+    // events toward the caller, which did. The callee checks that the
+    // caller's RFC 4733 "1" comes as an INFO (its scenario fails otherwise).
+    let (gw, caller, callee) = captured_call(
+        "media.dtmf = \"auto\"",
+        "bridge_uac_dtmf.xml",
+        "bridge_uas_info.xml",
+    );
     let ctx = || context(&gw, &caller, &callee);
     let info = callee.messages();
     let at = info.find("INFO sip:").expect("an INFO");

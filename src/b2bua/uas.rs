@@ -88,21 +88,12 @@ impl B2bua {
         let moved;
         let (ok, forward) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
-                let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
-                sc.origin.1 += 1;
-                let (body, now) = answer_audio(
-                    &offer,
-                    agreed.format.codec.as_ref(),
-                    true,
-                    sc.media,
-                    sc.origin,
-                    None,
-                    call.dtmf != DtmfMode::Info,
-                )
-                .map_err(|e| e.to_string())?;
+                let agreed = sc.agreed.clone().ok_or("no caller media")?;
+                let (body, now) =
+                    answer_caller(sc, &offer, agreed.format.codec.as_ref(), call.dtmf)?;
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
-                moved = media_moved(agreed, now).map(|n| (Party::Caller, n));
+                moved = media_moved(&agreed, now).map(|n| (Party::Caller, n));
                 if let Some((_, n)) = &moved {
                     sc.agreed = Some(n.clone());
                 }
