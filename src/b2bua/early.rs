@@ -153,9 +153,7 @@ pub(super) fn same_media(a: &Negotiated, b: &Negotiated) -> bool {
             n.remote_rtp,
             n.remote_rtcp,
             n.rtcp_mux,
-            n.srtp
-                .as_ref()
-                .map(|s| (s.remote.to_inline(), s.local.to_inline())),
+            n.srtp.as_ref().map(crate::sdp::Srtp::keys),
         )
     };
     key(a) == key(b)

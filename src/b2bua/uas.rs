@@ -8,6 +8,7 @@
 use super::refresh::{caller_request, stamp_request};
 use super::{ALLOW, B2bua, CallOutput, Caller, Leg, Notice, Party, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
+use crate::media::srtp::MasterKey;
 use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::Dialogs;
@@ -129,7 +130,7 @@ impl B2bua {
                 let (body, now) = answer_audio(
                     &offer,
                     c.agreed.audio.format.codec.as_ref(),
-                    true,
+                    our_key(Some(&c.agreed.audio)),
                     (c.ip, c.port),
                     c.origin,
                     video,
@@ -249,6 +250,11 @@ fn media_moved(old: &Negotiated, now: Negotiated) -> Option<Negotiated> {
     (!held && !super::early::same_media(old, &now)).then_some(now)
 }
 
+/// Our SDES key in a side's agreed media, for a re-answer to keep.
+fn our_key(agreed: Option<&Negotiated>) -> Option<&MasterKey> {
+    agreed?.srtp.as_ref().map(|s| &s.local)
+}
+
 /// 481: a request for a dialog (or a response) we do not have.
 fn no_dialog(msg: &Message, flow: Flow) -> Message {
     let no = "Call/Transaction Does Not Exist";
@@ -305,15 +311,16 @@ fn caller_response_to(
 }
 
 /// Answers an offer's first audio section we can take, with the codecs in
-/// `prefer` if the offer has one, else (when `fallback`) any we can
-/// transcode to; and, when `video` names a codec and our port for it, the
-/// first video section offering that codec. Every other section is
-/// declined; telephone-events are accepted when `events`. Returns our SDP
-/// (at `addr`:`port`, with `origin` in `o=`) and what it agreed for audio.
+/// `prefer` if the offer has one, else any we can transcode to; and, when
+/// `video` names a codec and our port for it, the first video section
+/// offering that codec. Every other section is declined; telephone-events
+/// are accepted when `events`; an SDES offer keeps our key `keep_key`
+/// where the suite allows. Returns our SDP (at `addr`:`port`, with
+/// `origin` in `o=`) and what it agreed for audio.
 pub(super) fn answer_audio(
     offer: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
-    fallback: bool,
+    keep_key: Option<&MasterKey>,
     (addr, port): (IpAddr, u16),
     origin: (u64, u64),
     video: Option<(&causeway_codecs::CodecKey, u16)>,
@@ -327,6 +334,7 @@ pub(super) fn answer_audio(
             &AnswerConfig {
                 codecs,
                 dtmf: events,
+                keep_key: keep_key.cloned(),
             },
         )
     };
@@ -336,7 +344,7 @@ pub(super) fn answer_audio(
             .iter()
             .any(|n| n.as_ref().is_some_and(|n| n.kind == MediaKind::Audio))
     };
-    if fallback && !answer.as_ref().is_ok_and(has_audio) {
+    if !answer.as_ref().is_ok_and(has_audio) {
         answer = answer_with(AudioCodec::ALL.iter().map(|c| c.key()).collect());
     }
     let mut answer = answer?;
@@ -392,7 +400,7 @@ fn answer_caller(
     answer_audio(
         theirs,
         prefer,
-        true,
+        our_key(sc.agreed.as_ref()),
         sc.media,
         sc.origin,
         None,

@@ -205,6 +205,7 @@ fn echo_codecs() -> AnswerConfig {
         .chain(video)
         .collect(),
         dtmf: true,
+        keep_key: None,
     }
 }
 

@@ -123,14 +123,26 @@ pub struct RtpSession {
     pub stats: SessionStats,
 }
 
+/// A direction's SRTP context for key `new` (None: plain RTP), or `None`
+/// when the key is `old` and the current context stays.
+fn context_for(
+    new: Option<&MasterKey>,
+    old: Option<&MasterKey>,
+) -> Result<Option<Option<Context>>, super::srtp::SrtpError> {
+    if new == old {
+        return Ok(None);
+    }
+    new.map(Context::new).transpose().map(Some)
+}
+
 fn randomised(interval: Duration) -> Duration {
     interval.mul_f64(0.5 + rand::random::<f64>())
 }
 
 impl RtpSession {
     /// A session; fails only when an SRTP key cannot make a context.
-    pub fn new(now: Instant, cfg: SessionConfig) -> Result<Self, super::srtp::SrtpError> {
-        let srtp = cfg.srtp.clone();
+    pub fn new(now: Instant, mut cfg: SessionConfig) -> Result<Self, super::srtp::SrtpError> {
+        let srtp = cfg.srtp.take();
         let mut session = Self {
             cfg,
             inbound: None,
@@ -176,18 +188,26 @@ impl RtpSession {
         self.latched_rtcp = None;
     }
 
-    /// Takes new SRTP keys (remote's, ours) after a re-offer; `None` for
-    /// plain RTP. Fails, keeping the old contexts, when a key cannot make
-    /// one.
+    /// Takes the SRTP keys (remote's, ours) a re-offer agreed; `None` for
+    /// plain RTP. A direction whose key did not change keeps its context:
+    /// a new one would restart its SRTP and SRTCP indices under the same
+    /// key (keystream reuse, and replays the peer drops). Fails, keeping
+    /// the old contexts, when a key cannot make one.
     pub fn rekey(
         &mut self,
         srtp: Option<(MasterKey, MasterKey)>,
     ) -> Result<(), super::srtp::SrtpError> {
-        let (inbound, outbound) = match &srtp {
-            Some((remote, local)) => (Some(Context::new(remote)?), Some(Context::new(local)?)),
-            None => (None, None),
-        };
-        (self.inbound, self.outbound, self.cfg.srtp) = (inbound, outbound, srtp);
+        let old = self.cfg.srtp.as_ref();
+        let new = srtp.as_ref();
+        let inbound = context_for(new.map(|k| &k.0), old.map(|k| &k.0))?;
+        let outbound = context_for(new.map(|k| &k.1), old.map(|k| &k.1))?;
+        if let Some(c) = inbound {
+            self.inbound = c;
+        }
+        if let Some(c) = outbound {
+            self.outbound = c;
+        }
+        self.cfg.srtp = srtp;
         Ok(())
     }
 
@@ -554,6 +574,11 @@ mod tests {
             .unwrap()
             .unprotect_rtp(&mut out)
             .unwrap();
+        // The same keys again keep the contexts: a replay stays a replay.
+        s.rekey(Some((new.clone(), ours.clone()))).unwrap();
+        let mut p = packet(2, 160, 7);
+        Context::new(&new).unwrap().protect_rtp(&mut p).unwrap();
+        assert_eq!(s.on_rtp_port(t0, peer, &mut p), Inbound::Dropped);
         s.rekey(None).unwrap();
         let mut out = packet(101, 160, 99);
         s.send_rtp(t0, &mut out).unwrap();

@@ -21,6 +21,10 @@ pub struct AnswerConfig {
     pub codecs: Vec<CodecKey>,
     /// Whether telephone-event is answered when offered.
     pub dtmf: bool,
+    /// Our SDES key of the session being re-offered: kept when the offer's
+    /// suite matches (RFC 4568 lets the answerer keep its key), so a hold
+    /// or a new address does not rekey the media.
+    pub keep_key: Option<MasterKey>,
 }
 
 /// SDES keys for one stream.
@@ -111,7 +115,11 @@ fn negotiate(
         };
         Some(Srtp {
             tag,
-            local: MasterKey::generate(remote.suite),
+            local: cfg
+                .keep_key
+                .clone()
+                .filter(|k| k.suite == remote.suite)
+                .unwrap_or_else(|| MasterKey::generate(remote.suite)),
             remote,
         })
     } else {

@@ -20,6 +20,7 @@ fn cfg() -> AnswerConfig {
             key("VP8", 90000, 1),
         ],
         dtmf: true,
+        keep_key: None,
     }
 }
 

@@ -105,3 +105,56 @@ fn a_callee_moving_its_media_is_followed_and_a_hold_moves_nothing() {
     assert_eq!(*party, Party::Callee);
     assert_eq!(media.remote_rtp, Some("127.0.0.1:40100".parse().unwrap()));
 }
+
+#[test]
+fn an_sdes_callers_hold_keeps_our_key_and_moves_no_media() {
+    use crate::media::srtp::{MasterKey, Suite};
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let theirs = MasterKey::generate(Suite::AesCm128HmacSha1_80);
+    let savp = CALLER_OFFER.replace(
+        "RTP/AVP 8 0 101\r\n",
+        &format!(
+            "RTP/SAVP 8 0 101\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n",
+            theirs.to_inline()
+        ),
+    );
+    b.dial_sip(
+        t0,
+        sip_dial(with_sdp(caller_invite(), &savp)),
+        vec![target(5070)],
+        vec![],
+    );
+    let out = drain(&mut b);
+    let [CallOutput::Request(inv, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    b.sent(inv, TxKey::server(inv).unwrap());
+    b.on_response(t0, &reply(inv, 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(&mut b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!("{out:?}")
+    };
+    let crypto = |m: &Message| {
+        body(m)
+            .lines()
+            .find(|l| l.starts_with("a=crypto:1 "))
+            .map(str::to_string)
+    };
+    let ours = crypto(ok).expect("our answer carries our key");
+    assert!(body(ok).contains("RTP/SAVP"), "{}", body(ok));
+    let our_tag = tag_of_ok(ok);
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+
+    // A hold with the same key: answered with our key again, so the
+    // media keeps its SRTP contexts (only the callee is re-offered).
+    let hold = savp.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let hold = with_sdp(from_caller("INVITE", &our_tag, 2), &hold);
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["INVITE", "200"]);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(crypto(ok), Some(ours));
+}
