@@ -182,11 +182,16 @@ fn main() {
     let heard = &report.first_peer_heard;
     // The last second before the hang-up: the stream has settled.
     let tail = &heard[heard.len().saturating_sub(48_000)..];
+    let heard = dominant_frequency(tail, 48_000);
     println!(
-        "audio at the first browser: {:.0} Hz at {:.1} dBFS (SIPp's 1 kHz tone at -12 dBFS, \
+        "audio at the first browser: {heard:.0} Hz at {:.1} dBFS (SIPp's 1 kHz tone at -12 dBFS, \
          A-law -> Opus)",
-        dominant_frequency(tail, 48_000),
         level_db(tail)
+    );
+    // A figure for calls that did not carry the tone would be no figure.
+    assert!(
+        (heard - 1000.0).abs() < 50.0,
+        "the first browser heard {heard:.0} Hz, not SIPp's 1 kHz tone"
     );
     println!(
         "gateway CPU over the media phase: {:.2} s in {:.2} s of wall time with {calls} calls up \

@@ -232,6 +232,7 @@ impl Bridges {
                     call, sip, &a.audio, peer, &formats, webrtc, ends, true, video,
                 )?;
                 let mut plan = plan("sip", browser, sip_end);
+                log_plan(call, &plan);
                 plan.video = video_plan;
                 (task, plan)
             }
@@ -245,14 +246,15 @@ impl Bridges {
                 let (task, browser, sip_end) = Legs::spawn(
                     call, sip, &agreed, peer, &formats, webrtc, ends, false, None,
                 )?;
-                (task, plan("webrtc", sip_end, browser))
+                let plan = plan("webrtc", sip_end, browser);
+                log_plan(call, &plan);
+                (task, plan)
             }
             (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller)) => {
                 let caller_end = sip_audio(&agreed)?;
                 let sip_end = sip_audio(&n.audio)?;
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
                 let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
-                log_start(call, caller_end, sip_end);
                 let relay = Relay {
                     caller: RtpEnd::open(caller, &agreed, call)?,
                     caller_end,
@@ -261,9 +263,11 @@ impl Bridges {
                     to_callee,
                     to_caller,
                 };
+                let plan = relay.plan();
+                log_plan(call, &plan);
                 let call_id = call.to_string();
                 let task = tokio::spawn(async move { relay.run(&call_id, ends).await });
-                (task, plan("sip", caller_end, sip_end))
+                (task, plan)
             }
             _ => return Err("the call's media does not match what was reserved".into()),
         };
@@ -358,14 +362,28 @@ fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
     })
 }
 
-fn log_start(call: &str, caller: AudioEnd, sip: AudioEnd) {
+fn log_plan(call: &str, plan: &MediaPlan) {
     tracing::info!(
         call,
-        caller = ?caller.codec,
-        sip = ?sip.codec,
-        audio = if caller.codec == sip.codec { "passthrough" } else { "transcoded" },
+        caller = plan.caller_codec.as_str(),
+        callee = plan.callee_codec.as_str(),
+        audio = plan.audio.as_str(),
         "bridging media"
     );
+}
+
+/// A call's audio after a SIP side's renegotiation `moved` it: logged and
+/// reported for the call's record; a failure leaves the old plan.
+fn replanned(call: &str, moved: Result<MediaPlan, String>, done: &Reports) {
+    match moved {
+        Ok(plan) => {
+            log_plan(call, &plan);
+            let _ = done.send(MediaReport::Replanned(call.to_string(), plan));
+        }
+        Err(e) => {
+            tracing::warn!(call, error = %e, "the new answer cannot be bridged; media unchanged")
+        }
+    }
 }
 
 /// What one datagram on a SIP endpoint's sockets was.
@@ -514,6 +532,8 @@ struct Ends {
 /// The running media between a browser and a SIP endpoint.
 struct Legs {
     sip: RtpEnd,
+    /// What the SIP side sends and takes.
+    sip_end: AudioEnd,
     /// What the browser sends and takes.
     browser_end: AudioEnd,
     to_sip: Direction,
@@ -527,6 +547,15 @@ struct Legs {
 }
 
 impl Legs {
+    /// The audio plan, for the call's record.
+    fn plan(&self) -> MediaPlan {
+        if self.browser_called {
+            plan("sip", self.browser_end, self.sip_end)
+        } else {
+            plan("webrtc", self.sip_end, self.browser_end)
+        }
+    }
+
     /// The audio counters so far, caller's side first.
     fn totals(&self) -> MediaTotals {
         if self.browser_called {
@@ -556,7 +585,6 @@ impl Legs {
             crate::b2bua::browser_audio(formats).ok_or("the browser has no audio codec")?;
         let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
         let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
-        log_start(call, browser, sip_end);
         let (sink, from_browser) = mpsc::channel(256);
         let webrtc = webrtc.clone();
         let call = call.to_string();
@@ -564,6 +592,7 @@ impl Legs {
             webrtc.attach(peer, sink).await;
             let legs = Legs {
                 sip,
+                sip_end,
                 browser_end: browser,
                 to_sip,
                 to_browser,
@@ -644,15 +673,8 @@ impl Legs {
                         }
                     }
                     Control::Renegotiate(party, n) if party == sip => {
-                        let browser = self.browser_end;
-                        if let Some(end) = renegotiate(call, &mut self.sip, &n, browser, &mut self.to_sip, &mut self.to_browser) {
-                            let plan = if self.browser_called {
-                                plan("sip", browser, end)
-                            } else {
-                                plan("webrtc", end, browser)
-                            };
-                            let _ = done.send(MediaReport::Replanned(call.to_string(), plan));
-                        }
+                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, self.browser_end, (&mut self.to_sip, &mut self.to_browser));
+                        replanned(call, moved.map(|()| self.plan()), &done);
                     }
                     Control::Renegotiate(..) => {
                         tracing::warn!(call, "a browser's media cannot be renegotiated by SIP");
@@ -783,6 +805,7 @@ impl Relay {
                 self.to_callee.next_due(),
                 self.to_callee.next_event_due(Instant::now()),
                 self.to_caller.next_due(),
+                self.to_caller.next_event_due(Instant::now()),
                 self.caller.silent_at(silence),
                 self.callee.silent_at(silence),
             ]
@@ -809,15 +832,10 @@ impl Relay {
                     Control::Keyframe => {}
                     Control::Renegotiate(party, n) => {
                         let moved = match party {
-                            Party::Callee => renegotiate(call, &mut self.callee, &n, self.caller_end, &mut self.to_callee, &mut self.to_caller)
-                                .map(|end| self.callee_end = end),
-                            Party::Caller => renegotiate(call, &mut self.caller, &n, self.callee_end, &mut self.to_caller, &mut self.to_callee)
-                                .map(|end| self.caller_end = end),
+                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, (&mut self.to_callee, &mut self.to_caller)),
+                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, (&mut self.to_caller, &mut self.to_callee)),
                         };
-                        if moved.is_some() {
-                            let plan = plan("sip", self.caller_end, self.callee_end);
-                            let _ = done.send(MediaReport::Replanned(call.to_string(), plan));
-                        }
+                        replanned(call, moved.map(|()| self.plan()), &done);
                     }
                 },
                 () = sleep_until(due) => {}
@@ -829,8 +847,7 @@ impl Relay {
             self.callee.flush(now, &mut to_callee).await;
             if now >= next_progress {
                 next_progress = now + PROGRESS_EVERY;
-                let totals = totals(&self.to_callee, &self.to_caller, &self.callee.session);
-                let _ = done.send(MediaReport::Progress(call.to_string(), totals));
+                let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
             self.caller
                 .report_silence(now, silence, (call, Party::Caller), &done);
@@ -844,10 +861,17 @@ impl Relay {
             caller_lost = self.caller.session.stats.lost,
             "caller media"
         );
-        let _ = done.send(MediaReport::Stopped(
-            call.to_string(),
-            totals(&self.to_callee, &self.to_caller, &self.callee.session),
-        ));
+        let _ = done.send(MediaReport::Stopped(call.to_string(), self.totals()));
+    }
+
+    /// The audio plan, for the call's record.
+    fn plan(&self) -> MediaPlan {
+        plan("sip", self.caller_end, self.callee_end)
+    }
+
+    /// The audio counters so far, caller's side first.
+    fn totals(&self) -> MediaTotals {
+        totals(&self.to_callee, &self.to_caller, &self.callee.session)
     }
 }
 
@@ -876,43 +900,30 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
     );
 }
 
-/// Moves the SIP side `sip` of a call to its new answer `n`: the remote's
-/// addresses, and each direction between it and `other` re-planned
-/// (relayed or transcoded anew); returns what the side now sends and
-/// takes. On an answer the media cannot take, the old plan stays (None).
+/// Moves the SIP side `sip` of a call to its new answer `n`: its keys,
+/// the remote's addresses, what it sends and takes (`end`), and each
+/// direction between it and `other` (`(to_sip, from_sip)`) re-planned,
+/// relayed or transcoded anew. On an answer the media cannot take,
+/// nothing changes.
 fn renegotiate(
-    call: &str,
     sip: &mut RtpEnd,
+    end: &mut AudioEnd,
     n: &Negotiated,
     other: AudioEnd,
-    to_sip: &mut Direction,
-    from_sip: &mut Direction,
-) -> Option<AudioEnd> {
-    let plan = sip_audio(n).and_then(|end| {
-        let to = audio_direction(other, end).map_err(|e| e.to_string())?;
-        let from = audio_direction(end, other).map_err(|e| e.to_string())?;
-        Ok((end, to, from))
-    });
-    match plan {
-        Ok((end, to, from)) => {
-            to_sip.replace(to);
-            from_sip.replace(from);
-            sip.session.relatch(n.remote_rtp, n.remote_rtcp);
-            // An SDES re-offer brings new keys (each answer makes ours anew).
-            if let Err(e) = sip
-                .session
-                .rekey(n.srtp.as_ref().map(crate::sdp::Srtp::keys))
-            {
-                tracing::warn!(call, error = %e, "the new SRTP keys cannot be used");
-            }
-            log_start(call, other, end);
-            Some(end)
-        }
-        Err(e) => {
-            tracing::warn!(call, error = %e, "the new answer cannot be bridged; media unchanged");
-            None
-        }
-    }
+    (to_sip, from_sip): (&mut Direction, &mut Direction),
+) -> Result<(), String> {
+    let new = sip_audio(n)?;
+    let to = audio_direction(other, new).map_err(|e| e.to_string())?;
+    let from = audio_direction(new, other).map_err(|e| e.to_string())?;
+    // New SDES keys (a side may rekey in a re-offer), before anything moves.
+    sip.session
+        .rekey(n.srtp.as_ref().map(crate::sdp::Srtp::keys))
+        .map_err(|e| e.to_string())?;
+    to_sip.replace(to);
+    from_sip.replace(from);
+    sip.session.relatch(n.remote_rtp, n.remote_rtcp);
+    *end = new;
+    Ok(())
 }
 
 /// Plays digits on a direction's output line as RFC 4733 events.
