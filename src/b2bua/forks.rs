@@ -69,12 +69,34 @@ impl B2bua {
         };
         match code {
             100 => {}
+            _ if in_dialog => self.in_dialog_response(&call_id, i, code, msg),
             101..=199 => self.on_provisional(now, &call_id, i, code, msg),
             200..=299 => self.on_answer(now, &call_id, i, msg),
             422 if self.retry_fork(&call_id, i, msg) => {}
             _ => self.on_failure(now, &call_id, i, code, msg.reason().unwrap_or_default()),
         }
         self.reap(&call_id);
+    }
+
+    /// A response to one of our re-INVITEs in a fork's dialog (its outcome
+    /// went to `refresh_answered`): a 2xx refreshes the remote target and
+    /// gets its ACK, a reliable 18x its PRACK; nothing rings, answers or
+    /// fails the call.
+    fn in_dialog_response(&mut self, call_id: &str, i: usize, code: u16, msg: &Message) {
+        let Some(fork) = self.calls.get_mut(call_id).and_then(|c| c.forks.get_mut(i)) else {
+            return;
+        };
+        if (200..300).contains(&code) {
+            fork.leg.on_response(msg);
+            if let Some(ack) = fork.leg.ack(msg) {
+                self.out.push_back(CallOutput::Transmit(fork.leg.flow, ack));
+            }
+        } else if code < 200
+            && let Some(prack) = fork.leg.prack(msg)
+        {
+            self.out
+                .push_back(CallOutput::Request(prack, fork.leg.flow));
+        }
     }
 
     fn on_provisional(&mut self, now: Instant, call_id: &str, i: usize, code: u16, msg: &Message) {

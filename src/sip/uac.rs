@@ -141,10 +141,12 @@ impl UacLeg {
         ))
     }
 
-    /// Records what a response to the INVITE establishes: the To tag of
-    /// the first response with one, and for a 2xx the remote target and
-    /// route set. A 2xx from another fork (a different tag) after the
-    /// first is not recorded; the caller ACKs and BYEs it.
+    /// Records what a response to an INVITE establishes: the To tag of
+    /// the first response with one, and for a 2xx the remote target (a
+    /// re-INVITE's 2xx refreshes it) and, for the first 2xx only, the route
+    /// set (fixed once the dialog exists, RFC 3261 12.2.1.2). A 2xx from
+    /// another fork (a different tag) after the first is not recorded; the
+    /// caller ACKs and BYEs it.
     pub fn on_response(&mut self, resp: &Message) -> bool {
         let tag = tag_of(resp, "To");
         let is_2xx = resp.status().is_some_and(|c| (200..300).contains(&c));
@@ -153,11 +155,20 @@ impl UacLeg {
             (_, Some(t)) => self.remote_tag = Some(t),
             (_, None) => {}
         }
-        if is_2xx {
-            self.remote_target = resp
-                .header("Contact")
-                .and_then(|c| NameAddr::parse(c).ok())
-                .map(|n| n.uri.to_string());
+        if !is_2xx {
+            return true;
+        }
+        let target = resp
+            .header("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|n| n.uri.to_string());
+        if self.remote_target.is_some() {
+            // A target refresh: the route set stays.
+            if target.is_some() {
+                self.remote_target = target;
+            }
+        } else {
+            self.remote_target = target;
             self.route_set = resp
                 .headers_named("Record-Route")
                 .flat_map(super::msg::split_list)
@@ -471,6 +482,24 @@ mod tests {
         assert!(leg.matches(&Message::parse(theirs.as_bytes()).unwrap()));
         let other = theirs.replace("tag=t1", "tag=t9");
         assert!(!leg.matches(&Message::parse(other.as_bytes()).unwrap()));
+    }
+
+    #[test]
+    fn a_re_invites_2xx_refreshes_the_target_but_keeps_the_route_set() {
+        let (mut leg, inv) = leg();
+        assert!(leg.on_response(&answered(&inv, 200, "t1")));
+        let reinvite = leg.reinvite("v=0\r\n").unwrap();
+        // The 2xx to it names a new Contact and no Record-Route.
+        let mut ok = response_to(&reinvite, 200, "OK", Some("t1"), None);
+        ok.push_header("Contact", "<sip:alice@192.0.2.7:5070>");
+        assert!(leg.on_response(&ok));
+        let bye = leg.bye().unwrap();
+        let StartLine::Request { uri, .. } = &bye.start else {
+            panic!()
+        };
+        assert_eq!(uri, "sip:alice@192.0.2.7:5070");
+        let routes: Vec<_> = bye.headers_named("Route").collect();
+        assert_eq!(routes, ["<sip:p2;lr>", "<sip:p1;lr>"]);
     }
 
     #[test]
