@@ -105,13 +105,14 @@ impl B2bua {
         else {
             return;
         };
-        // The interval the dialog already runs at is not ours to shorten.
+        // The interval the dialog already runs at is not ours to shorten:
+        // with no interval of ours, only a `Session-Expires` grants one.
         let rules = SessionTimers {
             expires: 0,
             min_se: timer::MIN_SE,
         };
-        match (timer::SessionExpires::of(req), rules.grant(req)) {
-            (Some(_), Grant::On(se)) => s.timer = Some(LegTimer::new(now, se, true)),
+        match rules.grant(req) {
+            Grant::On(se) => s.timer = Some(LegTimer::new(now, se, true)),
             _ => {
                 if let Some(t) = &mut s.timer {
                     t.we_refresh |= !crate::sip::supports(req, "timer");
