@@ -317,7 +317,7 @@ fn an_unregistered_caller_authenticates_where_the_rule_says_so_and_a_wrong_passw
 
     // A wrong password: 403, and nobody is called (the B2BUA logs
     // `calling ... forks=N` for every call it places).
-    let (caller, _, log) = call_outcome_with("auth = true", "bridge_uac_auth_wrong.xml", None);
+    let (caller, _, log) = call_outcome_with(("auth = true", ""), "bridge_uac_auth_wrong.xml", None);
     assert!(caller.contains("SIP/2.0 407 "), "{caller}");
     assert!(caller.contains("SIP/2.0 403 Forbidden"), "{caller}");
     assert!(
@@ -461,18 +461,18 @@ fn a_call_whose_sides_fall_silent_is_hung_up_both_ways() {
 /// A call whose outcome is a status: runs the pair of scenarios and
 /// returns both message traces.
 fn call_outcome(uac_scenario: &str, uas_scenario: Option<&str>) -> (String, String, String) {
-    call_outcome_with("", uac_scenario, uas_scenario)
+    call_outcome_with(("", ""), uac_scenario, uas_scenario)
 }
 
-/// [`call_outcome`] with more of the rule's TOML.
+/// [`call_outcome`] with more of the rule's TOML and of `[media]`.
 fn call_outcome_with(
-    rule: &str,
+    (rule, media): (&str, &str),
     uac_scenario: &str,
     uas_scenario: Option<&str>,
 ) -> (String, String, String) {
     require("sipp");
     let uas_port = free_port();
-    let gw = gateway_with(uas_port, rule);
+    let gw = gateway_configured(uas_port, rule, media);
     let (caller, callee) = (Side::new(), Side::new());
     let mut server = uas_scenario.map(|s| uas(&callee, s, uas_port));
     let out = uac(&caller, uac_scenario, &gw);
@@ -761,9 +761,16 @@ fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing
 
 /// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to
 /// `bridge_uas_hold.xml`: the caller's answers and the callee's offers
-/// mirror each other. Returns what the caller received.
+/// mirror each other. Neither SIPp sends media, and the media timeout is
+/// 3 s: the hold (5 s by re-INVITE) must not end the call. Returns what
+/// the caller received.
 fn held_and_resumed(uac_scenario: &str) -> String {
-    let (caller, callee, log) = call_outcome(uac_scenario, Some("bridge_uas_hold.xml"));
+    let (caller, callee, log) = call_outcome_with(
+        ("", "timeout = 3"),
+        uac_scenario,
+        Some("bridge_uas_hold.xml"),
+    );
+    assert!(!log.contains("no media from a SIP side"), "{log}");
     // What each side got, in order: the caller's 200s (initial, hold,
     // resume) and the callee's INVITEs (initial, hold, resume).
     let sdp_dirs = |trace: &str, start: &str| -> Vec<String> {

@@ -317,6 +317,7 @@ impl B2bua {
                         update: refresh::allows_update(ok),
                         sdp: String::from_utf8_lossy(offered).into_owned(),
                         theirs: answer.clone(),
+                        held: false,
                     },
                 });
                 let codec = n.audio.format.codec.as_ref().map_or_else(

@@ -178,6 +178,16 @@ pub enum Notice {
         /// Its audio, as the new answer agreed.
         media: Box<Negotiated>,
     },
+    /// A SIP side put the call on hold (`held`: its last offer was not
+    /// sendrecv) or took it off: the media may rightly go silent.
+    Hold {
+        /// The call.
+        call: String,
+        /// The side that offered.
+        party: Party,
+        /// On hold.
+        held: bool,
+    },
     /// A digit for a browser's event stream, from the SIP side (its RTP
     /// or its SIP INFO).
     DtmfToBrowser {
@@ -444,13 +454,15 @@ struct CalleeSession {
 /// A SIP side's session as RFC 4028 refreshes it: its timer, whether it
 /// takes UPDATE (else a refresh is a re-INVITE), our latest SDP toward it
 /// (what a refresh re-INVITE carries, unchanged) and its latest SDP (an
-/// offer repeating it word for word changes nothing: a refresh).
+/// offer repeating it word for word changes nothing: a refresh), and
+/// whether that SDP holds the call (not sendrecv).
 #[derive(Debug, Default)]
 struct Session {
     timer: Option<LegTimer>,
     update: bool,
     sdp: String,
     theirs: Bytes,
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -584,6 +596,7 @@ impl B2bua {
                 update: allows_update(&dial.invite),
                 sdp: String::new(),
                 theirs: dial.invite.body.clone(),
+                held: false,
             },
             granted: dial.session_timer,
         }));

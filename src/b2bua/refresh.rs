@@ -37,7 +37,7 @@ impl Call {
     }
 
     /// [`Self::session`], to change.
-    fn session_mut(&mut self, party: Party) -> Option<&mut Session> {
+    pub(super) fn session_mut(&mut self, party: Party) -> Option<&mut Session> {
         match party {
             Party::Caller => match &mut self.caller {
                 Caller::Sip(sc) => Some(&mut sc.session),

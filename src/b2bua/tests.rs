@@ -116,6 +116,9 @@ fn methods(out: &[CallOutput]) -> Vec<String> {
             }
             CallOutput::Notice(Notice::KeyframeWanted { .. }) => "keyframe".into(),
             CallOutput::Notice(Notice::UpdateMedia { .. }) => "update-media".into(),
+            CallOutput::Notice(Notice::Hold { party, held, .. }) => {
+                format!("hold-{party:?}:{held}")
+            }
             CallOutput::Abandon(_) => "abandon".into(),
         })
         .collect()
@@ -599,8 +602,8 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     );
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["INVITE", "200"]);
-    let (CallOutput::Request(reinvite, f), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+    assert_eq!(methods(&out), ["INVITE", "hold-Caller:true", "200"]);
+    let (CallOutput::Request(reinvite, f), CallOutput::Respond(_, ok)) = (&out[0], &out[2]) else {
         panic!()
     };
     assert!(body(ok).contains("a=recvonly"), "{}", body(ok));
@@ -650,8 +653,8 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
         flow(5070)
     ));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["INVITE", "200"]);
-    let (CallOutput::Request(to_caller, f), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+    assert_eq!(methods(&out), ["INVITE", "hold-Callee:true", "200"]);
+    let (CallOutput::Request(to_caller, f), CallOutput::Respond(_, ok)) = (&out[0], &out[2]) else {
         panic!()
     };
     assert!(body(ok).contains("a=inactive"), "{}", body(ok));
@@ -712,8 +715,8 @@ fn an_update_refreshes_or_holds_the_session_like_a_re_invite() {
     );
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["INVITE", "200"]);
-    let (CallOutput::Request(reinvite, _), CallOutput::Respond(_, ok)) = (&out[0], &out[1]) else {
+    assert_eq!(methods(&out), ["INVITE", "hold-Caller:true", "200"]);
+    let (CallOutput::Request(reinvite, _), CallOutput::Respond(_, ok)) = (&out[0], &out[2]) else {
         panic!()
     };
     assert!(body(ok).contains("a=recvonly"), "{}", body(ok));
@@ -1008,8 +1011,8 @@ fn a_browser_calls_video_survives_the_callees_hold() {
     let hold = with_sdp(hold, &held);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["200"]);
-    let CallOutput::Respond(_, ok) = &out[0] else {
+    assert_eq!(methods(&out), ["hold-Callee:true", "200"]);
+    let CallOutput::Respond(_, ok) = &out[1] else {
         panic!()
     };
     let sdp = body(ok);

@@ -176,6 +176,10 @@ impl B2bua {
         if let Some((party, n)) = &moved {
             call.agreed_by(*party, n);
         }
+        let held = held != crate::sdp::Direction::SendRecv;
+        let hold_changed = call
+            .session_mut(leg.party())
+            .is_some_and(|s| std::mem::replace(&mut s.held, held) != held);
         if let Some((req, flow)) = forward {
             self.out.push_back(CallOutput::Request(req, flow));
         }
@@ -186,6 +190,13 @@ impl B2bua {
                 call: call_id.to_string(),
                 party,
                 media: Box::new(media),
+            });
+        }
+        if hold_changed {
+            self.notify(Notice::Hold {
+                call: call_id.to_string(),
+                party: leg.party(),
+                held,
             });
         }
         Ok(ok)

@@ -227,6 +227,7 @@ impl Records {
             | Notice::DtmfToBrowser { .. }
             | Notice::PlayDigit { .. }
             | Notice::KeyframeWanted { .. }
+            | Notice::Hold { .. }
             | Notice::UpdateMedia { .. } => None,
         }
     }

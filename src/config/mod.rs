@@ -227,18 +227,27 @@ pub struct MediaConfig {
     /// Seconds a SIP side (or an echo caller) may send no RTP and no RTCP
     /// before its call is hung up as gone; 0: never.
     pub timeout: u32,
+    /// The same, while a side has the call on hold (a held phone may
+    /// rightly send nothing, RTCP included); 0: never.
+    pub hold_timeout: u32,
 }
 
 impl MediaConfig {
     /// The media timeout (`timeout`, a year when 0).
     pub fn silence(&self) -> std::time::Duration {
-        let secs = if self.timeout == 0 {
-            365 * 86_400
-        } else {
-            self.timeout
-        };
-        std::time::Duration::from_secs(u64::from(secs))
+        seconds_or_never(self.timeout)
     }
+
+    /// The media timeout on hold (`hold_timeout`, a year when 0).
+    pub fn held_silence(&self) -> std::time::Duration {
+        seconds_or_never(self.hold_timeout)
+    }
+}
+
+/// `secs` seconds; a year (never, for a call) when 0.
+fn seconds_or_never(secs: u32) -> std::time::Duration {
+    let secs = if secs == 0 { 365 * 86_400 } else { secs };
+    std::time::Duration::from_secs(u64::from(secs))
 }
 
 impl Default for MediaConfig {
@@ -247,6 +256,7 @@ impl Default for MediaConfig {
             port_min: Spanned::new(0..0, 20000),
             port_max: Spanned::new(0..0, 30000),
             timeout: 60,
+            hold_timeout: 0,
         }
     }
 }

@@ -47,6 +47,8 @@ enum Control {
     /// A SIP side's media changed: the callee's answer (early media moved
     /// to the 2xx), or either side's re-INVITE or UPDATE.
     Renegotiate(Party, Box<Negotiated>),
+    /// A side put the call on hold (true) or took it off.
+    Hold(Party, bool),
 }
 
 /// A bridged call's media: sockets waiting for the answer, then a task.
@@ -115,7 +117,7 @@ pub struct Bridges {
     calls: HashMap<String, Slot>,
     done: Reports,
     /// How long a SIP side may send nothing before it counts as gone.
-    silence: Duration,
+    silence: Silence,
 }
 
 impl std::fmt::Debug for Bridges {
@@ -128,9 +130,9 @@ impl std::fmt::Debug for Bridges {
 
 impl Bridges {
     /// No calls yet; each call's task reports to `done` (digits and
-    /// counters while it runs, a SIP side silent for `silence`, its
+    /// counters while it runs, a SIP side silent past `silence`, its
     /// counters when it stops).
-    pub fn new(done: Reports, silence: Duration) -> Self {
+    pub fn new(done: Reports, silence: Silence) -> Self {
         Self {
             calls: HashMap::new(),
             done,
@@ -295,6 +297,12 @@ impl Bridges {
         self.control(call, Control::Renegotiate(party, Box::new(media)))
     }
 
+    /// Side `party` of a call put it on hold (`held`) or took it off: the
+    /// hold timeout stands for the media timeout while any side holds.
+    pub fn hold(&self, call: &str, party: Party, held: bool) -> bool {
+        self.control(call, Control::Hold(party, held))
+    }
+
     /// The SIP side of a call asked for a keyframe by SIP INFO; false when
     /// the call has no media running.
     pub fn keyframe_wanted(&self, call: &str) -> bool {
@@ -409,6 +417,46 @@ pub(super) struct RtpEnd {
     heard: Instant,
     /// Its silence was reported.
     silent: bool,
+}
+
+/// When a SIP side that sends nothing counts as gone: after the media
+/// timeout, or the hold timeout while a side holds the call (a held phone
+/// may rightly send nothing, RTCP included; its peer, answering
+/// recvonly, too).
+#[derive(Debug, Clone, Copy)]
+pub struct Silence {
+    active: Duration,
+    held: Duration,
+    /// Which sides (caller, callee) hold the call.
+    holding: [bool; 2],
+}
+
+impl Silence {
+    /// The media timeout `active`, and `held` on hold.
+    pub fn new(active: Duration, held: Duration) -> Self {
+        Self {
+            active,
+            held,
+            holding: [false; 2],
+        }
+    }
+
+    /// The timeout that applies now.
+    fn limit(&self) -> Duration {
+        if self.on_hold() { self.held } else { self.active }
+    }
+
+    fn on_hold(&self) -> bool {
+        self.holding.contains(&true)
+    }
+
+    /// Side `party` held the call (`held`) or took it off. True when that
+    /// put the call on or off hold: each side's silence starts anew.
+    fn hold(&mut self, party: Party, held: bool) -> bool {
+        let was = self.on_hold();
+        self.holding[usize::from(party == Party::Callee)] = held;
+        was != self.on_hold()
+    }
 }
 
 impl RtpEnd {
@@ -526,7 +574,7 @@ struct Ends {
     stop: tokio::sync::oneshot::Receiver<()>,
     done: Reports,
     /// The media timeout of a SIP side.
-    silence: Duration,
+    silence: Silence,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -614,7 +662,7 @@ impl Legs {
             mut control,
             mut stop,
             done,
-            silence,
+            mut silence,
         }: Ends,
     ) {
         let (browser, sip) = if self.browser_called {
@@ -642,7 +690,7 @@ impl Legs {
                 self.to_sip.next_due(),
                 self.to_sip.next_event_due(Instant::now()),
                 self.to_browser.next_due(),
-                self.sip.silent_at(silence),
+                self.sip.silent_at(silence.limit()),
             ]
             .into_iter()
             .flatten()
@@ -678,6 +726,11 @@ impl Legs {
                     }
                     Control::Renegotiate(..) => {
                         tracing::warn!(call, "a browser's media cannot be renegotiated by SIP");
+                    }
+                    Control::Hold(party, held) => {
+                        if silence.hold(party, held) {
+                            self.sip.heard = Instant::now();
+                        }
                     }
                 },
                 m = from_browser.recv() => match m {
@@ -716,7 +769,7 @@ impl Legs {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
-            self.sip.report_silence(now, silence, (call, sip), &done);
+            self.sip.report_silence(now, silence.limit(), (call, sip), &done);
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
         let mut totals = self.totals();
@@ -784,7 +837,7 @@ impl Relay {
             mut control,
             mut stop,
             done,
-            silence,
+            mut silence,
         }: Ends,
     ) {
         let report = |from, digits: Vec<Digit>| {
@@ -806,8 +859,8 @@ impl Relay {
                 self.to_callee.next_event_due(Instant::now()),
                 self.to_caller.next_due(),
                 self.to_caller.next_event_due(Instant::now()),
-                self.caller.silent_at(silence),
-                self.callee.silent_at(silence),
+                self.caller.silent_at(silence.limit()),
+                self.callee.silent_at(silence.limit()),
             ]
             .into_iter()
             .flatten()
@@ -837,6 +890,12 @@ impl Relay {
                         };
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
+                    Control::Hold(party, held) => {
+                        if silence.hold(party, held) {
+                            let now = Instant::now();
+                            (self.caller.heard, self.callee.heard) = (now, now);
+                        }
+                    }
                 },
                 () = sleep_until(due) => {}
             }
@@ -849,10 +908,11 @@ impl Relay {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
+            let limit = silence.limit();
             self.caller
-                .report_silence(now, silence, (call, Party::Caller), &done);
+                .report_silence(now, limit, (call, Party::Caller), &done);
             self.callee
-                .report_silence(now, silence, (call, Party::Callee), &done);
+                .report_silence(now, limit, (call, Party::Callee), &done);
         }
         log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);
         tracing::info!(
@@ -937,5 +997,29 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hold_timeout_stands_while_either_side_holds_the_call() {
+        let (active, held) = (Duration::from_secs(60), Duration::from_secs(3600));
+        let mut s = Silence::new(active, held);
+        assert_eq!(s.limit(), active);
+        // The caller holds: the limit changes, silence starts anew.
+        assert!(s.hold(Party::Caller, true));
+        assert_eq!(s.limit(), held);
+        // The callee holds too, then the caller resumes: still on hold.
+        assert!(!s.hold(Party::Callee, true));
+        assert!(!s.hold(Party::Caller, false));
+        assert_eq!(s.limit(), held);
+        // A repeated offer changes nothing.
+        assert!(!s.hold(Party::Caller, false));
+        // The callee resumes: off hold.
+        assert!(s.hold(Party::Callee, false));
+        assert_eq!(s.limit(), active);
     }
 }

@@ -277,7 +277,10 @@ pub async fn run(
         cfg.media.silence(),
     );
     let (media_done_tx, mut media_done) = mpsc::unbounded_channel();
-    let mut bridges = bridge::Bridges::new(media_done_tx, cfg.media.silence());
+    let mut bridges = bridge::Bridges::new(
+        media_done_tx,
+        bridge::Silence::new(cfg.media.silence(), cfg.media.held_silence()),
+    );
     let mut records = crate::cdr::Records::default();
     let keep = move |r: crate::cdr::CallRecord| {
         let store = cdrs.clone();
@@ -503,6 +506,9 @@ fn on_call_output(
             if !bridges.update(&call, party, *media) {
                 tracing::warn!(call = %call, "no media to move to the answer");
             }
+        }
+        Notice::Hold { call, party, held } => {
+            bridges.hold(&call, party, held);
         }
         Notice::KeyframeWanted { call } => {
             bridges.keyframe_wanted(&call);

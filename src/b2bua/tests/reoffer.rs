@@ -93,12 +93,12 @@ fn a_callee_moving_its_media_is_followed_and_a_hold_moves_nothing() {
     // Held by c=0.0.0.0: answered, nothing moves.
     let hold = from_callee(&ANSWER_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"));
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
-    assert_eq!(methods(&drain(&mut b)), ["200"]);
+    assert_eq!(methods(&drain(&mut b)), ["hold-Callee:true", "200"]);
     // Moved to another port: its media follows.
     let moved = from_callee(&ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100"));
     assert!(b.on_request(t0, &TxKey::server(&moved).unwrap(), &moved, flow(5070)));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["update-media", "200"]);
+    assert_eq!(methods(&out), ["update-media", "hold-Callee:false", "200"]);
     let CallOutput::Notice(Notice::UpdateMedia { party, media, .. }) = &out[0] else {
         panic!("{out:?}")
     };
@@ -152,8 +152,8 @@ fn an_sdes_callers_hold_keeps_our_key_and_moves_no_media() {
     let hold = with_sdp(from_caller("INVITE", &our_tag, 2), &hold);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     let out = drain(&mut b);
-    assert_eq!(methods(&out), ["INVITE", "200"]);
-    let CallOutput::Respond(_, ok) = &out[1] else {
+    assert_eq!(methods(&out), ["INVITE", "hold-Caller:true", "200"]);
+    let CallOutput::Respond(_, ok) = &out[2] else {
         panic!("{out:?}")
     };
     assert_eq!(crypto(ok), Some(ours));
