@@ -317,7 +317,8 @@ fn an_unregistered_caller_authenticates_where_the_rule_says_so_and_a_wrong_passw
 
     // A wrong password: 403, and nobody is called (the B2BUA logs
     // `calling ... forks=N` for every call it places).
-    let (caller, _, log) = call_outcome_with(("auth = true", ""), "bridge_uac_auth_wrong.xml", None);
+    let (caller, _, log) =
+        call_outcome_with(("auth = true", ""), "bridge_uac_auth_wrong.xml", None);
     assert!(caller.contains("SIP/2.0 407 "), "{caller}");
     assert!(caller.contains("SIP/2.0 403 Forbidden"), "{caller}");
     assert!(

@@ -57,7 +57,7 @@ use crate::dialplan::{DtmfMode, reason_phrase};
 use crate::media::dtmf::Digit;
 use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
-use crate::sip::dialog::{DialogId, DialogOutput, Dialogs};
+use crate::sip::dialog::{DialogId, DialogOutput, Dialogs, Resend, ResendStep};
 use crate::sip::msg::{Message, Method, response_to};
 use crate::sip::timer::{LegTimer, SessionExpires};
 use crate::sip::transaction::TxKey;
@@ -396,6 +396,8 @@ struct Fork {
     key: Option<TxKey>,
     state: ForkState,
     failure: Option<u16>,
+    /// Our 2xx to its re-INVITE, resent until its ACK.
+    unacked: Option<Resend>,
 }
 
 /// Which callee answered.
@@ -630,6 +632,7 @@ impl B2bua {
                 key: None,
                 state: ForkState::Calling,
                 failure: None,
+                unacked: None,
             });
         }
         let browsers: Vec<BrowserFork> = browsers
@@ -688,14 +691,13 @@ impl B2bua {
         // A bodiless UPDATE or re-INVITE refreshes the session (RFC 3311,
         // RFC 4028); the re-INVITE's 200 offers our SDP unchanged.
         if matches!(method, Some(Method::Update | Method::Invite)) && msg.body.is_empty() {
-            let mut resp = self.refreshed(&call_id, leg, msg, flow);
-            self.session_refreshed(now, &call_id, leg.party(), msg, &mut resp);
-            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            let resp = self.refreshed(&call_id, leg, msg, flow);
+            self.answer_session_request(now, key, (&call_id, leg), msg, resp);
             return true;
         }
         if matches!(method, Some(Method::Invite | Method::Update)) {
             let offer = self.reoffer_unless_unchanged(&call_id, leg, msg, flow);
-            let mut resp = offer.unwrap_or_else(|why| {
+            let resp = offer.unwrap_or_else(|why| {
                 // The session goes on unchanged (RFC 3261 14.2, RFC 3311
                 // 5.2: 488 keeps it).
                 tracing::info!(call = %call_id, why, "session change refused");
@@ -703,8 +705,7 @@ impl B2bua {
                 r.push_header("Warning", format!("399 causeway \"{why}\""));
                 r
             });
-            self.session_refreshed(now, &call_id, leg.party(), msg, &mut resp);
-            self.out.push_back(CallOutput::Respond(key.clone(), resp));
+            self.answer_session_request(now, key, (&call_id, leg), msg, resp);
             return true;
         }
         if method == Some(Method::Info) {
@@ -743,7 +744,8 @@ impl B2bua {
     }
 
     /// The ACK of our 2xx to a SIP caller (with its answer, when our 2xx
-    /// made the offer); false when it is not for a call here.
+    /// made the offer) or to a callee's re-INVITE; false when it is not
+    /// for a call here.
     pub fn on_ack(&mut self, now: Instant, msg: &Message) -> bool {
         match self.dialogs.matching(msg) {
             Some(id) if self.by_call_id.contains_key(msg.call_id()) => {
@@ -751,8 +753,58 @@ impl B2bua {
                 self.late_answer(now, msg);
                 true
             }
+            _ => self.callee_acked(msg),
+        }
+    }
+
+    /// A callee's ACK of our 2xx to its re-INVITE: no more resending.
+    fn callee_acked(&mut self, msg: &Message) -> bool {
+        let Some((call_id, Leg::Fork(i))) = self.by_call_id.get(msg.call_id()) else {
+            return false;
+        };
+        let fork = self
+            .calls
+            .get_mut(call_id)
+            .and_then(|c| c.forks.get_mut(*i));
+        match fork {
+            Some(f) if f.leg.matches(msg) => {
+                f.unacked = None;
+                true
+            }
             _ => false,
         }
+    }
+
+    /// Sends our response `resp` to a SIP side's re-INVITE or UPDATE
+    /// `msg`: a 2xx carries the side's session timer, and a 2xx to a
+    /// re-INVITE is resent until its ACK (RFC 3261 13.3.1.4).
+    fn answer_session_request(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        (call_id, leg): (&str, Leg),
+        msg: &Message,
+        mut resp: Message,
+    ) {
+        self.session_refreshed(now, call_id, leg.party(), msg, &mut resp);
+        let ok = resp.status().is_some_and(|c| (200..300).contains(&c));
+        if let Some(call) = self.calls.get_mut(call_id)
+            && ok
+            && msg.method() == Some(Method::Invite)
+        {
+            let bytes = resp.to_bytes();
+            match (leg, &call.caller) {
+                (Leg::Caller, Caller::Sip(sc)) => self.dialogs.accepted(now, sc.dialog, bytes),
+                (Leg::Fork(i), _) => {
+                    if let Some(f) = call.forks.get_mut(i) {
+                        let reliable = f.leg.flow.transport.is_reliable();
+                        f.unacked = Some(Resend::new(now, bytes, reliable));
+                    }
+                }
+                (Leg::Caller, Caller::Browser(_)) => {}
+            }
+        }
+        self.out.push_back(CallOutput::Respond(key.clone(), resp));
     }
 
     /// A SIP caller cancelled its INVITE (`sip_call_id` is its Call-ID,
@@ -966,6 +1018,7 @@ impl B2bua {
                 }
             }
         }
+        self.resend_to_callees(now);
         let due: Vec<(String, State)> = self
             .calls
             .iter()
@@ -985,12 +1038,41 @@ impl B2bua {
         }
     }
 
+    /// Resends our 2xx to callees' re-INVITEs that are due; a callee that
+    /// never ACKs one is gone (RFC 3261 14.2): its call is hung up.
+    fn resend_to_callees(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        for (id, call) in &mut self.calls {
+            for f in &mut call.forks {
+                let Some(r) = &mut f.unacked else { continue };
+                match r.poll(now) {
+                    ResendStep::Wait => {}
+                    ResendStep::Send(bytes) => {
+                        self.out.push_back(CallOutput::Transmit(f.leg.flow, bytes));
+                    }
+                    ResendStep::GiveUp => {
+                        f.unacked = None;
+                        gone.push(id.clone());
+                    }
+                }
+            }
+        }
+        for id in gone {
+            let reason = "no ACK from the callee";
+            tracing::info!(call = %id, reason, "SIP callee unresponsive");
+            self.hang_up_sip(&id);
+            self.end(now, &id, Side::Gateway, None, reason);
+        }
+    }
+
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let resends = self.calls.values().flat_map(|c| &c.forks);
         self.calls
             .values()
             .filter(|c| c.state != State::Connected)
             .map(|c| c.give_up)
+            .chain(resends.filter_map(|f| f.unacked.as_ref().map(Resend::due)))
             .chain(self.dialogs.poll_timeout())
             .chain(self.next_session_timer())
             .min()

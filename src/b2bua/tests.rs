@@ -6,6 +6,7 @@ mod early;
 mod info;
 mod prack;
 mod reoffer;
+mod resend;
 mod timers;
 
 use super::*;
@@ -431,6 +432,30 @@ fn dial_from_sip_with(
         }
     }
     (key, invites, rung)
+}
+
+/// A SIP caller's call to a SIP callee (port 5070), answered in PCMU and
+/// ACKed. Returns our INVITE to the callee and our tag toward the caller.
+fn connected_sip_call(b: &mut B2bua, now: Instant) -> (Message, String) {
+    let (_, inv) = dial_from_sip(b, now, &[5070]);
+    b.on_response(now, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    let out = drain(b);
+    let CallOutput::Respond(_, ok) = &out[1] else {
+        panic!("{out:?}")
+    };
+    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
+    assert!(b.on_ack(now, &from_caller("ACK", &our_tag, 1)));
+    (inv[0].clone(), our_tag)
+}
+
+/// An in-dialog request from the callee that answered `invite` (with
+/// tag "a"): `method`, CSeq 5.
+fn from_callee(invite: &Message, method: &str) -> Message {
+    let bye = bye_from_callee(invite, &from_tag(invite), "a").to_bytes();
+    let text = String::from_utf8_lossy(&bye)
+        .replace("BYE sip:", &format!("{method} sip:"))
+        .replace("CSeq: 5 BYE", &format!("CSeq: 5 {method}"));
+    Message::parse(text.as_bytes()).unwrap()
 }
 
 /// An in-dialog request from the SIP caller, to our tag.

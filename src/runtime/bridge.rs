@@ -443,7 +443,11 @@ impl Silence {
 
     /// The timeout that applies now.
     fn limit(&self) -> Duration {
-        if self.on_hold() { self.held } else { self.active }
+        if self.on_hold() {
+            self.held
+        } else {
+            self.active
+        }
     }
 
     fn on_hold(&self) -> bool {
@@ -769,7 +773,8 @@ impl Legs {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
             }
-            self.sip.report_silence(now, silence.limit(), (call, sip), &done);
+            self.sip
+                .report_silence(now, silence.limit(), (call, sip), &done);
         }
         log_stop(call, &self.to_sip, &self.to_browser, &self.sip.session);
         let mut totals = self.totals();

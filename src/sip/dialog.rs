@@ -35,7 +35,8 @@ pub struct Resend {
 }
 
 impl Resend {
-    fn new(now: Instant, bytes: Bytes, reliable_transport: bool) -> Self {
+    /// `bytes`, just sent at `now`.
+    pub fn new(now: Instant, bytes: Bytes, reliable_transport: bool) -> Self {
         // Over TCP/TLS/WS only the acknowledgement is awaited.
         let first = if reliable_transport { 64 * T1 } else { T1 };
         Self {
@@ -45,6 +46,36 @@ impl Resend {
             deadline: now + 64 * T1,
         }
     }
+
+    /// When [`Self::poll`] next has work.
+    pub fn due(&self) -> Instant {
+        self.next.min(self.deadline)
+    }
+
+    /// What to do at `now` (a retransmission doubles the interval, up to
+    /// T2).
+    pub fn poll(&mut self, now: Instant) -> ResendStep {
+        if now >= self.deadline {
+            return ResendStep::GiveUp;
+        }
+        if now < self.next {
+            return ResendStep::Wait;
+        }
+        self.interval = (self.interval * 2).min(T2);
+        self.next = now + self.interval;
+        ResendStep::Send(self.bytes.clone())
+    }
+}
+
+/// What a [`Resend`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResendStep {
+    /// Nothing yet.
+    Wait,
+    /// Send these bytes again.
+    Send(Bytes),
+    /// No acknowledgement within 64*T1: stop, the peer is gone.
+    GiveUp,
 }
 
 /// Where a dialog is.
@@ -272,9 +303,7 @@ impl Dialogs {
         self.unacked
             .iter()
             .filter_map(|id| match &self.map.get(id)?.state {
-                DialogState::Accepted(r) | DialogState::Provisional(r) => {
-                    Some(r.next.min(r.deadline))
-                }
+                DialogState::Accepted(r) | DialogState::Provisional(r) => Some(r.due()),
                 _ => None,
             })
             .min()
@@ -296,12 +325,10 @@ impl Dialogs {
                 DialogState::Provisional(resend) => (resend, DialogOutput::PrackTimeout(*id)),
                 _ => continue,
             };
-            if now >= r.deadline {
-                expired.push(timeout);
-            } else if now >= r.next {
-                out.push(DialogOutput::Retransmit(d.flow, r.bytes.clone()));
-                r.interval = (r.interval * 2).min(T2);
-                r.next = now + r.interval;
+            match r.poll(now) {
+                ResendStep::GiveUp => expired.push(timeout),
+                ResendStep::Send(bytes) => out.push(DialogOutput::Retransmit(d.flow, bytes)),
+                ResendStep::Wait => {}
             }
         }
         for timeout in expired {

@@ -136,6 +136,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
         panic!("{out:?}")
     };
     assert_eq!(body(resp), body(&ok_to_caller));
+    assert!(b.on_ack(t0 + secs(50), &from_caller("ACK", &tag, 3)));
 
     // A hold passed on to the callee keeps its timer running.
     let mut hold = with_sdp(
@@ -164,6 +165,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
         Some("90;refresher=uac")
     );
     assert_eq!(forwarded.header("Supported"), Some("100rel, timer"));
+    assert!(b.on_ack(t0 + secs(55), &from_caller("ACK", &tag, 4)));
 
     // The callee's next refresh (45 s after the last) is a re-INVITE.
     b.handle_timeout(t0 + secs(114));
