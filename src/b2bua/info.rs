@@ -4,8 +4,9 @@
 //! side; `application/media_control+xml` `picture_fast_update` asks for a
 //! keyframe; digits for a SIP side that takes them by INFO (the rule's
 //! `media.dtmf`: always with `info`, when it agreed no telephone-event with
-//! `auto`) are sent as `application/dtmf-relay`, one INFO at a time per
-//! side so they arrive in order.
+//! `auto`) are sent as `application/dtmf-relay`, and keyframe requests
+//! toward a SIP side that takes no RTCP feedback as `picture_fast_update`
+//! (RFC 5168), one INFO at a time per side so they arrive in order.
 //!
 //! Owns the INFO queues of each call and what digits mean for each side;
 //! the RTP media path recognises and plays RFC 4733 events, the runtime
@@ -14,7 +15,7 @@
 use super::{B2bua, Call, CallOutput, Caller, Leg, Notice, Party, Winner};
 use crate::dialplan::DtmfMode;
 use crate::media::dtmf::{Digit, format_info, parse_info};
-use crate::media::keyframe::{MEDIA_CONTROL_TYPE, is_picture_fast_update};
+use crate::media::keyframe::{MEDIA_CONTROL_TYPE, PICTURE_FAST_UPDATE, is_picture_fast_update};
 use crate::sdp::Negotiated;
 use crate::sip::Flow;
 use crate::sip::msg::{Message, response_to};
@@ -39,8 +40,16 @@ pub(super) struct InfoLeg {
     pub on: bool,
     /// An INFO is in flight: sent, with its transaction once known.
     pending: Option<Option<TxKey>>,
-    /// Digits waiting for it.
-    queue: VecDeque<Digit>,
+    /// What waits for it.
+    queue: VecDeque<Outgoing>,
+}
+
+/// What an INFO of ours carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    Digit(Digit),
+    /// `picture_fast_update`.
+    Keyframe,
 }
 
 /// Whether a SIP side that agreed `n` takes digits by INFO under `mode`.
@@ -116,7 +125,7 @@ impl B2bua {
         if let Some(peer) = call.browser_at(to) {
             self.notify(Notice::DtmfToBrowser { peer, digit });
         } else if call.info(to).on {
-            call.info(to).queue.push_back(digit);
+            call.info(to).queue.push_back(Outgoing::Digit(digit));
             self.send_next_info(call_id, to);
         } else if !relayed {
             self.notify(Notice::PlayDigit {
@@ -127,7 +136,25 @@ impl B2bua {
         }
     }
 
-    /// Sends side `to`'s next queued digit, unless an INFO is in flight.
+    /// The media asks the SIP side of a call for a keyframe of its video
+    /// (it takes no RTCP feedback): an INFO with `picture_fast_update`,
+    /// unless one is already waiting.
+    pub fn ask_keyframe(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let sip = match call.caller {
+            Caller::Browser(_) => Party::Callee,
+            Caller::Sip(_) => Party::Caller,
+        };
+        let queue = &mut call.info(sip).queue;
+        if !queue.contains(&Outgoing::Keyframe) {
+            queue.push_back(Outgoing::Keyframe);
+        }
+        self.send_next_info(call_id, sip);
+    }
+
+    /// Sends side `to`'s next queued INFO, unless one is in flight.
     fn send_next_info(&mut self, call_id: &str, to: Party) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -136,11 +163,17 @@ impl B2bua {
         if leg.pending.is_some() {
             return;
         }
-        let Some(digit) = leg.queue.pop_front() else {
+        let Some(next) = leg.queue.pop_front() else {
             return;
         };
-        let body = format_info(&digit);
-        let body = ("application/dtmf-relay", body.as_str());
+        let text;
+        let body = match next {
+            Outgoing::Digit(digit) => {
+                text = format_info(&digit);
+                ("application/dtmf-relay", text.as_str())
+            }
+            Outgoing::Keyframe => (MEDIA_CONTROL_TYPE, PICTURE_FAST_UPDATE),
+        };
         let request = match (to, &call.caller, call.winner) {
             (Party::Caller, Caller::Sip(sc), _) => {
                 self.dialogs
@@ -153,7 +186,14 @@ impl B2bua {
             _ => None,
         };
         if let Some((msg, flow)) = request {
-            tracing::info!(call = %call_id, digit = %digit.digit, ms = digit.duration_ms, "DTMF sent by SIP INFO");
+            match next {
+                Outgoing::Digit(d) => {
+                    tracing::info!(call = %call_id, digit = %d.digit, ms = d.duration_ms, "DTMF sent by SIP INFO");
+                }
+                Outgoing::Keyframe => {
+                    tracing::info!(call = %call_id, "picture_fast_update sent by SIP INFO");
+                }
+            }
             call.info(to).pending = Some(None);
             self.out.push_back(CallOutput::Request(msg, flow));
         }

@@ -530,6 +530,13 @@ impl Gateway {
         self.pump(now, wall);
     }
 
+    /// The media wants a keyframe from a call's SIP side, which takes no
+    /// RTCP feedback: a SIP INFO asks for it.
+    pub fn media_wants_keyframe(&mut self, now: Instant, wall: u64, call: &str) {
+        self.b2bua.ask_keyframe(call);
+        self.pump(now, wall);
+    }
+
     /// A browser call's browser side ended (hang-up or peer gone).
     pub fn browser_gone(&mut self, now: Instant, wall: u64, call: &str, reason: &str) {
         self.b2bua.browser_gone(now, call, reason);

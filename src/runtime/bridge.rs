@@ -17,7 +17,7 @@
 //! endpoints is not bridged yet.
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
-use super::video::{VideoIn, VideoLegs};
+use super::video::{AskSip, VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
 use crate::cdr::{MediaPlan, MediaTotals};
@@ -97,6 +97,9 @@ pub enum MediaReport {
         /// The silent SIP side.
         from: Party,
     },
+    /// A call's video wants a keyframe from its SIP side, which takes no
+    /// RTCP feedback: the call layer asks by SIP INFO.
+    KeyframeWanted(String),
     /// A digit (RFC 4733) recognised on side `from`'s RTP, for the call
     /// layer (the browser's event stream, SIP INFO).
     Digit {
@@ -699,8 +702,8 @@ impl Legs {
             .into_iter()
             .flatten()
             .min();
-            // RTCP for the SIP side's video (keyframe requests).
-            let mut video_rtcp = None;
+            // A keyframe request for the SIP side's video.
+            let mut video_ask = None;
             tokio::select! {
                 got = self.sip.recv() => {
                     if got == Got::Rtp {
@@ -713,7 +716,7 @@ impl Legs {
                 }
                 input = next_video(self.video.as_mut()) => {
                     if let Some(v) = self.video.as_mut() {
-                        video_rtcp = v.handle(input, &self.webrtc, &mut video_to_sip);
+                        video_ask = v.handle(input, &self.webrtc, &mut video_to_sip);
                     }
                 }
                 _ = &mut stop => break,
@@ -751,7 +754,7 @@ impl Legs {
                         }
                     }
                     Some(FromPeer::Keyframe) => {
-                        video_rtcp = self.video.as_mut().and_then(VideoLegs::browser_asked);
+                        video_ask = self.video.as_mut().and_then(VideoLegs::browser_asked);
                     }
                 },
                 () = sleep_until(due) => {}
@@ -764,8 +767,12 @@ impl Legs {
             self.to_sip.poll(now, &mut to_sip);
             self.sip.flush(now, &mut to_sip).await;
             if let Some(v) = self.video.as_mut() {
-                if let Some(rtcp) = video_rtcp {
-                    v.sip.send_rtcp(rtcp).await;
+                match video_ask {
+                    Some(AskSip::Rtcp(rtcp)) => v.sip.send_rtcp(rtcp).await,
+                    Some(AskSip::Info) => {
+                        let _ = done.send(MediaReport::KeyframeWanted(call.to_string()));
+                    }
+                    None => {}
                 }
                 v.sip.flush(now, &mut video_to_sip).await;
             }

@@ -394,6 +394,9 @@ pub async fn run(
                 bridge::MediaReport::Digit { call, from, digit } => {
                     gw.media_digit(Instant::now(), unix_now(), &call, from, digit);
                 }
+                bridge::MediaReport::KeyframeWanted(call) => {
+                    gw.media_wants_keyframe(Instant::now(), unix_now(), &call);
+                }
             },
             Some(dialog) = silent.recv() => {
                 gw.media_timeout(Instant::now(), unix_now(), dialog);

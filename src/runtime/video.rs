@@ -6,10 +6,10 @@
 //! Keyframes: a request from the side that receives (the browser's PLI or
 //! FIR, RTCP PLI/FIR from the SIP endpoint) forces our encoder when that
 //! direction is transcoded, else goes on to the side that sends (PLI to the
-//! browser, PLI + FIR to the SIP endpoint). A transcoder that lost frames
-//! asks its sender the same way. Requests are rate-limited per side
-//! ([`KeyframeRequests`]). SIP INFO `picture_fast_update` is not sent yet:
-//! SIP endpoints here get RTCP feedback.
+//! browser, PLI + FIR to the SIP endpoint, or a SIP INFO
+//! `picture_fast_update` where the SIP endpoint's answer had no `a=rtcp-fb`
+//! for PLI or FIR). A transcoder that lost frames asks its sender the same
+//! way. Requests are rate-limited per side ([`KeyframeRequests`]).
 //!
 //! Owns sockets, threads and channels; what to relay or transcode comes
 //! from [`crate::media`], what was agreed from [`crate::sdp`].
@@ -60,6 +60,15 @@ pub(super) enum VideoIn {
     Work(Toward, Work),
 }
 
+/// How a keyframe is asked of the SIP side.
+#[derive(Debug)]
+pub(super) enum AskSip {
+    /// RTCP PLI + FIR, to send to this address.
+    Rtcp((std::net::SocketAddr, Vec<u8>)),
+    /// A SIP INFO `picture_fast_update` (it takes no RTCP feedback).
+    Info,
+}
+
 /// What a transcoding thread reports.
 pub(super) enum Work {
     /// A packet for the other side.
@@ -85,9 +94,11 @@ enum Path {
 }
 
 impl Path {
-    fn video_path(&self) -> VideoPath {
+    /// How a keyframe of this direction's output is had; `sender_fb`: its
+    /// sender takes RTCP keyframe requests (else SIP INFO).
+    fn video_path(&self, sender_fb: bool) -> VideoPath {
         match self {
-            Path::Relay(_) => VideoPath::RelayedRtcpFeedback,
+            Path::Relay(_) => relayed(sender_fb),
             Path::Worker(_) => VideoPath::Transcoded,
         }
     }
@@ -216,13 +227,13 @@ impl VideoLegs {
         Ok(Some((
             Self {
                 sip,
-                sip_asks: KeyframeRequests::new(to_sip.video_path(), KEYFRAME_INTERVAL),
-                browser_asks: KeyframeRequests::new(to_browser.video_path(), KEYFRAME_INTERVAL),
-                ask_browser: KeyframeRequests::new(
-                    VideoPath::RelayedRtcpFeedback,
+                sip_asks: KeyframeRequests::new(to_sip.video_path(true), KEYFRAME_INTERVAL),
+                browser_asks: KeyframeRequests::new(
+                    to_browser.video_path(n.keyframe_fb),
                     KEYFRAME_INTERVAL,
                 ),
-                ask_sip: KeyframeRequests::new(VideoPath::RelayedRtcpFeedback, KEYFRAME_INTERVAL),
+                ask_browser: KeyframeRequests::new(relayed(true), KEYFRAME_INTERVAL),
+                ask_sip: KeyframeRequests::new(relayed(n.keyframe_fb), KEYFRAME_INTERVAL),
                 to_sip,
                 to_browser,
                 work,
@@ -255,14 +266,14 @@ impl VideoLegs {
     }
 
     /// Acts on what [`Self::next`] returned: packets for the browser are
-    /// sent, packets for the SIP side appended to `to_sip`; RTCP for the
-    /// SIP side (a keyframe request) is returned, to send.
+    /// sent, packets for the SIP side appended to `to_sip`; a keyframe
+    /// request for the SIP side is returned, to make.
     pub fn handle(
         &mut self,
         input: VideoIn,
         webrtc: &WebrtcHandle,
         to_sip: &mut Vec<Vec<u8>>,
-    ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+    ) -> Option<AskSip> {
         match input {
             VideoIn::Sip(got) => {
                 self.on_sip(got, webrtc);
@@ -314,9 +325,9 @@ impl VideoLegs {
         }
     }
 
-    /// The browser wants a keyframe of the video we send it; RTCP for the
-    /// SIP side is returned, to send.
-    pub fn browser_asked(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+    /// The browser wants a keyframe of the video we send it; a request
+    /// for the SIP side is returned, to make.
+    pub fn browser_asked(&mut self) -> Option<AskSip> {
         match self.browser_asks.on_request(Instant::now())? {
             KeyframeAction::ForceKeyframe => {
                 if let Path::Worker(tx) = &self.to_browser {
@@ -324,20 +335,28 @@ impl VideoLegs {
                 }
                 None
             }
-            _ => self.sip.session.request_keyframe(),
+            action => self.ask_sip_side(action),
+        }
+    }
+
+    /// A keyframe request of the SIP side: RTCP, or SIP INFO.
+    fn ask_sip_side(&mut self, action: KeyframeAction) -> Option<AskSip> {
+        match action {
+            KeyframeAction::SendSipInfo => Some(AskSip::Info),
+            _ => self.sip.session.request_keyframe().map(AskSip::Rtcp),
         }
     }
 
     /// What a transcoding thread produced: a packet for the browser (sent
     /// here) or for the SIP side (appended to `to_sip`), or a request for a
-    /// keyframe upstream (RTCP for the SIP side is returned, to send).
+    /// keyframe upstream (one for the SIP side is returned, to make).
     fn on_worker(
         &mut self,
         toward: Toward,
         work: Work,
         webrtc: &WebrtcHandle,
         to_sip: &mut Vec<Vec<u8>>,
-    ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+    ) -> Option<AskSip> {
         match (toward, work) {
             (Toward::Browser, Work::Packet(p)) => {
                 webrtc.send_rtp(self.peer, StreamKind::Video, p);
@@ -350,9 +369,8 @@ impl VideoLegs {
                 }
             }
             (Toward::Browser, Work::AskUpstream) => {
-                if self.ask_sip.on_request(Instant::now()).is_some() {
-                    return self.sip.session.request_keyframe();
-                }
+                let action = self.ask_sip.on_request(Instant::now())?;
+                return self.ask_sip_side(action);
             }
             // Threads stop only once `stop` dropped their senders.
             (_, Work::Stopped(_)) => {}
@@ -395,6 +413,16 @@ impl VideoLegs {
             }
         }
         (to_sip_stats, to_browser_stats, overruns)
+    }
+}
+
+/// Video relayed from a sender that takes RTCP keyframe requests when
+/// `fb`, else SIP INFO.
+fn relayed(fb: bool) -> VideoPath {
+    if fb {
+        VideoPath::RelayedRtcpFeedback
+    } else {
+        VideoPath::RelayedSipInfo
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Negotiated {
     pub srtp: Option<Srtp>,
     /// Packet time the remote asked for.
     pub ptime: Option<u32>,
+    /// The remote takes RTCP keyframe requests (PLI, FIR) for the format
+    /// (its `a=rtcp-fb`); else a SIP INFO asks it for a keyframe.
+    pub keyframe_fb: bool,
 }
 
 /// An answer before ports are known: one entry per offered section.
@@ -137,6 +140,7 @@ fn negotiate(
         remote_rtcp: remote_rtp.and(offer.rtcp_addr(m, m.rtcp_mux)),
         srtp,
         ptime: m.ptime,
+        keyframe_fb: m.takes_keyframe_requests(format.pt),
     }))
 }
 

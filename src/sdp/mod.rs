@@ -193,6 +193,17 @@ pub struct MediaDesc {
     pub crypto: Vec<Crypto>,
     /// `a=ptime` in ms.
     pub ptime: Option<u32>,
+    /// Payload types whose `a=rtcp-fb` takes a keyframe request (`nack
+    /// pli` or `ccm fir`, RFC 4585 and 5104); `None` stands for `*`.
+    pub keyframe_fb: Vec<Option<u8>>,
+}
+
+impl MediaDesc {
+    /// Whether the writer takes RTCP keyframe requests (PLI or FIR) for
+    /// payload type `pt`.
+    pub fn takes_keyframe_requests(&self, pt: u8) -> bool {
+        self.keyframe_fb.iter().any(|p| p.is_none_or(|p| p == pt))
+    }
 }
 
 /// A parsed session description.
@@ -319,6 +330,7 @@ fn media_desc(md: &rtc_sdp::MediaDescription) -> Result<MediaDesc, SdpError> {
         rtcp: None,
         crypto: Vec::new(),
         ptime: None,
+        keyframe_fb: Vec::new(),
     };
     for a in &md.attributes {
         let value = a.value.as_deref().unwrap_or_default();
@@ -352,6 +364,20 @@ fn media_desc(md: &rtc_sdp::MediaDescription) -> Result<MediaDesc, SdpError> {
             }
             "crypto" => m.crypto.extend(parse_crypto(value)),
             "ptime" => m.ptime = value.trim().parse().ok(),
+            "rtcp-fb" => {
+                let mut parts = value.split_ascii_whitespace();
+                let pt = parts.next().map(|p| (p, p.parse::<u8>()));
+                let kind = (parts.next(), parts.next());
+                let keyframe = matches!(
+                    kind,
+                    (Some("nack"), Some("pli")) | (Some("ccm"), Some("fir"))
+                );
+                match pt {
+                    Some(("*", _)) if keyframe => m.keyframe_fb.push(None),
+                    Some((_, Ok(pt))) if keyframe => m.keyframe_fb.push(Some(pt)),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }

@@ -303,6 +303,7 @@ fn agreed_section(
     let remote_rtp = answer.rtp_addr(m).filter(|a| !a.ip().is_unspecified());
     Negotiated {
         kind: m.kind,
+        keyframe_fb: m.takes_keyframe_requests(format.pt),
         format,
         dtmf,
         // The answerer's direction seen from our side.
@@ -421,6 +422,30 @@ mod tests {
     }
 
     #[test]
+    fn an_answers_rtcp_fb_says_whether_it_takes_keyframe_requests() {
+        let offer = Offer::audio(&[AudioCodec::Pcmu], true).with_video(&[VideoCodec::H264], 4002);
+        let takes = |fb: &str| {
+            let answer = format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/AVP 0\r\nm=video 5006 RTP/AVP 126\r\n\
+                 a=rtpmap:126 H264/90000\r\n{fb}"
+            );
+            let a = offer
+                .read_answer(&super::super::parse(&answer).unwrap())
+                .unwrap();
+            a.video.unwrap().keyframe_fb
+        };
+        assert!(takes("a=rtcp-fb:126 nack pli\r\n"));
+        assert!(takes("a=rtcp-fb:* ccm fir\r\n"));
+        assert!(takes("a=rtcp-fb:126 nack\r\na=rtcp-fb:126 ccm fir\r\n"));
+        // Generic NACK alone, another payload type, or nothing: no.
+        assert!(!takes("a=rtcp-fb:126 nack\r\n"));
+        assert!(!takes("a=rtcp-fb:97 nack pli\r\n"));
+        assert!(!takes("a=rtcp-fb:126 goog-remb\r\n"));
+        assert!(!takes(""));
+    }
+
+    #[test]
     fn video_is_offered_on_its_own_port_and_read_back() {
         let offer = Offer::audio(&[AudioCodec::Pcmu], true)
             .with_video(&[VideoCodec::H264, VideoCodec::Vp8], 4002);
@@ -442,6 +467,8 @@ mod tests {
         assert_eq!(v.format.pt, 126);
         assert_eq!(v.remote_rtp, Some("192.0.2.9:5006".parse().unwrap()));
         assert_eq!(v.format.fmtp.as_deref(), Some("packetization-mode=0"));
+        // It wrote no a=rtcp-fb: keyframes are asked of it by SIP INFO.
+        assert!(!v.keyframe_fb);
 
         // A re-offer keeps both sections; one without agreed video keeps
         // the section, refused.

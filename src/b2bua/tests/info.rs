@@ -203,3 +203,39 @@ fn info_mode_answers_the_sip_caller_without_events_and_sends_it_info() {
     assert_eq!(sent[0].0, inv[0].call_id());
     assert_eq!(sent[0].1, "Signal=0\r\nDuration=90\r\n");
 }
+
+#[test]
+fn a_keyframe_request_reaches_the_callee_by_info_behind_a_digit_and_once() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_with(&mut b, t0, &[5070], DtmfMode::Info);
+    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
+    drain(&mut b);
+    // A digit in flight: the media's requests wait behind it, as one.
+    assert!(b.browser_digits("call-1", "1", 120));
+    let out = drain(&mut b);
+    let digit = infos_sent(&mut b, &out).remove(0).2;
+    b.ask_keyframe("call-1");
+    b.ask_keyframe("call-1");
+    assert!(drain(&mut b).is_empty());
+    b.on_response(t0, &response_to(&digit, 200, "OK", None, None));
+    let out = drain(&mut b);
+    let [CallOutput::Request(info, to)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(info.method(), Some(Method::Info));
+    assert_eq!(info.call_id(), inv[0].call_id());
+    assert_eq!(to.remote.port(), 5070);
+    let ct = info.header("Content-Type").unwrap();
+    assert!(
+        crate::media::keyframe::is_picture_fast_update(ct, &body(info)),
+        "{ct}: {}",
+        body(info)
+    );
+    b.sent(info, TxKey::server(info).unwrap());
+    b.on_response(t0, &response_to(info, 200, "OK", None, None));
+    assert!(drain(&mut b).is_empty(), "one request, not two");
+    // Unknown calls are ignored.
+    b.ask_keyframe("no-such-call");
+    assert!(drain(&mut b).is_empty());
+}
