@@ -825,6 +825,12 @@ struct PageToSipp {
 
 impl PageToSipp {
     fn run(scenario: &str, rule: &str, seconds: u32) -> PageToSipp {
+        Self::run_with(scenario, rule, seconds, None)
+    }
+
+    /// [`Self::run`], the page offering `video` (`H264`, `VP8`) when set,
+    /// and SIPp's `h264.pcap` holding [`h264_without_keyframe`].
+    fn run_with(scenario: &str, rule: &str, seconds: u32, video: Option<&str>) -> PageToSipp {
         prerequisites();
         require("sipp");
         let dir = tempfile::tempdir().unwrap();
@@ -833,6 +839,10 @@ impl PageToSipp {
             dir.path().join("g711a.pcap"),
         )
         .unwrap();
+        if video.is_some() {
+            let pcap = h264_without_keyframe(seconds + 3);
+            std::fs::write(dir.path().join("h264.pcap"), pcap).unwrap();
+        }
         let uas_port = free_port();
         let plan = write(
             dir.path(),
@@ -856,10 +866,11 @@ target = {{ type = "sip", uri = "sip:127.0.0.1:{uas_port}" }}
             .stderr(Stdio::null());
         let mut uas = Guard(uas.spawn().unwrap());
         let wav = browser_tone(dir.path());
-        let out = run_bounded(
-            &mut node_call(&gw, seconds, "browser", &wav),
-            Duration::from_secs(90),
-        );
+        let mut page = node_call(&gw, seconds, "browser", &wav);
+        if let Some(codec) = video {
+            page.env("VIDEO_CODEC", codec);
+        }
+        let out = run_bounded(&mut page, Duration::from_secs(90));
         let deadline = Instant::now() + Duration::from_secs(20);
         while uas.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -911,6 +922,105 @@ fn the_pages_keypad_reaches_sipp_by_sip_info_and_sipps_info_reaches_the_page() {
     assert!(!run.messages().contains("telephone-event"), "{}", context());
     // SIPp's INFO (2) reached the page as one SSE dtmf event.
     assert_eq!(run.r["dtmf"], serde_json::json!(["2"]), "{}", context());
+}
+
+/// `seconds` of H.264 RTP as a room system sends it (payload type 96,
+/// packetization mode 1, 30 fps, 320x240, a bar moving across) with its
+/// keyframe left out: no receiver can decode it before it asks for one.
+fn h264_without_keyframe(seconds: u32) -> Vec<u8> {
+    use causeway::media::h264::{Mode, Packetizer};
+    use causeway_codecs::video::{VideoCodec, VideoConfig, VideoEncoder, VideoFrame};
+    let mut config = VideoConfig::new(VideoCodec::H264);
+    config.bitrate = 300_000;
+    config.keyframe_interval = 100_000;
+    let mut encoder = VideoEncoder::new(config).unwrap();
+    let packetizer = Packetizer::new(Mode::NonInterleaved, 1200);
+    let mut packets = Vec::new();
+    let mut seq = 0u16;
+    for i in 0..seconds * 30 {
+        let mut frame = VideoFrame::black(320, 240);
+        let x = (i as usize * 4) % 304;
+        for row in frame.y.chunks_mut(320) {
+            row[x..x + 16].fill(235);
+        }
+        let Some(au) = encoder.encode(&frame, false).unwrap() else {
+            continue;
+        };
+        if au.keyframe {
+            continue;
+        }
+        let mut payloads = Vec::new();
+        packetizer.packetize(&au.data, &mut payloads).unwrap();
+        let last = payloads.len() - 1;
+        for (k, payload) in payloads.into_iter().enumerate() {
+            let marker = if k == last { 0x80 } else { 0 };
+            let mut rtp = vec![0x80, marker | 96];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            rtp.extend_from_slice(&(i * 3000).to_be_bytes());
+            rtp.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
+            rtp.extend_from_slice(&payload);
+            packets.push((i * 33_333, rtp));
+            seq = seq.wrapping_add(1);
+        }
+    }
+    common::pcap::rtp_pcap(packets)
+}
+
+#[test]
+fn the_pages_keyframe_requests_reach_an_h264_callee_without_rtcp_feedback_as_sip_info() {
+    // The page cannot decode the relayed H.264 and asks by RTCP.
+    let cdr = keyframes_asked_by_info("H264");
+    assert_eq!(cdr["media"]["video"]["to_browser"], "passthrough", "{cdr}");
+}
+
+#[test]
+fn our_transcoder_asks_an_h264_callee_without_rtcp_feedback_for_keyframes_by_sip_info() {
+    // Our H.264 decoder (toward the page's VP8) cannot decode it either.
+    let cdr = keyframes_asked_by_info("VP8");
+    assert_eq!(cdr["media"]["video"]["to_browser"], "transcoded", "{cdr}");
+}
+
+/// The page (offering `codec` video) calls a SIPp that answers H.264
+/// without a=rtcp-fb and plays H.264 whose keyframe is missing: the
+/// keyframe requests this causes reach SIPp as SIP INFO
+/// picture_fast_update (its scenario fails without one), at most one per
+/// 250 ms. Returns the call's record.
+fn keyframes_asked_by_info(codec: &str) -> Value {
+    let run = PageToSipp::run_with(
+        "bridge_uas_video_info.xml",
+        "media.dtmf = \"rfc4733\"",
+        4,
+        Some(codec),
+    );
+    let context = || run.context();
+    let infos: Vec<String> = run
+        .messages()
+        .split("message received")
+        .filter(|m| m.contains("INFO sip:"))
+        .map(str::to_string)
+        .collect();
+    assert!(!infos.is_empty(), "{}", context());
+    for info in &infos {
+        assert!(
+            info.contains("Content-Type: application/media_control+xml")
+                && info.contains("<picture_fast_update/>"),
+            "{info}"
+        );
+    }
+    let cdr = run.gw.only_cdr();
+    let ms = |k: &str| cdr[k].as_u64().unwrap_or(0);
+    let most = (ms("ended_at") - ms("answered_at")) / 250 + 1;
+    assert!(
+        infos.len() as u64 <= most,
+        "{} INFOs, at most {most}\n{}",
+        infos.len(),
+        context()
+    );
+    assert!(
+        cdr["totals"]["video_to_browser_in"].as_u64().unwrap_or(0) > 30,
+        "{cdr}"
+    );
+    cdr
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! A pcap SIPp's `play_pcap_audio` reads, written by tests and benches:
-//! a 1 kHz tone in G.711, so what arrives can be checked by frequency.
+//! Pcaps SIPp's `play_pcap_audio` and `play_pcap_video` read, written by
+//! tests and benches: a 1 kHz tone in G.711, so what arrives can be
+//! checked by frequency, or any RTP.
 
 use causeway_codecs::analysis::tone;
 use causeway_codecs::g711::{alaw_encode, ulaw_encode};
@@ -10,6 +11,20 @@ use causeway_codecs::g711::{alaw_encode, ulaw_encode};
 pub fn tone_pcap(pt: u8, packets: u32) -> Vec<u8> {
     let encode = if pt == 0 { ulaw_encode } else { alaw_encode };
     let pcm = tone(1000.0, -12.0, 8000, 160 * packets as usize);
+    rtp_pcap(pcm.chunks(160).enumerate().map(|(i, samples)| {
+        let i = i as u32;
+        let mut rtp = vec![0x80, pt];
+        rtp.extend_from_slice(&(i as u16).to_be_bytes());
+        rtp.extend_from_slice(&(i * 160).to_be_bytes());
+        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        rtp.extend(samples.iter().map(|&x| encode(x)));
+        (i * 20_000, rtp)
+    }))
+}
+
+/// A pcap (Ethernet, IPv4, UDP) of RTP `packets`, each with the time in
+/// microseconds SIPp sends it at.
+pub fn rtp_pcap(packets: impl IntoIterator<Item = (u32, Vec<u8>)>) -> Vec<u8> {
     let mut out = Vec::new();
     // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -18,13 +33,7 @@ pub fn tone_pcap(pt: u8, packets: u32) -> Vec<u8> {
     for v in [0u32, 0, 65_535, 1] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    for (i, samples) in pcm.chunks(160).enumerate() {
-        let i = i as u32;
-        let mut rtp = vec![0x80, pt];
-        rtp.extend_from_slice(&(i as u16).to_be_bytes());
-        rtp.extend_from_slice(&(i * 160).to_be_bytes());
-        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        rtp.extend(samples.iter().map(|&x| encode(x)));
+    for (micros, rtp) in packets {
         let udp_len = 8 + rtp.len() as u16;
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&[0x08, 0x00]);
@@ -37,7 +46,6 @@ pub fn tone_pcap(pt: u8, packets: u32) -> Vec<u8> {
         frame.extend_from_slice(&udp_len.to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
         frame.extend_from_slice(&rtp);
-        let micros = i * 20_000;
         for v in [
             micros / 1_000_000,
             micros % 1_000_000,
