@@ -662,6 +662,30 @@ fn an_offer_without_a_codec_the_gateway_handles_gets_488_with_a_warning() {
 }
 
 #[test]
+fn a_caller_whose_rtp_profile_breaks_the_routes_srtp_policy_gets_488_with_a_warning() {
+    require("sipp");
+    for (policy, profile, says) in [
+        ("required", "RTP/AVP", "requires SRTP"),
+        ("off", "RTP/SAVP", "SRTP is off"),
+    ] {
+        let gw = gateway_with(free_port(), &format!("media.srtp = \"{policy}\""));
+        let caller = Side::new();
+        let mut cmd = sipp_command(caller.dir.path(), "bridge_uac_refused.xml", free_port());
+        cmd.args(["-mp", &caller.media.to_string(), "-mi", "127.0.0.1"])
+            .args(["-set", "profile", profile])
+            .arg(gw.sip_target());
+        let out = run_bounded(&mut cmd, Duration::from_secs(40));
+        let msgs = caller.messages();
+        assert_eq!(out.status.code(), Some(0), "{policy}\n{msgs}");
+        let refused = &received(&msgs, "SIP/2.0 488")[0];
+        assert!(
+            refused.contains("Warning: 399 causeway") && refused.contains(says),
+            "{policy}: {refused}"
+        );
+    }
+}
+
+#[test]
 fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
     held_and_resumed("bridge_uac_hold.xml");
 }

@@ -295,14 +295,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[serde(rename_all = "lowercase")]
 pub enum Srtp {
     /// Callees are offered plain RTP; a caller's SDES offer is answered
-    /// with SRTP.
+    /// with SRTP, its plain offer with RTP.
     #[default]
     Optional,
     /// Callees are offered RTP/SAVP with an SDES key only (an answer
-    /// without one ends the call with 488).
+    /// without one ends the call with 488); a caller's plain RTP offer
+    /// gets 488.
     Required,
-    /// Callees are offered plain RTP, as with `optional` (refusing a
-    /// caller's SDES offer is not done yet).
+    /// Plain RTP only: callees are offered it, and a caller's RTP/SAVP
+    /// offer gets 488.
     Off,
 }
 

@@ -10,6 +10,7 @@
 
 use super::{Gateway, GwOutput, echo};
 use crate::b2bua::{BrowserTarget, Dial, Notice, Party};
+use crate::dialplan::Srtp;
 use crate::media::dtmf::Digit;
 use crate::sdp::Offer;
 use crate::sip::Flow;
@@ -338,6 +339,17 @@ impl Gateway {
                 return refuse(self, code, reason, warning);
             }
         };
+        if let Some(why) = caller_offer
+            .as_ref()
+            .and_then(|o| srtp_refused(o, route.media.srtp))
+        {
+            return refuse(
+                self,
+                488,
+                "Not Acceptable Here",
+                format!("399 causeway \"{why}\""),
+            );
+        }
         let Some(offer) = callee_offer(caller_offer.as_ref(), &route.media) else {
             let why = "399 causeway \"no audio codec in common\"".to_string();
             return refuse(self, 488, "Not Acceptable Here", why);
@@ -541,6 +553,22 @@ impl Gateway {
     pub fn browser_gone(&mut self, now: Instant, wall: u64, call: &str, reason: &str) {
         self.b2bua.browser_gone(now, call, reason);
         self.pump(now, wall);
+    }
+}
+
+/// Why a SIP caller's offer breaks the rule's SRTP policy, if it does:
+/// `required` takes only RTP/SAVP (SDES) audio, `off` only plain RTP. An
+/// answer cannot change the offer's profile (RFC 3264), so the caller gets
+/// 488.
+fn srtp_refused(offer: &crate::sdp::SessionDesc, policy: Srtp) -> Option<&'static str> {
+    let audio = offer
+        .media
+        .iter()
+        .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+    match (policy, audio.proto.secure()) {
+        (Srtp::Required, false) => Some("this route requires SRTP (RTP/SAVP with SDES)"),
+        (Srtp::Off, true) => Some("SRTP is off on this route: offer RTP/AVP"),
+        _ => None,
     }
 }
 
