@@ -59,7 +59,7 @@ use crate::sdp::{Agreed, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::{DialogId, DialogOutput, Dialogs, Resend, ResendStep};
 use crate::sip::msg::{Message, Method, response_to};
-use crate::sip::timer::{LegTimer, SessionExpires};
+use crate::sip::timer::{Grant, LegTimer, SessionExpires};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::{InviteParams, UacLeg};
 use crate::webrtc::{PeerFormat, PeerId};
@@ -688,24 +688,37 @@ impl B2bua {
             return false;
         }
         let method = msg.method();
-        // A bodiless UPDATE or re-INVITE refreshes the session (RFC 3311,
-        // RFC 4028); the re-INVITE's 200 offers our SDP unchanged.
-        if matches!(method, Some(Method::Update | Method::Invite)) && msg.body.is_empty() {
-            let resp = self.refreshed(&call_id, leg, msg, flow);
-            self.answer_session_request(now, key, (&call_id, leg), msg, resp);
-            return true;
-        }
         if matches!(method, Some(Method::Invite | Method::Update)) {
-            let offer = self.reoffer_unless_unchanged(&call_id, leg, msg, flow);
-            let resp = offer.unwrap_or_else(|why| {
-                // The session goes on unchanged (RFC 3261 14.2, RFC 3311
-                // 5.2: 488 keeps it).
-                tracing::info!(call = %call_id, why, "session change refused");
-                let mut r = response_to(msg, 488, "Not Acceptable Here", None, Some(flow.remote));
-                r.push_header("Warning", format!("399 causeway \"{why}\""));
+            let grant = refresh::in_dialog_grant(msg);
+            let resp = if let Grant::TooSmall(min) = grant {
+                // Nothing changes (RFC 4028 section 9).
+                let mut r = response_to(
+                    msg,
+                    422,
+                    "Session Interval Too Small",
+                    None,
+                    Some(flow.remote),
+                );
+                r.push_header("Min-SE", min.to_string());
                 r
-            });
-            self.answer_session_request(now, key, (&call_id, leg), msg, resp);
+            } else if msg.body.is_empty() {
+                // A bodiless UPDATE or re-INVITE refreshes the session (RFC
+                // 3311, RFC 4028); the re-INVITE's 200 offers our SDP
+                // unchanged.
+                self.refreshed(&call_id, leg, msg, flow)
+            } else {
+                self.reoffer_unless_unchanged(&call_id, leg, msg, flow)
+                    .unwrap_or_else(|why| {
+                        // The session goes on unchanged (RFC 3261 14.2, RFC
+                        // 3311 5.2: 488 keeps it).
+                        tracing::info!(call = %call_id, why, "session change refused");
+                        let mut r =
+                            response_to(msg, 488, "Not Acceptable Here", None, Some(flow.remote));
+                        r.push_header("Warning", format!("399 causeway \"{why}\""));
+                        r
+                    })
+            };
+            self.answer_session_request(now, key, (&call_id, leg), (msg, grant), resp);
             return true;
         }
         if method == Some(Method::Info) {
@@ -776,17 +789,18 @@ impl B2bua {
     }
 
     /// Sends our response `resp` to a SIP side's re-INVITE or UPDATE
-    /// `msg`: a 2xx carries the side's session timer, and a 2xx to a
+    /// `msg` (which asked for the timer `grant`): a 2xx carries the side's
+    /// session timer, and a 2xx to a
     /// re-INVITE is resent until its ACK (RFC 3261 13.3.1.4).
     fn answer_session_request(
         &mut self,
         now: Instant,
         key: &TxKey,
         (call_id, leg): (&str, Leg),
-        msg: &Message,
+        (msg, grant): (&Message, Grant),
         mut resp: Message,
     ) {
-        self.session_refreshed(now, call_id, leg.party(), msg, &mut resp);
+        self.session_refreshed(now, call_id, leg.party(), (msg, grant), &mut resp);
         let ok = resp.status().is_some_and(|c| (200..300).contains(&c));
         if let Some(call) = self.calls.get_mut(call_id)
             && ok

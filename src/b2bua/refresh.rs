@@ -80,6 +80,18 @@ pub(super) fn stamp_request(req: &mut Message, s: &Session) {
     }
 }
 
+/// The session timer an in-dialog re-INVITE or UPDATE asks for. The
+/// interval the dialog already runs at is not ours to shorten: with no
+/// interval of ours, only a `Session-Expires` grants one (or, below our
+/// `Min-SE`, gets 422).
+pub(super) fn in_dialog_grant(req: &Message) -> Grant {
+    let rules = SessionTimers {
+        expires: 0,
+        min_se: timer::MIN_SE,
+    };
+    rules.grant(req)
+}
+
 impl B2bua {
     /// `party` sent a session-refresh request (a re-INVITE, an UPDATE) and
     /// we answer it `resp`: a 2xx restarts that side's timer (at the
@@ -92,7 +104,7 @@ impl B2bua {
         now: Instant,
         call_id: &str,
         party: Party,
-        req: &Message,
+        (req, grant): (&Message, Grant),
         resp: &mut Message,
     ) {
         if !resp.status().is_some_and(|c| (200..300).contains(&c)) {
@@ -105,13 +117,7 @@ impl B2bua {
         else {
             return;
         };
-        // The interval the dialog already runs at is not ours to shorten:
-        // with no interval of ours, only a `Session-Expires` grants one.
-        let rules = SessionTimers {
-            expires: 0,
-            min_se: timer::MIN_SE,
-        };
-        match rules.grant(req) {
+        match grant {
             Grant::On(se) => s.timer = Some(LegTimer::new(now, se, true)),
             _ => {
                 if let Some(t) = &mut s.timer {

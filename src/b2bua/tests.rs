@@ -610,14 +610,7 @@ fn body(m: &Message) -> String {
 fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
-    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
-    let out = drain(&mut b);
-    let CallOutput::Respond(_, ok) = &out[1] else {
-        panic!()
-    };
-    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
-    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+    let (inv, our_tag) = connected_sip_call(&mut b, t0);
 
     // The caller holds: answered recvonly (never sendrecv), and the callee
     // is re-offered sendonly in the codec it agreed.
@@ -641,7 +634,7 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
     assert_eq!(ok.cseq().unwrap().seq, 2);
     assert_eq!(ok.header("Via"), hold.header("Via"));
     assert_eq!(f.remote.port(), 5070);
-    assert_eq!(reinvite.call_id(), inv[0].call_id());
+    assert_eq!(reinvite.call_id(), inv.call_id());
     assert!(body(reinvite).contains("a=sendonly"), "{}", body(reinvite));
     assert!(
         body(reinvite).contains("RTP/AVP 0\r\n"),
@@ -662,7 +655,7 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
 
     // The callee puts it inactive in turn: mirrored, and passed to the
     // caller in its own dialog; the caller's 200 gets an ACK.
-    let mut inactive = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a");
+    let mut inactive = bye_from_callee(&inv, &from_tag(&inv), "a");
     inactive.start = StartLine::Request {
         method: Method::Invite,
         uri: "sip:causeway@127.0.0.1".into(),

@@ -8,14 +8,7 @@ use super::*;
 fn a_re_invite_in_another_codec_moves_that_sides_media_and_back() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
-    let (_, inv) = dial_from_sip(&mut b, t0, &[5070]);
-    b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
-    let out = drain(&mut b);
-    let CallOutput::Respond(_, ok) = &out[1] else {
-        panic!("{out:?}")
-    };
-    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
-    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+    let (_, our_tag) = connected_sip_call(&mut b, t0);
 
     // The caller now offers A-law only, from another port: answered in
     // A-law, its media moves; the callee is re-offered its own PCMU.

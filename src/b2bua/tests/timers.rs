@@ -371,3 +371,41 @@ fn a_silent_side_ends_the_call_both_ways() {
             .all(|o| !matches!(o, CallOutput::Request(..)))
     );
 }
+
+#[test]
+fn an_in_dialog_refresh_below_our_min_se_gets_422_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, tag) = connected_sip_call(&mut b, t0);
+    let mut hold = with_sdp(
+        from_caller("INVITE", &tag, 2),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    hold.push_header("Supported", "timer");
+    hold.push_header("Session-Expires", "30");
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, resp)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(resp.status(), Some(422));
+    assert_eq!(
+        resp.header("Min-SE"),
+        Some(crate::sip::timer::MIN_SE.to_string().as_str())
+    );
+    // Not held, nothing passed on, nothing resent: the same offer at our
+    // minimum is taken.
+    b.handle_timeout(t0 + std::time::Duration::from_secs(1));
+    assert!(drain(&mut b).is_empty());
+    let mut hold = with_sdp(
+        from_caller("INVITE", &tag, 3),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    hold.push_header("Supported", "timer");
+    hold.push_header("Session-Expires", "90");
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    assert_eq!(
+        methods(&drain(&mut b)),
+        ["INVITE", "hold-Caller:true", "200"]
+    );
+}
