@@ -50,6 +50,9 @@ impl B2bua {
         };
         if in_dialog && code >= 200 && matches!(cseq.method, Method::Invite | Method::Update) {
             self.refresh_answered(now, &call_id, leg, msg);
+            if (200..300).contains(&code) {
+                self.reanswered(&call_id, leg, msg);
+            }
         }
         if cseq.method != Method::Invite {
             return;

@@ -202,6 +202,60 @@ impl B2bua {
         Ok(ok)
     }
 
+    /// A SIP side's answer in a 2xx to our in-dialog re-INVITE or UPDATE
+    /// (a hold or resume passed on, a refresh): where it moved the side's
+    /// media (another address, port or SDES key), the media follows, as
+    /// with the side's own re-offer. An answer we cannot read changes
+    /// nothing.
+    pub(super) fn reanswered(&mut self, call_id: &str, leg: Leg, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Ok(answer) = crate::sdp::parse(std::str::from_utf8(&msg.body).unwrap_or_default())
+        else {
+            return;
+        };
+        let (agreed, session) = match (leg, &mut call.caller) {
+            (Leg::Caller, Caller::Sip(sc)) => {
+                let Some(audio) = sc.agreed.as_mut() else {
+                    return;
+                };
+                (audio, &mut sc.session)
+            }
+            (Leg::Fork(i), _) if call.winner == Some(Winner::Sip(i)) => {
+                let Some(c) = call.callee.as_mut() else {
+                    return;
+                };
+                (&mut c.agreed.audio, &mut c.session)
+            }
+            _ => return,
+        };
+        let ours = crate::sdp::Agreed {
+            audio: agreed.clone(),
+            video: None,
+        };
+        let now = match Offer::agreed(&ours, None).read_answer(&answer) {
+            Ok(now) => now.audio,
+            Err(e) => {
+                tracing::info!(call = %call_id, error = %e, "an answer to our re-offer ignored");
+                return;
+            }
+        };
+        session.theirs = msg.body.clone();
+        let Some(n) = media_moved(agreed, now) else {
+            return;
+        };
+        *agreed = n.clone();
+        let party = leg.party();
+        call.agreed_by(party, &n);
+        tracing::info!(call = %call_id, side = ?party, "the side's answer moved its media");
+        self.notify(Notice::UpdateMedia {
+            call: call_id.to_string(),
+            party,
+            media: Box::new(n),
+        });
+    }
+
     /// A SIP caller's PRACK: 200 when it acknowledges our reliable 180
     /// (which is then no longer resent), else 481 (RFC 3262 section 3).
     pub(super) fn on_prack(

@@ -151,3 +151,50 @@ fn an_sdes_callers_hold_keeps_our_key_and_moves_no_media() {
     };
     assert_eq!(crypto(ok), Some(ours));
 }
+
+#[test]
+fn a_callees_answer_to_our_re_invite_that_moves_its_port_is_followed() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, our_tag) = connected_sip_call(&mut b, t0);
+    let hold = with_sdp(
+        from_caller("INVITE", &our_tag, 2),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    let CallOutput::Request(reinvite, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    // The same answer again moves nothing.
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+    // The resume's answer names another port: the callee's media follows.
+    let resume = with_sdp(from_caller("INVITE", &our_tag, 3), CALLER_OFFER);
+    assert!(b.on_request(t0, &TxKey::server(&resume).unwrap(), &resume, flow(5080)));
+    let out = drain(&mut b);
+    let CallOutput::Request(reinvite, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let moved = ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100");
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(&moved)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out), ["update-media", "ACK"]);
+    let CallOutput::Notice(Notice::UpdateMedia { party, media, .. }) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*party, Party::Callee);
+    assert_eq!(media.remote_rtp, Some("127.0.0.1:40100".parse().unwrap()));
+    // An answer we cannot read changes nothing.
+    let again = with_sdp(
+        from_caller("INVITE", &our_tag, 4),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendrecv\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&again).unwrap(), &again, flow(5080)));
+    let out = drain(&mut b);
+    let CallOutput::Request(reinvite, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_G729)));
+    assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+}
