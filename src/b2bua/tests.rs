@@ -458,6 +458,14 @@ fn from_callee(invite: &Message, method: &str) -> Message {
     Message::parse(text.as_bytes()).unwrap()
 }
 
+/// The SIP caller's re-INVITE putting the call on hold (a=sendonly).
+fn hold_from_caller(our_tag: &str, cseq: u32) -> Message {
+    with_sdp(
+        from_caller("INVITE", our_tag, cseq),
+        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    )
+}
+
 /// An in-dialog request from the SIP caller, to our tag.
 fn from_caller(method: &str, to_tag: &str, cseq: u32) -> Message {
     let text = format!(
@@ -614,10 +622,7 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
 
     // The caller holds: answered recvonly (never sendrecv), and the callee
     // is re-offered sendonly in the codec it agreed.
-    let hold = with_sdp(
-        from_caller("INVITE", &our_tag, 2),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let hold = hold_from_caller(&our_tag, 2);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["INVITE", "hold-Caller:true", "200"]);

@@ -157,10 +157,7 @@ fn a_callees_answer_to_our_re_invite_that_moves_its_port_is_followed() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
     let (_, our_tag) = connected_sip_call(&mut b, t0);
-    let hold = with_sdp(
-        from_caller("INVITE", &our_tag, 2),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let hold = hold_from_caller(&our_tag, 2);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     let out = drain(&mut b);
     let CallOutput::Request(reinvite, _) = &out[0] else {

@@ -19,10 +19,7 @@ fn our_200_to_a_callers_re_invite_is_resent_until_its_ack() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
     let (_, our_tag) = connected_sip_call(&mut b, t0);
-    let hold = with_sdp(
-        from_caller("INVITE", &our_tag, 2),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let hold = hold_from_caller(&our_tag, 2);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
     drain(&mut b);
     // T1 later, then 2*T1 after that: the same 200 again.

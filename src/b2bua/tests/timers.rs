@@ -139,10 +139,7 @@ fn we_refresh_the_callee_the_caller_refreshes_us_and_a_silent_caller_is_hung_up(
     assert!(b.on_ack(t0 + secs(50), &from_caller("ACK", &tag, 3)));
 
     // A hold passed on to the callee keeps its timer running.
-    let mut hold = with_sdp(
-        from_caller("INVITE", &tag, 4),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let mut hold = hold_from_caller(&tag, 4);
     hold.push_header("Supported", "timer");
     let key = TxKey::server(&hold).unwrap();
     assert!(b.on_request(t0 + secs(55), &key, &hold, flow(5080)));
@@ -377,10 +374,7 @@ fn an_in_dialog_refresh_below_our_min_se_gets_422_and_changes_nothing() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
     let (_, tag) = connected_sip_call(&mut b, t0);
-    let mut hold = with_sdp(
-        from_caller("INVITE", &tag, 2),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let mut hold = hold_from_caller(&tag, 2);
     hold.push_header("Supported", "timer");
     hold.push_header("Session-Expires", "30");
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
@@ -397,10 +391,7 @@ fn an_in_dialog_refresh_below_our_min_se_gets_422_and_changes_nothing() {
     // minimum is taken.
     b.handle_timeout(t0 + std::time::Duration::from_secs(1));
     assert!(drain(&mut b).is_empty());
-    let mut hold = with_sdp(
-        from_caller("INVITE", &tag, 3),
-        &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
+    let mut hold = hold_from_caller(&tag, 3);
     hold.push_header("Supported", "timer");
     hold.push_header("Session-Expires", "90");
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
