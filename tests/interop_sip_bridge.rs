@@ -98,8 +98,14 @@ fn uas(side: &Side, scenario: &str, port: u16) -> Guard {
 
 /// Runs the SIPp UAC against the gateway until it exits.
 fn uac(side: &Side, scenario: &str, gw: &Gw) -> Output {
+    uac_with(side, scenario, gw, &[])
+}
+
+/// [`uac`] with more of SIPp's arguments.
+fn uac_with(side: &Side, scenario: &str, gw: &Gw, args: &[&str]) -> Output {
     let mut cmd = sipp_command(side.dir.path(), scenario, free_port());
     cmd.args(["-mp", &side.media.to_string(), "-mi", "127.0.0.1"])
+        .args(args)
         .arg(gw.sip_target());
     run_bounded(&mut cmd, Duration::from_secs(40))
 }
@@ -670,11 +676,8 @@ fn a_caller_whose_rtp_profile_breaks_the_routes_srtp_policy_gets_488_with_a_warn
     ] {
         let gw = gateway_with(free_port(), &format!("media.srtp = \"{policy}\""));
         let caller = Side::new();
-        let mut cmd = sipp_command(caller.dir.path(), "bridge_uac_refused.xml", free_port());
-        cmd.args(["-mp", &caller.media.to_string(), "-mi", "127.0.0.1"])
-            .args(["-set", "profile", profile])
-            .arg(gw.sip_target());
-        let out = run_bounded(&mut cmd, Duration::from_secs(40));
+        let args = ["-set", "profile", profile];
+        let out = uac_with(&caller, "bridge_uac_refused.xml", &gw, &args);
         let msgs = caller.messages();
         assert_eq!(out.status.code(), Some(0), "{policy}\n{msgs}");
         let refused = &received(&msgs, "SIP/2.0 488")[0];
@@ -687,12 +690,15 @@ fn a_caller_whose_rtp_profile_breaks_the_routes_srtp_policy_gets_488_with_a_warn
 
 #[test]
 fn hold_and_resume_from_the_caller_reach_the_callee_mirrored() {
-    held_and_resumed("bridge_uac_hold.xml");
+    // Neither SIPp sends media, and the media timeout is 4 s: the 6 s hold
+    // must not end the call (the periods around it are shorter).
+    let (_, log) = held_and_resumed("bridge_uac_hold.xml", "timeout = 4");
+    assert!(!log.contains("no media from a SIP side"), "{log}");
 }
 
 #[test]
 fn an_update_refreshes_holds_and_resumes_the_call_and_the_callee_gets_re_invites() {
-    let caller = held_and_resumed("bridge_uac_update.xml");
+    let (caller, _) = held_and_resumed("bridge_uac_update.xml", "");
     // The bodiless refresh got a 200 of its own, without SDP.
     let refreshed = received(&caller, "SIP/2.0 200 OK")
         .into_iter()
@@ -785,17 +791,12 @@ fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing
 }
 
 /// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to
-/// `bridge_uas_hold.xml`: the caller's answers and the callee's offers
-/// mirror each other. Neither SIPp sends media, and the media timeout is
-/// 3 s: the hold (5 s by re-INVITE) must not end the call. Returns what
-/// the caller received.
-fn held_and_resumed(uac_scenario: &str) -> String {
-    let (caller, callee, log) = call_outcome_with(
-        ("", "timeout = 3"),
-        uac_scenario,
-        Some("bridge_uas_hold.xml"),
-    );
-    assert!(!log.contains("no media from a SIP side"), "{log}");
+/// `bridge_uas_hold.xml`, with `media` in `[media]`: the caller's answers
+/// and the callee's offers mirror each other. Returns what the caller
+/// received and the gateway's log.
+fn held_and_resumed(uac_scenario: &str, media: &str) -> (String, String) {
+    let (caller, callee, log) =
+        call_outcome_with(("", media), uac_scenario, Some("bridge_uas_hold.xml"));
     // What each side got, in order: the caller's 200s (initial, hold,
     // resume) and the callee's INVITEs (initial, hold, resume).
     let sdp_dirs = |trace: &str, start: &str| -> Vec<String> {
@@ -828,7 +829,7 @@ fn held_and_resumed(uac_scenario: &str) -> String {
         "the callee's offers\n{callee}"
     );
     assert!(log.contains("session renegotiated"), "{log}");
-    caller
+    (caller, log)
 }
 
 #[test]

@@ -140,7 +140,11 @@ impl B2bua {
     /// (it takes no RTCP feedback): an INFO with `picture_fast_update`,
     /// unless one is already waiting.
     pub fn ask_keyframe(&mut self, call_id: &str) {
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Some(call) = self
+            .calls
+            .get_mut(call_id)
+            .filter(|c| c.state == super::State::Connected)
+        else {
             return;
         };
         let sip = match call.caller {

@@ -526,9 +526,20 @@ pub struct B2bua {
     /// UAS dialogs of SIP callers.
     dialogs: Dialogs,
     out: VecDeque<CallOutput>,
+    /// The configured `Min-SE` (in-dialog refreshes below it get 422;
+    /// never below [`crate::sip::timer::MIN_SE`]).
+    min_se: u32,
 }
 
 impl B2bua {
+    /// Calls to bridge under the configured `Min-SE`.
+    pub fn new(min_se: u32) -> Self {
+        Self {
+            min_se,
+            ..Self::default()
+        }
+    }
+
     /// Whether no call is in progress.
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
@@ -689,7 +700,7 @@ impl B2bua {
         }
         let method = msg.method();
         if matches!(method, Some(Method::Invite | Method::Update)) {
-            let grant = refresh::in_dialog_grant(msg);
+            let grant = refresh::in_dialog_grant(msg, self.min_se);
             let resp = if let Grant::TooSmall(min) = grant {
                 // Nothing changes (RFC 4028 section 9).
                 let mut r = response_to(
@@ -913,6 +924,10 @@ impl B2bua {
         }
         call.state = State::Ended;
         call.give_up = now + SETTLE;
+        // Nothing more is resent to a callee we hang up on.
+        for f in &mut call.forks {
+            f.unacked = None;
+        }
         let peer = match call.winner {
             Some(Winner::Browser(j)) => call.browsers.get(j).and_then(|b| b.peer),
             _ => call.caller.peer(),

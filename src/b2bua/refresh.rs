@@ -83,11 +83,11 @@ pub(super) fn stamp_request(req: &mut Message, s: &Session) {
 /// The session timer an in-dialog re-INVITE or UPDATE asks for. The
 /// interval the dialog already runs at is not ours to shorten: with no
 /// interval of ours, only a `Session-Expires` grants one (or, below our
-/// `Min-SE`, gets 422).
-pub(super) fn in_dialog_grant(req: &Message) -> Grant {
+/// `min_se`, gets 422).
+pub(super) fn in_dialog_grant(req: &Message, min_se: u32) -> Grant {
     let rules = SessionTimers {
         expires: 0,
-        min_se: timer::MIN_SE,
+        min_se: min_se.max(timer::MIN_SE),
     };
     rules.grant(req)
 }

@@ -449,12 +449,12 @@ fn connected_sip_call(b: &mut B2bua, now: Instant) -> (Message, String) {
 }
 
 /// An in-dialog request from the callee that answered `invite` (with
-/// tag "a"): `method`, CSeq 5.
-fn from_callee(invite: &Message, method: &str) -> Message {
+/// tag "a"): `method`, CSeq `cseq`.
+fn from_callee(invite: &Message, method: &str, cseq: u32) -> Message {
     let bye = bye_from_callee(invite, &from_tag(invite), "a").to_bytes();
     let text = String::from_utf8_lossy(&bye)
         .replace("BYE sip:", &format!("{method} sip:"))
-        .replace("CSeq: 5 BYE", &format!("CSeq: 5 {method}"));
+        .replace("CSeq: 5 BYE", &format!("CSeq: {cseq} {method}"));
     Message::parse(text.as_bytes()).unwrap()
 }
 

@@ -204,11 +204,15 @@ impl B2bua {
 
     /// A SIP side's answer in a 2xx to our in-dialog re-INVITE or UPDATE
     /// (a hold or resume passed on, a refresh): where it moved the side's
-    /// media (another address, port or SDES key), the media follows, as
-    /// with the side's own re-offer. An answer we cannot read changes
-    /// nothing.
+    /// audio (another address, port or SDES key), the media follows, as
+    /// with the side's own re-offer, and its direction says whether the
+    /// side holds the call. An answer we cannot read changes nothing.
     pub(super) fn reanswered(&mut self, call_id: &str, leg: Leg, msg: &Message) {
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Some(call) = self
+            .calls
+            .get_mut(call_id)
+            .filter(|c| c.state == State::Connected)
+        else {
             return;
         };
         let Ok(answer) = crate::sdp::parse(std::str::from_utf8(&msg.body).unwrap_or_default())
@@ -242,18 +246,28 @@ impl B2bua {
             }
         };
         session.theirs = msg.body.clone();
-        let Some(n) = media_moved(agreed, now) else {
-            return;
-        };
-        *agreed = n.clone();
+        // An answer that is not sendrecv holds the call too (or keeps it
+        // held); a sendrecv one takes the side's hold off.
+        let held = now.direction != crate::sdp::Direction::SendRecv || now.remote_rtp.is_none();
+        let hold_changed = std::mem::replace(&mut session.held, held) != held;
         let party = leg.party();
-        call.agreed_by(party, &n);
-        tracing::info!(call = %call_id, side = ?party, "the side's answer moved its media");
-        self.notify(Notice::UpdateMedia {
-            call: call_id.to_string(),
-            party,
-            media: Box::new(n),
-        });
+        if let Some(n) = media_moved(agreed, now) {
+            *agreed = n.clone();
+            call.agreed_by(party, &n);
+            tracing::info!(call = %call_id, side = ?party, "the side's answer moved its media");
+            self.notify(Notice::UpdateMedia {
+                call: call_id.to_string(),
+                party,
+                media: Box::new(n),
+            });
+        }
+        if hold_changed {
+            self.notify(Notice::Hold {
+                call: call_id.to_string(),
+                party,
+                held,
+            });
+        }
     }
 
     /// A SIP caller's PRACK: 200 when it acknowledges our reliable 180

@@ -209,7 +209,7 @@ impl Gateway {
             trunks: Vec::new(),
             dialogs: Dialogs::default(),
             opening: HashMap::new(),
-            b2bua: B2bua::default(),
+            b2bua: B2bua::new(cfg.sip.session_timers().min_se),
             timers: cfg.sip.session_timers(),
             bridging: HashMap::new(),
             listeners: Vec::new(),

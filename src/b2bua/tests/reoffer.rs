@@ -75,20 +75,16 @@ fn a_callee_moving_its_media_is_followed_and_a_hold_moves_nothing() {
     let inv = dial(&mut b, t0, &[5070]);
     b.on_response(t0, &reply(&inv[0], 200, "a", Some(ANSWER_PCMU)));
     drain(&mut b);
-    let from_callee = |sdp: &str| {
-        let mut m = bye_from_callee(&inv[0], &from_tag(&inv[0]), "a");
-        m.start = StartLine::Request {
-            method: Method::Invite,
-            uri: "sip:causeway@127.0.0.1".into(),
-        };
-        with_sdp(m, sdp)
-    };
+    let reinvite = |cseq, sdp: &str| with_sdp(from_callee(&inv[0], "INVITE", cseq), sdp);
     // Held by c=0.0.0.0: answered, nothing moves.
-    let hold = from_callee(&ANSWER_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"));
+    let hold = reinvite(
+        5,
+        &ANSWER_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"),
+    );
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
     assert_eq!(methods(&drain(&mut b)), ["hold-Callee:true", "200"]);
     // Moved to another port: its media follows.
-    let moved = from_callee(&ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100"));
+    let moved = reinvite(6, &ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100"));
     assert!(b.on_request(t0, &TxKey::server(&moved).unwrap(), &moved, flow(5070)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["update-media", "hold-Callee:false", "200"]);
@@ -194,4 +190,30 @@ fn a_callees_answer_to_our_re_invite_that_moves_its_port_is_followed() {
     };
     b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_G729)));
     assert_eq!(methods(&drain(&mut b)), ["ACK"]);
+}
+
+#[test]
+fn a_callees_answer_holding_the_call_counts_as_its_hold() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (_, our_tag) = connected_sip_call(&mut b, t0);
+    // The caller holds; the callee answers inactive: both hold.
+    let hold = hold_from_caller(&our_tag, 2);
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+    let out = drain(&mut b);
+    let CallOutput::Request(reinvite, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let inactive = ANSWER_PCMU.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n");
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(&inactive)));
+    assert_eq!(methods(&drain(&mut b)), ["hold-Callee:true", "ACK"]);
+    // The resume's sendrecv answer takes the callee's hold off.
+    let resume = with_sdp(from_caller("INVITE", &our_tag, 3), CALLER_OFFER);
+    assert!(b.on_request(t0, &TxKey::server(&resume).unwrap(), &resume, flow(5080)));
+    let out = drain(&mut b);
+    let CallOutput::Request(reinvite, _) = &out[0] else {
+        panic!("{out:?}")
+    };
+    b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
+    assert_eq!(methods(&drain(&mut b)), ["hold-Callee:false", "ACK"]);
 }

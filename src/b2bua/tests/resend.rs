@@ -51,7 +51,7 @@ fn our_200_to_a_callees_re_invite_is_resent_until_its_ack_or_the_call_ends() {
     let mut b = B2bua::default();
     let (inv, _) = connected_sip_call(&mut b, t0);
     let held = ANSWER_PCMU.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
-    let hold = with_sdp(from_callee(&inv, "INVITE"), &held);
+    let hold = with_sdp(from_callee(&inv, "INVITE", 5), &held);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["INVITE", "hold-Callee:true", "200"]);
@@ -69,7 +69,7 @@ fn our_200_to_a_callees_re_invite_is_resent_until_its_ack_or_the_call_ends() {
         "{text}"
     );
     // An ACK from another dialog changes nothing; the callee's own stops it.
-    let mut stranger = from_callee(&inv, "ACK");
+    let mut stranger = from_callee(&inv, "ACK", 5);
     stranger.start = StartLine::Request {
         method: Method::Ack,
         uri: "sip:causeway@127.0.0.1".into(),
@@ -81,19 +81,13 @@ fn our_200_to_a_callees_re_invite_is_resent_until_its_ack_or_the_call_ends() {
     )
     .unwrap();
     assert!(!b.on_ack(t1, &stranger));
-    assert!(b.on_ack(t1, &from_callee(&inv, "ACK")));
+    assert!(b.on_ack(t1, &from_callee(&inv, "ACK", 5)));
     b.handle_timeout(t0 + Duration::from_secs(40));
     assert!(resent(&drain(&mut b)).is_empty());
 
     // Another re-INVITE (resume) that the callee never ACKs: after 64*T1
     // the call is hung up on both sides.
-    let resume = with_sdp(from_callee(&inv, "INVITE"), ANSWER_PCMU);
-    let resume = Message::parse(
-        String::from_utf8_lossy(&resume.to_bytes())
-            .replace("CSeq: 5 INVITE", "CSeq: 6 INVITE")
-            .as_bytes(),
-    )
-    .unwrap();
+    let resume = with_sdp(from_callee(&inv, "INVITE", 6), ANSWER_PCMU);
     let t2 = t0 + Duration::from_secs(41);
     assert!(b.on_request(t2, &TxKey::server(&resume).unwrap(), &resume, flow(5070)));
     drain(&mut b);
@@ -104,4 +98,26 @@ fn our_200_to_a_callees_re_invite_is_resent_until_its_ack_or_the_call_ends() {
         ["BYE", "BYE", "ended:gateway:0", "release"],
         "{out:?}"
     );
+}
+
+#[test]
+fn a_call_that_ends_resends_nothing_more_to_its_callee() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (inv, our_tag) = connected_sip_call(&mut b, t0);
+    let hold = with_sdp(from_callee(&inv, "INVITE", 5), ANSWER_PCMU);
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    drain(&mut b);
+    // The caller hangs up before the callee's ACK.
+    let bye = from_caller("BYE", &our_tag, 2);
+    assert!(b.on_request(t0, &TxKey::server(&bye).unwrap(), &bye, flow(5080)));
+    let out = drain(&mut b);
+    assert_eq!(methods(&out).iter().filter(|m| *m == "BYE").count(), 1);
+    // No 2xx resent, and no second BYE when the resend would have expired.
+    for secs in [1, 33] {
+        b.handle_timeout(t0 + Duration::from_secs(secs));
+        let out = drain(&mut b);
+        assert!(resent(&out).is_empty(), "{out:?}");
+        assert!(!methods(&out).contains(&"BYE".to_string()), "{out:?}");
+    }
 }

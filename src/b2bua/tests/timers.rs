@@ -400,3 +400,22 @@ fn an_in_dialog_refresh_below_our_min_se_gets_422_and_changes_nothing() {
         ["INVITE", "hold-Caller:true", "200"]
     );
 }
+
+#[test]
+fn the_configured_min_se_holds_in_dialog_too() {
+    let t0 = Instant::now();
+    let mut b = B2bua::new(300);
+    let (_, tag) = connected_sip_call(&mut b, t0);
+    let mut refresh = from_caller("UPDATE", &tag, 2);
+    refresh.push_header("Supported", "timer");
+    refresh.push_header("Session-Expires", "120");
+    assert!(b.on_request(t0, &TxKey::server(&refresh).unwrap(), &refresh, flow(5080)));
+    let out = drain(&mut b);
+    let [CallOutput::Respond(_, resp)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (resp.status(), resp.header("Min-SE")),
+        (Some(422), Some("300"))
+    );
+}
