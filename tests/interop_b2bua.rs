@@ -235,6 +235,19 @@ impl Baresip {
         (be(16), be(20))
     }
 
+    /// Waits for baresip to close the call, then checks it heard the
+    /// page's 440 Hz.
+    fn heard_the_page(&self, context: impl Fn() -> String) {
+        wait_for(
+            "baresip to close the call",
+            10,
+            || self.log().to_lowercase().contains("closed"),
+            context,
+        );
+        let (samples, rate) = self.received();
+        assert_heard("baresip", &samples, rate, 440.0);
+    }
+
     /// What baresip received and decoded (sndfile's `-dec` dump).
     fn received(&self) -> (Vec<i16>, u32) {
         let dump = std::fs::read_dir(self.dir.path())
@@ -428,14 +441,7 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         context()
     );
     // baresip got the BYE and heard the browser's 440 Hz.
-    wait_for(
-        "baresip to close the call",
-        10,
-        || baresip.log().to_lowercase().contains("closed"),
-        context,
-    );
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard_the_page(context);
     // Transcoding kept (nearly) every frame in both directions: jitter
     // buffer drops and concealment stay under 10%.
     wait_for(
@@ -602,14 +608,7 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
     // The page hung up: baresip got the BYE and heard the browser's 440 Hz.
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "browser", "{}", context());
-    wait_for(
-        "baresip to close the call",
-        10,
-        || baresip.log().to_lowercase().contains("closed"),
-        context,
-    );
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard_the_page(context);
     // The keypad's 5 reached the caller as an RFC 4733 telephone-event.
     assert!(
         baresip.log().contains("received event: '5' (end=1)"),
@@ -637,14 +636,7 @@ fn baresip_calls_a_browser_over_sdes_srtp_and_each_hears_the_other() {
     // The page heard baresip's 1 kHz: we decrypted its SRTP.
     assert_page_heard_baresip(&r, &context);
     // baresip heard the page's 440 Hz: it decrypted ours.
-    wait_for(
-        "baresip to close the call",
-        10,
-        || baresip.log().to_lowercase().contains("closed"),
-        context,
-    );
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard_the_page(context);
     assert!(baresip.log().contains("srtp"), "{}", context());
 }
 
@@ -652,13 +644,12 @@ fn baresip_calls_a_browser_over_sdes_srtp_and_each_hears_the_other() {
 fn chromium_calls_baresip_over_sdes_srtp_where_the_rule_requires_it() {
     prerequisites();
     let plan_dir = tempfile::tempdir().unwrap();
-    let plan = plan_dir.path().join("plan.toml");
-    std::fs::write(
-        &plan,
+    let plan = write(
+        plan_dir.path(),
+        "plan.toml",
         "[[rule]]\nname = \"alice-srtp\"\npriority = 10\nmatch.to = 'alice'\n\
          target = { type = \"registered\" }\nmedia = { srtp = \"required\" }\n",
-    )
-    .unwrap();
+    );
     let gw = Gw::start(&format!("[dialplan]\npath = \"{}\"\n", plan.display()));
     // baresip takes RTP/SAVP with an SDES key and nothing else.
     let baresip = Baresip::start_with(&gw, "PCMU", false, Some("srtp-mand"));
@@ -669,14 +660,7 @@ fn chromium_calls_baresip_over_sdes_srtp_where_the_rule_requires_it() {
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
     // Each side heard the other through SRTP on the SIP leg.
     assert_page_heard_baresip(&r, &context);
-    wait_for(
-        "baresip to close the call",
-        10,
-        || baresip.log().to_lowercase().contains("closed"),
-        context,
-    );
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard_the_page(context);
     let cdr = gw.only_cdr();
     assert_eq!(cdr["rule"], "alice-srtp", "{cdr}");
 }

@@ -231,15 +231,16 @@ impl AudioDecoder for OpusDecoder {
 }
 
 /// The audio bandwidth of an Opus packet, from its TOC byte (RFC 6716
-/// section 3.1), as the sample rate that holds it: narrowband 8000,
-/// medium-band 12000, wideband 16000, super-wideband 24000, full band 48000.
+/// section 3.1, read by libopus), as the sample rate that holds it:
+/// narrowband 8000, medium-band 12000, wideband 16000, super-wideband
+/// 24000, full band 48000.
 pub fn packet_bandwidth(packet: &[u8]) -> Option<u32> {
-    let config = packet.first()? >> 3;
-    Some(match config {
-        0..=3 | 16..=19 => 8000,
-        4..=7 => 12000,
-        8..=11 | 20..=23 => 16000,
-        12..=13 | 24..=27 => 24000,
-        _ => 48000,
+    use opus::Bandwidth;
+    Some(match opus::packet::get_bandwidth(packet).ok()? {
+        Bandwidth::Narrowband => 8000,
+        Bandwidth::Mediumband => 12000,
+        Bandwidth::Wideband => 16000,
+        Bandwidth::Superwideband => 24000,
+        Bandwidth::Fullband | Bandwidth::Auto => 48000,
     })
 }

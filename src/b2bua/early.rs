@@ -136,8 +136,7 @@ impl B2bua {
             }
             Err(e) => {
                 tracing::info!(call = %call_id, error = %e, "no usable answer in the caller's ACK; hanging up");
-                self.hang_up_sip(&call_id);
-                self.end(now, &call_id, Side::Gateway, Some(488), &e.to_string());
+                self.finish(now, &call_id, Side::Gateway, Some(488), &e.to_string());
             }
         }
     }

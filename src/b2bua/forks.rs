@@ -342,8 +342,7 @@ impl B2bua {
             }
             Err(e) => {
                 tracing::info!(call = %call_id, error = %e, "SIP answer unusable; hanging up");
-                self.hang_up_sip(call_id);
-                self.end(now, call_id, Side::Gateway, Some(488), &e);
+                self.finish(now, call_id, Side::Gateway, Some(488), &e);
             }
         }
     }

@@ -230,6 +230,14 @@ pub enum Party {
 }
 
 impl Party {
+    /// How logs and records name it: "the caller", "the callee".
+    pub fn name(self) -> &'static str {
+        match self {
+            Party::Caller => "the caller",
+            Party::Callee => "the callee",
+        }
+    }
+
     /// The other side.
     pub fn other(self) -> Party {
         match self {
@@ -757,8 +765,7 @@ impl B2bua {
                 if let Some(Caller::Sip(sc)) = self.calls.get(&call_id).map(|c| &c.caller) {
                     self.dialogs.remove(sc.dialog);
                 }
-                self.hang_up_sip(&call_id);
-                self.end(now, &call_id, Side::Caller, None, "hangup");
+                self.finish(now, &call_id, Side::Caller, None, "hangup");
             } else {
                 tracing::info!(call = %call_id, "SIP side hung up");
                 self.end(now, &call_id, Side::Sip, None, "hangup");
@@ -848,8 +855,7 @@ impl B2bua {
         };
         if matches!(state, State::Calling | State::Ringing) {
             tracing::info!(call = %call_id, "SIP caller cancelled");
-            self.hang_up_sip(&call_id);
-            self.end(now, &call_id, Side::Caller, Some(487), "cancelled");
+            self.finish(now, &call_id, Side::Caller, Some(487), "cancelled");
         }
         true
     }
@@ -868,8 +874,7 @@ impl B2bua {
             return;
         }
         tracing::info!(call = %call_id, reason, "browser side hung up");
-        self.hang_up_sip(call_id);
-        self.end(now, call_id, Side::Browser, None, reason);
+        self.finish(now, call_id, Side::Browser, None, reason);
     }
 
     /// Hangs up a call on an administrator's order: both sides are ended
@@ -884,8 +889,7 @@ impl B2bua {
             return false;
         }
         tracing::info!(call = %call_id, "hung up by an administrator");
-        self.hang_up_sip(call_id);
-        self.end(
+        self.finish(
             now,
             call_id,
             Side::Gateway,
@@ -910,6 +914,13 @@ impl B2bua {
                 cancel_fork(f, &mut self.out);
             }
         }
+    }
+
+    /// Hangs up the SIP side ([`Self::hang_up_sip`]) and ends the call for
+    /// both sides.
+    fn finish(&mut self, now: Instant, call_id: &str, by: Side, status: Option<u16>, reason: &str) {
+        self.hang_up_sip(call_id);
+        self.end(now, call_id, by, status, reason);
     }
 
     /// Ends a call for both sides (the SIP side was already hung up or
@@ -1042,8 +1053,7 @@ impl B2bua {
                         _ => (None, "no ACK from the caller"),
                     };
                     tracing::info!(call = %id, reason, "SIP caller unresponsive");
-                    self.hang_up_sip(&id);
-                    self.end(now, &id, Side::Gateway, status, reason);
+                    self.finish(now, &id, Side::Gateway, status, reason);
                 }
             }
         }
@@ -1062,8 +1072,7 @@ impl B2bua {
                 continue;
             }
             tracing::info!(call = %id, "no answer");
-            self.hang_up_sip(&id);
-            self.end(now, &id, Side::Gateway, Some(408), "no answer");
+            self.finish(now, &id, Side::Gateway, Some(408), "no answer");
         }
     }
 
@@ -1089,21 +1098,16 @@ impl B2bua {
         for id in gone {
             let reason = "no ACK from the callee";
             tracing::info!(call = %id, reason, "SIP callee unresponsive");
-            self.hang_up_sip(&id);
-            self.end(now, &id, Side::Gateway, None, reason);
+            self.finish(now, &id, Side::Gateway, None, reason);
         }
     }
 
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let resends = self.calls.values().flat_map(|c| &c.forks);
         self.calls
             .values()
-            .filter(|c| c.state != State::Connected)
-            .map(|c| c.give_up)
-            .chain(resends.filter_map(|f| f.unacked.as_ref().map(Resend::due)))
+            .filter_map(Call::next_due)
             .chain(self.dialogs.poll_timeout())
-            .chain(self.next_session_timer())
             .min()
     }
 

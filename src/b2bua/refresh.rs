@@ -51,6 +51,25 @@ impl Call {
     fn session_due(&self, party: Party) -> Option<Instant> {
         self.session(party)?.timer.map(|t| t.due)
     }
+
+    /// When [`B2bua::handle_timeout`] next has work for this call: its
+    /// no-answer (or settling) deadline until connected, then its session
+    /// timers; and any 2xx resent to a callee.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let resends = self.forks.iter().filter_map(|f| f.unacked.as_ref());
+        let due = if self.state == State::Connected {
+            [
+                self.session_due(Party::Caller),
+                self.session_due(Party::Callee),
+            ]
+        } else {
+            [Some(self.give_up), None]
+        };
+        due.into_iter()
+            .flatten()
+            .chain(resends.map(crate::sip::dialog::Resend::due))
+            .min()
+    }
 }
 
 /// A request of ours in a SIP caller's dialog; a target-refresh request
@@ -175,9 +194,8 @@ impl B2bua {
             },
             code @ (408 | 481) => {
                 tracing::info!(call = %call_id, code, side = ?party, "session refresh failed");
-                self.hang_up_sip(call_id);
                 let reason = format!("session refresh failed ({code})");
-                self.end(now, call_id, Side::Gateway, None, &reason);
+                self.finish(now, call_id, Side::Gateway, None, &reason);
             }
             405 | 501 if update => {
                 s.update = false;
@@ -218,14 +236,10 @@ impl B2bua {
             match t.on_due(now) {
                 Due::Refresh => self.send_refresh(&id, party),
                 Due::Expired => {
-                    let who = match party {
-                        Party::Caller => "the caller",
-                        Party::Callee => "the callee",
-                    };
+                    let who = party.name();
                     tracing::info!(call = %id, side = who, "session expired");
-                    self.hang_up_sip(&id);
                     let reason = format!("session expired: no refresh from {who}");
-                    self.end(now, &id, Side::Gateway, None, &reason);
+                    self.finish(now, &id, Side::Gateway, None, &reason);
                 }
             }
         }
@@ -281,24 +295,10 @@ impl B2bua {
         {
             return;
         }
-        let who = match from {
-            Party::Caller => "the caller",
-            Party::Callee => "the callee",
-        };
+        let who = from.name();
         tracing::info!(call = %call_id, side = who, "no media; hanging up");
-        self.hang_up_sip(call_id);
         let reason = format!("no media from {who}");
-        self.end(now, call_id, Side::Gateway, None, &reason);
-    }
-
-    /// When the next session timer of a connected call falls due.
-    pub(super) fn next_session_timer(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .filter(|c| c.state == State::Connected)
-            .flat_map(|c| [c.session_due(Party::Caller), c.session_due(Party::Callee)])
-            .flatten()
-            .min()
+        self.finish(now, call_id, Side::Gateway, None, &reason);
     }
 }
 

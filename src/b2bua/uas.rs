@@ -73,11 +73,7 @@ impl B2bua {
         }
         let offer = crate::sdp::parse(std::str::from_utf8(&msg.body).unwrap_or_default())
             .map_err(|e| format!("a re-INVITE needs an SDP offer ({e})"))?;
-        let m = offer
-            .media
-            .iter()
-            .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)
-            .ok_or("the offer has no audio")?;
+        let m = offer.active_audio().ok_or("the offer has no audio")?;
         // c=0.0.0.0 is the old way to put a call on hold (RFC 2543).
         let held = if offer.rtp_addr(m).is_some_and(|a| a.ip().is_unspecified()) {
             crate::sdp::Direction::Inactive
@@ -94,8 +90,8 @@ impl B2bua {
                     answer_caller(sc, &offer, agreed.format.codec.as_ref(), call.dtmf)?;
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
-                moved = media_moved(&agreed, now).map(|n| (Party::Caller, n));
-                if let Some((_, n)) = &moved {
+                moved = media_moved(&agreed, now);
+                if let Some(n) = &moved {
                     sc.agreed = Some(n.clone());
                 }
                 sc.session.sdp = body;
@@ -137,8 +133,8 @@ impl B2bua {
                     call.dtmf != DtmfMode::Info,
                 )
                 .map_err(|e| e.to_string())?;
-                moved = media_moved(&c.agreed.audio, now).map(|n| (Party::Callee, n));
-                if let Some((_, n)) = &moved {
+                moved = media_moved(&c.agreed.audio, now);
+                if let Some(n) = &moved {
                     c.agreed.audio = n.clone();
                 }
                 let mut ok = fork_ok(&call.forks[i], msg);
@@ -173,17 +169,28 @@ impl B2bua {
             _ => return Err("not a leg of this call".into()),
         };
         tracing::info!(call = %call_id, direction = held.name(), "session renegotiated");
-        if let Some((party, n)) = &moved {
-            call.agreed_by(*party, n);
-        }
-        let held = held != crate::sdp::Direction::SendRecv;
-        let hold_changed = call
-            .session_mut(leg.party())
-            .is_some_and(|s| std::mem::replace(&mut s.held, held) != held);
         if let Some((req, flow)) = forward {
             self.out.push_back(CallOutput::Request(req, flow));
         }
-        if let Some((party, media)) = moved {
+        let held = held != crate::sdp::Direction::SendRecv;
+        self.side_changed(call_id, leg.party(), moved, held);
+        Ok(ok)
+    }
+
+    /// Side `party` of a call agreed new SDP: its media `moved` (when it
+    /// did) and whether it now `held` the call. The call's INFO and the
+    /// media follow.
+    fn side_changed(&mut self, call_id: &str, party: Party, moved: Option<Negotiated>, held: bool) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if let Some(n) = &moved {
+            call.agreed_by(party, n);
+        }
+        let hold_changed = call
+            .session_mut(party)
+            .is_some_and(|s| std::mem::replace(&mut s.held, held) != held);
+        if let Some(media) = moved {
             let codec = media.format.codec.as_ref().map(|c| c.name.clone());
             tracing::info!(call = %call_id, side = ?party, codec, "the side's media moved");
             self.notify(Notice::UpdateMedia {
@@ -195,11 +202,10 @@ impl B2bua {
         if hold_changed {
             self.notify(Notice::Hold {
                 call: call_id.to_string(),
-                party: leg.party(),
+                party,
                 held,
             });
         }
-        Ok(ok)
     }
 
     /// A SIP side's answer in a 2xx to our in-dialog re-INVITE or UPDATE
@@ -249,25 +255,11 @@ impl B2bua {
         // An answer that is not sendrecv holds the call too (or keeps it
         // held); a sendrecv one takes the side's hold off.
         let held = now.direction != crate::sdp::Direction::SendRecv || now.remote_rtp.is_none();
-        let hold_changed = std::mem::replace(&mut session.held, held) != held;
-        let party = leg.party();
-        if let Some(n) = media_moved(agreed, now) {
-            *agreed = n.clone();
-            call.agreed_by(party, &n);
-            tracing::info!(call = %call_id, side = ?party, "the side's answer moved its media");
-            self.notify(Notice::UpdateMedia {
-                call: call_id.to_string(),
-                party,
-                media: Box::new(n),
-            });
+        let moved = media_moved(agreed, now);
+        if let Some(n) = &moved {
+            agreed.clone_from(n);
         }
-        if hold_changed {
-            self.notify(Notice::Hold {
-                call: call_id.to_string(),
-                party,
-                held,
-            });
-        }
+        self.side_changed(call_id, leg.party(), moved, held);
     }
 
     /// A SIP caller's PRACK: 200 when it acknowledges our reliable 180
@@ -325,8 +317,8 @@ impl B2bua {
 /// what was agreed (`old`) in codec, payload types or address; an answer
 /// to a hold by `c=0.0.0.0` moves nothing.
 fn media_moved(old: &Negotiated, now: Negotiated) -> Option<Negotiated> {
-    let held = now.remote_rtp.is_none_or(|a| a.ip().is_unspecified());
-    (!held && !super::early::same_media(old, &now)).then_some(now)
+    // The SDP layer leaves out a 0.0.0.0 address.
+    (now.remote_rtp.is_some() && !super::early::same_media(old, &now)).then_some(now)
 }
 
 /// Our SDES key in a side's agreed media, for a re-answer to keep.

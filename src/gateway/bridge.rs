@@ -561,10 +561,7 @@ impl Gateway {
 /// answer cannot change the offer's profile (RFC 3264), so the caller gets
 /// 488.
 fn srtp_refused(offer: &crate::sdp::SessionDesc, policy: Srtp) -> Option<&'static str> {
-    let audio = offer
-        .media
-        .iter()
-        .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+    let audio = offer.active_audio()?;
     match (policy, audio.proto.secure()) {
         (Srtp::Required, false) => Some("this route requires SRTP (RTP/SAVP with SDES)"),
         (Srtp::Off, true) => Some("SRTP is off on this route: offer RTP/AVP"),
@@ -585,10 +582,7 @@ fn callee_offer(
     let codecs = match caller {
         None => crate::b2bua::offer_codecs(&AudioCodec::ALL, &media.codecs, true),
         Some(caller) => {
-            let m = caller
-                .media
-                .iter()
-                .find(|m| m.kind == crate::sdp::MediaKind::Audio && m.port != 0)?;
+            let m = caller.active_audio()?;
             let theirs: Vec<AudioCodec> = m
                 .formats
                 .iter()

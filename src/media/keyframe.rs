@@ -20,6 +20,18 @@ pub enum VideoPath {
     RelayedSipInfo,
 }
 
+impl VideoPath {
+    /// Video relayed from a sender that takes RTCP keyframe requests when
+    /// `fb` (its SDP's `a=rtcp-fb`), else SIP INFO.
+    pub fn relayed(fb: bool) -> Self {
+        if fb {
+            Self::RelayedRtcpFeedback
+        } else {
+            Self::RelayedSipInfo
+        }
+    }
+}
+
 /// What to do about a keyframe request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyframeAction {

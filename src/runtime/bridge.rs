@@ -687,7 +687,10 @@ impl Legs {
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         let mut video_to_sip = Vec::new();
-        let mut next_progress = Instant::now() + PROGRESS_EVERY;
+        // When the last wakeup's work was done (the deadlines below are
+        // computed from it: one clock read per wakeup).
+        let mut now = Instant::now();
+        let mut next_progress = now + PROGRESS_EVERY;
         loop {
             let due = [
                 self.sip.session.next_timeout(),
@@ -695,7 +698,7 @@ impl Legs {
                     .as_ref()
                     .and_then(|v| v.sip.session.next_timeout()),
                 self.to_sip.next_due(),
-                self.to_sip.next_event_due(Instant::now()),
+                self.to_sip.next_event_due(now),
                 self.to_browser.next_due(),
                 self.sip.silent_at(silence.limit()),
             ]
@@ -759,7 +762,7 @@ impl Legs {
                 },
                 () = sleep_until(due) => {}
             }
-            let now = Instant::now();
+            now = Instant::now();
             self.to_browser.poll(now, &mut to_browser);
             for p in to_browser.drain(..) {
                 self.webrtc.send_rtp(self.peer, StreamKind::Audio, p);
@@ -862,15 +865,17 @@ impl Relay {
             }
         };
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
-        let mut next_progress = Instant::now() + PROGRESS_EVERY;
+        // As in `Legs::run`: deadlines from the last wakeup's time.
+        let mut now = Instant::now();
+        let mut next_progress = now + PROGRESS_EVERY;
         loop {
             let due = [
                 self.caller.session.next_timeout(),
                 self.callee.session.next_timeout(),
                 self.to_callee.next_due(),
-                self.to_callee.next_event_due(Instant::now()),
+                self.to_callee.next_event_due(now),
                 self.to_caller.next_due(),
-                self.to_caller.next_event_due(Instant::now()),
+                self.to_caller.next_event_due(now),
                 self.caller.silent_at(silence.limit()),
                 self.callee.silent_at(silence.limit()),
             ]
@@ -904,14 +909,14 @@ impl Relay {
                     }
                     Control::Hold(party, held) => {
                         if silence.hold(party, held) {
-                            let now = Instant::now();
-                            (self.caller.heard, self.callee.heard) = (now, now);
+                            let t = Instant::now();
+                            (self.caller.heard, self.callee.heard) = (t, t);
                         }
                     }
                 },
                 () = sleep_until(due) => {}
             }
-            let now = Instant::now();
+            now = Instant::now();
             self.to_caller.poll(now, &mut to_caller);
             self.caller.flush(now, &mut to_caller).await;
             self.to_callee.poll(now, &mut to_callee);

@@ -511,7 +511,9 @@ fn on_call_output(
             }
         }
         Notice::Hold { call, party, held } => {
-            bridges.hold(&call, party, held);
+            if !bridges.hold(&call, party, held) {
+                tracing::info!(call = %call, "a hold for a call without media");
+            }
         }
         Notice::KeyframeWanted { call } => {
             bridges.keyframe_wanted(&call);

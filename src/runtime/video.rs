@@ -98,7 +98,7 @@ impl Path {
     /// sender takes RTCP keyframe requests (else SIP INFO).
     fn video_path(&self, sender_fb: bool) -> VideoPath {
         match self {
-            Path::Relay(_) => relayed(sender_fb),
+            Path::Relay(_) => VideoPath::relayed(sender_fb),
             Path::Worker(_) => VideoPath::Transcoded,
         }
     }
@@ -232,8 +232,11 @@ impl VideoLegs {
                     to_browser.video_path(n.keyframe_fb),
                     KEYFRAME_INTERVAL,
                 ),
-                ask_browser: KeyframeRequests::new(relayed(true), KEYFRAME_INTERVAL),
-                ask_sip: KeyframeRequests::new(relayed(n.keyframe_fb), KEYFRAME_INTERVAL),
+                ask_browser: KeyframeRequests::new(VideoPath::relayed(true), KEYFRAME_INTERVAL),
+                ask_sip: KeyframeRequests::new(
+                    VideoPath::relayed(n.keyframe_fb),
+                    KEYFRAME_INTERVAL,
+                ),
                 to_sip,
                 to_browser,
                 work,
@@ -413,16 +416,6 @@ impl VideoLegs {
             }
         }
         (to_sip_stats, to_browser_stats, overruns)
-    }
-}
-
-/// Video relayed from a sender that takes RTCP keyframe requests when
-/// `fb`, else SIP INFO.
-fn relayed(fb: bool) -> VideoPath {
-    if fb {
-        VideoPath::RelayedRtcpFeedback
-    } else {
-        VideoPath::RelayedSipInfo
     }
 }
 

@@ -220,6 +220,13 @@ pub struct SessionDesc {
 }
 
 impl SessionDesc {
+    /// The first audio section that is not disabled (port 0).
+    pub fn active_audio(&self) -> Option<&MediaDesc> {
+        self.media
+            .iter()
+            .find(|m| m.kind == MediaKind::Audio && m.port != 0)
+    }
+
     /// Where RTP for media section `m` goes, if it is enabled and addressed.
     pub fn rtp_addr(&self, m: &MediaDesc) -> Option<SocketAddr> {
         let ip = m.connection.or(self.connection)?;

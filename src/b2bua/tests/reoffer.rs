@@ -154,21 +154,13 @@ fn a_callees_answer_to_our_re_invite_that_moves_its_port_is_followed() {
     let mut b = B2bua::default();
     let (_, our_tag) = connected_sip_call(&mut b, t0);
     let hold = hold_from_caller(&our_tag, 2);
-    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
-    let out = drain(&mut b);
-    let CallOutput::Request(reinvite, _) = &out[0] else {
-        panic!("{out:?}")
-    };
+    let reinvite = &passed_on(&mut b, t0, &hold);
     // The same answer again moves nothing.
     b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
     assert_eq!(methods(&drain(&mut b)), ["ACK"]);
     // The resume's answer names another port: the callee's media follows.
     let resume = with_sdp(from_caller("INVITE", &our_tag, 3), CALLER_OFFER);
-    assert!(b.on_request(t0, &TxKey::server(&resume).unwrap(), &resume, flow(5080)));
-    let out = drain(&mut b);
-    let CallOutput::Request(reinvite, _) = &out[0] else {
-        panic!("{out:?}")
-    };
+    let reinvite = &passed_on(&mut b, t0, &resume);
     let moved = ANSWER_PCMU.replace("m=audio 40000", "m=audio 40100");
     b.on_response(t0, &reply(reinvite, 200, "a", Some(&moved)));
     let out = drain(&mut b);
@@ -183,11 +175,7 @@ fn a_callees_answer_to_our_re_invite_that_moves_its_port_is_followed() {
         from_caller("INVITE", &our_tag, 4),
         &CALLER_OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendrecv\r\n"),
     );
-    assert!(b.on_request(t0, &TxKey::server(&again).unwrap(), &again, flow(5080)));
-    let out = drain(&mut b);
-    let CallOutput::Request(reinvite, _) = &out[0] else {
-        panic!("{out:?}")
-    };
+    let reinvite = &passed_on(&mut b, t0, &again);
     b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_G729)));
     assert_eq!(methods(&drain(&mut b)), ["ACK"]);
 }
@@ -199,21 +187,24 @@ fn a_callees_answer_holding_the_call_counts_as_its_hold() {
     let (_, our_tag) = connected_sip_call(&mut b, t0);
     // The caller holds; the callee answers inactive: both hold.
     let hold = hold_from_caller(&our_tag, 2);
-    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
-    let out = drain(&mut b);
-    let CallOutput::Request(reinvite, _) = &out[0] else {
-        panic!("{out:?}")
-    };
+    let reinvite = &passed_on(&mut b, t0, &hold);
     let inactive = ANSWER_PCMU.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n");
     b.on_response(t0, &reply(reinvite, 200, "a", Some(&inactive)));
     assert_eq!(methods(&drain(&mut b)), ["hold-Callee:true", "ACK"]);
     // The resume's sendrecv answer takes the callee's hold off.
     let resume = with_sdp(from_caller("INVITE", &our_tag, 3), CALLER_OFFER);
-    assert!(b.on_request(t0, &TxKey::server(&resume).unwrap(), &resume, flow(5080)));
-    let out = drain(&mut b);
-    let CallOutput::Request(reinvite, _) = &out[0] else {
-        panic!("{out:?}")
-    };
+    let reinvite = &passed_on(&mut b, t0, &resume);
     b.on_response(t0, &reply(reinvite, 200, "a", Some(ANSWER_PCMU)));
     assert_eq!(methods(&drain(&mut b)), ["hold-Callee:false", "ACK"]);
+}
+
+/// Sends the SIP caller's re-offer `req`; returns the re-INVITE we pass
+/// on to the callee.
+fn passed_on(b: &mut B2bua, t0: Instant, req: &Message) -> Message {
+    assert!(b.on_request(t0, &TxKey::server(req).unwrap(), req, flow(5080)));
+    let out = drain(b);
+    let Some(CallOutput::Request(reinvite, _)) = out.first() else {
+        panic!("{out:?}")
+    };
+    reinvite.clone()
 }
