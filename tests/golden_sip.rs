@@ -191,8 +191,13 @@ fn rfc4475_torture_messages() {
                     gw.media_ready(Instant::now(), 0, dialog, Ok(ports.collect()));
                 }
                 // A bridged call's media: pretend ports were bound.
-                GwOutput::BridgeMedia { call, .. } => {
-                    gw.bridge_ready(Instant::now(), 0, &call, Ok((40000, 40002)));
+                GwOutput::BridgeMedia { call, video, .. } => {
+                    let ports = causeway::gateway::SipPorts {
+                        caller: 40000,
+                        callee: 40002,
+                        caller_video: video.then_some(40004),
+                    };
+                    gw.bridge_ready(Instant::now(), 0, &call, Ok(ports));
                 }
                 GwOutput::Store(_)
                 | GwOutput::CloseMedia { .. }

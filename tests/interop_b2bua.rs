@@ -535,27 +535,7 @@ fn baresip_calls_the_page(
     mode: &str,
     hangup_from_baresip: bool,
 ) -> Value {
-    let wav = browser_tone(baresip.dir.path());
-    let ready = baresip.dir.path().join(format!("page-ready-{mode}"));
-    let mut cmd = Command::new("node");
-    cmd.current_dir(browser_dir()).args([
-        "answer.mjs",
-        &format!("http://127.0.0.1:{}", gw.http_port),
-        "bob",
-        "hunter2",
-        "4",
-        mode,
-        &ready.display().to_string(),
-        &wav.display().to_string(),
-    ]);
-    let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
-    wait_for(
-        "the page to register",
-        40,
-        || ready.exists() || node.is_finished(),
-        || gw.log_text(),
-    );
-    baresip.command("dial", &format!("sip:bob@127.0.0.1:{}", gw.sip_port));
+    let node = page_answers_baresip(gw, baresip, mode, 4, None);
     if hangup_from_baresip {
         wait_for(
             "the browser to answer",
@@ -568,6 +548,43 @@ fn baresip_calls_the_page(
     }
     let out = node.join().unwrap();
     parse_result(&out, gw, baresip)
+}
+
+/// Starts the page (registering `bob`, then answering as `mode` says and
+/// listening for `seconds`, video only in `video_codec` when given), and
+/// has baresip call it once it registered. Returns the page's run.
+fn page_answers_baresip(
+    gw: &Gw,
+    baresip: &Baresip,
+    mode: &str,
+    seconds: u32,
+    video_codec: Option<&str>,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let wav = browser_tone(baresip.dir.path());
+    let ready = baresip.dir.path().join(format!("page-ready-{mode}"));
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir()).args([
+        "answer.mjs",
+        &format!("http://127.0.0.1:{}", gw.http_port),
+        "bob",
+        "hunter2",
+        &seconds.to_string(),
+        mode,
+        &ready.display().to_string(),
+        &wav.display().to_string(),
+    ]);
+    if let Some(codec) = video_codec {
+        cmd.env("VIDEO_CODEC", codec);
+    }
+    let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    wait_for(
+        "the page to register",
+        40,
+        || ready.exists() || node.is_finished(),
+        || gw.log_text(),
+    );
+    baresip.command("dial", &format!("sip:bob@127.0.0.1:{}", gw.sip_port));
+    node
 }
 
 #[test]
@@ -729,18 +746,45 @@ fn video_call(codec: &str) -> Value {
     let mut cmd = node_call(&gw, 6, "browser", &wav);
     cmd.env("VIDEO_CODEC", codec);
     let node = std::thread::spawn(move || run_bounded(&mut cmd, Duration::from_secs(90)));
+    video_both_ways(&gw, &baresip, node, codec)
+}
+
+/// baresip (H.264 only) calls the page, which answers with its camera
+/// with video limited to `codec`; checks that each side decoded the
+/// other's pictures and returns the call's record.
+fn video_call_to_the_page(codec: &str) -> Value {
+    prerequisites();
+    let gw = Gw::start("");
+    let baresip = Baresip::start_with_video(&gw, "PCMU", true);
+    let node = page_answers_baresip(&gw, &baresip, "browser", 6, Some(codec));
+    let cdr = video_both_ways(&gw, &baresip, node, codec);
+    assert_eq!(cdr["media"]["callee_leg"], "webrtc", "{cdr}");
+    cdr
+}
+
+/// The call between the page (run by `node`, its video limited to
+/// `codec`) and baresip once video is bridged: baresip decoded the page's
+/// camera, the page baresip's pictures and each heard the other. Returns
+/// the call's record.
+fn video_both_ways(
+    gw: &Gw,
+    baresip: &Baresip,
+    node: std::thread::JoinHandle<std::process::Output>,
+    codec: &str,
+) -> Value {
     wait_for(
         "the answer",
         40,
-        || gw.log_text().contains("bridging video"),
+        || gw.log_text().contains("bridging video") || node.is_finished(),
         || format!("{}\n{}", gw.log_text(), baresip.log()),
     );
     // Give the first keyframes time to cross, then keep what baresip decodes.
     std::thread::sleep(Duration::from_secs(3));
     let (width, height) = baresip.decoded_picture();
     let out = node.join().unwrap();
-    let r = parse_result(&out, &gw, &baresip);
+    let r = parse_result(&out, gw, baresip);
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}", context());
     assert_page_heard_baresip(&r, &context);
     // baresip decoded the page's camera (640x360, as the page asks).
     assert_eq!((width, height), (640, 360), "{}", context());
@@ -779,6 +823,7 @@ fn chromium_vp8_and_baresip_h264_are_transcoded_both_ways() {
     let cdr = video_call("VP8");
     let video = &cdr["media"]["video"];
     assert_eq!(video["browser_codec"], "VP8/90000", "{cdr}");
+    assert_eq!(video["browser_receives"], "VP8/90000", "{cdr}");
     assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
     assert_eq!(video["to_sip"], "transcoded", "{cdr}");
     assert_eq!(video["to_browser"], "transcoded", "{cdr}");
@@ -789,6 +834,33 @@ fn chromium_h264_and_baresip_h264_are_relayed_untouched() {
     let cdr = video_call("H264");
     let video = &cdr["media"]["video"];
     assert_eq!(video["browser_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["browser_receives"], "H264/90000", "{cdr}");
+    assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["to_sip"], "passthrough", "{cdr}");
+    assert_eq!(video["to_browser"], "passthrough", "{cdr}");
+}
+
+/// The page takes only VP8 (its answer lists nothing else), but Chromium
+/// sends the first codec of our offer it supports: baresip's H.264. So
+/// the page is sent VP8 (transcoded) and its H.264 is relayed untouched;
+/// the gateway learns that from its packets.
+#[test]
+fn baresips_h264_call_to_a_page_taking_only_vp8_is_transcoded_one_way() {
+    let cdr = video_call_to_the_page("VP8");
+    let video = &cdr["media"]["video"];
+    assert_eq!(video["browser_receives"], "VP8/90000", "{cdr}");
+    assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["to_browser"], "transcoded", "{cdr}");
+    assert_eq!(video["browser_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["to_sip"], "passthrough", "{cdr}");
+}
+
+#[test]
+fn baresips_h264_call_to_a_page_answering_h264_is_relayed_untouched() {
+    let cdr = video_call_to_the_page("H264");
+    let video = &cdr["media"]["video"];
+    assert_eq!(video["browser_codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["browser_receives"], "H264/90000", "{cdr}");
     assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
     assert_eq!(video["to_sip"], "passthrough", "{cdr}");
     assert_eq!(video["to_browser"], "passthrough", "{cdr}");

@@ -255,13 +255,17 @@ async function answerIncoming() {
   app.call = offer.call_uuid;
   setState("calling", "Connecting…");
   try {
-    // The gateway offers audio (video is not bridged to SIP yet).
-    app.local = await navigator.mediaDevices.getUserMedia({
+    // The gateway offers video when the caller sent some: answer with the
+    // camera then (or receive only, without one).
+    const video = /^m=video [1-9]/m.test(offer.sdp);
+    app.local = video ? await getMedia() : await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: false, autoGainControl: false, noiseSuppression: false },
     });
+    $("local").srcObject = app.local;
     const pc = newPeer(app.reg.iceServers);
     await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
     for (const track of app.local.getTracks()) pc.addTrack(track, app.local);
+    preferVideoCodec(pc, params.get("video_codec"));
     await pc.setLocalDescription(await pc.createAnswer());
     await gathered(pc);
     await post(api(app.reg.alias, `calls/${offer.call_uuid}/answer`), { sdp: pc.localDescription.sdp });
@@ -311,8 +315,9 @@ async function startCall(alias, name, pin) {
 }
 
 /**
- * Offers only one video codec (`/?video_codec=H264` or `VP8`): a call to a
- * SIP endpoint that has that codec is then relayed without transcoding.
+ * Offers (or answers) only one video codec (`/?video_codec=H264` or `VP8`):
+ * a call with a SIP endpoint that has that codec is then relayed without
+ * transcoding, and one without it is transcoded.
  */
 function preferVideoCodec(pc, name) {
   if (!name || !RTCRtpReceiver.getCapabilities) return;

@@ -11,6 +11,7 @@
 //! answering declines (603); one that goes away (its peer times out, its
 //! event stream closes) is unavailable (480).
 
+use super::codecs::{browser_video, caller_video_answer};
 use super::{
     B2bua, BrowserFork, BrowserState, CallEvent, CallOutput, CalleeMedia, Caller, CallerMedia,
     Notice, Party, Side, State, Winner, accept_caller, browser_audio, cancel_fork,
@@ -39,6 +40,14 @@ impl B2bua {
             .iter()
             .filter_map(|f| f.codec.as_ref().and_then(AudioCodec::from_key))
             .collect();
+        let video = match &call.caller {
+            Caller::Sip(sc) => sc
+                .video_offer
+                .as_ref()
+                .map(|(_, codecs)| codecs.clone())
+                .unwrap_or_default(),
+            Caller::Browser(_) => Vec::new(),
+        };
         for b in call
             .browsers
             .iter()
@@ -49,6 +58,7 @@ impl B2bua {
                 participant: b.participant.clone(),
                 from: from.to_string(),
                 audio: audio.clone(),
+                video: video.clone(),
             }));
         }
     }
@@ -122,14 +132,23 @@ impl B2bua {
         }
         stop_browsers(&mut call.browsers, &mut self.out, "answered elsewhere");
         let answered = match &mut call.caller {
-            Caller::Sip(sc) => accept_caller(
-                &mut self.dialogs,
-                &mut self.out,
-                now,
-                sc,
-                Some(&theirs.codec.key()),
-                (&call.offer, call.dtmf),
-            ),
+            Caller::Sip(sc) => {
+                // The browser's video codec where the caller offered it
+                // (relayed), else one the caller offered (transcoded).
+                let video = browser_video(&formats)
+                    .zip(sc.caller_offer.as_ref())
+                    .and_then(|(b, offer)| caller_video_answer(offer, b))
+                    .and_then(|c| crate::sdp::video_format(c).codec);
+                accept_caller(
+                    &mut self.dialogs,
+                    &mut self.out,
+                    now,
+                    sc,
+                    Some(&theirs.codec.key()),
+                    video.as_ref(),
+                    (&call.offer, call.dtmf),
+                )
+            }
             Caller::Browser(_) => Err("browsers do not call browsers".to_string()),
         };
         match answered {
@@ -137,14 +156,14 @@ impl B2bua {
                 call.state = State::Connected;
                 // The caller's codec (else, until its ACK answers our
                 // offer, the browser's).
-                let key = agreed.as_ref().and_then(|a| a.format.codec.clone());
+                let key = agreed.as_ref().and_then(|a| a.audio.format.codec.clone());
                 let key = key.unwrap_or_else(|| theirs.codec.key());
                 let codec = format!("{}/{}", key.name, key.clock_rate);
                 tracing::info!(call = %call_id, fork, %codec, "browser answered");
                 let callee = CalleeMedia::Browser(peer, formats);
                 match agreed {
                     Some(agreed) => {
-                        call.agreed_by(Party::Caller, &agreed);
+                        call.agreed_by(Party::Caller, &agreed.audio);
                         self.notify(Notice::StartMedia {
                             call: call_id.clone(),
                             caller: CallerMedia::Sip(Box::new(agreed)),

@@ -1,17 +1,21 @@
 //! What a browser's negotiated formats mean for the SIP side: the audio it
 //! sends, and the audio and video codecs a callee is offered for a caller
-//! (its own first, relayed when picked, then those we transcode to). Pure
-//! functions of formats and the rule; must not touch calls or messages.
+//! (its own first, relayed when picked, then those we transcode to), a
+//! browser callee included. Pure functions of formats, offers and the
+//! rule; must not touch calls or messages.
 
 use crate::media::bridge::AudioEnd;
+use crate::sdp::SessionDesc;
 use crate::webrtc::{PeerFormat, StreamKind};
-use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::registry::{AudioCodec, video_codec};
 use causeway_codecs::video::VideoCodec;
 
 /// What the browser sends on audio: its first audio codec, and its
 /// telephone-event at that codec's clock.
 pub fn browser_audio(formats: &[PeerFormat]) -> Option<AudioEnd> {
-    let audio = formats.iter().filter(|f| f.kind == StreamKind::Audio);
+    let audio = formats
+        .iter()
+        .filter(|f| f.kind == StreamKind::Audio && f.answered);
     let (codec, pt) = audio
         .clone()
         .find_map(|f| AudioCodec::from_key(&f.codec).map(|c| (c, f.pt)))?;
@@ -85,20 +89,61 @@ pub fn offer_codecs(theirs: &[AudioCodec], rule: &[String], transcode: bool) -> 
 /// the browser sends first (relayed when the SIP side takes it), then,
 /// when `transcode`, the other one we can transcode to.
 pub fn browser_video_codecs(formats: &[PeerFormat], transcode: bool) -> Vec<VideoCodec> {
-    let Some(first) = formats
+    with_transcoded(browser_video(formats).into_iter().collect(), transcode)
+}
+
+/// The browser's first video codec we bridge: what it would rather
+/// receive and, in its own offer, what it sends.
+pub fn browser_video(formats: &[PeerFormat]) -> Option<VideoCodec> {
+    formats
         .iter()
-        .filter(|f| f.kind == StreamKind::Video)
-        .find_map(|f| causeway_codecs::registry::video_codec(&f.codec))
-    else {
-        return Vec::new();
-    };
-    let mut v = vec![first];
-    if transcode {
-        v.extend(
-            [VideoCodec::H264, VideoCodec::Vp8]
-                .into_iter()
-                .filter(|c| *c != first),
-        );
+        .filter(|f| f.kind == StreamKind::Video && f.answered)
+        .find_map(|f| video_codec(&f.codec))
+}
+
+/// The video codecs to offer browsers for a SIP caller's offer: those of
+/// its first live video section that we bridge, in its order (relayed
+/// when the browser picks one), then, when `transcode`, the other one we
+/// can transcode to. None without such a section.
+pub fn caller_video_codecs(offer: &SessionDesc, transcode: bool) -> Vec<VideoCodec> {
+    with_transcoded(sip_video(offer).collect(), transcode)
+}
+
+/// The codec of a SIP caller's video our answer takes when the browser
+/// that answered sends `browser`: that one where the caller offered it
+/// (relayed), else the first the caller offered that we transcode to.
+pub fn caller_video_answer(offer: &SessionDesc, browser: VideoCodec) -> Option<VideoCodec> {
+    let mut theirs = sip_video(offer);
+    theirs
+        .clone()
+        .find(|c| *c == browser)
+        .or_else(|| theirs.next())
+}
+
+/// The codecs of a SIP offer's first live video section we bridge.
+fn sip_video(offer: &SessionDesc) -> impl Iterator<Item = VideoCodec> + Clone + '_ {
+    offer
+        .active_video()
+        .into_iter()
+        .flat_map(|m| &m.formats)
+        .filter_map(|f| f.codec.as_ref().and_then(video_codec))
+}
+
+/// `theirs` once each, then, when `transcode` and `theirs` has any, the
+/// codecs we transcode to that it lacks.
+fn with_transcoded(theirs: Vec<VideoCodec>, transcode: bool) -> Vec<VideoCodec> {
+    let mut v: Vec<VideoCodec> = Vec::new();
+    for c in theirs {
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    if transcode && !v.is_empty() {
+        for c in [VideoCodec::H264, VideoCodec::Vp8] {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
     }
     v
 }

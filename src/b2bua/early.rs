@@ -48,7 +48,10 @@ impl B2bua {
                     Ok((progress, ours)) => {
                         self.out
                             .push_back(CallOutput::Respond(sc.key.clone(), progress));
-                        CallerMedia::Sip(Box::new(ours))
+                        CallerMedia::Sip(Box::new(Agreed {
+                            audio: ours,
+                            video: None,
+                        }))
                     }
                     Err(e) => {
                         tracing::info!(call = %call_id, reason = %e, "no early media to the SIP caller");
@@ -58,7 +61,7 @@ impl B2bua {
             }
         };
         if let CallerMedia::Sip(ours) = &caller {
-            call.agreed_by(Party::Caller, ours);
+            call.agreed_by(Party::Caller, &ours.audio);
         }
         tracing::info!(call = %call_id, fork = i, "early media from the SIP side");
         call.early = Some((i, agreed.clone()));
@@ -129,7 +132,7 @@ impl B2bua {
                 if let Some(callee) = call.held.take() {
                     self.notify(Notice::StartMedia {
                         call: call_id,
-                        caller: CallerMedia::Sip(Box::new(a.audio)),
+                        caller: CallerMedia::Sip(Box::new(a)),
                         callee,
                     });
                 }

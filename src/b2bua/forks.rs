@@ -293,10 +293,11 @@ impl B2bua {
                         now,
                         sc,
                         n.audio.format.codec.as_ref(),
+                        None,
                         (&call.offer, call.dtmf),
                     )?;
                     agreed.map(|a| {
-                        call.agreed_by(Party::Caller, &a);
+                        call.agreed_by(Party::Caller, &a.audio);
                         CallerMedia::Sip(Box::new(a))
                     })
                 }

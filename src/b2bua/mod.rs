@@ -44,7 +44,8 @@ mod tests;
 mod uas;
 
 pub use codecs::{
-    browser_audio, browser_video_codecs, offer_codecs, opus_rate_limit, sip_offer_codecs,
+    browser_audio, browser_video_codecs, caller_video_codecs, offer_codecs, opus_rate_limit,
+    sip_offer_codecs,
 };
 
 use browser::{caller_name, stop_browsers};
@@ -65,6 +66,7 @@ use crate::sip::uac::{InviteParams, UacLeg};
 use crate::webrtc::{PeerFormat, PeerId};
 use bytes::Bytes;
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -165,6 +167,8 @@ pub enum Notice {
         from: String,
         /// Audio codecs to offer, first preferred.
         audio: Vec<AudioCodec>,
+        /// Video codecs to offer, first preferred (none: no video).
+        video: Vec<VideoCodec>,
     },
     /// The media of a call already bridged moves with a SIP side's new
     /// answer: the winner's 2xx where it differs from the 183 that started
@@ -252,9 +256,9 @@ impl Party {
 pub enum CallerMedia {
     /// A browser's peer in the WebRTC hub.
     Browser(PeerId),
-    /// A SIP endpoint, as our answer to its offer agreed (on the port
+    /// A SIP endpoint, as our answer to its offer agreed (on the ports
     /// reserved for it).
-    Sip(Box<Negotiated>),
+    Sip(Box<Agreed>),
 }
 
 /// The callee's end of a call's media.
@@ -307,6 +311,10 @@ pub struct SipDial {
     pub dtmf: DtmfMode,
     /// Our media address and RTP port toward the caller (bound already).
     pub media: (IpAddr, u16),
+    /// Where the caller offered video the rule lets through: our video
+    /// RTP port toward it (bound already) and the video codecs browsers
+    /// are offered, first preferred.
+    pub video: Option<(u16, Vec<VideoCodec>)>,
     /// Our Contact toward the caller (`<sip:...>`).
     pub contact: String,
     /// Our advertised `host:port` toward the caller (Via of our BYE).
@@ -327,6 +335,9 @@ struct SipCaller {
     /// Our offer in the 200, to a caller that made none (its ACK answers).
     late: Option<Offer>,
     media: (IpAddr, u16),
+    /// Our video port toward it and the video codecs browsers are offered
+    /// ([`SipDial::video`]).
+    video_offer: Option<(u16, Vec<VideoCodec>)>,
     contact: String,
     via_host: String,
     user_agent: String,
@@ -338,6 +349,8 @@ struct SipCaller {
     answered: bool,
     /// What our answer agreed with the caller.
     agreed: Option<Negotiated>,
+    /// What it agreed for video.
+    video: Option<Negotiated>,
     /// Our answer in a 183 (early media) and what it agreed: the 200
     /// repeats it.
     early_answer: Option<(String, Negotiated)>,
@@ -603,6 +616,7 @@ impl B2bua {
             caller_offer: dial.caller_offer,
             late: None,
             media: dial.media,
+            video_offer: dial.video,
             contact: dial.contact,
             via_host: dial.via_host,
             user_agent: dial.user_agent,
@@ -610,6 +624,7 @@ impl B2bua {
             reliable: crate::sip::requires(&dial.invite, "100rel"),
             answered: false,
             agreed: None,
+            video: None,
             early_answer: None,
             origin: (u64::from(rand::random::<u32>()), 0),
             session: Session {

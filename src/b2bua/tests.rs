@@ -330,12 +330,17 @@ const CALLER_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 1
                             a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
 
 fn caller_invite() -> Message {
+    caller_invite_with(CALLER_OFFER)
+}
+
+/// The SIP caller's INVITE with `offer`.
+fn caller_invite_with(offer: &str) -> Message {
     let text = format!(
         "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcaller1\r\n\
          From: \"Carol\" <sip:carol@test.local>;tag=ctag\r\nTo: <sip:bob@test.local>\r\n\
          Call-ID: caller-call\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:5080>\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{CALLER_OFFER}",
-        CALLER_OFFER.len()
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        offer.len()
     );
     Message::parse(text.as_bytes()).unwrap()
 }
@@ -355,6 +360,7 @@ fn sip_dial(invite: Message) -> SipDial {
         offer: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
         dtmf: DtmfMode::Auto,
         media: ("127.0.0.1".parse().unwrap(), 20000),
+        video: None,
         contact: "<sip:bob@127.0.0.1:5060>".into(),
         via_host: "127.0.0.1:5060".into(),
         user_agent: "causeway".into(),
@@ -424,8 +430,10 @@ fn dial_from_sip_with(
                 participant,
                 from,
                 audio,
+                video,
             }) => {
                 assert_eq!(from, "Carol");
+                assert!(video.is_empty(), "no video port, no video offered");
                 rung.push((fork, participant, audio));
             }
             o => panic!("unexpected {o:?}"),
@@ -514,8 +522,11 @@ fn a_sip_caller_hears_ringing_gets_the_callees_codec_and_hangs_up() {
     let CallerMedia::Sip(agreed) = caller else {
         panic!("{caller:?}")
     };
-    assert_eq!((agreed.format.pt, sip.audio.format.pt), (0, 0));
-    assert_eq!(agreed.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
+    assert_eq!((agreed.audio.format.pt, sip.audio.format.pt), (0, 0));
+    assert_eq!(
+        agreed.audio.remote_rtp,
+        Some("127.0.0.1:30000".parse().unwrap())
+    );
 
     // Our 200 is resent until the ACK.
     b.handle_timeout(t0 + Duration::from_millis(500));
@@ -771,11 +782,13 @@ fn browser_formats(codec: &str, clock: u32, pt: u8) -> Vec<PeerFormat> {
             kind: StreamKind::Audio,
             pt,
             codec: key(codec, clock),
+            answered: true,
         },
         PeerFormat {
             kind: StreamKind::Audio,
             pt: 126,
             codec: key("telephone-event", 8000),
+            answered: true,
         },
     ]
 }
@@ -865,7 +878,7 @@ fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
     else {
         panic!("{:?}", out[1])
     };
-    assert_eq!((agreed.format.pt, *peer), (0, PeerId(7)));
+    assert_eq!((agreed.audio.format.pt, *peer), (0, PeerId(7)));
     let ids: Vec<&str> = out[2..]
         .iter()
         .map(|o| match o {
@@ -892,6 +905,116 @@ fn a_sip_call_rings_a_registered_browser_which_answers_and_wins() {
         panic!()
     };
     assert_eq!(*peer, Some(PeerId(7)));
+}
+
+/// The caller's H.264 video section (after [`CALLER_OFFER`]'s audio).
+const CALLER_VIDEO: &str = "m=video 30002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+                            a=fmtp:96 profile-level-id=42e01f;packetization-mode=1\r\n";
+
+#[test]
+fn a_sip_callers_video_goes_to_the_browser_that_answers_relayed_or_transcoded() {
+    use causeway_codecs::video::VideoCodec::{H264, Vp8};
+    let t0 = Instant::now();
+    let offer = format!("{CALLER_OFFER}{CALLER_VIDEO}");
+    // The browser answers H.264 (relayed), VP8 (transcoded), or no video.
+    for browser_video in [Some(("H264", 108)), Some(("VP8", 96)), None] {
+        let mut b = B2bua::default();
+        let dial = SipDial {
+            video: Some((20002, vec![H264, Vp8])),
+            ..sip_dial(caller_invite_with(&offer))
+        };
+        let browsers = vec![BrowserTarget {
+            participant: "p-1".into(),
+        }];
+        b.dial_sip(t0, dial, Vec::new(), browsers);
+        let out = drain(&mut b);
+        let [CallOutput::Notice(Notice::RingBrowser { fork, video, .. })] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*video, [H264, Vp8], "the browser is offered video");
+        let fork = fork.clone();
+        b.browser_offered(t0, &fork, Ok(PeerId(7)));
+        drain(&mut b);
+
+        let mut formats = browser_formats("PCMU", 8000, 0);
+        formats.extend(browser_video.map(|(name, pt)| PeerFormat {
+            kind: StreamKind::Video,
+            pt,
+            codec: causeway_codecs::CodecKey {
+                name: name.into(),
+                clock_rate: 90000,
+                channels: 1,
+            },
+            answered: true,
+        }));
+        b.browser_answered(t0, &fork, formats);
+        let out = drain(&mut b);
+        assert_eq!(methods(&out), ["200", "media", "connected", "connected"]);
+        let CallOutput::Respond(_, ok) = &out[0] else {
+            panic!()
+        };
+        let CallOutput::Notice(Notice::StartMedia {
+            caller: CallerMedia::Sip(agreed),
+            ..
+        }) = &out[1]
+        else {
+            panic!("{:?}", out[1])
+        };
+        let sdp = body(ok);
+        if browser_video.is_none() {
+            assert!(sdp.contains("m=video 0 "), "video declined: {sdp}");
+            assert!(agreed.video.is_none());
+            continue;
+        }
+        // Whatever the browser sends, the caller gets its own H.264 on our
+        // video port.
+        assert!(sdp.contains("m=video 20002 RTP/AVP 96\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:96 H264/90000"), "{sdp}");
+        let video = agreed.video.as_ref().expect("video agreed");
+        assert_eq!(video.format.pt, 96);
+        assert_eq!(video.remote_rtp, Some("127.0.0.1:30002".parse().unwrap()));
+
+        // The caller holds: our answer keeps the video section, on hold too.
+        b.on_ack(t0, &from_caller("ACK", &tag_of_ok(ok), 1));
+        let hold = with_sdp(
+            from_caller("INVITE", &tag_of_ok(ok), 2),
+            &offer.replace("RTP/AVP 96\r\n", "RTP/AVP 96\r\na=sendonly\r\n"),
+        );
+        assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5080)));
+        let out = drain(&mut b);
+        let Some(CallOutput::Respond(_, ok)) = out.first() else {
+            panic!("{out:?}")
+        };
+        let sdp = body(ok);
+        let video = &sdp[sdp.find("m=video").expect("video kept")..];
+        assert!(video.starts_with("m=video 20002 RTP/AVP 96\r\n"), "{sdp}");
+        assert!(video.contains("a=recvonly"), "{sdp}");
+    }
+}
+
+#[test]
+fn browsers_are_offered_the_callers_video_codecs_then_what_we_transcode_to() {
+    use super::codecs::caller_video_answer;
+    use causeway_codecs::video::VideoCodec::{H264, Vp8};
+    let offer = |video: &str| crate::sdp::parse(&format!("{CALLER_OFFER}{video}")).unwrap();
+    let h264 = offer(CALLER_VIDEO);
+    assert_eq!(caller_video_codecs(&h264, true), [H264, Vp8]);
+    assert_eq!(caller_video_codecs(&h264, false), [H264]);
+    assert_eq!(caller_video_answer(&h264, Vp8), Some(H264), "transcoded");
+    assert_eq!(caller_video_answer(&h264, H264), Some(H264), "relayed");
+    // VP8 and H.264 offered: the browser's pick is relayed.
+    let both = offer(
+        &CALLER_VIDEO
+            .replace("RTP/AVP 96", "RTP/AVP 100 96")
+            .replace("a=rtpmap:96", "a=rtpmap:100 VP8/90000\r\na=rtpmap:96"),
+    );
+    assert_eq!(caller_video_codecs(&both, false), [Vp8, H264]);
+    assert_eq!(caller_video_answer(&both, H264), Some(H264));
+    // A disabled section, or none, offers browsers no video.
+    let off = offer(&CALLER_VIDEO.replace("m=video 30002", "m=video 0"));
+    assert!(caller_video_codecs(&off, true).is_empty());
+    assert!(caller_video_codecs(&offer(""), true).is_empty());
+    assert_eq!(caller_video_answer(&off, Vp8), None);
 }
 
 fn tag_of_ok(ok: &Message) -> String {

@@ -9,7 +9,7 @@ use super::refresh::{caller_request, stamp_request};
 use super::{ALLOW, B2bua, CallOutput, Caller, Leg, Notice, Party, SipCaller, State, Winner};
 use crate::dialplan::DtmfMode;
 use crate::media::srtp::MasterKey;
-use crate::sdp::{AnswerConfig, Negotiated, Offer, SessionDesc};
+use crate::sdp::{Agreed, AnswerConfig, Negotiated, Offer, SessionDesc};
 use crate::sip::Flow;
 use crate::sip::dialog::Dialogs;
 use crate::sip::msg::{Message, response_to};
@@ -86,8 +86,14 @@ impl B2bua {
         let (ok, forward) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
                 let agreed = sc.agreed.clone().ok_or("no caller media")?;
-                let (body, now) =
-                    answer_caller(sc, &offer, agreed.format.codec.as_ref(), call.dtmf)?;
+                let video = sc.video.as_ref().and_then(|v| v.format.codec.clone());
+                let (body, Agreed { audio: now, .. }) = answer_caller(
+                    sc,
+                    &offer,
+                    agreed.format.codec.as_ref(),
+                    video.as_ref(),
+                    call.dtmf,
+                )?;
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
                 moved = media_moved(&agreed, now);
@@ -123,7 +129,7 @@ impl B2bua {
                     .as_ref()
                     .and_then(|v| v.format.codec.as_ref())
                     .zip(c.video_port);
-                let (body, now) = answer_audio(
+                let (body, Agreed { audio: now, .. }) = answer_audio(
                     &offer,
                     c.agreed.audio.format.codec.as_ref(),
                     our_key(Some(&c.agreed.audio)),
@@ -387,7 +393,7 @@ fn caller_response_to(
 /// offering that codec. Every other section is declined; telephone-events
 /// are accepted when `events`; an SDES offer keeps our key `keep_key`
 /// where the suite allows. Returns our SDP (at `addr`:`port`, with
-/// `origin` in `o=`) and what it agreed for audio.
+/// `origin` in `o=`) and what it agreed for audio and video.
 pub(super) fn answer_audio(
     offer: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
@@ -396,7 +402,7 @@ pub(super) fn answer_audio(
     origin: (u64, u64),
     video: Option<(&causeway_codecs::CodecKey, u16)>,
     events: bool,
-) -> Result<(String, Negotiated), crate::sdp::SdpError> {
+) -> Result<(String, Agreed), crate::sdp::SdpError> {
     use crate::sdp::MediaKind;
     let answer_with = |mut codecs: Vec<causeway_codecs::CodecKey>| {
         codecs.extend(video.map(|(c, _)| c.clone()));
@@ -437,8 +443,10 @@ pub(super) fn answer_audio(
             *n = None;
         }
     }
-    let agreed = answer.streams[first].clone().ok_or(no_audio)?;
-    Ok((answer.to_sdp(addr, &ports, origin.0, origin.1), agreed))
+    let audio = answer.streams[first].clone().ok_or(no_audio)?;
+    let video = first_video.and_then(|i| answer.streams[i].clone());
+    let sdp = answer.to_sdp(addr, &ports, origin.0, origin.1);
+    Ok((sdp, Agreed { audio, video }))
 }
 
 /// Our 200 to a SIP caller's offer, in its INVITE (`request` None) or in
@@ -459,22 +467,25 @@ pub(super) fn caller_ok(
 
 /// Our answer to a SIP caller's offer `theirs`, in the `prefer`red codec
 /// when it offered it (relayed), else any we can transcode to, with
-/// telephone-events unless digits go by SIP INFO only (`dtmf`): the SDP (a
-/// new `o=` version) and what it agreed.
+/// telephone-events unless digits go by SIP INFO only (`dtmf`), and video
+/// in codec `video` on our video port when both are there: the SDP (a new
+/// `o=` version) and what it agreed.
 fn answer_caller(
     sc: &mut SipCaller,
     theirs: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
+    video: Option<&causeway_codecs::CodecKey>,
     dtmf: DtmfMode,
-) -> Result<(String, Negotiated), String> {
+) -> Result<(String, Agreed), String> {
     sc.origin.1 += 1;
+    let port = sc.video_offer.as_ref().map(|(port, _)| *port);
     answer_audio(
         theirs,
         prefer,
         our_key(sc.agreed.as_ref()),
         sc.media,
         sc.origin,
-        None,
+        video.zip(port),
         dtmf != DtmfMode::Info,
     )
     .map_err(|e| e.to_string())
@@ -499,7 +510,7 @@ pub(super) fn early_answer(
         return Err("the caller requires reliable provisional responses".into());
     }
     let theirs = sc.caller_offer.clone().ok_or("the caller made no offer")?;
-    let (body, agreed) = answer_caller(sc, &theirs, prefer, dtmf)?;
+    let (body, Agreed { audio: agreed, .. }) = answer_caller(sc, &theirs, prefer, None, dtmf)?;
     let mut progress = caller_response(dialogs, sc, 183, "Session Progress")
         .ok_or("the caller's dialog is gone")?;
     progress.push_header("Content-Type", "application/sdp");
@@ -511,23 +522,24 @@ pub(super) fn early_answer(
 
 /// Accepts a SIP caller's call once a callee answered: 200 with our SDP.
 /// It repeats the answer of our 183 if early media went before; else, to
-/// the caller's offer, we answer in the `prefer`red codec ([`answer_caller`])
-/// and return what that agreed. A caller that made no offer gets ours
-/// (`offered`, what the callees were offered, the `prefer`red codec first);
-/// its ACK answers, so nothing is agreed yet (None). Queues the 200
-/// (retransmitted until the ACK).
+/// the caller's offer, we answer in the `prefer`red codec and in `video`
+/// ([`answer_caller`]) and return what that agreed. A caller that made no
+/// offer gets ours (`offered`, what the callees were offered, the
+/// `prefer`red codec first); its ACK answers, so nothing is agreed yet
+/// (None). Queues the 200 (retransmitted until the ACK).
 pub(super) fn accept_caller(
     dialogs: &mut Dialogs,
     out: &mut VecDeque<CallOutput>,
     now: Instant,
     sc: &mut SipCaller,
     prefer: Option<&causeway_codecs::CodecKey>,
+    video: Option<&causeway_codecs::CodecKey>,
     (offered, dtmf): (&Offer, DtmfMode),
-) -> Result<Option<Negotiated>, String> {
+) -> Result<Option<Agreed>, String> {
     let (body, agreed) = match (sc.early_answer.take(), sc.caller_offer.clone()) {
-        (Some((body, agreed)), _) => (body, Some(agreed)),
+        (Some((body, audio)), _) => (body, Some(Agreed { audio, video: None })),
         (None, Some(theirs)) => {
-            let (body, agreed) = answer_caller(sc, &theirs, prefer, dtmf)?;
+            let (body, agreed) = answer_caller(sc, &theirs, prefer, video, dtmf)?;
             (body, Some(agreed))
         }
         (None, None) => {
@@ -554,7 +566,8 @@ pub(super) fn accept_caller(
         sc.session.timer = Some(LegTimer::new(now, se, true));
     }
     sc.answered = true;
-    sc.agreed.clone_from(&agreed);
+    sc.agreed = agreed.as_ref().map(|a| a.audio.clone());
+    sc.video = agreed.as_ref().and_then(|a| a.video.clone());
     dialogs.accepted(now, sc.dialog, ok.to_bytes());
     out.push_back(CallOutput::Respond(sc.key.clone(), ok));
     Ok(agreed)

@@ -48,7 +48,11 @@ pub struct MediaPlan {
 pub struct VideoPlan {
     /// What the browser sends (`VP8/90000`).
     pub browser_codec: String,
-    /// What the SIP side sends.
+    /// What the browser is sent: its own codec, unless it takes only
+    /// another (records from before this field say nothing).
+    #[serde(default)]
+    pub browser_receives: String,
+    /// What the SIP side sends (and is sent).
     pub sip_codec: String,
     /// Toward the SIP side: `passthrough` or `transcoded`.
     pub to_sip: String,
@@ -239,12 +243,16 @@ impl Records {
         }
     }
 
-    /// A running call's audio was planned anew (a side changed codec): the
-    /// record takes its codecs and mode; its video stays.
+    /// A running call's media was planned anew (a side changed codec, the
+    /// browser sent video in another): the record takes the new plan; its
+    /// video stays where the plan has none (a SIP side between SIP sides).
     pub fn media_replanned(&mut self, call: &str, plan: MediaPlan) {
         if let Some(r) = self.live.get_mut(call) {
             let video = r.media.take().and_then(|m| m.video);
-            r.media = Some(MediaPlan { video, ..plan });
+            r.media = Some(MediaPlan {
+                video: plan.video.or(video),
+                ..plan
+            });
         }
     }
 
@@ -365,6 +373,7 @@ mod tests {
         r.start(0, "c4", parties());
         let video = VideoPlan {
             browser_codec: "VP8/90000".into(),
+            browser_receives: "VP8/90000".into(),
             sip_codec: "H264/90000".into(),
             to_sip: "transcoded".into(),
             to_browser: "transcoded".into(),
@@ -380,7 +389,21 @@ mod tests {
         r.media_replanned("c4", plan("PCMA/8000", "transcoded", None));
         assert_eq!(
             r.active()[0].media,
-            Some(plan("PCMA/8000", "transcoded", Some(video)))
+            Some(plan("PCMA/8000", "transcoded", Some(video.clone())))
+        );
+        // The browser sends H.264 after all: relayed toward the SIP side.
+        let followed = VideoPlan {
+            browser_codec: "H264/90000".into(),
+            to_sip: "passthrough".into(),
+            ..video
+        };
+        r.media_replanned(
+            "c4",
+            plan("PCMA/8000", "transcoded", Some(followed.clone())),
+        );
+        assert_eq!(
+            r.active()[0].media.as_ref().and_then(|m| m.video.clone()),
+            Some(followed)
         );
     }
 

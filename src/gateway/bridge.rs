@@ -18,6 +18,7 @@ use crate::sip::msg::{Message, NameAddr, Uri, random_token};
 use crate::sip::transaction::TxKey;
 use crate::sip::uac::InviteParams;
 use crate::trunks::TrunkTarget;
+use causeway_codecs::video::VideoCodec;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -40,6 +41,19 @@ pub(super) struct PendingBridge {
     rule: String,
     /// How digits reach the SIP legs.
     dtmf: crate::dialplan::DtmfMode,
+    /// The video codecs browsers are offered (none: no video).
+    video: Vec<VideoCodec>,
+}
+
+/// The RTP ports bound for a SIP caller's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipPorts {
+    /// Toward the caller.
+    pub caller: u16,
+    /// Toward the callees.
+    pub callee: u16,
+    /// For video toward the caller, when asked for.
+    pub caller_video: Option<u16>,
 }
 
 /// Who a routed call rings.
@@ -354,8 +368,16 @@ impl Gateway {
             let why = "399 causeway \"no audio codec in common\"".to_string();
             return refuse(self, 488, "Not Acceptable Here", why);
         };
+        // Video goes to browsers only (SIP callees are offered audio).
+        let video = match &caller_offer {
+            Some(o) if route.media.video && !callees.browsers.is_empty() => {
+                crate::b2bua::caller_video_codecs(o, route.media.transcode)
+            }
+            _ => Vec::new(),
+        };
         let call = random_token(16);
         let ip = self.media_ip();
+        let with_video = !video.is_empty();
         self.bridging.insert(
             call.clone(),
             PendingBridge {
@@ -369,9 +391,14 @@ impl Gateway {
                 to: route.to.clone(),
                 rule: route.rule.clone(),
                 dtmf: route.media.dtmf,
+                video,
             },
         );
-        self.out.push_back(GwOutput::BridgeMedia { call, ip });
+        self.out.push_back(GwOutput::BridgeMedia {
+            call,
+            ip,
+            video: with_video,
+        });
     }
 
     /// Media ports for a call announced by [`GwOutput::BridgeMedia`]:
@@ -382,7 +409,7 @@ impl Gateway {
         now: Instant,
         wall: u64,
         call: &str,
-        ports: Result<(u16, u16), String>,
+        ports: Result<SipPorts, String>,
     ) {
         let Some(p) = self.bridging.remove(call) else {
             self.out.push_back(GwOutput::Call(Notice::Release {
@@ -391,7 +418,7 @@ impl Gateway {
             }));
             return;
         };
-        let (caller_port, callee_port) = match ports {
+        let ports = match ports {
             Ok(ports) => ports,
             Err(e) => {
                 tracing::warn!(error = %e, "no media ports for a bridged call");
@@ -420,8 +447,13 @@ impl Gateway {
             .and_then(|f| NameAddr::parse(f).ok())
             .and_then(|n| n.display)
             .unwrap_or_default();
-        let targets =
-            self.invite_params(p.callees.sip, &p.from, &display_name, &p.offer, callee_port);
+        let targets = self.invite_params(
+            p.callees.sip,
+            &p.from,
+            &display_name,
+            &p.offer,
+            ports.callee,
+        );
         let transport = p.flow.transport.uri_param();
         let contact = format!(
             "<sip:{}@{}{transport}>",
@@ -445,7 +477,8 @@ impl Gateway {
             id: call.to_string(),
             session_timer,
             key: p.key,
-            media: (self.advertised_ip(&p.flow), caller_port),
+            media: (self.advertised_ip(&p.flow), ports.caller),
+            video: ports.caller_video.map(|port| (port, p.video)),
             via_host: self.advertised(&p.flow),
             user_agent: self.user_agent.clone(),
             invite: p.invite,

@@ -31,7 +31,7 @@
 mod bridge;
 mod echo;
 
-pub use bridge::BrowserDial;
+pub use bridge::{BrowserDial, SipPorts};
 
 use crate::b2bua::{B2bua, CallOutput, Notice};
 use crate::config::Config;
@@ -142,13 +142,16 @@ pub enum GwOutput {
     /// Something for a bridged call's media or its browser side.
     Call(Notice),
     /// A call from a SIP endpoint is to be bridged: bind RTP ports toward
-    /// the caller and toward the callees on `ip`'s family, and report them
-    /// with [`Gateway::bridge_ready`].
+    /// the caller and toward the callees on `ip`'s family (and for video
+    /// toward the caller when `video`), and report them with
+    /// [`Gateway::bridge_ready`].
     BridgeMedia {
         /// The call's id.
         call: String,
         /// Our media address.
         ip: IpAddr,
+        /// The caller's video goes to browsers.
+        video: bool,
     },
     /// A bridged call starts (before any notice about it): for its record.
     CallStarted {

@@ -21,10 +21,11 @@ use super::video::{AskSip, VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
 use crate::cdr::{MediaPlan, MediaTotals};
+use crate::gateway::SipPorts;
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::dtmf::Digit;
 use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig};
-use crate::sdp::Negotiated;
+use crate::sdp::{Agreed, Negotiated};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::AudioCodec;
 use std::collections::HashMap;
@@ -71,8 +72,8 @@ enum Slot {
 enum CallerPorts {
     /// A browser, with the formats its peer negotiated.
     Browser(Vec<PeerFormat>),
-    /// A SIP endpoint: our sockets toward it.
-    Sip(Ports),
+    /// A SIP endpoint: our sockets toward it, for audio and video.
+    Sip(Ports, Option<Ports>),
 }
 
 /// How often a running call reports its counters (the admin API's list).
@@ -86,8 +87,9 @@ pub enum MediaReport {
     Progress(String, MediaTotals),
     /// A call's media stopped; its counters.
     Stopped(String, MediaTotals),
-    /// A running call's audio was planned anew (a SIP side changed codec):
-    /// the codecs each side now uses, relayed or transcoded.
+    /// A running call's media was planned anew (a SIP side changed codec,
+    /// or the browser sent video in another codec): the codecs each side
+    /// now uses, relayed or transcoded.
     Replanned(String, MediaPlan),
     /// Side `from` of a call sent nothing (no RTP, no RTCP) for the media
     /// timeout: it is gone without a BYE. Reported once.
@@ -173,28 +175,34 @@ impl Bridges {
     }
 
     /// Binds RTP ports (and RTCP above each) toward a SIP caller and toward
-    /// its callees; returns (caller side, callee side).
+    /// its callees, and for video toward the caller when `video`.
     pub fn reserve_sip(
         &mut self,
         media: &mut MediaCalls,
         call: &str,
         ip: IpAddr,
-    ) -> std::io::Result<(u16, u16)> {
+        video: bool,
+    ) -> std::io::Result<SipPorts> {
         let caller = media.bind(ip, true)?;
         let ports = media.bind(ip, true)?;
-        let pair = (
-            caller.rtp.local_addr()?.port(),
-            ports.rtp.local_addr()?.port(),
-        );
+        let caller_video = video.then(|| media.bind(ip, true)).transpose()?;
+        let bound = SipPorts {
+            caller: caller.rtp.local_addr()?.port(),
+            callee: ports.rtp.local_addr()?.port(),
+            caller_video: caller_video
+                .as_ref()
+                .map(|v| v.rtp.local_addr().map(|a| a.port()))
+                .transpose()?,
+        };
         self.calls.insert(
             call.to_string(),
             Slot::Reserved {
                 ports,
                 video: None,
-                caller: CallerPorts::Sip(caller),
+                caller: CallerPorts::Sip(caller, caller_video),
             },
         );
-        Ok(pair)
+        Ok(bound)
     }
 
     /// Starts moving media once a callee answered: between a browser and
@@ -225,37 +233,20 @@ impl Bridges {
         };
         let (task, plan) = match (caller, callee, reserved) {
             (CallerMedia::Browser(peer), CalleeMedia::Sip(a), CallerPorts::Browser(formats)) => {
-                let sip = RtpEnd::open(ports, &a.audio, call)?;
-                let video = match (&a.video, video) {
-                    (Some(n), Some(ports)) => {
-                        VideoLegs::new(call, RtpEnd::open(ports, n, call)?, n, peer, &formats)?
-                    }
-                    _ => None,
-                };
-                let (video, video_plan) = video.unzip();
-                let (task, browser, sip_end) = Legs::spawn(
-                    call, sip, &a.audio, peer, &formats, webrtc, ends, true, video,
-                )?;
-                let mut plan = plan("sip", browser, sip_end);
-                log_plan(call, &plan);
-                plan.video = video_plan;
-                (task, plan)
+                let browser = (peer, formats.as_slice(), webrtc);
+                Legs::spawn(call, (ports, video), &a, browser, ends, true)?
             }
             (
                 CallerMedia::Sip(agreed),
                 CalleeMedia::Browser(peer, formats),
-                CallerPorts::Sip(caller),
+                CallerPorts::Sip(caller, video),
             ) => {
                 // The ports reserved toward SIP callees go unused.
-                let sip = RtpEnd::open(caller, &agreed, call)?;
-                let (task, browser, sip_end) = Legs::spawn(
-                    call, sip, &agreed, peer, &formats, webrtc, ends, false, None,
-                )?;
-                let plan = plan("webrtc", sip_end, browser);
-                log_plan(call, &plan);
-                (task, plan)
+                let browser = (peer, formats.as_slice(), webrtc);
+                Legs::spawn(call, (caller, video), &agreed, browser, ends, false)?
             }
-            (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller)) => {
+            (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller, _)) => {
+                let agreed = agreed.audio;
                 let caller_end = sip_audio(&agreed)?;
                 let sip_end = sip_audio(&n.audio)?;
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
@@ -604,11 +595,13 @@ struct Legs {
 impl Legs {
     /// The audio plan, for the call's record.
     fn plan(&self) -> MediaPlan {
-        if self.browser_called {
+        let mut plan = if self.browser_called {
             plan("sip", self.browser_end, self.sip_end)
         } else {
             plan("webrtc", self.sip_end, self.browser_end)
-        }
+        };
+        plan.video = self.video.as_ref().map(VideoLegs::plan);
+        plan
     }
 
     /// The audio counters so far, caller's side first.
@@ -621,25 +614,37 @@ impl Legs {
     }
 
     /// Starts the task between a browser's `peer` (with the `formats` it
-    /// negotiated) and a SIP endpoint's `sip` media (agreed as `n`).
-    /// Returns the task and what the browser and the SIP side send.
-    #[allow(clippy::too_many_arguments)]
+    /// negotiated, on `webrtc`) and a SIP endpoint's media as `agreed`, on
+    /// our `ports` toward it (audio, and video where both sides have it).
+    /// Returns the task and what runs, for the call's record.
     fn spawn(
         call: &str,
-        sip: RtpEnd,
-        n: &Negotiated,
-        peer: PeerId,
-        formats: &[PeerFormat],
-        webrtc: &WebrtcHandle,
+        (audio, video): (Ports, Option<Ports>),
+        agreed: &Agreed,
+        (peer, formats, webrtc): (PeerId, &[PeerFormat], &WebrtcHandle),
         ends: Ends,
         browser_called: bool,
-        video: Option<VideoLegs>,
-    ) -> Result<(JoinHandle<()>, AudioEnd, AudioEnd), String> {
-        let sip_end = sip_audio(n)?;
+    ) -> Result<(JoinHandle<()>, MediaPlan), String> {
+        let sip_end = sip_audio(&agreed.audio)?;
         let browser =
             crate::b2bua::browser_audio(formats).ok_or("the browser has no audio codec")?;
         let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
         let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+        let sip = RtpEnd::open(audio, &agreed.audio, call)?;
+        let video = match (&agreed.video, video) {
+            (Some(v), Some(ports)) => {
+                VideoLegs::new(call, RtpEnd::open(ports, v, call)?, v, peer, formats)?
+            }
+            _ => None,
+        };
+        let (video, video_plan) = video.unzip();
+        let mut plan = if browser_called {
+            plan("sip", browser, sip_end)
+        } else {
+            plan("webrtc", sip_end, browser)
+        };
+        plan.video = video_plan;
+        log_plan(call, &plan);
         let (sink, from_browser) = mpsc::channel(256);
         let webrtc = webrtc.clone();
         let call = call.to_string();
@@ -658,7 +663,7 @@ impl Legs {
             };
             legs.run(&call, from_browser, ends).await;
         });
-        Ok((task, browser, sip_end))
+        Ok((task, plan))
     }
 
     async fn run(
@@ -752,8 +757,12 @@ impl Legs {
                         }
                     }
                     Some(FromPeer::Rtp(StreamKind::Video, p)) => {
-                        if let Some(v) = self.video.as_mut() {
-                            v.on_browser_packet(Instant::now(), p, &mut video_to_sip);
+                        let followed = self
+                            .video
+                            .as_mut()
+                            .is_some_and(|v| v.on_browser_packet(Instant::now(), p, &mut video_to_sip));
+                        if followed {
+                            replanned(call, Ok(self.plan()), &done);
                         }
                     }
                     Some(FromPeer::Keyframe) => {

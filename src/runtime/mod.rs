@@ -314,9 +314,9 @@ pub async fn run(
                     gw.media_ready(Instant::now(), unix_now(), dialog, ports);
                 }
                 GwOutput::CloseMedia { dialog } => media.close(dialog),
-                GwOutput::BridgeMedia { call, ip } => {
+                GwOutput::BridgeMedia { call, ip, video } => {
                     let ports = bridges
-                        .reserve_sip(media, &call, ip)
+                        .reserve_sip(media, &call, ip, video)
                         .map_err(|e| e.to_string());
                     gw.bridge_ready(Instant::now(), unix_now(), &call, ports);
                 }
@@ -498,7 +498,8 @@ fn on_call_output(
             participant,
             from,
             audio,
-        } => client.ring(fork, participant, from, audio),
+            video,
+        } => client.ring(fork, participant, from, (audio, video)),
         Notice::DtmfToBrowser { peer, digit } => client.far_end_dtmf(peer, digit),
         Notice::PlayDigit { call, to, digit } => {
             if !bridges.play_digits(&call, to, digit.digit.to_string(), digit.duration_ms) {

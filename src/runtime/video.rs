@@ -26,7 +26,6 @@ use crate::sdp::{Format, Negotiated};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::video_codec;
 use causeway_codecs::video::{VideoCodec, VideoConfig};
-use std::collections::HashMap;
 use std::sync::mpsc as sync_mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -143,8 +142,8 @@ impl VideoEnd {
         })
     }
 
-    /// The browser's formats of a codec (the hub negotiates H.264 in
-    /// packetization-mode 1 only).
+    /// A browser's format (the hub negotiates H.264 in packetization-mode
+    /// 1 only).
     fn of_browser(f: &PeerFormat) -> Option<Self> {
         (f.kind == StreamKind::Video).then_some(())?;
         Some(Self {
@@ -152,6 +151,11 @@ impl VideoEnd {
             codec: video_codec(&f.codec)?,
             fu_a: true,
         })
+    }
+
+    /// Whether a stream in `self` is relayed as it is to one in `other`.
+    fn same(self, other: Self) -> bool {
+        self.codec == other.codec && (self.codec == VideoCodec::Vp8 || self.fu_a == other.fu_a)
     }
 
     fn name(self) -> String {
@@ -165,8 +169,16 @@ impl VideoEnd {
 
 /// The running video of a call.
 pub(super) struct VideoLegs {
+    call: String,
     /// The SIP endpoint's video socket and session.
     pub sip: RtpEnd,
+    /// The SIP side's format.
+    theirs: VideoEnd,
+    /// Every format the browser may send; `to_sip` takes `sends`.
+    browser: Vec<VideoEnd>,
+    sends: VideoEnd,
+    /// What `to_browser` sends it.
+    takes: VideoEnd,
     to_sip: Path,
     to_browser: Path,
     /// Requests about the video each side receives.
@@ -176,6 +188,7 @@ pub(super) struct VideoLegs {
     ask_browser: KeyframeRequests,
     ask_sip: KeyframeRequests,
     work: mpsc::UnboundedReceiver<(Toward, Work)>,
+    work_tx: mpsc::UnboundedSender<(Toward, Work)>,
     /// Relayed packets for the browser, reused.
     scratch: Vec<Vec<u8>>,
     /// Packets dropped because a transcoding thread was behind.
@@ -184,7 +197,8 @@ pub(super) struct VideoLegs {
 }
 
 impl VideoLegs {
-    /// The paths between a browser's video (`formats`, the first video one
+    /// The paths between a browser's video (`formats`: the first video one
+    /// it takes is what it is sent and, until its packets say otherwise,
     /// what it sends) and the SIP side's (`n`, on `sip`). `None` when the
     /// browser has no video section.
     pub fn new(
@@ -196,66 +210,144 @@ impl VideoLegs {
     ) -> Result<Option<(Self, VideoPlan)>, String> {
         let theirs =
             VideoEnd::of_sip(&n.format).ok_or("the SIP side's video codec cannot be bridged")?;
-        let browser: Vec<VideoEnd> = formats.iter().filter_map(VideoEnd::of_browser).collect();
-        let Some(&sends) = browser.first() else {
+        let takes: Vec<VideoEnd> = formats
+            .iter()
+            .filter(|f| f.answered)
+            .filter_map(VideoEnd::of_browser)
+            .collect();
+        let Some(&sends) = takes.first() else {
             return Ok(None);
         };
-        // Toward the browser: relayed when it negotiated the SIP side's
-        // codec, else transcoded to what it sends.
-        let to_browser_end = browser
+        // Toward the browser: relayed when it takes the SIP side's codec,
+        // else transcoded to what it would rather take.
+        let to_browser_end = takes
             .iter()
             .find(|b| b.codec == theirs.codec)
             .copied()
             .unwrap_or(sends);
+        let browser: Vec<VideoEnd> = formats.iter().filter_map(VideoEnd::of_browser).collect();
         let (work_tx, work) = mpsc::unbounded_channel();
-        let to_sip = path(call, sends, theirs, Toward::Sip, &work_tx)?;
-        let to_browser = path(call, theirs, to_browser_end, Toward::Browser, &work_tx)?;
-        let plan = VideoPlan {
-            browser_codec: sends.name(),
-            sip_codec: theirs.name(),
-            to_sip: to_sip.label().into(),
-            to_browser: to_browser.label().into(),
+        let to_sip = path(
+            call,
+            (sends, &pts_of(&browser, sends)),
+            theirs,
+            Toward::Sip,
+            &work_tx,
+        )?;
+        let to_browser = path(
+            call,
+            (theirs, &[theirs.pt]),
+            to_browser_end,
+            Toward::Browser,
+            &work_tx,
+        )?;
+        let legs = Self {
+            call: call.to_string(),
+            sip,
+            theirs,
+            browser,
+            sends,
+            takes: to_browser_end,
+            sip_asks: KeyframeRequests::new(to_sip.video_path(true), KEYFRAME_INTERVAL),
+            browser_asks: KeyframeRequests::new(
+                to_browser.video_path(n.keyframe_fb),
+                KEYFRAME_INTERVAL,
+            ),
+            ask_browser: KeyframeRequests::new(VideoPath::relayed(true), KEYFRAME_INTERVAL),
+            ask_sip: KeyframeRequests::new(VideoPath::relayed(n.keyframe_fb), KEYFRAME_INTERVAL),
+            to_sip,
+            to_browser,
+            work,
+            work_tx,
+            scratch: Vec::new(),
+            overruns: 0,
+            peer,
         };
+        let plan = legs.plan();
         tracing::info!(
             call,
             browser = %plan.browser_codec,
+            browser_receives = %plan.browser_receives,
             sip = %plan.sip_codec,
             to_sip = %plan.to_sip,
             to_browser = %plan.to_browser,
             "bridging video"
         );
-        Ok(Some((
-            Self {
-                sip,
-                sip_asks: KeyframeRequests::new(to_sip.video_path(true), KEYFRAME_INTERVAL),
-                browser_asks: KeyframeRequests::new(
-                    to_browser.video_path(n.keyframe_fb),
-                    KEYFRAME_INTERVAL,
-                ),
-                ask_browser: KeyframeRequests::new(VideoPath::relayed(true), KEYFRAME_INTERVAL),
-                ask_sip: KeyframeRequests::new(
-                    VideoPath::relayed(n.keyframe_fb),
-                    KEYFRAME_INTERVAL,
-                ),
-                to_sip,
-                to_browser,
-                work,
-                scratch: Vec::new(),
-                overruns: 0,
-                peer,
-            },
-            plan,
-        )))
+        Ok(Some((legs, plan)))
     }
 
-    /// A video packet from the browser.
-    pub fn on_browser_packet(&mut self, now: Instant, packet: Vec<u8>, out: &mut Vec<Vec<u8>>) {
+    /// What runs, for the call's record.
+    pub fn plan(&self) -> VideoPlan {
+        VideoPlan {
+            browser_codec: self.sends.name(),
+            browser_receives: self.takes.name(),
+            sip_codec: self.theirs.name(),
+            to_sip: self.to_sip.label().into(),
+            to_browser: self.to_browser.label().into(),
+        }
+    }
+
+    /// A video packet from the browser. Returns true when it came in
+    /// another codec than the browser sent so far (the path toward the
+    /// SIP side followed it: the call's plan changed).
+    pub fn on_browser_packet(
+        &mut self,
+        now: Instant,
+        packet: Vec<u8>,
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        let followed = packet.get(1).is_some_and(|b| self.follow_browser(b & 0x7f));
         match &mut self.to_sip {
             Path::Relay(d) => d.on_packet(now, &packet, out),
             Path::Worker(tx) => {
                 if tx.try_send(WorkIn::Packet(packet)).is_err() {
                     self.overruns += 1;
                 }
+            }
+        }
+        followed
+    }
+
+    /// A browser packet on payload type `pt`: where that is a format of
+    /// another codec than `to_sip` takes (a browser we offered several
+    /// codecs sends the first it supports, which its answer need not
+    /// list), the path toward the SIP side is made anew for it. Returns
+    /// true when it was.
+    fn follow_browser(&mut self, pt: u8) -> bool {
+        if pt == self.sends.pt {
+            return false;
+        }
+        let Some(&end) = self.browser.iter().find(|b| b.pt == pt) else {
+            return false;
+        };
+        if end.same(self.sends) {
+            return false;
+        }
+        let pts = pts_of(&self.browser, end);
+        match path(
+            &self.call,
+            (end, &pts),
+            self.theirs,
+            Toward::Sip,
+            &self.work_tx,
+        ) {
+            Ok(p) => {
+                // A thread for the old codec ends with its sender.
+                self.to_sip = p;
+                self.sends = end;
+                self.sip_asks =
+                    KeyframeRequests::new(self.to_sip.video_path(true), KEYFRAME_INTERVAL);
+                tracing::info!(
+                    call = %self.call,
+                    browser = %end.name(),
+                    to_sip = self.to_sip.label(),
+                    "the browser sends another video codec"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(call = %self.call, error = %e, "cannot follow the browser's video codec");
+                false
             }
         }
     }
@@ -420,25 +512,37 @@ impl VideoLegs {
 }
 
 /// A passthrough video direction mapping payload type `from` to `to`.
-fn relay_direction(from: u8, to: u8) -> Direction {
-    Direction::new(
-        Mode::Passthrough(Passthrough::new(HashMap::from([(from, to)]))),
-        90000,
-    )
+fn relay_direction(from: &[u8], to: u8) -> Direction {
+    let pts = from.iter().map(|pt| (*pt, to)).collect();
+    Direction::new(Mode::Passthrough(Passthrough::new(pts)), 90000)
 }
 
-/// The path from `from` to `to`: relayed when both use the same codec (for
-/// H.264, packetization mode 1 on both), else a transcoding thread.
+/// The payload types of `formats` in `end`'s codec: a relay takes them
+/// all (Chromium's H.264 profiles each have one).
+fn pts_of(formats: &[VideoEnd], end: VideoEnd) -> Vec<u8> {
+    let mut pts: Vec<u8> = formats
+        .iter()
+        .filter(|b| b.same(end))
+        .map(|b| b.pt)
+        .collect();
+    if !pts.contains(&end.pt) {
+        pts.push(end.pt);
+    }
+    pts
+}
+
+/// The path from `from` (sent on any of `from_pts`) to `to`: relayed when
+/// both use the same codec (for H.264, packetization mode 1 on both),
+/// else a transcoding thread.
 fn path(
     call: &str,
-    from: VideoEnd,
+    (from, from_pts): (VideoEnd, &[u8]),
     to: VideoEnd,
     toward: Toward,
     work: &mpsc::UnboundedSender<(Toward, Work)>,
 ) -> Result<Path, String> {
-    let same = from.codec == to.codec && (from.codec == VideoCodec::Vp8 || from.fu_a == to.fu_a);
-    if same {
-        return Ok(Path::Relay(Box::new(relay_direction(from.pt, to.pt))));
+    if from.same(to) {
+        return Ok(Path::Relay(Box::new(relay_direction(from_pts, to.pt))));
     }
     let mut config = VideoConfig::new(to.codec);
     config.bitrate = VIDEO_BITRATE;

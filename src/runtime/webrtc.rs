@@ -11,6 +11,7 @@ use crate::webrtc::{
     Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError,
 };
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ enum Cmd {
     /// An offer to a browser (an incoming call).
     OfferTo {
         audio: Vec<AudioCodec>,
+        video: Vec<VideoCodec>,
         reply: oneshot::Sender<Result<(PeerId, String), WebrtcError>>,
     },
     /// The browser's answer to an [`Cmd::OfferTo`].
@@ -65,7 +67,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Cmd::Offer { app, .. } => write!(f, "Offer({app:?})"),
-            Cmd::OfferTo { audio, .. } => write!(f, "OfferTo({audio:?})"),
+            Cmd::OfferTo { audio, video, .. } => write!(f, "OfferTo({audio:?}, {video:?})"),
             Cmd::Answer { peer, .. } => write!(f, "Answer({peer:?})"),
             Cmd::Close(p) => write!(f, "Close({p:?})"),
             Cmd::Attach(p, _) => write!(f, "Attach({p:?})"),
@@ -96,12 +98,21 @@ impl WebrtcHandle {
         Ok(rx.await.map_err(|_| HandleError::Stopped)??)
     }
 
-    /// A new bridged peer offering `audio` (first preferred) to a browser:
-    /// its id and our offer.
-    pub async fn offer_to(&self, audio: Vec<AudioCodec>) -> Result<(PeerId, String), HandleError> {
+    /// A new bridged peer offering `audio` and `video` (each first
+    /// preferred; no video section when empty) to a browser: its id and
+    /// our offer.
+    pub async fn offer_to(
+        &self,
+        audio: Vec<AudioCodec>,
+        video: Vec<VideoCodec>,
+    ) -> Result<(PeerId, String), HandleError> {
         let (reply, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::OfferTo { audio, reply })
+            .send(Cmd::OfferTo {
+                audio,
+                video,
+                reply,
+            })
             .await
             .map_err(|_| HandleError::Stopped)?;
         Ok(rx.await.map_err(|_| HandleError::Stopped)??)
@@ -269,8 +280,8 @@ async fn run(
                         hub.close(peer);
                     }
                 }
-                Some(Cmd::OfferTo { audio, reply }) => {
-                    let r = hub.create_offer(Instant::now(), &audio);
+                Some(Cmd::OfferTo { audio, video, reply }) => {
+                    let r = hub.create_offer(Instant::now(), &audio, &video);
                     if let Err(Ok((peer, _))) = reply.send(r) {
                         hub.close(peer);
                     }

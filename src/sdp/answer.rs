@@ -92,13 +92,23 @@ fn negotiate(
     if m.port == 0 || m.kind == MediaKind::Other || m.proto == Proto::Other {
         return Ok(None);
     }
-    let Some(format) = m.formats.iter().find(|f| {
+    let ours = |f: &&Format| {
         f.codec
             .as_ref()
             .is_some_and(|c| cfg.codecs.iter().any(|ours| same_codec(ours, c)))
-    }) else {
+    };
+    let Some(first) = m.formats.iter().find(ours) else {
         return Ok(None);
     };
+    // H.264 offered in packetization modes 0 and 1 (baresip, many room
+    // systems): mode 1, whose FU-A carries NAL units of any size, so a
+    // browser's stream is relayed as it is.
+    let format = m
+        .formats
+        .iter()
+        .filter(ours)
+        .find(|f| f.codec == first.codec && fu_a_h264(f))
+        .unwrap_or(first);
     let clock = format.codec.as_ref().map_or(0, |c| c.clock_rate);
     let dtmf = (cfg.dtmf && m.kind == MediaKind::Audio)
         .then(|| {
@@ -142,6 +152,15 @@ fn negotiate(
         ptime: m.ptime,
         keyframe_fb: m.takes_keyframe_requests(format.pt),
     }))
+}
+
+/// An H.264 format in packetization-mode 1 (RFC 6184: absent means 0).
+fn fu_a_h264(f: &Format) -> bool {
+    f.codec
+        .as_ref()
+        .is_some_and(|c| c.name.eq_ignore_ascii_case("H264"))
+        && causeway_codecs::registry::H264Params::from_fmtp(f.fmtp.as_deref().unwrap_or(""))
+            .is_ok_and(|p| p.packetization_mode == 1)
 }
 
 /// Negotiates an answer; fails with [`SdpError::NoCommonMedia`] (488) when

@@ -222,9 +222,16 @@ pub struct SessionDesc {
 impl SessionDesc {
     /// The first audio section that is not disabled (port 0).
     pub fn active_audio(&self) -> Option<&MediaDesc> {
-        self.media
-            .iter()
-            .find(|m| m.kind == MediaKind::Audio && m.port != 0)
+        self.active(MediaKind::Audio)
+    }
+
+    /// The first video section that is not disabled (port 0).
+    pub fn active_video(&self) -> Option<&MediaDesc> {
+        self.active(MediaKind::Video)
+    }
+
+    fn active(&self, kind: MediaKind) -> Option<&MediaDesc> {
+        self.media.iter().find(|m| m.kind == kind && m.port != 0)
     }
 
     /// Where RTP for media section `m` goes, if it is enabled and addressed.

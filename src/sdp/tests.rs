@@ -98,6 +98,24 @@ a=sendrecv\r\n";
 }
 
 #[test]
+fn h264_offered_in_both_packetization_modes_is_answered_in_mode_1() {
+    // baresip's avcodec offers mode 0 first, then mode 1.
+    let video = "m=video 5002 RTP/AVP 96 97 98\r\na=rtpmap:96 H264/90000\r\n\
+                 a=fmtp:96 packetization-mode=0\r\na=rtpmap:97 H264/90000\r\n\
+                 a=fmtp:97 packetization-mode=1\r\na=rtpmap:98 VP8/90000\r\n";
+    let a = answer(&parse(&format!("{SIPP}{video}")).unwrap(), &cfg()).unwrap();
+    assert_eq!(a.streams[1].as_ref().unwrap().format.pt, 97);
+    // Mode 0 alone is still answered (the media path repacketizes it).
+    let mode_0 = video.replace(" 96 97 98", " 96");
+    let a = answer(&parse(&format!("{SIPP}{mode_0}")).unwrap(), &cfg()).unwrap();
+    assert_eq!(a.streams[1].as_ref().unwrap().format.pt, 96);
+    // Where VP8 comes first, the offerer's order still wins.
+    let vp8_first = video.replace(" 96 97 98", " 98 96 97");
+    let a = answer(&parse(&format!("{SIPP}{vp8_first}")).unwrap(), &cfg()).unwrap();
+    assert_eq!(a.streams[1].as_ref().unwrap().format.pt, 98);
+}
+
+#[test]
 fn unsupported_sections_are_rejected_with_port_zero() {
     let offer = parse(&format!(
         "{SIPP}m=application 5000 UDP/BFCP *\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n"

@@ -29,6 +29,7 @@ pub use dtls::crypto_provider;
 
 use crate::media::dtmf;
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -88,6 +89,11 @@ pub struct PeerFormat {
     pub pt: u8,
     /// Encoding name, clock and channels as in SDP (`opus/48000/2`).
     pub codec: causeway_codecs::CodecKey,
+    /// In the browser's SDP (its offer, or its answer to ours): it takes
+    /// this format. False for a format of our offer its answer left out,
+    /// which it may still send: Chromium sends the first codec of the
+    /// offer it supports whatever its answer lists.
+    pub answered: bool,
 }
 
 /// Why an offer was refused.
@@ -210,22 +216,35 @@ pub fn codec_config() -> CodecConfig {
     c.enable_pcma(true, false);
     add_telephone_events(&mut c);
     c.enable_vp8(true);
-    for (pt, rtx, profile) in [
-        (127, 121, 0x42001f),
-        (108, 109, 0x42e01f),
-        (123, 119, 0x4d001f),
-        (114, 115, 0x64001f),
-        // Constrained High: what Safari (and newer Chromium) prefer.
-        (112, 113, 0x640c1f),
-    ] {
-        c.add_h264(pt.into(), Some(rtx.into()), true, profile);
-    }
+    add_h264(&mut c, &H264_PROFILES);
     c
 }
 
+/// The H.264 we negotiate with browsers, packetization-mode 1 and RTX
+/// each: (payload type, RTX payload type, profile-level-id).
+const H264_PROFILES: [(u8, u8, u32); 5] = [
+    (127, 121, 0x42001f),
+    (108, 109, 0x42e01f),
+    (123, 119, 0x4d001f),
+    (114, 115, 0x64001f),
+    // Constrained High: what Safari (and newer Chromium) prefer.
+    (112, 113, 0x640c1f),
+];
+
+/// The H.264 of our offers to browsers: constrained baseline first (what
+/// SIP room systems and phones decode), then baseline.
+const H264_OFFERED: [(u8, u8, u32); 2] = [(108, 109, 0x42e01f), (127, 121, 0x42001f)];
+
+fn add_h264(c: &mut CodecConfig, profiles: &[(u8, u8, u32)]) {
+    for &(pt, rtx, profile) in profiles {
+        c.add_h264(pt.into(), Some(rtx.into()), true, profile);
+    }
+}
+
 /// The codecs of an offer to a browser: `audio` in that order, then
-/// telephone-event at 48 and 8 kHz (no video: it is not bridged yet).
-fn offer_codecs(audio: &[AudioCodec]) -> CodecConfig {
+/// telephone-event at 48 and 8 kHz; and `video` in that order (VP8, or
+/// H.264 as [`H264_OFFERED`]).
+fn offer_codecs(audio: &[AudioCodec], video: &[VideoCodec]) -> CodecConfig {
     let mut c = CodecConfig::empty();
     for codec in audio {
         match codec {
@@ -236,6 +255,12 @@ fn offer_codecs(audio: &[AudioCodec]) -> CodecConfig {
         }
     }
     add_telephone_events(&mut c);
+    for codec in video {
+        match codec {
+            VideoCodec::Vp8 => c.enable_vp8(true),
+            VideoCodec::H264 => add_h264(&mut c, &H264_OFFERED),
+        }
+    }
     c
 }
 
@@ -306,6 +331,8 @@ struct Peer {
     connect_by: Instant,
     /// Our offer, until the browser's answer comes (a call to a browser).
     pending: Option<SdpPendingOffer>,
+    /// We made the offer (a call to a browser).
+    offered: bool,
     connected: bool,
     counters: MediaCounters,
     next_stats: Instant,
@@ -429,6 +456,7 @@ impl Hub {
             next: now,
             connect_by,
             pending: None,
+            offered: false,
             connected: false,
             counters: MediaCounters {
                 ice: "new",
@@ -488,14 +516,16 @@ impl Hub {
         Ok((id, answer.to_sdp_string()))
     }
 
-    /// Offers a browser a new bridged peer with one audio section: `audio`
-    /// in that order (the first is what we would rather get), and
-    /// telephone-event. The peer waits up to [`OFFER_TIMEOUT`] for
+    /// Offers a browser a new bridged peer with an audio section (`audio`
+    /// in that order, the first what we would rather get, and
+    /// telephone-event) and, unless `video` is empty, a video section
+    /// (`video` in that order). The peer waits up to [`OFFER_TIMEOUT`] for
     /// [`Self::accept_answer`].
     pub fn create_offer(
         &mut self,
         now: Instant,
         audio: &[AudioCodec],
+        video: &[VideoCodec],
     ) -> Result<(PeerId, String), WebrtcError> {
         if self.peers.len() >= MAX_PEERS {
             return Err(WebrtcError::Full(MAX_PEERS));
@@ -503,9 +533,12 @@ impl Hub {
         if audio.is_empty() {
             return Err(WebrtcError::NoCommonCodec);
         }
-        let (mut rtc, creds) = self.new_rtc(now, offer_codecs(audio));
+        let (mut rtc, creds) = self.new_rtc(now, offer_codecs(audio, video));
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, SdpDirection::SendRecv, None, None, None);
+        if !video.is_empty() {
+            api.add_media(MediaKind::Video, SdpDirection::SendRecv, None, None, None);
+        }
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| WebrtcError::Unanswerable("nothing to offer".into()))?;
@@ -519,6 +552,7 @@ impl Hub {
             now + OFFER_TIMEOUT,
         );
         peer.pending = Some(pending);
+        peer.offered = true;
         drain(id, &mut peer, &mut self.out);
         self.by_ufrag.insert(creds.ufrag, id);
         self.peers.insert(id, peer);
@@ -695,31 +729,50 @@ impl Hub {
     }
 
     /// The formats a peer negotiated, per section, in the order of the
-    /// answer (the first of a kind is what the browser sends).
+    /// browser's SDP (the first of a kind is what it would rather receive
+    /// and, in its own offer, what it sends); then, for a peer we made
+    /// the offer to, the formats of our offer its answer left out
+    /// ([`PeerFormat::answered`] false).
     pub fn formats(&self, id: PeerId) -> Vec<PeerFormat> {
         let Some(peer) = self.peers.get(&id) else {
             return Vec::new();
         };
         let params = peer.rtc.codec_config().params();
+        let format = |kind, p: &str0m::format::PayloadParams, answered| {
+            let spec = p.spec();
+            PeerFormat {
+                kind,
+                pt: *p.pt(),
+                codec: causeway_codecs::CodecKey {
+                    name: codec_name(spec.codec).into(),
+                    clock_rate: spec.clock_rate.get(),
+                    channels: spec.channels.unwrap_or(1),
+                },
+                answered,
+            }
+        };
         let mut out = Vec::new();
         for (mid, kind) in &peer.mids {
             let Some(m) = peer.rtc.media(*mid) else {
                 continue;
             };
-            for pt in m.remote_pts() {
-                let Some(p) = params.iter().find(|p| p.pt() == *pt) else {
-                    continue;
+            let theirs = m.remote_pts();
+            for pt in theirs {
+                if let Some(p) = params.iter().find(|p| p.pt() == *pt) {
+                    out.push(format(*kind, p, true));
+                }
+            }
+            if peer.offered {
+                let is_kind = |c: Codec| match kind {
+                    StreamKind::Audio => c.is_audio(),
+                    StreamKind::Video => c.is_video(),
                 };
-                let spec = p.spec();
-                out.push(PeerFormat {
-                    kind: *kind,
-                    pt: **pt,
-                    codec: causeway_codecs::CodecKey {
-                        name: codec_name(spec.codec).into(),
-                        clock_rate: spec.clock_rate.get(),
-                        channels: spec.channels.unwrap_or(1),
-                    },
-                });
+                out.extend(
+                    params
+                        .iter()
+                        .filter(|p| is_kind(p.spec().codec) && !theirs.contains(&p.pt()))
+                        .map(|p| format(*kind, p, false)),
+                );
             }
         }
         out

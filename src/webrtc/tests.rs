@@ -841,7 +841,7 @@ fn an_offer_to_a_browser_connects_once_answered_in_our_codec_order() {
     let mut now = Instant::now();
     let mut hub = hub();
     let (id, offer) = hub
-        .create_offer(now, &[AudioCodec::Pcmu, AudioCodec::Opus])
+        .create_offer(now, &[AudioCodec::Pcmu, AudioCodec::Opus], &[])
         .expect("offer");
     assert!(offer.contains("a=ice-lite"), "{offer}");
     assert!(offer.contains("a=setup:actpass"), "{offer}");
@@ -859,7 +859,10 @@ fn an_offer_to_a_browser_connects_once_answered_in_our_codec_order() {
 
     // A browser (full ICE) answers with what it can, in our order (as
     // Chromium does; str0m answers in its own order, so it is given ours).
-    let mut client = Client::new(now, offer_codecs(&[AudioCodec::Pcmu, AudioCodec::Opus]));
+    let mut client = Client::new(
+        now,
+        offer_codecs(&[AudioCodec::Pcmu, AudioCodec::Opus], &[]),
+    );
     let answer = client
         .rtc
         .sdp_api()
@@ -914,11 +917,62 @@ fn an_offer_to_a_browser_connects_once_answered_in_our_codec_order() {
 }
 
 #[test]
+fn an_offer_to_a_browser_with_video_lists_its_codecs_in_order_and_the_answer_picks_one() {
+    let now = Instant::now();
+    let mut hub = hub();
+    let (id, offer) = hub
+        .create_offer(
+            now,
+            &[AudioCodec::Pcmu],
+            &[VideoCodec::H264, VideoCodec::Vp8],
+        )
+        .expect("offer");
+    let m = offer
+        .lines()
+        .find(|l| l.starts_with("m=video"))
+        .expect("video section");
+    // Constrained baseline H.264 (and its RTX), baseline, then VP8.
+    let pts: Vec<&str> = m.split(' ').skip(3).collect();
+    assert_eq!(pts.first(), Some(&"108"), "{m}");
+    let vp8 = offer
+        .lines()
+        .find_map(|l| l.strip_suffix(" VP8/90000")?.strip_prefix("a=rtpmap:"))
+        .expect("VP8 offered");
+    let pos = |pt: &str| pts.iter().position(|p| *p == pt).expect("offered");
+    assert!(pos("127") < pos(vp8), "{m}");
+    assert!(offer.contains("profile-level-id=42e01f"), "{offer}");
+
+    // A browser that sends only VP8 answers with it.
+    let mut vp8_only = CodecConfig::empty();
+    vp8_only.enable_pcmu(true, false);
+    vp8_only.enable_vp8(true);
+    let mut client = Client::new(now, vp8_only);
+    let answer = client
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer parses"))
+        .expect("client answers")
+        .to_sdp_string();
+    hub.accept_answer(now, id, &answer).expect("answer");
+    let video: Vec<_> = hub
+        .formats(id)
+        .into_iter()
+        .filter(|f| f.kind == StreamKind::Video)
+        .collect();
+    assert_eq!(video.first().map(|f| f.codec.name.as_str()), Some("VP8"));
+}
+
+#[test]
 fn an_offer_nobody_answers_is_dropped_after_the_offer_timeout() {
     let now = Instant::now();
     let mut hub = hub();
-    let (id, _) = hub.create_offer(now, &[AudioCodec::Opus]).expect("offer");
-    assert!(hub.create_offer(now, &[]).is_err(), "no codec, no offer");
+    let (id, _) = hub
+        .create_offer(now, &[AudioCodec::Opus], &[])
+        .expect("offer");
+    assert!(
+        hub.create_offer(now, &[], &[VideoCodec::Vp8]).is_err(),
+        "no codec, no offer"
+    );
     hub.handle_timeout(now + OFFER_TIMEOUT);
     assert_eq!(hub.len(), 1);
     hub.handle_timeout(now + OFFER_TIMEOUT + Duration::from_millis(2));

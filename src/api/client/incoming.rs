@@ -20,6 +20,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
 use causeway_codecs::registry::AudioCodec;
+use causeway_codecs::video::VideoCodec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -27,18 +28,18 @@ use std::sync::Arc;
 
 impl ClientApi {
     /// Rings a registered browser for a SIP call: makes its peer and our
-    /// offer of `audio`, sends `incoming_call`, and reports to the call
-    /// layer ([`CallCmd::Offered`]).
+    /// offer of `audio` and `video`, sends `incoming_call`, and reports to
+    /// the call layer ([`CallCmd::Offered`]).
     pub fn ring(
         self: &Arc<Self>,
         fork: String,
         participant: String,
         from: String,
-        audio: Vec<AudioCodec>,
+        (audio, video): (Vec<AudioCodec>, Vec<VideoCodec>),
     ) {
         let s = self.clone();
         tokio::spawn(async move {
-            let result = match s.webrtc.offer_to(audio).await {
+            let result = match s.webrtc.offer_to(audio, video).await {
                 Ok((peer, sdp)) => {
                     if s.incoming_call(&participant, &fork, peer, &from, &sdp) {
                         Ok(peer)

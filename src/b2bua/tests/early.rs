@@ -141,8 +141,11 @@ fn a_late_offer_gets_ours_in_the_200_and_its_ack_answer_starts_the_media() {
     else {
         panic!("{out:?}")
     };
-    assert_eq!(caller.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
-    assert_eq!((caller.format.pt, callee.audio.format.pt), (0, 0));
+    assert_eq!(
+        caller.audio.remote_rtp,
+        Some("127.0.0.1:30000".parse().unwrap())
+    );
+    assert_eq!((caller.audio.format.pt, callee.audio.format.pt), (0, 0));
     // A retransmitted ACK starts nothing more.
     b.on_ack(t0, &ack_with(ok, Some(&answer)));
     assert!(drain(&mut b).is_empty());
@@ -198,8 +201,11 @@ fn a_sip_caller_gets_a_183_with_our_answer_and_the_200_repeats_it() {
     else {
         panic!("{out:?}")
     };
-    assert_eq!(caller.remote_rtp, Some("127.0.0.1:30000".parse().unwrap()));
-    assert_eq!((caller.format.pt, callee.audio.format.pt), (0, 0));
+    assert_eq!(
+        caller.audio.remote_rtp,
+        Some("127.0.0.1:30000".parse().unwrap())
+    );
+    assert_eq!((caller.audio.format.pt, callee.audio.format.pt), (0, 0));
     // A 180 afterwards sends nothing more to the caller.
     b.on_response(t0, &reply(&inv[0], 180, "a", None));
     assert!(drain(&mut b).is_empty());
