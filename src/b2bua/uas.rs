@@ -525,8 +525,9 @@ pub(super) fn early_answer(
 /// the caller's offer, we answer in the `prefer`red codec and in `video`
 /// ([`answer_caller`]) and return what that agreed. A caller that made no
 /// offer gets ours (`offered`, what the callees were offered, the
-/// `prefer`red codec first); its ACK answers, so nothing is agreed yet
-/// (None). Queues the 200 (retransmitted until the ACK).
+/// `prefer`red codec first, RTP/SAVP where theirs was); its ACK answers,
+/// so nothing is agreed yet (None). Queues the 200 (retransmitted until
+/// the ACK).
 pub(super) fn accept_caller(
     dialogs: &mut Dialogs,
     out: &mut VecDeque<CallOutput>,
@@ -544,10 +545,11 @@ pub(super) fn accept_caller(
         }
         (None, None) => {
             sc.origin.1 += 1;
-            // Audio only, and plain RTP: the caller asked for nothing more.
+            // Audio only; RTP/SAVP (a key of its own) where the callees
+            // were offered it, as the rule requires SRTP.
             let mut ours = Offer {
                 video: None,
-                srtp: None,
+                srtp: offered.srtp.as_ref().map(|k| MasterKey::generate(k.suite)),
                 ..offered.clone()
             };
             if let Some(i) = ours.audio.iter().position(|f| f.codec.as_ref() == prefer) {

@@ -152,6 +152,77 @@ fn a_late_offer_gets_ours_in_the_200_and_its_ack_answer_starts_the_media() {
 }
 
 #[test]
+fn a_late_offer_on_a_route_requiring_srtp_gets_an_sdes_offer_and_a_plain_answer_is_refused() {
+    use crate::media::srtp::Suite;
+    let t0 = Instant::now();
+    for sdes_answer in [true, false] {
+        let mut b = B2bua::default();
+        let offer = Offer::audio(&[AudioCodec::Pcmu], true).with_srtp(Suite::AesCm128HmacSha1_80);
+        let callee_key = offer.srtp.clone().expect("key");
+        b.dial_sip(
+            t0,
+            SipDial {
+                caller_offer: None,
+                offer,
+                ..sip_dial(caller_invite())
+            },
+            vec![target(5070)],
+            vec![],
+        );
+        let out = drain(&mut b);
+        let [CallOutput::Request(inv, _)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        let callee = ANSWER_PCMU.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=rtpmap:0",
+            &format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\na=rtpmap:0",
+                callee_key.to_inline()
+            ),
+        );
+        b.on_response(t0, &reply(inv, 200, "a", Some(&callee)));
+        let out = drain(&mut b);
+        let CallOutput::Respond(_, ok) = &out[1] else {
+            panic!("{out:?}")
+        };
+        // Our offer to the caller is RTP/SAVP too, with a key of its own.
+        let sdp = body(ok);
+        assert!(sdp.contains("m=audio 20000 RTP/SAVP 0 101\r\n"), "{sdp}");
+        let ours = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 "))
+            .expect("an SDES key");
+        assert_ne!(ours, callee_key.to_inline(), "one key per leg");
+
+        let answer = if sdes_answer {
+            callee.replace("40000", "30000")
+        } else {
+            ANSWER_PCMU.replace("40000", "30000")
+        };
+        assert!(b.on_ack(t0, &ack_with(ok, Some(&answer))));
+        let out = drain(&mut b);
+        if sdes_answer {
+            let [
+                CallOutput::Notice(Notice::StartMedia {
+                    caller: CallerMedia::Sip(caller),
+                    ..
+                }),
+            ] = out.as_slice()
+            else {
+                panic!("{out:?}")
+            };
+            assert!(caller.audio.srtp.is_some(), "the caller's media is SRTP");
+        } else {
+            // A plain RTP answer cannot be taken: both sides are hung up.
+            assert_eq!(
+                methods(&out),
+                ["BYE", "BYE", "ended:gateway:488", "release"]
+            );
+        }
+    }
+}
+
+#[test]
 fn a_late_offer_whose_ack_has_no_answer_is_hung_up_both_ways() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
