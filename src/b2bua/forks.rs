@@ -37,7 +37,7 @@ impl B2bua {
         let Some(code) = msg.status() else { return };
         let Some(cseq) = msg.cseq() else { return };
         if cseq.method == Method::Info && code >= 200 {
-            self.info_answered(&call_id, leg.party());
+            self.info_answered(&call_id, leg.party(), Some(code));
             return;
         }
         let in_dialog = match leg {

@@ -38,10 +38,14 @@ fn content_type_is(content_type: &str, media_type: &str) -> bool {
 pub(super) struct InfoLeg {
     /// The side takes digits by INFO (decided when the call connects).
     pub on: bool,
-    /// An INFO is in flight: sent, with its transaction once known.
-    pending: Option<Option<TxKey>>,
+    /// An INFO is in flight: what it carries, and its transaction once
+    /// known.
+    pending: Option<(Outgoing, Option<TxKey>)>,
     /// What waits for it.
     queue: VecDeque<Outgoing>,
+    /// The side refused a `picture_fast_update` INFO: it gets no more
+    /// (RFC 5168 section 7).
+    no_keyframes: bool,
 }
 
 /// What an INFO of ours carries.
@@ -138,7 +142,7 @@ impl B2bua {
 
     /// The media asks the SIP side of a call for a keyframe of its video
     /// (it takes no RTCP feedback): an INFO with `picture_fast_update`,
-    /// unless one is already waiting.
+    /// unless one is already waiting or the side refused one.
     pub fn ask_keyframe(&mut self, call_id: &str) {
         let Some(call) = self
             .calls
@@ -151,9 +155,12 @@ impl B2bua {
             Caller::Browser(_) => Party::Callee,
             Caller::Sip(_) => Party::Caller,
         };
-        let queue = &mut call.info(sip).queue;
-        if !queue.contains(&Outgoing::Keyframe) {
-            queue.push_back(Outgoing::Keyframe);
+        let leg = call.info(sip);
+        if leg.no_keyframes {
+            return;
+        }
+        if !leg.queue.contains(&Outgoing::Keyframe) {
+            leg.queue.push_back(Outgoing::Keyframe);
         }
         self.send_next_info(call_id, sip);
     }
@@ -198,7 +205,7 @@ impl B2bua {
                     tracing::info!(call = %call_id, "picture_fast_update sent by SIP INFO");
                 }
             }
-            call.info(to).pending = Some(None);
+            call.info(to).pending = Some((next, None));
             self.out.push_back(CallOutput::Request(msg, flow));
         }
     }
@@ -207,17 +214,30 @@ impl B2bua {
     pub(super) fn info_sent(&mut self, sip_call_id: &str, key: TxKey) {
         if let Some((call_id, leg)) = self.by_call_id.get(sip_call_id)
             && let Some(call) = self.calls.get_mut(call_id)
-            && let Some(pending) = &mut call.info(leg.party()).pending
+            && let Some((_, pending)) = &mut call.info(leg.party()).pending
         {
             *pending = Some(key);
         }
     }
 
-    /// Our INFO got its final response (whatever it was: the digit is not
-    /// resent): the next one may go.
-    pub(super) fn info_answered(&mut self, call_id: &str, to: Party) {
+    /// Our INFO got its final response `code` (None: none came; whatever
+    /// it was, nothing is resent): the next one may go. A keyframe request
+    /// the side refused (not for a passing reason: 408, 480, 491, 5xx but
+    /// 501) is the last it gets.
+    pub(super) fn info_answered(&mut self, call_id: &str, to: Party, code: Option<u16>) {
         if let Some(call) = self.calls.get_mut(call_id) {
-            call.info(to).pending = None;
+            let leg = call.info(to);
+            let refused = code.is_some_and(|c| {
+                c >= 300 && !matches!(c, 408 | 480 | 491) && (c < 500 || c == 501 || c >= 600)
+            });
+            if let Some((Outgoing::Keyframe, _)) = leg.pending
+                && refused
+            {
+                tracing::info!(call = %call_id, code, "picture_fast_update refused by INFO; no more are sent");
+                leg.no_keyframes = true;
+                leg.queue.retain(|o| *o != Outgoing::Keyframe);
+            }
+            leg.pending = None;
         }
         self.send_next_info(call_id, to);
     }
@@ -229,7 +249,7 @@ impl B2bua {
                 c.info[*p as usize]
                     .pending
                     .as_ref()
-                    .and_then(Option::as_ref)
+                    .and_then(|(_, k)| k.as_ref())
                     == Some(key)
             })?;
             Some((id.clone(), to))
@@ -238,7 +258,7 @@ impl B2bua {
             return false;
         };
         tracing::info!(call = %call_id, "an INFO got no answer");
-        self.info_answered(&call_id, to);
+        self.info_answered(&call_id, to, None);
         true
     }
 

@@ -238,4 +238,35 @@ fn a_keyframe_request_reaches_the_callee_by_info_behind_a_digit_and_once() {
     // Unknown calls are ignored.
     b.ask_keyframe("no-such-call");
     assert!(drain(&mut b).is_empty());
+
+    // A request the callee cannot take for now (491) is not a refusal.
+    let keyframe_info = |b: &mut B2bua| {
+        b.ask_keyframe("call-1");
+        let out = drain(b);
+        let [CallOutput::Request(info, _)] = out.as_slice() else {
+            assert!(out.is_empty(), "{out:?}");
+            return None;
+        };
+        let ct = info.header("Content-Type").unwrap_or_default();
+        assert!(crate::media::keyframe::is_picture_fast_update(
+            ct,
+            &body(info)
+        ));
+        b.sent(info, TxKey::server(info).unwrap());
+        Some(info.clone())
+    };
+    let info = keyframe_info(&mut b).expect("asked again");
+    b.on_response(t0, &response_to(&info, 491, "Request Pending", None, None));
+    // A 415 is: the callee gets no more keyframe requests by INFO, and
+    // digits still go.
+    let info = keyframe_info(&mut b).expect("asked after a 491");
+    b.on_response(
+        t0,
+        &response_to(&info, 415, "Unsupported Media Type", None, None),
+    );
+    assert!(drain(&mut b).is_empty());
+    assert!(keyframe_info(&mut b).is_none(), "no INFO after the refusal");
+    assert!(b.browser_digits("call-1", "2", 120));
+    let out = drain(&mut b);
+    assert_eq!(infos_sent(&mut b, &out).len(), 1, "digits still go by INFO");
 }
