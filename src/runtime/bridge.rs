@@ -8,8 +8,8 @@
 //! its own ([`audio_direction`]), and is planned anew when a SIP side's
 //! answer changes (early media moved to the 2xx, a re-INVITE's new codec or
 //! address). Video between a browser and a SIP endpoint runs beside the
-//! audio (`runtime::video`). A task reports its counters when it stops (for
-//! the call's record).
+//! audio (`runtime::video`), whichever side called. A task reports its
+//! counters when it stops (for the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when

@@ -11,6 +11,11 @@
 //! for PLI or FIR). A transcoder that lost frames asks its sender the same
 //! way. Requests are rate-limited per side ([`KeyframeRequests`]).
 //!
+//! What the browser sends is read from its packets: a browser we offered
+//! several codecs may send the first of our offer it supports, which its
+//! answer need not list (Chromium does); the path toward the SIP side
+//! follows it.
+//!
 //! Owns sockets, threads and channels; what to relay or transcode comes
 //! from [`crate::media`], what was agreed from [`crate::sdp`].
 
