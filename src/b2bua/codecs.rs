@@ -51,7 +51,7 @@ pub fn sip_offer_codecs(
 ) -> Vec<AudioCodec> {
     let browser: Vec<AudioCodec> = formats
         .iter()
-        .filter(|f| f.kind == StreamKind::Audio)
+        .filter(|f| f.kind == StreamKind::Audio && f.answered)
         .filter_map(|f| AudioCodec::from_key(&f.codec))
         .collect();
     offer_codecs(&browser, rule, transcode)
@@ -104,7 +104,7 @@ pub fn browser_video(formats: &[PeerFormat]) -> Option<VideoCodec> {
 /// The video codecs to offer browsers for a SIP caller's offer: those of
 /// its first live video section that we bridge, in its order (relayed
 /// when the browser picks one), then, when `transcode`, the other one we
-/// can transcode to. None without such a section.
+/// can transcode to. Empty without such a section.
 pub fn caller_video_codecs(offer: &SessionDesc, transcode: bool) -> Vec<VideoCodec> {
     with_transcoded(sip_video(offer).collect(), transcode)
 }

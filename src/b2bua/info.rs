@@ -222,13 +222,16 @@ impl B2bua {
 
     /// Our INFO got its final response `code` (None: none came; whatever
     /// it was, nothing is resent): the next one may go. A keyframe request
-    /// the side refused (not for a passing reason: 408, 480, 491, 5xx but
-    /// 501) is the last it gets.
+    /// the side refused (a 4xx-6xx, not for a passing reason: 401, 407,
+    /// 408, 480, 481, 491, 5xx but 501) is the last it gets.
     pub(super) fn info_answered(&mut self, call_id: &str, to: Party, code: Option<u16>) {
         if let Some(call) = self.calls.get_mut(call_id) {
             let leg = call.info(to);
-            let refused = code.is_some_and(|c| {
-                c >= 300 && !matches!(c, 408 | 480 | 491) && (c < 500 || c == 501 || c >= 600)
+            let refused = code.is_some_and(|c| match c {
+                501 => true,
+                401 | 407 | 408 | 480 | 481 | 491 | 500..=599 => false,
+                400..=699 => true,
+                _ => false,
             });
             if let Some((Outgoing::Keyframe, _)) = leg.pending
                 && refused

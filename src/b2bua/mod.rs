@@ -347,7 +347,7 @@ struct SipCaller {
     reliable: bool,
     /// 200 sent.
     answered: bool,
-    /// What our answer agreed with the caller.
+    /// What our answer agreed with the caller for audio.
     agreed: Option<Negotiated>,
     /// What it agreed for video.
     video: Option<Negotiated>,

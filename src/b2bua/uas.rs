@@ -132,7 +132,10 @@ impl B2bua {
                 let (body, Agreed { audio: now, .. }) = answer_audio(
                     &offer,
                     c.agreed.audio.format.codec.as_ref(),
-                    our_key(Some(&c.agreed.audio)),
+                    (
+                        our_key(Some(&c.agreed.audio)),
+                        our_key(c.agreed.video.as_ref()),
+                    ),
                     (c.ip, c.port),
                     c.origin,
                     video,
@@ -391,13 +394,13 @@ fn caller_response_to(
 /// `prefer` if the offer has one, else any we can transcode to; and, when
 /// `video` names a codec and our port for it, the first video section
 /// offering that codec. Every other section is declined; telephone-events
-/// are accepted when `events`; an SDES offer keeps our key `keep_key`
-/// where the suite allows. Returns our SDP (at `addr`:`port`, with
+/// are accepted when `events`; an SDES offer keeps our keys `keep_keys`
+/// (audio, video) where the suite allows. Returns our SDP (at `addr`:`port`, with
 /// `origin` in `o=`) and what it agreed for audio and video.
 pub(super) fn answer_audio(
     offer: &SessionDesc,
     prefer: Option<&causeway_codecs::CodecKey>,
-    keep_key: Option<&MasterKey>,
+    keep_keys: (Option<&MasterKey>, Option<&MasterKey>),
     (addr, port): (IpAddr, u16),
     origin: (u64, u64),
     video: Option<(&causeway_codecs::CodecKey, u16)>,
@@ -411,7 +414,8 @@ pub(super) fn answer_audio(
             &AnswerConfig {
                 codecs,
                 dtmf: events,
-                keep_key: keep_key.cloned(),
+                keep_key: keep_keys.0.cloned(),
+                keep_video_key: keep_keys.1.cloned(),
             },
         )
     };
@@ -482,7 +486,7 @@ fn answer_caller(
     answer_audio(
         theirs,
         prefer,
-        our_key(sc.agreed.as_ref()),
+        (our_key(sc.agreed.as_ref()), our_key(sc.video.as_ref())),
         sc.media,
         sc.origin,
         video.zip(port),

@@ -368,9 +368,15 @@ impl Gateway {
             let why = "399 causeway \"no audio codec in common\"".to_string();
             return refuse(self, 488, "Not Acceptable Here", why);
         };
-        // Video goes to browsers only (SIP callees are offered audio).
+        // Video goes to browsers only (SIP callees are offered audio), in
+        // the profile the rule's SRTP policy wants (else it is declined).
         let video = match &caller_offer {
-            Some(o) if route.media.video && !callees.browsers.is_empty() => {
+            Some(o)
+                if route.media.video
+                    && !callees.browsers.is_empty()
+                    && o.active_video()
+                        .is_some_and(|v| srtp_allows(v.proto, route.media.srtp)) =>
+            {
                 crate::b2bua::caller_video_codecs(o, route.media.transcode)
             }
             _ => Vec::new(),
@@ -599,6 +605,15 @@ fn srtp_refused(offer: &crate::sdp::SessionDesc, policy: Srtp) -> Option<&'stati
         (Srtp::Required, false) => Some("this route requires SRTP (RTP/SAVP with SDES)"),
         (Srtp::Off, true) => Some("SRTP is off on this route: offer RTP/AVP"),
         _ => None,
+    }
+}
+
+/// Whether a media section in `proto` keeps a rule's SRTP `policy`.
+fn srtp_allows(proto: crate::sdp::Proto, policy: Srtp) -> bool {
+    match policy {
+        Srtp::Required => proto.secure(),
+        Srtp::Off => !proto.secure(),
+        Srtp::Optional => true,
     }
 }
 

@@ -206,6 +206,7 @@ fn echo_codecs() -> AnswerConfig {
         .collect(),
         dtmf: true,
         keep_key: None,
+        keep_video_key: None,
     }
 }
 

@@ -374,8 +374,9 @@ fn log_plan(call: &str, plan: &MediaPlan) {
     );
 }
 
-/// A call's audio after a SIP side's renegotiation `moved` it: logged and
-/// reported for the call's record; a failure leaves the old plan.
+/// A call's media after a SIP side's renegotiation `moved` it (or the
+/// browser's video codec changed): logged and reported for the call's
+/// record; a failure leaves the old plan.
 fn replanned(call: &str, moved: Result<MediaPlan, String>, done: &Reports) {
     match moved {
         Ok(plan) => {
@@ -593,7 +594,8 @@ struct Legs {
 }
 
 impl Legs {
-    /// The audio plan, for the call's record.
+    /// What runs (audio, and video where there is some), for the call's
+    /// record.
     fn plan(&self) -> MediaPlan {
         let mut plan = if self.browser_called {
             plan("sip", self.browser_end, self.sip_end)
@@ -637,30 +639,23 @@ impl Legs {
             }
             _ => None,
         };
-        let (video, video_plan) = video.unzip();
-        let mut plan = if browser_called {
-            plan("sip", browser, sip_end)
-        } else {
-            plan("webrtc", sip_end, browser)
+        let legs = Legs {
+            sip,
+            sip_end,
+            browser_end: browser,
+            to_sip,
+            to_browser,
+            webrtc: webrtc.clone(),
+            peer,
+            browser_called,
+            video,
         };
-        plan.video = video_plan;
+        let plan = legs.plan();
         log_plan(call, &plan);
         let (sink, from_browser) = mpsc::channel(256);
-        let webrtc = webrtc.clone();
         let call = call.to_string();
         let task = tokio::spawn(async move {
-            webrtc.attach(peer, sink).await;
-            let legs = Legs {
-                sip,
-                sip_end,
-                browser_end: browser,
-                to_sip,
-                to_browser,
-                webrtc,
-                peer,
-                browser_called,
-                video,
-            };
+            legs.webrtc.attach(peer, sink).await;
             legs.run(&call, from_browser, ends).await;
         });
         Ok((task, plan))

@@ -135,15 +135,10 @@ struct VideoEnd {
 
 impl VideoEnd {
     fn of_sip(f: &Format) -> Option<Self> {
-        let codec = video_codec(f.codec.as_ref()?)?;
-        // RFC 6184: packetization-mode absent means 0.
-        let fu_a =
-            causeway_codecs::registry::H264Params::from_fmtp(f.fmtp.as_deref().unwrap_or(""))
-                .is_ok_and(|p| p.packetization_mode == 1);
         Some(Self {
             pt: f.pt,
-            codec,
-            fu_a,
+            codec: video_codec(f.codec.as_ref()?)?,
+            fu_a: f.fu_a(),
         })
     }
 
@@ -205,14 +200,14 @@ impl VideoLegs {
     /// The paths between a browser's video (`formats`: the first video one
     /// it takes is what it is sent and, until its packets say otherwise,
     /// what it sends) and the SIP side's (`n`, on `sip`). `None` when the
-    /// browser has no video section.
+    /// browser takes no video format we bridge.
     pub fn new(
         call: &str,
         sip: RtpEnd,
         n: &Negotiated,
         peer: PeerId,
         formats: &[PeerFormat],
-    ) -> Result<Option<(Self, VideoPlan)>, String> {
+    ) -> Result<Option<Self>, String> {
         let theirs =
             VideoEnd::of_sip(&n.format).ok_or("the SIP side's video codec cannot be bridged")?;
         let takes: Vec<VideoEnd> = formats
@@ -278,7 +273,7 @@ impl VideoLegs {
             to_browser = %plan.to_browser,
             "bridging video"
         );
-        Ok(Some((legs, plan)))
+        Ok(Some(legs))
     }
 
     /// What runs, for the call's record.
@@ -326,6 +321,8 @@ impl VideoLegs {
             return false;
         };
         if end.same(self.sends) {
+            // Another payload type of the same codec: the relay takes it.
+            self.sends = end;
             return false;
         }
         let pts = pts_of(&self.browser, end);
@@ -351,6 +348,8 @@ impl VideoLegs {
                 true
             }
             Err(e) => {
+                // Not tried again for every packet.
+                self.browser.retain(|b| !b.same(end));
                 tracing::warn!(call = %self.call, error = %e, "cannot follow the browser's video codec");
                 false
             }
@@ -516,7 +515,7 @@ impl VideoLegs {
     }
 }
 
-/// A passthrough video direction mapping payload type `from` to `to`.
+/// A passthrough video direction mapping payload types `from` to `to`.
 fn relay_direction(from: &[u8], to: u8) -> Direction {
     let pts = from.iter().map(|pt| (*pt, to)).collect();
     Direction::new(Mode::Passthrough(Passthrough::new(pts)), 90000)

@@ -1,5 +1,6 @@
 //! RFC 3264 answers for SIP legs: per `m=` section, the first offered codec
-//! this side may use (the offerer's order wins), telephone-event at the same
+//! this side may use (the offerer's order wins; of H.264 offered in
+//! packetization modes 0 and 1, mode 1), telephone-event at the same
 //! clock when allowed, the mirrored direction, rtcp-mux when offered, and an
 //! SDES key (RFC 4568) for the first offered crypto suite we implement.
 //! Sections we cannot take are rejected with port 0, as RFC 3264 6 requires.
@@ -23,8 +24,10 @@ pub struct AnswerConfig {
     pub dtmf: bool,
     /// Our SDES key of the session being re-offered: kept when the offer's
     /// suite matches (RFC 4568 lets the answerer keep its key), so a hold
-    /// or a new address does not rekey the media.
+    /// or a new address does not rekey the media. For audio sections.
     pub keep_key: Option<MasterKey>,
+    /// The same for video sections (each stream has a key of its own).
+    pub keep_video_key: Option<MasterKey>,
 }
 
 /// SDES keys for one stream.
@@ -107,7 +110,7 @@ fn negotiate(
         .formats
         .iter()
         .filter(ours)
-        .find(|f| f.codec == first.codec && fu_a_h264(f))
+        .find(|f| f.codec == first.codec && f.fu_a())
         .unwrap_or(first);
     let clock = format.codec.as_ref().map_or(0, |c| c.clock_rate);
     let dtmf = (cfg.dtmf && m.kind == MediaKind::Audio)
@@ -128,11 +131,13 @@ fn negotiate(
         };
         Some(Srtp {
             tag,
-            local: cfg
-                .keep_key
-                .clone()
-                .filter(|k| k.suite == remote.suite)
-                .unwrap_or_else(|| MasterKey::generate(remote.suite)),
+            local: match m.kind {
+                MediaKind::Video => &cfg.keep_video_key,
+                _ => &cfg.keep_key,
+            }
+            .clone()
+            .filter(|k| k.suite == remote.suite)
+            .unwrap_or_else(|| MasterKey::generate(remote.suite)),
             remote,
         })
     } else {
@@ -152,15 +157,6 @@ fn negotiate(
         ptime: m.ptime,
         keyframe_fb: m.takes_keyframe_requests(format.pt),
     }))
-}
-
-/// An H.264 format in packetization-mode 1 (RFC 6184: absent means 0).
-fn fu_a_h264(f: &Format) -> bool {
-    f.codec
-        .as_ref()
-        .is_some_and(|c| c.name.eq_ignore_ascii_case("H264"))
-        && causeway_codecs::registry::H264Params::from_fmtp(f.fmtp.as_deref().unwrap_or(""))
-            .is_ok_and(|p| p.packetization_mode == 1)
 }
 
 /// Negotiates an answer; fails with [`SdpError::NoCommonMedia`] (488) when

@@ -145,6 +145,13 @@ pub struct Format {
 }
 
 impl Format {
+    /// Whether its `a=fmtp` allows H.264 packetization mode 1 (FU-A,
+    /// STAP-A); RFC 6184: an absent `packetization-mode` means 0.
+    pub fn fu_a(&self) -> bool {
+        causeway_codecs::registry::H264Params::from_fmtp(self.fmtp.as_deref().unwrap_or(""))
+            .is_ok_and(|p| p.packetization_mode == 1)
+    }
+
     /// Whether this is `telephone-event`.
     pub fn is_telephone_event(&self) -> bool {
         self.codec

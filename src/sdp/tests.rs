@@ -21,6 +21,7 @@ fn cfg() -> AnswerConfig {
         ],
         dtmf: true,
         keep_key: None,
+        keep_video_key: None,
     }
 }
 
@@ -178,6 +179,35 @@ fn directions_mirror_and_hold_address_is_learned() {
         parse(&text).unwrap().media[0].direction,
         Direction::SendOnly
     );
+}
+
+#[test]
+fn a_re_answer_keeps_each_streams_own_sdes_key() {
+    let suite = Suite::AesCm128HmacSha1_80;
+    let crypto =
+        |k: &MasterKey| format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n", k.to_inline());
+    let text = SIPP.replace("RTP/AVP", "RTP/SAVP")
+        + &crypto(&MasterKey::generate(suite))
+        + "m=video 6002 RTP/SAVP 96\r\na=rtpmap:96 VP8/90000\r\n"
+        + &crypto(&MasterKey::generate(suite));
+    let (audio, video) = (MasterKey::generate(suite), MasterKey::generate(suite));
+    let cfg = AnswerConfig {
+        keep_key: Some(audio.clone()),
+        keep_video_key: Some(video.clone()),
+        ..cfg()
+    };
+    let a = answer(&parse(&text).unwrap(), &cfg).unwrap();
+    let local = |i: usize| {
+        a.streams[i]
+            .as_ref()
+            .unwrap()
+            .srtp
+            .as_ref()
+            .unwrap()
+            .local
+            .clone()
+    };
+    assert_eq!((local(0), local(1)), (audio, video));
 }
 
 #[test]
