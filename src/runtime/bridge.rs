@@ -757,6 +757,8 @@ impl Legs {
                             .as_mut()
                             .is_some_and(|v| v.on_browser_packet(Instant::now(), p, &mut video_to_sip));
                         if followed {
+                            // The new path starts from a keyframe of its own.
+                            self.webrtc.request_keyframe(self.peer);
                             replanned(call, Ok(self.plan()), &done);
                         }
                     }

@@ -289,7 +289,8 @@ impl VideoLegs {
 
     /// A video packet from the browser. Returns true when it came in
     /// another codec than the browser sent so far (the path toward the
-    /// SIP side followed it: the call's plan changed).
+    /// SIP side followed it: the call's plan changed, and the path wants
+    /// a keyframe).
     pub fn on_browser_packet(
         &mut self,
         now: Instant,
