@@ -32,6 +32,15 @@ struct Client {
 }
 
 impl Client {
+    /// The client's answer to the hub's `offer`.
+    fn answer(&mut self, offer: &str) -> String {
+        self.rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(offer).expect("offer parses"))
+            .expect("client answers")
+            .to_sdp_string()
+    }
+
     fn new(now: Instant, codecs: CodecConfig) -> Self {
         let mut config = RtcConfig::new().set_rtp_mode(true);
         *config.codec_config() = codecs;
@@ -863,12 +872,7 @@ fn an_offer_to_a_browser_connects_once_answered_in_our_codec_order() {
         now,
         offer_codecs(&[AudioCodec::Pcmu, AudioCodec::Opus], &[]),
     );
-    let answer = client
-        .rtc
-        .sdp_api()
-        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer parses"))
-        .expect("client answers")
-        .to_sdp_string();
+    let answer = client.answer(&offer);
     assert!(matches!(
         hub.accept_answer(now, PeerId(99), &answer),
         Err(WebrtcError::Unanswerable(_))
@@ -947,12 +951,7 @@ fn an_offer_to_a_browser_with_video_lists_its_codecs_in_order_and_the_answer_pic
     vp8_only.enable_pcmu(true, false);
     vp8_only.enable_vp8(true);
     let mut client = Client::new(now, vp8_only);
-    let answer = client
-        .rtc
-        .sdp_api()
-        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer parses"))
-        .expect("client answers")
-        .to_sdp_string();
+    let answer = client.answer(&offer);
     hub.accept_answer(now, id, &answer).expect("answer");
     let video: Vec<_> = hub
         .formats(id)

@@ -85,10 +85,16 @@ fn early_media_ends_with_a_failure_and_bad_early_sdp_is_ignored() {
 /// A SIP caller's INVITE without SDP to one callee on 5070; the INVITE
 /// sent to it.
 fn dial_late_offer(b: &mut B2bua, now: Instant) -> Message {
+    dial_late_offer_with(b, now, sip_dial(caller_invite()).offer)
+}
+
+/// [`dial_late_offer`], the callee offered `offer`.
+fn dial_late_offer_with(b: &mut B2bua, now: Instant, offer: Offer) -> Message {
     b.dial_sip(
         now,
         SipDial {
             caller_offer: None,
+            offer,
             ..sip_dial(caller_invite())
         },
         vec![target(5070)],
@@ -159,20 +165,7 @@ fn a_late_offer_on_a_route_requiring_srtp_gets_an_sdes_offer_and_a_plain_answer_
         let mut b = B2bua::default();
         let offer = Offer::audio(&[AudioCodec::Pcmu], true).with_srtp(Suite::AesCm128HmacSha1_80);
         let callee_key = offer.srtp.clone().expect("key");
-        b.dial_sip(
-            t0,
-            SipDial {
-                caller_offer: None,
-                offer,
-                ..sip_dial(caller_invite())
-            },
-            vec![target(5070)],
-            vec![],
-        );
-        let out = drain(&mut b);
-        let [CallOutput::Request(inv, _)] = out.as_slice() else {
-            panic!("{out:?}")
-        };
+        let inv = &dial_late_offer_with(&mut b, t0, offer);
         let callee = ANSWER_PCMU.replace("RTP/AVP", "RTP/SAVP").replace(
             "a=rtpmap:0",
             &format!(
