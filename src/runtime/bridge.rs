@@ -17,7 +17,7 @@
 //! endpoints is not bridged yet.
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
-use super::video::{AskSip, VideoIn, VideoLegs};
+use super::video::{AskSip, FromBrowser, VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
 use crate::cdr::{MediaPlan, MediaTotals};
@@ -752,13 +752,14 @@ impl Legs {
                         }
                     }
                     Some(FromPeer::Rtp(StreamKind::Video, p)) => {
-                        let followed = self
-                            .video
-                            .as_mut()
-                            .is_some_and(|v| v.on_browser_packet(Instant::now(), p, &mut video_to_sip));
-                        if followed {
-                            // The new path starts from a keyframe of its own.
+                        let got = self.video.as_mut().map(|v| {
+                            v.on_browser_packet(Instant::now(), p, &mut video_to_sip)
+                        });
+                        if matches!(got, Some(FromBrowser::First | FromBrowser::Replanned)) {
+                            // The SIP side starts from a keyframe of its own.
                             self.webrtc.request_keyframe(self.peer);
+                        }
+                        if got == Some(FromBrowser::Replanned) {
                             replanned(call, Ok(self.plan()), &done);
                         }
                     }

@@ -73,6 +73,18 @@ pub(super) enum AskSip {
     Info,
 }
 
+/// What a video packet from the browser changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FromBrowser {
+    /// Nothing: it went its way.
+    Relayed,
+    /// It was the first: ask the browser for a keyframe.
+    First,
+    /// It came in another codec: the path toward the SIP side was made
+    /// anew for it, and wants a keyframe; the call's plan changed.
+    Replanned,
+}
+
 /// What a transcoding thread reports.
 pub(super) enum Work {
     /// A packet for the other side.
@@ -193,6 +205,8 @@ pub(super) struct VideoLegs {
     scratch: Vec<Vec<u8>>,
     /// Packets dropped because a transcoding thread was behind.
     overruns: u64,
+    /// A video packet came from the browser.
+    browser_seen: bool,
     peer: PeerId,
 }
 
@@ -261,6 +275,7 @@ impl VideoLegs {
             work_tx,
             scratch: Vec::new(),
             overruns: 0,
+            browser_seen: false,
             peer,
         };
         let plan = legs.plan();
@@ -287,17 +302,23 @@ impl VideoLegs {
         }
     }
 
-    /// A video packet from the browser. Returns true when it came in
-    /// another codec than the browser sent so far (the path toward the
-    /// SIP side followed it: the call's plan changed, and the path wants
-    /// a keyframe).
+    /// A video packet from the browser, relayed (into `out`) or handed to
+    /// its thread. Says whether the browser is to be asked for a
+    /// keyframe: at its first packet (so the SIP side starts from a
+    /// keyframe even if the first went out before the call's media was
+    /// bridged; not every SIP endpoint asks for one) and when the packet
+    /// came in another codec than the browser sent so far (the path
+    /// toward the SIP side followed it and starts anew; the call's plan
+    /// changed).
     pub fn on_browser_packet(
         &mut self,
         now: Instant,
         packet: Vec<u8>,
         out: &mut Vec<Vec<u8>>,
-    ) -> bool {
+    ) -> FromBrowser {
         let followed = packet.get(1).is_some_and(|b| self.follow_browser(b & 0x7f));
+        let first = !self.browser_seen;
+        self.browser_seen = true;
         match &mut self.to_sip {
             Path::Relay(d) => d.on_packet(now, &packet, out),
             Path::Worker(tx) => {
@@ -306,7 +327,13 @@ impl VideoLegs {
                 }
             }
         }
-        followed
+        if followed {
+            FromBrowser::Replanned
+        } else if first {
+            FromBrowser::First
+        } else {
+            FromBrowser::Relayed
+        }
     }
 
     /// A browser packet on payload type `pt`: where that is a format of
@@ -596,4 +623,98 @@ fn transcode(
         }
     }
     let _ = work.send((toward, Work::Stopped(d.stats)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::media::Ports;
+    use crate::sdp::{Direction as SdpDirection, MediaKind};
+    use causeway_codecs::CodecKey;
+    use std::net::UdpSocket;
+
+    fn key(name: &str) -> CodecKey {
+        CodecKey {
+            name: name.into(),
+            clock_rate: 90000,
+            channels: 1,
+        }
+    }
+
+    fn browser(pt: u8, name: &str, answered: bool) -> PeerFormat {
+        PeerFormat {
+            kind: StreamKind::Video,
+            pt,
+            codec: key(name),
+            answered,
+        }
+    }
+
+    /// An RTP header on `pt` and a byte of payload.
+    fn packet(pt: u8, seq: u16) -> Vec<u8> {
+        let [s0, s1] = seq.to_be_bytes();
+        vec![0x80, pt, s0, s1, 0, 0, 0, 1, 0, 0, 0, 7, 0x65]
+    }
+
+    #[tokio::test]
+    async fn the_browser_is_asked_for_a_keyframe_at_its_first_packet_and_at_a_codec_switch() {
+        let socket = || UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = Negotiated {
+            kind: MediaKind::Video,
+            format: Format {
+                pt: 96,
+                codec: Some(key("H264")),
+                fmtp: Some("packetization-mode=1".into()),
+            },
+            dtmf: None,
+            direction: SdpDirection::SendRecv,
+            rtcp_mux: true,
+            remote_rtp: Some(socket().local_addr().unwrap()),
+            remote_rtcp: None,
+            srtp: None,
+            ptime: None,
+            keyframe_fb: true,
+        };
+        let ports = Ports {
+            rtp: socket(),
+            rtcp: None,
+        };
+        let sip = RtpEnd::open(ports, &n, "c1").unwrap();
+        // The browser answered H.264; our offer's VP8 it may send anyway.
+        let formats = [browser(108, "H264", true), browser(100, "VP8", false)];
+        let mut legs = VideoLegs::new("c1", sip, &n, PeerId(1), &formats)
+            .unwrap()
+            .unwrap();
+        assert_eq!(legs.plan().to_sip, "passthrough");
+        let mut out = Vec::new();
+        let now = Instant::now();
+        assert_eq!(
+            legs.on_browser_packet(now, packet(108, 1), &mut out),
+            FromBrowser::First
+        );
+        assert_eq!(
+            legs.on_browser_packet(now, packet(108, 2), &mut out),
+            FromBrowser::Relayed
+        );
+        // Relayed on the SIP side's payload type.
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| p[1] & 0x7f == 96));
+        // VP8 now: transcoded toward the SIP side, from a keyframe.
+        assert_eq!(
+            legs.on_browser_packet(now, packet(100, 3), &mut out),
+            FromBrowser::Replanned
+        );
+        assert_eq!(legs.plan().browser_codec, "VP8/90000");
+        assert_eq!(legs.plan().to_sip, "transcoded");
+        assert_eq!(
+            legs.on_browser_packet(now, packet(100, 4), &mut out),
+            FromBrowser::Relayed
+        );
+        // A payload type nobody negotiated switches nothing.
+        assert_eq!(
+            legs.on_browser_packet(now, packet(50, 5), &mut out),
+            FromBrowser::Relayed
+        );
+        legs.stop().await;
+    }
 }
