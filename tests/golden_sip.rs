@@ -196,6 +196,7 @@ fn rfc4475_torture_messages() {
                         caller: 40000,
                         callee: 40002,
                         caller_video: video.then_some(40004),
+                        callee_video: video.then_some(40006),
                     };
                     gw.bridge_ready(Instant::now(), 0, &call, Ok(ports));
                 }

@@ -5,7 +5,7 @@
 //! rule; must not touch calls or messages.
 
 use crate::media::bridge::AudioEnd;
-use crate::sdp::SessionDesc;
+use crate::sdp::{Format, SessionDesc};
 use crate::webrtc::{PeerFormat, StreamKind};
 use causeway_codecs::registry::{AudioCodec, video_codec};
 use causeway_codecs::video::VideoCodec;
@@ -107,6 +107,28 @@ pub fn browser_video(formats: &[PeerFormat]) -> Option<VideoCodec> {
 /// can transcode to. Empty without such a section.
 pub fn caller_video_codecs(offer: &SessionDesc, transcode: bool) -> Vec<VideoCodec> {
     with_transcoded(sip_video(offer).collect(), transcode)
+}
+
+/// The video formats to offer SIP callees for a SIP caller's offer: for
+/// each codec of its first live video section that we bridge, in its
+/// order, the format our answer to the caller takes for that codec
+/// ([`crate::sdp::pick_format`]), as the caller wrote it (payload type,
+/// profile, packetization mode). Whichever a callee picks, our answer
+/// gives the caller the same format, and the video is relayed untouched.
+/// Empty without such a section.
+pub fn caller_video_formats(offer: &SessionDesc) -> Vec<Format> {
+    let Some(m) = offer.active_video() else {
+        return Vec::new();
+    };
+    let mut formats: Vec<Format> = Vec::new();
+    for c in sip_video(offer) {
+        let of_codec = |f: &&Format| f.codec.as_ref().and_then(video_codec) == Some(c);
+        if formats.iter().any(|f| of_codec(&f)) {
+            continue;
+        }
+        formats.extend(crate::sdp::pick_format(&m.formats, of_codec).cloned());
+    }
+    formats
 }
 
 /// The codec of a SIP caller's video our answer takes when the browser

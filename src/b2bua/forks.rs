@@ -285,15 +285,16 @@ impl B2bua {
                 Caller::Browser(peer) => Some(CallerMedia::Browser(*peer)),
                 Caller::Sip(sc) => {
                     // The callee's codec when the caller has it (relayed),
-                    // else any we can transcode to; a caller that made no
-                    // offer gets ours and answers in its ACK.
+                    // else any we can transcode to; its video format (the
+                    // caller's own, offered as it was: relayed); a caller
+                    // that made no offer gets ours and answers in its ACK.
                     let agreed = accept_caller(
                         &mut self.dialogs,
                         &mut self.out,
                         now,
                         sc,
                         n.audio.format.codec.as_ref(),
-                        None,
+                        n.video.as_ref().and_then(|v| v.format.codec.as_ref()),
                         (&call.offer, call.dtmf),
                     )?;
                     agreed.map(|a| {

@@ -140,20 +140,17 @@ impl B2bua {
         }
     }
 
-    /// The media asks the SIP side of a call for a keyframe of its video
-    /// (it takes no RTCP feedback): an INFO with `picture_fast_update`,
-    /// unless one is already waiting or the side refused one.
-    pub fn ask_keyframe(&mut self, call_id: &str) {
+    /// The media asks SIP side `sip` of a call for a keyframe of its
+    /// video (it takes no RTCP feedback): an INFO with
+    /// `picture_fast_update`, unless one is already waiting or the side
+    /// refused one.
+    pub fn ask_keyframe(&mut self, call_id: &str, sip: Party) {
         let Some(call) = self
             .calls
             .get_mut(call_id)
             .filter(|c| c.state == super::State::Connected)
         else {
             return;
-        };
-        let sip = match call.caller {
-            Caller::Browser(_) => Party::Callee,
-            Caller::Sip(_) => Party::Caller,
         };
         let leg = call.info(sip);
         if leg.no_keyframes {
@@ -291,6 +288,7 @@ impl B2bua {
                 tracing::info!(call = %call_id, "keyframe asked by SIP INFO");
                 self.notify(Notice::KeyframeWanted {
                     call: call_id.to_string(),
+                    from: leg.party(),
                 });
             }
             return respond(200, "OK");

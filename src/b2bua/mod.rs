@@ -44,8 +44,8 @@ mod tests;
 mod uas;
 
 pub use codecs::{
-    browser_audio, browser_video_codecs, caller_video_codecs, offer_codecs, opus_rate_limit,
-    sip_offer_codecs,
+    browser_audio, browser_video_codecs, caller_video_codecs, caller_video_formats, offer_codecs,
+    opus_rate_limit, sip_offer_codecs,
 };
 
 use browser::{caller_name, stop_browsers};
@@ -214,6 +214,8 @@ pub enum Notice {
     KeyframeWanted {
         /// The call.
         call: String,
+        /// The side that asked (it wants a keyframe of what it receives).
+        from: Party,
     },
     /// The call is over: stop its media and close its peer, if any.
     Release {

@@ -8,6 +8,7 @@ mod info;
 mod prack;
 mod reoffer;
 mod resend;
+mod sip_video;
 mod timers;
 
 use super::*;

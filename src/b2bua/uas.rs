@@ -20,6 +20,22 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
+impl SipCaller {
+    /// The video section of our re-offers to the caller (RFC 3264 8: every
+    /// section of the session stays, a refused one refused): on our video
+    /// port, or refused (port 0) where its offer had video we did not take.
+    /// `None` when its offer had no video section.
+    fn video_section(&self) -> Option<u16> {
+        let offered = self.caller_offer.as_ref().is_some_and(|o| {
+            o.media
+                .iter()
+                .any(|m| m.kind == crate::sdp::MediaKind::Video)
+        });
+        let port = self.video_offer.as_ref().map(|(port, _)| *port);
+        offered.then_some(port.unwrap_or(0))
+    }
+}
+
 impl B2bua {
     /// A re-INVITE or an UPDATE with an offer from a SIP side: one that
     /// repeats the side's last SDP word for word only refreshes the session
@@ -155,11 +171,11 @@ impl B2bua {
                     Caller::Sip(sc) => {
                         let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
                         sc.origin.1 += 1;
-                        let audio_only = crate::sdp::Agreed {
+                        let session = crate::sdp::Agreed {
                             audio: agreed.clone(),
-                            video: None,
+                            video: sc.video.clone(),
                         };
-                        let sdp = Offer::agreed(&audio_only, None)
+                        let sdp = Offer::agreed(&session, sc.video_section())
                             .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
                         let req = caller_request(
                             &mut self.dialogs,

@@ -38,9 +38,23 @@ pub struct MediaPlan {
     pub callee_codec: String,
     /// `passthrough` (relayed untouched) or `transcoded`.
     pub audio: String,
-    /// The video, when both sides have it.
+    /// The video between a browser and a SIP endpoint, when both sides
+    /// have it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoPlan>,
+    /// The video between two SIP endpoints, when both sides have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_video: Option<SipVideoPlan>,
+}
+
+/// The video of a call between two SIP endpoints: the callee took one of
+/// the caller's own formats, relayed both ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipVideoPlan {
+    /// The codec both sides send (`H264/90000`).
+    pub codec: String,
+    /// `passthrough`.
+    pub video: String,
 }
 
 /// The video of a call between a browser and a SIP endpoint.
@@ -85,6 +99,18 @@ pub struct MediaTotals {
     /// Video packets sent to the browser.
     #[serde(default)]
     pub video_to_browser_out: u64,
+    /// Between two SIP endpoints: video packets received from the caller.
+    #[serde(default)]
+    pub video_to_callee_in: u64,
+    /// Video packets sent to the callee.
+    #[serde(default)]
+    pub video_to_callee_out: u64,
+    /// Video packets received from the callee.
+    #[serde(default)]
+    pub video_to_caller_in: u64,
+    /// Video packets sent to the caller.
+    #[serde(default)]
+    pub video_to_caller_out: u64,
 }
 
 /// One side of a call in progress, as the admin API shows it: its SDPs
@@ -335,6 +361,7 @@ mod tests {
                 callee_codec: "PCMU/8000".into(),
                 audio: "passthrough".into(),
                 video: None,
+                sip_video: None,
             },
         );
         // Counters so far show in the list but do not complete the record.
@@ -384,6 +411,7 @@ mod tests {
             callee_codec: codec.into(),
             audio: audio.into(),
             video,
+            sip_video: None,
         };
         r.media("c4", plan("PCMU/8000", "passthrough", Some(video.clone())));
         r.media_replanned("c4", plan("PCMA/8000", "transcoded", None));
@@ -419,6 +447,7 @@ mod tests {
                 callee_codec: "PCMU/8000".into(),
                 audio: "passthrough".into(),
                 video: None,
+                sip_video: None,
             },
         );
         // The browser's peer closed: its media task stopped first.

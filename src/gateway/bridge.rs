@@ -43,6 +43,8 @@ pub(super) struct PendingBridge {
     dtmf: crate::dialplan::DtmfMode,
     /// The video codecs browsers are offered (none: no video).
     video: Vec<VideoCodec>,
+    /// The caller's video formats SIP callees are offered (none: no video).
+    sip_video: Vec<crate::sdp::Format>,
 }
 
 /// The RTP ports bound for a SIP caller's call.
@@ -54,6 +56,8 @@ pub struct SipPorts {
     pub callee: u16,
     /// For video toward the caller, when asked for.
     pub caller_video: Option<u16>,
+    /// For video toward the callees, when asked for.
+    pub callee_video: Option<u16>,
 }
 
 /// Who a routed call rings.
@@ -368,22 +372,28 @@ impl Gateway {
             let why = "399 causeway \"no audio codec in common\"".to_string();
             return refuse(self, 488, "Not Acceptable Here", why);
         };
-        // Video goes to browsers only (SIP callees are offered audio), in
-        // the profile the rule's SRTP policy wants (else it is declined).
-        let video = match &caller_offer {
-            Some(o)
-                if route.media.video
-                    && !callees.browsers.is_empty()
-                    && o.active_video()
-                        .is_some_and(|v| srtp_allows(v.proto, route.media.srtp)) =>
-            {
+        // The caller's video, where the rule lets it through in the
+        // profile its SRTP policy wants (else it is declined): browsers
+        // are offered its codecs (and those we transcode to), SIP callees
+        // its own formats, relayed.
+        let video_offer = caller_offer.as_ref().filter(|o| {
+            route.media.video
+                && o.active_video()
+                    .is_some_and(|v| srtp_allows(v.proto, route.media.srtp))
+        });
+        let video = match video_offer {
+            Some(o) if !callees.browsers.is_empty() => {
                 crate::b2bua::caller_video_codecs(o, route.media.transcode)
             }
             _ => Vec::new(),
         };
+        let sip_video = match video_offer {
+            Some(o) if !callees.sip.is_empty() => crate::b2bua::caller_video_formats(o),
+            _ => Vec::new(),
+        };
         let call = random_token(16);
         let ip = self.media_ip();
-        let with_video = !video.is_empty();
+        let with_video = !video.is_empty() || !sip_video.is_empty();
         self.bridging.insert(
             call.clone(),
             PendingBridge {
@@ -398,6 +408,7 @@ impl Gateway {
                 rule: route.rule.clone(),
                 dtmf: route.media.dtmf,
                 video,
+                sip_video,
             },
         );
         self.out.push_back(GwOutput::BridgeMedia {
@@ -453,13 +464,12 @@ impl Gateway {
             .and_then(|f| NameAddr::parse(f).ok())
             .and_then(|n| n.display)
             .unwrap_or_default();
-        let targets = self.invite_params(
-            p.callees.sip,
-            &p.from,
-            &display_name,
-            &p.offer,
-            ports.callee,
-        );
+        let offer = match ports.callee_video {
+            Some(port) => p.offer.with_video_formats(p.sip_video, port),
+            None => p.offer,
+        };
+        let targets =
+            self.invite_params(p.callees.sip, &p.from, &display_name, &offer, ports.callee);
         let transport = p.flow.transport.uri_param();
         let contact = format!(
             "<sip:{}@{}{transport}>",
@@ -490,7 +500,7 @@ impl Gateway {
             invite: p.invite,
             flow: p.flow,
             caller_offer: p.caller_offer,
-            offer: p.offer,
+            offer,
             dtmf: p.dtmf,
             contact,
         };
@@ -581,10 +591,10 @@ impl Gateway {
         self.pump(now, wall);
     }
 
-    /// The media wants a keyframe from a call's SIP side, which takes no
-    /// RTCP feedback: a SIP INFO asks for it.
-    pub fn media_wants_keyframe(&mut self, now: Instant, wall: u64, call: &str) {
-        self.b2bua.ask_keyframe(call);
+    /// The media wants a keyframe from SIP side `of` of a call, which
+    /// takes no RTCP feedback: a SIP INFO asks for it.
+    pub fn media_wants_keyframe(&mut self, now: Instant, wall: u64, call: &str, of: Party) {
+        self.b2bua.ask_keyframe(call, of);
         self.pump(now, wall);
     }
 

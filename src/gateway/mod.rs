@@ -143,14 +143,14 @@ pub enum GwOutput {
     Call(Notice),
     /// A call from a SIP endpoint is to be bridged: bind RTP ports toward
     /// the caller and toward the callees on `ip`'s family (and for video
-    /// toward the caller when `video`), and report them with
+    /// toward both when `video`), and report them with
     /// [`Gateway::bridge_ready`].
     BridgeMedia {
         /// The call's id.
         call: String,
         /// Our media address.
         ip: IpAddr,
-        /// The caller's video goes to browsers.
+        /// The caller's video is offered to callees (browsers, SIP).
         video: bool,
     },
     /// A bridged call starts (before any notice about it): for its record.

@@ -8,15 +8,16 @@
 //! its own ([`audio_direction`]), and is planned anew when a SIP side's
 //! answer changes (early media moved to the 2xx, a re-INVITE's new codec or
 //! address). Video between a browser and a SIP endpoint runs beside the
-//! audio (`runtime::video`), whichever side called. A task reports its
+//! audio (`runtime::video`), whichever side called; between two SIP
+//! endpoints it is relayed (`runtime::sip_video`). A task reports its
 //! counters when it stops (for the call's record).
 //!
 //! Owns sockets, the task and its timers; what to relay or transcode is
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
-//! a call starts or ends by [`crate::b2bua`]. Video between two SIP
-//! endpoints is not bridged yet.
+//! a call starts or ends by [`crate::b2bua`].
 
 use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
+use super::sip_video::SipVideo;
 use super::video::{AskSip, FromBrowser, VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
@@ -43,8 +44,8 @@ pub const DIGIT_MS: u32 = 120;
 enum Control {
     /// Play digits as RFC 4733 events toward side `to`, each for `ms`.
     Digits { to: Party, digits: String, ms: u32 },
-    /// The SIP side asked for a keyframe by SIP INFO.
-    Keyframe,
+    /// A SIP side asked for a keyframe by SIP INFO.
+    Keyframe(Party),
     /// A SIP side's media changed: the callee's answer (early media moved
     /// to the 2xx), or either side's re-INVITE or UPDATE.
     Renegotiate(Party, Box<Negotiated>),
@@ -57,7 +58,7 @@ enum Slot {
     Reserved {
         /// Toward the SIP callee.
         ports: Ports,
-        /// Video toward the SIP callee (browser callers with video).
+        /// Video toward the SIP callee (callers with video).
         video: Option<Ports>,
         caller: CallerPorts,
     },
@@ -99,9 +100,14 @@ pub enum MediaReport {
         /// The silent SIP side.
         from: Party,
     },
-    /// A call's video wants a keyframe from its SIP side, which takes no
+    /// A call's video wants a keyframe from SIP side `of`, which takes no
     /// RTCP feedback: the call layer asks by SIP INFO.
-    KeyframeWanted(String),
+    KeyframeWanted {
+        /// The call.
+        call: String,
+        /// The side to ask.
+        of: Party,
+    },
     /// A digit (RFC 4733) recognised on side `from`'s RTP, for the call
     /// layer (the browser's event stream, SIP INFO).
     Digit {
@@ -175,7 +181,7 @@ impl Bridges {
     }
 
     /// Binds RTP ports (and RTCP above each) toward a SIP caller and toward
-    /// its callees, and for video toward the caller when `video`.
+    /// its callees, and for video toward both when `video`.
     pub fn reserve_sip(
         &mut self,
         media: &mut MediaCalls,
@@ -186,19 +192,23 @@ impl Bridges {
         let caller = media.bind(ip, true)?;
         let ports = media.bind(ip, true)?;
         let caller_video = video.then(|| media.bind(ip, true)).transpose()?;
+        let callee_video = video.then(|| media.bind(ip, true)).transpose()?;
+        let port_of = |p: &Option<Ports>| {
+            p.as_ref()
+                .map(|v| v.rtp.local_addr().map(|a| a.port()))
+                .transpose()
+        };
         let bound = SipPorts {
             caller: caller.rtp.local_addr()?.port(),
             callee: ports.rtp.local_addr()?.port(),
-            caller_video: caller_video
-                .as_ref()
-                .map(|v| v.rtp.local_addr().map(|a| a.port()))
-                .transpose()?,
+            caller_video: port_of(&caller_video)?,
+            callee_video: port_of(&callee_video)?,
         };
         self.calls.insert(
             call.to_string(),
             Slot::Reserved {
                 ports,
-                video: None,
+                video: callee_video,
                 caller: CallerPorts::Sip(caller, caller_video),
             },
         );
@@ -245,19 +255,34 @@ impl Bridges {
                 let browser = (peer, formats.as_slice(), webrtc);
                 Legs::spawn(call, (caller, video), &agreed, browser, ends, false)?
             }
-            (CallerMedia::Sip(agreed), CalleeMedia::Sip(n), CallerPorts::Sip(caller, _)) => {
-                let agreed = agreed.audio;
-                let caller_end = sip_audio(&agreed)?;
+            (
+                CallerMedia::Sip(agreed),
+                CalleeMedia::Sip(n),
+                CallerPorts::Sip(caller, caller_video),
+            ) => {
+                let caller_end = sip_audio(&agreed.audio)?;
                 let sip_end = sip_audio(&n.audio)?;
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
                 let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
+                // Video where both answers took it; the sides share the
+                // caller's format, else there is none.
+                let video = match (&agreed.video, &n.video, caller_video, video) {
+                    (Some(a), Some(b), Some(pa), Some(pb)) => SipVideo::new(
+                        (RtpEnd::open(pa, a, call)?, a),
+                        (RtpEnd::open(pb, b, call)?, b),
+                    )
+                    .map_err(|e| tracing::warn!(call, error = %e, "video not bridged"))
+                    .ok(),
+                    _ => None,
+                };
                 let relay = Relay {
-                    caller: RtpEnd::open(caller, &agreed, call)?,
+                    caller: RtpEnd::open(caller, &agreed.audio, call)?,
                     caller_end,
                     callee: RtpEnd::open(ports, &n.audio, call)?,
                     callee_end: sip_end,
                     to_callee,
                     to_caller,
+                    video,
                 };
                 let plan = relay.plan();
                 log_plan(call, &plan);
@@ -297,10 +322,10 @@ impl Bridges {
         self.control(call, Control::Hold(party, held))
     }
 
-    /// The SIP side of a call asked for a keyframe by SIP INFO; false when
-    /// the call has no media running.
-    pub fn keyframe_wanted(&self, call: &str) -> bool {
-        self.control(call, Control::Keyframe)
+    /// SIP side `from` of a call asked for a keyframe by SIP INFO; false
+    /// when the call has no media running.
+    pub fn keyframe_wanted(&self, call: &str, from: Party) -> bool {
+        self.control(call, Control::Keyframe(from))
     }
 
     fn control(&self, call: &str, c: Control) -> bool {
@@ -344,6 +369,7 @@ fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
         }
         .into(),
         video: None,
+        sip_video: None,
     }
 }
 
@@ -553,7 +579,7 @@ impl RtpEnd {
     }
 
     /// Sends `packets` (emptied) and any RTCP report due.
-    async fn flush(&mut self, now: Instant, packets: &mut Vec<Vec<u8>>) {
+    pub(super) async fn flush(&mut self, now: Instant, packets: &mut Vec<Vec<u8>>) {
         for mut p in packets.drain(..) {
             if let Some(dest) = self.session.send_rtp(now, &mut p) {
                 let _ = self.rtp.send_to(&p, dest).await;
@@ -725,7 +751,7 @@ impl Legs {
                 _ = &mut stop => break,
                 Some(c) = control.recv() => match c {
                     Control::Digits { digits, ms, .. } => play(call, &mut self.to_sip, &digits, ms),
-                    Control::Keyframe => {
+                    Control::Keyframe(_) => {
                         if let Some(v) = self.video.as_mut() {
                             v.sip_asked(&self.webrtc);
                         }
@@ -780,7 +806,10 @@ impl Legs {
                 match video_ask {
                     Some(AskSip::Rtcp(rtcp)) => v.sip.send_rtcp(rtcp).await,
                     Some(AskSip::Info) => {
-                        let _ = done.send(MediaReport::KeyframeWanted(call.to_string()));
+                        let _ = done.send(MediaReport::KeyframeWanted {
+                            call: call.to_string(),
+                            of: sip,
+                        });
                     }
                     None => {}
                 }
@@ -819,6 +848,14 @@ impl Legs {
     }
 }
 
+/// What next wakes a SIP call's video (never, without video).
+async fn next_sip_video(video: Option<&mut SipVideo>) -> (Party, Got) {
+    match video {
+        Some(v) => v.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What next wakes a call's video (never, without video).
 async fn next_video(video: Option<&mut VideoLegs>) -> VideoIn {
     match video {
@@ -849,6 +886,8 @@ struct Relay {
     callee_end: AudioEnd,
     to_callee: Direction,
     to_caller: Direction,
+    /// Video, when both sides have it.
+    video: Option<SipVideo>,
 }
 
 impl Relay {
@@ -885,10 +924,13 @@ impl Relay {
                 self.to_caller.next_event_due(now),
                 self.caller.silent_at(silence.limit()),
                 self.callee.silent_at(silence.limit()),
+                self.video.as_ref().and_then(SipVideo::next_timeout),
             ]
             .into_iter()
             .flatten()
             .min();
+            // A SIP side to ask for a keyframe by SIP INFO.
+            let mut ask_info = None;
             tokio::select! {
                 got = self.caller.recv() => {
                     if got == Got::Rtp {
@@ -902,11 +944,20 @@ impl Relay {
                         report(Party::Callee, self.to_caller.take_digits());
                     }
                 }
+                got = next_sip_video(self.video.as_mut()) => {
+                    if let Some(v) = self.video.as_mut() {
+                        ask_info = v.handle(Instant::now(), got).await;
+                    }
+                }
                 _ = &mut stop => break,
                 Some(c) = control.recv() => match c {
                     Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
                     Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
-                    Control::Keyframe => {}
+                    Control::Keyframe(from) => {
+                        if let Some(v) = self.video.as_mut() {
+                            ask_info = v.asked(Instant::now(), from).await;
+                        }
+                    }
                     Control::Renegotiate(party, n) => {
                         let moved = match party {
                             Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, (&mut self.to_callee, &mut self.to_caller)),
@@ -928,6 +979,15 @@ impl Relay {
             self.caller.flush(now, &mut to_caller).await;
             self.to_callee.poll(now, &mut to_callee);
             self.callee.flush(now, &mut to_callee).await;
+            if let Some(v) = self.video.as_mut() {
+                v.flush(now).await;
+            }
+            if let Some(of) = ask_info {
+                let _ = done.send(MediaReport::KeyframeWanted {
+                    call: call.to_string(),
+                    of,
+                });
+            }
             if now >= next_progress {
                 next_progress = now + PROGRESS_EVERY;
                 let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
@@ -945,17 +1005,39 @@ impl Relay {
             caller_lost = self.caller.session.stats.lost,
             "caller media"
         );
+        if let Some(v) = &self.video {
+            let (to_callee, to_caller) = v.stats();
+            tracing::info!(
+                call,
+                to_callee_in = to_callee.packets_in,
+                to_callee_out = to_callee.packets_out,
+                to_caller_in = to_caller.packets_in,
+                to_caller_out = to_caller.packets_out,
+                "relayed video stopped"
+            );
+        }
         let _ = done.send(MediaReport::Stopped(call.to_string(), self.totals()));
     }
 
-    /// The audio plan, for the call's record.
+    /// What runs, for the call's record.
     fn plan(&self) -> MediaPlan {
-        plan("sip", self.caller_end, self.callee_end)
+        MediaPlan {
+            sip_video: self.video.as_ref().map(SipVideo::plan),
+            ..plan("sip", self.caller_end, self.callee_end)
+        }
     }
 
-    /// The audio counters so far, caller's side first.
+    /// The counters so far, caller's side first.
     fn totals(&self) -> MediaTotals {
-        totals(&self.to_callee, &self.to_caller, &self.callee.session)
+        let mut t = totals(&self.to_callee, &self.to_caller, &self.callee.session);
+        if let Some(v) = &self.video {
+            let (to_callee, to_caller) = v.stats();
+            t.video_to_callee_in = to_callee.packets_in;
+            t.video_to_callee_out = to_callee.packets_out;
+            t.video_to_caller_in = to_caller.packets_in;
+            t.video_to_caller_out = to_caller.packets_out;
+        }
+        t
     }
 }
 

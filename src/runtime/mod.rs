@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod media;
 pub mod routing;
+mod sip_video;
 mod video;
 pub mod webrtc;
 
@@ -394,8 +395,8 @@ pub async fn run(
                 bridge::MediaReport::Digit { call, from, digit } => {
                     gw.media_digit(Instant::now(), unix_now(), &call, from, digit);
                 }
-                bridge::MediaReport::KeyframeWanted(call) => {
-                    gw.media_wants_keyframe(Instant::now(), unix_now(), &call);
+                bridge::MediaReport::KeyframeWanted { call, of } => {
+                    gw.media_wants_keyframe(Instant::now(), unix_now(), &call, of);
                 }
             },
             Some(dialog) = silent.recv() => {
@@ -516,8 +517,8 @@ fn on_call_output(
                 tracing::info!(call = %call, "a hold for a call without media");
             }
         }
-        Notice::KeyframeWanted { call } => {
-            bridges.keyframe_wanted(&call);
+        Notice::KeyframeWanted { call, from } => {
+            bridges.keyframe_wanted(&call, from);
         }
         Notice::Release { call, peer } => {
             bridges.close(&call);

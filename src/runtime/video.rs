@@ -47,7 +47,7 @@ const WORKER_QUEUE: usize = 256;
 const VIDEO_BITRATE: u32 = 1_000_000;
 
 /// Keyframe requests closer together than this are one request.
-const KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+pub(super) const KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Which way a packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,15 +138,15 @@ impl Path {
 
 /// One side's video format, as the media layer takes it.
 #[derive(Debug, Clone, Copy)]
-struct VideoEnd {
-    pt: u8,
+pub(super) struct VideoEnd {
+    pub pt: u8,
     codec: VideoCodec,
     /// H.264 packetization mode 1 (FU-A, STAP-A) allowed.
     fu_a: bool,
 }
 
 impl VideoEnd {
-    fn of_sip(f: &Format) -> Option<Self> {
+    pub(super) fn of_sip(f: &Format) -> Option<Self> {
         Some(Self {
             pt: f.pt,
             codec: video_codec(f.codec.as_ref()?)?,
@@ -166,11 +166,11 @@ impl VideoEnd {
     }
 
     /// Whether a stream in `self` is relayed as it is to one in `other`.
-    fn same(self, other: Self) -> bool {
+    pub(super) fn same(self, other: Self) -> bool {
         self.codec == other.codec && (self.codec == VideoCodec::Vp8 || self.fu_a == other.fu_a)
     }
 
-    fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         match self.codec {
             VideoCodec::H264 => "H264/90000",
             VideoCodec::Vp8 => "VP8/90000",
@@ -544,7 +544,7 @@ impl VideoLegs {
 }
 
 /// A passthrough video direction mapping payload types `from` to `to`.
-fn relay_direction(from: &[u8], to: u8) -> Direction {
+pub(super) fn relay_direction(from: &[u8], to: u8) -> Direction {
     let pts = from.iter().map(|pt| (*pt, to)).collect();
     Direction::new(Mode::Passthrough(Passthrough::new(pts)), 90000)
 }

@@ -87,6 +87,25 @@ pub(super) fn same_codec(a: &CodecKey, b: &CodecKey) -> bool {
     a.name.eq_ignore_ascii_case(&b.name) && a.clock_rate == b.clock_rate && a.channels == b.channels
 }
 
+/// The format an answer takes among an offer's `formats` (those `ours`
+/// lets through): the first one's codec and, for H.264 offered in
+/// packetization modes 0 and 1 (baresip, many room systems), a mode 1
+/// format, whose FU-A carries NAL units of any size, so a browser's
+/// stream is relayed as it is.
+pub fn pick_format<'a>(
+    formats: &'a [Format],
+    ours: impl Fn(&&Format) -> bool,
+) -> Option<&'a Format> {
+    let first = formats.iter().find(&ours)?;
+    Some(
+        formats
+            .iter()
+            .filter(ours)
+            .find(|f| f.codec == first.codec && f.fu_a())
+            .unwrap_or(first),
+    )
+}
+
 fn negotiate(
     offer: &SessionDesc,
     m: &MediaDesc,
@@ -100,18 +119,9 @@ fn negotiate(
             .as_ref()
             .is_some_and(|c| cfg.codecs.iter().any(|ours| same_codec(ours, c)))
     };
-    let Some(first) = m.formats.iter().find(ours) else {
+    let Some(format) = pick_format(&m.formats, ours) else {
         return Ok(None);
     };
-    // H.264 offered in packetization modes 0 and 1 (baresip, many room
-    // systems): mode 1, whose FU-A carries NAL units of any size, so a
-    // browser's stream is relayed as it is.
-    let format = m
-        .formats
-        .iter()
-        .filter(ours)
-        .find(|f| f.codec == first.codec && f.fu_a())
-        .unwrap_or(first);
     let clock = format.codec.as_ref().map_or(0, |c| c.clock_rate);
     let dtmf = (cfg.dtmf && m.kind == MediaKind::Audio)
         .then(|| {

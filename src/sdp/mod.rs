@@ -11,7 +11,7 @@
 mod answer;
 mod offer;
 
-pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer};
+pub use answer::{Answer, AnswerConfig, Negotiated, Srtp, answer, pick_format};
 pub use offer::{Agreed, Offer, VideoOffer, video_format};
 
 use crate::media::srtp::Suite;

@@ -2,8 +2,10 @@
 //! answer that comes back: one audio section over RTP/AVP with the codecs
 //! the call layer allows (static payload types where RFC 3551 assigns one,
 //! dynamic ones from 96 otherwise), telephone-event at 8 kHz and rtcp-mux;
-//! optionally a video section (H.264 packetization-mode 1, VP8) on its own
-//! port, asking for keyframes over RTCP (PLI, FIR). The answer is read into
+//! optionally a video section on its own port (our H.264
+//! packetization-mode 1 and VP8, or a SIP caller's own formats to relay),
+//! asking for keyframes over RTCP (PLI, FIR), RTP/SAVP with a key of its
+//! own when the audio section is. The answer is read into
 //! the same [`Negotiated`] an answer we write yields, so the media layer
 //! cannot tell who offered.
 
@@ -48,6 +50,9 @@ pub struct VideoOffer {
     pub port: u16,
     /// Formats in preference order.
     pub formats: Vec<Format>,
+    /// Our SDES key for video, when the audio section is RTP/SAVP (each
+    /// stream has a key of its own): the section is RTP/SAVP too.
+    pub srtp: Option<MasterKey>,
 }
 
 /// What the answer to one of our offers agreed: audio, and video when the
@@ -132,10 +137,19 @@ impl Offer {
 
     /// Adds a video section on our RTP `port` with `codecs`, first
     /// preferred (none: no section).
-    pub fn with_video(mut self, codecs: &[VideoCodec], port: u16) -> Self {
-        self.video = (!codecs.is_empty()).then(|| VideoOffer {
+    pub fn with_video(self, codecs: &[VideoCodec], port: u16) -> Self {
+        self.with_video_formats(codecs.iter().map(|c| video_format(*c)).collect(), port)
+    }
+
+    /// Adds a video section on our RTP `port` with `formats` as they are
+    /// (a SIP caller's own, to be relayed), first preferred (none: no
+    /// section). It is RTP/SAVP with a key of its own when the audio is:
+    /// call [`Self::with_srtp`] first.
+    pub fn with_video_formats(mut self, formats: Vec<Format>, port: u16) -> Self {
+        self.video = (!formats.is_empty()).then(|| VideoOffer {
             port,
-            formats: codecs.iter().map(|c| video_format(*c)).collect(),
+            formats,
+            srtp: self.srtp.as_ref().map(|k| MasterKey::generate(k.suite)),
         });
         self
     }
@@ -153,6 +167,11 @@ impl Offer {
                     || vec![video_format(VideoCodec::H264)],
                     |v| vec![v.format.clone()],
                 ),
+                srtp: a
+                    .video
+                    .as_ref()
+                    .and_then(|v| v.srtp.as_ref())
+                    .map(|s| s.local.clone()),
             }),
             // The session's own key again: a re-offer does not rekey.
             srtp: a.audio.srtp.as_ref().map(|s| s.local.clone()),
@@ -192,7 +211,15 @@ impl Offer {
         let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
         if let Some(v) = &self.video {
             let formats: Vec<&Format> = v.formats.iter().collect();
-            section(&mut s, "video", (v.port, "RTP/AVP"), &formats);
+            let profile = if v.srtp.is_some() {
+                "RTP/SAVP"
+            } else {
+                "RTP/AVP"
+            };
+            section(&mut s, "video", (v.port, profile), &formats);
+            if let Some(k) = v.srtp.as_ref().filter(|_| v.port != 0) {
+                let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
+            }
             if v.port != 0 {
                 for f in &formats {
                     let _ = write!(
@@ -240,8 +267,15 @@ impl Offer {
                 .media
                 .get(1)
                 .filter(|m| m.kind == MediaKind::Video && m.port != 0)?;
-            let format = answered_format(m, &v.formats, false).ok()?;
-            Some(agreed_section(answer, m, format, None))
+            let format = answered_format(m, &v.formats, v.srtp.is_some()).ok()?;
+            let srtp = match &v.srtp {
+                Some(ours) => Some(answered_key(m, ours).ok()?),
+                None => None,
+            };
+            Some(Negotiated {
+                srtp,
+                ..agreed_section(answer, m, format, None)
+            })
         });
         Ok(Agreed {
             audio: Negotiated {

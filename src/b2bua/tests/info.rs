@@ -215,8 +215,8 @@ fn a_keyframe_request_reaches_the_callee_by_info_behind_a_digit_and_once() {
     assert!(b.browser_digits("call-1", "1", 120));
     let out = drain(&mut b);
     let digit = infos_sent(&mut b, &out).remove(0).2;
-    b.ask_keyframe("call-1");
-    b.ask_keyframe("call-1");
+    b.ask_keyframe("call-1", Party::Callee);
+    b.ask_keyframe("call-1", Party::Callee);
     assert!(drain(&mut b).is_empty());
     b.on_response(t0, &response_to(&digit, 200, "OK", None, None));
     let out = drain(&mut b);
@@ -236,12 +236,12 @@ fn a_keyframe_request_reaches_the_callee_by_info_behind_a_digit_and_once() {
     b.on_response(t0, &response_to(info, 200, "OK", None, None));
     assert!(drain(&mut b).is_empty(), "one request, not two");
     // Unknown calls are ignored.
-    b.ask_keyframe("no-such-call");
+    b.ask_keyframe("no-such-call", Party::Callee);
     assert!(drain(&mut b).is_empty());
 
     // A request the callee cannot take for now (491) is not a refusal.
     let keyframe_info = |b: &mut B2bua| {
-        b.ask_keyframe("call-1");
+        b.ask_keyframe("call-1", Party::Callee);
         let out = drain(b);
         let [CallOutput::Request(info, _)] = out.as_slice() else {
             assert!(out.is_empty(), "{out:?}");

@@ -1,0 +1,198 @@
+//! Video between two SIP endpoints on simulated time: the callee is
+//! offered the caller's own formats, the caller's answer takes the one the
+//! callee picked (relayed), a declined video stays declined, a hold keeps
+//! the video section, and keyframe INFOs cross between the sides.
+
+use super::*;
+
+/// The caller's offer: PCMA, then H.264 in packetization modes 0 and 1
+/// and VP8 (as baresip and many room systems offer them).
+fn video_offer() -> String {
+    format!(
+        "{CALLER_OFFER}m=video 30002 RTP/AVP 96 97 100\r\n\
+         a=rtpmap:96 H264/90000\r\na=fmtp:96 profile-level-id=42801f\r\n\
+         a=rtpmap:97 H264/90000\r\na=fmtp:97 profile-level-id=42801f;packetization-mode=1\r\n\
+         a=rtpmap:100 VP8/90000\r\n"
+    )
+}
+
+/// The callee's answer: PCMU and, when `video` is some, that video
+/// section (`m=video ...` onward).
+fn answer_with(video: &str) -> String {
+    format!("{ANSWER_PCMU}{video}")
+}
+
+/// A SIP caller offering [`video_offer`] calls one SIP callee (5070);
+/// returns our INVITE to it.
+fn dial_with_video(b: &mut B2bua, now: Instant) -> Message {
+    let invite = caller_invite_with(&video_offer());
+    let dial = sip_dial(invite);
+    let theirs = dial.caller_offer.clone().unwrap();
+    let formats = crate::b2bua::caller_video_formats(&theirs);
+    let offer = dial.offer.clone().with_video_formats(formats, 40006);
+    // As the gateway prints it for the callee.
+    let callee = InviteParams {
+        sdp: offer.to_sdp("127.0.0.1".parse().unwrap(), 40002, 77, 1),
+        ..target(5070)
+    };
+    let dial = SipDial {
+        offer,
+        video: Some((40004, Vec::new())),
+        ..dial
+    };
+    b.dial_sip(now, dial, vec![callee], Vec::new());
+    let out = drain(b);
+    let [CallOutput::Request(inv, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    b.sent(inv, TxKey::server(inv).unwrap());
+    inv.clone()
+}
+
+/// The caller's and the callee's video in the StartMedia of `out`.
+fn started_video(out: &[CallOutput]) -> (Option<Negotiated>, Option<Negotiated>) {
+    let Some(CallOutput::Notice(Notice::StartMedia {
+        caller: CallerMedia::Sip(caller),
+        callee: CalleeMedia::Sip(callee),
+        ..
+    })) = out
+        .iter()
+        .find(|o| matches!(o, CallOutput::Notice(Notice::StartMedia { .. })))
+    else {
+        panic!("{out:?}")
+    };
+    (caller.video.clone(), callee.video.clone())
+}
+
+/// Our 200 to the caller in `out`.
+fn ok_to_caller(out: &[CallOutput]) -> Message {
+    out.iter()
+        .find_map(|o| match o {
+            CallOutput::Respond(_, m) if m.status() == Some(200) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{out:?}"))
+}
+
+#[test]
+fn the_callee_is_offered_the_callers_formats_and_its_pick_is_answered_to_the_caller() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_with_video(&mut b, t0);
+    // One H.264 format (mode 1, which our answer would take) and VP8, as
+    // the caller wrote them, on the callee's video port.
+    let offer = body(&inv);
+    assert!(
+        offer.contains("m=video 40006 RTP/AVP 97 100\r\n"),
+        "{offer}"
+    );
+    assert!(
+        offer.contains("a=fmtp:97 profile-level-id=42801f;packetization-mode=1\r\n"),
+        "{offer}"
+    );
+    assert!(!offer.contains("a=rtpmap:96"), "{offer}");
+
+    // The callee takes H.264 (without RTCP feedback).
+    let answer = answer_with(
+        "m=video 31002 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n\
+         a=fmtp:97 profile-level-id=42801f;packetization-mode=1\r\n",
+    );
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    let ok = body(&ok_to_caller(&out));
+    assert!(ok.contains("m=video 40004 RTP/AVP 97\r\n"), "{ok}");
+    assert!(ok.contains("packetization-mode=1"), "{ok}");
+    let (caller, callee) = started_video(&out);
+    let (caller, callee) = (caller.unwrap(), callee.unwrap());
+    assert_eq!((caller.format.pt, callee.format.pt), (97, 97));
+    assert_eq!(caller.remote_rtp, Some("127.0.0.1:30002".parse().unwrap()));
+    assert!(!callee.keyframe_fb, "no a=rtcp-fb: keyframes by INFO");
+
+    // The callee asks for a keyframe by INFO: the media is told which side
+    // asked, and asks the caller by INFO in turn.
+    let our_tag = crate::sip::dialog::tag_of(&ok_to_caller(&out), "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+    let mut info = from_callee(&inv, "INFO", 2);
+    info.push_header("Content-Type", crate::media::keyframe::MEDIA_CONTROL_TYPE);
+    info.body = Bytes::from(crate::media::keyframe::PICTURE_FAST_UPDATE);
+    assert!(b.on_request(t0, &TxKey::server(&info).unwrap(), &info, flow(5070)));
+    let out = drain(&mut b);
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            CallOutput::Notice(Notice::KeyframeWanted {
+                from: Party::Callee,
+                ..
+            })
+        )),
+        "{out:?}"
+    );
+    b.ask_keyframe("sip-1", Party::Caller);
+    let out = drain(&mut b);
+    let [CallOutput::Request(to_caller, f)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(to_caller.method(), Some(Method::Info));
+    assert_eq!(to_caller.call_id(), "caller-call");
+    assert_eq!(f.remote.port(), 5080);
+}
+
+#[test]
+fn a_callee_taking_vp8_gets_the_caller_answered_in_vp8_and_a_hold_keeps_the_video() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_with_video(&mut b, t0);
+    let answer = answer_with(
+        "m=video 31002 RTP/AVP 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\n",
+    );
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    let ok = ok_to_caller(&out);
+    assert!(
+        body(&ok).contains("m=video 40004 RTP/AVP 100\r\n"),
+        "{}",
+        body(&ok)
+    );
+    let (caller, callee) = started_video(&out);
+    assert_eq!(caller.unwrap().format.pt, 100);
+    assert!(callee.unwrap().keyframe_fb);
+    let our_tag = crate::sip::dialog::tag_of(&ok, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+
+    // The callee holds: the caller's re-offer keeps its video section,
+    // on our port, in the agreed format, sendonly like the audio.
+    let mut hold = bye_from_callee(&inv, &from_tag(&inv), "a");
+    hold.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:causeway@127.0.0.1".into(),
+    };
+    let hold = with_sdp(
+        hold,
+        &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    let out = drain(&mut b);
+    let Some(CallOutput::Request(to_caller, _)) = out.first() else {
+        panic!("{out:?}")
+    };
+    let reoffer = body(to_caller);
+    assert!(
+        reoffer.contains("m=video 40004 RTP/AVP 100\r\n"),
+        "{reoffer}"
+    );
+    assert_eq!(reoffer.matches("a=sendonly").count(), 2, "{reoffer}");
+}
+
+#[test]
+fn a_callee_declining_video_gets_the_callers_video_declined() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_with_video(&mut b, t0);
+    let answer = answer_with("m=video 0 RTP/AVP 97\r\n");
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    let ok = body(&ok_to_caller(&out));
+    assert!(ok.contains("m=video 0 "), "{ok}");
+    let (caller, callee) = started_video(&out);
+    assert!(caller.is_none() && callee.is_none());
+}

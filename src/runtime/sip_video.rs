@@ -1,0 +1,165 @@
+//! Video between two SIP endpoints, anchored here: each side's video RTP
+//! socket and one relay per direction, and keyframe requests passed across.
+//!
+//! The callee was offered the caller's own formats and our answer to the
+//! caller took the one the callee picked ([`crate::b2bua::caller_video_formats`]),
+//! so both sides send the same codec: the video is relayed untouched
+//! (payload types mapped), never transcoded. A side that wants a keyframe
+//! (its RTCP PLI or FIR, or a SIP INFO `picture_fast_update`) has the other
+//! asked the way it takes (RTCP PLI + FIR where its SDP had `a=rtcp-fb`,
+//! else SIP INFO); so does each side's first packet (a keyframe sent
+//! before the relay started is lost, and not every endpoint asks again).
+//!
+//! Owns the two video sockets' use within the call's task; what the SDP
+//! agreed comes from [`crate::sdp`], the relay from [`crate::media`].
+
+use super::bridge::{Got, RtpEnd};
+use super::video::{KEYFRAME_INTERVAL, VideoEnd, relay_direction};
+use crate::b2bua::Party;
+use crate::cdr::SipVideoPlan;
+use crate::media::bridge::{Direction, DirectionStats};
+use crate::media::keyframe::{KeyframeAction, KeyframeRequests, VideoPath};
+use crate::media::session::Feedback;
+use crate::sdp::Negotiated;
+use std::time::Instant;
+
+/// The running video between a SIP caller and a SIP callee.
+pub(super) struct SipVideo {
+    /// Each side's socket and session, [`Party`] order.
+    ends: [RtpEnd; 2],
+    /// Toward each side ([`Party`] order), from the other.
+    toward: [Direction; 2],
+    /// Requests of each side ([`Party`] order), made of the other.
+    asks: [KeyframeRequests; 2],
+    /// Each side sent a packet.
+    heard: [bool; 2],
+    /// Packets ready for each side, flushed once per wakeup.
+    out: [Vec<Vec<u8>>; 2],
+    codec: String,
+}
+
+/// Index of a side in the arrays above.
+fn ix(p: Party) -> usize {
+    usize::from(p == Party::Callee)
+}
+
+impl SipVideo {
+    /// The relay between the caller's video (as our answer agreed, on
+    /// `caller`) and the callee's (as its answer agreed, on `callee`).
+    /// Fails when the two do not share a format we relay.
+    pub fn new(
+        caller: (RtpEnd, &Negotiated),
+        callee: (RtpEnd, &Negotiated),
+    ) -> Result<Self, String> {
+        let end = |n: &Negotiated| {
+            VideoEnd::of_sip(&n.format).ok_or("a SIP side's video codec cannot be bridged")
+        };
+        let (a, b) = (end(caller.1)?, end(callee.1)?);
+        if !a.same(b) {
+            return Err(format!(
+                "the SIP sides' video formats differ ({} and {})",
+                a.name(),
+                b.name()
+            ));
+        }
+        // A side's requests are made of the other, as that one takes them.
+        let asks = |sender: &Negotiated| {
+            KeyframeRequests::new(VideoPath::relayed(sender.keyframe_fb), KEYFRAME_INTERVAL)
+        };
+        Ok(Self {
+            asks: [asks(callee.1), asks(caller.1)],
+            ends: [caller.0, callee.0],
+            toward: [
+                relay_direction(&[b.pt], a.pt),
+                relay_direction(&[a.pt], b.pt),
+            ],
+            heard: [false; 2],
+            out: [Vec::new(), Vec::new()],
+            codec: a.name(),
+        })
+    }
+
+    /// What runs, for the call's record.
+    pub fn plan(&self) -> SipVideoPlan {
+        SipVideoPlan {
+            codec: self.codec.clone(),
+            video: "passthrough".into(),
+        }
+    }
+
+    /// When either side's session next has something to do (RTCP).
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.ends
+            .iter()
+            .filter_map(|e| e.session.next_timeout())
+            .min()
+    }
+
+    /// Waits for a datagram from either side.
+    pub async fn next(&mut self) -> (Party, Got) {
+        let [caller, callee] = &mut self.ends;
+        tokio::select! {
+            got = caller.recv() => (Party::Caller, got),
+            got = callee.recv() => (Party::Callee, got),
+        }
+    }
+
+    /// Acts on what [`Self::next`] returned: RTP is relayed to the other
+    /// side (sent at [`Self::flush`]); a keyframe request (RTCP), or a
+    /// side's first packet, asks the other side (or this one) for a
+    /// keyframe. Returns the side to ask by SIP INFO, if any.
+    pub async fn handle(&mut self, now: Instant, (from, got): (Party, Got)) -> Option<Party> {
+        match got {
+            Got::Rtp => {
+                let to = ix(from.other());
+                let (end, out) = (&self.ends[ix(from)], &mut self.out[to]);
+                self.toward[to].on_packet(now, &end.buf, out);
+                if !std::mem::replace(&mut self.heard[ix(from)], true) {
+                    // The receiving side starts from a keyframe.
+                    return self.asked(now, from.other()).await;
+                }
+                None
+            }
+            Got::Feedback(fb)
+                if fb
+                    .iter()
+                    .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. })) =>
+            {
+                self.asked(now, from).await
+            }
+            Got::Feedback(_) | Got::Nothing => None,
+        }
+    }
+
+    /// Side `by` wants a keyframe of the video it receives: the other side
+    /// is asked over RTCP (sent here), or the side to ask by SIP INFO is
+    /// returned. Rate-limited per side.
+    pub async fn asked(&mut self, now: Instant, by: Party) -> Option<Party> {
+        let sender = by.other();
+        match self.asks[ix(by)].on_request(now)? {
+            KeyframeAction::SendSipInfo => Some(sender),
+            _ => {
+                let end = &mut self.ends[ix(sender)];
+                if let Some(rtcp) = end.session.request_keyframe() {
+                    end.send_rtcp(rtcp).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends what was relayed to each side, and any RTCP report due.
+    pub async fn flush(&mut self, now: Instant) {
+        for (end, out) in self.ends.iter_mut().zip(&mut self.out) {
+            end.flush(now, out).await;
+        }
+    }
+
+    /// Counters toward the callee and toward the caller.
+    pub fn stats(&self) -> (DirectionStats, DirectionStats) {
+        (
+            self.toward[ix(Party::Callee)].stats,
+            self.toward[ix(Party::Caller)].stats,
+        )
+    }
+}
