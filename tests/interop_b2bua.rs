@@ -111,6 +111,20 @@ impl Baresip {
 
     /// With `mediaenc` (`srtp-mand`: SDES over RTP/SAVP, nothing else).
     fn start_with(gw: &Gw, codecs: &str, video: bool, mediaenc: Option<&str>) -> Baresip {
+        let size = video.then_some("352x288");
+        Self::launch(gw, ("alice", "secret"), codecs, size, mediaenc)
+    }
+
+    /// baresip registered as `user` (with its password), sending
+    /// `codecs` and, when `video` names a size, fake H.264 video of that
+    /// size.
+    fn launch(
+        gw: &Gw,
+        (user, password): (&str, &str),
+        codecs: &str,
+        video: Option<&str>,
+        mediaenc: Option<&str>,
+    ) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
         let sip_port = free_port();
         let ctrl = free_port();
@@ -143,21 +157,19 @@ impl Baresip {
                 } else {
                     ""
                 },
-                if video {
+                video.map_or(String::new(), |size| format!(
                     "module avcodec.so\nmodule fakevideo.so\nmodule snapshot.so\n\
                      video_source fakevideo,nil\nvideo_display fakevideo,nil\n\
-                     video_size 352x288\nvideo_fps 15\nvideo_bitrate 500000\n\
+                     video_size {size}\nvideo_fps 15\nvideo_bitrate 500000\n\
                      avcodec_h264enc libx264\navcodec_h264dec h264\n"
-                } else {
-                    ""
-                },
+                )),
             ),
         );
         write(
             dir.path(),
             "accounts",
             &format!(
-                "<sip:alice@127.0.0.1:{};transport=udp>;auth_pass=secret;answermode=auto;regint=300;audio_codecs={}{}\n",
+                "<sip:{user}@127.0.0.1:{};transport=udp>;auth_pass={password};answermode=auto;regint=300;audio_codecs={}{}\n",
                 gw.sip_port,
                 // baresip names Opus by its rate and channels.
                 if codecs == "opus" {
@@ -190,7 +202,12 @@ impl Baresip {
         wait_for(
             "baresip to register",
             15,
-            || !gw.registrations().is_empty(),
+            || {
+                let aor = format!("sip:{user}@");
+                gw.registrations()
+                    .iter()
+                    .any(|r| r["aor"].as_str().is_some_and(|a| a.starts_with(&aor)))
+            },
             || format!("{}\n{}", b.log(), gw.log_text()),
         );
         b
@@ -864,6 +881,49 @@ fn baresips_h264_call_to_a_page_answering_h264_is_relayed_untouched() {
     assert_eq!(video["sip_codec"], "H264/90000", "{cdr}");
     assert_eq!(video["to_sip"], "passthrough", "{cdr}");
     assert_eq!(video["to_browser"], "passthrough", "{cdr}");
+}
+
+/// Two room systems over SIP: baresip registered as `bob` (fake H.264
+/// video, 320x240) calls `alice`, another baresip (352x288), which
+/// answers. The gateway offers alice bob's own video formats and relays
+/// the one it picks both ways: each decodes the other's pictures, each
+/// hears the other's 1 kHz tone, and the record says passthrough.
+#[test]
+fn baresip_calls_baresip_with_h264_video_relayed_both_ways() {
+    prerequisites();
+    let gw = Gw::start("");
+    let alice = Baresip::launch(&gw, ("alice", "secret"), "PCMU", Some("352x288"), None);
+    let bob = Baresip::launch(&gw, ("bob", "hunter2"), "PCMU", Some("320x240"), None);
+    bob.command("dial", &format!("sip:alice@127.0.0.1:{}", gw.sip_port));
+    let context = || format!("{}\n{}\n{}", gw.log_text(), alice.log(), bob.log());
+    wait_for(
+        "the call's media",
+        20,
+        || gw.log_text().contains("bridging media"),
+        context,
+    );
+    // Give the first keyframes time to cross, then keep what each decodes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alice.decoded_picture(), (320, 240), "{}", context());
+    assert_eq!(bob.decoded_picture(), (352, 288), "{}", context());
+    std::thread::sleep(Duration::from_secs(1));
+    bob.command("hangup", "");
+    let cdr = gw.only_cdr();
+    assert_eq!(cdr["media"]["callee_leg"], "sip", "{cdr}");
+    let video = &cdr["media"]["sip_video"];
+    assert_eq!(video["codec"], "H264/90000", "{cdr}");
+    assert_eq!(video["video"], "passthrough", "{cdr}");
+    for dir in ["video_to_callee_out", "video_to_caller_out"] {
+        assert!(
+            cdr["totals"][dir].as_u64().unwrap_or(0) > 30,
+            "{dir}: {cdr}\n{}",
+            context()
+        );
+    }
+    for b in [&alice, &bob] {
+        let (samples, rate) = b.received();
+        assert_heard("baresip", &samples, rate, 1000.0);
+    }
 }
 
 /// The page calls `alice`, which the dialplan sends to a SIPp UAS running

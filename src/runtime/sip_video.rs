@@ -163,3 +163,121 @@ impl SipVideo {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::media::Ports;
+    use crate::sdp::{Direction as SdpDirection, Format, MediaKind};
+    use causeway_codecs::CodecKey;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// H.264 in packetization mode 1 on `pt`, sent to `remote`; keyframes
+    /// asked by RTCP when `fb`.
+    fn h264(pt: u8, remote: &UdpSocket, fb: bool) -> Negotiated {
+        Negotiated {
+            kind: MediaKind::Video,
+            format: Format {
+                pt,
+                codec: Some(CodecKey {
+                    name: "H264".into(),
+                    clock_rate: 90000,
+                    channels: 1,
+                }),
+                fmtp: Some("packetization-mode=1".into()),
+            },
+            dtmf: None,
+            direction: SdpDirection::SendRecv,
+            rtcp_mux: true,
+            remote_rtp: Some(remote.local_addr().unwrap()),
+            remote_rtcp: None,
+            srtp: None,
+            ptime: None,
+            keyframe_fb: fb,
+        }
+    }
+
+    fn socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// Our end toward a side, and its port.
+    fn end(n: &Negotiated) -> (RtpEnd, std::net::SocketAddr) {
+        let rtp = socket();
+        let at = rtp.local_addr().unwrap();
+        (
+            RtpEnd::open(Ports { rtp, rtcp: None }, n, "c1").unwrap(),
+            at,
+        )
+    }
+
+    fn packet(pt: u8, seq: u16, ssrc: u8) -> Vec<u8> {
+        let [s0, s1] = seq.to_be_bytes();
+        vec![0x80, pt, s0, s1, 0, 0, 0, 1, 0, 0, 0, ssrc, 0x65, 1, 2]
+    }
+
+    /// The RTCP packet types of a compound packet.
+    fn rtcp_types(p: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 4 <= p.len() {
+            types.push(p[at + 1]);
+            at += (usize::from(u16::from_be_bytes([p[at + 2], p[at + 3]])) + 1) * 4;
+        }
+        types
+    }
+
+    #[tokio::test]
+    async fn video_is_relayed_both_ways_and_keyframes_are_asked_as_each_side_takes_them() {
+        // The caller takes RTCP feedback, the callee only SIP INFO.
+        let (caller, callee) = (socket(), socket());
+        let (nc, ne) = (h264(97, &caller, true), h264(98, &callee, false));
+        let ((caller_end, to_caller_end), (callee_end, to_callee_end)) = (end(&nc), end(&ne));
+        let mut v = SipVideo::new((caller_end, &nc), (callee_end, &ne)).unwrap();
+        assert_eq!(v.plan().codec, "H264/90000");
+        let mut buf = [0u8; 1500];
+
+        // The caller's first packet reaches the callee on its payload type,
+        // and the caller is asked for a keyframe by RTCP (PLI + FIR).
+        caller.send_to(&packet(97, 1, 1), to_caller_end).unwrap();
+        let got = v.next().await;
+        assert_eq!(got, (Party::Caller, Got::Rtp));
+        let t0 = Instant::now();
+        assert_eq!(v.handle(t0, got).await, None);
+        v.flush(t0).await;
+        let n = callee.recv(&mut buf).unwrap();
+        assert_eq!((buf[1] & 0x7f, &buf[12..n]), (98, &[0x65, 1, 2][..]));
+        let n = caller.recv(&mut buf).unwrap();
+        let types = rtcp_types(&buf[..n]);
+        assert!(types.contains(&206) && types.contains(&201), "{types:?}");
+
+        // The callee's first packet reaches the caller; the callee is to be
+        // asked by SIP INFO. Its next packet asks nothing.
+        callee.send_to(&packet(98, 1, 2), to_callee_end).unwrap();
+        let got = v.next().await;
+        assert_eq!(v.handle(t0, got).await, Some(Party::Callee));
+        callee.send_to(&packet(98, 2, 2), to_callee_end).unwrap();
+        let got = v.next().await;
+        assert_eq!(v.handle(t0, got).await, None);
+        v.flush(t0).await;
+        // Both, in order (the relay numbers its own stream).
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            caller.recv(&mut buf).unwrap();
+            assert_eq!(buf[1] & 0x7f, 97);
+            seqs.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        assert_eq!(seqs[1], seqs[0].wrapping_add(1));
+
+        // The caller asks by INFO again within 250 ms: one request only;
+        // later, another INFO to the callee.
+        assert_eq!(v.asked(t0, Party::Caller).await, None);
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(v.asked(later, Party::Caller).await, Some(Party::Callee));
+        let (to_callee, to_caller) = v.stats();
+        assert_eq!((to_callee.packets_out, to_caller.packets_out), (1, 2));
+    }
+}

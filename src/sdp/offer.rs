@@ -480,6 +480,48 @@ mod tests {
     }
 
     #[test]
+    fn video_beside_sdes_audio_is_rtp_savp_with_a_key_of_its_own() {
+        let offer = Offer::audio(&[AudioCodec::Pcmu], false)
+            .with_srtp(Suite::AesCm128HmacSha1_80)
+            .with_video(&[VideoCodec::H264], 4002);
+        let (audio_key, video_key) = (
+            offer.srtp.clone().unwrap(),
+            offer.video.as_ref().unwrap().srtp.clone().unwrap(),
+        );
+        assert!(audio_key != video_key);
+        let text = offer.to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 1);
+        assert!(text.contains("m=video 4002 RTP/SAVP 99\r\n"), "{text}");
+        assert!(text.contains(&video_key.to_inline()), "{text}");
+        let crypto =
+            |k: &MasterKey| format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n", k.to_inline());
+        let theirs = MasterKey::generate(Suite::AesCm128HmacSha1_80);
+        let answer = |video_proto: &str, video_crypto: &str| {
+            crate::sdp::parse(&format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/SAVP 0\r\n{}m=video 5006 {video_proto} 99\r\n\
+                 a=rtpmap:99 H264/90000\r\n{video_crypto}",
+                crypto(&theirs)
+            ))
+            .unwrap()
+        };
+        let a = offer
+            .read_answer(&answer("RTP/SAVP", &crypto(&theirs)))
+            .unwrap();
+        let v = a.video.clone().unwrap().srtp.unwrap();
+        assert!(v.local == video_key && v.remote == theirs);
+        // A plain or keyless video answer leaves the call without video.
+        let plain = offer.read_answer(&answer("RTP/AVP", "")).unwrap();
+        assert!(plain.video.is_none());
+        let keyless = offer.read_answer(&answer("RTP/SAVP", "")).unwrap();
+        assert!(keyless.video.is_none());
+        // A re-offer keeps each stream's key.
+        let again = Offer::agreed(&a, Some(4002)).to_sdp("192.0.2.1".parse().unwrap(), 4000, 7, 2);
+        assert!(again.contains(&crypto(&audio_key)), "{again}");
+        assert!(again.contains("m=video 4002 RTP/SAVP 99\r\n"), "{again}");
+        assert!(again.contains(&video_key.to_inline()), "{again}");
+    }
+
+    #[test]
     fn video_is_offered_on_its_own_port_and_read_back() {
         let offer = Offer::audio(&[AudioCodec::Pcmu], true)
             .with_video(&[VideoCodec::H264, VideoCodec::Vp8], 4002);
