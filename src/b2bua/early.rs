@@ -44,14 +44,12 @@ impl B2bua {
             }
             Caller::Sip(sc) => {
                 let prefer = agreed.audio.format.codec.as_ref();
-                match early_answer(&self.dialogs, sc, prefer, call.dtmf) {
+                let video = agreed.video.as_ref().and_then(|v| v.format.codec.as_ref());
+                match early_answer(&self.dialogs, sc, (prefer, video), call.dtmf) {
                     Ok((progress, ours)) => {
                         self.out
                             .push_back(CallOutput::Respond(sc.key.clone(), progress));
-                        CallerMedia::Sip(Box::new(Agreed {
-                            audio: ours,
-                            video: None,
-                        }))
+                        CallerMedia::Sip(Box::new(ours))
                     }
                     Err(e) => {
                         tracing::info!(call = %call_id, reason = %e, "no early media to the SIP caller");

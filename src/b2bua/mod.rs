@@ -355,7 +355,7 @@ struct SipCaller {
     video: Option<Negotiated>,
     /// Our answer in a 183 (early media) and what it agreed: the 200
     /// repeats it.
-    early_answer: Option<(String, Negotiated)>,
+    early_answer: Option<(String, Agreed)>,
     /// The session timer our 200 grants.
     granted: Option<SessionExpires>,
     /// `o=` session id and version of our SDP toward the caller.

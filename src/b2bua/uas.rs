@@ -512,17 +512,20 @@ fn answer_caller(
 }
 
 /// Our 183 Session Progress to a SIP caller while a callee sends early
-/// media in `prefer` (its codec): it carries our answer, which the 200
-/// repeats (RFC 3261 13.2.1: the answer may not change), and returns what
-/// that agreed. The 183 is sent unreliably; a caller that requires 100rel
+/// media in `prefer` (its codec) and `video` (its video codec, one of the
+/// caller's formats): it carries our answer, which the 200 repeats (RFC
+/// 3261 13.2.1: the answer may not change), and returns what that agreed. The 183 is sent unreliably; a caller that requires 100rel
 /// gets no early media (our 2xx could not wait for its PRACK), nor does
 /// one that made no offer (the 183 would have to carry ours reliably).
 pub(super) fn early_answer(
     dialogs: &Dialogs,
     sc: &mut SipCaller,
-    prefer: Option<&causeway_codecs::CodecKey>,
+    (prefer, video): (
+        Option<&causeway_codecs::CodecKey>,
+        Option<&causeway_codecs::CodecKey>,
+    ),
     dtmf: DtmfMode,
-) -> Result<(Message, Negotiated), String> {
+) -> Result<(Message, Agreed), String> {
     if sc.answered || sc.early_answer.is_some() {
         return Err("the caller has its answer already".into());
     }
@@ -530,7 +533,7 @@ pub(super) fn early_answer(
         return Err("the caller requires reliable provisional responses".into());
     }
     let theirs = sc.caller_offer.clone().ok_or("the caller made no offer")?;
-    let (body, Agreed { audio: agreed, .. }) = answer_caller(sc, &theirs, prefer, None, dtmf)?;
+    let (body, agreed) = answer_caller(sc, &theirs, prefer, video, dtmf)?;
     let mut progress = caller_response(dialogs, sc, 183, "Session Progress")
         .ok_or("the caller's dialog is gone")?;
     progress.push_header("Content-Type", "application/sdp");
@@ -558,7 +561,7 @@ pub(super) fn accept_caller(
     (offered, dtmf): (&Offer, DtmfMode),
 ) -> Result<Option<Agreed>, String> {
     let (body, agreed) = match (sc.early_answer.take(), sc.caller_offer.clone()) {
-        (Some((body, audio)), _) => (body, Some(Agreed { audio, video: None })),
+        (Some((body, agreed)), _) => (body, Some(agreed)),
         (None, Some(theirs)) => {
             let (body, agreed) = answer_caller(sc, &theirs, prefer, video, dtmf)?;
             (body, Some(agreed))

@@ -196,3 +196,35 @@ fn a_callee_declining_video_gets_the_callers_video_declined() {
     let (caller, callee) = started_video(&out);
     assert!(caller.is_none() && callee.is_none());
 }
+
+#[test]
+fn early_media_with_video_answers_the_callers_video_in_the_183_and_the_200_repeats_it() {
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let inv = dial_with_video(&mut b, t0);
+    let answer = answer_with(
+        "m=video 31002 RTP/AVP 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\n",
+    );
+    b.on_response(t0, &reply(&inv, 183, "a", Some(&answer)));
+    let out = drain(&mut b);
+    let progress = out
+        .iter()
+        .find_map(|o| match o {
+            CallOutput::Respond(_, m) if m.status() == Some(183) => Some(body(m)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        progress.contains("m=video 40004 RTP/AVP 100\r\n"),
+        "{progress}"
+    );
+    let (caller, callee) = started_video(&out);
+    assert_eq!(
+        (caller.unwrap().format.pt, callee.unwrap().format.pt),
+        (100, 100)
+    );
+    // The same answer in the 200: the caller's 200 repeats the 183's SDP.
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    assert_eq!(body(&ok_to_caller(&out)), progress);
+}
