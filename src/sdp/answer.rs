@@ -92,10 +92,7 @@ pub(super) fn same_codec(a: &CodecKey, b: &CodecKey) -> bool {
 /// packetization modes 0 and 1 (baresip, many room systems), a mode 1
 /// format, whose FU-A carries NAL units of any size, so a browser's
 /// stream is relayed as it is.
-pub fn pick_format<'a>(
-    formats: &'a [Format],
-    ours: impl Fn(&&Format) -> bool,
-) -> Option<&'a Format> {
+pub fn pick_format(formats: &[Format], ours: impl Fn(&&Format) -> bool) -> Option<&Format> {
     let first = formats.iter().find(&ours)?;
     Some(
         formats
