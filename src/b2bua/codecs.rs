@@ -1,8 +1,9 @@
 //! What a browser's negotiated formats mean for the SIP side: the audio it
 //! sends, and the audio and video codecs a callee is offered for a caller
 //! (its own first, relayed when picked, then those we transcode to), a
-//! browser callee included. Pure functions of formats, offers and the
-//! rule; must not touch calls or messages.
+//! browser callee included; and the video formats SIP callees are offered
+//! for a SIP caller (its own, relayed). Pure functions of formats, offers
+//! and the rule; must not touch calls or messages.
 
 use crate::media::bridge::AudioEnd;
 use crate::sdp::{Format, SessionDesc};

@@ -341,6 +341,7 @@ impl B2bua {
                     call_id.to_string(),
                     CallEvent::Connected { codec },
                 ));
+                self.send_queued_infos(call_id);
             }
             Err(e) => {
                 tracing::info!(call = %call_id, error = %e, "SIP answer unusable; hanging up");

@@ -143,15 +143,17 @@ impl B2bua {
     /// The media asks SIP side `sip` of a call for a keyframe of its
     /// video (it takes no RTCP feedback): an INFO with
     /// `picture_fast_update`, unless one is already waiting or the side
-    /// refused one.
+    /// refused one. Asked during early media, it goes once the call is
+    /// answered ([`Self::send_queued_infos`]).
     pub fn ask_keyframe(&mut self, call_id: &str, sip: Party) {
         let Some(call) = self
             .calls
             .get_mut(call_id)
-            .filter(|c| c.state == super::State::Connected)
+            .filter(|c| c.state != super::State::Ended)
         else {
             return;
         };
+        let connected = call.state == super::State::Connected;
         let leg = call.info(sip);
         if leg.no_keyframes {
             return;
@@ -159,7 +161,16 @@ impl B2bua {
         if !leg.queue.contains(&Outgoing::Keyframe) {
             leg.queue.push_back(Outgoing::Keyframe);
         }
-        self.send_next_info(call_id, sip);
+        if connected {
+            self.send_next_info(call_id, sip);
+        }
+    }
+
+    /// A call was answered: INFOs queued before (keyframe requests from
+    /// early media) go.
+    pub(super) fn send_queued_infos(&mut self, call_id: &str) {
+        self.send_next_info(call_id, Party::Caller);
+        self.send_next_info(call_id, Party::Callee);
     }
 
     /// Sends side `to`'s next queued INFO, unless one is in flight.

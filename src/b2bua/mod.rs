@@ -315,7 +315,8 @@ pub struct SipDial {
     pub media: (IpAddr, u16),
     /// Where the caller offered video the rule lets through: our video
     /// RTP port toward it (bound already) and the video codecs browsers
-    /// are offered, first preferred.
+    /// are offered, first preferred (none when only SIP callees are
+    /// rung: they are offered the caller's formats, in [`Self::offer`]).
     pub video: Option<(u16, Vec<VideoCodec>)>,
     /// Our Contact toward the caller (`<sip:...>`).
     pub contact: String,

@@ -514,9 +514,10 @@ fn answer_caller(
 /// Our 183 Session Progress to a SIP caller while a callee sends early
 /// media in `prefer` (its codec) and `video` (its video codec, one of the
 /// caller's formats): it carries our answer, which the 200 repeats (RFC
-/// 3261 13.2.1: the answer may not change), and returns what that agreed. The 183 is sent unreliably; a caller that requires 100rel
-/// gets no early media (our 2xx could not wait for its PRACK), nor does
-/// one that made no offer (the 183 would have to carry ours reliably).
+/// 3261 13.2.1: the answer may not change), and returns what that agreed.
+/// The 183 is sent unreliably; a caller that requires 100rel gets no
+/// early media (our 2xx could not wait for its PRACK), nor does one that
+/// made no offer (the 183 would have to carry ours reliably).
 pub(super) fn early_answer(
     dialogs: &Dialogs,
     sc: &mut SipCaller,

@@ -265,14 +265,13 @@ impl Bridges {
                 let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
                 let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
                 // Video where both answers took it; the sides share the
-                // caller's format, else there is none.
+                // caller's format, else there is none (the audio goes on).
                 let video = match (&agreed.video, &n.video, caller_video, video) {
-                    (Some(a), Some(b), Some(pa), Some(pb)) => SipVideo::new(
-                        (RtpEnd::open(pa, a, call)?, a),
-                        (RtpEnd::open(pb, b, call)?, b),
-                    )
-                    .map_err(|e| tracing::warn!(call, error = %e, "video not bridged"))
-                    .ok(),
+                    (Some(a), Some(b), Some(pa), Some(pb)) => RtpEnd::open(pa, a, call)
+                        .and_then(|ea| Ok((ea, RtpEnd::open(pb, b, call)?)))
+                        .and_then(|(ea, eb)| SipVideo::new((ea, a), (eb, b)))
+                        .map_err(|e| tracing::warn!(call, error = %e, "video not bridged"))
+                        .ok(),
                     _ => None,
                 };
                 let relay = Relay {

@@ -69,8 +69,11 @@ impl SipVideo {
         Ok(Self {
             asks: [asks(callee.1), asks(caller.1)],
             ends: [caller.0, callee.0],
+            // The callee may send on the payload type we offered it (the
+            // caller's) rather than the one it answered (RFC 3264 only
+            // says it should be the same).
             toward: [
-                relay_direction(&[b.pt], a.pt),
+                relay_direction(&[b.pt, a.pt], a.pt),
                 relay_direction(&[a.pt], b.pt),
             ],
             heard: [false; 2],

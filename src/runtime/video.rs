@@ -9,7 +9,10 @@
 //! browser, PLI + FIR to the SIP endpoint, or a SIP INFO
 //! `picture_fast_update` where the SIP endpoint's answer had no `a=rtcp-fb`
 //! for PLI or FIR). A transcoder that lost frames asks its sender the same
-//! way. Requests are rate-limited per side ([`KeyframeRequests`]).
+//! way. The browser is also asked at its first video packet: a keyframe it
+//! sent before the call's media was bridged is lost, and not every SIP
+//! endpoint asks for one. Requests are rate-limited per side
+//! ([`KeyframeRequests`]).
 //!
 //! What the browser sends is read from its packets: a browser we offered
 //! several codecs may send the first of our offer it supports, which its

@@ -91,7 +91,8 @@ pub(super) fn same_codec(a: &CodecKey, b: &CodecKey) -> bool {
 /// lets through): the first one's codec and, for H.264 offered in
 /// packetization modes 0 and 1 (baresip, many room systems), a mode 1
 /// format, whose FU-A carries NAL units of any size, so a browser's
-/// stream is relayed as it is.
+/// stream is relayed as it is. What a SIP caller's SIP callees are offered
+/// follows it too ([`crate::b2bua::caller_video_formats`]).
 pub fn pick_format(formats: &[Format], ours: impl Fn(&&Format) -> bool) -> Option<&Format> {
     let first = formats.iter().find(&ours)?;
     Some(

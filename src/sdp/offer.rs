@@ -118,9 +118,13 @@ impl Offer {
         }
     }
 
-    /// Makes the audio section RTP/SAVP with a new SDES key of `suite`.
+    /// Makes the audio section RTP/SAVP with a new SDES key of `suite`,
+    /// and the video section, if any, with another.
     pub fn with_srtp(mut self, suite: Suite) -> Self {
         self.srtp = Some(MasterKey::generate(suite));
+        if let Some(v) = &mut self.video {
+            v.srtp = Some(MasterKey::generate(suite));
+        }
         self
     }
 
@@ -143,8 +147,8 @@ impl Offer {
 
     /// Adds a video section on our RTP `port` with `formats` as they are
     /// (a SIP caller's own, to be relayed), first preferred (none: no
-    /// section). It is RTP/SAVP with a key of its own when the audio is:
-    /// call [`Self::with_srtp`] first.
+    /// section). It is RTP/SAVP with a key of its own when the audio is
+    /// (whichever of this and [`Self::with_srtp`] comes first).
     pub fn with_video_formats(mut self, formats: Vec<Format>, port: u16) -> Self {
         self.video = (!formats.is_empty()).then(|| VideoOffer {
             port,
@@ -519,6 +523,11 @@ mod tests {
         assert!(again.contains(&crypto(&audio_key)), "{again}");
         assert!(again.contains("m=video 4002 RTP/SAVP 99\r\n"), "{again}");
         assert!(again.contains(&video_key.to_inline()), "{again}");
+        // Keyed the other way round too.
+        let later = Offer::audio(&[AudioCodec::Pcmu], false)
+            .with_video(&[VideoCodec::H264], 4002)
+            .with_srtp(Suite::AesCm128HmacSha1_80);
+        assert!(later.video.unwrap().srtp.is_some());
     }
 
     #[test]

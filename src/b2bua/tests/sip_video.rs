@@ -188,6 +188,7 @@ fn a_callee_declining_video_gets_the_callers_video_declined() {
     let t0 = Instant::now();
     let mut b = B2bua::default();
     let inv = dial_with_video(&mut b, t0);
+    assert!(body(&inv).contains("m=video 40006 "), "{}", body(&inv));
     let answer = answer_with("m=video 0 RTP/AVP 97\r\n");
     b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
     let out = drain(&mut b);
@@ -223,8 +224,24 @@ fn early_media_with_video_answers_the_callers_video_in_the_183_and_the_200_repea
         (caller.unwrap().format.pt, callee.unwrap().format.pt),
         (100, 100)
     );
-    // The same answer in the 200: the caller's 200 repeats the 183's SDP.
+    // The media asks the callee for a keyframe by INFO during early
+    // media: it waits for the answer.
+    b.ask_keyframe("sip-1", Party::Callee);
+    assert!(drain(&mut b).is_empty());
+    // The same answer in the 200: the caller's 200 repeats the 183's SDP,
+    // and the INFO goes to the callee.
     b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
     let out = drain(&mut b);
     assert_eq!(body(&ok_to_caller(&out)), progress);
+    let info = out
+        .iter()
+        .find_map(|o| match o {
+            CallOutput::Request(m, f) if m.method() == Some(Method::Info) => Some((m, f)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert_eq!(
+        (info.0.call_id(), info.1.remote.port()),
+        (inv.call_id(), 5070)
+    );
 }
