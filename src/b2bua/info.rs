@@ -144,7 +144,7 @@ impl B2bua {
     /// video (it takes no RTCP feedback): an INFO with
     /// `picture_fast_update`, unless one is already waiting or the side
     /// refused one. Asked during early media, it goes once the call is
-    /// answered ([`Self::send_queued_infos`]).
+    /// answered (`send_queued_infos`).
     pub fn ask_keyframe(&mut self, call_id: &str, sip: Party) {
         let Some(call) = self
             .calls

@@ -617,6 +617,17 @@ fn an_answer_the_sip_caller_cannot_take_gets_488_with_a_warning() {
     assert!(r.header("Warning").unwrap().starts_with("399 causeway"));
 }
 
+/// A re-INVITE with `sdp` from the callee that answered `invite` (with
+/// tag "a").
+fn reinvite_from_callee(invite: &Message, sdp: &str) -> Message {
+    let mut m = bye_from_callee(invite, &from_tag(invite), "a");
+    m.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:causeway@127.0.0.1".into(),
+    };
+    with_sdp(m, sdp)
+}
+
 fn with_sdp(mut m: Message, sdp: &str) -> Message {
     m.push_header("Content-Type", "application/sdp");
     m.body = Bytes::from(sdp.to_string());
@@ -673,13 +684,8 @@ fn hold_and_resume_are_answered_mirrored_and_passed_to_the_other_side() {
 
     // The callee puts it inactive in turn: mirrored, and passed to the
     // caller in its own dialog; the caller's 200 gets an ACK.
-    let mut inactive = bye_from_callee(&inv, &from_tag(&inv), "a");
-    inactive.start = StartLine::Request {
-        method: Method::Invite,
-        uri: "sip:causeway@127.0.0.1".into(),
-    };
-    let inactive = with_sdp(
-        inactive,
+    let inactive = reinvite_from_callee(
+        &inv,
         &ANSWER_PCMU.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n"),
     );
     assert!(b.on_request(
@@ -822,13 +828,8 @@ fn a_browser_calls_video_survives_the_callees_hold() {
 
     // The room system holds both streams: each is answered recvonly, video
     // on our video port in its codec (not refused).
-    let mut hold = bye_from_callee(&inv, &from_tag(&inv), "a");
-    hold.start = StartLine::Request {
-        method: Method::Invite,
-        uri: "sip:causeway@127.0.0.1".into(),
-    };
     let held = format!("{ANSWER_PCMU}a=sendonly\r\n{video}a=sendonly\r\n");
-    let hold = with_sdp(hold, &held);
+    let hold = reinvite_from_callee(&inv, &held);
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
     let out = drain(&mut b);
     assert_eq!(methods(&out), ["hold-Callee:true", "200"]);

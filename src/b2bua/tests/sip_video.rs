@@ -161,13 +161,8 @@ fn a_callee_taking_vp8_gets_the_caller_answered_in_vp8_and_a_hold_keeps_the_vide
 
     // The callee holds: the caller's re-offer keeps its video section,
     // on our port, in the agreed format, sendonly like the audio.
-    let mut hold = bye_from_callee(&inv, &from_tag(&inv), "a");
-    hold.start = StartLine::Request {
-        method: Method::Invite,
-        uri: "sip:causeway@127.0.0.1".into(),
-    };
-    let hold = with_sdp(
-        hold,
+    let hold = reinvite_from_callee(
+        &inv,
         &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
     );
     assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
