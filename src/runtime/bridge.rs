@@ -16,8 +16,10 @@
 //! decided by the sans-IO [`crate::media`] and [`crate::sdp`] code, and when
 //! a call starts or ends by [`crate::b2bua`].
 
-use super::media::{MediaCalls, Ports, ntp_now, recv_opt, tokio_socket};
-use super::sip_video::SipVideo;
+use super::media::{MediaCalls, Ports};
+use super::relay::Relay;
+pub use super::rtp_end::Silence;
+use super::rtp_end::{Got, RtpEnd};
 use super::video::{AskSip, FromBrowser, VideoIn, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
@@ -25,14 +27,13 @@ use crate::cdr::{MediaPlan, MediaTotals};
 use crate::gateway::SipPorts;
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
 use crate::media::dtmf::Digit;
-use crate::media::session::{Feedback, Inbound, RtpSession, SessionConfig};
+use crate::media::session::RtpSession;
 use crate::sdp::{Agreed, Negotiated};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
 use causeway_codecs::registry::AudioCodec;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,7 +42,7 @@ pub const DIGIT_MS: u32 = 120;
 
 /// What the signalling loop asks of a running call's media.
 #[derive(Debug)]
-enum Control {
+pub(super) enum Control {
     /// Play digits as RFC 4733 events toward side `to`, each for `ms`.
     Digits { to: Party, digits: String, ms: u32 },
     /// A SIP side asked for a keyframe by SIP INFO.
@@ -78,7 +79,7 @@ enum CallerPorts {
 }
 
 /// How often a running call reports its counters (the admin API's list).
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What media tasks report to the signalling loop.
 #[derive(Debug)]
@@ -259,36 +260,13 @@ impl Bridges {
                 CallerMedia::Sip(agreed),
                 CalleeMedia::Sip(n),
                 CallerPorts::Sip(caller, caller_video),
-            ) => {
-                let caller_end = sip_audio(&agreed.audio)?;
-                let sip_end = sip_audio(&n.audio)?;
-                let to_callee = audio_direction(caller_end, sip_end).map_err(|e| e.to_string())?;
-                let to_caller = audio_direction(sip_end, caller_end).map_err(|e| e.to_string())?;
-                // Video where both answers took it; the sides share the
-                // caller's format, else there is none (the audio goes on).
-                let video = match (&agreed.video, &n.video, caller_video, video) {
-                    (Some(a), Some(b), Some(pa), Some(pb)) => RtpEnd::open(pa, a, call)
-                        .and_then(|ea| Ok((ea, RtpEnd::open(pb, b, call)?)))
-                        .and_then(|(ea, eb)| SipVideo::new((ea, a), (eb, b)))
-                        .map_err(|e| tracing::warn!(call, error = %e, "video not bridged"))
-                        .ok(),
-                    _ => None,
-                };
-                let relay = Relay {
-                    caller: RtpEnd::open(caller, &agreed.audio, call)?,
-                    caller_end,
-                    callee: RtpEnd::open(ports, &n.audio, call)?,
-                    callee_end: sip_end,
-                    to_callee,
-                    to_caller,
-                    video,
-                };
-                let plan = relay.plan();
-                log_plan(call, &plan);
-                let call_id = call.to_string();
-                let task = tokio::spawn(async move { relay.run(&call_id, ends).await });
-                (task, plan)
-            }
+            ) => Relay::spawn(
+                call,
+                (caller, caller_video),
+                (ports, video),
+                (&agreed, &n),
+                ends,
+            )?,
             _ => return Err("the call's media does not match what was reserved".into()),
         };
         self.calls.insert(
@@ -352,7 +330,7 @@ impl Bridges {
 }
 
 /// A call's media for its record: the callee's leg, and each side's codec.
-fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
+pub(super) fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
     let name = |e: AudioEnd| {
         let k = e.codec.key();
         format!("{}/{}", k.name, k.clock_rate)
@@ -373,7 +351,7 @@ fn plan(callee_leg: &str, caller: AudioEnd, callee: AudioEnd) -> MediaPlan {
 }
 
 /// What a SIP side sends and wants, as the media layer names it.
-fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
+pub(super) fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
     Ok(AudioEnd {
         pt: n.format.pt,
         codec: n
@@ -389,7 +367,7 @@ fn sip_audio(n: &Negotiated) -> Result<AudioEnd, String> {
     })
 }
 
-fn log_plan(call: &str, plan: &MediaPlan) {
+pub(super) fn log_plan(call: &str, plan: &MediaPlan) {
     tracing::info!(
         call,
         caller = plan.caller_codec.as_str(),
@@ -402,7 +380,7 @@ fn log_plan(call: &str, plan: &MediaPlan) {
 /// A call's media after a SIP side's renegotiation `moved` it (or the
 /// browser's video codec changed): logged and reported for the call's
 /// record; a failure leaves the old plan.
-fn replanned(call: &str, moved: Result<MediaPlan, String>, done: &Reports) {
+pub(super) fn replanned(call: &str, moved: Result<MediaPlan, String>, done: &Reports) {
     match moved {
         Ok(plan) => {
             log_plan(call, &plan);
@@ -414,191 +392,15 @@ fn replanned(call: &str, moved: Result<MediaPlan, String>, done: &Reports) {
     }
 }
 
-/// What one datagram on a SIP endpoint's sockets was.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Got {
-    /// An RTP packet, left in [`RtpEnd::buf`].
-    Rtp,
-    /// RTCP feedback the media path acts on (keyframe requests).
-    Feedback(Vec<Feedback>),
-    /// Nothing for the media path.
-    Nothing,
-}
-
-/// One SIP endpoint's media: its RTP (and RTCP) socket and session.
-pub(super) struct RtpEnd {
-    rtp: UdpSocket,
-    rtcp: Option<UdpSocket>,
-    pub session: RtpSession,
-    /// Receive buffers for RTP and RTCP, reused.
-    pub buf: Vec<u8>,
-    rbuf: Vec<u8>,
-    /// When its last RTP or RTCP came (or the media started).
-    heard: Instant,
-    /// Its silence was reported.
-    silent: bool,
-}
-
-/// When a SIP side that sends nothing counts as gone: after the media
-/// timeout, or the hold timeout while a side holds the call (a held phone
-/// may rightly send nothing, RTCP included; its peer, answering
-/// recvonly, too).
-#[derive(Debug, Clone, Copy)]
-pub struct Silence {
-    active: Duration,
-    held: Duration,
-    /// Which sides (caller, callee) hold the call.
-    holding: [bool; 2],
-}
-
-impl Silence {
-    /// The media timeout `active`, and `held` on hold.
-    pub fn new(active: Duration, held: Duration) -> Self {
-        Self {
-            active,
-            held,
-            holding: [false; 2],
-        }
-    }
-
-    /// The timeout that applies now.
-    fn limit(&self) -> Duration {
-        if self.on_hold() {
-            self.held
-        } else {
-            self.active
-        }
-    }
-
-    fn on_hold(&self) -> bool {
-        self.holding.contains(&true)
-    }
-
-    /// Side `party` held the call (`held`) or took it off. True when that
-    /// put the call on or off hold: each side's silence starts anew.
-    fn hold(&mut self, party: Party, held: bool) -> bool {
-        let was = self.on_hold();
-        self.holding[usize::from(party == Party::Callee)] = held;
-        was != self.on_hold()
-    }
-}
-
-impl RtpEnd {
-    pub fn open(ports: Ports, n: &Negotiated, call: &str) -> Result<Self, String> {
-        let session = RtpSession::new(
-            Instant::now(),
-            SessionConfig {
-                remote_rtp: n.remote_rtp,
-                remote_rtcp: n.remote_rtcp,
-                rtcp_mux: n.rtcp_mux,
-                // SDES keys when the side's profile is RTP/SAVP.
-                srtp: n.srtp.as_ref().map(crate::sdp::Srtp::keys),
-                clock_rate: n.format.codec.as_ref().map_or(8000, |c| c.clock_rate),
-                cname: format!("causeway-{call}"),
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let rtp = tokio_socket(ports.rtp)?;
-        let rtcp = match (n.rtcp_mux, ports.rtcp) {
-            (false, Some(s)) => Some(tokio_socket(s)?),
-            _ => None,
-        };
-        Ok(Self {
-            rtp,
-            rtcp,
-            session,
-            buf: Vec::with_capacity(2048),
-            rbuf: Vec::with_capacity(2048),
-            heard: Instant::now(),
-            silent: false,
-        })
-    }
-
-    /// When this side counts as gone if it stays silent (`None` once
-    /// reported).
-    fn silent_at(&self, limit: Duration) -> Option<Instant> {
-        (!self.silent).then(|| self.heard + limit)
-    }
-
-    /// Tells the signalling loop, once, that this side (`from`) has been
-    /// silent for `limit`: the call is to be hung up.
-    fn report_silence(
-        &mut self,
-        now: Instant,
-        limit: Duration,
-        (call, from): (&str, Party),
-        done: &Reports,
-    ) {
-        if self.silent_at(limit).is_some_and(|t| now >= t) {
-            self.silent = true;
-            tracing::info!(call, side = ?from, secs = limit.as_secs(), "no media from a SIP side");
-            let _ = done.send(MediaReport::Silent {
-                call: call.to_string(),
-                from,
-            });
-        }
-    }
-
-    /// Waits for the next datagram on either socket; an RTP packet is left
-    /// in `buf` (decrypted, checked), its arrival time in `heard`.
-    pub async fn recv(&mut self) -> Got {
-        self.buf.clear();
-        self.rbuf.clear();
-        let (now, inbound) = tokio::select! {
-            r = self.rtp.recv_buf_from(&mut self.buf) => {
-                let Ok((_, from)) = r else { return Got::Nothing };
-                let now = Instant::now();
-                (now, self.session.on_rtp_port(now, from, &mut self.buf))
-            }
-            r = recv_opt(self.rtcp.as_ref(), &mut self.rbuf) => {
-                let Ok((_, from)) = r else { return Got::Nothing };
-                let now = Instant::now();
-                (now, self.session.on_rtcp_port(now, from, &mut self.rbuf))
-            }
-        };
-        if inbound != Inbound::Dropped {
-            self.heard = now;
-        }
-        match inbound {
-            Inbound::Rtp => Got::Rtp,
-            Inbound::Rtcp(fb) if !fb.is_empty() => Got::Feedback(fb),
-            _ => Got::Nothing,
-        }
-    }
-
-    /// Sends RTCP (a keyframe request) on the RTCP socket, or the RTP one
-    /// with rtcp-mux.
-    pub async fn send_rtcp(&self, (dest, p): (std::net::SocketAddr, Vec<u8>)) {
-        let _ = self
-            .rtcp
-            .as_ref()
-            .unwrap_or(&self.rtp)
-            .send_to(&p, dest)
-            .await;
-    }
-
-    /// Sends `packets` (emptied) and any RTCP report due.
-    pub(super) async fn flush(&mut self, now: Instant, packets: &mut Vec<Vec<u8>>) {
-        for mut p in packets.drain(..) {
-            if let Some(dest) = self.session.send_rtp(now, &mut p) {
-                let _ = self.rtp.send_to(&p, dest).await;
-            }
-        }
-        if let Some(report) = self.session.poll_rtcp(now, ntp_now()) {
-            self.send_rtcp(report).await;
-        }
-    }
-}
-
 /// What every media task deals with besides its sockets: orders from the
 /// signalling loop (digits, keyframes), the order to stop, and where it
 /// reports.
-struct Ends {
-    control: mpsc::UnboundedReceiver<Control>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-    done: Reports,
+pub(super) struct Ends {
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub stop: tokio::sync::oneshot::Receiver<()>,
+    pub done: Reports,
     /// The media timeout of a SIP side.
-    silence: Silence,
+    pub silence: Silence,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -847,14 +649,6 @@ impl Legs {
     }
 }
 
-/// What next wakes a SIP call's video (never, without video).
-async fn next_sip_video(video: Option<&mut SipVideo>) -> (Party, Got) {
-    match video {
-        Some(v) => v.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What next wakes a call's video (never, without video).
 async fn next_video(video: Option<&mut VideoLegs>) -> VideoIn {
     match video {
@@ -864,7 +658,11 @@ async fn next_video(video: Option<&mut VideoLegs>) -> VideoIn {
 }
 
 /// A call's counters for its record.
-fn totals(to_callee: &Direction, to_caller: &Direction, sip: &RtpSession) -> MediaTotals {
+pub(super) fn totals(
+    to_callee: &Direction,
+    to_caller: &Direction,
+    sip: &RtpSession,
+) -> MediaTotals {
     MediaTotals {
         to_callee_in: to_callee.stats.packets_in,
         to_callee_out: to_callee.stats.packets_out,
@@ -875,174 +673,9 @@ fn totals(to_callee: &Direction, to_caller: &Direction, sip: &RtpSession) -> Med
     }
 }
 
-/// The running media of a call between two SIP endpoints, anchored here.
-struct Relay {
-    caller: RtpEnd,
-    /// What the SIP caller sends and takes.
-    caller_end: AudioEnd,
-    callee: RtpEnd,
-    /// What the SIP callee sends and takes.
-    callee_end: AudioEnd,
-    to_callee: Direction,
-    to_caller: Direction,
-    /// Video, when both sides have it.
-    video: Option<SipVideo>,
-}
-
-impl Relay {
-    async fn run(
-        mut self,
-        call: &str,
-        Ends {
-            mut control,
-            mut stop,
-            done,
-            mut silence,
-        }: Ends,
-    ) {
-        let report = |from, digits: Vec<Digit>| {
-            for digit in digits {
-                let _ = done.send(MediaReport::Digit {
-                    call: call.to_string(),
-                    from,
-                    digit,
-                });
-            }
-        };
-        let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
-        // As in `Legs::run`: deadlines from the last wakeup's time.
-        let mut now = Instant::now();
-        let mut next_progress = now + PROGRESS_EVERY;
-        loop {
-            let due = [
-                self.caller.session.next_timeout(),
-                self.callee.session.next_timeout(),
-                self.to_callee.next_due(),
-                self.to_callee.next_event_due(now),
-                self.to_caller.next_due(),
-                self.to_caller.next_event_due(now),
-                self.caller.silent_at(silence.limit()),
-                self.callee.silent_at(silence.limit()),
-                self.video.as_ref().and_then(SipVideo::next_timeout),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            // A SIP side to ask for a keyframe by SIP INFO.
-            let mut ask_info = None;
-            tokio::select! {
-                got = self.caller.recv() => {
-                    if got == Got::Rtp {
-                        self.to_callee.on_packet(self.caller.heard, &self.caller.buf, &mut to_callee);
-                        report(Party::Caller, self.to_callee.take_digits());
-                    }
-                }
-                got = self.callee.recv() => {
-                    if got == Got::Rtp {
-                        self.to_caller.on_packet(self.callee.heard, &self.callee.buf, &mut to_caller);
-                        report(Party::Callee, self.to_caller.take_digits());
-                    }
-                }
-                got = next_sip_video(self.video.as_mut()) => {
-                    if let Some(v) = self.video.as_mut() {
-                        ask_info = v.handle(Instant::now(), got).await;
-                    }
-                }
-                _ = &mut stop => break,
-                Some(c) = control.recv() => match c {
-                    Control::Digits { to: Party::Callee, digits, ms } => play(call, &mut self.to_callee, &digits, ms),
-                    Control::Digits { to: Party::Caller, digits, ms } => play(call, &mut self.to_caller, &digits, ms),
-                    Control::Keyframe(from) => {
-                        if let Some(v) = self.video.as_mut() {
-                            ask_info = v.asked(Instant::now(), from).await;
-                        }
-                    }
-                    Control::Renegotiate(party, n) => {
-                        let moved = match party {
-                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, (&mut self.to_callee, &mut self.to_caller)),
-                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, (&mut self.to_caller, &mut self.to_callee)),
-                        };
-                        replanned(call, moved.map(|()| self.plan()), &done);
-                    }
-                    Control::Hold(party, held) => {
-                        if silence.hold(party, held) {
-                            let t = Instant::now();
-                            (self.caller.heard, self.callee.heard) = (t, t);
-                        }
-                    }
-                },
-                () = sleep_until(due) => {}
-            }
-            now = Instant::now();
-            self.to_caller.poll(now, &mut to_caller);
-            self.caller.flush(now, &mut to_caller).await;
-            self.to_callee.poll(now, &mut to_callee);
-            self.callee.flush(now, &mut to_callee).await;
-            if let Some(v) = self.video.as_mut() {
-                v.flush(now).await;
-            }
-            if let Some(of) = ask_info {
-                let _ = done.send(MediaReport::KeyframeWanted {
-                    call: call.to_string(),
-                    of,
-                });
-            }
-            if now >= next_progress {
-                next_progress = now + PROGRESS_EVERY;
-                let _ = done.send(MediaReport::Progress(call.to_string(), self.totals()));
-            }
-            let limit = silence.limit();
-            self.caller
-                .report_silence(now, limit, (call, Party::Caller), &done);
-            self.callee
-                .report_silence(now, limit, (call, Party::Callee), &done);
-        }
-        log_stop(call, &self.to_callee, &self.to_caller, &self.callee.session);
-        tracing::info!(
-            call,
-            caller_in = self.caller.session.stats.rtp_in,
-            caller_lost = self.caller.session.stats.lost,
-            "caller media"
-        );
-        if let Some(v) = &self.video {
-            let (to_callee, to_caller) = v.stats();
-            tracing::info!(
-                call,
-                to_callee_in = to_callee.packets_in,
-                to_callee_out = to_callee.packets_out,
-                to_caller_in = to_caller.packets_in,
-                to_caller_out = to_caller.packets_out,
-                "relayed video stopped"
-            );
-        }
-        let _ = done.send(MediaReport::Stopped(call.to_string(), self.totals()));
-    }
-
-    /// What runs, for the call's record.
-    fn plan(&self) -> MediaPlan {
-        MediaPlan {
-            sip_video: self.video.as_ref().map(SipVideo::plan),
-            ..plan("sip", self.caller_end, self.callee_end)
-        }
-    }
-
-    /// The counters so far, caller's side first.
-    fn totals(&self) -> MediaTotals {
-        let mut t = totals(&self.to_callee, &self.to_caller, &self.callee.session);
-        if let Some(v) = &self.video {
-            let (to_callee, to_caller) = v.stats();
-            t.video_to_callee_in = to_callee.packets_in;
-            t.video_to_callee_out = to_callee.packets_out;
-            t.video_to_caller_in = to_caller.packets_in;
-            t.video_to_caller_out = to_caller.packets_out;
-        }
-        t
-    }
-}
-
 /// Logs a call's counters: toward the SIP callee, toward the caller, and
 /// what the callee's session saw.
-fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSession) {
+pub(super) fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSession) {
     let (a, b) = (to_sip.stats, to_caller.stats);
     tracing::info!(
         call,
@@ -1070,7 +703,7 @@ fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, sip: &RtpSess
 /// direction between it and `other` (`(to_sip, from_sip)`) re-planned,
 /// relayed or transcoded anew. On an answer the media cannot take,
 /// nothing changes.
-fn renegotiate(
+pub(super) fn renegotiate(
     sip: &mut RtpEnd,
     end: &mut AudioEnd,
     n: &Negotiated,
@@ -1092,39 +725,15 @@ fn renegotiate(
 }
 
 /// Plays digits on a direction's output line as RFC 4733 events.
-fn play(call: &str, direction: &mut Direction, digits: &str, ms: u32) {
+pub(super) fn play(call: &str, direction: &mut Direction, digits: &str, ms: u32) {
     if let Err(e) = direction.play_digits(digits, ms) {
         tracing::info!(call, error = %e, "digits not sent");
     }
 }
 
-async fn sleep_until(t: Option<Instant>) {
+pub(super) async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hold_timeout_stands_while_either_side_holds_the_call() {
-        let (active, held) = (Duration::from_secs(60), Duration::from_secs(3600));
-        let mut s = Silence::new(active, held);
-        assert_eq!(s.limit(), active);
-        // The caller holds: the limit changes, silence starts anew.
-        assert!(s.hold(Party::Caller, true));
-        assert_eq!(s.limit(), held);
-        // The callee holds too, then the caller resumes: still on hold.
-        assert!(!s.hold(Party::Callee, true));
-        assert!(!s.hold(Party::Caller, false));
-        assert_eq!(s.limit(), held);
-        // A repeated offer changes nothing.
-        assert!(!s.hold(Party::Caller, false));
-        // The callee resumes: off hold.
-        assert!(s.hold(Party::Callee, false));
-        assert_eq!(s.limit(), active);
     }
 }

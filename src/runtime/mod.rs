@@ -8,7 +8,9 @@
 
 pub mod bridge;
 pub mod media;
+mod relay;
 pub mod routing;
+mod rtp_end;
 mod sip_video;
 mod video;
 pub mod webrtc;

@@ -13,7 +13,7 @@
 //! Owns the two video sockets' use within the call's task; what the SDP
 //! agreed comes from [`crate::sdp`], the relay from [`crate::media`].
 
-use super::bridge::{Got, RtpEnd};
+use super::rtp_end::{Got, RtpEnd};
 use super::video::{KEYFRAME_INTERVAL, VideoEnd, relay_direction};
 use crate::b2bua::Party;
 use crate::cdr::SipVideoPlan;

@@ -22,7 +22,7 @@
 //! Owns sockets, threads and channels; what to relay or transcode comes
 //! from [`crate::media`], what was agreed from [`crate::sdp`].
 
-use super::bridge::{Got, RtpEnd};
+use super::rtp_end::{Got, RtpEnd};
 use super::webrtc::WebrtcHandle;
 use crate::cdr::VideoPlan;
 use crate::media::bridge::{Direction, DirectionStats, Mode, Passthrough};
