@@ -68,7 +68,7 @@ fn takes_info(mode: DtmfMode, n: &Negotiated) -> bool {
 impl Call {
     /// INFO toward side `p`.
     fn info(&mut self, p: Party) -> &mut InfoLeg {
-        &mut self.info[p as usize]
+        &mut self.info[p.index()]
     }
 
     /// Side `p` (SIP) agreed `n`: whether it takes digits by INFO follows.

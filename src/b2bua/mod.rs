@@ -244,6 +244,11 @@ impl Party {
         }
     }
 
+    /// Its place in a pair kept per side: the caller 0, the callee 1.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The other side.
     pub fn other(self) -> Party {
         match self {

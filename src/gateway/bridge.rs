@@ -611,11 +611,14 @@ impl Gateway {
 /// 488.
 fn srtp_refused(offer: &crate::sdp::SessionDesc, policy: Srtp) -> Option<&'static str> {
     let audio = offer.active_audio()?;
-    match (policy, audio.proto.secure()) {
-        (Srtp::Required, false) => Some("this route requires SRTP (RTP/SAVP with SDES)"),
-        (Srtp::Off, true) => Some("SRTP is off on this route: offer RTP/AVP"),
-        _ => None,
+    if srtp_allows(audio.proto, policy) {
+        return None;
     }
+    Some(if audio.proto.secure() {
+        "SRTP is off on this route: offer RTP/AVP"
+    } else {
+        "this route requires SRTP (RTP/SAVP with SDES)"
+    })
 }
 
 /// Whether a media section in `proto` keeps a rule's SRTP `policy`.

@@ -60,6 +60,13 @@ pub enum Feedback {
     Bye,
 }
 
+impl Feedback {
+    /// A keyframe request (PLI or FIR).
+    pub fn asks_keyframe(&self) -> bool {
+        matches!(self, Feedback::Pli { .. } | Feedback::Fir { .. })
+    }
+}
+
 /// Counters of one session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {

@@ -302,9 +302,7 @@ fn feedback(
     keyframes: &mut KeyframeRequests,
     fb: &[Feedback],
 ) -> Option<(SocketAddr, Vec<u8>)> {
-    let asked = fb
-        .iter()
-        .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }));
+    let asked = fb.iter().any(Feedback::asks_keyframe);
     match asked
         .then(|| keyframes.on_request(Instant::now()))
         .flatten()

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 /// What one datagram on a SIP endpoint's sockets was.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Got {
     /// An RTP packet, left in [`RtpEnd::buf`].
     Rtp,
-    /// RTCP feedback the media path acts on (keyframe requests).
-    Feedback(Vec<Feedback>),
+    /// RTCP asking for a keyframe (PLI or FIR).
+    KeyframeAsked,
     /// Nothing for the media path.
     Nothing,
 }
@@ -79,7 +79,7 @@ impl Silence {
     /// put the call on or off hold: each side's silence starts anew.
     pub(super) fn hold(&mut self, party: Party, held: bool) -> bool {
         let was = self.on_hold();
-        self.holding[usize::from(party == Party::Callee)] = held;
+        self.holding[party.index()] = held;
         was != self.on_hold()
     }
 }
@@ -162,7 +162,7 @@ impl RtpEnd {
         }
         match inbound {
             Inbound::Rtp => Got::Rtp,
-            Inbound::Rtcp(fb) if !fb.is_empty() => Got::Feedback(fb),
+            Inbound::Rtcp(fb) if fb.iter().any(Feedback::asks_keyframe) => Got::KeyframeAsked,
             _ => Got::Nothing,
         }
     }
@@ -185,7 +185,11 @@ impl RtpEnd {
                 let _ = self.rtp.send_to(&p, dest).await;
             }
         }
-        if let Some(report) = self.session.poll_rtcp(now, ntp_now()) {
+        // The wall clock is read only when a report is due (this runs at
+        // every wakeup of the call's task).
+        if self.session.next_timeout().is_some_and(|t| now >= t)
+            && let Some(report) = self.session.poll_rtcp(now, ntp_now())
+        {
             self.send_rtcp(report).await;
         }
     }

@@ -19,7 +19,6 @@ use crate::b2bua::Party;
 use crate::cdr::SipVideoPlan;
 use crate::media::bridge::{Direction, DirectionStats};
 use crate::media::keyframe::{KeyframeAction, KeyframeRequests, VideoPath};
-use crate::media::session::Feedback;
 use crate::sdp::Negotiated;
 use std::time::Instant;
 
@@ -36,11 +35,6 @@ pub(super) struct SipVideo {
     /// Packets ready for each side, flushed once per wakeup.
     out: [Vec<Vec<u8>>; 2],
     codec: String,
-}
-
-/// Index of a side in the arrays above.
-fn ix(p: Party) -> usize {
-    usize::from(p == Party::Callee)
 }
 
 impl SipVideo {
@@ -114,23 +108,17 @@ impl SipVideo {
     pub async fn handle(&mut self, now: Instant, (from, got): (Party, Got)) -> Option<Party> {
         match got {
             Got::Rtp => {
-                let to = ix(from.other());
-                let (end, out) = (&self.ends[ix(from)], &mut self.out[to]);
+                let to = from.other().index();
+                let (end, out) = (&self.ends[from.index()], &mut self.out[to]);
                 self.toward[to].on_packet(now, &end.buf, out);
-                if !std::mem::replace(&mut self.heard[ix(from)], true) {
+                if !std::mem::replace(&mut self.heard[from.index()], true) {
                     // The receiving side starts from a keyframe.
                     return self.asked(now, from.other()).await;
                 }
                 None
             }
-            Got::Feedback(fb)
-                if fb
-                    .iter()
-                    .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. })) =>
-            {
-                self.asked(now, from).await
-            }
-            Got::Feedback(_) | Got::Nothing => None,
+            Got::KeyframeAsked => self.asked(now, from).await,
+            Got::Nothing => None,
         }
     }
 
@@ -139,10 +127,10 @@ impl SipVideo {
     /// returned. Rate-limited per side.
     pub async fn asked(&mut self, now: Instant, by: Party) -> Option<Party> {
         let sender = by.other();
-        match self.asks[ix(by)].on_request(now)? {
+        match self.asks[by.index()].on_request(now)? {
             KeyframeAction::SendSipInfo => Some(sender),
             _ => {
-                let end = &mut self.ends[ix(sender)];
+                let end = &mut self.ends[sender.index()];
                 if let Some(rtcp) = end.session.request_keyframe() {
                     end.send_rtcp(rtcp).await;
                 }
@@ -161,8 +149,8 @@ impl SipVideo {
     /// Counters toward the callee and toward the caller.
     pub fn stats(&self) -> (DirectionStats, DirectionStats) {
         (
-            self.toward[ix(Party::Callee)].stats,
-            self.toward[ix(Party::Caller)].stats,
+            self.toward[Party::Callee.index()].stats,
+            self.toward[Party::Caller.index()].stats,
         )
     }
 }

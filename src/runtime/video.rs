@@ -28,7 +28,6 @@ use crate::cdr::VideoPlan;
 use crate::media::bridge::{Direction, DirectionStats, Mode, Passthrough};
 use crate::media::h264;
 use crate::media::keyframe::{KeyframeAction, KeyframeRequests, VideoPath};
-use crate::media::session::Feedback;
 use crate::media::video::{VideoOutput, VideoTranscoder};
 use crate::sdp::{Format, Negotiated};
 use crate::webrtc::{PeerFormat, PeerId, StreamKind};
@@ -429,14 +428,7 @@ impl VideoLegs {
                     }
                 }
             },
-            Got::Feedback(fb) => {
-                let asked = fb
-                    .iter()
-                    .any(|f| matches!(f, Feedback::Pli { .. } | Feedback::Fir { .. }));
-                if asked {
-                    self.sip_asked(webrtc);
-                }
-            }
+            Got::KeyframeAsked => self.sip_asked(webrtc),
             Got::Nothing => {}
         }
     }
