@@ -252,17 +252,22 @@ impl Baresip {
         (be(16), be(20))
     }
 
-    /// Waits for baresip to close the call, then checks it heard the
-    /// page's 440 Hz.
-    fn heard_the_page(&self, context: impl Fn() -> String) {
+    /// Checks baresip heard `hz`, once its call closed: sndfile writes
+    /// the dump's length into its header only when the call's audio
+    /// stops, so this waits for the dump to hold more than the second
+    /// [`assert_heard`] skips.
+    fn heard(&self, hz: f64, context: impl Fn() -> String) {
         wait_for(
-            "baresip to close the call",
+            "baresip to close the call's recording",
             10,
-            || self.log().to_lowercase().contains("closed"),
+            || {
+                let (samples, rate) = self.received();
+                samples.len() > rate as usize * 3 / 2
+            },
             context,
         );
         let (samples, rate) = self.received();
-        assert_heard("baresip", &samples, rate, 440.0);
+        assert_heard("baresip", &samples, rate, hz);
     }
 
     /// What baresip received and decoded (sndfile's `-dec` dump).
@@ -458,7 +463,7 @@ fn chromium_calls_baresip_through_pcmu_transcoding_and_hangs_up() {
         context()
     );
     // baresip got the BYE and heard the browser's 440 Hz.
-    baresip.heard_the_page(context);
+    baresip.heard(440.0, context);
     // Transcoding kept (nearly) every frame in both directions: jitter
     // buffer drops and concealment stay under 10%.
     wait_for(
@@ -536,8 +541,7 @@ fn baresip_hangs_up_an_opus_call_from_chromium() {
         "{}",
         context()
     );
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard(440.0, context);
     // The call record says the SIP side hung up.
     let cdr = gw.only_cdr();
     assert_eq!(cdr["ended_by"], "sip", "{cdr}");
@@ -642,7 +646,7 @@ fn baresip_calls_a_browser_registered_through_the_client_api_which_answers() {
     // The page hung up: baresip got the BYE and heard the browser's 440 Hz.
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "browser", "{}", context());
-    baresip.heard_the_page(context);
+    baresip.heard(440.0, context);
     // The keypad's 5 reached the caller as an RFC 4733 telephone-event.
     assert!(
         baresip.log().contains("received event: '5' (end=1)"),
@@ -670,7 +674,7 @@ fn baresip_calls_a_browser_over_sdes_srtp_and_each_hears_the_other() {
     // The page heard baresip's 1 kHz: we decrypted its SRTP.
     assert_page_heard_baresip(&r, &context);
     // baresip heard the page's 440 Hz: it decrypted ours.
-    baresip.heard_the_page(context);
+    baresip.heard(440.0, context);
     assert!(baresip.log().contains("srtp"), "{}", context());
 }
 
@@ -694,7 +698,7 @@ fn chromium_calls_baresip_over_sdes_srtp_where_the_rule_requires_it() {
     let context = || format!("{r}\n{}\n{}", gw.log_text(), baresip.log());
     // Each side heard the other through SRTP on the SIP leg.
     assert_page_heard_baresip(&r, &context);
-    baresip.heard_the_page(context);
+    baresip.heard(440.0, context);
     let cdr = gw.only_cdr();
     assert_eq!(cdr["rule"], "alice-srtp", "{cdr}");
 }
@@ -715,8 +719,7 @@ fn baresip_hangs_up_an_opus_call_to_a_browser_a_declined_call_gets_603_and_a_van
     );
     assert_eq!(r["ended"]["state"], "disconnected", "{}", context());
     assert_eq!(r["ended"]["by"], "caller", "{}", context());
-    let (samples, rate) = baresip.received();
-    assert_heard("baresip", &samples, rate, 440.0);
+    baresip.heard(440.0, context);
 
     // A second page declines: baresip's call fails with 603 Decline (in
     // what baresip logs from this call on).
@@ -940,10 +943,8 @@ fn baresip_calls_baresip_with_h264_video_relayed_both_ways() {
             context()
         );
     }
-    for b in [&alice, &bob] {
-        let (samples, rate) = b.received();
-        assert_heard("baresip", &samples, rate, 1000.0);
-    }
+    alice.heard(1000.0, context);
+    bob.heard(1000.0, context);
 }
 
 /// The page calls `alice`, which the dialplan sends to a SIPp UAS running
