@@ -297,6 +297,18 @@ fn media_section(m: &MediaDesc, n: Option<&Negotiated>, port: u16) -> MediaDescr
             attributes.push(attr("fmtp", Some(format!("{} {fmtp}", f.pt))));
         }
     }
+    // The keyframe requests the offer said its video takes, echoed (RFC
+    // 4585 4.2): a strict offerer sends us only feedback the answer
+    // lists, and the media path honours both (`Feedback::asks_keyframe`).
+    let fb = if n.kind == MediaKind::Video {
+        m.keyframe_requests(n.format.pt)
+    } else {
+        Vec::new()
+    };
+    for kind in fb {
+        let line = format!("{} {}", n.format.pt, kind.name());
+        attributes.push(attr("rtcp-fb", Some(line)));
+    }
     if let Some(p) = n.ptime {
         attributes.push(attr("ptime", Some(p.to_string())));
     }

@@ -200,16 +200,47 @@ pub struct MediaDesc {
     pub crypto: Vec<Crypto>,
     /// `a=ptime` in ms.
     pub ptime: Option<u32>,
-    /// Payload types whose `a=rtcp-fb` takes a keyframe request (`nack
-    /// pli` or `ccm fir`, RFC 4585 and 5104); `None` stands for `*`.
-    pub keyframe_fb: Vec<Option<u8>>,
+    /// The keyframe requests an `a=rtcp-fb` takes (`nack pli` or `ccm
+    /// fir`, RFC 4585 and 5104), with its payload type (`None`: `*`).
+    pub keyframe_fb: Vec<(Option<u8>, KeyframeFb)>,
+}
+
+/// An RTCP keyframe request an `a=rtcp-fb` line can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeFb {
+    /// `nack pli`: Picture Loss Indication (RFC 4585).
+    Pli,
+    /// `ccm fir`: Full Intra Request (RFC 5104).
+    Fir,
+}
+
+impl KeyframeFb {
+    /// The line's feedback type and parameter.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pli => "nack pli",
+            Self::Fir => "ccm fir",
+        }
+    }
 }
 
 impl MediaDesc {
+    /// The keyframe requests the writer takes for payload type `pt`, in
+    /// the order written, each once.
+    pub fn keyframe_requests(&self, pt: u8) -> Vec<KeyframeFb> {
+        let mut kinds = Vec::new();
+        for (p, kind) in &self.keyframe_fb {
+            if p.is_none_or(|p| p == pt) && !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+        kinds
+    }
+
     /// Whether the writer takes RTCP keyframe requests (PLI or FIR) for
     /// payload type `pt`.
     pub fn takes_keyframe_requests(&self, pt: u8) -> bool {
-        self.keyframe_fb.iter().any(|p| p.is_none_or(|p| p == pt))
+        !self.keyframe_requests(pt).is_empty()
     }
 }
 
@@ -389,13 +420,14 @@ fn media_desc(md: &rtc_sdp::MediaDescription) -> Result<MediaDesc, SdpError> {
                 let mut parts = value.split_ascii_whitespace();
                 let pt = parts.next().map(|p| (p, p.parse::<u8>()));
                 let kind = (parts.next(), parts.next());
-                let keyframe = matches!(
-                    kind,
-                    (Some("nack"), Some("pli")) | (Some("ccm"), Some("fir"))
-                );
-                match pt {
-                    Some(("*", _)) if keyframe => m.keyframe_fb.push(None),
-                    Some((_, Ok(pt))) if keyframe => m.keyframe_fb.push(Some(pt)),
+                let keyframe = match kind {
+                    (Some("nack"), Some("pli")) => Some(KeyframeFb::Pli),
+                    (Some("ccm"), Some("fir")) => Some(KeyframeFb::Fir),
+                    _ => None,
+                };
+                match (pt, keyframe) {
+                    (Some(("*", _)), Some(k)) => m.keyframe_fb.push((None, k)),
+                    (Some((_, Ok(pt))), Some(k)) => m.keyframe_fb.push((Some(pt), k)),
                     _ => {}
                 }
             }

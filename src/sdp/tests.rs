@@ -91,6 +91,7 @@ a=sendrecv\r\n\
 m=video 30002 RTP/AVP 126\r\n\
 a=rtpmap:126 H264/90000\r\n\
 a=fmtp:126 profile-level-id=42e016;max-mbps=490000;max-fs=8160;packetization-mode=1\r\n\
+a=rtcp-fb:126 nack pli\r\n\
 a=sendrecv\r\n";
     assert_eq!(text, golden);
     // Our own answer parses back.
@@ -114,6 +115,41 @@ fn h264_offered_in_both_packetization_modes_is_answered_in_mode_1() {
     let vp8_first = video.replace(" 96 97 98", " 98 96 97");
     let a = answer(&parse(&format!("{SIPP}{vp8_first}")).unwrap(), &cfg()).unwrap();
     assert_eq!(a.streams[1].as_ref().unwrap().format.pt, 98);
+}
+
+#[test]
+fn the_keyframe_feedback_a_video_offer_takes_is_echoed_for_the_answered_format() {
+    // PLI for every format, FIR only for VP8's 98, and feedback we do not
+    // act on (NACK, REMB) left out; audio gets none.
+    let video = "m=video 5002 RTP/AVP 97 98\r\na=rtpmap:97 H264/90000\r\n\
+                 a=fmtp:97 packetization-mode=1\r\na=rtpmap:98 VP8/90000\r\n\
+                 a=rtcp-fb:* nack pli\r\na=rtcp-fb:97 nack pli\r\na=rtcp-fb:98 ccm fir\r\n\
+                 a=rtcp-fb:* nack\r\na=rtcp-fb:* goog-remb\r\n";
+    let audio_fb = SIPP.replace("0-11,16\r\n", "0-11,16\r\na=rtcp-fb:* nack pli\r\n");
+    let offer = parse(&format!("{audio_fb}{video}")).unwrap();
+    let text = |offer: &SessionDesc| {
+        answer(offer, &cfg())
+            .unwrap()
+            .to_sdp("127.0.0.1".parse().unwrap(), &[20000, 20002], 1, 1)
+    };
+    let h264 = text(&offer);
+    let fb: Vec<&str> = h264
+        .lines()
+        .filter(|l| l.starts_with("a=rtcp-fb"))
+        .collect();
+    assert_eq!(fb, ["a=rtcp-fb:97 nack pli"], "{h264}");
+    let vp8_first = parse(&format!("{audio_fb}{}", video.replace(" 97 98", " 98 97"))).unwrap();
+    let vp8 = text(&vp8_first);
+    let fb: Vec<&str> = vp8.lines().filter(|l| l.starts_with("a=rtcp-fb")).collect();
+    assert_eq!(
+        fb,
+        ["a=rtcp-fb:98 nack pli", "a=rtcp-fb:98 ccm fir"],
+        "{vp8}"
+    );
+    // The answer parses back as taking keyframe requests.
+    let back = parse(&vp8).unwrap();
+    assert!(back.media[1].takes_keyframe_requests(98));
+    assert!(!back.media[0].takes_keyframe_requests(8));
 }
 
 #[test]
