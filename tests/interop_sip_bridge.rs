@@ -790,6 +790,44 @@ fn session_timers_are_negotiated_on_both_legs_and_a_caller_that_stops_refreshing
     );
 }
 
+/// A room system (SIPp) calls with its main video first, then audio,
+/// content video (`a=content:slides`) and BFCP; the callee (SIPp, audio
+/// and H.264) holds and resumes by re-INVITE. Each re-INVITE the gateway
+/// passes on to the room system keeps the session's four sections in
+/// their places, the two it refused still refused (RFC 3264 8), and the
+/// room system's answers, in that layout, are taken: the call goes on to
+/// the room system's BYE.
+#[test]
+fn re_offers_to_a_room_system_keep_its_content_and_bfcp_sections_in_place() {
+    let (caller, callee, log) =
+        call_outcome("bridge_uac_content.xml", Some("bridge_uas_holds.xml"));
+    let context = || format!("--- caller\n{caller}\n--- callee\n{callee}\n--- gateway\n{log}");
+    // Each section's kind, port and profile.
+    let sections = |msg: &str| -> Vec<String> {
+        msg.lines()
+            .filter(|l| l.starts_with("m="))
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let ok = received(&caller, "SIP/2.0 200 OK").swap_remove(0);
+    let layout = sections(&ok);
+    assert_eq!(layout.len(), 4, "{}", context());
+    assert!(layout[0].starts_with("m=video ") && !layout[0].starts_with("m=video 0 "));
+    assert!(layout[1].starts_with("m=audio "), "{}", context());
+    assert_eq!(
+        layout[2..],
+        ["m=video 0 RTP/AVP", "m=application 0 UDP/BFCP"],
+        "{}",
+        context()
+    );
+    let offers = received(&caller, "INVITE sip:");
+    assert_eq!(offers.len(), 2, "{}", context());
+    for (offer, direction) in offers.iter().zip(["a=sendonly", "a=sendrecv"]) {
+        assert_eq!(sections(offer), layout, "{offer}\n{}", context());
+        assert_eq!(offer.matches(direction).count(), 2, "{offer}");
+    }
+}
+
 /// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to
 /// `bridge_uas_hold.xml`, with `media` in `[media]`: the caller's answers
 /// and the callee's offers mirror each other. Returns what the caller

@@ -123,6 +123,7 @@ impl B2bua {
                     (Winner::Sip(w), Some(c)) => {
                         c.origin.1 += 1;
                         let sdp = Offer::agreed(&c.agreed, c.video_port)
+                            .laid_out_like(&c.session.sdp)
                             .to_sdp_with(c.ip, c.port, c.origin, held);
                         let fork = &mut call.forks[w];
                         let req = fork.leg.reinvite(&sdp).map(|mut r| {
@@ -176,6 +177,7 @@ impl B2bua {
                             video: sc.video.clone(),
                         };
                         let sdp = Offer::agreed(&session, sc.video_section())
+                            .laid_out_like(&sc.session.sdp)
                             .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
                         let req = caller_request(
                             &mut self.dialogs,
@@ -269,7 +271,9 @@ impl B2bua {
             audio: agreed.clone(),
             video: None,
         };
-        let now = match Offer::agreed(&ours, None).read_answer(&answer) {
+        // Our re-offer's layout says where the answer's audio is.
+        let ours = Offer::agreed(&ours, None).laid_out_like(&session.sdp);
+        let now = match ours.read_answer(&answer) {
             Ok(now) => now.audio,
             Err(e) => {
                 tracing::info!(call = %call_id, error = %e, "an answer to our re-offer ignored");

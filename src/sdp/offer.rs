@@ -41,6 +41,22 @@ pub struct Offer {
     /// Our SDES key: the audio section is RTP/SAVP with it (`a=crypto:1`)
     /// and the answer must be too.
     pub srtp: Option<MasterKey>,
+    /// Where each section goes (empty: audio, then video). A re-offer
+    /// keeps the session's sections in their places ([`Self::laid_out_like`]).
+    pub layout: Vec<Slot>,
+}
+
+/// A section's place in an offer (RFC 3264 8: a re-offer has every
+/// section of the session, in the same order, those refused still
+/// refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// The audio section.
+    Audio,
+    /// The video section.
+    Video,
+    /// A section the session refused: its `m=` line, on port 0.
+    Refused(String),
 }
 
 /// The video section of an offer.
@@ -115,6 +131,7 @@ impl Offer {
             dtmf,
             video: None,
             srtp: None,
+            layout: Vec::new(),
         }
     }
 
@@ -179,7 +196,53 @@ impl Offer {
             }),
             // The session's own key again: a re-offer does not rekey.
             srtp: a.audio.srtp.as_ref().map(|s| s.local.clone()),
+            layout: Vec::new(),
         }
+    }
+
+    /// Lays this re-offer out like `previous`, our last SDP of the
+    /// session: our audio and video where its first active ones were,
+    /// every other section (a second video, BFCP's `m=application`)
+    /// refused in its place. SDP that does not parse, or has no active
+    /// audio, leaves the default layout.
+    pub fn laid_out_like(mut self, previous: &str) -> Self {
+        let Ok(prev) = super::parse(previous) else {
+            return self;
+        };
+        let mut layout = Vec::with_capacity(prev.media.len());
+        for m in &prev.media {
+            let slot = match m.kind {
+                MediaKind::Audio if m.port != 0 && !layout.contains(&Slot::Audio) => Slot::Audio,
+                MediaKind::Video if m.port != 0 && !layout.contains(&Slot::Video) => Slot::Video,
+                _ => Slot::Refused(format!(
+                    "m={} 0 {} {}",
+                    m.kind_name,
+                    m.proto_name,
+                    m.format_names.join(" ")
+                )),
+            };
+            layout.push(slot);
+        }
+        if layout.contains(&Slot::Audio) {
+            self.layout = layout;
+        }
+        self
+    }
+
+    /// Where the audio and the video section go: their indices among the
+    /// offer's sections. A video the layout has no place for comes last
+    /// (a section added to the session, RFC 3264 8.2), unless it is
+    /// refused, when the layout already refuses the session's video.
+    fn places(&self) -> (usize, Option<usize>) {
+        if self.layout.is_empty() {
+            return (0, self.video.as_ref().map(|_| 1));
+        }
+        let at = |slot| self.layout.iter().position(|s| *s == slot);
+        let video = self
+            .video
+            .as_ref()
+            .and_then(|v| at(Slot::Video).or((v.port != 0).then_some(self.layout.len())));
+        (at(Slot::Audio).unwrap_or(0), video)
     }
 
     /// Prints the offer with our media address and RTP port.
@@ -202,40 +265,56 @@ impl Offer {
             "v=0\r\no=causeway {session_id} {version} IN {ip} {address}\r\ns=causeway\r\n\
              c=IN {ip} {address}\r\nt=0 0\r\n"
         );
+        let (audio_at, video_at) = self.places();
+        let sections = self
+            .layout
+            .len()
+            .max(audio_at + 1)
+            .max(video_at.map_or(0, |v| v + 1));
+        for i in 0..sections {
+            if i == audio_at {
+                self.audio_section(&mut s, port, direction);
+            } else if Some(i) == video_at {
+                self.video_section(&mut s, direction);
+            } else if let Some(Slot::Refused(line)) = self.layout.get(i) {
+                let _ = write!(s, "{line}\r\n");
+            }
+        }
+        s
+    }
+
+    /// Prints our audio section on `port`.
+    fn audio_section(&self, s: &mut String, port: u16, direction: Direction) {
         let audio: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
-        let profile = if self.srtp.is_some() {
-            "RTP/SAVP"
-        } else {
-            "RTP/AVP"
-        };
-        section(&mut s, "audio", (port, profile), &audio);
+        section(s, "audio", (port, profile(self.srtp.as_ref())), &audio);
         if let Some(k) = &self.srtp {
             let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
         }
         let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
-        if let Some(v) = &self.video {
-            let formats: Vec<&Format> = v.formats.iter().collect();
-            let profile = if v.srtp.is_some() {
-                "RTP/SAVP"
-            } else {
-                "RTP/AVP"
-            };
-            section(&mut s, "video", (v.port, profile), &formats);
-            if let Some(k) = v.srtp.as_ref().filter(|_| v.port != 0) {
-                let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
-            }
-            if v.port != 0 {
-                for f in &formats {
-                    let _ = write!(
-                        s,
-                        "a=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n",
-                        pt = f.pt
-                    );
-                }
-                let _ = write!(s, "a=rtcp-mux\r\na={}\r\n", direction.name());
-            }
+    }
+
+    /// Prints our video section, if any (refused on port 0: its `m=`
+    /// line and formats only).
+    fn video_section(&self, s: &mut String, direction: Direction) {
+        let Some(v) = &self.video else {
+            return;
+        };
+        let formats: Vec<&Format> = v.formats.iter().collect();
+        section(s, "video", (v.port, profile(v.srtp.as_ref())), &formats);
+        if v.port == 0 {
+            return;
         }
-        s
+        if let Some(k) = &v.srtp {
+            let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
+        }
+        for f in &formats {
+            let _ = write!(
+                s,
+                "a=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n",
+                pt = f.pt
+            );
+        }
+        let _ = write!(s, "a=rtcp-mux\r\na={}\r\n", direction.name());
     }
 
     /// Reads the answer to this offer: what was agreed for the audio
@@ -244,10 +323,11 @@ impl Offer {
     /// [`SdpError::NoCommonMedia`] (the call cannot go on); the same about
     /// video leaves the call without video.
     pub fn read_answer(&self, answer: &SessionDesc) -> Result<Agreed, SdpError> {
+        let (audio_at, video_at) = self.places();
         let m = answer
             .media
-            .first()
-            .ok_or(SdpError::Invalid("the answer has no media section"))?;
+            .get(audio_at)
+            .ok_or(SdpError::Invalid("the answer has no audio section"))?;
         if m.kind != MediaKind::Audio || m.port == 0 {
             return Err(SdpError::NoCommonMedia("the answer rejected audio"));
         }
@@ -269,7 +349,7 @@ impl Offer {
         let video = self.video.as_ref().and_then(|v| {
             let m = answer
                 .media
-                .get(1)
+                .get(video_at?)
                 .filter(|m| m.kind == MediaKind::Video && m.port != 0)?;
             let format = answered_format(m, &v.formats, v.srtp.is_some()).ok()?;
             let srtp = match &v.srtp {
@@ -351,6 +431,15 @@ fn agreed_section(
         remote_rtcp: remote_rtp.and(answer.rtcp_addr(m, m.rtcp_mux)),
         srtp: None,
         ptime: m.ptime,
+    }
+}
+
+/// The RTP profile of a section keyed with `srtp` (SDES), or not.
+fn profile(srtp: Option<&MasterKey>) -> &'static str {
+    if srtp.is_some() {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
     }
 }
 
@@ -610,5 +699,55 @@ mod tests {
             .audio;
         assert_eq!(n.direction, Direction::RecvOnly);
         assert!(n.dtmf.is_none());
+    }
+
+    #[test]
+    fn a_re_offer_laid_out_like_the_session_keeps_each_section_once_in_its_place() {
+        let m_lines = |sdp: &str| -> Vec<String> {
+            sdp.lines()
+                .filter(|l| l.starts_with("m="))
+                .map(str::to_string)
+                .collect()
+        };
+        let head = "v=0\r\no=causeway 1 1 IN IP4 192.0.2.1\r\ns=causeway\r\n\
+                    c=IN IP4 192.0.2.1\r\nt=0 0\r\n";
+        let ip = "192.0.2.1".parse().unwrap();
+        // The session refused video and BFCP: a refused video is printed
+        // once, where it was, not added again at the end.
+        let previous = format!(
+            "{head}m=video 0 RTP/AVP 96\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+             m=application 0 UDP/BFCP *\r\n"
+        );
+        let mut offer = Offer::audio(&[AudioCodec::Pcmu], false).with_video(&[VideoCodec::Vp8], 0);
+        offer = offer.laid_out_like(&previous);
+        let text = offer.to_sdp(ip, 4000, 1, 2);
+        assert_eq!(
+            m_lines(&text),
+            [
+                "m=video 0 RTP/AVP 96",
+                "m=audio 4000 RTP/AVP 0",
+                "m=application 0 UDP/BFCP *"
+            ],
+            "{text}"
+        );
+        // Video the session had refused and now takes comes last.
+        let taken = Offer::audio(&[AudioCodec::Pcmu], false)
+            .with_video(&[VideoCodec::Vp8], 4002)
+            .laid_out_like(&previous);
+        let text = taken.to_sdp(ip, 4000, 1, 2);
+        assert_eq!(m_lines(&text).len(), 4, "{text}");
+        assert!(m_lines(&text)[3].starts_with("m=video 4002 "), "{text}");
+        // The answer's audio is read in its place (second).
+        let answer = format!(
+            "{head}m=video 0 RTP/AVP 96\r\nm=audio 5004 RTP/AVP 0\r\n\
+             m=application 0 UDP/BFCP *\r\n"
+        );
+        let a = offer
+            .read_answer(&super::super::parse(&answer).unwrap())
+            .unwrap();
+        assert_eq!(a.audio.remote_rtp, Some("192.0.2.1:5004".parse().unwrap()));
+        // SDP that does not parse leaves audio, then video.
+        let plain = Offer::audio(&[AudioCodec::Pcmu], false).laid_out_like("garbage");
+        assert!(plain.layout.is_empty());
     }
 }

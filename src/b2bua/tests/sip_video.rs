@@ -25,7 +25,12 @@ fn answer_with(video: &str) -> String {
 /// A SIP caller offering [`video_offer`] calls one SIP callee (5070);
 /// returns our INVITE to it.
 fn dial_with_video(b: &mut B2bua, now: Instant) -> Message {
-    let invite = caller_invite_with(&video_offer());
+    dial_offering(b, now, &video_offer())
+}
+
+/// [`dial_with_video`], the caller offering `offer`.
+fn dial_offering(b: &mut B2bua, now: Instant, offer: &str) -> Message {
+    let invite = caller_invite_with(offer);
     let dial = sip_dial(invite);
     let theirs = dial.caller_offer.clone().unwrap();
     let formats = crate::b2bua::caller_video_formats(&theirs);
@@ -176,6 +181,72 @@ fn a_callee_taking_vp8_gets_the_caller_answered_in_vp8_and_a_hold_keeps_the_vide
         "{reoffer}"
     );
     assert_eq!(reoffer.matches("a=sendonly").count(), 2, "{reoffer}");
+}
+
+#[test]
+fn a_re_offer_to_the_caller_keeps_its_extra_sections_refused_in_their_places() {
+    // A room system offering content (a second video) and BFCP, its main
+    // video first: we answer its audio and main video and refuse the
+    // rest, and our re-offer (the callee's hold) keeps all four sections
+    // in that order (RFC 3264 8), the refused ones still refused.
+    let t0 = Instant::now();
+    let mut b = B2bua::default();
+    let (audio, video) = video_offer()
+        .split_once("m=video")
+        .map(|(a, v)| (a.to_string(), format!("m=video{v}")))
+        .unwrap();
+    let (head, audio) = audio.split_at(audio.find("m=audio").unwrap());
+    let offer = format!(
+        "{head}{video}{audio}m=video 30004 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n\
+         a=content:slides\r\nm=application 30006 UDP/BFCP *\r\n"
+    );
+    let inv = dial_offering(&mut b, t0, &offer);
+    let answer = answer_with("m=video 31002 RTP/AVP 100\r\na=rtpmap:100 VP8/90000\r\n");
+    b.on_response(t0, &reply(&inv, 200, "a", Some(&answer)));
+    let out = drain(&mut b);
+    let ok = ok_to_caller(&out);
+    let m_lines = |sdp: &str| -> Vec<String> {
+        sdp.lines()
+            .filter(|l| l.starts_with("m="))
+            .map(str::to_string)
+            .collect()
+    };
+    let answered = [
+        "m=video 40004 RTP/AVP 100",
+        "m=audio 20000 RTP/AVP 0 101",
+        "m=video 0 RTP/AVP 97",
+        "m=application 0 UDP/BFCP *",
+    ];
+    assert_eq!(m_lines(&body(&ok)), answered, "{}", body(&ok));
+    let our_tag = crate::sip::dialog::tag_of(&ok, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+
+    let hold = reinvite_from_callee(
+        &inv,
+        &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
+    );
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    let out = drain(&mut b);
+    let Some(CallOutput::Request(to_caller, _)) = out.first() else {
+        panic!("{out:?}")
+    };
+    let reoffer = body(to_caller);
+    assert_eq!(m_lines(&reoffer), answered, "{reoffer}");
+    assert_eq!(reoffer.matches("a=sendonly").count(), 2, "{reoffer}");
+
+    // The caller's answer, laid out the same way, is read where its
+    // audio is: it moved its audio port, and the media follows.
+    let moved = format!(
+        "{head}{video}{}m=video 0 RTP/AVP 97\r\nm=application 0 UDP/BFCP *\r\n",
+        audio.replace("m=audio 30000", "m=audio 30010")
+    );
+    b.on_response(t0, &reply(to_caller, 200, "caller", Some(&moved)));
+    let out = drain(&mut b);
+    let Some(CallOutput::Notice(Notice::UpdateMedia { party, media, .. })) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*party, Party::Caller);
+    assert_eq!(media.remote_rtp, Some("127.0.0.1:30010".parse().unwrap()));
 }
 
 #[test]
