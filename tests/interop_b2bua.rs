@@ -52,28 +52,31 @@ fn write_wav(path: &Path, samples: &[i16], rate: u32, channels: u16) {
     std::fs::write(path, f).unwrap();
 }
 
-/// Reads a 16-bit PCM WAV: the first channel's samples and the rate.
-fn read_wav(path: &Path) -> (Vec<i16>, u32) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..4], b"RIFF", "{}", path.display());
+/// Reads a 16-bit PCM WAV: the first channel's samples and the rate;
+/// None where the file is missing or not (yet) a WAV with a data chunk.
+fn read_wav(path: &Path) -> Option<(Vec<i16>, u32)> {
+    let b = std::fs::read(path).ok()?;
+    if b.get(..4)? != b"RIFF" {
+        return None;
+    }
     let (mut i, mut rate, mut channels) = (12, 0u32, 1usize);
-    while i + 8 <= b.len() {
-        let id = &b[i..i + 4];
-        let len = u32::from_le_bytes(b[i + 4..i + 8].try_into().unwrap()) as usize;
+    while let Some(header) = b.get(i..i + 8) {
+        let id = &header[..4];
+        let len = u32::from_le_bytes(header[4..].try_into().ok()?) as usize;
         let body = &b[i + 8..(i + 8 + len).min(b.len())];
         if id == b"fmt " {
-            channels = u16::from_le_bytes([body[2], body[3]]) as usize;
-            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
+            channels = usize::from(u16::from_le_bytes(body.get(2..4)?.try_into().ok()?)).max(1);
+            rate = u32::from_le_bytes(body.get(4..8)?.try_into().ok()?);
         } else if id == b"data" {
             let samples = body
                 .chunks_exact(2 * channels)
                 .map(|c| i16::from_le_bytes([c[0], c[1]]))
                 .collect();
-            return (samples, rate);
+            return Some((samples, rate));
         }
         i += 8 + len + (len & 1);
     }
-    panic!("no data chunk in {}", path.display());
+    None
 }
 
 /// Polls `done` every 100 ms for up to `secs`; fails with `context()`.
@@ -253,31 +256,25 @@ impl Baresip {
     }
 
     /// Checks baresip heard `hz`, once its call closed: sndfile writes
-    /// the dump's length into its header only when the call's audio
-    /// stops, so this waits for the dump to hold more than the second
-    /// [`assert_heard`] skips.
+    /// the length of its `-dec` dump (what baresip received and decoded)
+    /// into the header only when the call's audio stops, so this waits
+    /// for the dump to hold more than the second [`assert_heard`] skips.
     fn heard(&self, hz: f64, context: impl Fn() -> String) {
+        let recorded = || {
+            let dump = std::fs::read_dir(self.dir.path())
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.to_string_lossy().ends_with("-dec.wav"))?;
+            read_wav(&dump).filter(|(samples, rate)| samples.len() > *rate as usize * 3 / 2)
+        };
         wait_for(
             "baresip to close the call's recording",
             10,
-            || {
-                let (samples, rate) = self.received();
-                samples.len() > rate as usize * 3 / 2
-            },
+            || recorded().is_some(),
             context,
         );
-        let (samples, rate) = self.received();
+        let (samples, rate) = recorded().unwrap();
         assert_heard("baresip", &samples, rate, hz);
-    }
-
-    /// What baresip received and decoded (sndfile's `-dec` dump).
-    fn received(&self) -> (Vec<i16>, u32) {
-        let dump = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-            .unwrap_or_else(|| panic!("no sndfile dump:\n{}", self.log()));
-        read_wav(&dump)
     }
 }
 

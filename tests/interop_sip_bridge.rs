@@ -812,7 +812,11 @@ fn re_offers_to_a_room_system_keep_its_content_and_bfcp_sections_in_place() {
     let ok = received(&caller, "SIP/2.0 200 OK").swap_remove(0);
     let layout = sections(&ok);
     assert_eq!(layout.len(), 4, "{}", context());
-    assert!(layout[0].starts_with("m=video ") && !layout[0].starts_with("m=video 0 "));
+    assert!(
+        layout[0].starts_with("m=video ") && !layout[0].starts_with("m=video 0 "),
+        "{}",
+        context()
+    );
     assert!(layout[1].starts_with("m=audio "), "{}", context());
     assert_eq!(
         layout[2..],
@@ -826,6 +830,12 @@ fn re_offers_to_a_room_system_keep_its_content_and_bfcp_sections_in_place() {
         assert_eq!(sections(offer), layout, "{offer}\n{}", context());
         assert_eq!(offer.matches(direction).count(), 2, "{offer}");
     }
+    // Both answers were read (in the layout), none ignored.
+    assert!(
+        !log.contains("an answer to our re-offer ignored"),
+        "{}",
+        context()
+    );
 }
 
 /// A call `uac_scenario` holds and resumes (by re-INVITE or UPDATE), to

@@ -21,10 +21,11 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 impl SipCaller {
-    /// The video section of our re-offers to the caller (RFC 3264 8: every
-    /// section of the session stays, a refused one refused): on our video
-    /// port, or refused (port 0) where its offer had video we did not take.
-    /// `None` when its offer had no video section.
+    /// The video of our re-offers to the caller: on our video port, or
+    /// refused (port 0) where its offer had video we did not take; `None`
+    /// when its offer had none. Where the section goes, and the refused
+    /// ones beside it, follows our last SDP ([`Offer::laid_out_like`]);
+    /// the port-0 video serves when that SDP cannot be read.
     fn video_section(&self) -> Option<u16> {
         let offered = self.caller_offer.as_ref().is_some_and(|o| {
             o.media

@@ -2,8 +2,10 @@
 //! this side may use (the offerer's order wins; of H.264 offered in
 //! packetization modes 0 and 1, mode 1), telephone-event at the same
 //! clock when allowed, the mirrored direction, rtcp-mux when offered, and an
-//! SDES key (RFC 4568) for the first offered crypto suite we implement.
-//! Sections we cannot take are rejected with port 0, as RFC 3264 6 requires.
+//! SDES key (RFC 4568) for the first offered crypto suite we implement,
+//! and for video the keyframe feedback (`a=rtcp-fb` PLI, FIR) the offer
+//! listed. Sections we cannot take are rejected with port 0, as RFC 3264
+//! 6 requires.
 
 use super::{Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
 use crate::media::srtp::MasterKey;

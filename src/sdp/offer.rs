@@ -5,9 +5,11 @@
 //! optionally a video section on its own port (our H.264
 //! packetization-mode 1 and VP8, or a SIP caller's own formats to relay),
 //! asking for keyframes over RTCP (PLI, FIR), RTP/SAVP with a key of its
-//! own when the audio section is. The answer is read into
-//! the same [`Negotiated`] an answer we write yields, so the media layer
-//! cannot tell who offered.
+//! own when the audio section is. A re-offer is laid out like the
+//! session it changes (RFC 3264 8: its sections in their places, those
+//! refused still refused), and its answer read in that layout. The
+//! answer is read into the same [`Negotiated`] an answer we write
+//! yields, so the media layer cannot tell who offered.
 
 use super::{Direction, Format, MediaDesc, MediaKind, Proto, SdpError, SessionDesc};
 use crate::media::srtp::{MasterKey, Suite};
@@ -43,7 +45,7 @@ pub struct Offer {
     pub srtp: Option<MasterKey>,
     /// Where each section goes (empty: audio, then video). A re-offer
     /// keeps the session's sections in their places ([`Self::laid_out_like`]).
-    pub layout: Vec<Slot>,
+    pub(crate) layout: Vec<Slot>,
 }
 
 /// A section's place in an offer (RFC 3264 8: a re-offer has every
@@ -201,25 +203,27 @@ impl Offer {
     }
 
     /// Lays this re-offer out like `previous`, our last SDP of the
-    /// session: our audio and video where its first active ones were,
-    /// every other section (a second video, BFCP's `m=application`)
-    /// refused in its place. SDP that does not parse, or has no active
-    /// audio, leaves the default layout.
+    /// session: our audio, and our video if this offer has some, where
+    /// its first active ones were; every other section (a second video,
+    /// BFCP's `m=application`, a video we no longer carry) refused in its
+    /// place. A re-offer adds no section. SDP that does not parse, or has
+    /// no active audio, leaves the default layout.
     pub fn laid_out_like(mut self, previous: &str) -> Self {
         let Ok(prev) = super::parse(previous) else {
             return self;
         };
         let mut layout = Vec::with_capacity(prev.media.len());
         for m in &prev.media {
+            let first = |slot| m.port != 0 && !layout.contains(&slot);
             let slot = match m.kind {
-                MediaKind::Audio if m.port != 0 && !layout.contains(&Slot::Audio) => Slot::Audio,
-                MediaKind::Video if m.port != 0 && !layout.contains(&Slot::Video) => Slot::Video,
-                _ => Slot::Refused(format!(
-                    "m={} 0 {} {}",
-                    m.kind_name,
-                    m.proto_name,
-                    m.format_names.join(" ")
-                )),
+                MediaKind::Audio if first(Slot::Audio) => Slot::Audio,
+                MediaKind::Video if self.video.is_some() && first(Slot::Video) => Slot::Video,
+                _ => Slot::Refused(
+                    std::iter::once(format!("m={} 0 {}", m.kind_name, m.proto_name))
+                        .chain(m.format_names.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
             };
             layout.push(slot);
         }
@@ -230,19 +234,15 @@ impl Offer {
     }
 
     /// Where the audio and the video section go: their indices among the
-    /// offer's sections. A video the layout has no place for comes last
-    /// (a section added to the session, RFC 3264 8.2), unless it is
-    /// refused, when the layout already refuses the session's video.
+    /// offer's sections (a video the layout has no place for is left
+    /// out: the layout refuses the session's video already, or it had
+    /// none).
     fn places(&self) -> (usize, Option<usize>) {
         if self.layout.is_empty() {
             return (0, self.video.as_ref().map(|_| 1));
         }
         let at = |slot| self.layout.iter().position(|s| *s == slot);
-        let video = self
-            .video
-            .as_ref()
-            .and_then(|v| at(Slot::Video).or((v.port != 0).then_some(self.layout.len())));
-        (at(Slot::Audio).unwrap_or(0), video)
+        (at(Slot::Audio).unwrap_or(0), at(Slot::Video))
     }
 
     /// Prints the offer with our media address and RTP port.
@@ -730,13 +730,15 @@ mod tests {
             ],
             "{text}"
         );
-        // Video the session had refused and now takes comes last.
+        // A re-offer adds no section: video the session refused stays
+        // refused, and one without video refuses the session's.
         let taken = Offer::audio(&[AudioCodec::Pcmu], false)
             .with_video(&[VideoCodec::Vp8], 4002)
             .laid_out_like(&previous);
-        let text = taken.to_sdp(ip, 4000, 1, 2);
-        assert_eq!(m_lines(&text).len(), 4, "{text}");
-        assert!(m_lines(&text)[3].starts_with("m=video 4002 "), "{text}");
+        assert_eq!(m_lines(&taken.to_sdp(ip, 4000, 1, 2)), m_lines(&text));
+        let active = previous.replace("m=video 0 ", "m=video 4002 ");
+        let audio_only = Offer::audio(&[AudioCodec::Pcmu], false).laid_out_like(&active);
+        assert_eq!(m_lines(&audio_only.to_sdp(ip, 4000, 1, 2)), m_lines(&text));
         // The answer's audio is read in its place (second).
         let answer = format!(
             "{head}m=video 0 RTP/AVP 96\r\nm=audio 5004 RTP/AVP 0\r\n\
