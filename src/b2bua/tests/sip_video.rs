@@ -142,6 +142,26 @@ fn the_callee_is_offered_the_callers_formats_and_its_pick_is_answered_to_the_cal
     assert_eq!(f.remote.port(), 5080);
 }
 
+/// The caller ACKs our `ok`; then the callee, answered by `answer` to
+/// our `inv`, holds with it sendonly. Returns the re-INVITE we send the
+/// caller.
+fn acked_then_held(
+    b: &mut B2bua,
+    t0: Instant,
+    (ok, inv): (&Message, &Message),
+    answer: &str,
+) -> Message {
+    let our_tag = crate::sip::dialog::tag_of(ok, "To").unwrap();
+    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
+    let hold = reinvite_from_callee(inv, &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"));
+    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
+    let out = drain(b);
+    let Some(CallOutput::Request(to_caller, _)) = out.first() else {
+        panic!("{out:?}")
+    };
+    to_caller.clone()
+}
+
 #[test]
 fn a_callee_taking_vp8_gets_the_caller_answered_in_vp8_and_a_hold_keeps_the_video() {
     let t0 = Instant::now();
@@ -161,21 +181,9 @@ fn a_callee_taking_vp8_gets_the_caller_answered_in_vp8_and_a_hold_keeps_the_vide
     let (caller, callee) = started_video(&out);
     assert_eq!(caller.unwrap().format.pt, 100);
     assert!(callee.unwrap().keyframe_fb);
-    let our_tag = crate::sip::dialog::tag_of(&ok, "To").unwrap();
-    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
-
     // The callee holds: the caller's re-offer keeps its video section,
     // on our port, in the agreed format, sendonly like the audio.
-    let hold = reinvite_from_callee(
-        &inv,
-        &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
-    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
-    let out = drain(&mut b);
-    let Some(CallOutput::Request(to_caller, _)) = out.first() else {
-        panic!("{out:?}")
-    };
-    let reoffer = body(to_caller);
+    let reoffer = body(&acked_then_held(&mut b, t0, (&ok, &inv), &answer));
     assert!(
         reoffer.contains("m=video 40004 RTP/AVP 100\r\n"),
         "{reoffer}"
@@ -218,19 +226,8 @@ fn a_re_offer_to_the_caller_keeps_its_extra_sections_refused_in_their_places() {
         "m=application 0 UDP/BFCP *",
     ];
     assert_eq!(m_lines(&body(&ok)), answered, "{}", body(&ok));
-    let our_tag = crate::sip::dialog::tag_of(&ok, "To").unwrap();
-    assert!(b.on_ack(t0, &from_caller("ACK", &our_tag, 1)));
-
-    let hold = reinvite_from_callee(
-        &inv,
-        &answer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n"),
-    );
-    assert!(b.on_request(t0, &TxKey::server(&hold).unwrap(), &hold, flow(5070)));
-    let out = drain(&mut b);
-    let Some(CallOutput::Request(to_caller, _)) = out.first() else {
-        panic!("{out:?}")
-    };
-    let reoffer = body(to_caller);
+    let to_caller = acked_then_held(&mut b, t0, (&ok, &inv), &answer);
+    let reoffer = body(&to_caller);
     assert_eq!(m_lines(&reoffer), answered, "{reoffer}");
     assert_eq!(reoffer.matches("a=sendonly").count(), 2, "{reoffer}");
 
@@ -240,7 +237,7 @@ fn a_re_offer_to_the_caller_keeps_its_extra_sections_refused_in_their_places() {
         "{head}{video}{}m=video 0 RTP/AVP 97\r\nm=application 0 UDP/BFCP *\r\n",
         audio.replace("m=audio 30000", "m=audio 30010")
     );
-    b.on_response(t0, &reply(to_caller, 200, "caller", Some(&moved)));
+    b.on_response(t0, &reply(&to_caller, 200, "caller", Some(&moved)));
     let out = drain(&mut b);
     let Some(CallOutput::Notice(Notice::UpdateMedia { party, media, .. })) = out.first() else {
         panic!("{out:?}")
