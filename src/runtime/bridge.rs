@@ -124,6 +124,18 @@ pub enum MediaReport {
 /// Where media tasks report.
 pub type Reports = mpsc::UnboundedSender<MediaReport>;
 
+/// Reports the `digits` the side `from` of `call` sent (logged).
+pub(super) fn report_digits(done: &Reports, call: &str, from: Party, digits: Vec<Digit>) {
+    for digit in digits {
+        tracing::info!(call, ?from, digit = %digit.digit, ms = digit.duration_ms, "DTMF");
+        let _ = done.send(MediaReport::Digit {
+            call: call.to_string(),
+            from,
+            digit,
+        });
+    }
+}
+
 /// The media of every bridged call.
 pub struct Bridges {
     calls: HashMap<String, Slot>,
@@ -504,13 +516,6 @@ impl Legs {
         } else {
             (Party::Callee, Party::Caller)
         };
-        let report = |from, digit: Digit| {
-            let _ = done.send(MediaReport::Digit {
-                call: call.to_string(),
-                from,
-                digit,
-            });
-        };
         // Packets ready for each side, flushed once per wakeup.
         let (mut to_browser, mut to_sip) = (Vec::new(), Vec::new());
         let mut video_to_sip = Vec::new();
@@ -538,10 +543,7 @@ impl Legs {
                 got = self.sip.recv() => {
                     if got == Got::Rtp {
                         self.to_browser.on_packet(self.sip.heard, &self.sip.buf, &mut to_browser);
-                        for d in self.to_browser.take_digits() {
-                            tracing::info!(call, digit = %d.digit, ms = d.duration_ms, "DTMF from the SIP side");
-                            report(sip, d);
-                        }
+                        report_digits(&done, call, sip, self.to_browser.take_digits());
                     }
                 }
                 input = next_video(self.video.as_mut()) => {
@@ -574,9 +576,7 @@ impl Legs {
                     None => break,
                     Some(FromPeer::Rtp(StreamKind::Audio, p)) => {
                         self.to_sip.on_packet(Instant::now(), &p, &mut to_sip);
-                        for d in self.to_sip.take_digits() {
-                            report(browser, d);
-                        }
+                        report_digits(&done, call, browser, self.to_sip.take_digits());
                     }
                     Some(FromPeer::Rtp(StreamKind::Video, p)) => {
                         let got = self.video.as_mut().map(|v| {

@@ -9,7 +9,7 @@
 
 use super::bridge::{
     Control, Ends, MediaReport, PROGRESS_EVERY, log_plan, log_stop, plan, play, renegotiate,
-    replanned, sip_audio, sleep_until, totals,
+    replanned, report_digits, sip_audio, sleep_until, totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};
@@ -17,7 +17,6 @@ use super::sip_video::SipVideo;
 use crate::b2bua::Party;
 use crate::cdr::{MediaPlan, MediaTotals};
 use crate::media::bridge::{AudioEnd, Direction, audio_direction};
-use crate::media::dtmf::Digit;
 use crate::sdp::Agreed;
 use std::time::Instant;
 use tokio::task::JoinHandle;
@@ -88,15 +87,6 @@ impl Relay {
             mut silence,
         }: Ends,
     ) {
-        let report = |from, digits: Vec<Digit>| {
-            for digit in digits {
-                let _ = done.send(MediaReport::Digit {
-                    call: call.to_string(),
-                    from,
-                    digit,
-                });
-            }
-        };
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
         // As in `Legs::run`: deadlines from the last wakeup's time.
         let mut now = Instant::now();
@@ -122,13 +112,13 @@ impl Relay {
                 got = self.caller.recv() => {
                     if got == Got::Rtp {
                         self.to_callee.on_packet(self.caller.heard, &self.caller.buf, &mut to_callee);
-                        report(Party::Caller, self.to_callee.take_digits());
+                        report_digits(&done, call, Party::Caller, self.to_callee.take_digits());
                     }
                 }
                 got = self.callee.recv() => {
                     if got == Got::Rtp {
                         self.to_caller.on_packet(self.callee.heard, &self.callee.buf, &mut to_caller);
-                        report(Party::Callee, self.to_caller.take_digits());
+                        report_digits(&done, call, Party::Callee, self.to_caller.take_digits());
                     }
                 }
                 got = next_sip_video(self.video.as_mut()) => {
