@@ -106,7 +106,7 @@ impl B2bua {
             Caller::Browser(_) => Party::Callee,
             Caller::Sip(_) => Party::Caller,
         };
-        if !call.info[sip as usize].on {
+        if !call.info[sip.index()].on {
             return false;
         }
         for digit in digits
@@ -257,7 +257,7 @@ impl B2bua {
     pub(super) fn info_timed_out(&mut self, key: &TxKey) -> bool {
         let found = self.calls.iter().find_map(|(id, c)| {
             let to = [Party::Caller, Party::Callee].into_iter().find(|p| {
-                c.info[*p as usize]
+                c.info[p.index()]
                     .pending
                     .as_ref()
                     .and_then(|(_, k)| k.as_ref())

@@ -124,6 +124,15 @@ pub enum MediaReport {
 /// Where media tasks report.
 pub type Reports = mpsc::UnboundedSender<MediaReport>;
 
+/// Reports that side `of` of `call` is to be asked for a keyframe by
+/// SIP INFO (it takes no RTCP feedback).
+pub(super) fn report_keyframe_wanted(done: &Reports, call: &str, of: Party) {
+    let _ = done.send(MediaReport::KeyframeWanted {
+        call: call.to_string(),
+        of,
+    });
+}
+
 /// Reports the `digits` the side `from` of `call` sent (logged).
 pub(super) fn report_digits(done: &Reports, call: &str, from: Party, digits: Vec<Digit>) {
     for digit in digits {
@@ -606,12 +615,7 @@ impl Legs {
             if let Some(v) = self.video.as_mut() {
                 match video_ask {
                     Some(AskSip::Rtcp(rtcp)) => v.sip.send_rtcp(rtcp).await,
-                    Some(AskSip::Info) => {
-                        let _ = done.send(MediaReport::KeyframeWanted {
-                            call: call.to_string(),
-                            of: sip,
-                        });
-                    }
+                    Some(AskSip::Info) => report_keyframe_wanted(&done, call, sip),
                     None => {}
                 }
                 v.sip.flush(now, &mut video_to_sip).await;

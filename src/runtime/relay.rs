@@ -9,7 +9,7 @@
 
 use super::bridge::{
     Control, Ends, MediaReport, PROGRESS_EVERY, log_plan, log_stop, plan, play, renegotiate,
-    replanned, report_digits, sip_audio, sleep_until, totals,
+    replanned, report_digits, report_keyframe_wanted, sip_audio, sleep_until, totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};
@@ -123,7 +123,7 @@ impl Relay {
                 }
                 got = next_sip_video(self.video.as_mut()) => {
                     if let Some(v) = self.video.as_mut() {
-                        ask_info = v.handle(Instant::now(), got).await;
+                        ask_info = v.handle(got).await;
                     }
                 }
                 _ = &mut stop => break,
@@ -160,10 +160,7 @@ impl Relay {
                 v.flush(now).await;
             }
             if let Some(of) = ask_info {
-                let _ = done.send(MediaReport::KeyframeWanted {
-                    call: call.to_string(),
-                    of,
-                });
+                report_keyframe_wanted(&done, call, of);
             }
             if now >= next_progress {
                 next_progress = now + PROGRESS_EVERY;

@@ -240,7 +240,9 @@ impl MediaDesc {
     /// Whether the writer takes RTCP keyframe requests (PLI or FIR) for
     /// payload type `pt`.
     pub fn takes_keyframe_requests(&self, pt: u8) -> bool {
-        !self.keyframe_requests(pt).is_empty()
+        self.keyframe_fb
+            .iter()
+            .any(|(p, _)| p.is_none_or(|p| p == pt))
     }
 }
 

@@ -288,7 +288,7 @@ impl Offer {
         let audio: Vec<&Format> = self.audio.iter().chain(&self.dtmf).collect();
         section(s, "audio", (port, profile(self.srtp.as_ref())), &audio);
         if let Some(k) = &self.srtp {
-            let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
+            crypto_line(s, k);
         }
         let _ = write!(s, "a=ptime:20\r\na=rtcp-mux\r\na={}\r\n", direction.name());
     }
@@ -305,7 +305,7 @@ impl Offer {
             return;
         }
         if let Some(k) = &v.srtp {
-            let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
+            crypto_line(s, k);
         }
         for f in &formats {
             let _ = write!(
@@ -441,6 +441,11 @@ fn profile(srtp: Option<&MasterKey>) -> &'static str {
     } else {
         "RTP/AVP"
     }
+}
+
+/// Prints our SDES key's `a=crypto:1` line (RFC 4568).
+fn crypto_line(s: &mut String, k: &MasterKey) {
+    let _ = write!(s, "a=crypto:1 {} {}\r\n", k.suite.name(), k.to_inline());
 }
 
 /// Prints an `m=` line (on `port` with `profile`) and the `rtpmap`/`fmtp`
