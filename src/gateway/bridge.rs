@@ -393,7 +393,10 @@ impl Gateway {
         };
         let call = random_token(16);
         let ip = self.media_ip();
-        let with_video = !video.is_empty() || !sip_video.is_empty();
+        let (with_video, callee_video) = (
+            !video.is_empty() || !sip_video.is_empty(),
+            !sip_video.is_empty(),
+        );
         self.bridging.insert(
             call.clone(),
             PendingBridge {
@@ -415,6 +418,7 @@ impl Gateway {
             call,
             ip,
             video: with_video,
+            callee_video,
         });
     }
 

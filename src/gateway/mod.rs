@@ -152,6 +152,8 @@ pub enum GwOutput {
         ip: IpAddr,
         /// The caller's video is offered to callees (browsers, SIP).
         video: bool,
+        /// It is offered to SIP callees (a video port toward them).
+        callee_video: bool,
     },
     /// A bridged call starts (before any notice about it): for its record.
     CallStarted {

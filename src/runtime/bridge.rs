@@ -203,18 +203,21 @@ impl Bridges {
     }
 
     /// Binds RTP ports (and RTCP above each) toward a SIP caller and toward
-    /// its callees, and for video toward both when `video`.
+    /// its callees; for video toward the caller when its video is offered
+    /// to any callee (`caller_video`), and toward the callees when SIP
+    /// callees are offered it (`callee_video`: browsers take theirs over
+    /// WebRTC).
     pub fn reserve_sip(
         &mut self,
         media: &mut MediaCalls,
         call: &str,
         ip: IpAddr,
-        video: bool,
+        (caller_video, callee_video): (bool, bool),
     ) -> std::io::Result<SipPorts> {
         let caller = media.bind(ip, true)?;
         let ports = media.bind(ip, true)?;
-        let caller_video = video.then(|| media.bind(ip, true)).transpose()?;
-        let callee_video = video.then(|| media.bind(ip, true)).transpose()?;
+        let caller_video = caller_video.then(|| media.bind(ip, true)).transpose()?;
+        let callee_video = callee_video.then(|| media.bind(ip, true)).transpose()?;
         let port_of = |p: &Option<Ports>| {
             p.as_ref()
                 .map(|v| v.rtp.local_addr().map(|a| a.port()))

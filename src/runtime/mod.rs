@@ -317,9 +317,14 @@ pub async fn run(
                     gw.media_ready(Instant::now(), unix_now(), dialog, ports);
                 }
                 GwOutput::CloseMedia { dialog } => media.close(dialog),
-                GwOutput::BridgeMedia { call, ip, video } => {
+                GwOutput::BridgeMedia {
+                    call,
+                    ip,
+                    video,
+                    callee_video,
+                } => {
                     let ports = bridges
-                        .reserve_sip(media, &call, ip, video)
+                        .reserve_sip(media, &call, ip, (video, callee_video))
                         .map_err(|e| e.to_string());
                     gw.bridge_ready(Instant::now(), unix_now(), &call, ports);
                 }
