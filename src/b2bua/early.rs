@@ -125,7 +125,7 @@ impl B2bua {
         match crate::sdp::parse(&body).and_then(|sd| ours.read_answer(&sd)) {
             Ok(a) => {
                 tracing::info!(call = %call_id, "the caller answered our offer in its ACK");
-                sc.agreed = Some(a.audio.clone());
+                sc.agreed = Some(a.clone());
                 call.agreed_by(Party::Caller, &a.audio);
                 if let Some(callee) = call.held.take() {
                     self.notify(Notice::StartMedia {

@@ -355,10 +355,9 @@ struct SipCaller {
     reliable: bool,
     /// 200 sent.
     answered: bool,
-    /// What our answer agreed with the caller for audio.
-    agreed: Option<Negotiated>,
-    /// What it agreed for video.
-    video: Option<Negotiated>,
+    /// What our answer (or, from a late-offer caller, its answer in the
+    /// ACK) agreed with the caller: audio, and video where taken.
+    agreed: Option<Agreed>,
     /// Our answer in a 183 (early media) and what it agreed: the 200
     /// repeats it.
     early_answer: Option<(String, Agreed)>,
@@ -632,7 +631,6 @@ impl B2bua {
             reliable: crate::sip::requires(&dial.invite, "100rel"),
             answered: false,
             agreed: None,
-            video: None,
             early_answer: None,
             origin: (u64::from(rand::random::<u32>()), 0),
             session: Session {

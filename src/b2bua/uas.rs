@@ -103,19 +103,19 @@ impl B2bua {
         let (ok, forward) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
                 let agreed = sc.agreed.clone().ok_or("no caller media")?;
-                let video = sc.video.as_ref().and_then(|v| v.format.codec.clone());
+                let video = agreed.video.as_ref().and_then(|v| v.format.codec.as_ref());
                 let (body, Agreed { audio: now, .. }) = answer_caller(
                     sc,
                     &offer,
-                    agreed.format.codec.as_ref(),
-                    video.as_ref(),
+                    agreed.audio.format.codec.as_ref(),
+                    video,
                     call.dtmf,
                 )?;
                 let ok = caller_ok(&self.dialogs, sc, Some(msg), body.clone())
                     .ok_or("the dialog is gone")?;
-                moved = media_moved(&agreed, now);
-                if let Some(n) = &moved {
-                    sc.agreed = Some(n.clone());
+                moved = media_moved(&agreed.audio, now);
+                if let (Some(n), Some(a)) = (&moved, sc.agreed.as_mut()) {
+                    a.audio.clone_from(n);
                 }
                 sc.session.sdp = body;
                 sc.session.theirs = msg.body.clone();
@@ -171,13 +171,9 @@ impl B2bua {
                 c.session.theirs = msg.body.clone();
                 let forward = match caller {
                     Caller::Sip(sc) => {
-                        let agreed = sc.agreed.as_ref().ok_or("no caller media")?;
+                        let session = sc.agreed.as_ref().ok_or("no caller media")?;
                         sc.origin.1 += 1;
-                        let session = crate::sdp::Agreed {
-                            audio: agreed.clone(),
-                            video: sc.video.clone(),
-                        };
-                        let sdp = Offer::agreed(&session, sc.video_section())
+                        let sdp = Offer::agreed(session, sc.video_section())
                             .laid_out_like(&sc.session.sdp)
                             .to_sdp_with(sc.media.0, sc.media.1, sc.origin, held);
                         let req = caller_request(
@@ -255,10 +251,10 @@ impl B2bua {
         };
         let (agreed, session) = match (leg, &mut call.caller) {
             (Leg::Caller, Caller::Sip(sc)) => {
-                let Some(audio) = sc.agreed.as_mut() else {
+                let Some(a) = sc.agreed.as_mut() else {
                     return;
                 };
-                (audio, &mut sc.session)
+                (&mut a.audio, &mut sc.session)
             }
             (Leg::Fork(i), _) if call.winner == Some(Winner::Sip(i)) => {
                 let Some(c) = call.callee.as_mut() else {
@@ -507,7 +503,10 @@ fn answer_caller(
     answer_audio(
         theirs,
         prefer,
-        (our_key(sc.agreed.as_ref()), our_key(sc.video.as_ref())),
+        (
+            our_key(sc.agreed.as_ref().map(|a| &a.audio)),
+            our_key(sc.agreed.as_ref().and_then(|a| a.video.as_ref())),
+        ),
         sc.media,
         sc.origin,
         video.zip(port),
@@ -597,8 +596,7 @@ pub(super) fn accept_caller(
         sc.session.timer = Some(LegTimer::new(now, se, true));
     }
     sc.answered = true;
-    sc.agreed = agreed.as_ref().map(|a| a.audio.clone());
-    sc.video = agreed.as_ref().and_then(|a| a.video.clone());
+    sc.agreed.clone_from(&agreed);
     dialogs.accepted(now, sc.dialog, ok.to_bytes());
     out.push_back(CallOutput::Respond(sc.key.clone(), ok));
     Ok(agreed)
