@@ -7,6 +7,14 @@
 //! - relay: RTP passthrough over loopback UDP (receive, parse, rewrite SSRC/
 //!   sequence/timestamp/PT, send), plain and with SRTP unprotect + protect;
 //!   packets per CPU-second of the relay thread and p99 latency added.
+//! - quality: the cost and the quality of each Opus encoder complexity on
+//!   G.711 speech, as the gateway transcodes it toward a browser: the A-law
+//!   speech of a pcap (`QUALITY_PCAP`, default SIPp's
+//!   `/usr/share/sip-tester/g711a.pcap`) decoded to the reference, then
+//!   encoded at 8 kHz (20 kbit/s, no DTX) at complexity 0 to 10 and
+//!   decoded again; CPU per frame of the encoder, and the WAVs written to
+//!   `QUALITY_DIR` (default `target/opus-quality`) for `bench/opus_quality.py`,
+//!   which scores them (ITU-T P.862 narrowband MOS-LQO).
 //! - video: H.264 -> VP8 and VP8 -> H.264 (decode + encode) frames per
 //!   CPU-second at 640x360 and 1280x720, and the bidirectional 30 fps calls
 //!   per core that implies.
@@ -118,6 +126,127 @@ fn audio() -> R<()> {
         "audio: Opus encoder lookahead at 8 kHz: {lookahead} samples = {:.1} ms (the only algorithmic delay added; \
          both legs use 20 ms frames, so no re-framing)",
         f64::from(lookahead) / 8.0
+    );
+    Ok(())
+}
+
+/// The A-law payloads of a pcap's RTP packets (Ethernet, IPv4, UDP) laid
+/// out at their RTP timestamps, gaps filled with silence: 8 kHz PCM.
+fn pcap_alaw_speech(pcap: &[u8]) -> R<Vec<i16>> {
+    let mut at = 24;
+    let mut first_ts: Option<u32> = None;
+    let mut pcm = Vec::new();
+    while let Some(header) = pcap.get(at..at + 16) {
+        let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        let frame = pcap.get(at + 16..at + 16 + len).ok_or("a truncated pcap")?;
+        at += 16 + len;
+        // Ethernet (14), IPv4 without options (20), UDP (8).
+        let Some(packet) = frame.get(42..) else {
+            continue;
+        };
+        let Ok(h) = RtpHeader::parse(packet) else {
+            continue;
+        };
+        if h.payload_type != 8 {
+            continue;
+        }
+        let offset = h
+            .timestamp
+            .wrapping_sub(*first_ts.get_or_insert(h.timestamp)) as usize;
+        let payload = h.payload(packet);
+        if pcm.len() < offset + payload.len() {
+            pcm.resize(offset + payload.len(), 0);
+        }
+        for (i, &a) in payload.iter().enumerate() {
+            pcm[offset + i] = causeway_codecs::g711::alaw_decode(a);
+        }
+    }
+    if pcm.is_empty() {
+        return Err("no A-law RTP in the pcap".into());
+    }
+    Ok(pcm)
+}
+
+/// A mono 16-bit WAV file.
+fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
+    let data = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32, 0x0001_0001, rate, rate * 2, 0x0010_0002] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+/// G.711 speech through the gateway's Opus encoder at every complexity:
+/// encoder CPU per 20 ms frame, and the decoded speech for `bench/opus_quality.py`.
+fn quality() -> R<()> {
+    let source =
+        std::env::var("QUALITY_PCAP").unwrap_or_else(|_| "/usr/share/sip-tester/g711a.pcap".into());
+    let dir = std::path::PathBuf::from(
+        std::env::var("QUALITY_DIR").unwrap_or_else(|_| "target/opus-quality".into()),
+    );
+    std::fs::create_dir_all(&dir)?;
+    let mut speech = pcap_alaw_speech(&std::fs::read(&source)?)?;
+    speech.resize(speech.len().div_ceil(160) * 160, 0);
+    std::fs::write(dir.join("reference.wav"), wav(8000, &speech))?;
+    println!(
+        "quality: {:.2} s of A-law speech from {source}",
+        speech.len() as f64 / 8000.0
+    );
+    for complexity in 0..=10u8 {
+        let cfg = OpusConfig {
+            complexity,
+            dtx: false,
+            ..OpusConfig::narrowband()
+        };
+        let frame = |chunk: &[i16]| Pcm {
+            sample_rate: 8000,
+            channels: 1,
+            samples: chunk.to_vec(),
+        };
+        let (mut payload, mut out) = (Vec::new(), frame(&[]));
+        let mut decoded = Vec::with_capacity(speech.len());
+        let (mut enc, mut dec) = (OpusEncoder::new(cfg)?, OpusDecoder::new(8000, 1)?);
+        for chunk in speech.chunks_exact(160) {
+            enc.encode(&frame(chunk), &mut payload)?;
+            dec.decode(&payload, &mut out)?;
+            decoded.extend_from_slice(&out.samples);
+        }
+        // The encoder's cost alone, over fresh encoders.
+        let frames: Vec<Pcm> = speech.chunks_exact(160).map(frame).collect();
+        let rounds = 10;
+        let start = thread_cpu();
+        for _ in 0..rounds {
+            let mut enc = OpusEncoder::new(cfg)?;
+            for f in &frames {
+                enc.encode(f, &mut payload)?;
+                black_box(&payload);
+            }
+        }
+        let cpu = thread_cpu() - start;
+        // The encoder's lookahead delays the output: align it to the input.
+        let delay = OpusEncoder::new(cfg)?.lookahead()? as usize;
+        decoded.drain(..delay.min(decoded.len()));
+        std::fs::write(
+            dir.join(format!("complexity-{complexity}.wav")),
+            wav(8000, &decoded),
+        )?;
+        println!(
+            "quality: complexity {complexity:2}: Opus encoder {:.1} us CPU per 20 ms frame",
+            cpu.as_secs_f64() * 1e6 / (frames.len() * rounds) as f64
+        );
+    }
+    println!(
+        "quality: WAVs in {}; score them with bench/opus_quality.py",
+        dir.display()
     );
     Ok(())
 }
@@ -472,6 +601,9 @@ fn main() -> R<()> {
     }
     if matches!(what.as_str(), "video" | "all") {
         video()?;
+    }
+    if what == "quality" {
+        quality()?;
     }
     Ok(())
 }

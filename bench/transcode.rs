@@ -1,5 +1,6 @@
 //! Concurrent G.711 <-> Opus transcoded calls through the B2BUA:
-//! `cargo bench --bench transcode [CALLS] [SECONDS]` (defaults 200 and 10).
+//! `cargo bench --bench transcode [CALLS] [SECONDS]` (defaults 200 and 10;
+//! `OPUS_COMPLEXITY=N` runs the gateway with `media.opus_complexity = N`).
 //!
 //! The WebRTC side is the load client of `tests/load/webrtc_client.rs`:
 //! CALLS str0m peers offer Opus only and call `bob` through the client API,
@@ -83,11 +84,21 @@ fn main() {
         "[[rule]]\nname = \"bench\"\npriority = 1\nmatch.to = 'bob'\n\
          target = {{ type = \"sip\", uri = \"sip:127.0.0.1:{uas_port}\" }}\n{media}"
     );
-    println!("rule codecs: {codecs}");
+    // OPUS_COMPLEXITY sets `media.opus_complexity`; unset, the default.
+    let complexity = std::env::var("OPUS_COMPLEXITY").ok();
+    let media = complexity
+        .as_ref()
+        .map(|c| format!("opus_complexity = {c}"))
+        .unwrap_or_default();
+    println!(
+        "rule codecs: {codecs}; Opus complexity: {}",
+        complexity.as_deref().unwrap_or("the default")
+    );
     let gw = load::Gateway::start(
         env!("CARGO_BIN_EXE_causeway"),
         "bench-transcode",
         Some(&plan),
+        &media,
     );
     let pid = gw.pid();
     let mut media_start = (Duration::ZERO, Instant::now());

@@ -230,6 +230,11 @@ pub struct MediaConfig {
     /// The same, while a side has the call on hold (a held phone may
     /// rightly send nothing, RTCP included); 0: never.
     pub hold_timeout: u32,
+    /// Complexity (0 cheapest to 10) of the Opus encoders of transcoded
+    /// calls: the operator's trade of CPU for quality. The default, 1,
+    /// scores as well as 5 on G.711 speech (P.862 narrowband, see
+    /// `bench/RESULTS.md`) at less than half the encoder's cost.
+    pub opus_complexity: Spanned<u8>,
 }
 
 impl MediaConfig {
@@ -257,6 +262,7 @@ impl Default for MediaConfig {
             port_max: Spanned::new(0..0, 30000),
             timeout: 60,
             hold_timeout: 0,
+            opus_complexity: Spanned::new(0..0, 1),
         }
     }
 }
@@ -453,6 +459,16 @@ impl Config {
                     "media.port_max ({}) must be above port_min ({})",
                     max.get_ref(),
                     min.get_ref()
+                ),
+            ));
+        }
+        let complexity = &self.media.opus_complexity;
+        if *complexity.get_ref() > 10 {
+            return Err((
+                complexity.span().start,
+                format!(
+                    "media.opus_complexity ({}) must be 0 to 10",
+                    complexity.get_ref()
                 ),
             ));
         }
@@ -666,6 +682,9 @@ password = "secret"
         let e =
             Config::parse("[media]\nport_min = 30000\nport_max = 20000\n", "c.toml").unwrap_err();
         assert_eq!(e.line, 3, "{e}");
+        let e = Config::parse("[media]\n\nopus_complexity = 11\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("0 to 10"), "{e}");
         let e = Config::parse("\n[[users]]\nname = \"bob\"\n", "c.toml").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("needs password"), "{e}");

@@ -645,8 +645,13 @@ impl AudioEnd {
 
 /// The direction from `from` to `to`: passthrough when both use the same
 /// codec (payload types and events remapped), else transcoding at the PCM
-/// rate the two share. Events are recognised either way.
-pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecError> {
+/// rate the two share, an Opus encoder at `opus_complexity` (0-10; the
+/// operator's `media.opus_complexity`). Events are recognised either way.
+pub fn audio_direction(
+    from: AudioEnd,
+    to: AudioEnd,
+    opus_complexity: u8,
+) -> Result<Direction, CodecError> {
     let mode = if from.codec == to.codec {
         let mut map = HashMap::from([(from.pt, to.pt)]);
         // Events are relayed as they are only at the same clock; else they
@@ -663,6 +668,7 @@ pub fn audio_direction(from: AudioEnd, to: AudioEnd) -> Result<Direction, CodecE
             // Opus's DTX takes steady tones (ringback, DTMF-like prompts,
             // music on hold) for background noise and stops sending them.
             dtx: false,
+            complexity: opus_complexity,
             ..if pcm_rate == 8000 {
                 OpusConfig::narrowband()
             } else {
@@ -943,7 +949,7 @@ mod tests {
             codec: AudioCodec::Opus,
             dtmf: Some((110, 48000)),
         };
-        let mut d = audio_direction(sip, browser).unwrap();
+        let mut d = audio_direction(sip, browser, 1).unwrap();
         assert!(matches!(d.mode, Mode::Passthrough(_)));
         let ev = |end, duration| EventPayload {
             event: 5,
@@ -977,7 +983,7 @@ mod tests {
             dtmf: None,
         };
         let pcmu = end(0, AudioCodec::Pcmu);
-        let mut d = audio_direction(pcmu, pcmu).unwrap();
+        let mut d = audio_direction(pcmu, pcmu, 1).unwrap();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let input = pcmu_packets(20, 9, 100, 0);
@@ -989,7 +995,7 @@ mod tests {
             dtmf: Some((101, 48000)),
             ..end(111, AudioCodec::Opus)
         };
-        d.replace(audio_direction(pcmu, opus).unwrap());
+        d.replace(audio_direction(pcmu, opus, 1).unwrap());
         assert_eq!(d.stats.packets_out, 10, "counters go on");
         for (i, p) in input[10..].iter().enumerate() {
             let now = t0 + MS * (200 + 20 * i as u32);
@@ -1020,7 +1026,7 @@ mod tests {
             codec: AudioCodec::Pcmu,
             dtmf: Some((101, 8000)),
         };
-        let mut d = audio_direction(from, to).unwrap();
+        let mut d = audio_direction(from, to, 1).unwrap();
         let mut out = Vec::new();
         let audio = pcmu_packets(3, 0x55, 10, 800);
         d.on_packet(t0, &audio[0], &mut out);
@@ -1062,7 +1068,7 @@ mod tests {
         );
         assert!(headers.iter().all(|h| h.ssrc == headers[0].ssrc));
         // No telephone-event on the other leg: refused.
-        let mut plain = audio_direction(to, from).unwrap();
+        let mut plain = audio_direction(to, from, 1).unwrap();
         assert!(plain.play_digits("1", 100).is_err());
     }
 }

@@ -151,6 +151,8 @@ pub struct Bridges {
     done: Reports,
     /// How long a SIP side may send nothing before it counts as gone.
     silence: Silence,
+    /// The complexity of transcoded calls' Opus encoders.
+    opus_complexity: u8,
 }
 
 impl std::fmt::Debug for Bridges {
@@ -164,12 +166,14 @@ impl std::fmt::Debug for Bridges {
 impl Bridges {
     /// No calls yet; each call's task reports to `done` (digits and
     /// counters while it runs, a SIP side silent past `silence`, its
-    /// counters when it stops).
-    pub fn new(done: Reports, silence: Silence) -> Self {
+    /// counters when it stops); transcoded calls encode Opus at
+    /// `opus_complexity`.
+    pub fn new(done: Reports, silence: Silence, opus_complexity: u8) -> Self {
         Self {
             calls: HashMap::new(),
             done,
             silence,
+            opus_complexity,
         }
     }
 
@@ -265,6 +269,7 @@ impl Bridges {
             stop,
             done: self.done.clone(),
             silence: self.silence,
+            opus_complexity: self.opus_complexity,
         };
         let (task, plan) = match (caller, callee, reserved) {
             (CallerMedia::Browser(peer), CalleeMedia::Sip(a), CallerPorts::Browser(formats)) => {
@@ -425,6 +430,8 @@ pub(super) struct Ends {
     pub done: Reports,
     /// The media timeout of a SIP side.
     pub silence: Silence,
+    /// The complexity of the call's Opus encoders, if it transcodes.
+    pub opus_complexity: u8,
 }
 
 /// The running media between a browser and a SIP endpoint.
@@ -442,6 +449,8 @@ struct Legs {
     browser_called: bool,
     /// Video, when both sides have it.
     video: Option<VideoLegs>,
+    /// The complexity of the Opus encoder, if the call transcodes.
+    opus_complexity: u8,
 }
 
 impl Legs {
@@ -481,8 +490,10 @@ impl Legs {
         let sip_end = sip_audio(&agreed.audio)?;
         let browser =
             crate::b2bua::browser_audio(formats).ok_or("the browser has no audio codec")?;
-        let to_sip = audio_direction(browser, sip_end).map_err(|e| e.to_string())?;
-        let to_browser = audio_direction(sip_end, browser).map_err(|e| e.to_string())?;
+        let complexity = ends.opus_complexity;
+        let to_sip = audio_direction(browser, sip_end, complexity).map_err(|e| e.to_string())?;
+        let to_browser =
+            audio_direction(sip_end, browser, complexity).map_err(|e| e.to_string())?;
         let sip = RtpEnd::open(audio, &agreed.audio, call)?;
         let video = match (&agreed.video, video) {
             (Some(v), Some(ports)) => {
@@ -500,6 +511,7 @@ impl Legs {
             peer,
             browser_called,
             video,
+            opus_complexity: complexity,
         };
         let plan = legs.plan();
         log_plan(call, &plan);
@@ -521,6 +533,7 @@ impl Legs {
             mut stop,
             done,
             mut silence,
+            ..
         }: Ends,
     ) {
         let (browser, sip) = if self.browser_called {
@@ -572,7 +585,7 @@ impl Legs {
                         }
                     }
                     Control::Renegotiate(party, n) if party == sip => {
-                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, self.browser_end, (&mut self.to_sip, &mut self.to_browser));
+                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, (self.browser_end, self.opus_complexity), (&mut self.to_sip, &mut self.to_browser));
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
                     Control::Renegotiate(..) => {
@@ -708,18 +721,18 @@ pub(super) fn log_stop(call: &str, to_sip: &Direction, to_caller: &Direction, si
 /// Moves the SIP side `sip` of a call to its new answer `n`: its keys,
 /// the remote's addresses, what it sends and takes (`end`), and each
 /// direction between it and `other` (`(to_sip, from_sip)`) re-planned,
-/// relayed or transcoded anew. On an answer the media cannot take,
-/// nothing changes.
+/// relayed or transcoded anew (Opus encoded at `opus_complexity`). On an
+/// answer the media cannot take, nothing changes.
 pub(super) fn renegotiate(
     sip: &mut RtpEnd,
     end: &mut AudioEnd,
     n: &Negotiated,
-    other: AudioEnd,
+    (other, opus_complexity): (AudioEnd, u8),
     (to_sip, from_sip): (&mut Direction, &mut Direction),
 ) -> Result<(), String> {
     let new = sip_audio(n)?;
-    let to = audio_direction(other, new).map_err(|e| e.to_string())?;
-    let from = audio_direction(new, other).map_err(|e| e.to_string())?;
+    let to = audio_direction(other, new, opus_complexity).map_err(|e| e.to_string())?;
+    let from = audio_direction(new, other, opus_complexity).map_err(|e| e.to_string())?;
     // New SDES keys (a side may rekey in a re-offer), before anything moves.
     sip.session
         .rekey(n.srtp.as_ref().map(crate::sdp::Srtp::keys))

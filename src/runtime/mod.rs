@@ -283,6 +283,7 @@ pub async fn run(
     let mut bridges = bridge::Bridges::new(
         media_done_tx,
         bridge::Silence::new(cfg.media.silence(), cfg.media.held_silence()),
+        *cfg.media.opus_complexity.get_ref(),
     );
     let mut records = crate::cdr::Records::default();
     let keep = move |r: crate::cdr::CallRecord| {

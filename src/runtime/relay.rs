@@ -33,6 +33,8 @@ pub(super) struct Relay {
     to_caller: Direction,
     /// Video, when both sides have it.
     video: Option<SipVideo>,
+    /// The complexity of the Opus encoder, if the call transcodes.
+    opus_complexity: u8,
 }
 
 impl Relay {
@@ -51,8 +53,11 @@ impl Relay {
     ) -> Result<(JoinHandle<()>, MediaPlan), String> {
         let caller_end = sip_audio(&agreed.audio)?;
         let callee_end = sip_audio(&n.audio)?;
-        let to_callee = audio_direction(caller_end, callee_end).map_err(|e| e.to_string())?;
-        let to_caller = audio_direction(callee_end, caller_end).map_err(|e| e.to_string())?;
+        let complexity = ends.opus_complexity;
+        let to_callee =
+            audio_direction(caller_end, callee_end, complexity).map_err(|e| e.to_string())?;
+        let to_caller =
+            audio_direction(callee_end, caller_end, complexity).map_err(|e| e.to_string())?;
         let video = match (&agreed.video, &n.video, caller_video, callee_video) {
             (Some(a), Some(b), Some(pa), Some(pb)) => RtpEnd::open(pa, a, call)
                 .and_then(|ea| Ok((ea, RtpEnd::open(pb, b, call)?)))
@@ -69,6 +74,7 @@ impl Relay {
             to_callee,
             to_caller,
             video,
+            opus_complexity: complexity,
         };
         let plan = relay.plan();
         log_plan(call, &plan);
@@ -85,6 +91,7 @@ impl Relay {
             mut stop,
             done,
             mut silence,
+            ..
         }: Ends,
     ) {
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
@@ -137,8 +144,8 @@ impl Relay {
                     }
                     Control::Renegotiate(party, n) => {
                         let moved = match party {
-                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, (&mut self.to_callee, &mut self.to_caller)),
-                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, (&mut self.to_caller, &mut self.to_callee)),
+                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, (self.caller_end, self.opus_complexity), (&mut self.to_callee, &mut self.to_caller)),
+                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, (self.callee_end, self.opus_complexity), (&mut self.to_caller, &mut self.to_callee)),
                         };
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }

@@ -487,8 +487,9 @@ pub fn free_port() -> u16 {
 
 impl Gateway {
     /// Starts `binary` with `dialplan` (TOML; `None`: the embedded default
-    /// plan) and waits for its HTTP port.
-    pub fn start(binary: &str, name: &str, dialplan: Option<&str>) -> Gateway {
+    /// plan) and `media` (more `[media]` settings, TOML lines), and waits
+    /// for its HTTP port.
+    pub fn start(binary: &str, name: &str, dialplan: Option<&str>, media: &str) -> Gateway {
         let dir = std::env::temp_dir().join(format!("causeway-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
         let (http, webrtc, sip) = (free_port(), free_port(), free_port());
@@ -506,7 +507,7 @@ impl Gateway {
             format!(
                 "[sip]\nudp = [\"127.0.0.1:{sip}\"]\ntcp = []\n[webrtc]\nbind = \"127.0.0.1:{webrtc}\"\n\
                  [http]\nbind = \"127.0.0.1:{http}\"\n[storage]\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n\
-                 [admin]\ntoken = \"{ADMIN_TOKEN}\"\n[media]\nport_min = 30000\nport_max = 60000\n{plan}",
+                 [admin]\ntoken = \"{ADMIN_TOKEN}\"\n[media]\nport_min = 30000\nport_max = 60000\n{media}\n{plan}",
                 dir.join("data").display(),
             ),
         )
