@@ -829,6 +829,69 @@ mod tests {
     }
 
     #[test]
+    fn transcoded_opus_is_encoded_at_the_configured_complexity() {
+        let pcmu = AudioEnd {
+            pt: 0,
+            codec: AudioCodec::Pcmu,
+            dtmf: None,
+        };
+        let opus = AudioEnd {
+            pt: 111,
+            codec: AudioCodec::Opus,
+            dtmf: None,
+        };
+        let input = pcmu_packets(50, 5, 0, 0);
+        let t0 = Instant::now();
+        let through_direction = |complexity| {
+            let mut d = audio_direction(pcmu, opus, complexity).unwrap();
+            let mut out = Vec::new();
+            for (i, p) in input.iter().enumerate() {
+                let now = t0 + MS * (20 * i as u32);
+                d.on_packet(now, p, &mut out);
+                d.poll(now, &mut out);
+            }
+            d.poll(t0 + MS * 1020, &mut out);
+            let payloads: Vec<Vec<u8>> = out
+                .iter()
+                .map(|p| RtpHeader::parse(p).unwrap().payload(p).to_vec())
+                .collect();
+            payloads
+        };
+        // The same speech through an encoder set as the operator's setting says.
+        let by_hand = |complexity| {
+            let mut g = G711::new(Law::Ulaw);
+            let mut enc = OpusEncoder::new(OpusConfig {
+                complexity,
+                dtx: false,
+                ..OpusConfig::narrowband()
+            })
+            .unwrap();
+            let mut pcm = Pcm {
+                sample_rate: 8000,
+                channels: 1,
+                samples: Vec::new(),
+            };
+            let payloads: Vec<Vec<u8>> = input
+                .iter()
+                .map(|p| {
+                    g.decode(RtpHeader::parse(p).unwrap().payload(p), &mut pcm)
+                        .unwrap();
+                    let mut out = Vec::new();
+                    enc.encode(&pcm, &mut out).unwrap();
+                    out
+                })
+                .collect();
+            payloads
+        };
+        let (cheap, best) = (through_direction(0), through_direction(10));
+        // Then the playout conceals the frames after the last packet.
+        assert!(cheap.len() >= 50 && best.len() >= 50);
+        assert_eq!(cheap[..50], by_hand(0));
+        assert_eq!(best[..50], by_hand(10));
+        assert_ne!(cheap, best, "the setting changes what is encoded");
+    }
+
+    #[test]
     fn transcoding_pcmu_to_opus_carries_the_tone_with_a_48k_clock() {
         let mut d = Direction::new(Mode::Transcode(Box::new(pcmu_to_opus())), 48000);
         let t0 = Instant::now();
