@@ -1,8 +1,10 @@
 //! Media engine costs, in CPU time per unit of work (the honest figure on a
-//! small, shared machine): `cargo bench --bench media [audio|relay|video|all]`.
+//! small, shared machine): `cargo bench --bench media [audio|relay|video|all]`,
+//! and `cargo bench --bench media quality` (not part of `all`).
 //!
 //! - audio: a G.711 <-> Opus transcoded call, both directions, per 20 ms,
-//!   at Opus complexity 5 (8 kHz, no resampler), and the one-way delay the
+//!   at Opus complexity 1 (the default), 5, 3 and 8 (8 kHz, no
+//!   resampler), on two mixed tones, and the one-way delay the
 //!   chain adds (processing p99 plus the Opus encoder's lookahead).
 //! - relay: RTP passthrough over loopback UDP (receive, parse, rewrite SSRC/
 //!   sequence/timestamp/PT, send), plain and with SRTP unprotect + protect;
@@ -76,7 +78,7 @@ fn audio() -> R<()> {
         g.encode(&pcm(chunk), &mut p)?;
         ulaw_frames.push(p);
     }
-    for complexity in [5u8, 3, 8] {
+    for complexity in [1u8, 5, 3, 8] {
         let cfg = OpusConfig {
             complexity,
             dtx: false,
@@ -130,18 +132,31 @@ fn audio() -> R<()> {
     Ok(())
 }
 
-/// The A-law payloads of a pcap's RTP packets (Ethernet, IPv4, UDP) laid
-/// out at their RTP timestamps, gaps filled with silence: 8 kHz PCM.
+/// The A-law payloads of the first RTP stream in a pcap (little-endian,
+/// Ethernet, IPv4, UDP) laid out at their RTP timestamps, gaps filled with
+/// silence: 8 kHz PCM, at most ten minutes of it.
 fn pcap_alaw_speech(pcap: &[u8]) -> R<Vec<i16>> {
+    const MAX_SAMPLES: usize = 10 * 60 * 8000;
+    let magic = pcap.get(0..4).ok_or("not a pcap")?;
+    let link = pcap.get(20..24).ok_or("not a pcap")?;
+    if magic != 0xa1b2_c3d4u32.to_le_bytes() || link != 1u32.to_le_bytes() {
+        return Err("not a little-endian Ethernet pcap".into());
+    }
     let mut at = 24;
-    let mut first_ts: Option<u32> = None;
+    let mut first: Option<(u32, u32)> = None;
     let mut pcm = Vec::new();
     while let Some(header) = pcap.get(at..at + 16) {
         let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
         let frame = pcap.get(at + 16..at + 16 + len).ok_or("a truncated pcap")?;
         at += 16 + len;
-        // Ethernet (14), IPv4 without options (20), UDP (8).
-        let Some(packet) = frame.get(42..) else {
+        // Ethernet (14) carrying IPv4 (its header length in words) and UDP (8).
+        let ip = match frame.get(12..15) {
+            Some([0x08, 0x00, v]) if v >> 4 == 4 && frame.get(23) == Some(&17) => {
+                14 + usize::from(v & 0x0f) * 4
+            }
+            _ => continue,
+        };
+        let Some(packet) = frame.get(ip + 8..) else {
             continue;
         };
         let Ok(h) = RtpHeader::parse(packet) else {
@@ -150,9 +165,14 @@ fn pcap_alaw_speech(pcap: &[u8]) -> R<Vec<i16>> {
         if h.payload_type != 8 {
             continue;
         }
-        let offset = h
-            .timestamp
-            .wrapping_sub(*first_ts.get_or_insert(h.timestamp)) as usize;
+        let (ssrc, ts0) = *first.get_or_insert((h.ssrc, h.timestamp));
+        if h.ssrc != ssrc {
+            continue;
+        }
+        let offset = h.timestamp.wrapping_sub(ts0) as usize;
+        if offset > MAX_SAMPLES {
+            continue;
+        }
         let payload = h.payload(packet);
         if pcm.len() < offset + payload.len() {
             pcm.resize(offset + payload.len(), 0);

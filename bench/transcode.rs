@@ -86,19 +86,20 @@ fn main() {
     );
     // OPUS_COMPLEXITY sets `media.opus_complexity`; unset, the default.
     let complexity = std::env::var("OPUS_COMPLEXITY").ok();
-    let media = complexity
-        .as_ref()
+    let complexity: Option<u8> =
+        complexity.map(|c| c.parse().expect("OPUS_COMPLEXITY is a number from 0 to 10"));
+    let media_settings = complexity
         .map(|c| format!("opus_complexity = {c}"))
         .unwrap_or_default();
     println!(
         "rule codecs: {codecs}; Opus complexity: {}",
-        complexity.as_deref().unwrap_or("the default")
+        complexity.map_or("the default".into(), |c| c.to_string())
     );
     let gw = load::Gateway::start(
         env!("CARGO_BIN_EXE_causeway"),
         "bench-transcode",
         Some(&plan),
-        &media,
+        &media_settings,
     );
     let pid = gw.pid();
     let mut media_start = (Duration::ZERO, Instant::now());

@@ -31,7 +31,9 @@ pub struct OpusConfig {
 }
 
 impl OpusConfig {
-    /// What the gateway sends browsers: 48 kHz mono voice, FEC and DTX on.
+    /// Base settings for browsers: 48 kHz mono voice, FEC and DTX on,
+    /// complexity 5. The gateway's transcoding turns DTX off and takes the
+    /// complexity from its `media.opus_complexity`.
     pub fn webrtc() -> Self {
         Self {
             sample_rate: 48_000,
@@ -43,7 +45,8 @@ impl OpusConfig {
         }
     }
 
-    /// Bridging G.711: narrowband at 8 kHz, no resampler on the path.
+    /// Base settings for bridging G.711: as [`Self::webrtc`], narrowband
+    /// at 8 kHz (no resampler on the path) and 20 kbit/s.
     pub fn narrowband() -> Self {
         Self {
             sample_rate: 8_000,

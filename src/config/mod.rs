@@ -233,7 +233,8 @@ pub struct MediaConfig {
     /// Complexity (0 cheapest to 10) of the Opus encoders of transcoded
     /// calls: the operator's trade of CPU for quality. The default, 1,
     /// scores as well as 5 on G.711 speech (P.862 narrowband, see
-    /// `bench/RESULTS.md`) at less than half the encoder's cost.
+    /// `bench/RESULTS.md`) at less than half the encoder's cost; wideband
+    /// (G.722 <-> Opus) calls use it too, unmeasured.
     pub opus_complexity: Spanned<u8>,
 }
 

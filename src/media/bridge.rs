@@ -857,7 +857,7 @@ mod tests {
                 .collect();
             payloads
         };
-        // The same speech through an encoder set as the operator's setting says.
+        // The same tone through an encoder set as the operator's setting says.
         let by_hand = |complexity| {
             let mut g = G711::new(Law::Ulaw);
             let mut enc = OpusEncoder::new(OpusConfig {

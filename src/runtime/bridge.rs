@@ -159,7 +159,8 @@ impl std::fmt::Debug for Bridges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bridges")
             .field("calls", &self.calls.len())
-            .finish()
+            .field("opus_complexity", &self.opus_complexity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -585,7 +586,7 @@ impl Legs {
                         }
                     }
                     Control::Renegotiate(party, n) if party == sip => {
-                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, (self.browser_end, self.opus_complexity), (&mut self.to_sip, &mut self.to_browser));
+                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, self.browser_end, self.opus_complexity, (&mut self.to_sip, &mut self.to_browser));
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
                     Control::Renegotiate(..) => {
@@ -727,7 +728,8 @@ pub(super) fn renegotiate(
     sip: &mut RtpEnd,
     end: &mut AudioEnd,
     n: &Negotiated,
-    (other, opus_complexity): (AudioEnd, u8),
+    other: AudioEnd,
+    opus_complexity: u8,
     (to_sip, from_sip): (&mut Direction, &mut Direction),
 ) -> Result<(), String> {
     let new = sip_audio(n)?;

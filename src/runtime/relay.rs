@@ -144,8 +144,8 @@ impl Relay {
                     }
                     Control::Renegotiate(party, n) => {
                         let moved = match party {
-                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, (self.caller_end, self.opus_complexity), (&mut self.to_callee, &mut self.to_caller)),
-                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, (self.callee_end, self.opus_complexity), (&mut self.to_caller, &mut self.to_callee)),
+                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, self.opus_complexity, (&mut self.to_callee, &mut self.to_caller)),
+                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, self.opus_complexity, (&mut self.to_caller, &mut self.to_callee)),
                         };
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
