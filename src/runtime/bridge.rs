@@ -20,7 +20,7 @@ use super::media::{MediaCalls, Ports};
 use super::relay::Relay;
 pub use super::rtp_end::Silence;
 use super::rtp_end::{Got, RtpEnd};
-use super::video::{AskSip, FromBrowser, VideoIn, VideoLegs};
+use super::video::{AskSip, FromBrowser, VideoLegs};
 use super::webrtc::{FromPeer, WebrtcHandle};
 use crate::b2bua::{CalleeMedia, CallerMedia, Party};
 use crate::cdr::{MediaPlan, MediaTotals};
@@ -450,8 +450,6 @@ struct Legs {
     browser_called: bool,
     /// Video, when both sides have it.
     video: Option<VideoLegs>,
-    /// The complexity of the Opus encoder, if the call transcodes.
-    opus_complexity: u8,
 }
 
 impl Legs {
@@ -512,7 +510,6 @@ impl Legs {
             peer,
             browser_called,
             video,
-            opus_complexity: complexity,
         };
         let plan = legs.plan();
         log_plan(call, &plan);
@@ -534,7 +531,7 @@ impl Legs {
             mut stop,
             done,
             mut silence,
-            ..
+            opus_complexity,
         }: Ends,
     ) {
         let (browser, sip) = if self.browser_called {
@@ -572,7 +569,7 @@ impl Legs {
                         report_digits(&done, call, sip, self.to_browser.take_digits());
                     }
                 }
-                input = next_video(self.video.as_mut()) => {
+                input = maybe(self.video.as_mut().map(VideoLegs::next)) => {
                     if let Some(v) = self.video.as_mut() {
                         video_ask = v.handle(input, &self.webrtc, &mut video_to_sip);
                     }
@@ -586,7 +583,7 @@ impl Legs {
                         }
                     }
                     Control::Renegotiate(party, n) if party == sip => {
-                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, self.browser_end, self.opus_complexity, (&mut self.to_sip, &mut self.to_browser));
+                        let moved = renegotiate(&mut self.sip, &mut self.sip_end, &n, self.browser_end, opus_complexity, (&mut self.to_sip, &mut self.to_browser));
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
                     Control::Renegotiate(..) => {
@@ -670,10 +667,11 @@ impl Legs {
     }
 }
 
-/// What next wakes a call's video (never, without video).
-async fn next_video(video: Option<&mut VideoLegs>) -> VideoIn {
-    match video {
-        Some(v) => v.next().await,
+/// What `next` yields (a call's next video input), or never when there is
+/// none (no video).
+pub(super) async fn maybe<F: std::future::Future>(next: Option<F>) -> F::Output {
+    match next {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }

@@ -8,7 +8,7 @@
 //! when the call starts and ends from [`crate::b2bua`] through `bridge`.
 
 use super::bridge::{
-    Control, Ends, MediaReport, PROGRESS_EVERY, log_plan, log_stop, plan, play, renegotiate,
+    Control, Ends, MediaReport, PROGRESS_EVERY, log_plan, log_stop, maybe, plan, play, renegotiate,
     replanned, report_digits, report_keyframe_wanted, sip_audio, sleep_until, totals,
 };
 use super::media::Ports;
@@ -33,8 +33,6 @@ pub(super) struct Relay {
     to_caller: Direction,
     /// Video, when both sides have it.
     video: Option<SipVideo>,
-    /// The complexity of the Opus encoder, if the call transcodes.
-    opus_complexity: u8,
 }
 
 impl Relay {
@@ -74,7 +72,6 @@ impl Relay {
             to_callee,
             to_caller,
             video,
-            opus_complexity: complexity,
         };
         let plan = relay.plan();
         log_plan(call, &plan);
@@ -91,7 +88,7 @@ impl Relay {
             mut stop,
             done,
             mut silence,
-            ..
+            opus_complexity,
         }: Ends,
     ) {
         let (mut to_caller, mut to_callee) = (Vec::new(), Vec::new());
@@ -128,7 +125,7 @@ impl Relay {
                         report_digits(&done, call, Party::Callee, self.to_caller.take_digits());
                     }
                 }
-                got = next_sip_video(self.video.as_mut()) => {
+                got = maybe(self.video.as_mut().map(SipVideo::next)) => {
                     if let Some(v) = self.video.as_mut() {
                         ask_info = v.handle(got).await;
                     }
@@ -144,8 +141,8 @@ impl Relay {
                     }
                     Control::Renegotiate(party, n) => {
                         let moved = match party {
-                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, self.opus_complexity, (&mut self.to_callee, &mut self.to_caller)),
-                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, self.opus_complexity, (&mut self.to_caller, &mut self.to_callee)),
+                            Party::Callee => renegotiate(&mut self.callee, &mut self.callee_end, &n, self.caller_end, opus_complexity, (&mut self.to_callee, &mut self.to_caller)),
+                            Party::Caller => renegotiate(&mut self.caller, &mut self.caller_end, &n, self.callee_end, opus_complexity, (&mut self.to_caller, &mut self.to_callee)),
                         };
                         replanned(call, moved.map(|()| self.plan()), &done);
                     }
@@ -219,13 +216,5 @@ impl Relay {
             t.video_to_caller_out = to_caller.packets_out;
         }
         t
-    }
-}
-
-/// What next wakes a SIP call's video (never, without video).
-async fn next_sip_video(video: Option<&mut SipVideo>) -> (Party, Got) {
-    match video {
-        Some(v) => v.next().await,
-        None => std::future::pending().await,
     }
 }

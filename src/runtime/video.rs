@@ -421,7 +421,7 @@ impl VideoLegs {
     fn on_sip(&mut self, got: Got, webrtc: &WebrtcHandle) {
         match got {
             Got::Rtp => match &mut self.to_browser {
-                Path::Relay(d) => d.on_packet(Instant::now(), &self.sip.buf, &mut self.scratch),
+                Path::Relay(d) => d.on_packet(self.sip.heard, &self.sip.buf, &mut self.scratch),
                 Path::Worker(tx) => {
                     if tx.try_send(WorkIn::Packet(self.sip.buf.clone())).is_err() {
                         self.overruns += 1;

@@ -233,7 +233,7 @@ const H264_PROFILES: [(u8, u8, u32); 5] = [
 
 /// The H.264 of our offers to browsers: constrained baseline first (what
 /// SIP room systems and phones decode), then baseline.
-const H264_OFFERED: [(u8, u8, u32); 2] = [(108, 109, 0x42e01f), (127, 121, 0x42001f)];
+const H264_OFFERED: [(u8, u8, u32); 2] = [H264_PROFILES[1], H264_PROFILES[0]];
 
 fn add_h264(c: &mut CodecConfig, profiles: &[(u8, u8, u32)]) {
     for &(pt, rtx, profile) in profiles {
