@@ -1,14 +1,17 @@
 //! Concurrent G.711 <-> Opus transcoded calls through the B2BUA:
 //! `cargo bench --bench transcode [CALLS] [SECONDS]` (defaults 200 and 10;
-//! `OPUS_COMPLEXITY=N` runs the gateway with `media.opus_complexity = N`).
+//! `OPUS_COMPLEXITY=N` runs the gateway with `media.opus_complexity = N`;
+//! `GATEWAY_CPU=N` confines the gateway to CPU N, and this process and
+//! SIPp to the other CPUs: the gateway's runtime then starts one worker,
+//! and the run measures what one core carries).
 //!
 //! The WebRTC side is the load client of `tests/load/webrtc_client.rs`:
 //! CALLS str0m peers offer Opus only and call `bob` through the client API,
 //! each sending a 440 Hz tone as 20 ms Opus frames. The dialplan sends `bob`
-//! to a SIPp UAS (`bench/sipp/uas_pcap_loop.xml`) that answers G.711 A-law
-//! only and plays a pcap in a loop until the BYE: 10 s of a 1 kHz tone in
-//! A-law, one packet every 20 ms without gaps (written by this bench;
-//! Debian's speech pcap has silence gaps, 33 packets/s, which would
+//! to a SIPp UAS (`bench/sipp/uas_tone_stream.xml`) that answers G.711
+//! A-law only and streams a raw A-law file in a loop until the BYE: 10 s of
+//! a 1 kHz tone, one packet every 20 ms without gaps (written by this
+//! bench; Debian's speech pcap has silence gaps, 33 packets/s, which would
 //! flatter the figure). So every
 //! call is transcoded both ways: Opus decode + A-law encode toward SIPp,
 //! A-law decode + Opus encode toward the browser, with SRTP and str0m on
@@ -28,16 +31,14 @@
 
 #[path = "../tests/load/webrtc_client.rs"]
 mod load;
-#[path = "../tests/common/pcap.rs"]
-mod pcap;
-
-use causeway_codecs::analysis::{dominant_frequency, level_db};
+use causeway_codecs::analysis::{dominant_frequency, level_db, tone};
+use causeway_codecs::g711::alaw_encode;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Packets in the pcap SIPp plays (10 s; the scenario restarts it then).
-const PACKETS: u32 = 500;
+/// Samples in the A-law file SIPp loops (10 s at 8 kHz).
+const SAMPLES: usize = 80_000;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -49,9 +50,18 @@ fn main() {
 
     let work = std::env::temp_dir().join(format!("causeway-bench-sipp-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("the temporary directory is writable");
-    std::fs::write(work.join("tone.pcap"), pcap::tone_pcap(8, PACKETS))
-        .expect("the pcap is writable");
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sipp/uas_pcap_loop.xml");
+    // A whole number of the tone's periods, so the loop has no seam.
+    let alaw: Vec<u8> = tone(1000.0, -12.0, 8000, SAMPLES)
+        .into_iter()
+        .map(alaw_encode)
+        .collect();
+    std::fs::write(work.join("tone.al"), alaw).expect("the A-law file is writable");
+    let gateway_cpu = std::env::var("GATEWAY_CPU").ok().map(|c| {
+        let cpu: usize = c.parse().expect("GATEWAY_CPU is a CPU number");
+        keep_off(cpu);
+        cpu
+    });
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sipp/uas_tone_stream.xml");
     let (uas_port, media_port) = (load::free_port(), load::free_port());
     let mut uas = Command::new("sipp")
         .current_dir(&work)
@@ -92,14 +102,16 @@ fn main() {
         .map(|c| format!("opus_complexity = {c}"))
         .unwrap_or_default();
     println!(
-        "rule codecs: {codecs}; Opus complexity: {}",
-        complexity.map_or("the default".into(), |c| c.to_string())
+        "rule codecs: {codecs}; Opus complexity: {}; gateway on {}",
+        complexity.map_or("the default".into(), |c| c.to_string()),
+        gateway_cpu.map_or("any CPU".into(), |c| format!("CPU {c} only"))
     );
     let gw = load::Gateway::start(
         env!("CARGO_BIN_EXE_causeway"),
         "bench-transcode",
         Some(&plan),
         &media_settings,
+        gateway_cpu,
     );
     let pid = gw.pid();
     let mut media_start = (Duration::ZERO, Instant::now());
@@ -191,6 +203,23 @@ fn main() {
         total("to_caller_out"),
         total("lost"),
     );
+    // SIPp streams 50 packets a second on every call throughout the media
+    // phase: what the browsers should get, if the gateway keeps up.
+    let expected = calls as f64 * report.media_wall.as_secs_f64() * 50.0;
+    let in_media: u64 = report.media_received.iter().sum();
+    let mut gaps = report.media_max_gap.clone();
+    gaps.sort();
+    let gap = |q: f64| {
+        let i = (gaps.len().saturating_sub(1) as f64 * q) as usize;
+        gaps.get(i).map_or(0, Duration::as_millis)
+    };
+    println!(
+        "media phase: the browsers received {in_media} frames of the {expected:.0} SIPp sent \
+         ({:.2} %); longest gap between two frames on a call: median {} ms, worst {} ms",
+        100.0 * in_media as f64 / expected.max(1.0),
+        gap(0.5),
+        gap(1.0),
+    );
     let heard = &report.first_peer_heard;
     // The last second before the hang-up: the stream has settled.
     let tail = &heard[heard.len().saturating_sub(48_000)..];
@@ -214,4 +243,25 @@ fn main() {
         cpu.as_secs_f64() * 1000.0 / call_seconds,
         call_seconds / cpu.as_secs_f64().max(1e-9),
     );
+}
+
+/// Confines this process (its one thread so far, and so every thread and
+/// child it starts later: the load client, SIPp) to every CPU but `cpu`.
+fn keep_off(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let others: Vec<String> = (0..cpus)
+        .filter(|c| *c != cpu)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        cpu < cpus && !others.is_empty(),
+        "GATEWAY_CPU={cpu} leaves no other CPU of {cpus} for the load"
+    );
+    let status = Command::new("taskset")
+        .args(["-p", "-c", &others.join(",")])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset runs (util-linux)");
+    assert!(status.success(), "taskset could not confine the bench");
 }

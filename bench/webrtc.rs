@@ -274,7 +274,13 @@ fn setup(peers: usize) {
 }
 
 fn gateway_load(peers: usize) {
-    let gw = load::Gateway::start(env!("CARGO_BIN_EXE_causeway"), "bench-webrtc", None, "");
+    let gw = load::Gateway::start(
+        env!("CARGO_BIN_EXE_causeway"),
+        "bench-webrtc",
+        None,
+        "",
+        None,
+    );
     let pid = gw.pid();
     let (cpu0, rss0) = (load::process_cpu(pid), load::process_rss(pid));
     let mut setup_cpu = Duration::ZERO;

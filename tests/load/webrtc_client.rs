@@ -42,6 +42,14 @@ pub struct LoadReport {
     pub setup_wall: Duration,
     /// Calls still up at the end, that the client hung up.
     pub still_up: usize,
+    /// Frames each peer received during the media phase (every call up
+    /// and the far end sending throughout).
+    pub media_received: Vec<u64>,
+    /// Each peer's longest wait between two frames during the media phase
+    /// (as this client's loop saw them: its own lag is in it too).
+    pub media_max_gap: Vec<Duration>,
+    /// How long the media phase lasted.
+    pub media_wall: Duration,
     /// What the first peer received, decoded (48 kHz mono): whether the far
     /// end's audio really came through.
     pub first_peer_heard: Vec<i16>,
@@ -75,6 +83,11 @@ struct Peer {
     listen: Option<(OpusDecoder, Vec<i16>)>,
     /// The answer's `maxplaybackrate` for Opus: how wide a stream to send.
     max_playback_rate: Option<u32>,
+    /// Whether the media phase is on (what arrives is counted below).
+    in_media: bool,
+    media_received: u64,
+    last_arrival: Option<Instant>,
+    max_gap: Duration,
 }
 
 /// Minimal HTTP/1.1 POST of JSON on loopback; returns status and body.
@@ -157,6 +170,10 @@ fn new_peer(now: Instant, cert: &DtlsCert) -> (Peer, String, SdpPendingOffer) {
         call: String::new(),
         listen: None,
         max_playback_rate: None,
+        in_media: false,
+        media_received: 0,
+        last_arrival: None,
+        max_gap: Duration::ZERO,
     };
     (peer, offer.to_sdp_string(), pending)
 }
@@ -206,6 +223,14 @@ fn drive_outputs(p: &mut Peer) {
                 Event::Connected => p.connected = true,
                 Event::MediaData(data) => {
                     p.received += 1;
+                    if p.in_media {
+                        let now = Instant::now();
+                        if let Some(last) = p.last_arrival {
+                            p.max_gap = p.max_gap.max(now - last);
+                        }
+                        p.last_arrival = Some(now);
+                        p.media_received += 1;
+                    }
                     if let Some((decoder, heard)) = &mut p.listen {
                         let mut pcm = Pcm {
                             sample_rate: 48_000,
@@ -363,7 +388,11 @@ pub fn run(
             .entry(p.max_playback_rate)
             .or_insert_with(|| tone_frames(p.max_playback_rate));
     }
-    let end = Instant::now() + media;
+    for p in &mut peers {
+        p.in_media = true;
+    }
+    let media_start = Instant::now();
+    let end = media_start + media;
     let mut next = Instant::now();
     while Instant::now() < end {
         while Instant::now() >= next {
@@ -394,6 +423,10 @@ pub fn run(
             std::thread::sleep(Duration::from_micros(500));
         }
     }
+    for p in &mut peers {
+        p.in_media = false;
+    }
+    let media_wall = media_start.elapsed();
     phase(Phase::MediaDone);
     // Let the last echoes arrive: until nothing comes for 500 ms (a
     // loaded gateway may be behind), at most 5 s.
@@ -431,6 +464,9 @@ pub fn run(
         received: peers.iter().map(|p| p.received).collect(),
         first_media: peers.iter().filter_map(|p| p.first_media).collect(),
         setup_wall,
+        media_received: peers.iter().map(|p| p.media_received).collect(),
+        media_max_gap: peers.iter().map(|p| p.max_gap).collect(),
+        media_wall,
     }
 }
 
@@ -487,9 +523,16 @@ pub fn free_port() -> u16 {
 
 impl Gateway {
     /// Starts `binary` with `dialplan` (TOML; `None`: the embedded default
-    /// plan) and `media` (more `[media]` settings, TOML lines), and waits
-    /// for its HTTP port.
-    pub fn start(binary: &str, name: &str, dialplan: Option<&str>, media: &str) -> Gateway {
+    /// plan) and `media` (more `[media]` settings, TOML lines), confined to
+    /// CPU `cpu` when one is given (through `taskset`, so its runtime sees
+    /// one CPU from the start), and waits for its HTTP port.
+    pub fn start(
+        binary: &str,
+        name: &str,
+        dialplan: Option<&str>,
+        media: &str,
+        cpu: Option<usize>,
+    ) -> Gateway {
         let dir = std::env::temp_dir().join(format!("causeway-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
         let (http, webrtc, sip) = (free_port(), free_port(), free_port());
@@ -512,7 +555,15 @@ impl Gateway {
             ),
         )
         .expect("the config file is writable");
-        let child = std::process::Command::new(binary)
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), binary]);
+                c
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&cfg)
             .stdout(std::fs::File::create(dir.join("gateway.log")).expect("log file"))
