@@ -214,8 +214,8 @@ fn main() {
         gaps.get(i).map_or(0, Duration::as_millis)
     };
     println!(
-        "media phase: the browsers received {in_media} frames of the {expected:.0} SIPp sent \
-         ({:.2} %); longest gap between two frames on a call: median {} ms, worst {} ms",
+        "media phase: the browsers received {in_media} frames of {expected:.0} expected (SIPp's 50 \
+         a second on every call: {:.2} %); longest gap between two frames on a call: median {} ms, worst {} ms",
         100.0 * in_media as f64 / expected.max(1.0),
         gap(0.5),
         gap(1.0),
