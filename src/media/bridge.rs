@@ -706,6 +706,11 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// One side of a direction: payload type, codec, telephone-events.
+    fn end(pt: u8, codec: AudioCodec, dtmf: Option<(u8, u32)>) -> AudioEnd {
+        AudioEnd { pt, codec, dtmf }
+    }
+
     fn pcmu_packets(n: usize, ssrc: u32, seq0: u16, ts0: u32) -> Vec<Vec<u8>> {
         let t = tone(1000.0, -10.0, 8000, 160 * n);
         let mut g = G711::new(Law::Ulaw);
@@ -830,16 +835,8 @@ mod tests {
 
     #[test]
     fn transcoded_opus_is_encoded_at_the_configured_complexity() {
-        let pcmu = AudioEnd {
-            pt: 0,
-            codec: AudioCodec::Pcmu,
-            dtmf: None,
-        };
-        let opus = AudioEnd {
-            pt: 111,
-            codec: AudioCodec::Opus,
-            dtmf: None,
-        };
+        let pcmu = end(0, AudioCodec::Pcmu, None);
+        let opus = end(111, AudioCodec::Opus, None);
         let input = pcmu_packets(50, 5, 0, 0);
         let t0 = Instant::now();
         let through_direction = |complexity| {
@@ -1002,16 +999,8 @@ mod tests {
     fn relayed_opus_with_8k_events_has_them_re_sent_at_the_other_sides_clock() {
         // A phone sends Opus with telephone-event/8000; the browser counts
         // events at 48 kHz. The audio is relayed, the events are not.
-        let sip = AudioEnd {
-            pt: 96,
-            codec: AudioCodec::Opus,
-            dtmf: Some((101, 8000)),
-        };
-        let browser = AudioEnd {
-            pt: 111,
-            codec: AudioCodec::Opus,
-            dtmf: Some((110, 48000)),
-        };
+        let sip = end(96, AudioCodec::Opus, Some((101, 8000)));
+        let browser = end(111, AudioCodec::Opus, Some((110, 48000)));
         let mut d = audio_direction(sip, browser, 1).unwrap();
         assert!(matches!(d.mode, Mode::Passthrough(_)));
         let ev = |end, duration| EventPayload {
@@ -1040,12 +1029,7 @@ mod tests {
 
     #[test]
     fn replacing_passthrough_by_transcoding_keeps_ssrc_and_sequence() {
-        let end = |pt, codec| AudioEnd {
-            pt,
-            codec,
-            dtmf: None,
-        };
-        let pcmu = end(0, AudioCodec::Pcmu);
+        let pcmu = end(0, AudioCodec::Pcmu, None);
         let mut d = audio_direction(pcmu, pcmu, 1).unwrap();
         let t0 = Instant::now();
         let mut out = Vec::new();
@@ -1054,10 +1038,7 @@ mod tests {
             d.on_packet(t0 + MS * (20 * i as u32), p, &mut out);
         }
         // Renegotiated: the other leg now wants Opus, with events.
-        let opus = AudioEnd {
-            dtmf: Some((101, 48000)),
-            ..end(111, AudioCodec::Opus)
-        };
+        let opus = end(111, AudioCodec::Opus, Some((101, 48000)));
         d.replace(audio_direction(pcmu, opus, 1).unwrap());
         assert_eq!(d.stats.packets_out, 10, "counters go on");
         for (i, p) in input[10..].iter().enumerate() {
@@ -1079,16 +1060,8 @@ mod tests {
     #[test]
     fn injected_digits_play_as_events_on_the_output_line_and_pause_relayed_audio() {
         let t0 = Instant::now();
-        let from = AudioEnd {
-            pt: 0,
-            codec: AudioCodec::Pcmu,
-            dtmf: None,
-        };
-        let to = AudioEnd {
-            pt: 0,
-            codec: AudioCodec::Pcmu,
-            dtmf: Some((101, 8000)),
-        };
+        let from = end(0, AudioCodec::Pcmu, None);
+        let to = end(0, AudioCodec::Pcmu, Some((101, 8000)));
         let mut d = audio_direction(from, to, 1).unwrap();
         let mut out = Vec::new();
         let audio = pcmu_packets(3, 0x55, 10, 800);
