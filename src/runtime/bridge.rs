@@ -145,6 +145,19 @@ pub(super) fn report_digits(done: &Reports, call: &str, from: Party, digits: Vec
     }
 }
 
+/// Takes the RTP packet a SIP side just received (`sip.buf`) through
+/// `dir` into `out`, and reports the digits it ended as `from`'s.
+pub(super) fn from_sip(
+    sip: &RtpEnd,
+    dir: &mut Direction,
+    out: &mut Vec<Vec<u8>>,
+    done: &Reports,
+    (call, from): (&str, Party),
+) {
+    dir.on_packet(sip.heard, &sip.buf, out);
+    report_digits(done, call, from, dir.take_digits());
+}
+
 /// The media of every bridged call.
 pub struct Bridges {
     calls: HashMap<String, Slot>,
@@ -565,8 +578,7 @@ impl Legs {
             tokio::select! {
                 got = self.sip.recv() => {
                     if got == Got::Rtp {
-                        self.to_browser.on_packet(self.sip.heard, &self.sip.buf, &mut to_browser);
-                        report_digits(&done, call, sip, self.to_browser.take_digits());
+                        from_sip(&self.sip, &mut self.to_browser, &mut to_browser, &done, (call, sip));
                     }
                 }
                 input = maybe(self.video.as_mut().map(VideoLegs::next)) => {

@@ -8,8 +8,8 @@
 //! when the call starts and ends from [`crate::b2bua`] through `bridge`.
 
 use super::bridge::{
-    Control, Ends, MediaReport, PROGRESS_EVERY, log_plan, log_stop, maybe, plan, play, renegotiate,
-    replanned, report_digits, report_keyframe_wanted, sip_audio, sleep_until, totals,
+    Control, Ends, MediaReport, PROGRESS_EVERY, from_sip, log_plan, log_stop, maybe, plan, play,
+    renegotiate, replanned, report_keyframe_wanted, sip_audio, sleep_until, totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};
@@ -115,14 +115,12 @@ impl Relay {
             tokio::select! {
                 got = self.caller.recv() => {
                     if got == Got::Rtp {
-                        self.to_callee.on_packet(self.caller.heard, &self.caller.buf, &mut to_callee);
-                        report_digits(&done, call, Party::Caller, self.to_callee.take_digits());
+                        from_sip(&self.caller, &mut self.to_callee, &mut to_callee, &done, (call, Party::Caller));
                     }
                 }
                 got = self.callee.recv() => {
                     if got == Got::Rtp {
-                        self.to_caller.on_packet(self.callee.heard, &self.callee.buf, &mut to_caller);
-                        report_digits(&done, call, Party::Callee, self.to_caller.take_digits());
+                        from_sip(&self.callee, &mut self.to_caller, &mut to_caller, &done, (call, Party::Callee));
                     }
                 }
                 got = maybe(self.video.as_mut().map(SipVideo::next)) => {
