@@ -559,6 +559,7 @@ impl Legs {
         // computed from it: one clock read per wakeup).
         let mut now = Instant::now();
         let mut next_progress = now + PROGRESS_EVERY;
+        let mut alarm = Alarm::new();
         loop {
             let due = [
                 self.sip.session.next_timeout(),
@@ -629,7 +630,7 @@ impl Legs {
                         video_ask = self.video.as_mut().and_then(VideoLegs::browser_asked);
                     }
                 },
-                () = sleep_until(due) => {}
+                () = alarm.at(due) => {}
             }
             now = Instant::now();
             self.to_browser.poll(now, &mut to_browser);
@@ -763,9 +764,34 @@ pub(super) fn play(call: &str, direction: &mut Direction, digits: &str, ms: u32)
     }
 }
 
-pub(super) async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
+/// One timer a media loop keeps across its wakeups: moving it costs less
+/// than a new timer at every packet (registered in tokio's timer wheel,
+/// then dropped). Unset, it waits a day, which a loop with nothing due
+/// outlives: it looks at its deadlines again at every wakeup.
+pub(crate) struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    unset: tokio::time::Instant,
+}
+
+impl Alarm {
+    /// An alarm set for nothing.
+    pub(crate) fn new() -> Self {
+        let unset = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(unset)),
+            unset,
+        }
+    }
+
+    /// The alarm set for `at` (or for nothing): await it to wait until then.
+    pub(crate) fn at(
+        &mut self,
+        at: Option<Instant>,
+    ) -> &mut std::pin::Pin<Box<tokio::time::Sleep>> {
+        let at = at.map_or(self.unset, Into::into);
+        if self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
+        &mut self.sleep
     }
 }

@@ -8,8 +8,8 @@
 //! when the call starts and ends from [`crate::b2bua`] through `bridge`.
 
 use super::bridge::{
-    Control, Ends, MediaReport, PROGRESS_EVERY, from_sip, log_plan, log_stop, maybe, plan, play,
-    renegotiate, replanned, report_keyframe_wanted, sip_audio, sleep_until, totals,
+    Alarm, Control, Ends, MediaReport, PROGRESS_EVERY, from_sip, log_plan, log_stop, maybe, plan,
+    play, renegotiate, replanned, report_keyframe_wanted, sip_audio, totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};
@@ -95,6 +95,7 @@ impl Relay {
         // As in `Legs::run`: deadlines from the last wakeup's time.
         let mut now = Instant::now();
         let mut next_progress = now + PROGRESS_EVERY;
+        let mut alarm = Alarm::new();
         loop {
             let due = [
                 self.caller.session.next_timeout(),
@@ -151,7 +152,7 @@ impl Relay {
                         }
                     }
                 },
-                () = sleep_until(due) => {}
+                () = alarm.at(due) => {}
             }
             now = Instant::now();
             self.to_caller.poll(now, &mut to_caller);

@@ -6,6 +6,7 @@
 //! commands and time. Commands come from the HTTP handlers
 //! ([`WebrtcHandle`]); peer events go out on a channel to the client API.
 
+use super::bridge::Alarm;
 use crate::config::Config;
 use crate::webrtc::{
     Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError,
@@ -14,7 +15,7 @@ use causeway_codecs::registry::AudioCodec;
 use causeway_codecs::video::VideoCodec;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -248,10 +249,9 @@ async fn run(
 ) {
     let mut buf = vec![0u8; 4096];
     let mut sinks: HashMap<PeerId, RtpSink> = HashMap::new();
+    let mut alarm = Alarm::new();
     loop {
-        let deadline = hub
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let deadline = hub.poll_timeout();
         tokio::select! {
             r = socket.readable() => {
                 if let Err(e) = r {
@@ -310,7 +310,7 @@ async fn run(
                     }
                 }
             }
-            () = tokio::time::sleep_until(deadline.into()) => hub.handle_timeout(Instant::now()),
+            () = alarm.at(deadline) => hub.handle_timeout(Instant::now()),
         }
         while let Some(o) = hub.poll_output() {
             match o {

@@ -30,7 +30,7 @@ pub use dtls::crypto_provider;
 use crate::media::dtmf;
 use causeway_codecs::registry::AudioCodec;
 use causeway_codecs::video::VideoCodec;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -327,6 +327,9 @@ struct Peer {
     addrs: Vec<SocketAddr>,
     /// When str0m next wants time.
     next: Instant,
+    /// This peer's key in [`Hub::timers`] (its [`Peer::deadline`] when the
+    /// hub last looked).
+    scheduled: Instant,
     /// Dropped if not connected by then.
     connect_by: Instant,
     /// Our offer, until the browser's answer comes (a call to a browser).
@@ -381,6 +384,10 @@ pub struct Hub {
     peers: HashMap<PeerId, Peer>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
+    /// Every peer by when it next needs [`Hub::handle_timeout`]: the hub
+    /// runs one loop for hundreds of peers, and a scan of them all at
+    /// every wakeup cost more than the peers' own timers.
+    timers: BTreeSet<(Instant, PeerId)>,
     next_id: u64,
     out: VecDeque<HubOutput>,
     /// Scratch list of peers whose timers are due (kept to avoid an
@@ -409,6 +416,7 @@ impl Hub {
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
+            timers: BTreeSet::new(),
             next_id: 1,
             out: VecDeque::new(),
             due: Vec::new(),
@@ -454,6 +462,7 @@ impl Hub {
             ufrag,
             addrs: Vec::new(),
             next: now,
+            scheduled: now,
             connect_by,
             pending: None,
             offered: false,
@@ -512,7 +521,7 @@ impl Hub {
                 .map(|m| m.mid()),
         );
         self.by_ufrag.insert(creds.ufrag, id);
-        self.peers.insert(id, peer);
+        self.admit(id, peer);
         Ok((id, answer.to_sdp_string()))
     }
 
@@ -555,7 +564,7 @@ impl Hub {
         peer.offered = true;
         drain(id, &mut peer, &mut self.out);
         self.by_ufrag.insert(creds.ufrag, id);
-        self.peers.insert(id, peer);
+        self.admit(id, peer);
         Ok((id, offer.to_sdp_string()))
     }
 
@@ -595,7 +604,7 @@ impl Hub {
         peer.connect_by = now + CONNECT_TIMEOUT;
         peer.settle_media(enabled.into_iter());
         drain(id, peer, &mut self.out);
-        self.reap(id);
+        self.settle(id);
         Ok(())
     }
 
@@ -644,7 +653,7 @@ impl Hub {
         if answered {
             self.learn(id, source);
         }
-        self.reap(id);
+        self.settle(id);
     }
 
     /// Routes non-STUN traffic from `source` to `id` from now on. A source
@@ -688,10 +697,9 @@ impl Hub {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.due);
         due.extend(
-            self.peers
-                .iter()
-                .filter(|(_, p)| p.deadline() <= now)
-                .map(|(id, _)| *id),
+            self.timers
+                .range(..=(now, PeerId(u64::MAX)))
+                .map(|(_, id)| *id),
         );
         for id in due.drain(..) {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -708,14 +716,14 @@ impl Hub {
                     .push_back(HubOutput::Event(id, PeerEvent::Stats(peer.counters)));
             }
             drain(id, peer, &mut self.out);
-            self.reap(id);
+            self.settle(id);
         }
         self.due = due;
     }
 
     /// The earliest time any peer wants [`Hub::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(Peer::deadline).min()
+        self.timers.first().map(|(t, _)| *t)
     }
 
     /// Ends a peer (hang-up). Unknown ids are ignored.
@@ -724,7 +732,7 @@ impl Hub {
             peer.rtc.disconnect();
             peer.closed.get_or_insert(CloseReason::Local);
             drain(id, peer, &mut self.out);
-            self.reap(id);
+            self.settle(id);
         }
     }
 
@@ -808,7 +816,7 @@ impl Hub {
         peer.counters.packets_out += 1;
         peer.counters.bytes_out += len;
         drain(id, peer, &mut self.out);
-        self.reap(id);
+        self.settle(id);
     }
 
     /// Asks a bridged peer for a keyframe of the video it sends (PLI).
@@ -828,7 +836,7 @@ impl Hub {
             rx.request_keyframe(KeyframeRequestKind::Pli);
         }
         drain(id, peer, &mut self.out);
-        self.reap(id);
+        self.settle(id);
     }
 
     /// Counters of a live peer.
@@ -841,11 +849,42 @@ impl Hub {
         self.out.pop_front()
     }
 
-    fn reap(&mut self, id: PeerId) {
-        let Some(reason) = self.peers.get(&id).and_then(|p| p.closed) else {
+    /// Whether [`Self::timers`] holds every peer once, at its deadline
+    /// (what a scan of the peers would find).
+    #[cfg(test)]
+    pub(crate) fn timers_agree(&self) -> bool {
+        let scanned: BTreeSet<_> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (p.deadline(), *id))
+            .collect();
+        scanned == self.timers
+    }
+
+    /// Adds a new peer (drained) and schedules it.
+    fn admit(&mut self, id: PeerId, mut peer: Peer) {
+        peer.scheduled = peer.deadline();
+        self.timers.insert((peer.scheduled, id));
+        self.peers.insert(id, peer);
+    }
+
+    /// After a peer was driven and drained: forgets it if it closed,
+    /// otherwise moves it in [`Self::timers`] to its new deadline.
+    fn settle(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(reason) = peer.closed else {
+            let deadline = peer.deadline();
+            if deadline != peer.scheduled {
+                self.timers.remove(&(peer.scheduled, id));
+                self.timers.insert((deadline, id));
+                peer.scheduled = deadline;
+            }
             return;
         };
         if let Some(peer) = self.peers.remove(&id) {
+            self.timers.remove(&(peer.scheduled, id));
             self.by_ufrag.remove(&peer.ufrag);
             for a in &peer.addrs {
                 if self.by_addr.get(a) == Some(&id) {

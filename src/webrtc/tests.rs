@@ -112,6 +112,7 @@ fn run(
                 HubOutput::KeyframeRequest(_) => client.keyframe_requests += 1,
             }
         }
+        assert!(hub.timers_agree(), "the hub's timers follow its peers");
         if done(client, hub_events) {
             return;
         }
@@ -625,6 +626,7 @@ fn the_timer_never_asks_for_a_wakeup_it_will_not_use() {
         now = at.max(now + Duration::from_millis(1));
         hub.handle_timeout(now);
         while hub.poll_output().is_some() {}
+        assert!(hub.timers_agree(), "the hub's timers follow its peers");
         wakeups += 1;
         assert!(
             wakeups < 1000,
