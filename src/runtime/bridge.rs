@@ -54,6 +54,21 @@ pub(super) enum Control {
     Hold(Party, bool),
 }
 
+/// How far from its due time a transcoded frame may be played out so that
+/// it shares a wakeup with other work: a loop plays the frames due up to
+/// this much after it wakes, and wakes for a frame up to this much late.
+/// A direction's playout clock runs about one frame behind its own
+/// arrivals, so a frame due and the next packet of the same stream mostly
+/// fall within this of each other: measured at 150 transcoded calls, a
+/// call's loop woke 108 times a second instead of 131, for at most this
+/// much jitter added to the packets sent (receivers buffer far more).
+pub(super) const PLAYOUT_SLACK: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// When a loop must wake for `dir`'s next transcoded frame.
+pub(super) fn playout_due(dir: &Direction) -> Option<Instant> {
+    dir.next_due().map(|t| t + PLAYOUT_SLACK)
+}
+
 /// A bridged call's media: sockets waiting for the answer, then a task.
 enum Slot {
     Reserved {
@@ -566,9 +581,9 @@ impl Legs {
                 self.video
                     .as_ref()
                     .and_then(|v| v.sip.session.next_timeout()),
-                self.to_sip.next_due(),
+                playout_due(&self.to_sip),
                 self.to_sip.next_event_due(now),
-                self.to_browser.next_due(),
+                playout_due(&self.to_browser),
                 self.sip.silent_at(silence.limit()),
             ]
             .into_iter()
@@ -633,11 +648,11 @@ impl Legs {
                 () = alarm.at(due) => {}
             }
             now = Instant::now();
-            self.to_browser.poll(now, &mut to_browser);
+            self.to_browser.poll(now + PLAYOUT_SLACK, &mut to_browser);
             for p in to_browser.drain(..) {
                 self.webrtc.send_rtp(self.peer, StreamKind::Audio, p);
             }
-            self.to_sip.poll(now, &mut to_sip);
+            self.to_sip.poll(now + PLAYOUT_SLACK, &mut to_sip);
             self.sip.flush(now, &mut to_sip).await;
             if let Some(v) = self.video.as_mut() {
                 match video_ask {

@@ -8,8 +8,9 @@
 //! when the call starts and ends from [`crate::b2bua`] through `bridge`.
 
 use super::bridge::{
-    Alarm, Control, Ends, MediaReport, PROGRESS_EVERY, from_sip, log_plan, log_stop, maybe, plan,
-    play, renegotiate, replanned, report_keyframe_wanted, sip_audio, totals,
+    Alarm, Control, Ends, MediaReport, PLAYOUT_SLACK, PROGRESS_EVERY, from_sip, log_plan, log_stop,
+    maybe, plan, play, playout_due, renegotiate, replanned, report_keyframe_wanted, sip_audio,
+    totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};
@@ -100,9 +101,9 @@ impl Relay {
             let due = [
                 self.caller.session.next_timeout(),
                 self.callee.session.next_timeout(),
-                self.to_callee.next_due(),
+                playout_due(&self.to_callee),
                 self.to_callee.next_event_due(now),
-                self.to_caller.next_due(),
+                playout_due(&self.to_caller),
                 self.to_caller.next_event_due(now),
                 self.caller.silent_at(silence.limit()),
                 self.callee.silent_at(silence.limit()),
@@ -155,9 +156,9 @@ impl Relay {
                 () = alarm.at(due) => {}
             }
             now = Instant::now();
-            self.to_caller.poll(now, &mut to_caller);
+            self.to_caller.poll(now + PLAYOUT_SLACK, &mut to_caller);
             self.caller.flush(now, &mut to_caller).await;
-            self.to_callee.poll(now, &mut to_callee);
+            self.to_callee.poll(now + PLAYOUT_SLACK, &mut to_callee);
             self.callee.flush(now, &mut to_callee).await;
             if let Some(v) = self.video.as_mut() {
                 v.flush(now).await;
