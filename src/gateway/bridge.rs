@@ -393,10 +393,8 @@ impl Gateway {
         };
         let call = random_token(16);
         let ip = self.media_ip();
-        let (with_video, callee_video) = (
-            !video.is_empty() || !sip_video.is_empty(),
-            !sip_video.is_empty(),
-        );
+        let callee_video = !sip_video.is_empty();
+        let with_video = !video.is_empty() || callee_video;
         self.bridging.insert(
             call.clone(),
             PendingBridge {

@@ -848,11 +848,9 @@ mod tests {
                 d.poll(now, &mut out);
             }
             d.poll(t0 + MS * 1020, &mut out);
-            let payloads: Vec<Vec<u8>> = out
-                .iter()
+            out.iter()
                 .map(|p| RtpHeader::parse(p).unwrap().payload(p).to_vec())
-                .collect();
-            payloads
+                .collect::<Vec<_>>()
         };
         // The same tone through an encoder set as the operator's setting says.
         let by_hand = |complexity| {
@@ -868,7 +866,7 @@ mod tests {
                 channels: 1,
                 samples: Vec::new(),
             };
-            let payloads: Vec<Vec<u8>> = input
+            input
                 .iter()
                 .map(|p| {
                     g.decode(RtpHeader::parse(p).unwrap().payload(p), &mut pcm)
@@ -877,8 +875,7 @@ mod tests {
                     enc.encode(&pcm, &mut out).unwrap();
                     out
                 })
-                .collect();
-            payloads
+                .collect::<Vec<_>>()
         };
         let (cheap, best) = (through_direction(0), through_direction(10));
         // Then the playout conceals the frames after the last packet.

@@ -6,6 +6,7 @@
 //! tasks or touches the disk for state. It must not make protocol decisions:
 //! everything it does is move bytes, time and queries between the pieces.
 
+mod alarm;
 pub mod bridge;
 pub mod media;
 mod relay;

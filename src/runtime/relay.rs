@@ -7,10 +7,10 @@
 //! Owns the task; what to relay or transcode comes from [`crate::media`],
 //! when the call starts and ends from [`crate::b2bua`] through `bridge`.
 
+use super::alarm::Alarm;
 use super::bridge::{
-    Alarm, Control, Ends, MediaReport, PLAYOUT_SLACK, PROGRESS_EVERY, from_sip, log_plan, log_stop,
-    maybe, plan, play, playout_due, renegotiate, replanned, report_keyframe_wanted, sip_audio,
-    totals,
+    Control, Ends, MediaReport, PLAYOUT_SLACK, PROGRESS_EVERY, from_sip, log_plan, log_stop, maybe,
+    plan, play, playout_due, renegotiate, replanned, report_keyframe_wanted, sip_audio, totals,
 };
 use super::media::Ports;
 use super::rtp_end::{Got, RtpEnd};

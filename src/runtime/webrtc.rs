@@ -6,7 +6,7 @@
 //! commands and time. Commands come from the HTTP handlers
 //! ([`WebrtcHandle`]); peer events go out on a channel to the client API.
 
-use super::bridge::Alarm;
+use super::alarm::Alarm;
 use crate::config::Config;
 use crate::webrtc::{
     Hub, HubOutput, PeerApp, PeerEvent, PeerFormat, PeerId, StreamKind, WebrtcError,

@@ -229,9 +229,9 @@ impl MediaDesc {
     /// the order written, each once.
     pub fn keyframe_requests(&self, pt: u8) -> Vec<KeyframeFb> {
         let mut kinds = Vec::new();
-        for (p, kind) in &self.keyframe_fb {
-            if p.is_none_or(|p| p == pt) && !kinds.contains(kind) {
-                kinds.push(*kind);
+        for kind in self.keyframe_fb_for(pt) {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
             }
         }
         kinds
@@ -240,9 +240,15 @@ impl MediaDesc {
     /// Whether the writer takes RTCP keyframe requests (PLI or FIR) for
     /// payload type `pt`.
     pub fn takes_keyframe_requests(&self, pt: u8) -> bool {
+        self.keyframe_fb_for(pt).next().is_some()
+    }
+
+    /// The keyframe feedback lines that apply to `pt` (its own, and `*`).
+    fn keyframe_fb_for(&self, pt: u8) -> impl Iterator<Item = KeyframeFb> + '_ {
         self.keyframe_fb
             .iter()
-            .any(|(p, _)| p.is_none_or(|p| p == pt))
+            .filter(move |(p, _)| p.is_none_or(|p| p == pt))
+            .map(|(_, kind)| *kind)
     }
 }
 
