@@ -38,6 +38,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Direction as SdpDirection, Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
@@ -241,6 +242,29 @@ fn add_h264(c: &mut CodecConfig, profiles: &[(u8, u8, u32)]) {
     }
 }
 
+/// The RTP header extensions a peer negotiates: str0m's standard set
+/// (Chrome's), less transport-wide congestion control for a peer without
+/// video ([`Hub::new_rtc`] also drops its `rtcp-fb` there).
+///
+/// The gateway runs no bandwidth estimation of its own, so TWCC feedback
+/// serves only the browser's, and only video needs it (without it, a
+/// browser's video stays at its start bitrate). On an audio-only call it
+/// is pure cost: str0m reports every 50 ms (a browser about as often), so
+/// each direction adds some 20 SRTCP packets a second to a call's 50 RTP
+/// packets, and on the transcoding bench that was about a tenth of the
+/// gateway's CPU per call (`bench/RESULTS.md`). A browser that gets no TWCC sends its audio at
+/// the bitrate its encoder was given.
+fn extensions(video: bool) -> ExtensionMap {
+    let standard = ExtensionMap::standard();
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in standard.iter() {
+        if video || *ext != Extension::TransportSequenceNumber {
+            exts.set(id, ext.clone());
+        }
+    }
+    exts
+}
+
 /// The codecs of an offer to a browser: `audio` in that order, then
 /// telephone-event at 48 and 8 kHz; and `video` in that order (VP8, or
 /// H.264 as [`H264_OFFERED`]).
@@ -435,8 +459,10 @@ impl Hub {
     }
 
     /// A str0m peer as the hub runs them (ICE-lite, RTP mode, our
-    /// certificate and candidates), with fresh ICE credentials.
-    fn new_rtc(&self, now: Instant, codecs: CodecConfig) -> (Rtc, IceCreds) {
+    /// certificate and candidates), with fresh ICE credentials, and
+    /// transport-wide congestion control feedback only if the peer carries
+    /// `video` (see [`extensions`]).
+    fn new_rtc(&self, now: Instant, codecs: CodecConfig, video: bool) -> (Rtc, IceCreds) {
         let creds = IceCreds::new();
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
@@ -444,8 +470,18 @@ impl Hub {
             .set_crypto_provider(crypto_provider())
             .set_dtls_cert(self.cert.clone())
             .set_local_ice_credentials(creds.clone())
-            .set_stats_interval(Some(STATS_INTERVAL));
-        *config.codec_config() = codecs;
+            .set_stats_interval(Some(STATS_INTERVAL))
+            .set_extension_map(extensions(video));
+        *config.codec_config() = if video {
+            codecs
+        } else {
+            // Nor do its payload types offer the feedback.
+            let params = codecs.params().iter().cloned().map(|mut p| {
+                p.set_fb_transport_cc(false);
+                p
+            });
+            CodecConfig::new_from_payload_params(params.collect())
+        };
         let mut rtc = config.build(now);
         for addr in &self.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
@@ -493,7 +529,12 @@ impl Hub {
         }
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| WebrtcError::BadSdp(e.to_string()))?;
-        let (mut rtc, creds) = self.new_rtc(now, codec_config());
+        // Any video section (Firefox offers it on port 0 with bundle-only).
+        let video = offer
+            .media_lines
+            .iter()
+            .any(|m| m.typ.to_string() == "video");
+        let (mut rtc, creds) = self.new_rtc(now, codec_config(), video);
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -542,7 +583,7 @@ impl Hub {
         if audio.is_empty() {
             return Err(WebrtcError::NoCommonCodec);
         }
-        let (mut rtc, creds) = self.new_rtc(now, offer_codecs(audio, video));
+        let (mut rtc, creds) = self.new_rtc(now, offer_codecs(audio, video), !video.is_empty());
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, SdpDirection::SendRecv, None, None, None);
         if !video.is_empty() {

@@ -1036,3 +1036,51 @@ fn opus_is_limited_to_the_far_ends_rate_in_its_format_parameters() {
     let other = "a=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n";
     assert_eq!(limit_opus_rate(other, 111, 8000), other);
 }
+
+/// TWCC feedback is negotiated for peers with video only, whichever side
+/// offers.
+#[test]
+fn transport_wide_congestion_control_is_negotiated_only_with_video() {
+    // The header extension that numbers packets, and the feedback itself.
+    const TWCC: [&str; 2] = ["transport-wide-cc", "transport-cc"];
+    let has = |sdp: &str| TWCC.map(|t| sdp.contains(t));
+    let now = Instant::now();
+    let mut hub = hub();
+
+    // A browser's offers: str0m, as Chrome, puts TWCC in every section.
+    let mut client = Client::new(now, codec_config());
+    let (with_video, ..) = client.offer();
+    let mut client = Client::new(now, codec_config());
+    let mut api = client.rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let audio_only = api.apply().expect("offer").0.to_sdp_string();
+    assert_eq!((has(&with_video), has(&audio_only)), ([true; 2], [true; 2]));
+
+    let (_, answer) = hub
+        .accept_offer(now, &with_video, PeerApp::Echo)
+        .expect("answer");
+    assert_eq!(has(&answer), [true; 2], "{answer}");
+    let (_, answer) = hub
+        .accept_offer(now, &audio_only, PeerApp::Echo)
+        .expect("answer");
+    assert_eq!(has(&answer), [false; 2], "{answer}");
+
+    // Our own offers.
+    let (_, offer) = hub
+        .create_offer(now, &[AudioCodec::Opus], &[VideoCodec::Vp8])
+        .expect("offer");
+    assert_eq!(has(&offer), [true; 2], "{offer}");
+    let (_, offer) = hub
+        .create_offer(now, &[AudioCodec::Opus], &[])
+        .expect("offer");
+    assert_eq!(has(&offer), [false; 2], "{offer}");
+    // Everything else of the standard set stays.
+    assert!(
+        offer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        "{offer}"
+    );
+    assert!(
+        offer.contains("urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "{offer}"
+    );
+}
