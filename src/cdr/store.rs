@@ -1,6 +1,8 @@
 //! Finished call records in the embedded database (`cdrs` table of
 //! `causeway.db`): one row per call, the record as JSON beside the columns
-//! queries use. Blocking: callers run it off the async runtime.
+//! queries use. Blocking: callers run it off the async runtime (the
+//! runtime's record writer thread keeps them in batches, one transaction
+//! each).
 
 use super::CallRecord;
 use rusqlite::{Connection, params};
@@ -21,6 +23,11 @@ impl CdrStore {
     pub fn open(path: &Path) -> rusqlite::Result<CdrStore> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // As the location store: a commit is not synced until the next
+        // checkpoint, so a power cut may lose the last records, never
+        // corrupt the table.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS cdrs (
                 id TEXT PRIMARY KEY,
@@ -41,19 +48,25 @@ impl CdrStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps a finished record.
-    pub fn put(&self, r: &CallRecord) -> rusqlite::Result<()> {
-        let json = serde_json::to_string(r).unwrap_or_default();
-        self.conn().execute(
-            "INSERT OR REPLACE INTO cdrs (id, started_at, ended_at, record) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                r.id,
-                i64::try_from(r.started_at).unwrap_or(i64::MAX),
-                i64::try_from(r.ended_at.unwrap_or(r.started_at)).unwrap_or(i64::MAX),
-                json
-            ],
-        )?;
-        Ok(())
+    /// Keeps finished records, all or none (one transaction).
+    pub fn put(&self, records: &[CallRecord]) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO cdrs (id, started_at, ended_at, record) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in records {
+                let json = serde_json::to_string(r).unwrap_or_default();
+                insert.execute(params![
+                    r.id,
+                    i64::try_from(r.started_at).unwrap_or(i64::MAX),
+                    i64::try_from(r.ended_at.unwrap_or(r.started_at)).unwrap_or(i64::MAX),
+                    json
+                ])?;
+            }
+        }
+        tx.commit()
     }
 
     /// Records of calls that ended at or after `since_ms` (unix ms), oldest
@@ -110,17 +123,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("causeway.db");
         let s = CdrStore::open(&path).unwrap();
-        s.put(&record("b", 10, 3_000)).unwrap();
-        s.put(&record("a", 5, 1_000)).unwrap();
+        s.put(&[record("b", 10, 3_000)]).unwrap();
+        s.put(&[record("a", 5, 1_000), record("c", 7, 2_000)])
+            .unwrap();
         drop(s);
         let s = CdrStore::open(&path).unwrap();
         let all = s.since(0).unwrap();
         assert_eq!(
             all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
+            ["a", "c", "b"]
         );
         assert_eq!(all[0], record("a", 5, 1_000));
-        assert_eq!(s.since(2_000).unwrap().len(), 1);
+        assert_eq!(s.since(2_500).unwrap().len(), 1);
         assert!(s.since(5_000).unwrap().is_empty());
     }
 }
