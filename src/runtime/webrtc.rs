@@ -198,33 +198,13 @@ fn destination_for(candidates: &[SocketAddr], bound: SocketAddr, source: SocketA
         .unwrap_or(bound)
 }
 
-/// Socket buffers asked for: every peer's packets queue on this one socket,
-/// and a burst from a few hundred peers overflows Linux's default 208 KiB
-/// (each small datagram costs about 1 KiB of buffer). The kernel caps the
-/// request at `net.core.rmem_max` / `wmem_max`.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    if let Err(e) = s
-        .set_recv_buffer_size(SOCKET_BUFFER)
-        .and_then(|()| s.set_send_buffer_size(SOCKET_BUFFER))
-    {
-        tracing::warn!(error = %e, "cannot enlarge the WebRTC socket buffers");
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
-}
-
 /// Binds the WebRTC socket and starts its task. Returns the handle, the
 /// peer events, and the bound address.
 pub async fn start(
     cfg: &Config,
     events: mpsc::UnboundedSender<(PeerId, PeerEvent)>,
 ) -> Result<(WebrtcHandle, SocketAddr, tokio::task::JoinHandle<()>), String> {
-    let socket = bind(cfg.webrtc.bind)
+    let socket = crate::sip::transport::bind_udp(cfg.webrtc.bind)
         .map_err(|e| format!("cannot bind the WebRTC socket {}: {e}", cfg.webrtc.bind))?;
     let bound = socket.local_addr().map_err(|e| e.to_string())?;
     let candidates = candidate_addresses(cfg, bound.port());

@@ -103,13 +103,11 @@ impl Transports {
             bound: Vec::new(),
         };
         for &addr in &cfg.udp {
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| TransportError::Bind {
-                    transport: Transport::Udp,
-                    addr,
-                    source,
-                })?;
+            let sock = bind_udp(addr).map_err(|source| TransportError::Bind {
+                transport: Transport::Udp,
+                addr,
+                source,
+            })?;
             let local = sock.local_addr().unwrap_or(addr);
             let sock = Arc::new(sock);
             t.udp.push((local, sock.clone()));
@@ -519,4 +517,28 @@ fn tls_acceptor(cfg: &SipConfig) -> Result<tokio_rustls::TlsAcceptor, TransportE
         .with_single_cert(certs, key)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Socket buffers asked for on a UDP socket that many peers share (a SIP
+/// socket, the WebRTC socket): Linux's default 208 KiB holds only a few
+/// hundred small datagrams (each costs about 1 KiB of buffer), a few
+/// milliseconds of a busy gateway's signalling or media, and a burst
+/// beyond it is dropped. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP socket with [`UDP_SOCKET_BUFFER`] each way (a warning, not
+/// an error, when the kernel refuses).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if let Err(e) = s
+        .set_recv_buffer_size(UDP_SOCKET_BUFFER)
+        .and_then(|()| s.set_send_buffer_size(UDP_SOCKET_BUFFER))
+    {
+        tracing::warn!(%addr, error = %e, "cannot enlarge a UDP socket's buffers");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
