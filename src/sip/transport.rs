@@ -7,7 +7,8 @@
 //! [`Transports::send`], which never blocks: UDP is written at once, stream
 //! connections have a writer task each. A request toward a flow whose
 //! connection is gone opens a new TCP connection to the same address. This
-//! module must not parse SIP beyond framing.
+//! module must not parse SIP beyond framing. [`bind_udp`] (large socket
+//! buffers) also binds the WebRTC socket.
 
 use super::framing::{Frame, Framer};
 use super::{ConnId, Flow, Transport};

@@ -38,8 +38,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Direction as SdpDirection, Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionMap};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
 /// A peer that has not completed ICE and DTLS this long after its answer
@@ -252,8 +251,8 @@ fn add_h264(c: &mut CodecConfig, profiles: &[(u8, u8, u32)]) {
 /// is pure cost: str0m reports every 50 ms (a browser about as often), so
 /// each direction adds some 20 SRTCP packets a second to a call's 50 RTP
 /// packets, and on the transcoding bench that was about a tenth of the
-/// gateway's CPU per call (`bench/RESULTS.md`). A browser that gets no TWCC sends its audio at
-/// the bitrate its encoder was given.
+/// gateway's CPU per call (`bench/RESULTS.md`). A browser that gets no
+/// TWCC sends its audio at the bitrate its encoder was given.
 fn extensions(video: bool) -> ExtensionMap {
     let standard = ExtensionMap::standard();
     let mut exts = ExtensionMap::empty();
