@@ -8,7 +8,7 @@
 //! ```text
 //!  room system --SIP (UDP/TCP/TLS/WS)--> sip::transport --> gateway (sans-IO)
 //!                                                            |-- sip::transaction
-//!                                                            |-- registrar --> store (SQLite)
+//!                                                            |-- registrar --> store (SQLite, db)
 //!                                                            |-- INVITE --> GwOutput::Route
 //!                                                            |-- echo: sip::dialog + sdp answer
 //!                                                            `-- bridged calls: b2bua (sip::dialog caller, sip::uac forks)
@@ -38,6 +38,7 @@ pub mod api;
 pub mod b2bua;
 pub mod cdr;
 pub mod config;
+pub mod db;
 pub mod dialplan;
 pub mod gateway;
 pub mod media;

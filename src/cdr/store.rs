@@ -21,13 +21,7 @@ pub struct CdrStore {
 impl CdrStore {
     /// Opens (and creates) the table in the database at `path`.
     pub fn open(path: &Path) -> rusqlite::Result<CdrStore> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // As the location store: a commit is not synced until the next
-        // checkpoint, so a power cut may lose the last records, never
-        // corrupt the table.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = crate::db::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS cdrs (
                 id TEXT PRIMARY KEY,

@@ -121,8 +121,7 @@ pub struct AliasStore {
 impl AliasStore {
     /// Opens the database (shared with the location store; WAL allows both).
     pub fn open(path: &Path) -> rusqlite::Result<AliasStore> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = crate::db::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS aliases (
                 alias TEXT PRIMARY KEY,

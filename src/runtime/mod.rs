@@ -119,65 +119,66 @@ enum WriterMsg {
     Purge(u64),
 }
 
-/// Applies store changes off the async runtime, batching what queues up.
+/// A thread that hands `write` whatever queued up while it wrote the last
+/// batch, so a store writes in batches (one transaction each) off the
+/// async runtime. It ends, having written everything sent, when the
+/// sender is dropped.
+fn spawn_writer<T: Send + 'static>(
+    mut write: impl FnMut(Vec<T>) + Send + 'static,
+) -> (std::sync::mpsc::Sender<T>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<T>();
+    let handle = std::thread::spawn(move || {
+        while let Ok(first) = rx.recv() {
+            write(std::iter::once(first).chain(rx.try_iter()).collect());
+        }
+    });
+    (tx, handle)
+}
+
+/// Applies location store changes, and purges expired bindings when asked.
 fn spawn_store_writer(
     mut store: Box<dyn LocationStore>,
 ) -> (
     std::sync::mpsc::Sender<WriterMsg>,
     std::thread::JoinHandle<()>,
 ) {
-    let (tx, rx) = std::sync::mpsc::channel::<WriterMsg>();
-    let handle = std::thread::spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let mut batch = Vec::new();
-            let mut purge = None;
-            let mut take = |m: WriterMsg| match m {
+    spawn_writer(move |msgs: Vec<WriterMsg>| {
+        let mut batch = Vec::new();
+        let mut purge = None;
+        for m in msgs {
+            match m {
                 WriterMsg::Ops(ops) => batch.extend(ops),
                 WriterMsg::Purge(now) => purge = Some(now),
-            };
-            take(first);
-            while let Ok(m) = rx.try_recv() {
-                take(m);
-            }
-            if !batch.is_empty()
-                && let Err(e) = store.apply(&batch)
-            {
-                tracing::error!(error = %e, "could not persist registrations");
-            }
-            if let Some(now) = purge {
-                match store.purge_expired(now) {
-                    Ok(n) if n > 0 => tracing::debug!(purged = n, "expired bindings purged"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "could not purge bindings"),
-                }
             }
         }
-        tracing::debug!("location store closed");
-    });
-    (tx, handle)
+        if !batch.is_empty()
+            && let Err(e) = store.apply(&batch)
+        {
+            tracing::error!(error = %e, "could not persist registrations");
+        }
+        if let Some(now) = purge {
+            match store.purge_expired(now) {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired bindings purged"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not purge bindings"),
+            }
+        }
+    })
 }
 
-/// The thread that keeps finished call records: whatever has queued up
-/// while it wrote the last batch goes into the next, one transaction each
-/// (at 1,000 calls a second, one transaction per record was a tenth of the
-/// gateway's CPU). It ends, having written everything sent, when the
-/// sender is dropped.
+/// Keeps finished call records (at 1,000 calls a second, one transaction
+/// per record was a tenth of the gateway's CPU).
 fn spawn_record_writer(
     store: Arc<crate::cdr::store::CdrStore>,
 ) -> (
     std::sync::mpsc::Sender<crate::cdr::CallRecord>,
     std::thread::JoinHandle<()>,
 ) {
-    let (tx, rx) = std::sync::mpsc::channel::<crate::cdr::CallRecord>();
-    let handle = std::thread::spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let batch: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
-            if let Err(e) = store.put(&batch) {
-                tracing::error!(records = batch.len(), error = %e, "could not keep call records");
-            }
+    spawn_writer(move |batch: Vec<crate::cdr::CallRecord>| {
+        if let Err(e) = store.put(&batch) {
+            tracing::error!(records = batch.len(), error = %e, "could not keep call records");
         }
-    });
-    (tx, handle)
+    })
 }
 
 /// Starts everything, calls `ready` once listening, and runs until `shutdown` resolves.
