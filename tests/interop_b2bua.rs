@@ -17,7 +17,7 @@
 mod common;
 
 use causeway_codecs::analysis::{dominant_frequency, tone};
-use common::{Guard, Gw, free_port, require, run_bounded, sipp_command, write};
+use common::{Guard, Gw, free_port, free_port_and_next, require, run_bounded, sipp_command, write};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -129,7 +129,7 @@ impl Baresip {
         mediaenc: Option<&str>,
     ) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
-        let sip_port = free_port();
+        let sip_port = free_port_and_next();
         let ctrl = free_port();
         // aufile insists on the codec's own rate and channels.
         let (rate, channels) = if codecs == "opus" {

@@ -164,7 +164,7 @@ fn baresip_registers_refreshes_and_unregisters() {
     require("baresip");
     let gw = Gw::start("[registrar]\nmin_expires = 5\n");
     let dir = tempfile::tempdir().unwrap();
-    let sip_port = free_port();
+    let sip_port = free_port_and_next();
     let ctrl_port = free_port();
     write(
         dir.path(),

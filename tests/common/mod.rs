@@ -28,6 +28,23 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
+/// A port free on loopback (UDP and TCP) whose next port is free too:
+/// baresip listens for SIP over TLS on its SIP port + 1, and cannot be
+/// told not to, so a taken next port fails its start.
+pub fn free_port_and_next() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        let next = port.checked_add(1).unwrap_or(0);
+        if next != 0
+            && UdpSocket::bind(("127.0.0.1", next)).is_ok()
+            && TcpListener::bind(("127.0.0.1", next)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free pair of ports");
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
