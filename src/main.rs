@@ -12,6 +12,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's allocator: the signalling path allocates and
+/// frees many small buffers, often on different threads, and glibc's malloc
+/// and free took about a quarter of the gateway's CPU at 2,000 call setups
+/// a second (bench/RESULTS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "causeway",
