@@ -13,8 +13,8 @@
 //!                                                            |-- echo: sip::dialog + sdp answer
 //!                                                            `-- bridged calls: b2bua (sip::dialog caller, sip::uac forks)
 //!  GwOutput::OpenMedia --runtime::media--> sockets + media::session + media::bridge (loop back)
-//!  GwOutput::Route --runtime task--> policy::decide --> dialplan::route (pure)
-//!                                         `-- policy server (HTTP), when a rule says so
+//!  GwOutput::Route --runtime--> policy::decide_local --> dialplan::route (pure)
+//!                                `-- a task: policy server (HTTP), when a rule says so
 //!  decision --> Gateway::routed --> reject / echo / GwOutput::BridgeMedia --> Gateway::bridge_ready --> b2bua
 //!  browser --api::client (CallCmd::Dial)--> webrtc hub (PeerApp::Bridge) + Gateway::dial --> b2bua
 //!  b2bua StartMedia --runtime::bridge--> SIP RTP <-> media::bridge (relay | transcode) <-> hub peer

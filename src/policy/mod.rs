@@ -1,6 +1,7 @@
 //! The external policy server client, and the one async routing step:
 //! [`decide`] turns a call into a final [`Decision`], asking the policy
-//! server when a rule says so.
+//! server when a rule says so ([`decide_local`] decides at once what needs
+//! no server).
 //!
 //! Owns the wire contract (documented in `docs/policy.md`): a
 //! `GET {url}/policy/v1/service/configuration?local_alias=..` with a short
@@ -277,48 +278,89 @@ fn finish(route: Route) -> Decision {
 /// `policy` rules ask the server and apply `on_failure` when it fails;
 /// nothing matching is 404.
 pub async fn decide(routing: &Routing, policy: &PolicyClient, call: &CallInfo) -> Decision {
+    match decide_local(routing, call) {
+        Ok(decision) => decision,
+        Err(ask) => ask.decide(policy, call).await,
+    }
+}
+
+/// The part of [`decide`] that needs no server: the decision itself, or
+/// the policy query still to make (most calls never wait on a task).
+pub fn decide_local(routing: &Routing, call: &CallInfo) -> Result<Decision, AskPolicy> {
     // One plan for the whole decision, even if a reload swaps it meanwhile.
     let plan = routing.plan();
-    let mut verdict = crate::dialplan::route(&plan, &routing.aliases(), call);
-    loop {
-        let route = match verdict {
-            Verdict::NoMatch => {
-                return Decision::Reject {
-                    status: 404,
-                    reason: "Not Found".into(),
-                    rule: None,
-                };
-            }
-            Verdict::Route(r) => *r,
-        };
-        let Target::Policy { url, on_failure } = &route.target else {
-            return finish(route);
-        };
-        match policy.query(url.as_deref(), call, &route).await {
-            Ok(Answer::Route(target)) => return finish(Route { target, ..route }),
-            Ok(Answer::Reject { status, reason }) => {
-                return Decision::Reject {
-                    status,
-                    reason,
-                    rule: Some(route.rule),
-                };
-            }
-            Err(e) => {
-                tracing::warn!(rule = %route.rule, error = %e, on_failure = ?on_failure, "policy server failed");
-                match on_failure {
-                    OnPolicyFailure::Reject => {
-                        return Decision::Reject {
-                            status: 503,
-                            reason: "Service Unavailable".into(),
-                            rule: Some(route.rule),
-                        };
-                    }
-                    OnPolicyFailure::Continue => {
-                        verdict = plan.route_from(call, route.next_rule.unwrap_or(usize::MAX));
+    let verdict = crate::dialplan::route(&plan, &routing.aliases(), call);
+    settle(plan, verdict)
+}
+
+/// A decision that waits on the policy server: a `policy` rule matched.
+#[derive(Debug)]
+pub struct AskPolicy {
+    plan: std::sync::Arc<crate::dialplan::Dialplan>,
+    route: Route,
+}
+
+impl AskPolicy {
+    /// Asks the server, then applies the rule's `on_failure` when it fails
+    /// (which may match further `policy` rules).
+    pub async fn decide(self, policy: &PolicyClient, call: &CallInfo) -> Decision {
+        let AskPolicy { plan, mut route } = self;
+        loop {
+            let Target::Policy { url, on_failure } = &route.target else {
+                return finish(route);
+            };
+            let verdict = match policy.query(url.as_deref(), call, &route).await {
+                Ok(Answer::Route(target)) => return finish(Route { target, ..route }),
+                Ok(Answer::Reject { status, reason }) => {
+                    return Decision::Reject {
+                        status,
+                        reason,
+                        rule: Some(route.rule),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(rule = %route.rule, error = %e, on_failure = ?on_failure, "policy server failed");
+                    match on_failure {
+                        OnPolicyFailure::Reject => {
+                            return Decision::Reject {
+                                status: 503,
+                                reason: "Service Unavailable".into(),
+                                rule: Some(route.rule),
+                            };
+                        }
+                        OnPolicyFailure::Continue => {
+                            plan.route_from(call, route.next_rule.unwrap_or(usize::MAX))
+                        }
                     }
                 }
+            };
+            match settle(plan.clone(), verdict) {
+                Ok(decision) => return decision,
+                Err(next) => route = next.route,
             }
         }
+    }
+}
+
+/// A verdict as a decision, unless its rule asks the policy server.
+fn settle(
+    plan: std::sync::Arc<crate::dialplan::Dialplan>,
+    verdict: Verdict,
+) -> Result<Decision, AskPolicy> {
+    let route = match verdict {
+        Verdict::NoMatch => {
+            return Ok(Decision::Reject {
+                status: 404,
+                reason: "Not Found".into(),
+                rule: None,
+            });
+        }
+        Verdict::Route(r) => *r,
+    };
+    if matches!(route.target, Target::Policy { .. }) {
+        Err(AskPolicy { plan, route })
+    } else {
+        Ok(finish(route))
     }
 }
 

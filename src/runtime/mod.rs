@@ -355,12 +355,16 @@ pub async fn run(
                     let _ = writer.send(WriterMsg::Ops(ops));
                 }
                 GwOutput::Route { key, call } => {
-                    let (routing, policy, done) =
-                        (routing.clone(), policy.clone(), decided_tx.clone());
-                    tokio::spawn(async move {
-                        let decision = crate::policy::decide(&routing, &policy, &call).await;
-                        let _ = done.send((key, decision)).await;
-                    });
+                    match crate::policy::decide_local(&routing, &call) {
+                        Ok(decision) => gw.routed(Instant::now(), unix_now(), &key, decision),
+                        Err(ask) => {
+                            let (policy, done) = (policy.clone(), decided_tx.clone());
+                            tokio::spawn(async move {
+                                let decision = ask.decide(&policy, &call).await;
+                                let _ = done.send((key, decision)).await;
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -384,12 +388,21 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut datagram = vec![0u8; 65_536];
+    let mut read_udp = |gw: &mut Gateway, transports: &Transports, i: usize| {
+        // Everything queued, up to a bound, before flushing: fewer wakeups
+        // under load.
+        transports.read_udp(i, &mut datagram, 64, |flow, data| {
+            gw.handle_datagram(Instant::now(), unix_now(), flow, data);
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         let deadline = gw
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
+            i = transports.udp_readable() => read_udp(&mut gw, &transports, i),
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 handle_event(&mut gw, ev);
@@ -481,6 +494,9 @@ pub async fn run(
     let _ = http_stop_tx.send(());
     // Finish what already arrived, briefly.
     let grace = Instant::now() + Duration::from_millis(500);
+    for i in 0..transports.udp_count() {
+        read_udp(&mut gw, &transports, i);
+    }
     while let Ok(ev) = events.try_recv() {
         handle_event(&mut gw, ev);
         flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);

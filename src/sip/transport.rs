@@ -2,10 +2,13 @@
 //! secure WebSocket listeners (RFC 7118, subprotocol `sip`), and the table of
 //! live stream connections.
 //!
-//! Owns every SIP socket. Inbound messages go to one channel as
-//! [`TransportEvent`]s tagged with their [`Flow`]; outbound bytes are handed to
-//! [`Transports::send`], which never blocks: UDP is written at once, stream
-//! connections have a writer task each. A request toward a flow whose
+//! Owns every SIP socket. Datagrams are read by the task that drives the
+//! gateway itself ([`Transports::udp_readable`], [`Transports::read_udp`]):
+//! a reader task in between cost a thread hop, a channel and a copy per
+//! message. Stream connections have a reader task each, whose messages go
+//! to one channel as [`TransportEvent`]s tagged with their [`Flow`].
+//! Outbound bytes are handed to [`Transports::send`], which never blocks:
+//! UDP is written at once, stream connections have a writer task each. A request toward a flow whose
 //! connection is gone opens a new TCP connection to the same address. This
 //! module must not parse SIP beyond framing. [`bind_udp`] (large socket
 //! buffers) also binds the WebRTC socket.
@@ -66,7 +69,9 @@ struct Connections {
 
 /// All SIP listeners and connections.
 pub struct Transports {
-    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    udp: Vec<(SocketAddr, UdpSocket)>,
+    /// Set once listening stops: datagrams are no longer read.
+    udp_closed: bool,
     conns: ConnTable,
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<TransportEvent>,
@@ -97,6 +102,7 @@ impl Transports {
     ) -> Result<Transports, TransportError> {
         let mut t = Transports {
             udp: Vec::new(),
+            udp_closed: false,
             conns: ConnTable::default(),
             next_conn: Arc::new(AtomicU64::new(1)),
             events,
@@ -110,11 +116,8 @@ impl Transports {
                 source,
             })?;
             let local = sock.local_addr().unwrap_or(addr);
-            let sock = Arc::new(sock);
-            t.udp.push((local, sock.clone()));
+            t.udp.push((local, sock));
             t.bound.push((Transport::Udp, local));
-            t.listeners
-                .push(tokio::spawn(udp_reader(sock, local, t.events.clone())));
         }
         let tls = if cfg.tls.is_empty() && cfg.wss.is_empty() {
             None
@@ -158,6 +161,68 @@ impl Transports {
     pub fn stop_listening(&mut self) {
         for h in self.listeners.drain(..) {
             h.abort();
+        }
+        self.udp_closed = true;
+    }
+
+    /// Resolves with the index of a UDP socket that has datagrams waiting
+    /// (for [`Transports::read_udp`]); never, once listening stopped.
+    /// Cancel-safe.
+    pub async fn udp_readable(&self) -> usize {
+        std::future::poll_fn(|cx| {
+            if self.udp_closed {
+                return std::task::Poll::Pending;
+            }
+            for (i, (_, sock)) in self.udp.iter().enumerate() {
+                // An error (ICMP port unreachable on some systems) is left
+                // for the read to take.
+                if sock.poll_recv_ready(cx).is_ready() {
+                    return std::task::Poll::Ready(i);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// How many UDP sockets there are (indices for [`Transports::read_udp`]).
+    pub fn udp_count(&self) -> usize {
+        self.udp.len()
+    }
+
+    /// Reads up to `max` datagrams waiting on UDP socket `i` into `buf`
+    /// (64 KiB holds any), handing each SIP message to `on_message`; lone
+    /// CRLF keepalives are dropped. Never blocks.
+    pub fn read_udp(
+        &self,
+        i: usize,
+        buf: &mut [u8],
+        max: usize,
+        mut on_message: impl FnMut(Flow, &[u8]),
+    ) {
+        let Some((local, sock)) = self.udp.get(i) else {
+            return;
+        };
+        for _ in 0..max {
+            match sock.try_recv_from(buf) {
+                Ok((n, remote)) => {
+                    let data = &buf[..n];
+                    // Lone CRLF keepalives (RFC 5626 for UDP uses STUN; phones send CRLF).
+                    if data.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let flow = Flow {
+                        transport: Transport::Udp,
+                        local: *local,
+                        remote,
+                        conn: None,
+                    };
+                    on_message(flow, data);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP port unreachable surfaces here on some systems; keep reading.
+                Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+            }
         }
     }
 
@@ -272,37 +337,6 @@ impl ConnCtx {
             }
         }
         let _ = self.events.send(TransportEvent::Closed(id)).await;
-    }
-}
-
-async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, events: mpsc::Sender<TransportEvent>) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                // Lone CRLF keepalives (RFC 5626 for UDP uses STUN; phones send CRLF).
-                if buf[..n].iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                let flow = Flow {
-                    transport: Transport::Udp,
-                    local,
-                    remote,
-                    conn: None,
-                };
-                let msg = TransportEvent::Message {
-                    flow,
-                    data: Bytes::copy_from_slice(&buf[..n]),
-                };
-                if events.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                // ICMP port unreachable surfaces here on some systems; keep reading.
-                tracing::debug!(error = %e, "UDP receive error");
-            }
-        }
     }
 }
 
