@@ -309,18 +309,19 @@ impl B2bua {
         match negotiated {
             Ok((n, caller)) => {
                 call.state = State::Connected;
-                let offered = call.forks[i].leg.offered();
-                call.callee = our_offer_origin(offered).map(|o| CalleeSession {
+                let leg = &call.forks[i].leg;
+                let at = leg.offered_at();
+                call.callee = Some(CalleeSession {
                     agreed: n.clone(),
-                    ip: o.ip,
-                    port: o.port,
-                    video_port: o.video_port,
-                    origin: o.origin,
+                    ip: at.ip,
+                    port: at.port,
+                    video_port: at.video_port,
+                    origin: at.origin,
                     session: Session {
                         // We sent the INVITE: refresher=uac is us.
                         timer: SessionExpires::of(ok).map(|se| LegTimer::new(now, se, false)),
                         update: refresh::allows_update(ok),
-                        sdp: String::from_utf8_lossy(offered).into_owned(),
+                        sdp: String::from_utf8_lossy(leg.offered()).into_owned(),
                         theirs: answer.clone(),
                         held: false,
                     },

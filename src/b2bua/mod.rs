@@ -52,7 +52,7 @@ use browser::{caller_name, stop_browsers};
 use forks::cancel_fork;
 use info::InfoLeg;
 use refresh::allows_update;
-use uas::{accept_caller, caller_response, our_offer_origin};
+use uas::{accept_caller, caller_response};
 
 use crate::dialplan::{DtmfMode, reason_phrase};
 use crate::media::dtmf::Digit;

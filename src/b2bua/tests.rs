@@ -15,6 +15,7 @@ use super::*;
 use crate::sdp::Offer;
 use crate::sip::Transport;
 use crate::sip::msg::StartLine;
+use crate::sip::uac::OfferedAt;
 use crate::webrtc::StreamKind;
 use causeway_codecs::registry::AudioCodec;
 
@@ -28,6 +29,21 @@ fn flow(port: u16) -> Flow {
 }
 
 fn target(port: u16) -> InviteParams {
+    target_offering(
+        port,
+        &Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true),
+    )
+}
+
+/// The INVITE params toward a callee on `port`, offering `offer` as the
+/// gateway prints it (our media at 127.0.0.1:40002).
+fn target_offering(port: u16, offer: &Offer) -> InviteParams {
+    let offered = OfferedAt {
+        ip: "127.0.0.1".parse().unwrap(),
+        port: 40002,
+        video_port: offer.video.as_ref().map(|v| v.port),
+        origin: (77, 1),
+    };
     InviteParams {
         request_uri: format!("sip:alice@127.0.0.1:{port}"),
         to: "sip:alice@test.local".into(),
@@ -36,12 +52,8 @@ fn target(port: u16) -> InviteParams {
         flow: flow(port),
         via_host: "127.0.0.1:5060".into(),
         user_agent: "causeway".into(),
-        sdp: Offer::audio(&[AudioCodec::Pcma, AudioCodec::Pcmu], true).to_sdp(
-            "127.0.0.1".parse().unwrap(),
-            40002,
-            77,
-            1,
-        ),
+        sdp: offer.to_sdp(offered.ip, offered.port, 77, 1),
+        offered,
         session_expires: Some(1800),
     }
 }
@@ -788,8 +800,7 @@ fn a_browser_calls_video_survives_the_callees_hold() {
     let mut b = B2bua::default();
     let offer = Offer::audio(&[AudioCodec::Pcmu], true)
         .with_video(&[VideoCodec::Vp8, VideoCodec::H264], 40004);
-    let mut t = target(5070);
-    t.sdp = offer.to_sdp("127.0.0.1".parse().unwrap(), 40002, 77, 1);
+    let t = target_offering(5070, &offer);
     b.dial(
         t0,
         Dial {

@@ -601,24 +601,3 @@ pub(super) fn accept_caller(
     out.push_back(CallOutput::Respond(sc.key.clone(), ok));
     Ok(agreed)
 }
-
-/// Where an SDP offer we sent put our media, and its `o=` origin.
-pub(super) struct OurOffer {
-    pub ip: IpAddr,
-    pub port: u16,
-    /// The video port, when the offer had a video section.
-    pub video_port: Option<u16>,
-    pub origin: (u64, u64),
-}
-
-/// Reads back an SDP offer we sent.
-pub(super) fn our_offer_origin(body: &[u8]) -> Option<OurOffer> {
-    let sd = crate::sdp::parse(std::str::from_utf8(body).ok()?).ok()?;
-    let addr = sd.rtp_addr(sd.media.first()?)?;
-    Some(OurOffer {
-        ip: addr.ip(),
-        port: addr.port(),
-        video_port: sd.media.get(1).map(|m| m.port),
-        origin: (sd.session_id, sd.version),
-    })
-}

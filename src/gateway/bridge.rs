@@ -16,7 +16,7 @@ use crate::sdp::Offer;
 use crate::sip::Flow;
 use crate::sip::msg::{Message, NameAddr, Uri, random_token};
 use crate::sip::transaction::TxKey;
-use crate::sip::uac::InviteParams;
+use crate::sip::uac::{InviteParams, OfferedAt};
 use crate::trunks::TrunkTarget;
 use causeway_codecs::video::VideoCodec;
 use std::net::IpAddr;
@@ -168,16 +168,25 @@ impl Gateway {
         );
         callees
             .into_iter()
-            .map(|(request_uri, to, flow)| InviteParams {
-                request_uri,
-                to,
-                from: from.clone(),
-                display_name: display_name.to_string(),
-                via_host: self.advertised(&flow),
-                user_agent: self.user_agent.clone(),
-                sdp: offer.to_sdp(self.advertised_ip(&flow), port, session_id, 1),
-                session_expires: (self.timers.expires > 0).then_some(self.timers.expires),
-                flow,
+            .map(|(request_uri, to, flow)| {
+                let offered = OfferedAt {
+                    ip: self.advertised_ip(&flow),
+                    port,
+                    video_port: offer.video.as_ref().map(|v| v.port),
+                    origin: (session_id, 1),
+                };
+                InviteParams {
+                    request_uri,
+                    to,
+                    from: from.clone(),
+                    display_name: display_name.to_string(),
+                    via_host: self.advertised(&flow),
+                    user_agent: self.user_agent.clone(),
+                    sdp: offer.to_sdp(offered.ip, port, session_id, 1),
+                    offered,
+                    session_expires: (self.timers.expires > 0).then_some(self.timers.expires),
+                    flow,
+                }
             })
             .collect()
     }

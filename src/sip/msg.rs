@@ -13,6 +13,7 @@
 //! sockets, transactions or time.
 
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 /// Largest message accepted, in bytes (a UDP datagram cannot be bigger anyway).
@@ -238,9 +239,10 @@ pub fn header_end(data: &[u8]) -> Option<usize> {
     None
 }
 
-/// Splits a header section into logical lines, joining folded continuations.
-fn logical_lines(head: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// Splits a header section into logical lines, joining folded continuations
+/// (a line is copied only when something was folded onto it).
+fn logical_lines(head: &str) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.starts_with([' ', '\t'])
@@ -248,6 +250,7 @@ fn logical_lines(head: &str) -> Vec<String> {
         {
             let cont = line.trim();
             if !cont.is_empty() {
+                let last = last.to_mut();
                 let trimmed_len = last.trim_end().len();
                 last.truncate(trimmed_len);
                 last.push(' ');
@@ -255,7 +258,7 @@ fn logical_lines(head: &str) -> Vec<String> {
             }
             continue;
         }
-        out.push(line.to_string());
+        out.push(Cow::Borrowed(line));
     }
     out
 }

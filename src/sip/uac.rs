@@ -11,6 +11,7 @@ use super::Flow;
 use super::dialog::tag_of;
 use super::msg::{Message, NameAddr, random_token};
 use bytes::Bytes;
+use std::net::IpAddr;
 
 /// What an INVITE needs.
 #[derive(Debug, Clone)]
@@ -31,8 +32,25 @@ pub struct InviteParams {
     pub user_agent: String,
     /// The SDP offer.
     pub sdp: String,
+    /// Where `sdp` puts our media, kept so that the answer's session need
+    /// not read our own offer back.
+    pub offered: OfferedAt,
     /// The session timer to ask for (RFC 4028 `Session-Expires`), if any.
     pub session_expires: Option<u32>,
+}
+
+/// Where an SDP offer we sent put our media: its `c=` address, the audio
+/// and video ports, and its `o=` session id and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferedAt {
+    /// The connection address.
+    pub ip: IpAddr,
+    /// The audio section's port.
+    pub port: u16,
+    /// The video section's port, when the offer had one.
+    pub video_port: Option<u16>,
+    /// The `o=` line's session id and version.
+    pub origin: (u64, u64),
 }
 
 /// One outgoing call leg and, once answered, its dialog.
@@ -47,6 +65,7 @@ pub struct UacLeg {
     /// The flow requests take.
     pub flow: Flow,
     invite: Message,
+    offered: OfferedAt,
     request_uri: String,
     from: String,
     to: String,
@@ -126,6 +145,7 @@ impl UacLeg {
                 remote_tag: None,
                 flow: p.flow,
                 invite: invite.clone(),
+                offered: p.offered,
                 request_uri: p.request_uri,
                 from,
                 to,
@@ -381,6 +401,11 @@ impl UacLeg {
         &self.invite.body
     }
 
+    /// Where that offer put our media.
+    pub fn offered_at(&self) -> OfferedAt {
+        self.offered
+    }
+
     /// Our Contact in this dialog.
     pub fn contact(&self) -> String {
         contact(&self.via_host, self.flow)
@@ -415,6 +440,12 @@ mod tests {
             via_host: "127.0.0.1:5060".into(),
             user_agent: "causeway".into(),
             sdp: "v=0\r\n".into(),
+            offered: OfferedAt {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 40000,
+                video_port: None,
+                origin: (1, 1),
+            },
             session_expires: Some(1800),
         })
         .unwrap()

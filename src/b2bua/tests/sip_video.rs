@@ -36,10 +36,7 @@ fn dial_offering(b: &mut B2bua, now: Instant, offer: &str) -> Message {
     let formats = crate::b2bua::caller_video_formats(&theirs);
     let offer = dial.offer.clone().with_video_formats(formats, 40006);
     // As the gateway prints it for the callee.
-    let callee = InviteParams {
-        sdp: offer.to_sdp("127.0.0.1".parse().unwrap(), 40002, 77, 1),
-        ..target(5070)
-    };
+    let callee = target_offering(5070, &offer);
     let dial = SipDial {
         offer,
         video: Some((40004, Vec::new())),
