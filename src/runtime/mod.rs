@@ -119,16 +119,22 @@ enum WriterMsg {
     Purge(u64),
 }
 
-/// A thread that hands `write` whatever queued up while it wrote the last
-/// batch, so a store writes in batches (one transaction each) off the
-/// async runtime. It ends, having written everything sent, when the
-/// sender is dropped.
+/// How long a store's writer lets changes gather after the first before
+/// writing them in one transaction: a commit costs far more than a row,
+/// and a sender does not wake a writer that is not waiting.
+const WRITE_GATHER: Duration = Duration::from_millis(50);
+
+/// A thread that hands `write` whatever queued up in [`WRITE_GATHER`]
+/// after the first item, so a store writes in batches (one transaction
+/// each) off the async runtime. It ends, having written everything sent,
+/// when the sender is dropped.
 fn spawn_writer<T: Send + 'static>(
     mut write: impl FnMut(Vec<T>) + Send + 'static,
 ) -> (std::sync::mpsc::Sender<T>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel::<T>();
     let handle = std::thread::spawn(move || {
         while let Ok(first) = rx.recv() {
+            std::thread::sleep(WRITE_GATHER);
             write(std::iter::once(first).chain(rx.try_iter()).collect());
         }
     });
