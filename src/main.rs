@@ -305,10 +305,18 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         .with_target(false)
         .with_ansi(ansi)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Signalling on this thread's own runtime, everything else on the
+    // workers (see `runtime::run`).
+    let runtimes = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
+        .and_then(|workers| {
+            let signalling = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok((workers, signalling))
+        });
+    let (workers, signalling) = match runtimes {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -316,8 +324,9 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let source = runtime::describe(path.as_deref());
-    let result = rt.block_on(runtime::run(
+    let result = signalling.block_on(runtime::run(
         cfg,
+        workers.handle().clone(),
         |l| {
             println!("causeway {} running ({source})", env!("CARGO_PKG_VERSION"));
             for (t, a) in &l.sip {

@@ -187,12 +187,23 @@ fn spawn_record_writer(
     })
 }
 
-/// Starts everything, calls `ready` once listening, and runs until `shutdown` resolves.
+/// Starts everything, calls `ready` once listening, and runs until
+/// `shutdown` resolves.
+///
+/// Run it on a current-thread runtime of its own: that thread reads the
+/// SIP sockets and drives the gateway, woken by its own event loop, while
+/// media, HTTP and every other task run on `workers` (a multi-thread
+/// runtime). Waking the signalling loop from another thread's event loop
+/// cost a futex wakeup per batch of messages.
 pub async fn run(
     cfg: Config,
+    workers: tokio::runtime::Handle,
     ready: impl FnOnce(&Listening),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
+    // Tasks spawned and sockets opened from here on are the workers',
+    // except the SIP transports (below) and the loop's own timers.
+    let on_workers = workers.enter();
     let counters = Arc::new(Counters::default());
     let mut gw = Gateway::new(&cfg, counters.clone());
 
@@ -249,7 +260,10 @@ pub async fn run(
 
     let (token, token_generated) = admin_token(&cfg)?;
     let (events_tx, mut events) = mpsc::channel::<TransportEvent>(4096);
+    // The SIP sockets are this thread's: the loop below reads them.
+    drop(on_workers);
     let mut transports = Transports::start(&cfg.sip, events_tx).await?;
+    let on_workers = workers.enter();
 
     let (peer_events_tx, peer_events) = mpsc::unbounded_channel();
     let (webrtc, webrtc_addr, webrtc_task) = webrtc::start(&cfg, peer_events_tx)
@@ -391,6 +405,7 @@ pub async fn run(
     flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
 
     let keepalive = u64::from(cfg.registrar.keepalive_interval);
+    drop(on_workers);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -407,10 +422,27 @@ pub async fn run(
         let deadline = gw
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            i = transports.udp_readable() => read_udp(&mut gw, &transports, i),
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
+        // Only the waiting happens on this thread's runtime: what the
+        // gateway then does spawns and registers on the workers.
+        let woke = tokio::select! {
+            i = transports.udp_readable() => Woke::Datagram(i),
+            ev = events.recv() => match ev {
+                Some(ev) => Woke::Stream(ev),
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => Woke::Timeout,
+            Some((key, decision)) = decided.recv() => Woke::Routed(key, decision),
+            Some(cmd) = call_cmds.recv() => Woke::CallCmd(cmd),
+            Some(report) = media_done.recv() => Woke::Media(report),
+            Some(dialog) = silent.recv() => Woke::Silent(dialog),
+            Some(q) = queries.recv() => Woke::Query(q),
+            _ = tick.tick() => Woke::Tick,
+            () = &mut shutdown => break,
+        };
+        let _on_workers = workers.enter();
+        match woke {
+            Woke::Datagram(i) => read_udp(&mut gw, &transports, i),
+            Woke::Stream(ev) => {
                 handle_event(&mut gw, ev);
                 // Take whatever else is queued before flushing: fewer wakeups under load.
                 for _ in 0..64 {
@@ -420,17 +452,13 @@ pub async fn run(
                     }
                 }
             }
-            () = tokio::time::sleep_until(deadline.into()) => {
-                gw.handle_timeout(Instant::now(), unix_now());
-            }
-            Some((key, decision)) = decided.recv() => {
-                gw.routed(Instant::now(), unix_now(), &key, decision);
-            }
-            Some(cmd) = call_cmds.recv() => {
-                on_call_cmd(&mut gw, cmd, &mut media, &mut bridges);
-            }
-            Some(report) = media_done.recv() => match report {
-                bridge::MediaReport::Progress(call, totals) => records.media_progress(&call, totals),
+            Woke::Timeout => gw.handle_timeout(Instant::now(), unix_now()),
+            Woke::Routed(key, decision) => gw.routed(Instant::now(), unix_now(), &key, decision),
+            Woke::CallCmd(cmd) => on_call_cmd(&mut gw, cmd, &mut media, &mut bridges),
+            Woke::Media(report) => match report {
+                bridge::MediaReport::Progress(call, totals) => {
+                    records.media_progress(&call, totals)
+                }
                 bridge::MediaReport::Stopped(call, totals) => {
                     if let Some(done) = records.media_stopped(&call, totals) {
                         keep(done);
@@ -447,34 +475,29 @@ pub async fn run(
                     gw.media_wants_keyframe(Instant::now(), unix_now(), &call, of);
                 }
             },
-            Some(dialog) = silent.recv() => {
-                gw.media_timeout(Instant::now(), unix_now(), dialog);
-            }
-            q = queries.recv() => {
-                match q {
-                    Some(Query::Registrations(reply)) => {
-                        let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
-                    }
-                    Some(Query::Trunks(reply)) => {
-                        let _ = reply.send(gw.trunk_status());
-                    }
-                    Some(Query::Registered(alias, reply)) => {
-                        let _ = reply.send(gw.is_registered(&alias, unix_now()));
-                    }
-                    Some(Query::Calls(reply)) => {
-                        let mut calls = records.active();
-                        for c in &mut calls {
-                            c.legs = gw.call_legs(&c.id);
-                        }
-                        let _ = reply.send(calls);
-                    }
-                    Some(Query::HangUp(call, reply)) => {
-                        let _ = reply.send(gw.hang_up_call(Instant::now(), unix_now(), &call));
-                    }
-                    None => {}
+            Woke::Silent(dialog) => gw.media_timeout(Instant::now(), unix_now(), dialog),
+            Woke::Query(q) => match q {
+                Query::Registrations(reply) => {
+                    let _ = reply.send(gw.registrar().all(unix_now()).cloned().collect());
                 }
-            }
-            _ = tick.tick() => {
+                Query::Trunks(reply) => {
+                    let _ = reply.send(gw.trunk_status());
+                }
+                Query::Registered(alias, reply) => {
+                    let _ = reply.send(gw.is_registered(&alias, unix_now()));
+                }
+                Query::Calls(reply) => {
+                    let mut calls = records.active();
+                    for c in &mut calls {
+                        c.legs = gw.call_legs(&c.id);
+                    }
+                    let _ = reply.send(calls);
+                }
+                Query::HangUp(call, reply) => {
+                    let _ = reply.send(gw.hang_up_call(Instant::now(), unix_now(), &call));
+                }
+            },
+            Woke::Tick => {
                 ticks += 1;
                 let wall = unix_now();
                 gw.tick(wall);
@@ -487,12 +510,12 @@ pub async fn run(
                     gw.send_keepalives(Instant::now(), wall);
                 }
             }
-            () = &mut shutdown => break,
         }
         flush(&mut gw, &transports, &mut media, &mut bridges, &mut records);
     }
 
     tracing::info!("shutting down: no new requests");
+    let _on_workers = workers.enter();
     if let Some(w) = watcher {
         w.abort();
     }
@@ -525,6 +548,28 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What woke the signalling loop.
+enum Woke {
+    /// UDP socket `i` has datagrams.
+    Datagram(usize),
+    /// A stream connection's message or close.
+    Stream(TransportEvent),
+    /// A gateway timer is due.
+    Timeout,
+    /// A policy server decided a call's route.
+    Routed(TxKey, Decision),
+    /// The client API about a bridged call.
+    CallCmd(api::client::CallCmd),
+    /// A bridged call's media task reported.
+    Media(bridge::MediaReport),
+    /// An echo call's media went silent.
+    Silent(crate::sip::dialog::DialogId),
+    /// The admin API asks.
+    Query(Query),
+    /// The one-second tick.
+    Tick,
 }
 
 /// Carries out what the call layer decided about a bridged call; returns
