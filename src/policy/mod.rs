@@ -297,7 +297,7 @@ pub fn decide_local(routing: &Routing, call: &CallInfo) -> Result<Decision, AskP
 #[derive(Debug)]
 pub struct AskPolicy {
     plan: std::sync::Arc<crate::dialplan::Dialplan>,
-    route: Route,
+    route: Box<Route>,
 }
 
 impl AskPolicy {
@@ -307,10 +307,10 @@ impl AskPolicy {
         let AskPolicy { plan, mut route } = self;
         loop {
             let Target::Policy { url, on_failure } = &route.target else {
-                return finish(route);
+                return finish(*route);
             };
             let verdict = match policy.query(url.as_deref(), call, &route).await {
-                Ok(Answer::Route(target)) => return finish(Route { target, ..route }),
+                Ok(Answer::Route(target)) => return finish(Route { target, ..*route }),
                 Ok(Answer::Reject { status, reason }) => {
                     return Decision::Reject {
                         status,
@@ -355,12 +355,12 @@ fn settle(
                 rule: None,
             });
         }
-        Verdict::Route(r) => *r,
+        Verdict::Route(r) => r,
     };
     if matches!(route.target, Target::Policy { .. }) {
         Err(AskPolicy { plan, route })
     } else {
-        Ok(finish(route))
+        Ok(finish(*route))
     }
 }
 

@@ -1,6 +1,11 @@
 //! The tokio shell: binds sockets, owns the one task that drives the sans-IO
-//! [`Gateway`], the store writer thread and the HTTP server, and handles
+//! [`Gateway`], the store writer threads and the HTTP server, and handles
 //! shutdown.
+//!
+//! Two runtimes: the signalling loop ([`run`]) runs on a current-thread
+//! runtime of its own and reads the SIP UDP sockets itself; media relays,
+//! WebRTC, HTTP, stream connections it opens and every other task run on a
+//! multi-thread worker runtime, entered around whatever the loop does.
 //!
 //! This is the only place (with `sip::transport`) that reads clocks, spawns
 //! tasks or touches the disk for state. It must not make protocol decisions:
