@@ -4,7 +4,7 @@
 //!
 //! Two runtimes: the signalling loop ([`run`]) runs on a current-thread
 //! runtime of its own and reads the SIP UDP sockets itself; media relays,
-//! WebRTC, HTTP, stream connections it opens and every other task run on a
+//! WebRTC, HTTP, SIP stream connections and every other task run on a
 //! multi-thread worker runtime, entered around whatever the loop does.
 //!
 //! This is the only place (with `sip::transport`) that reads clocks, spawns
@@ -265,9 +265,9 @@ pub async fn run(
 
     let (token, token_generated) = admin_token(&cfg)?;
     let (events_tx, mut events) = mpsc::channel::<TransportEvent>(4096);
-    // The SIP sockets are this thread's: the loop below reads them.
+    // The SIP UDP sockets are this thread's: the loop below reads them.
     drop(on_workers);
-    let mut transports = Transports::start(&cfg.sip, events_tx).await?;
+    let mut transports = Transports::start(&cfg.sip, events_tx, &workers).await?;
     let on_workers = workers.enter();
 
     let (peer_events_tx, peer_events) = mpsc::unbounded_channel();

@@ -5,13 +5,14 @@
 //! Owns every SIP socket. Datagrams are read by the task that drives the
 //! gateway itself ([`Transports::udp_readable`], [`Transports::read_udp`]):
 //! a reader task in between cost a thread hop, a channel and a copy per
-//! message. Stream connections have a reader task each, whose messages go
-//! to one channel as [`TransportEvent`]s tagged with their [`Flow`].
-//! Outbound bytes are handed to [`Transports::send`], which never blocks:
-//! UDP is written at once, stream connections have a writer task each. A request toward a flow whose
-//! connection is gone opens a new TCP connection to the same address. This
-//! module must not parse SIP beyond framing. [`bind_udp`] (large socket
-//! buffers) also binds the WebRTC socket.
+//! message. Stream listeners and connections run on the worker runtime,
+//! a reader task each, whose messages go to one channel as
+//! [`TransportEvent`]s tagged with their [`Flow`]. Outbound bytes are
+//! handed to [`Transports::send`], which never blocks: UDP is written at
+//! once, stream connections have a writer task each. A request toward a
+//! flow whose connection is gone opens a new TCP connection to the same
+//! address. This module must not parse SIP beyond framing. [`bind_udp`]
+//! (large socket buffers) also binds the WebRTC socket.
 
 use super::framing::{Frame, Framer};
 use super::{ConnId, Flow, Transport};
@@ -76,6 +77,8 @@ pub struct Transports {
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<TransportEvent>,
     listeners: Vec<JoinHandle<()>>,
+    /// Where stream listeners and connections run.
+    workers: tokio::runtime::Handle,
     /// What is listening, with the real bound addresses (port 0 resolved).
     pub bound: Vec<(Transport, SocketAddr)>,
 }
@@ -95,10 +98,13 @@ fn lock(t: &ConnTable) -> std::sync::MutexGuard<'_, Connections> {
 }
 
 impl Transports {
-    /// Binds every configured listener and starts reading.
+    /// Binds every configured listener and starts accepting. The UDP
+    /// sockets belong to the calling thread's runtime (the loop that reads
+    /// them); stream listeners and their connections run on `workers`.
     pub async fn start(
         cfg: &SipConfig,
         events: mpsc::Sender<TransportEvent>,
+        workers: &tokio::runtime::Handle,
     ) -> Result<Transports, TransportError> {
         let mut t = Transports {
             udp: Vec::new(),
@@ -107,6 +113,7 @@ impl Transports {
             next_conn: Arc::new(AtomicU64::new(1)),
             events,
             listeners: Vec::new(),
+            workers: workers.clone(),
             bound: Vec::new(),
         };
         for &addr in &cfg.udp {
@@ -131,8 +138,10 @@ impl Transports {
             (Transport::Wss, &cfg.wss),
         ] {
             for &addr in addrs {
-                let l = TcpListener::bind(addr)
+                let l = workers
+                    .spawn(TcpListener::bind(addr))
                     .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
                     .map_err(|source| TransportError::Bind {
                         transport,
                         addr,
@@ -145,13 +154,8 @@ impl Transports {
                     next: t.next_conn.clone(),
                     events: t.events.clone(),
                 };
-                t.listeners.push(tokio::spawn(accept_loop(
-                    l,
-                    transport,
-                    local,
-                    ctx,
-                    tls.clone(),
-                )));
+                t.listeners
+                    .push(workers.spawn(accept_loop(l, transport, local, ctx, tls.clone())));
             }
         }
         Ok(t)
@@ -280,7 +284,7 @@ impl Transports {
             next: self.next_conn.clone(),
             events: self.events.clone(),
         };
-        tokio::spawn(async move {
+        self.workers.spawn(async move {
             match TcpStream::connect(remote).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
