@@ -16,12 +16,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
+/// Ports this test process has handed out: a port is free only until
+/// whoever asked binds it, so two calls in a row could otherwise get the
+/// same one (a gateway given its callee's port calls itself in a loop).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes `port` unless this process handed it out already.
+fn hand_out(port: u16) -> bool {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if handed.contains(&port) {
+        return false;
+    }
+    handed.push(port);
+    true
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking),
+/// never one this process handed out before.
 pub fn free_port() -> u16 {
     for _ in 0..100 {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && hand_out(port) {
             return port;
         }
     }
@@ -38,6 +54,7 @@ pub fn free_port_and_next() -> u16 {
         if next != 0
             && UdpSocket::bind(("127.0.0.1", next)).is_ok()
             && TcpListener::bind(("127.0.0.1", next)).is_ok()
+            && hand_out(next)
         {
             return port;
         }
