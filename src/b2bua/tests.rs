@@ -55,6 +55,7 @@ fn target_offering(port: u16, offer: &Offer) -> InviteParams {
         sdp: offer.to_sdp(offered.ip, offered.port, 77, 1),
         offered,
         session_expires: Some(1800),
+        max_forwards: 70,
     }
 }
 

@@ -151,14 +151,14 @@ impl Gateway {
     }
 
     /// The INVITE of each callee: from `from_user` at our domain, offering
-    /// `offer` on our RTP `port` at the address each flow reaches.
+    /// `offer` on our RTP `port` at the address each flow reaches, with
+    /// `max_forwards`.
     fn invite_params(
         &self,
         callees: Vec<(String, String, Flow)>,
-        from_user: &str,
-        display_name: &str,
-        offer: &Offer,
-        port: u16,
+        (from_user, display_name): (&str, &str),
+        (offer, port): (&Offer, u16),
+        max_forwards: u8,
     ) -> Vec<InviteParams> {
         let session_id = u64::from(rand::random::<u32>());
         let from = format!(
@@ -185,6 +185,7 @@ impl Gateway {
                     sdp: offer.to_sdp(offered.ip, port, session_id, 1),
                     offered,
                     session_expires: (self.timers.expires > 0).then_some(self.timers.expires),
+                    max_forwards,
                     flow,
                 }
             })
@@ -234,8 +235,12 @@ impl Gateway {
                 return;
             }
         };
-        let targets =
-            self.invite_params(callees, from_user, &d.display_name, &dial.offer, media_port);
+        let targets = self.invite_params(
+            callees,
+            (from_user, &d.display_name),
+            (&dial.offer, media_port),
+            70,
+        );
         self.b2bua.dial(now, dial, targets);
         self.pump(now, wall);
     }
@@ -479,8 +484,15 @@ impl Gateway {
             Some(port) => p.offer.with_video_formats(p.sip_video, port),
             None => p.offer,
         };
-        let targets =
-            self.invite_params(p.callees.sip, &p.from, &display_name, &offer, ports.callee);
+        // The caller's Max-Forwards less one (RFC 7332): an INVITE that
+        // loops back through us ends with 483 instead of going round.
+        let max_forwards = crate::sip::max_forwards(&p.invite).saturating_sub(1);
+        let targets = self.invite_params(
+            p.callees.sip,
+            (&p.from, &display_name),
+            (&offer, ports.callee),
+            max_forwards,
+        );
         let transport = p.flow.transport.uri_param();
         let contact = format!(
             "<sip:{}@{}{transport}>",

@@ -567,6 +567,9 @@ impl Gateway {
                 ),
                 None => reply(481, "Call/Transaction Does Not Exist"),
             },
+            // A loop, or a path too long: we would forward it with 0
+            // (RFC 7332 section 3, RFC 3261 16.3).
+            Method::Invite if crate::sip::max_forwards(&msg) == 0 => reply(483, "Too Many Hops"),
             Method::Invite => {
                 let mut trying = reply(100, "Trying");
                 trying.push_header("Server", self.user_agent.clone());

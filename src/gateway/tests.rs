@@ -531,3 +531,67 @@ fn the_echo_service_grants_a_caller_that_refreshes_its_session_timer() {
         );
     }
 }
+
+#[test]
+fn a_bridged_invite_carries_one_hop_less_and_a_spent_one_gets_483() {
+    let t = Instant::now();
+    let mut g = gw();
+    g.set_listeners(vec![(Transport::Udp, flow().local)]);
+    let with_hops = |branch: &str, hops: u8| {
+        request("INVITE", "INVITE")
+            .replacen("sip:causeway.local", "sip:bob@127.0.0.1", 1)
+            .replace("z9hG4bKINVITE", branch)
+            .replace("Max-Forwards: 70", &format!("Max-Forwards: {hops}"))
+            .replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+                    OFFER.len()
+                ),
+            )
+    };
+    // No hops left: refused before routing.
+    let (msgs, media) = answers_all(&mut g, &with_hops("z9hG4bKmf0", 0));
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0].status(), Some(483));
+    assert!(media.is_empty(), "not routed");
+
+    // Five hops left: the callee's INVITE gets four.
+    g.handle_datagram(t, 1000, flow(), with_hops("z9hG4bKmf5", 5).as_bytes());
+    let (_, out) = outputs(&mut g);
+    let Some((key, call)) = out.into_iter().find_map(|o| match o {
+        GwOutput::Route { key, call } => Some((key, call)),
+        _ => None,
+    }) else {
+        panic!("routed")
+    };
+    let plan = crate::dialplan::Dialplan::embedded_default().unwrap();
+    let crate::dialplan::Verdict::Route(mut route) = plan.route(&call) else {
+        panic!()
+    };
+    route.target = crate::dialplan::Target::Sip {
+        uri: Some("sip:127.0.0.1:5070".into()),
+        trunk: None,
+    };
+    g.routed(t, 1000, &key, Decision::Route(route));
+    let (_, out) = outputs(&mut g);
+    let Some(call) = out.into_iter().find_map(|o| match o {
+        GwOutput::BridgeMedia { call, .. } => Some(call),
+        _ => None,
+    }) else {
+        panic!("media asked for")
+    };
+    let ports = bridge::SipPorts {
+        caller: 40000,
+        callee: 40002,
+        caller_video: None,
+        callee_video: None,
+    };
+    g.bridge_ready(t, 1000, &call, Ok(ports));
+    let (msgs, _) = outputs(&mut g);
+    let invite = msgs
+        .iter()
+        .find(|m| m.method() == Some(Method::Invite))
+        .expect("the callee's INVITE");
+    assert_eq!(invite.header("Max-Forwards"), Some("4"));
+}

@@ -30,6 +30,14 @@ pub fn requires(msg: &msg::Message, tag: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(tag))
 }
 
+/// A request's Max-Forwards (checked to fit a `u8` when parsed); 70, the
+/// usual start, when it has none.
+pub fn max_forwards(msg: &msg::Message) -> u8 {
+    msg.header("Max-Forwards")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(70)
+}
+
 /// Whether a message names `tag` in its `Supported` or `Require`.
 pub fn supports(msg: &msg::Message, tag: &str) -> bool {
     requires(msg, tag)

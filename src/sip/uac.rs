@@ -37,6 +37,9 @@ pub struct InviteParams {
     pub offered: OfferedAt,
     /// The session timer to ask for (RFC 4028 `Session-Expires`), if any.
     pub session_expires: Option<u32>,
+    /// Max-Forwards: the caller's less one for a bridged call (RFC 7332
+    /// section 3: a loop through B2BUAs ends), 70 for a call we start.
+    pub max_forwards: u8,
 }
 
 /// Where an SDP offer we sent put our media: its `c=` address, the audio
@@ -123,7 +126,7 @@ impl UacLeg {
             .unwrap_or_default();
         let text = format!(
             "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{transport} {};branch=z9hG4bK{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+             Max-Forwards: {max_forwards}\r\nFrom: {from};tag={local_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: {}\r\n\
              Allow: {allow}\r\nSupported: {supported}\r\n{timer}User-Agent: {}\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
@@ -134,6 +137,7 @@ impl UacLeg {
             p.user_agent,
             p.sdp.len(),
             p.sdp,
+            max_forwards = p.max_forwards,
             allow = super::ALLOW_IN_DIALOG,
             supported = super::SUPPORTED,
         );
@@ -447,6 +451,7 @@ mod tests {
                 origin: (1, 1),
             },
             session_expires: Some(1800),
+            max_forwards: 70,
         })
         .unwrap()
     }
