@@ -73,6 +73,9 @@ pub struct Transports {
     udp: Vec<(SocketAddr, UdpSocket)>,
     /// Set once listening stops: datagrams are no longer read.
     udp_closed: bool,
+    /// The UDP socket [`Transports::udp_readable`] looks at first, in
+    /// turn, so that a busy socket cannot starve the others.
+    udp_next: usize,
     conns: ConnTable,
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<TransportEvent>,
@@ -109,6 +112,7 @@ impl Transports {
         let mut t = Transports {
             udp: Vec::new(),
             udp_closed: false,
+            udp_next: 0,
             conns: ConnTable::default(),
             next_conn: Arc::new(AtomicU64::new(1)),
             events,
@@ -170,17 +174,20 @@ impl Transports {
     }
 
     /// Resolves with the index of a UDP socket that has datagrams waiting
-    /// (for [`Transports::read_udp`]); never, once listening stopped.
-    /// Cancel-safe.
-    pub async fn udp_readable(&self) -> usize {
+    /// (for [`Transports::read_udp`]), the sockets taking turns; never,
+    /// once listening stopped. Cancel-safe.
+    pub async fn udp_readable(&mut self) -> usize {
         std::future::poll_fn(|cx| {
-            if self.udp_closed {
+            let n = self.udp.len();
+            if self.udp_closed || n == 0 {
                 return std::task::Poll::Pending;
             }
-            for (i, (_, sock)) in self.udp.iter().enumerate() {
+            for k in 0..n {
+                let i = (self.udp_next + k) % n;
                 // An error (ICMP port unreachable on some systems) is left
                 // for the read to take.
-                if sock.poll_recv_ready(cx).is_ready() {
+                if self.udp[i].1.poll_recv_ready(cx).is_ready() {
+                    self.udp_next = (i + 1) % n;
                     return std::task::Poll::Ready(i);
                 }
             }
@@ -580,4 +587,64 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn udp_sockets_take_turns_and_keepalives_are_dropped() {
+        let cfg = SipConfig {
+            udp: vec![
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+            ],
+            tcp: Vec::new(),
+            ..SipConfig::default()
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let handle = tokio::runtime::Handle::current();
+        let mut t = Transports::start(&cfg, tx, &handle).await.unwrap();
+        let [(_, a), (_, b)] = t.bound[..] else {
+            panic!("{:?}", t.bound)
+        };
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Socket a is busy; b has a message, then a keepalive.
+        for _ in 0..3 {
+            peer.send_to(b"OPTIONS a", a).unwrap();
+        }
+        peer.send_to(b"OPTIONS b", b).unwrap();
+        peer.send_to(b"\r\n\r\n", b).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let mut got = Vec::new();
+        // One datagram per turn, then two: b is served although a still
+        // has messages waiting.
+        for max in [1, 1, 2, 1] {
+            let i = t.udp_readable().await;
+            t.read_udp(i, &mut buf, max, |flow, data| {
+                got.push((flow.local, String::from_utf8_lossy(data).into_owned()));
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                (a, "OPTIONS a".to_string()),
+                (b, "OPTIONS b".to_string()),
+                (a, "OPTIONS a".to_string()),
+                (a, "OPTIONS a".to_string()),
+            ]
+        );
+        // The last turn read b's keepalive and dropped it: a turn each
+        // finds nothing more (readiness lasts until a read would block),
+        // and then neither socket is ready.
+        for _ in 0..2 {
+            let i = t.udp_readable().await;
+            t.read_udp(i, &mut buf, 64, |_, data| {
+                panic!("{}", String::from_utf8_lossy(data))
+            });
+        }
+        let idle = std::time::Duration::from_millis(100);
+        assert!(tokio::time::timeout(idle, t.udp_readable()).await.is_err());
+    }
 }
