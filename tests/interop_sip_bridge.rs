@@ -668,6 +668,20 @@ fn an_offer_without_a_codec_the_gateway_handles_gets_488_with_a_warning() {
 }
 
 #[test]
+fn an_invite_with_no_hops_left_gets_483_and_is_not_forwarded() {
+    require("sipp");
+    // The callee is never called: no UAS runs (the callees of the other
+    // tests check that a forwarded INVITE carries one hop less).
+    let gw = gateway(free_port());
+    let caller = Side::new();
+    let out = uac_with(&caller, "bridge_uac_spent.xml", &gw, &[]);
+    let msgs = caller.messages();
+    assert_eq!(out.status.code(), Some(0), "{msgs}");
+    assert_eq!(received(&msgs, "SIP/2.0 483").len(), 1, "{msgs}");
+    assert!(!gw.log_text().contains("forks="), "{}", gw.log_text());
+}
+
+#[test]
 fn a_caller_whose_rtp_profile_breaks_the_routes_srtp_policy_gets_488_with_a_warning() {
     require("sipp");
     for (policy, profile, says) in [
